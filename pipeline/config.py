@@ -1,0 +1,141 @@
+"""Job configuration: the typed form of `jobs/*.yaml`.
+
+    store:   {url: s3://bucket/targets/v1, storage_options: {client_kwargs: {endpoint_url: ...}}}
+    seed:    0                      # store seed: every view and prompt seed derives from it
+    sources: [{name: cc12m, kind: clip, shards: "s3://bucket/cc12m/{00000..01242}.tar"}, ...]
+    clip:    {teacher: {arch: ViT-L-14, pretrained: datacomp_xl_s13b_b90k}, views: 10, view_policy: {...}}
+    sam:     {teacher: {model: vit_b, checkpoint: s3://.../sam_vit_b_01ec64.pth}, prompts: 64, precision: fp16}
+
+Load with `load_job_config(path, ["clip.views=4"])`; see storage_schemas.typed_config.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from storage_schemas.layout import check_name
+from storage_schemas.mask_logits import PRECISIONS
+from storage_schemas.sam_models import SAM_ARCHS
+from storage_schemas.typed_config import FieldError, load_config
+
+
+@dataclass
+class StoreConfig:
+    url: str  # store ROOT: a local path or any fsspec URL
+    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options; keep secrets in the environment
+
+
+@dataclass
+class SourceConfig:
+    name: str  # e.g. cc3m, cc12m, yfcc15m, in21k, sa1b; part of every sample's identity
+    kind: Literal["clip", "sam"]
+    shards: str | list[str]  # URLs or brace patterns: "s3://b/cc12m/{00000..01242}.tar"
+    storage_options: dict[str, Any] = field(default_factory=dict)  # for reading the inputs
+    unit_size: int | None = None  # samples per commit unit for large shards (SA-1B: 1000); null = whole shard
+
+    def validate(self) -> None:
+        try:
+            check_name("source", self.name)
+        except ValueError as e:
+            raise FieldError("name", str(e)) from None
+        if self.unit_size is not None and self.unit_size < 1:
+            raise FieldError("unit_size", f"expected a positive number of samples, got {self.unit_size}")
+        if not self.shards:
+            raise FieldError("shards", "expected at least one shard URL or pattern")
+
+
+@dataclass
+class ClipTeacherConfig:
+    arch: str = "ViT-L-14"  # an open_clip architecture name
+    # A pretrained tag, a checkpoint path or fsspec URL, or null for a random init (benchmarks only).
+    pretrained: str | None = "datacomp_xl_s13b_b90k"
+    init_seed: int = 0  # seeds a random init when `pretrained` is null
+
+
+@dataclass
+class ViewPolicy:
+    scale: list[float] = field(default_factory=lambda: [0.35, 1.0])  # crop area fraction, random resized crop
+    ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # crop aspect ratio range
+    flip: bool = True  # random horizontal flip for views 1..K-1
+
+    def validate(self) -> None:
+        for name, (lo, hi) in (("scale", self.scale), ("ratio", self.ratio)):
+            if not 0 < lo <= hi:
+                raise FieldError(name, f"expected [low, high] with 0 < low <= high, got {[lo, hi]}")
+        if self.scale[1] > 1:
+            raise FieldError("scale", f"expected fractions of the image area <= 1, got {self.scale}")
+
+
+@dataclass
+class ClipConfig:
+    teacher: ClipTeacherConfig = field(default_factory=ClipTeacherConfig)
+    views: int = 10  # K views per sample; view 0 is the canonical evaluation view
+    view_policy: ViewPolicy = field(default_factory=ViewPolicy)
+
+    def validate(self) -> None:
+        if self.views < 1:
+            raise FieldError("views", f"expected at least 1 view per sample, got {self.views}")
+
+
+@dataclass
+class SamTeacherConfig:
+    model: str = "vit_b"  # a name in storage_schemas.sam_models.SAM_ARCHS
+    checkpoint: str | None = None  # local path or fsspec URL; null = random init (benchmarks only)
+    init_seed: int = 0
+
+    def validate(self) -> None:
+        if self.model not in SAM_ARCHS:
+            raise FieldError("model", f"unknown SAM architecture {self.model!r}; expected one of {', '.join(SAM_ARCHS)}")
+
+
+@dataclass
+class PromptMix:
+    box: float = 0.5  # fractions of prompts per structure
+    points: float = 0.25
+    box_points: float = 0.25
+
+    def validate(self) -> None:
+        if min(self.box, self.points, self.box_points) < 0 or self.box + self.points + self.box_points <= 0:
+            raise FieldError("box", "expected non-negative fractions that are not all zero")
+
+
+@dataclass
+class SamConfig:
+    teacher: SamTeacherConfig = field(default_factory=SamTeacherConfig)
+    prompts: int = 64  # P prompts stored per image; the trainer draws P' (paper: 32) of them
+    mix: PromptMix = field(default_factory=PromptMix)
+    box_jitter: float = 0.1  # box noise std as a fraction of box side, as in SAM training; 0 = none
+    points_per_prompt: int = 1
+    multimask: bool = False  # M = 3 outputs instead of 1
+    rounds: int = 1  # 2 adds the mask-prompt round: round-0 logits fed back with the same box/points
+    precision: str = "fp16"  # see storage_schemas.mask_logits.PRECISIONS
+
+    def validate(self) -> None:
+        if self.prompts < 1:
+            raise FieldError("prompts", f"expected at least 1, got {self.prompts}")
+        if self.rounds not in (1, 2):
+            raise FieldError("rounds", f"expected 1 or 2, got {self.rounds}")
+        if self.precision not in PRECISIONS:
+            raise FieldError("precision", f"expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.points_per_prompt < 1:
+            raise FieldError("points_per_prompt", f"expected at least 1, got {self.points_per_prompt}")
+
+
+@dataclass
+class JobConfig:
+    store: StoreConfig
+    sources: list[SourceConfig]
+    seed: int = 0
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    sam: SamConfig = field(default_factory=SamConfig)
+    compute_dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    max_image_pixels: int = 178_956_970  # larger images are errors (decompression bombs): Pillow's own limit
+
+    def validate(self) -> None:
+        names = [(s.name, s.kind) for s in self.sources]
+        if len(set(names)) != len(names):
+            raise FieldError("sources", "two sources share a name and kind; names are part of sample identity")
+
+
+def load_job_config(path: str | None, overrides: list[str] = ()) -> JobConfig:
+    return load_config(JobConfig, path, list(overrides))

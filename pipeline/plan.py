@@ -1,0 +1,103 @@
+"""`python -m pipeline.plan CONFIG [--set k=v ...]`: what a materialize job would do, checked.
+
+Validates the config, reaches the store, expands every source's shards (each must exist), loads
+the teachers to fingerprint them, compares the fingerprints and policies with the store's
+manifests, and lists committed and pending units. Writes nothing; a bad config, path, teacher or
+a store made under other must-match fields stops here with one line.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+
+import torch
+
+from pipeline.config import JobConfig, load_job_config
+from pipeline.manifests import clip_manifest, resolve_compute_dtype, sam_manifest
+from pipeline.sources import InputShard, expand_source
+from pipeline.teachers import load_clip_teacher, load_sam_teacher
+from storage_schemas.errors import run_cli
+from storage_schemas.manifest import Manifest, check_compatible, read_manifest
+from storage_schemas.storage import Storage
+from storage_schemas.store import TargetStore
+
+
+@dataclass
+class KindPlan:
+    manifest: Manifest  # the job's; equal in must-match fields to the store's if that exists
+    manifest_exists: bool
+    shards: list[InputShard] = field(default_factory=list)
+    committed_units: dict[str, list[str]] = field(default_factory=dict)  # shard url -> committed unit names
+
+
+@dataclass
+class JobPlan:
+    config: JobConfig
+    storage: Storage
+    kinds: dict[str, KindPlan]
+
+
+def make_plan(cfg: JobConfig, device: str | None = None) -> JobPlan:
+    storage = Storage(cfg.store.url, cfg.store.storage_options)
+    storage.check_reachable(create=True)
+    shards = [s for i, src in enumerate(cfg.sources) for s in expand_source(i, src)]
+    has_gpu = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    device = device or ("cuda" if has_gpu else "cpu")
+    dtype = resolve_compute_dtype(cfg.compute_dtype, has_gpu)
+    kinds: dict[str, KindPlan] = {}
+    store = TargetStore(storage)
+    for kind in sorted({s.kind for s in shards}):
+        if kind == "clip":
+            fp = load_clip_teacher(cfg.clip.teacher, cfg.store.storage_options).fingerprint
+            manifest = clip_manifest(cfg, fp, dtype, device)
+        else:
+            fp = load_sam_teacher(cfg.sam.teacher, cfg.store.storage_options).fingerprint
+            manifest = sam_manifest(cfg, fp, dtype, device)
+        stored = read_manifest(storage, kind)
+        if stored is not None:
+            check_compatible(storage.url, stored, manifest)
+        plan = KindPlan(manifest, stored is not None, [s for s in shards if s.kind == kind])
+        for shard in plan.shards:
+            plan.committed_units[shard.url] = []
+        by_shard = {(s.source, s.name): s.url for s in plan.shards}
+        for record in store.commits(kind) if stored else []:
+            url = by_shard.get((record.source, record.shard))
+            if url is not None:
+                plan.committed_units[url].append(record.unit)
+        kinds[kind] = plan
+    return JobPlan(cfg, storage, kinds)
+
+
+def describe(plan: JobPlan) -> str:
+    lines = [f"store {plan.storage.url}"]
+    if not plan.kinds:
+        lines.append("  no sources")
+    for kind, kp in plan.kinds.items():
+        must = kp.manifest.must_match
+        teacher = must["teacher"]
+        state = "matches the store's" if kp.manifest_exists else "absent: the first commit creates it"
+        lines.append(f"  {kind}: teacher {teacher['arch']} (weights {teacher['weights_sha256'][:12]}), "
+                     f"compute {must['compute_dtype']}, policy {kp.manifest.policy_hash[:12]}; manifest {state}")
+        for source in sorted({s.source for s in kp.shards}):
+            shards = [s for s in kp.shards if s.source == source]
+            done = sum(1 for s in shards if kp.committed_units[s.url])
+            units = sum(len(kp.committed_units[s.url]) for s in shards)
+            size = sum(s.size for s in shards)
+            lines.append(f"    source {source}: {len(shards)} shards ({size / 1e6:.1f} MB), "
+                         f"{done} with committed units ({units} units), {len(shards) - done} untouched")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.plan", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="job config YAML (see jobs/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set clip.views=4 (repeatable)")
+    args = parser.parse_args(argv)
+    print(describe(make_plan(load_job_config(args.config, args.overrides))))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,81 @@
+"""Input shards: expanding a source's URLs and brace patterns, and what each shard is.
+
+`expand_source` turns `s3://b/cc12m/{00000..01242}.tar` into one `InputShard` per tar, checking
+that each exists (a missing shard is a config error, reported before any work starts) and reading
+its size and, on object stores, its ETag: the commit record keeps both, and the student refuses a
+shard that changed since.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import braceexpand
+import fsspec
+
+from pipeline.config import SourceConfig
+from storage_schemas.commit import InputRef
+from storage_schemas.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class InputShard:
+    source: str  # the config's source name
+    kind: str  # "clip" or "sam"
+    url: str
+    name: str  # file name without .tar: "00042", "sa_000123"
+    size: int
+    etag: str | None
+    storage_options: dict[str, Any]
+
+    def ref(self, start: int = 0, stop: int | None = None) -> InputRef:
+        return InputRef(url=self.url, size=self.size, etag=self.etag, sample_start=start, sample_stop=stop)
+
+    def sidecar_url(self, suffix: str) -> str:
+        """img2dataset's files beside the tar: `_stats.json`, `.parquet`."""
+        return self.url[: -len(".tar")] + suffix
+
+
+def shard_name(url: str) -> str:
+    base = os.path.basename(url.rstrip("/"))
+    if not base.endswith(".tar"):
+        raise ValueError(f"shard URL '{url}' does not name a .tar file")
+    return base[: -len(".tar")]
+
+
+def expand_urls(patterns: str | list[str]) -> list[str]:
+    """Brace-expand every pattern; keep order, drop repeats."""
+    out: list[str] = []
+    for pattern in [patterns] if isinstance(patterns, str) else patterns:
+        for url in braceexpand.braceexpand(pattern):
+            if url not in out:
+                out.append(url)
+    return out
+
+
+def expand_source(index: int, source: SourceConfig) -> list[InputShard]:
+    """The shards of `source` (the `index`-th of the config), each checked to exist."""
+    key = f"sources.{index}.shards"
+    shards = []
+    names: dict[str, str] = {}
+    for url in expand_urls(source.shards):
+        try:
+            name = shard_name(url)
+        except ValueError as e:
+            raise ConfigError(f"config key '{key}': {e}") from None
+        if name in names:
+            raise ConfigError(f"config key '{key}': '{url}' and '{names[name]}' have the same shard name "
+                              f"'{name}'; shard names are part of sample identity within a source")
+        names[name] = url
+        try:
+            fs, path = fsspec.core.url_to_fs(url, **source.storage_options)
+            info = fs.info(path)
+        except FileNotFoundError:
+            raise ConfigError(f"config key '{key}': shard '{url}' not found") from None
+        except Exception as e:  # unreachable endpoint, bad credentials, unknown protocol
+            raise ConfigError(f"config key '{key}': shard '{url}' cannot be read ({type(e).__name__}: {e})") from None
+        etag = info.get("ETag") or info.get("etag")
+        shards.append(InputShard(source.name, source.kind, url, name, int(info["size"]),
+                                 etag.strip('"') if isinstance(etag, str) else None, source.storage_options))
+    return shards

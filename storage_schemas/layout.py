@@ -1,0 +1,55 @@
+"""Where things live inside a store ROOT. Every path here is relative to ROOT.
+
+    ROOT/
+      clip/_manifest.json                 per kind, created before the first commit
+      clip/SOURCE/UNIT.parquet            one row per (sample, view)
+      sam/_manifest.json
+      sam/SOURCE/UNIT.parquet             one row per (sample, prompt, round)
+      sam/SOURCE/UNIT.images.parquet      one row per stored image
+      sam/SOURCE/UNIT.zarr                mask logits [n_images, P * rounds, M, 256, 256]
+      text/NAME.parquet                   class-name text embeddings
+      _commits/KIND/SOURCE/UNIT.json      written last: what the unit holds
+      _errors/KIND/SOURCE/UNIT.parquet    one row per input sample that could not be used
+"""
+from __future__ import annotations
+
+import re
+
+KINDS = ("clip", "sam")
+COMMITS_DIR = "_commits"
+ERRORS_DIR = "_errors"
+TEXT_DIR = "text"
+
+# Source and unit names become path components, so keep them to a safe alphabet.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def check_name(what: str, name: str) -> str:
+    if not _NAME.match(name) or ".." in name:
+        raise ValueError(f"{what} name {name!r}: use letters, digits, '_', '-', '.' only")
+    return name
+
+
+def unit_name(shard: str, part: int | None = None) -> str:
+    """`00042` for a whole shard, `sa_000123.p003` for samples 3000-3999 of a shard cut in parts."""
+    return shard if part is None else f"{shard}.p{part:03d}"
+
+
+def manifest_path(kind: str) -> str:
+    return f"{kind}/_manifest.json"
+
+
+def data_path(kind: str, source: str, unit: str, suffix: str = ".parquet") -> str:
+    return f"{kind}/{source}/{unit}{suffix}"
+
+
+def commit_path(kind: str, source: str, unit: str) -> str:
+    return f"{COMMITS_DIR}/{kind}/{source}/{unit}.json"
+
+
+def errors_path(kind: str, source: str, unit: str) -> str:
+    return f"{ERRORS_DIR}/{kind}/{source}/{unit}.parquet"
+
+
+def text_path(name: str) -> str:
+    return f"{TEXT_DIR}/{check_name('text table', name)}.parquet"

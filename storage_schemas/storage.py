@@ -1,0 +1,168 @@
+"""A store ROOT on any fsspec filesystem, with the write primitives the commit protocol needs.
+
+`Storage` pickles as (url, storage_options) and builds its filesystem lazily in whichever process
+uses it: fsspec's async loop is not fork-safe, so a filesystem must never travel from the driver
+to a Ray worker. Credentials belong in the environment or in `storage_options`; neither is ever
+written into the store.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from storage_schemas.errors import StoreError
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A file of a unit as its commit record lists it; `path` is relative to ROOT."""
+
+    path: str
+    size: int
+    sha256: str
+
+
+class Storage:
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None):
+        self.url = url.rstrip("/")
+        self.storage_options = dict(storage_options or {})
+        self._fs: fsspec.AbstractFileSystem | None = None
+        self._root: str | None = None
+
+    def __reduce__(self):
+        return (Storage, (self.url, self.storage_options))
+
+    def __repr__(self) -> str:
+        return f"Storage({self.url!r})"
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        if self._fs is None:
+            try:
+                self._fs, self._root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+            except (ImportError, ValueError, TypeError) as e:
+                raise StoreError(f"store URL '{self.url}': cannot open its filesystem ({e})") from None
+        return self._fs
+
+    @property
+    def root(self) -> str:
+        _ = self.fs
+        return self._root.rstrip("/")
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, LocalFileSystem)
+
+    def full(self, rel: str) -> str:
+        """The filesystem path of `rel` (no protocol), as `fs` methods take it."""
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def url_of(self, rel: str) -> str:
+        """The full URL of `rel`, as DuckDB, Polars or pyarrow take it."""
+        return f"{self.url}/{rel}"
+
+    def check_reachable(self, create: bool = False) -> None:
+        """Fail with one line if ROOT cannot be listed (or, with `create`, made)."""
+        try:
+            if create and self.is_local:
+                os.makedirs(self.root, exist_ok=True)
+            if self.is_local and not os.path.isdir(self.root):
+                raise FileNotFoundError(self.root)
+            if not self.is_local:
+                bucket = self.root.split("/", 1)[0]
+                if not self.fs.exists(bucket):
+                    raise FileNotFoundError(f"bucket '{bucket}' does not exist or its endpoint does not answer")
+                self.fs.ls(self.root) if self.fs.exists(self.root) else None
+        except StoreError:
+            raise
+        except Exception as e:  # any filesystem's "cannot reach": one line, not a traceback
+            raise StoreError(
+                f"store URL '{self.url}' cannot be reached ({type(e).__name__}: {e}); "
+                "expected an existing directory or bucket you can write to"
+            ) from None
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self.full(rel))
+
+    def read_bytes(self, rel: str) -> bytes:
+        return self.fs.cat_file(self.full(rel))
+
+    def write_bytes(self, rel: str, data: bytes) -> FileEntry:
+        """Write a whole file so that readers never see it half-written.
+
+        Locally: a temporary name, then `os.replace`. On object stores a single PUT (or a
+        multipart upload) only becomes visible once complete.
+        """
+        path = self.full(rel)
+        if self.is_local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        else:
+            self.fs.pipe_file(path, data)
+        return FileEntry(rel, len(data), hashlib.sha256(data).hexdigest())
+
+    def write_exclusive(self, rel: str, data: bytes) -> bool:
+        """Create `rel` only if absent; False if it already exists.
+
+        Locally this is atomic (hard link of a complete temporary file). Object stores have no
+        portable create-if-absent, so there a concurrent creator can win the race; the caller
+        reads the file back and compares.
+        """
+        path = self.full(rel)
+        if not self.is_local:
+            if self.fs.exists(path):
+                return False
+            self.fs.pipe_file(path, data)
+            return True
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.remove(tmp)
+
+    def file_entry(self, rel: str) -> FileEntry:
+        """Size and sha256 of a file already in the store (reads it back)."""
+        h = hashlib.sha256()
+        size = 0
+        with self.fs.open(self.full(rel), "rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+                size += len(chunk)
+        return FileEntry(rel, size, h.hexdigest())
+
+    def list_files(self, rel_dir: str) -> list[str]:
+        """Every file under `rel_dir`, recursively, as ROOT-relative paths (sorted)."""
+        base = self.full(rel_dir)
+        if not self.fs.exists(base):
+            return []
+        root = self.root + "/"
+        out = []
+        for p in self.fs.find(base):
+            p = p.rstrip("/")
+            out.append(p[len(root):] if p.startswith(root) else p)
+        return sorted(out)
+
+    def remove(self, rel: str) -> None:
+        """Remove a file or directory tree if present."""
+        path = self.full(rel)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)

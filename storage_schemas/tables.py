@@ -1,0 +1,139 @@
+"""Arrow schemas of every table in the store.
+
+Widths that depend on the teacher (embedding width D, mask outputs M) are parameters, recorded in
+the kind's manifest; a reader gets them from there. Every table starts with the sample identity
+(source, shard, key) and the sample's position in its unit (`sample_index`), so rows of the
+Parquet tables, the errors table and the Zarr arrays line up without lookups.
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+
+_IDENTITY = [
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("shard", pa.string(), nullable=False),
+    pa.field("key", pa.string(), nullable=False),
+    pa.field("sample_index", pa.int32(), nullable=False),  # position in the unit: 0..n_in_unit-1
+]
+
+def list_of(item: pa.DataType, size: int = -1) -> pa.DataType:
+    """A list type whose item is named "element", as Parquet names it, so schemas round-trip exactly."""
+    return pa.list_(pa.field("element", item), size)
+
+
+BOX = list_of(pa.float32(), 4)  # [x0, y0, x1, y1]
+
+
+def clip_views_schema(embed_dim: int) -> pa.Schema:
+    """One row per (sample, view). `crop` is normalised to the decoded, EXIF-corrected image."""
+    return pa.schema(
+        _IDENTITY
+        + [
+            pa.field("view", pa.int16(), nullable=False),  # 0 = canonical evaluation view
+            pa.field("width", pa.int32(), nullable=False),  # decoded image size, pixels
+            pa.field("height", pa.int32(), nullable=False),
+            pa.field("crop", BOX, nullable=False),  # float32 in [0, 1]
+            pa.field("flip", pa.bool_(), nullable=False),  # horizontal flip after the resize
+            pa.field("pixel_hash", pa.string(), nullable=False),  # blake2b-64 of the rendered view
+            pa.field("embedding", list_of(pa.float16(), embed_dim), nullable=False),  # L2-normalised
+        ],
+        metadata={"schema_version": str(SCHEMA_VERSION), "embed_dim": str(embed_dim)},
+    )
+
+
+PROMPT_STRUCTURES = ("box", "points", "box+points")
+
+
+def sam_prompts_schema(num_masks: int) -> pa.Schema:
+    """One row per (image, prompt, round); `slot` is the row's index on the Zarr logits' axis 1."""
+    return pa.schema(
+        _IDENTITY
+        + [
+            pa.field("prompt", pa.int16(), nullable=False),  # 0..n_prompts-1
+            pa.field("round", pa.int8(), nullable=False),  # 0; 1 = round-0 logits fed back as a mask prompt
+            pa.field("slot", pa.int16(), nullable=False),  # round * P + prompt
+            pa.field("structure", pa.string(), nullable=False),  # one of PROMPT_STRUCTURES
+            pa.field("annotation_id", pa.int64(), nullable=False),  # SA-1B annotation it came from
+            pa.field("box", BOX, nullable=True),  # original-image pixels; null without a box
+            pa.field("point_coords", list_of(list_of(pa.float32(), 2)), nullable=False),  # [[x, y]] pixels
+            pa.field("point_labels", list_of(pa.int8()), nullable=False),  # 1 foreground, 0 background
+            pa.field("iou", list_of(pa.float32(), num_masks), nullable=False),  # teacher's predicted IoU
+        ],
+        metadata={"schema_version": str(SCHEMA_VERSION), "num_masks": str(num_masks)},
+    )
+
+
+SKIPPED = list_of(pa.struct([("reason", pa.string()), ("count", pa.int32())]))
+
+SAM_IMAGES_SCHEMA = pa.schema(
+    _IDENTITY
+    + [
+        pa.field("width", pa.int32(), nullable=False),  # original image size, pixels
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("n_annotations", pa.int32(), nullable=False),  # in the SA-1B JSON
+        pa.field("n_prompts", pa.int16(), nullable=False),  # sampled; slots beyond hold the fill value
+        pa.field("skipped_annotations", SKIPPED, nullable=False),  # why annotations gave no prompt
+    ],
+    metadata={"schema_version": str(SCHEMA_VERSION)},
+)
+
+
+# Reasons a sample lands in the errors table. Stable strings: users group and count by them.
+ERROR_REASONS = {
+    "truncated": "the image data ends early",
+    "empty": "the member has no bytes",
+    "not_an_image": "the bytes are not an image format the decoder knows",
+    "decompression_bomb": "more pixels than the configured limit",
+    "bad_image": "the image decoder failed for another reason (detail says why)",
+    "missing_image": "a sample with metadata but no image member",
+    "missing_json": "an SA-1B image without its JSON",
+    "bad_json": "the annotation JSON does not parse or lacks required fields",
+    "no_usable_annotation": "no annotation of the image gives a prompt",
+}
+
+ERRORS_SCHEMA = pa.schema(
+    [
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("unit", pa.string(), nullable=False),
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("sample_index", pa.int32(), nullable=False),
+        pa.field("members", list_of(pa.string()), nullable=False),  # tar member names seen
+        pa.field("reason", pa.string(), nullable=False),  # a key of ERROR_REASONS
+        pa.field("detail", pa.string(), nullable=False),  # the underlying message
+    ],
+    metadata={"schema_version": str(SCHEMA_VERSION)},
+)
+
+
+def text_embeddings_schema(embed_dim: int) -> pa.Schema:
+    """One row per class name: the teacher's text embedding averaged over templates, renormalised."""
+    return pa.schema(
+        [
+            pa.field("class_index", pa.int32(), nullable=False),
+            pa.field("class_name", pa.string(), nullable=False),
+            pa.field("embedding", list_of(pa.float32(), embed_dim), nullable=False),
+        ],
+        metadata={"schema_version": str(SCHEMA_VERSION), "embed_dim": str(embed_dim)},
+    )
+
+
+def check_schema(table: pa.Table, expected: pa.Schema, what: str) -> None:
+    """Raise ValueError naming the first column that differs from `expected`."""
+    got = table.schema
+    if got.names != expected.names:
+        raise ValueError(f"{what}: columns {got.names} != expected {expected.names}")
+    for f_got, f_exp in zip(got, expected):
+        if not f_got.type.equals(f_exp.type):
+            raise ValueError(f"{what}: column '{f_exp.name}' has type {f_got.type}, expected {f_exp.type}")
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """A whole Parquet file in memory (zstd), to be written in one atomic put."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()

@@ -1,0 +1,1 @@
+"""The SAM-CLIP student: model, data from the target store, trainer, evaluation."""

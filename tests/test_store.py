@@ -1,0 +1,187 @@
+"""The target-store contract: schemas round-trip through Parquet and Zarr, only committed units are
+read, and a job with different must-match fields is refused with the field named."""
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import ClipTeacherConfig, load_job_config
+from pipeline.manifests import clip_manifest
+from pipeline.teachers import load_clip_teacher
+from pipeline.teachers.clip_teacher import TINY_CLIP_ARCH
+from storage_schemas import layout
+from storage_schemas.commit import CommitRecord, InputRef, read_commit, write_commit
+from storage_schemas.errors import ManifestMismatch, StoreError
+from storage_schemas.manifest import Manifest, ensure_manifest
+from storage_schemas.mask_logits import (
+    UINT8_MAX_PROB_ERROR, FP16_MAX_PROB_ERROR, create_logits_array, decode_logits, encode_logits,
+)
+from storage_schemas.storage import Storage
+from storage_schemas.store import open_store
+from storage_schemas.tables import (
+    ERRORS_SCHEMA, SAM_IMAGES_SCHEMA, clip_views_schema, parquet_bytes, sam_prompts_schema,
+    text_embeddings_schema,
+)
+
+D = 64
+
+
+def clip_rows(n_samples: int, views: int, shard: str) -> list[dict]:
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n_samples):
+        for v in range(views):
+            e = rng.normal(size=D).astype(np.float32)
+            rows.append(dict(source="sample", shard=shard, key=f"{shard}{i:04d}", sample_index=i, view=v,
+                             width=320, height=240, crop=[0.1, 0.0, 0.9, 1.0], flip=bool(v % 2),
+                             pixel_hash="0123456789abcdef", embedding=(e / np.linalg.norm(e)).astype(np.float16)))
+    return rows
+
+
+def sample_tables() -> dict[str, tuple[pa.Schema, list[dict]]]:
+    return {
+        "views": (clip_views_schema(D), clip_rows(2, 3, "00000")),
+        "prompts": (sam_prompts_schema(1), [
+            dict(source="sa1b", shard="sa_000000", key="sa_1", sample_index=0, prompt=0, round=0, slot=0,
+                 structure="box", annotation_id=1000, box=[1.0, 2.0, 30.5, 40.0], point_coords=[],
+                 point_labels=[], iou=[0.9]),
+            dict(source="sa1b", shard="sa_000000", key="sa_1", sample_index=0, prompt=1, round=0, slot=1,
+                 structure="points", annotation_id=1001, box=None, point_coords=[[3.5, 4.5], [5.0, 6.0]],
+                 point_labels=[1, 0], iou=[0.7]),
+        ]),
+        "images": (SAM_IMAGES_SCHEMA, [
+            dict(source="sa1b", shard="sa_000000", key="sa_1", sample_index=0, width=640, height=480,
+                 n_annotations=90, n_prompts=2, skipped_annotations=[{"reason": "empty_mask", "count": 3}]),
+        ]),
+        "errors": (ERRORS_SCHEMA, [
+            dict(kind="clip", source="sample", shard="00000", unit="00000", key="000000007", sample_index=7,
+                 members=["000000007.jpg", "000000007.json"], reason="truncated", detail="image file is truncated"),
+        ]),
+        "text": (text_embeddings_schema(D), [
+            dict(class_index=0, class_name="cat", embedding=np.ones(D, np.float32) / 8.0),
+        ]),
+    }
+
+
+@pytest.mark.parametrize("name", ["views", "prompts", "images", "errors", "text"])
+def test_tables_round_trip_through_parquet(tmp_path, name):
+    schema, rows = sample_tables()[name]
+    table = pa.Table.from_pylist(rows, schema=schema)
+    storage = Storage(str(tmp_path))
+    entry = storage.write_bytes(f"t/{name}.parquet", parquet_bytes(table))
+    back = pq.read_table(tmp_path / "t" / f"{name}.parquet")
+    assert back.schema.equals(schema, check_metadata=True)
+    assert back.equals(table)
+    assert entry == storage.file_entry(f"t/{name}.parquet")
+
+
+def test_embeddings_are_fixed_width_fp16():
+    t = pa.Table.from_pylist(clip_rows(1, 1, "00000"), schema=clip_views_schema(D))
+    emb = t.column("embedding").combine_chunks()
+    assert emb.type == clip_views_schema(D).field("embedding").type and emb.type.list_size == D
+    assert emb.values.nbytes == 2 * D  # the fp16 floor: 2 x D bytes per view
+
+
+@pytest.mark.parametrize("precision", ["fp16", "uint8_sigmoid"])
+def test_mask_logits_round_trip_through_zarr(tmp_path, precision):
+    rng = np.random.default_rng(1)
+    storage = Storage(str(tmp_path))
+    n, slots = 3, 4
+    logits = (rng.normal(size=(n, slots, 1, 256, 256)) * 8).astype(np.float32)
+    logits[:, :, :, :2, :2] = [[-60.0, 60.0], [0.0, 1e-3]]  # saturated and near-zero values
+    arr = create_logits_array(storage, "sam/s/u.zarr", n, slots, 1, precision)
+    n_prompts = [4, 2, 3]
+    for i in range(n):  # whole chunks, one per image; slots beyond n_prompts keep the fill value
+        chunk = np.full((slots, 1, 256, 256), arr.fill_value, dtype=arr.dtype)
+        chunk[: n_prompts[i]] = encode_logits(logits[i, : n_prompts[i]], precision)
+        arr[i] = chunk
+    from storage_schemas.mask_logits import open_logits
+
+    back = open_logits(storage, "sam/s/u.zarr")
+    assert back.shape == (n, slots, 1, 256, 256) and back.chunks == (1, slots, 1, 256, 256)
+    assert back.attrs["precision"] == precision
+    decoded = decode_logits(back[:], precision)
+    sig = lambda x: 1 / (1 + np.exp(-x.astype(np.float64)))
+    bound = UINT8_MAX_PROB_ERROR if precision == "uint8_sigmoid" else FP16_MAX_PROB_ERROR
+    for i in range(n):
+        err = np.abs(sig(decoded[i, : n_prompts[i]]) - sig(logits[i, : n_prompts[i]])).max()
+        assert err <= bound + 1e-7, (precision, err, bound)
+        assert err > bound / 4, "the bound should be close to what happens, not loose"
+        if precision == "fp16":
+            assert np.isnan(decoded[i, n_prompts[i]:]).all()
+        else:
+            assert (back[i, n_prompts[i]:] == 0).all()
+
+
+def test_commit_record_round_trip_and_unparseable_records(tmp_path):
+    storage = Storage(str(tmp_path))
+    record = CommitRecord(kind="clip", source="sample", shard="00000", unit="00000",
+                          input=InputRef(url="s3://b/00000.tar", size=123, etag="abc"),
+                          n_input=10, n_stored=9, n_errors=1, rows={"views": 36, "errors": 1},
+                          files=[storage.write_bytes("clip/sample/00000.parquet", b"x")], policy_hash="p" * 64)
+    write_commit(storage, record)
+    assert read_commit(storage, "clip", "sample", "00000") == record
+    (tmp_path / layout.commit_path("clip", "sample", "00001")).write_text('{"kind": "clip", "sou')
+    assert read_commit(storage, "clip", "sample", "00001") is None
+    with pytest.raises(ValueError, match="9 stored \\+ 0 errors != 10 input"):
+        CommitRecord(kind="clip", source="s", shard="u", unit="u", input=InputRef("u", 1), n_input=10,
+                     n_stored=9, n_errors=0, rows={}, files=[], policy_hash="p")
+
+
+def write_clip_unit(storage: Storage, manifest: Manifest, shard: str, commit: bool) -> None:
+    rows = clip_rows(3, 2, shard)
+    entry = storage.write_bytes(layout.data_path("clip", "sample", shard),
+                                parquet_bytes(pa.Table.from_pylist(rows, schema=clip_views_schema(D))))
+    if commit:
+        write_commit(storage, CommitRecord(kind="clip", source="sample", shard=shard, unit=shard,
+                                           input=InputRef(f"/data/{shard}.tar", 100), n_input=3, n_stored=3,
+                                           n_errors=0, rows={"views": len(rows)}, files=[entry],
+                                           policy_hash=manifest.policy_hash))
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_fingerprint(tiny_teachers):
+    return load_clip_teacher(ClipTeacherConfig(arch=TINY_CLIP_ARCH, pretrained=tiny_teachers["clip"])).fingerprint
+
+
+def test_reader_sees_only_committed_units(tmp_path, job_yaml, tiny_clip_fingerprint):
+    cfg = load_job_config(str(job_yaml()))
+    storage = Storage(str(tmp_path / "store"))
+    manifest = ensure_manifest(storage, clip_manifest(cfg, tiny_clip_fingerprint, "fp32", "cpu"))
+    write_clip_unit(storage, manifest, "00000", commit=True)
+    write_clip_unit(storage, manifest, "00001", commit=False)  # a killed attempt's leftover
+    store = open_store(str(tmp_path / "store"))
+    assert [c.unit for c in store.commits("clip")] == ["00000"]
+    assert store.committed_files("clip", "views") == [f"{storage.url}/clip/sample/00000.parquet"]
+    table = store.read_table("clip", "views")
+    assert table.num_rows == 6 and set(table.column("shard").to_pylist()) == {"00000"}
+    assert store.manifest("clip").must_match["teacher"]["output"]["embed_dim"] == D
+    summary = store.summary()["clip"]
+    assert (summary["units"], summary["samples_stored"], summary["rows"]) == (1, 3, {"views": 6})
+    # A commit record from another policy is not counted.
+    write_clip_unit(storage, Manifest("clip", {"other": 1}), "00002", commit=True)
+    assert [c.unit for c in store.commits("clip")] == ["00000"]
+
+
+def test_mismatched_fingerprint_or_policy_is_refused_naming_the_field(tmp_path, job_yaml, tiny_clip_fingerprint):
+    cfg = load_job_config(str(job_yaml()))
+    storage = Storage(str(tmp_path / "store"))
+    first = ensure_manifest(storage, clip_manifest(cfg, tiny_clip_fingerprint, "fp32", "cpu"))
+    again = ensure_manifest(storage, clip_manifest(cfg, tiny_clip_fingerprint, "fp32", "host-b"))
+    assert again == first and json.loads((tmp_path / "store/clip/_manifest.json").read_text())["recorded"]["device"] == "cpu"
+
+    other_weights = load_clip_teacher(ClipTeacherConfig(arch=TINY_CLIP_ARCH, pretrained=None, init_seed=7)).fingerprint
+    with pytest.raises(ManifestMismatch, match=r"teacher.weights_sha256: store has \"778f.*write these targets to a new store"):
+        ensure_manifest(storage, clip_manifest(cfg, other_weights, "fp32", "cpu"))
+    k8 = load_job_config(str(job_yaml()), ["clip.views=8"])
+    with pytest.raises(ManifestMismatch, match=r"policy.views: store has 4, job has 8"):
+        ensure_manifest(storage, clip_manifest(k8, tiny_clip_fingerprint, "fp32", "cpu"))
+    with pytest.raises(ManifestMismatch, match=r"compute_dtype: store has \"fp32\", job has \"bf16\""):
+        ensure_manifest(storage, clip_manifest(cfg, tiny_clip_fingerprint, "bf16", "cuda"))
+
+
+def test_unreachable_store_is_one_line(tmp_path):
+    with pytest.raises(StoreError, match="cannot be reached"):
+        open_store(str(tmp_path / "does-not-exist"))
