@@ -5,6 +5,7 @@
     sources: [{name: cc12m, kind: clip, shards: "s3://bucket/cc12m/{00000..01242}.tar"}, ...]
     clip:    {teacher: {arch: ViT-L-14, pretrained: datacomp_xl_s13b_b90k}, views: 10, view_policy: {...}}
     sam:     {teacher: {model: vit_b, checkpoint: s3://.../sam_vit_b_01ec64.pth}, prompts: 64, precision: fp16}
+    ray:     {teacher_actors: 8, gpus_per_actor: 1, batch_size: 64, decode_cpus: 1}
 
 Load with `load_job_config(path, ["clip.views=4"])`; see storage_schemas.typed_config.
 """
@@ -122,12 +123,30 @@ class SamConfig:
 
 
 @dataclass
+class RayConfig:
+    teacher_actors: int = 1  # long-lived teacher actors (one teacher load each)
+    gpus_per_actor: float | None = None  # null: 1 where the cluster has GPUs, else 0 (CPU teachers)
+    cpus_per_actor: float = 1  # also the actor's torch threads
+    batch_size: int = 32  # samples per teacher batch; each brings its K views
+    decode_cpus: float = 1  # CPUs per decode/render task (one task per unit)
+    num_cpus: int | None = None  # only when this job starts a local Ray: CPUs to give it (null: all)
+
+    def validate(self) -> None:
+        for name in ("teacher_actors", "batch_size"):
+            if getattr(self, name) < 1:
+                raise FieldError(name, f"expected at least 1, got {getattr(self, name)}")
+        if self.cpus_per_actor <= 0 or self.decode_cpus <= 0:
+            raise FieldError("cpus_per_actor", "expected positive CPU counts")
+
+
+@dataclass
 class JobConfig:
     store: StoreConfig
     sources: list[SourceConfig]
     seed: int = 0
     clip: ClipConfig = field(default_factory=ClipConfig)
     sam: SamConfig = field(default_factory=SamConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
     compute_dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     max_image_pixels: int = 178_956_970  # larger images are errors (decompression bombs): Pillow's own limit
 

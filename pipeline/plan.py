@@ -16,6 +16,7 @@ from pipeline.config import JobConfig, load_job_config
 from pipeline.manifests import clip_manifest, resolve_compute_dtype, sam_manifest
 from pipeline.sources import InputShard, expand_source
 from pipeline.teachers import load_clip_teacher, load_sam_teacher
+from storage_schemas.commit import CommitRecord
 from storage_schemas.errors import run_cli
 from storage_schemas.manifest import Manifest, check_compatible, read_manifest
 from storage_schemas.storage import Storage
@@ -27,7 +28,7 @@ class KindPlan:
     manifest: Manifest  # the job's; equal in must-match fields to the store's if that exists
     manifest_exists: bool
     shards: list[InputShard] = field(default_factory=list)
-    committed_units: dict[str, list[str]] = field(default_factory=dict)  # shard url -> committed unit names
+    committed: dict[str, list[CommitRecord]] = field(default_factory=dict)  # shard url -> its committed units
 
 
 @dataclass
@@ -58,12 +59,12 @@ def make_plan(cfg: JobConfig, device: str | None = None) -> JobPlan:
             check_compatible(storage.url, stored, manifest)
         plan = KindPlan(manifest, stored is not None, [s for s in shards if s.kind == kind])
         for shard in plan.shards:
-            plan.committed_units[shard.url] = []
+            plan.committed[shard.url] = []
         by_shard = {(s.source, s.name): s.url for s in plan.shards}
         for record in store.commits(kind) if stored else []:
             url = by_shard.get((record.source, record.shard))
             if url is not None:
-                plan.committed_units[url].append(record.unit)
+                plan.committed[url].append(record)
         kinds[kind] = plan
     return JobPlan(cfg, storage, kinds)
 
@@ -80,8 +81,8 @@ def describe(plan: JobPlan) -> str:
                      f"compute {must['compute_dtype']}, policy {kp.manifest.policy_hash[:12]}; manifest {state}")
         for source in sorted({s.source for s in kp.shards}):
             shards = [s for s in kp.shards if s.source == source]
-            done = sum(1 for s in shards if kp.committed_units[s.url])
-            units = sum(len(kp.committed_units[s.url]) for s in shards)
+            done = sum(1 for s in shards if kp.committed[s.url])
+            units = sum(len(kp.committed[s.url]) for s in shards)
             size = sum(s.size for s in shards)
             lines.append(f"    source {source}: {len(shards)} shards ({size / 1e6:.1f} MB), "
                          f"{done} with committed units ({units} units), {len(shards) - done} untouched")

@@ -28,9 +28,11 @@ class InputShard:
     size: int
     etag: str | None
     storage_options: dict[str, Any]
+    unit_size: int | None  # samples per unit; None: the whole shard is one unit
 
-    def ref(self, start: int = 0, stop: int | None = None) -> InputRef:
-        return InputRef(url=self.url, size=self.size, etag=self.etag, sample_start=start, sample_stop=stop)
+    def ref(self, start: int, stop: int, shard_samples: int | None) -> InputRef:
+        return InputRef(url=self.url, size=self.size, etag=self.etag, sample_start=start, sample_stop=stop,
+                        shard_samples=shard_samples)
 
     def sidecar_url(self, suffix: str) -> str:
         """img2dataset's files beside the tar: `_stats.json`, `.parquet`."""
@@ -77,5 +79,6 @@ def expand_source(index: int, source: SourceConfig) -> list[InputShard]:
             raise ConfigError(f"config key '{key}': shard '{url}' cannot be read ({type(e).__name__}: {e})") from None
         etag = info.get("ETag") or info.get("etag")
         shards.append(InputShard(source.name, source.kind, url, name, int(info["size"]),
-                                 etag.strip('"') if isinstance(etag, str) else None, source.storage_options))
+                                 etag.strip('"') if isinstance(etag, str) else None, source.storage_options,
+                                 source.unit_size))
     return shards

@@ -29,7 +29,8 @@ class InputRef:
     size: int
     etag: str | None = None  # object stores only
     sample_start: int = 0  # this unit's samples are [sample_start, sample_stop) of the shard
-    sample_stop: int | None = None  # None: to the end of the shard
+    sample_stop: int | None = None
+    shard_samples: int | None = None  # samples in the whole shard, where the unit reached its end
 
 
 @dataclass(frozen=True)

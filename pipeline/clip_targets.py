@@ -1,0 +1,212 @@
+"""CLIP targets as a streaming Ray Data job: read + decode + render (CPU tasks) -> teacher actors
+-> per-unit collection and commit on the driver.
+
+    units ──flat_map(read_clip_unit)──> one row per sample: K rendered views, uint8 [K, S, S, 3]
+          ──map_batches(ClipTeacherStage, ActorPoolStrategy)──> + embedding float16 [K, D]
+          ──driver: UnitCollector──> clip/SOURCE/UNIT.parquet, _errors/..., _commits/... (last)
+
+A read task handles one shard and yields its samples one at a time, so no stage holds a shard's
+decoded pixels at once; Ray cuts the stream into blocks and the teacher actors consume them while
+later samples decode. A shard is one unit, or parts of `unit_size` samples; each unit ends with an
+`end` row carrying its sample count (the stream is read once, whatever the parts); the driver
+commits a unit once it holds that many distinct samples (stored or errors), deduplicating on
+sample index because Ray re-runs a batch whose worker died.
+"""
+from __future__ import annotations
+
+import json
+import traceback
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from pipeline.config import ClipTeacherConfig
+from pipeline.shard_reader import iter_tar_samples, sidecar_success_counts
+from storage_schemas.decode import DecodeError, decode_image, draft_side_for
+from storage_schemas.identity import SampleId
+from storage_schemas.layout import unit_name
+from storage_schemas.tables import clip_views_schema
+from storage_schemas.views import render_view, sample_views, view_hash
+
+OK, ERROR, END, UNIT_FAILED = "ok", "error", "end", "unit_failed"
+
+
+@dataclass(frozen=True)
+class RenderSpec:
+    """Everything a read task needs to turn bytes into views (pickled to the tasks)."""
+
+    seed: int
+    views: int
+    size: int  # the teacher's input size
+    interpolation: str
+    scale: tuple[float, float]
+    ratio: tuple[float, float]
+    flip: bool
+    max_pixels: int
+
+    @property
+    def draft_side(self) -> int:
+        return draft_side_for(self.size)
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One input shard to read; its units are the shard or its parts of `unit_size` samples."""
+
+    source: str
+    shard: str
+    url: str
+    storage_options_json: str  # JSON: Ray rows carry plain values
+    unit_size: int  # 0: the whole shard is one unit
+    skip_parts: list[int]  # parts already committed (only with unit_size)
+
+    def part_of(self, index: int) -> int:
+        return index // self.unit_size if self.unit_size else 0
+
+    def unit_of(self, part: int) -> str:
+        return unit_name(self.shard, part if self.unit_size else None)
+
+
+def _blank_row(task: ShardTask, spec: RenderSpec, status: str, part: int) -> dict[str, Any]:
+    k, s = spec.views, spec.size
+    return {
+        "source": task.source, "shard": task.shard, "unit": task.unit_of(part), "status": status,
+        "sample_index": -1, "part_start": part * task.unit_size, "key": "",
+        "pixels": np.zeros((k, s, s, 3), np.uint8), "crops": np.zeros((k, 4), np.float32),
+        "flips": np.zeros(k, bool), "hashes": "", "width": 0, "height": 0,
+        "reason": "", "detail": "", "members": "[]", "n_in_unit": 0, "shard_samples": -1,
+    }
+
+
+def read_clip_shard(row: dict[str, Any], spec: RenderSpec) -> Iterator[dict[str, Any]]:
+    """Ray flat_map UDF: one shard -> a row per sample of each pending unit, and an `end` row per
+    unit with its sample count; `unit_failed` if the shard cannot be read to its end."""
+    task = ShardTask(**row)
+    options = json.loads(task.storage_options_json)
+    skip = set(task.skip_parts)
+    want = lambda i: task.part_of(i) not in skip
+    part, count, total = 0, 0, 0
+
+    def end_row(shard_samples: int) -> dict[str, Any]:
+        end = _blank_row(task, spec, END, part)
+        end.update(n_in_unit=count, shard_samples=shard_samples,
+                   detail=_sidecar_note(task, options, total) if shard_samples >= 0 else "")
+        return end
+
+    try:
+        for sample in iter_tar_samples(task.url, options, want):
+            if task.part_of(sample.index) != part:
+                if part not in skip:
+                    yield end_row(-1)
+                part, count = task.part_of(sample.index), 0
+            count += 1
+            total += 1
+            if part not in skip:
+                yield render_sample(task, spec, part, sample.index - part * task.unit_size, sample.key,
+                                    sample.image(), sample.member_names())
+        if part not in skip:
+            yield end_row(total)
+    except Exception as e:  # the shard fails as a whole; the driver reports it and exits non-zero
+        failed = _blank_row(task, spec, UNIT_FAILED, part)
+        failed.update(reason=type(e).__name__, detail=f"{e} (in {traceback.extract_tb(e.__traceback__)[-1].name})")
+        yield failed
+
+
+def render_sample(task: ShardTask, spec: RenderSpec, part: int, index: int, key: str,
+                  image: tuple[str, bytes] | None, members: list[str]) -> dict[str, Any]:
+    """Decode once, render all K views; a sample that cannot be used becomes an error row."""
+    row = _blank_row(task, spec, OK, part)
+    row.update(sample_index=index, key=key, members=json.dumps(members))
+    try:
+        if image is None:
+            raise DecodeError("missing_image", f"no member with an image extension among {members}")
+        decoded = decode_image(image[1], spec.max_pixels, spec.draft_side)
+    except DecodeError as e:
+        row.update(status=ERROR, reason=e.reason, detail=e.detail)
+        return row
+    w, h = decoded.image.size
+    views = sample_views(spec.seed, SampleId(task.source, task.shard, key), w, h, spec.views, spec.size,
+                         spec.scale, spec.ratio, spec.flip)
+    hashes = []
+    for v in views:
+        pixels = render_view(decoded.image, v.crop, v.flip, spec.size, spec.interpolation)
+        row["pixels"][v.index] = pixels
+        row["crops"][v.index] = v.crop
+        row["flips"][v.index] = v.flip
+        hashes.append(view_hash(pixels))
+    row.update(hashes=",".join(hashes), width=decoded.full_size[0], height=decoded.full_size[1])
+    return row
+
+
+def _sidecar_note(task: ShardTask, options: dict, count: int) -> str:
+    """img2dataset's success counts must equal the tar's samples; say so where they don't."""
+    try:
+        counts = sidecar_success_counts(task.url, options)
+    except Exception as e:  # a sidecar is optional; an unreadable one is reported, not fatal
+        return f"img2dataset sidecar unreadable ({type(e).__name__}: {e})"
+    bad = [f"{name} says {n} successes" for name, n in counts.items() if n != count]
+    return f"img2dataset {'; '.join(bad)}, the tar holds {count} samples" if bad else ""
+
+
+class ClipTeacherStage:
+    """Ray actor UDF: loads the teacher once, turns uint8 views into normalised embeddings.
+
+    Normalisation runs on the teacher's device, so pixels travel as uint8 (4x less than float).
+    """
+
+    def __init__(self, teacher_cfg: ClipTeacherConfig, storage_options: dict, compute_dtype: str, threads: int):
+        from pipeline.teachers import load_clip_teacher
+
+        torch.set_num_threads(max(1, threads))
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.teacher = load_clip_teacher(teacher_cfg, storage_options, device=self.device)
+        pp = self.teacher.fingerprint.preprocess
+        self.mean = torch.tensor(pp["mean"], device=self.device).view(1, 3, 1, 1) * 255.0
+        self.std = torch.tensor(pp["std"], device=self.device).view(1, 3, 1, 1) * 255.0
+        self.autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(compute_dtype)
+
+    def embed(self, pixels: np.ndarray) -> np.ndarray:
+        """pixels: uint8 [N, S, S, 3] -> float16 [N, D], L2-normalised."""
+        x = torch.from_numpy(pixels).to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        x = (x - self.mean) / self.std
+        with torch.autocast(self.device, dtype=self.autocast, enabled=self.autocast is not None):
+            emb = self.teacher.encode_images(x)
+        return emb.to(torch.float16).cpu().numpy()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        pixels = batch.pop("pixels")
+        n, k = pixels.shape[:2]
+        emb = np.zeros((n, k, self.teacher.embed_dim), np.float16)
+        ok = np.flatnonzero(batch["status"] == OK)
+        if len(ok):
+            emb[ok] = self.embed(pixels[ok].reshape(len(ok) * k, *pixels.shape[2:])).reshape(len(ok), k, -1)
+        batch["embedding"] = emb
+        return batch
+
+
+def views_table(source: str, shard: str, samples: list[dict], views: int, embed_dim: int) -> pa.Table:
+    """The unit's views table from collected sample rows (sorted by sample index), columnar."""
+    n = len(samples)
+    rep = lambda values, dtype: np.repeat(np.asarray(values, dtype=dtype), views)
+    emb = np.stack([s["embedding"] for s in samples]).reshape(n * views, embed_dim) if n else np.zeros((0, embed_dim), np.float16)
+    crops = np.stack([s["crops"] for s in samples]).reshape(n * views, 4) if n else np.zeros((0, 4), np.float32)
+    flips = np.concatenate([s["flips"] for s in samples]) if n else np.zeros(0, bool)
+    hashes = [h for s in samples for h in s["hashes"].split(",")]
+    schema = clip_views_schema(embed_dim)
+    columns = {
+        "source": pa.array([source] * (n * views), pa.string()),
+        "shard": pa.array([shard] * (n * views), pa.string()),
+        "key": pa.array(rep([s["key"] for s in samples], object), pa.string()),
+        "sample_index": pa.array(rep([s["sample_index"] for s in samples], np.int32)),
+        "view": pa.array(np.tile(np.arange(views, dtype=np.int16), n)),
+        "width": pa.array(rep([s["width"] for s in samples], np.int32)),
+        "height": pa.array(rep([s["height"] for s in samples], np.int32)),
+        "crop": pa.FixedSizeListArray.from_arrays(pa.array(crops.reshape(-1)), type=schema.field("crop").type),
+        "flip": pa.array(flips),
+        "pixel_hash": pa.array(hashes, pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), type=schema.field("embedding").type),
+    }
+    return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)

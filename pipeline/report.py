@@ -1,0 +1,56 @@
+"""The end-of-job summary: a table for people, the same figures as JSON for programs."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class JobReport:
+    kind: str
+    units_done: int = 0  # committed by this run
+    units_skipped: int = 0  # already committed before this run
+    units_failed: list[dict] = field(default_factory=list)  # {source, shard, unit, reason, detail}
+    samples: int = 0  # input samples of the units committed by this run
+    samples_stored: int = 0
+    rows: Counter = field(default_factory=Counter)  # e.g. views, prompts
+    errors_by_reason: Counter = field(default_factory=Counter)
+    shard_notes: list[str] = field(default_factory=list)  # e.g. img2dataset counts that disagree
+    bytes_written: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.units_failed
+
+    def rate(self, rows: str) -> float:
+        return self.rows[rows] / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["rows"], d["errors_by_reason"] = dict(self.rows), dict(self.errors_by_reason)
+        d["rows_per_second"] = {k: round(self.rate(k), 2) for k in self.rows}
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def table(self) -> str:
+        lines = [
+            f"{self.kind} targets",
+            f"  units      {self.units_done} done, {self.units_skipped} skipped (already committed), "
+            f"{len(self.units_failed)} failed",
+            f"  samples    {self.samples} read, {self.samples_stored} stored, "
+            f"{sum(self.errors_by_reason.values())} in errors",
+        ]
+        for name, n in sorted(self.rows.items()):
+            lines.append(f"  {name:<10} {n} ({self.rate(name):.1f}/s over {self.seconds:.1f} s)")
+        for reason, n in sorted(self.errors_by_reason.items()):
+            lines.append(f"  error      {reason}: {n}")
+        lines.append(f"  written    {self.bytes_written / 1e6:.2f} MB")
+        for note in self.shard_notes:
+            lines.append(f"  note       {note}")
+        for f in self.units_failed:
+            lines.append(f"  FAILED     {f['source']}/{f['unit']}: {f['reason']}: {f['detail']}")
+        return "\n".join(lines)

@@ -1,0 +1,86 @@
+"""Streaming the samples of a tar shard from any fsspec URL, without holding the shard in memory.
+
+Members are grouped into samples the webdataset way: consecutive members sharing the part of the
+base name before its first dot (`000420017.jpg`, `000420017.json` -> key `000420017`;
+`sa_223750.jpg` + `sa_223750.json` -> `sa_223750`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import fsspec
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+
+
+@dataclass
+class TarSample:
+    index: int  # position in the shard, counting every sample (0-based)
+    key: str
+    members: dict[str, bytes] = field(default_factory=dict)  # extension -> bytes
+
+    def image(self) -> tuple[str, bytes] | None:
+        """(extension, bytes) of the first image member, if any."""
+        for ext in IMAGE_EXTENSIONS:
+            if ext in self.members:
+                return ext, self.members[ext]
+        return None
+
+    def member_names(self) -> list[str]:
+        return [f"{self.key}.{ext}" for ext in self.members]
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    directory, base = os.path.split(name)
+    stem, _, ext = base.partition(".")
+    return (f"{directory}/{stem}" if directory else stem), ext.lower()
+
+
+def iter_tar_samples(url: str, storage_options: dict[str, Any] | None = None,
+                     want: Callable[[int], bool] | None = None) -> Iterator[TarSample]:
+    """Every sample of the tar at `url`, read as a stream.
+
+    Samples for which `want(index)` is False are still yielded (so they are counted), with no
+    members read.
+    """
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    with fs.open(path, "rb", block_size=1 << 22) as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        current: TarSample | None = None
+        index = -1
+        for info in tar:
+            if not info.isfile():
+                continue
+            key, ext = split_member_name(info.name)
+            if current is None or key != current.key:
+                if current is not None:
+                    yield current
+                index += 1
+                current = TarSample(index, key)
+            if want is None or want(index):
+                extracted = tar.extractfile(info)
+                current.members[ext] = extracted.read() if extracted is not None else b""
+            else:
+                current.members.setdefault(ext, b"")
+        if current is not None:
+            yield current
+
+
+def sidecar_success_counts(tar_url: str, storage_options: dict[str, Any] | None = None) -> dict[str, int]:
+    """img2dataset's success counts beside a shard: {"_stats.json": n, ".parquet": n}, where present."""
+    fs, path = fsspec.core.url_to_fs(tar_url, **(storage_options or {}))
+    stem = path[: -len(".tar")]
+    out = {}
+    if fs.exists(stem + "_stats.json"):
+        out["_stats.json"] = int(json.loads(fs.cat_file(stem + "_stats.json"))["successes"])
+    if fs.exists(stem + ".parquet"):
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        with fs.open(stem + ".parquet", "rb") as f:
+            status = pq.read_table(f, columns=["status"]).column("status")
+        out[".parquet"] = int(pc.sum(pc.equal(status, "success")).as_py() or 0)
+    return out
