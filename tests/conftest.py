@@ -56,3 +56,65 @@ def run_module(module: str, *args: str, env: dict | None = None, timeout: int = 
         [sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray head (2 CPUs) for the whole session; RAY_ADDRESS points jobs started as
+    subprocesses at it too, so a killed job leaves no Ray of its own behind."""
+    import secrets
+
+    # Token authentication, as Ray 2.60 enables it for `ray start --head`: one token for the head,
+    # this process and every job subprocess (they inherit the environment). Ray reads these when
+    # imported, so they are set first.
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    import ray
+
+    port = _free_port()
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    subprocess.run([ray_bin, "start", "--head", "--num-cpus", "2", "--port", str(port),
+                    "--node-ip-address", "127.0.0.1", "--include-dashboard", "false", "--disable-usage-stats"],
+                   check=True, capture_output=True, timeout=120)
+    address = f"127.0.0.1:{port}"
+    ray.init(address=address, logging_level="WARNING")
+    os.environ["RAY_ADDRESS"] = address
+    yield address
+    ray.shutdown()
+    os.environ.pop("RAY_ADDRESS", None)
+    subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120)
+
+
+CLIP_JOB = """
+store: {{url: "{store}"}}
+sources:
+  - {{name: sample, kind: clip, shards: "{corpus}/clip/{{00000..00003}}.tar"}}
+clip:
+  teacher: {{arch: samclip-tiny-clip, pretrained: "{clip}"}}
+  views: 4
+ray: {{batch_size: 8}}
+"""
+
+
+def write_clip_job(path: Path, store: Path | str, corpus: Path, teachers: dict) -> Path:
+    path.write_text(CLIP_JOB.format(store=store, corpus=corpus, clip=teachers["clip"]))
+    return path
+
+
+@pytest.fixture(scope="session")
+def clip_store(tmp_path_factory, sample_corpus, tiny_teachers, ray_cluster) -> Path:
+    """The sample corpus's CLIP targets (tiny teacher, K=4), materialized once per session."""
+    from pipeline.materialize import main
+
+    root = tmp_path_factory.mktemp("clip-store")
+    job = write_clip_job(root / "job.yaml", root / "store", sample_corpus, tiny_teachers)
+    assert main([str(job)]) == 0
+    return root / "store"

@@ -1,0 +1,117 @@
+"""CLIP targets: equality with open_clip, exact replay, exactly-once, refusal of other policies."""
+import tarfile
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+
+from pipeline.config import ClipTeacherConfig, load_job_config
+from pipeline.materialize import main as materialize
+from pipeline.teachers import load_clip_teacher
+from pipeline.teachers.clip_teacher import TINY_CLIP_ARCH
+from storage_schemas.decode import decode_image, draft_side_for
+from storage_schemas.errors import ManifestMismatch
+from storage_schemas.store import open_store
+from storage_schemas.views import render_view, view_hash
+from conftest import write_clip_job
+
+
+def tar_images(corpus, shard: str) -> dict[str, bytes]:
+    with tarfile.open(corpus / "clip" / f"{shard}.tar") as tar:
+        return {m.name[:-4]: tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".jpg")}
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_teachers):
+    return load_clip_teacher(ClipTeacherConfig(arch=TINY_CLIP_ARCH, pretrained=tiny_teachers["clip"]))
+
+
+@pytest.fixture(scope="module")
+def views(clip_store):
+    return open_store(str(clip_store)).read_table("clip", "views").to_pylist()
+
+
+def test_view0_equals_open_clip_preprocess_val(views, teacher, sample_corpus):
+    images = tar_images(sample_corpus, "00001")
+    rows = [r for r in views if r["shard"] == "00001" and r["view"] == 0]
+    assert len(rows) == 25
+    for r in rows:
+        decoded = decode_image(images[r["key"]], draft_side=draft_side_for(224)).image
+        with torch.no_grad():
+            want = torch.nn.functional.normalize(teacher.model.encode_image(teacher.preprocess_val(decoded)[None]), dim=-1)[0]
+        got = torch.tensor(np.asarray(r["embedding"], np.float32))
+        assert torch.dot(want, got).item() > 0.999, r["key"]
+        assert abs(got.norm().item() - 1) < 2e-3
+
+
+def test_random_views_replay_exactly(views, teacher, sample_corpus):
+    images = {**tar_images(sample_corpus, "00002"), **tar_images(sample_corpus, "00003")}
+    rows = [r for r in views if r["shard"] in ("00002", "00003") and r["view"] > 0][::5]
+    assert len(rows) >= 25 and any(r["flip"] for r in rows) and not all(r["flip"] for r in rows)
+    pp = teacher.fingerprint.preprocess
+    mean, std = torch.tensor(pp["mean"]).view(3, 1, 1), torch.tensor(pp["std"]).view(3, 1, 1)
+    for r in rows:
+        decoded = decode_image(images[r["key"]], draft_side=draft_side_for(224)).image
+        pixels = render_view(decoded, r["crop"], r["flip"], 224)
+        assert view_hash(pixels) == r["pixel_hash"]
+        x = (torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255 - mean) / std
+        want = teacher.encode_images(x[None])[0]
+        assert torch.dot(want, torch.tensor(np.asarray(r["embedding"], np.float32))).item() > 0.999
+
+
+def test_views_differ_and_counts_reconcile(views, clip_store, sample_corpus):
+    store = open_store(str(clip_store))
+    commits = store.commits("clip")
+    assert [c.unit for c in commits] == ["00000", "00001", "00002", "00003"]
+    for c in commits:
+        keys = tar_images(sample_corpus, c.shard).keys()
+        stored = {r["key"] for r in views if r["shard"] == c.shard}
+        assert c.n_input == len(keys) and c.n_stored + c.n_errors == c.n_input
+        assert stored == set(keys) and c.rows["views"] == 4 * c.n_stored
+        assert c.input.size == (sample_corpus / "clip" / f"{c.shard}.tar").stat().st_size
+    seen = [(r["shard"], r["key"], r["view"]) for r in views]
+    assert len(seen) == len(set(seen)) == 400
+    crops = {tuple(r["crop"]) for r in views if r["view"] > 0}
+    assert len(crops) == 300, "every random view has its own crop"
+    assert store.manifest("clip").must_match["policy"]["views"] == 4
+
+
+def test_another_policy_or_teacher_is_refused(clip_store, sample_corpus, tiny_teachers, tmp_path):
+    job = write_clip_job(tmp_path / "job.yaml", clip_store, sample_corpus, tiny_teachers)
+    with pytest.raises(ManifestMismatch, match="policy.views: store has 4, job has 3"):
+        materialize([str(job), "--set", "clip.views=3"])
+    with pytest.raises(ManifestMismatch, match="teacher.weights_sha256"):
+        materialize([str(job), "--set", "clip.teacher.pretrained=null", "--set", "clip.teacher.init_seed=5"])
+
+
+def test_rerun_skips_committed_units(clip_store, sample_corpus, tiny_teachers, tmp_path):
+    before = {c.unit: c.attempt_id for c in open_store(str(clip_store)).commits("clip")}
+    job = write_clip_job(tmp_path / "job.yaml", clip_store, sample_corpus, tiny_teachers)
+    assert materialize([str(job), "--report", str(tmp_path / "report.json")]) == 0
+    after = {c.unit: c.attempt_id for c in open_store(str(clip_store)).commits("clip")}
+    assert after == before
+    import json
+    report = json.loads((tmp_path / "report.json").read_text())["reports"][0]
+    assert report["units_skipped"] == 4 and report["units_done"] == 0
+
+
+def test_text_targets_equal_open_clip_zero_shot_classifier(clip_store, sample_corpus, tiny_teachers, tmp_path, teacher):
+    from conftest import run_module
+
+    job = write_clip_job(tmp_path / "job.yaml", clip_store, sample_corpus, tiny_teachers)
+    classes = tmp_path / "classes.txt"
+    classes.write_text("cat\nrocket\ncup of coffee\n")
+    result = run_module("pipeline.text_targets", str(job), "--name", "sample", "--classes", str(classes))
+    assert result.returncode == 0, result.stderr
+    table = open_store(str(clip_store)).read_text("sample")
+    assert table.column("class_name").to_pylist() == ["cat", "rocket", "cup of coffee"]
+    got = torch.tensor(np.asarray(table.column("embedding").to_pylist(), np.float32))
+    want = open_clip.build_zero_shot_classifier(teacher.model, teacher.tokenizer, ["cat", "rocket", "cup of coffee"],
+                                                open_clip.OPENAI_IMAGENET_TEMPLATES).T
+    torch.testing.assert_close(got, want)
+    with torch.no_grad():  # and by hand: mean of normalised template embeddings, renormalised
+        e = teacher.model.encode_text(teacher.tokenizer([t("rocket") for t in open_clip.OPENAI_IMAGENET_TEMPLATES]))
+        manual = torch.nn.functional.normalize(torch.nn.functional.normalize(e, dim=-1).mean(0), dim=0)
+    torch.testing.assert_close(got[1], manual, atol=1e-5, rtol=1e-5)
+    assert table.schema.metadata[b"teacher_weights_sha256"].decode() == teacher.fingerprint.weights_sha256
