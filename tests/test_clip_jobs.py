@@ -1,0 +1,162 @@
+"""Materialize jobs under dirty input and crashes: every sample exactly once in the store or errors."""
+import io
+import json
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO, run_module, write_clip_job
+from dirty_images import MAX_PIXELS, dirty_samples
+from pipeline.materialize import main as materialize
+from storage_schemas.store import open_store
+
+
+def shard_keys(corpus, shard: str) -> set[str]:
+    with tarfile.open(corpus / "clip" / f"{shard}.tar") as tar:
+        return {m.name.split(".")[0] for m in tar.getmembers()}
+
+
+def assert_exactly_once(store_path, corpus, views: int = 4) -> dict:
+    """Every input sample exactly once in views (all K views) or errors; returns unit -> attempt id."""
+    store = open_store(str(store_path))
+    commits = store.commits("clip")
+    assert sorted(c.unit for c in commits) == ["00000", "00001", "00002", "00003"]
+    table = store.read_table("clip", "views").to_pylist()
+    errors = store.read_table("clip", "errors")
+    error_keys = [(r["shard"], r["key"]) for r in (errors.to_pylist() if errors else [])]
+    per_sample: dict[tuple, list[int]] = {}
+    for r in table:
+        per_sample.setdefault((r["shard"], r["key"]), []).append(r["view"])
+    assert all(sorted(v) == list(range(views)) for v in per_sample.values())
+    assert not set(per_sample) & set(error_keys) and len(error_keys) == len(set(error_keys))
+    for c in commits:
+        keys = {(c.shard, k) for k in shard_keys(corpus, c.shard)}
+        assert {k for k in per_sample if k[0] == c.shard} | {k for k in error_keys if k[0] == c.shard} == keys
+        assert c.n_input == len(keys)
+    listed = set(store.committed_files("clip", "views"))
+    assert len(listed) == 4 and all(u.endswith(".parquet") for u in listed)
+    return {c.unit: c.attempt_id for c in commits}
+
+
+def committed(store_path) -> dict:
+    return {c.unit: c.attempt_id for c in open_store(str(store_path)).commits("clip")} if (store_path / "clip").exists() else {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point, committed_before", [("after_data_before_commit:2", 1), ("during_teacher", 0)])
+def test_kill_at_a_named_point_then_rerun(point, committed_before, tmp_path, sample_corpus, tiny_teachers, ray_cluster):
+    store = tmp_path / "store"
+    job = write_clip_job(tmp_path / "job.yaml", store, sample_corpus, tiny_teachers)
+    killed = run_module("pipeline.materialize", str(job), env={"SAMCLIP_KILL_AT": point})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    before = committed(store)
+    assert len(before) == committed_before
+    if point.startswith("after_data"):  # the second unit's data is there, its record is not
+        assert len(list((store / "clip" / "sample").glob("*.parquet"))) == 2
+        assert len(open_store(str(store)).committed_files("clip", "views")) == 1
+    rerun = run_module("pipeline.materialize", str(job))
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    after = assert_exactly_once(store, sample_corpus)
+    assert all(after[u] == a for u, a in before.items()), "committed units were recomputed"
+    assert f"{4 - committed_before} done, {committed_before} skipped" in rerun.stdout
+
+
+@pytest.mark.slow
+def test_kill_from_outside_at_a_random_time_then_rerun(tmp_path, sample_corpus, tiny_teachers, ray_cluster):
+    store = tmp_path / "store"
+    job = write_clip_job(tmp_path / "job.yaml", store, sample_corpus, tiny_teachers)
+    delay = np.random.default_rng(int(time.time())).uniform(4.0, 12.0)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.materialize", str(job)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    before = committed(store)
+    rerun = run_module("pipeline.materialize", str(job))
+    assert rerun.returncode == 0, (delay, rerun.stderr[-2000:])
+    after = assert_exactly_once(store, sample_corpus)
+    assert all(after[u] == a for u, a in before.items()), (delay, "committed units were recomputed")
+
+
+@pytest.fixture(scope="module")
+def dirty_shard(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dirty")
+    with tarfile.open(out / "00000.tar", "w") as tar:
+        members = [(f"{name}.{ext}", data) for name, ext, data, _ in dirty_samples()]
+        members.append(("notext.txt", b"a caption without an image"))
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out / "00000.tar"
+
+
+def test_dirty_shard_stores_the_good_and_records_the_bad(dirty_shard, tmp_path, tiny_teachers, ray_cluster):
+    job = tmp_path / "job.yaml"
+    job.write_text(f"""
+store: {{url: "{tmp_path / 'store'}"}}
+sources: [{{name: dirty, kind: clip, shards: "{dirty_shard}"}}]
+clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{tiny_teachers['clip']}"}}, views: 2}}
+max_image_pixels: {MAX_PIXELS}
+""")
+    assert materialize([str(job), "--report", str(tmp_path / "report.json")]) == 0
+    store = open_store(str(tmp_path / "store"))
+    (commit,) = store.commits("clip")
+    expected_errors = {name: reason for name, _, _, reason in dirty_samples() if reason} | {"notext": "missing_image"}
+    errors = {r["key"]: r["reason"] for r in store.read_table("clip", "errors").to_pylist()}
+    assert errors == expected_errors
+    views = store.read_table("clip", "views").to_pylist()
+    stored = {r["key"] for r in views}
+    assert stored == {name for name, _, _, reason in dirty_samples() if reason is None}
+    assert commit.n_input == len(stored) + len(errors) == 14 and commit.n_errors == len(errors)
+    sizes = {r["key"]: (r["width"], r["height"]) for r in views}
+    assert sizes["exif"] == (20, 40) and sizes["one"] == (1, 1) and sizes["wide"] == (500, 10)
+    report = json.loads((tmp_path / "report.json").read_text())["reports"][0]
+    assert report["errors_by_reason"] == {"truncated": 1, "empty": 1, "not_an_image": 1, "decompression_bomb": 1,
+                                          "missing_image": 1}
+
+
+def test_img2dataset_count_mismatch_is_reported(tmp_path, sample_corpus, tiny_teachers, ray_cluster):
+    import shutil
+
+    shard = tmp_path / "in" / "00000.tar"
+    shard.parent.mkdir()
+    shutil.copy(sample_corpus / "clip" / "00000.tar", shard)
+    stats = json.loads((sample_corpus / "clip" / "00000_stats.json").read_text())
+    stats["successes"] += 3
+    (tmp_path / "in" / "00000_stats.json").write_text(json.dumps(stats))
+    job = tmp_path / "job.yaml"
+    job.write_text(f"""
+store: {{url: "{tmp_path / 'store'}"}}
+sources: [{{name: s, kind: clip, shards: "{shard}"}}]
+clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{tiny_teachers['clip']}"}}, views: 1}}
+""")
+    assert materialize([str(job), "--report", str(tmp_path / "r.json")]) == 0
+    notes = json.loads((tmp_path / "r.json").read_text())["reports"][0]["shard_notes"]
+    assert notes == ["s/00000: img2dataset _stats.json says 28 successes, the tar holds 25 samples"]
+
+
+def test_unit_size_cuts_a_shard_into_parts(tmp_path, sample_corpus, tiny_teachers, ray_cluster):
+    job = tmp_path / "job.yaml"
+    job.write_text(f"""
+store: {{url: "{tmp_path / 'store'}"}}
+sources: [{{name: s, kind: clip, shards: "{sample_corpus}/clip/00001.tar", unit_size: 10}}]
+clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{tiny_teachers['clip']}"}}, views: 1}}
+""")
+    assert materialize([str(job)]) == 0
+    commits = open_store(str(tmp_path / "store")).commits("clip")
+    assert [(c.unit, c.input.sample_start, c.input.sample_stop, c.n_input) for c in commits] == [
+        ("00001.p000", 0, 10, 10), ("00001.p001", 10, 20, 10), ("00001.p002", 20, 25, 5)]
+    assert commits[-1].input.shard_samples == 25
+    views = open_store(str(tmp_path / "store")).read_table("clip", "views")
+    assert views.num_rows == 25 and sorted(set(views.column("key").to_pylist())) == sorted(shard_keys(sample_corpus, "00001"))
+    # Part 1 lost: the rerun redoes only it.
+    (tmp_path / "store" / "_commits" / "clip" / "s" / "00001.p001.json").unlink()
+    assert materialize([str(job), "--report", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())["reports"][0]
+    assert (report["units_done"], report["units_skipped"], report["samples"]) == (1, 2, 10)
