@@ -1,0 +1,102 @@
+"""CLIP pipeline throughput against the bare teacher forward, and bytes per stored view.
+
+    python bench/clip_pipeline.py [--arch ViT-B-16] [--views 2] [--samples 100] [--batch 16]
+
+pipeline: `python -m pipeline.materialize` in this process on a local Ray with 2 CPUs (one decode
+          task, one teacher actor with 1 torch thread), over the sample corpus; views/s from the
+          job's own report (dataset start to last commit, actor start-up included).
+bare:     the same teacher (random init, same seed), the same batches of uint8 views already in
+          memory, through the same normalise + encode code, 1 torch thread.
+bytes:    stored bytes per view: Parquet of the bench store (D of --arch), and of a synthetic
+          D=768 table (ViT-L/14) built by the pipeline's own table code; the fp16 floor is 2 x D.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tarfile
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+import torch
+import yaml
+
+from pipeline.clip_targets import ClipTeacherStage, views_table
+from pipeline.config import ClipTeacherConfig
+from pipeline.materialize import main as materialize
+from pipeline.sample_data import build_sample_corpus
+from storage_schemas.decode import decode_image, draft_side_for
+from storage_schemas.store import open_store
+from storage_schemas.tables import parquet_bytes
+from storage_schemas.views import render_view
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="ViT-B-16")
+    parser.add_argument("--views", type=int, default=2)
+    parser.add_argument("--samples", type=int, default=100, help="first N samples of the corpus (25 per shard)")
+    parser.add_argument("--batch", type=int, default=16, help="samples per teacher batch")
+    args = parser.parse_args()
+    work = tempfile.mkdtemp(prefix="bench-clip-")
+    build_sample_corpus(f"{work}/corpus")
+    n_shards = max(1, min(4, args.samples // 25))
+    job = {
+        "store": {"url": f"{work}/store"},
+        "sources": [{"name": "bench", "kind": "clip", "shards": f"{work}/corpus/clip/{{00000..{n_shards - 1:05d}}}.tar"}],
+        "clip": {"teacher": {"arch": args.arch, "pretrained": None, "init_seed": 0}, "views": args.views},
+        "ray": {"num_cpus": 2, "teacher_actors": 1, "cpus_per_actor": 1, "batch_size": args.batch},
+    }
+    with open(f"{work}/job.yaml", "w") as f:
+        yaml.safe_dump(job, f)
+    assert materialize([f"{work}/job.yaml", "--report", f"{work}/report.json"]) == 0
+    import json
+
+    report = json.loads(open(f"{work}/report.json").read())["reports"][0]
+    pipeline_rate = report["rows_per_second"]["views"]
+
+    store = open_store(f"{work}/store")
+    rows = store.read_table("clip", "views").to_pylist()
+    images = {}
+    for shard in range(n_shards):
+        with tarfile.open(f"{work}/corpus/clip/{shard:05d}.tar") as tar:
+            images |= {(f"{shard:05d}", m.name[:-4]): tar.extractfile(m).read()
+                       for m in tar.getmembers() if m.name.endswith(".jpg")}
+    decoded = {k: decode_image(v, draft_side=draft_side_for(224)).image for k, v in images.items()}
+    pixels = np.stack([render_view(decoded[(r["shard"], r["key"])], r["crop"], r["flip"], 224) for r in rows])
+    stage = ClipTeacherStage(ClipTeacherConfig(arch=args.arch, pretrained=None, init_seed=0), {}, "fp32", threads=1)
+    per_batch = args.batch * args.views
+    stage.embed(pixels[:per_batch])  # warm-up, as the actor's first batch is in the pipeline figure
+    t0 = time.perf_counter()
+    for i in range(0, len(pixels), per_batch):
+        stage.embed(pixels[i:i + per_batch])
+    bare_rate = len(pixels) / (time.perf_counter() - t0)
+
+    d = store.manifest("clip").must_match["teacher"]["output"]["embed_dim"]
+    store_bytes = sum(f.size for c in store.commits("clip") for f in c.files if f.path.startswith("clip/"))
+    synth = [dict(r, embedding=(lambda e: (e / np.linalg.norm(e)).astype(np.float16))(np.random.default_rng(i).normal(size=768)))
+             for i, r in enumerate(rows)]
+    samples = {}
+    for r in synth:
+        s = samples.setdefault((r["shard"], r["key"]), dict(r, crops=[], flips=[], hashes=[], embs=[]))
+        s["crops"].append(r["crop"]); s["flips"].append(r["flip"]); s["hashes"].append(r["pixel_hash"]); s["embs"].append(r["embedding"])
+    collected = [dict(key=s["key"], sample_index=s["sample_index"], width=s["width"], height=s["height"],
+                      crops=np.asarray(s["crops"], np.float32), flips=np.asarray(s["flips"]), hashes=",".join(s["hashes"]),
+                      embedding=np.stack(s["embs"])) for s in samples.values()]
+    synth_bytes = len(parquet_bytes(views_table("bench", "00000", collected, args.views, 768)))
+
+    print(f"teacher {args.arch} (random init), K={args.views}, {len(rows)} views, batch {args.batch} samples "
+          f"({per_batch} views), 1 torch thread, local Ray with 2 CPUs")
+    print(f"  bare teacher       {bare_rate:8.2f} views/s")
+    print(f"  pipeline           {pipeline_rate:8.2f} views/s  (report: {report['seconds']:.1f} s)")
+    print(f"  pipeline / bare    {pipeline_rate / bare_rate:8.3f}")
+    print(f"  bytes per view     {store_bytes / len(rows):8.1f} at D={d} (fp16 floor {2 * d}); "
+          f"{synth_bytes / len(rows):.1f} at D=768 (floor 1536)")
+
+
+if __name__ == "__main__":
+    main()
