@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup_env.sh
+export RAY_USAGE_STATS_ENABLED="${RAY_USAGE_STATS_ENABLED:-0}"  # offline demo: no usage reporting
 python -m pipeline.sample_data out/sample
 python -m pipeline.teachers.tiny out/teachers
 python -m pipeline.plan jobs/sample.yaml

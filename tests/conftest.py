@@ -10,6 +10,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# No usage reporting from test clusters (it also polls a Prometheus that is not there).
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
 
 @pytest.fixture(scope="session")
 def sample_corpus(tmp_path_factory) -> Path:
