@@ -15,7 +15,6 @@ sample index because Ray re-runs a batch whose worker died.
 from __future__ import annotations
 
 import json
-import traceback
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -24,15 +23,12 @@ import pyarrow as pa
 import torch
 
 from pipeline.config import ClipTeacherConfig
-from pipeline.shard_reader import iter_tar_samples, sidecar_success_counts
+from pipeline.shard_reader import TarSample, sidecar_success_counts
+from pipeline.units import OK, ERROR, ShardTask, read_shard
 from storage_schemas.decode import DecodeError, decode_image, draft_side_for
 from storage_schemas.identity import SampleId
-from storage_schemas.layout import unit_name
 from storage_schemas.tables import clip_views_schema
 from storage_schemas.views import render_view, sample_views, view_hash
-
-OK, ERROR, END, UNIT_FAILED = "ok", "error", "end", "unit_failed"
-
 
 @dataclass(frozen=True)
 class RenderSpec:
@@ -52,74 +48,26 @@ class RenderSpec:
         return draft_side_for(self.size)
 
 
-@dataclass(frozen=True)
-class ShardTask:
-    """One input shard to read; its units are the shard or its parts of `unit_size` samples."""
-
-    source: str
-    shard: str
-    url: str
-    storage_options_json: str  # JSON: Ray rows carry plain values
-    unit_size: int  # 0: the whole shard is one unit
-    skip_parts: list[int]  # parts already committed (only with unit_size)
-
-    def part_of(self, index: int) -> int:
-        return index // self.unit_size if self.unit_size else 0
-
-    def unit_of(self, part: int) -> str:
-        return unit_name(self.shard, part if self.unit_size else None)
-
-
-def _blank_row(task: ShardTask, spec: RenderSpec, status: str, part: int) -> dict[str, Any]:
+def blank_clip_row(task: ShardTask, spec: RenderSpec, status: str, part: int) -> dict[str, Any]:
+    """The row protocol of pipeline.units plus the CLIP columns, zero-filled."""
     k, s = spec.views, spec.size
-    return {
-        "source": task.source, "shard": task.shard, "unit": task.unit_of(part), "status": status,
-        "sample_index": -1, "part_start": part * task.unit_size, "key": "",
-        "pixels": np.zeros((k, s, s, 3), np.uint8), "crops": np.zeros((k, 4), np.float32),
-        "flips": np.zeros(k, bool), "hashes": "", "width": 0, "height": 0,
-        "reason": "", "detail": "", "members": "[]", "n_in_unit": 0, "shard_samples": -1,
-    }
+    return {**task.base_row(status, part),
+            "pixels": np.zeros((k, s, s, 3), np.uint8), "crops": np.zeros((k, 4), np.float32),
+            "flips": np.zeros(k, bool), "hashes": "", "width": 0, "height": 0}
 
 
 def read_clip_shard(row: dict[str, Any], spec: RenderSpec) -> Iterator[dict[str, Any]]:
-    """Ray flat_map UDF: one shard -> a row per sample of each pending unit, and an `end` row per
-    unit with its sample count; `unit_failed` if the shard cannot be read to its end."""
-    task = ShardTask(**row)
-    options = json.loads(task.storage_options_json)
-    skip = set(task.skip_parts)
-    want = lambda i: task.part_of(i) not in skip
-    part, count, total = 0, 0, 0
-
-    def end_row(shard_samples: int) -> dict[str, Any]:
-        end = _blank_row(task, spec, END, part)
-        end.update(n_in_unit=count, shard_samples=shard_samples,
-                   detail=_sidecar_note(task, options, total) if shard_samples >= 0 else "")
-        return end
-
-    try:
-        for sample in iter_tar_samples(task.url, options, want):
-            if task.part_of(sample.index) != part:
-                if part not in skip:
-                    yield end_row(-1)
-                part, count = task.part_of(sample.index), 0
-            count += 1
-            total += 1
-            if part not in skip:
-                yield render_sample(task, spec, part, sample.index - part * task.unit_size, sample.key,
-                                    sample.image(), sample.member_names())
-        if part not in skip:
-            yield end_row(total)
-    except Exception as e:  # the shard fails as a whole; the driver reports it and exits non-zero
-        failed = _blank_row(task, spec, UNIT_FAILED, part)
-        failed.update(reason=type(e).__name__, detail=f"{e} (in {traceback.extract_tb(e.__traceback__)[-1].name})")
-        yield failed
+    """Ray flat_map UDF: one shard -> one row per sample (K rendered views), `end` rows per unit."""
+    yield from read_shard(row, lambda task, part, index, sample: render_sample(task, spec, part, index, sample),
+                          lambda task, status, part: blank_clip_row(task, spec, status, part), _sidecar_note)
 
 
-def render_sample(task: ShardTask, spec: RenderSpec, part: int, index: int, key: str,
-                  image: tuple[str, bytes] | None, members: list[str]) -> dict[str, Any]:
+def render_sample(task: ShardTask, spec: RenderSpec, part: int, index: int, sample: TarSample) -> dict[str, Any]:
     """Decode once, render all K views; a sample that cannot be used becomes an error row."""
-    row = _blank_row(task, spec, OK, part)
-    row.update(sample_index=index, key=key, members=json.dumps(members))
+    row = blank_clip_row(task, spec, OK, part)
+    members = sample.member_names()
+    row.update(sample_index=index, key=sample.key, members=json.dumps(members))
+    image = sample.image()
     try:
         if image is None:
             raise DecodeError("missing_image", f"no member with an image extension among {members}")
@@ -128,7 +76,7 @@ def render_sample(task: ShardTask, spec: RenderSpec, part: int, index: int, key:
         row.update(status=ERROR, reason=e.reason, detail=e.detail)
         return row
     w, h = decoded.image.size
-    views = sample_views(spec.seed, SampleId(task.source, task.shard, key), w, h, spec.views, spec.size,
+    views = sample_views(spec.seed, SampleId(task.source, task.shard, sample.key), w, h, spec.views, spec.size,
                          spec.scale, spec.ratio, spec.flip)
     hashes = []
     for v in views:
@@ -170,7 +118,7 @@ class ClipTeacherStage:
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:
         """pixels: uint8 [N, S, S, 3] -> float16 [N, D], L2-normalised."""
-        x = torch.from_numpy(pixels).to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        x = torch.from_numpy(np.array(pixels)).to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
         x = (x - self.mean) / self.std
         with torch.autocast(self.device, dtype=self.autocast, enabled=self.autocast is not None):
             emb = self.teacher.encode_images(x)

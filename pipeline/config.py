@@ -127,12 +127,13 @@ class RayConfig:
     teacher_actors: int = 1  # long-lived teacher actors (one teacher load each)
     gpus_per_actor: float | None = None  # null: 1 where the cluster has GPUs, else 0 (CPU teachers)
     cpus_per_actor: float = 1  # also the actor's torch threads
-    batch_size: int = 32  # samples per teacher batch; each brings its K views
+    batch_size: int = 32  # samples per CLIP teacher batch; each brings its K views
+    sam_batch_size: int = 4  # images per SAM teacher batch; each runs the encoder once, its prompts by structure
     decode_cpus: float = 1  # CPUs per decode/render task (one task per unit)
     num_cpus: int | None = None  # only when this job starts a local Ray: CPUs to give it (null: all)
 
     def validate(self) -> None:
-        for name in ("teacher_actors", "batch_size"):
+        for name in ("teacher_actors", "batch_size", "sam_batch_size"):
             if getattr(self, name) < 1:
                 raise FieldError(name, f"expected at least 1, got {getattr(self, name)}")
         if self.cpus_per_actor <= 0 or self.decode_cpus <= 0:

@@ -11,27 +11,25 @@ import argparse
 import datetime
 import json
 import logging
-import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
 
-import numpy as np
 from tqdm import tqdm
 
-from pipeline.clip_targets import (
-    END, ERROR, OK, UNIT_FAILED, ClipTeacherStage, RenderSpec, ShardTask, read_clip_shard, views_table,
-)
+from pipeline.clip_targets import ClipTeacherStage, RenderSpec, read_clip_shard, views_table
 from pipeline.config import JobConfig, load_job_config
 from pipeline.faults import kill_point
 from pipeline.plan import JobPlan, KindPlan, make_plan
 from pipeline.report import JobReport
-from pipeline.sources import InputShard
+from pipeline.sam_targets import PromptSpec, SamTeacherStage, images_table, prompts_table, read_sam_shard
 from pipeline.unit_writer import UnitWriter
+from pipeline.units import OK, UNIT_FAILED, UnitCollector, pending_parts, shard_task
 from storage_schemas import layout
 from storage_schemas.commit import CommitRecord
-from storage_schemas.errors import ConfigError, run_cli
-from storage_schemas.manifest import Manifest, ensure_manifest
+from storage_schemas.errors import run_cli
+from storage_schemas.mask_logits import chunk_path, create_logits_array
+from storage_schemas.manifest import ensure_manifest
 
 log = logging.getLogger("pipeline.materialize")
 
@@ -48,95 +46,27 @@ def start_ray(cfg: JobConfig) -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-def pending_parts(shard: InputShard, committed: list[CommitRecord]) -> list[int] | None:
-    """Committed part indexes of a shard still to finish, or None when every unit is committed."""
-    if not shard.unit_size:
-        return None if committed else []
-    done = {r.input.sample_start // shard.unit_size for r in committed}
-    total = next((r.input.shard_samples for r in committed if r.input.shard_samples is not None), None)
-    if total is not None and done >= set(range(max(1, math.ceil(total / shard.unit_size)))):
-        return None
-    return sorted(done)
-
-
-@dataclass
-class UnitCollector:
-    """A unit's rows as they arrive from the teacher stage, deduplicated on sample index."""
-
-    shard: InputShard
-    unit: str
-    part_start: int
-    samples: dict[int, dict] = field(default_factory=dict)
-    errors: dict[int, dict] = field(default_factory=dict)
-    n_in_unit: int | None = None
-    shard_samples: int | None = None
-    note: str = ""
-
-    def add(self, row: dict) -> None:
-        if row["status"] == END:
-            self.n_in_unit, self.note = int(row["n_in_unit"]), str(row["detail"])
-            self.shard_samples = int(row["shard_samples"]) if row["shard_samples"] >= 0 else None
-        elif row["status"] == OK:
-            self.samples[int(row["sample_index"])] = row
-        elif row["status"] == ERROR:
-            self.errors[int(row["sample_index"])] = row
-
-    @property
-    def complete(self) -> bool:
-        return self.n_in_unit is not None and len(self.samples) + len(self.errors) == self.n_in_unit
-
-
-def commit_clip_unit(plan: JobPlan, manifest: Manifest, c: UnitCollector, views: int) -> CommitRecord:
-    shard, kind = c.shard, "clip"
-    writer = UnitWriter(plan.storage, kind, shard.source, shard.name, c.unit)
-    samples = [c.samples[i] for i in sorted(c.samples)]
-    embed_dim = manifest.must_match["teacher"]["output"]["embed_dim"]
-    writer.write_table(layout.data_path(kind, shard.source, c.unit),
-                       views_table(shard.source, shard.name, samples, views, embed_dim))
-    errors = [dict(kind=kind, source=shard.source, shard=shard.name, unit=c.unit, key=str(e["key"]),
-                   sample_index=int(e["sample_index"]), members=json.loads(str(e["members"])),
-                   reason=str(e["reason"]), detail=str(e["detail"])) for _, e in sorted(c.errors.items())]
-    ref = shard.ref(c.part_start, c.part_start + c.n_in_unit, c.shard_samples)
-    return writer.commit(ref, c.n_in_unit, errors, {"views": len(samples) * views}, manifest.policy_hash)
-
-
-def run_clip(plan: JobPlan, kp: KindPlan, has_gpu: bool) -> JobReport:
-    import ray
-
-    cfg = plan.config
-    report = JobReport("clip")
-    manifest = ensure_manifest(plan.storage, kp.manifest)
-    must = manifest.must_match
-    pp, vp = must["teacher"]["preprocess"], cfg.clip.view_policy
-    spec = RenderSpec(seed=cfg.seed, views=cfg.clip.views, size=pp["size"][0], interpolation=pp["interpolation"],
-                      scale=tuple(vp.scale), ratio=tuple(vp.ratio), flip=vp.flip, max_pixels=cfg.max_image_pixels)
+def run_units(plan: JobPlan, kp: KindPlan, kind: str, build_dataset: Callable[[list[dict]], Any],
+              commit: Callable[[UnitCollector], CommitRecord]) -> JobReport:
+    """Stream the pending shards of one kind through `build_dataset(tasks)` and commit every unit
+    whose samples have all arrived; shared by the CLIP and SAM sides."""
+    report = JobReport(kind)
     tasks, shards = [], {}
     for shard in kp.shards:
         done = pending_parts(shard, kp.committed[shard.url])
         report.units_skipped += len(kp.committed[shard.url])
-        if done is None:
-            continue
-        shards[(shard.source, shard.name)] = shard
-        tasks.append(asdict(ShardTask(shard.source, shard.name, shard.url, json.dumps(shard.storage_options),
-                                      shard.unit_size or 0, done)))
+        if done is not None:
+            shards[(shard.source, shard.name)] = shard
+            tasks.append(shard_task(shard, done))
     if not tasks:
         return report
-    gpus = cfg.ray.gpus_per_actor if cfg.ray.gpus_per_actor is not None else (1 if has_gpu else 0)
-    ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
-    ds = ds.flat_map(read_clip_shard, fn_kwargs={"spec": spec}, num_cpus=cfg.ray.decode_cpus)
-    ds = ds.map_batches(
-        ClipTeacherStage,
-        fn_constructor_kwargs=dict(teacher_cfg=cfg.clip.teacher, storage_options=cfg.store.storage_options,
-                                   compute_dtype=must["compute_dtype"], threads=int(cfg.ray.cpus_per_actor)),
-        batch_size=cfg.ray.batch_size, batch_format="numpy", num_gpus=gpus, num_cpus=cfg.ray.cpus_per_actor,
-        compute=ray.data.ActorPoolStrategy(size=cfg.ray.teacher_actors),
-    )
     collectors: dict[tuple[str, str], UnitCollector] = {}
     failed_shards: set[tuple[str, str]] = set()
     committed_units: set[tuple[str, str]] = set()
     t0 = time.time()
-    progress = tqdm(desc="clip units committed", unit="unit", total=None if any(t["unit_size"] for t in tasks) else len(tasks))
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+    progress = tqdm(desc=f"{kind} units committed", unit="unit",
+                    total=None if any(t["unit_size"] for t in tasks) else len(tasks))
+    for batch in build_dataset(tasks).iter_batches(batch_size=None, batch_format="numpy"):
         for i in range(len(batch["status"])):
             row = {k: v[i] for k, v in batch.items()}
             shard_key, unit_key = (row["source"], row["shard"]), (row["source"], row["unit"])
@@ -144,7 +74,7 @@ def run_clip(plan: JobPlan, kp: KindPlan, has_gpu: bool) -> JobReport:
                 continue  # rows Ray re-ran after a worker died, or of a shard that failed
             if row["status"] == UNIT_FAILED:
                 failed_shards.add(shard_key)
-                for key in [k for k in collectors if k[0] == row["source"] and collectors[k].shard.name == row["shard"]]:
+                for key in [k for k, c in collectors.items() if (k[0], c.shard.name) == shard_key]:
                     del collectors[key]
                 report.units_failed.append(dict(source=row["source"], shard=row["shard"], unit=row["unit"],
                                                 reason=str(row["reason"]), detail=str(row["detail"])))
@@ -156,13 +86,13 @@ def run_clip(plan: JobPlan, kp: KindPlan, has_gpu: bool) -> JobReport:
                 c = collectors[unit_key] = UnitCollector(shards[shard_key], str(row["unit"]), int(row["part_start"]))
             c.add(row)
             if c.complete:
-                record = commit_clip_unit(plan, manifest, c, spec.views)
+                record = commit(c)
                 del collectors[unit_key]
                 committed_units.add(unit_key)
                 report.units_done += 1
                 report.samples += record.n_input
                 report.samples_stored += record.n_stored
-                report.rows["views"] += record.rows["views"]
+                report.rows.update({k: n for k, n in record.rows.items() if k != "errors"})
                 report.errors_by_reason.update(str(e["reason"]) for e in c.errors.values())
                 report.bytes_written += sum(f.size for f in record.files)
                 if c.note:
@@ -174,6 +104,84 @@ def run_clip(plan: JobPlan, kp: KindPlan, has_gpu: bool) -> JobReport:
                                         detail=f"{len(c.samples) + len(c.errors)} of {c.n_in_unit} samples arrived"))
     report.seconds = time.time() - t0
     return report
+
+
+def run_clip(plan: JobPlan, kp: KindPlan, has_gpu: bool) -> JobReport:
+    import ray
+
+    cfg = plan.config
+    manifest = ensure_manifest(plan.storage, kp.manifest)
+    must = manifest.must_match
+    pp, vp = must["teacher"]["preprocess"], cfg.clip.view_policy
+    spec = RenderSpec(seed=cfg.seed, views=cfg.clip.views, size=pp["size"][0], interpolation=pp["interpolation"],
+                      scale=tuple(vp.scale), ratio=tuple(vp.ratio), flip=vp.flip, max_pixels=cfg.max_image_pixels)
+    embed_dim = must["teacher"]["output"]["embed_dim"]
+
+    def build_dataset(tasks: list[dict]):
+        ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
+        ds = ds.flat_map(read_clip_shard, fn_kwargs={"spec": spec}, num_cpus=cfg.ray.decode_cpus)
+        return ds.map_batches(
+            ClipTeacherStage,
+            fn_constructor_kwargs=dict(teacher_cfg=cfg.clip.teacher, storage_options=cfg.store.storage_options,
+                                       compute_dtype=must["compute_dtype"], threads=int(cfg.ray.cpus_per_actor)),
+            batch_size=cfg.ray.batch_size, batch_format="numpy", num_cpus=cfg.ray.cpus_per_actor,
+            num_gpus=teacher_gpus(cfg, has_gpu), compute=ray.data.ActorPoolStrategy(size=cfg.ray.teacher_actors),
+        )
+
+    def commit(c: UnitCollector) -> CommitRecord:
+        writer = UnitWriter(plan.storage, "clip", c.shard.source, c.shard.name, c.unit)
+        samples = c.ordered_samples()
+        writer.write_table(layout.data_path("clip", c.shard.source, c.unit),
+                           views_table(c.shard.source, c.shard.name, samples, spec.views, embed_dim))
+        return writer.commit(c.input_ref(), c.n_in_unit, c.error_rows("clip"), {"views": len(samples) * spec.views},
+                             manifest.policy_hash)
+
+    return run_units(plan, kp, "clip", build_dataset, commit)
+
+
+def run_sam(plan: JobPlan, kp: KindPlan, has_gpu: bool) -> JobReport:
+    import ray
+
+    cfg = plan.config
+    manifest = ensure_manifest(plan.storage, kp.manifest)
+    spec = PromptSpec(seed=cfg.seed, sam=cfg.sam, max_pixels=cfg.max_image_pixels)
+    num_masks = manifest.must_match["policy"]["num_masks"]
+
+    def build_dataset(tasks: list[dict]):
+        ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
+        ds = ds.flat_map(read_sam_shard, fn_kwargs={"spec": spec}, num_cpus=cfg.ray.decode_cpus)
+        return ds.map_batches(
+            SamTeacherStage,
+            fn_constructor_kwargs=dict(teacher_cfg=cfg.sam.teacher, sam_cfg=cfg.sam,
+                                       storage_options=cfg.store.storage_options,
+                                       compute_dtype=manifest.must_match["compute_dtype"],
+                                       threads=int(cfg.ray.cpus_per_actor)),
+            batch_size=cfg.ray.sam_batch_size, batch_format="numpy", num_cpus=cfg.ray.cpus_per_actor,
+            num_gpus=teacher_gpus(cfg, has_gpu), compute=ray.data.ActorPoolStrategy(size=cfg.ray.teacher_actors),
+        )
+
+    def commit(c: UnitCollector) -> CommitRecord:
+        source, unit = c.shard.source, c.unit
+        writer = UnitWriter(plan.storage, "sam", source, c.shard.name, unit)
+        samples = c.ordered_samples()
+        prompts = prompts_table(source, c.shard.name, samples, cfg.sam, num_masks)
+        writer.write_table(layout.data_path("sam", source, unit), prompts)
+        writer.write_table(layout.data_path("sam", source, unit, ".images.parquet"),
+                           images_table(source, c.shard.name, samples))
+        group = layout.data_path("sam", source, unit, ".zarr")
+        create_logits_array(plan.storage, group, len(samples), cfg.sam.prompts * cfg.sam.rounds, num_masks,
+                            cfg.sam.precision)
+        writer.add_tree(group)  # the group's and the array's metadata
+        for i, s in enumerate(samples):
+            writer.write_bytes(chunk_path(f"{group}/logits", i), bytes(s["chunk"]))
+        return writer.commit(c.input_ref(), c.n_in_unit, c.error_rows("sam"),
+                             {"prompts": prompts.num_rows, "images": len(samples)}, manifest.policy_hash)
+
+    return run_units(plan, kp, "sam", build_dataset, commit)
+
+
+def teacher_gpus(cfg: JobConfig, has_gpu: bool) -> float:
+    return cfg.ray.gpus_per_actor if cfg.ray.gpus_per_actor is not None else (1 if has_gpu else 0)
 
 
 def write_report(plan: JobPlan, reports: list[JobReport], local_path: str | None) -> None:
@@ -194,13 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", help="also write the summary JSON here")
     args = parser.parse_args(argv)
     cfg = load_job_config(args.config, args.overrides)
-    for i, source in enumerate(cfg.sources):
-        if source.kind == "sam":
-            raise ConfigError(f"config key 'sources.{i}.kind': SAM targets are not implemented yet; "
-                              "expected clip sources only")
     has_gpu = start_ray(cfg)
     plan = make_plan(cfg, device="cuda" if has_gpu else "cpu")
-    reports = [run_clip(plan, kp, has_gpu) for kind, kp in plan.kinds.items() if kind == "clip"]
+    run = {"clip": run_clip, "sam": run_sam}
+    reports = [run[kind](plan, kp, has_gpu) for kind, kp in plan.kinds.items()]
     for r in reports:
         print(r.table())
     write_report(plan, reports, args.report)

@@ -41,6 +41,11 @@ class UnitWriter:
         self.files.append(entry)
         return entry
 
+    def write_bytes(self, rel: str, data: bytes) -> FileEntry:
+        entry = self.storage.write_bytes(rel, data)
+        self.files.append(entry)
+        return entry
+
     def add_tree(self, rel_dir: str) -> None:
         """List every file already written under `rel_dir` (a Zarr group) in the record."""
         self.files += [self.storage.file_entry(p) for p in self.storage.list_files(rel_dir)]

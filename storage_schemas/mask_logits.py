@@ -93,3 +93,23 @@ def _check(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"mask logit precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     return precision
+
+
+def chunk_bytes(stored: np.ndarray, precision: str) -> bytes:
+    """One image's encoded chunk: stored [slots, M, 256, 256] in the storage dtype -> the bytes
+    Zarr would write for it (same codecs), so a teacher worker can encode and one writer store."""
+    slots, masks = stored.shape[:2]
+    backing: dict = {}
+    arr = zarr.create_array(
+        zarr.storage.MemoryStore(store_dict=backing), shape=(1, slots, masks, LOW_RES, LOW_RES),
+        chunks=(1, slots, masks, LOW_RES, LOW_RES), dtype=storage_dtype(precision), fill_value=fill_value(precision),
+        compressors=zarr.codecs.ZstdCodec(level=3), dimension_names=("image", "slot", "mask", "y", "x"),
+    )
+    arr[0] = stored
+    (key,) = [k for k in backing if k.startswith("c/")]
+    return backing[key].to_bytes()
+
+
+def chunk_path(array_rel: str, image: int) -> str:
+    """Where image `image`'s chunk lives under a logits array (Zarr v3 default chunk keys)."""
+    return f"{array_rel}/c/{image}/0/0/0/0"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -84,16 +85,27 @@ def ray_cluster():
 
     port = _free_port()
     ray_bin = str(Path(sys.executable).with_name("ray"))
-    subprocess.run([ray_bin, "start", "--head", "--num-cpus", "2", "--port", str(port),
-                    "--node-ip-address", "127.0.0.1", "--include-dashboard", "false", "--disable-usage-stats"],
-                   check=True, capture_output=True, timeout=120)
+    # --block keeps the head in the foreground: terminating it stops exactly this cluster, not
+    # whatever other Ray the machine runs (as `ray stop` would).
+    head = subprocess.Popen([ray_bin, "start", "--head", "--block", "--num-cpus", "2", "--num-gpus", "0",
+                             "--port", str(port), "--node-ip-address", "127.0.0.1", "--include-dashboard", "false",
+                             "--disable-usage-stats"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"127.0.0.1:{port}"
-    ray.init(address=address, logging_level="WARNING")
+    deadline = time.time() + 120
+    while True:
+        try:
+            ray.init(address=address, logging_level="WARNING")
+            break
+        except ConnectionError:
+            if time.time() > deadline or head.poll() is not None:
+                raise
+            time.sleep(1)
     os.environ["RAY_ADDRESS"] = address
     yield address
     ray.shutdown()
     os.environ.pop("RAY_ADDRESS", None)
-    subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120)
+    head.terminate()
+    head.wait(timeout=120)
 
 
 CLIP_JOB = """

@@ -1,0 +1,194 @@
+"""SAM targets as a streaming Ray Data job: read SA-1B pairs + sample prompts (CPU tasks) -> SAM
+teacher actors -> per-unit commit on the driver (Parquet prompts and images, Zarr logits).
+
+    shards ──flat_map(read_sam_shard)──> one row per image: uint8 1024 px input, P prompts
+           ──map_batches(SamTeacherStage)──> encoded logits chunk (bytes), predicted IoU
+           ──driver: UnitCollector──> sam/SOURCE/UNIT.{parquet,images.parquet,zarr}, then the commit
+
+The teacher runs as `SamPredictor` would: one image-encoder pass per image, then the decoder over
+the image's prompts in groups of one structure (box, points, box + points), since padding
+prompts of different structure into one call changes the logits. With `rounds: 2` each prompt is
+decoded again with its round-0 logits as the mask prompt. Workers encode each image's logits
+into the Zarr chunk bytes themselves, so only compressed bytes travel to the one writer.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from pipeline.config import SamConfig, SamTeacherConfig
+from pipeline.sam_prompts import STRUCTURES, parse_sa1b_json, sample_prompts, usable_annotations
+from pipeline.shard_reader import TarSample
+from pipeline.units import ERROR, OK, ShardTask, read_shard
+from storage_schemas.decode import DecodeError, decode_image
+from storage_schemas.identity import SampleId, sample_seed
+from storage_schemas.mask_logits import LOW_RES, chunk_bytes, encode_logits, fill_value
+from storage_schemas.sam_models import IMAGE_SIZE
+from storage_schemas.sam_transforms import pad_image, sam_boxes, sam_input_image, sam_points
+from storage_schemas.tables import SAM_IMAGES_SCHEMA, sam_prompts_schema
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """What a read task needs to sample prompts (pickled to the tasks)."""
+
+    seed: int
+    sam: SamConfig
+    max_pixels: int
+
+
+def blank_sam_row(task: ShardTask, spec: PromptSpec, status: str, part: int) -> dict[str, Any]:
+    p, n = spec.sam.prompts, spec.sam.points_per_prompt
+    return {**task.base_row(status, part),
+            "image": np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), "input_hw": np.zeros(2, np.int32),
+            "original_hw": np.zeros(2, np.int32), "n_prompts": 0, "n_annotations": 0, "skipped": "{}",
+            "structure": np.full(p, -1, np.int8), "annotation_id": np.zeros(p, np.int64),
+            "boxes": np.zeros((p, 4), np.float32), "points": np.zeros((p, n, 2), np.float32),
+            "labels": np.zeros((p, n), np.int8)}
+
+
+def read_sam_shard(row: dict[str, Any], spec: PromptSpec) -> Iterator[dict[str, Any]]:
+    """Ray flat_map UDF: one SA-1B shard -> one row per image, `end` rows per unit."""
+    yield from read_shard(row, lambda task, part, index, sample: prepare_image(task, spec, part, index, sample),
+                          lambda task, status, part: blank_sam_row(task, spec, status, part))
+
+
+def prepare_image(task: ShardTask, spec: PromptSpec, part: int, index: int, sample: TarSample) -> dict[str, Any]:
+    """Decode, sample prompts, resize for SAM; an unusable sample becomes an error row."""
+    row = blank_sam_row(task, spec, OK, part)
+    members = sample.member_names()
+    row.update(sample_index=index, key=sample.key, members=json.dumps(members))
+    image = sample.image()
+    try:
+        if image is None:
+            raise DecodeError("missing_image", f"no image member among {members}")
+        if "json" not in sample.members:
+            raise DecodeError("missing_json", f"no annotation JSON among {members}")
+        _, anns = parse_sa1b_json(sample.members["json"])
+        rgb = np.asarray(decode_image(image[1], spec.max_pixels).image)
+        h, w = rgb.shape[:2]
+        usable, skipped = usable_annotations(anns, h, w)
+        if not usable:
+            raise DecodeError("no_usable_annotation", f"{len(anns)} annotations, skipped: {dict(skipped)}")
+    except DecodeError as e:
+        row.update(status=ERROR, reason=e.reason, detail=e.detail)
+        return row
+    rng = np.random.default_rng(sample_seed(spec.seed, SampleId(task.source, task.shard, sample.key), "prompts"))
+    prompts = sample_prompts(rng, usable, spec.sam, h, w)
+    resized = sam_input_image(rgb)
+    row.update(image=pad_image(resized), input_hw=np.array(resized.shape[:2], np.int32),
+               original_hw=np.array([h, w], np.int32), n_prompts=len(prompts), n_annotations=len(anns),
+               skipped=json.dumps(dict(skipped)))
+    for i, p in enumerate(prompts):
+        row["structure"][i] = STRUCTURES.index(p.structure)
+        row["annotation_id"][i] = p.annotation_id
+        if p.box is not None:
+            row["boxes"][i] = p.box
+        row["points"][i, : len(p.points)] = p.points
+        row["labels"][i, : len(p.labels)] = p.labels
+    return row
+
+
+class SamTeacherStage:
+    """Ray actor UDF: loads SAM once; per image one encoder pass, the decoder per prompt structure."""
+
+    def __init__(self, teacher_cfg: SamTeacherConfig, sam_cfg: SamConfig, storage_options: dict,
+                 compute_dtype: str, threads: int):
+        from pipeline.teachers import load_sam_teacher
+
+        torch.set_num_threads(max(1, threads))
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.sam = load_sam_teacher(teacher_cfg, storage_options, device=self.device).sam
+        self.cfg = sam_cfg
+        self.autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(compute_dtype)
+
+    @torch.no_grad()
+    def predict_image(self, image: np.ndarray, input_hw, original_hw, structure, boxes, points, labels,
+                      n_prompts: int) -> tuple[np.ndarray, np.ndarray]:
+        """-> logits float32 [P * rounds, M, 256, 256] (NaN beyond n_prompts), iou float32 [P * rounds, M]."""
+        cfg, sam = self.cfg, self.sam
+        m = 3 if cfg.multimask else 1
+        slots = cfg.prompts * cfg.rounds
+        logits = np.full((slots, m, LOW_RES, LOW_RES), np.nan, np.float32)
+        iou = np.full((slots, m), np.nan, np.float32)
+        h, w = (int(v) for v in input_hw)
+        original = (int(original_hw[0]), int(original_hw[1]))
+        x = torch.from_numpy(np.array(image[:h, :w])).to(self.device).permute(2, 0, 1)[None].float()
+        with torch.autocast(self.device, dtype=self.autocast, enabled=self.autocast is not None):
+            embedding = sam.image_encoder(sam.preprocess(x))
+            for s, name in enumerate(STRUCTURES):
+                idx = np.flatnonzero(structure[:n_prompts] == s)
+                if not len(idx):
+                    continue
+                box_t = pts = None
+                if name != "points":
+                    box_t = torch.as_tensor(sam_boxes(boxes[idx], original), dtype=torch.float, device=self.device)
+                if name != "box":
+                    coords = torch.as_tensor(sam_points(points[idx], original), dtype=torch.float, device=self.device)
+                    pts = (coords, torch.as_tensor(labels[idx], dtype=torch.int, device=self.device))
+                mask_input = None
+                for r in range(cfg.rounds):
+                    sparse, dense = sam.prompt_encoder(points=pts, boxes=box_t, masks=mask_input)
+                    low, pred_iou = sam.mask_decoder(
+                        image_embeddings=embedding, image_pe=sam.prompt_encoder.get_dense_pe(),
+                        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                        multimask_output=cfg.multimask,
+                    )
+                    logits[r * cfg.prompts + idx] = low.float().cpu().numpy()
+                    iou[r * cfg.prompts + idx] = pred_iou.float().cpu().numpy()
+                    best = pred_iou.argmax(dim=1)  # the mask fed back, as SAM's interactive loop does
+                    mask_input = low[torch.arange(len(idx), device=low.device), best][:, None].float()
+        return logits, iou
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        images = batch.pop("image")
+        n = len(images)
+        chunks = np.empty(n, dtype=object)
+        ious = np.full((n, self.cfg.prompts * self.cfg.rounds, 3 if self.cfg.multimask else 1), np.nan, np.float32)
+        for i in range(n):
+            chunks[i] = b""
+            if batch["status"][i] != OK:
+                continue
+            n_prompts = int(batch["n_prompts"][i])
+            logits, ious[i] = self.predict_image(images[i], batch["input_hw"][i], batch["original_hw"][i],
+                                                 batch["structure"][i], batch["boxes"][i], batch["points"][i],
+                                                 batch["labels"][i], n_prompts)
+            stored = encode_logits(np.nan_to_num(logits, nan=0.0), self.cfg.precision)
+            for r in range(self.cfg.rounds):  # padding slots hold the fill value
+                stored[r * self.cfg.prompts + n_prompts:(r + 1) * self.cfg.prompts] = fill_value(self.cfg.precision)
+            chunks[i] = chunk_bytes(stored, self.cfg.precision)
+        batch["chunk"], batch["iou"] = chunks, ious
+        return batch
+
+
+def prompts_table(source: str, shard: str, samples: list[dict], cfg: SamConfig, num_masks: int) -> pa.Table:
+    """One row per (image, prompt, round), prompts in original-image pixels."""
+    rows = []
+    for s in samples:
+        for r in range(cfg.rounds):
+            for p in range(int(s["n_prompts"])):
+                structure = STRUCTURES[int(s["structure"][p])]
+                n = 0 if structure == "box" else cfg.points_per_prompt
+                slot = r * cfg.prompts + p
+                rows.append(dict(
+                    source=source, shard=shard, key=str(s["key"]), sample_index=int(s["sample_index"]),
+                    prompt=p, round=r, slot=slot, structure=structure, annotation_id=int(s["annotation_id"][p]),
+                    box=s["boxes"][p].tolist() if structure != "points" else None,
+                    point_coords=s["points"][p, :n].tolist(), point_labels=s["labels"][p, :n].tolist(),
+                    iou=s["iou"][slot].tolist(),
+                ))
+    return pa.Table.from_pylist(rows, schema=sam_prompts_schema(num_masks))
+
+
+def images_table(source: str, shard: str, samples: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist([dict(
+        source=source, shard=shard, key=str(s["key"]), sample_index=int(s["sample_index"]),
+        width=int(s["original_hw"][1]), height=int(s["original_hw"][0]), n_annotations=int(s["n_annotations"]),
+        n_prompts=int(s["n_prompts"]),
+        skipped_annotations=[{"reason": k, "count": v} for k, v in sorted(json.loads(str(s["skipped"])).items())],
+    ) for s in samples], schema=SAM_IMAGES_SCHEMA)

@@ -1,0 +1,142 @@
+"""What the CLIP and SAM jobs share: shard tasks, the streaming read loop with its per-unit `end`
+rows, and the driver's per-unit collection, deduplicated on sample index.
+
+Row protocol (one Ray row per sample, every kind):
+    source, shard, unit, part_start   where the sample belongs
+    status      ok | error | end | unit_failed
+    sample_index, key, members        the sample (index within its unit)
+    reason, detail                    an error's reason, an end row's note, a failure's message
+    n_in_unit, shard_samples          end rows: samples in the unit; samples in the shard (-1 unknown)
+plus the kind's own columns (pixels, prompts, targets ...).
+"""
+from __future__ import annotations
+
+import json
+import math
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from pipeline.shard_reader import TarSample, iter_tar_samples
+from pipeline.sources import InputShard
+from storage_schemas.commit import CommitRecord
+from storage_schemas.layout import unit_name
+
+OK, ERROR, END, UNIT_FAILED = "ok", "error", "end", "unit_failed"
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One input shard to read; its units are the shard or its parts of `unit_size` samples."""
+
+    source: str
+    shard: str
+    url: str
+    storage_options_json: str  # JSON: Ray rows carry plain values
+    unit_size: int  # 0: the whole shard is one unit
+    skip_parts: list[int]  # parts already committed (only with unit_size)
+
+    def part_of(self, index: int) -> int:
+        return index // self.unit_size if self.unit_size else 0
+
+    def unit_of(self, part: int) -> str:
+        return unit_name(self.shard, part if self.unit_size else None)
+
+    def base_row(self, status: str, part: int) -> dict[str, Any]:
+        return {"source": self.source, "shard": self.shard, "unit": self.unit_of(part),
+                "part_start": part * self.unit_size, "status": status, "sample_index": -1, "key": "",
+                "members": "[]", "reason": "", "detail": "", "n_in_unit": 0, "shard_samples": -1}
+
+
+def pending_parts(shard: InputShard, committed: list[CommitRecord]) -> list[int] | None:
+    """Part indexes of a shard already committed, or None when every unit of it is committed."""
+    if not shard.unit_size:
+        return None if committed else []
+    done = {r.input.sample_start // shard.unit_size for r in committed}
+    total = next((r.input.shard_samples for r in committed if r.input.shard_samples is not None), None)
+    if total is not None and done >= set(range(max(1, math.ceil(total / shard.unit_size)))):
+        return None
+    return sorted(done)
+
+
+def shard_task(shard: InputShard, skip_parts: list[int]) -> dict[str, Any]:
+    return ShardTask(shard.source, shard.name, shard.url, json.dumps(shard.storage_options),
+                     shard.unit_size or 0, skip_parts).__dict__
+
+
+SampleFn = Callable[[ShardTask, int, int, TarSample], dict[str, Any]]  # (task, part, index in unit, sample)
+BlankFn = Callable[[ShardTask, str, int], dict[str, Any]]  # (task, status, part): a row with the kind's columns
+
+
+def read_shard(row: dict[str, Any], make_sample: SampleFn, blank: BlankFn,
+               end_note: Callable[[ShardTask, dict, int], str] | None = None) -> Iterator[dict[str, Any]]:
+    """Stream one shard: a row per sample of each pending unit, an `end` row per unit with its
+    count, or a `unit_failed` row if the shard cannot be read to its end. Samples of committed
+    parts are counted, not read."""
+    task = ShardTask(**row)
+    options = json.loads(task.storage_options_json)
+    skip = set(task.skip_parts)
+    part, count, total = 0, 0, 0
+
+    def end_row(shard_samples: int) -> dict[str, Any]:
+        end = blank(task, END, part)
+        note = end_note(task, options, total) if end_note and shard_samples >= 0 else ""
+        end.update(n_in_unit=count, shard_samples=shard_samples, detail=note)
+        return end
+
+    try:
+        for sample in iter_tar_samples(task.url, options, lambda i: task.part_of(i) not in skip):
+            if task.part_of(sample.index) != part:
+                if part not in skip:
+                    yield end_row(-1)
+                part, count = task.part_of(sample.index), 0
+            count += 1
+            total += 1
+            if part not in skip:
+                yield make_sample(task, part, sample.index - part * task.unit_size, sample)
+        if part not in skip:
+            yield end_row(total)
+    except Exception as e:  # the shard fails as a whole; the driver reports it and exits non-zero
+        failed = blank(task, UNIT_FAILED, part)
+        failed.update(reason=type(e).__name__, detail=f"{e} (in {traceback.extract_tb(e.__traceback__)[-1].name})")
+        yield failed
+
+
+@dataclass
+class UnitCollector:
+    """A unit's rows as they arrive from the teacher stage, deduplicated on sample index
+    (Ray re-runs a batch whose worker died)."""
+
+    shard: InputShard
+    unit: str
+    part_start: int
+    samples: dict[int, dict] = field(default_factory=dict)
+    errors: dict[int, dict] = field(default_factory=dict)
+    n_in_unit: int | None = None
+    shard_samples: int | None = None
+    note: str = ""
+
+    def add(self, row: dict) -> None:
+        if row["status"] == END:
+            self.n_in_unit, self.note = int(row["n_in_unit"]), str(row["detail"])
+            self.shard_samples = int(row["shard_samples"]) if row["shard_samples"] >= 0 else None
+        elif row["status"] == OK:
+            self.samples[int(row["sample_index"])] = row
+        elif row["status"] == ERROR:
+            self.errors[int(row["sample_index"])] = row
+
+    @property
+    def complete(self) -> bool:
+        return self.n_in_unit is not None and len(self.samples) + len(self.errors) == self.n_in_unit
+
+    def ordered_samples(self) -> list[dict]:
+        return [self.samples[i] for i in sorted(self.samples)]
+
+    def error_rows(self, kind: str) -> list[dict]:
+        """Rows of the errors table (storage_schemas.tables.ERRORS_SCHEMA)."""
+        return [dict(kind=kind, source=self.shard.source, shard=self.shard.name, unit=self.unit,
+                     key=str(e["key"]), sample_index=int(e["sample_index"]), members=json.loads(str(e["members"])),
+                     reason=str(e["reason"]), detail=str(e["detail"])) for _, e in sorted(self.errors.items())]
+
+    def input_ref(self):
+        return self.shard.ref(self.part_start, self.part_start + self.n_in_unit, self.shard_samples)
