@@ -58,6 +58,8 @@ def main() -> None:
 
     report = json.loads(open(f"{work}/report.json").read())["reports"][0]
     pipeline_rate = report["rows_per_second"]["views"]
+    first_batch = args.batch * args.views  # the first target arrives with the first batch
+    settled_rate = (report["rows"]["views"] - first_batch) / (report["seconds"] - report["first_target_seconds"])
 
     store = open_store(f"{work}/store")
     rows = store.read_table("clip", "views").to_pylist()
@@ -94,6 +96,8 @@ def main() -> None:
     print(f"  bare teacher       {bare_rate:8.2f} views/s")
     print(f"  pipeline           {pipeline_rate:8.2f} views/s  (report: {report['seconds']:.1f} s)")
     print(f"  pipeline / bare    {pipeline_rate / bare_rate:8.3f}")
+    print(f"  after the first target ({report['first_target_seconds']:.1f} s): {settled_rate:.2f} views/s, "
+          f"{settled_rate / bare_rate:.3f} of bare")
     print(f"  bytes per view     {store_bytes / len(rows):8.1f} at D={d} (fp16 floor {2 * d}); "
           f"{synth_bytes / len(rows):.1f} at D=768 (floor 1536)")
 

@@ -14,7 +14,6 @@ sample index because Ray re-runs a batch whose worker died.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -24,7 +23,7 @@ import torch
 
 from pipeline.config import ClipTeacherConfig
 from pipeline.shard_reader import TarSample, sidecar_success_counts
-from pipeline.units import OK, ERROR, ShardTask, read_shard
+from pipeline.units import ERROR, OK, ShardTask, read_shard
 from storage_schemas.decode import DecodeError, decode_image, draft_side_for
 from storage_schemas.identity import SampleId
 from storage_schemas.tables import clip_views_schema
@@ -58,25 +57,22 @@ def blank_clip_row(task: ShardTask, spec: RenderSpec, status: str, part: int) ->
 
 def read_clip_shard(row: dict[str, Any], spec: RenderSpec) -> Iterator[dict[str, Any]]:
     """Ray flat_map UDF: one shard -> one row per sample (K rendered views), `end` rows per unit."""
-    yield from read_shard(row, lambda task, part, index, sample: render_sample(task, spec, part, index, sample),
+    yield from read_shard(row, lambda row, sample: render_sample(row, spec, sample),
                           lambda task, status, part: blank_clip_row(task, spec, status, part), _sidecar_note)
 
 
-def render_sample(task: ShardTask, spec: RenderSpec, part: int, index: int, sample: TarSample) -> dict[str, Any]:
+def render_sample(row: dict[str, Any], spec: RenderSpec, sample: TarSample) -> dict[str, Any]:
     """Decode once, render all K views; a sample that cannot be used becomes an error row."""
-    row = blank_clip_row(task, spec, OK, part)
-    members = sample.member_names()
-    row.update(sample_index=index, key=sample.key, members=json.dumps(members))
     image = sample.image()
     try:
         if image is None:
-            raise DecodeError("missing_image", f"no member with an image extension among {members}")
+            raise DecodeError("missing_image", f"no member with an image extension among {sample.member_names()}")
         decoded = decode_image(image[1], spec.max_pixels, spec.draft_side)
     except DecodeError as e:
         row.update(status=ERROR, reason=e.reason, detail=e.detail)
         return row
     w, h = decoded.image.size
-    views = sample_views(spec.seed, SampleId(task.source, task.shard, sample.key), w, h, spec.views, spec.size,
+    views = sample_views(spec.seed, SampleId(row["source"], row["shard"], sample.key), w, h, spec.views, spec.size,
                          spec.scale, spec.ratio, spec.flip)
     hashes = []
     for v in views:

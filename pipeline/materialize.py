@@ -28,6 +28,7 @@ from pipeline.units import OK, UNIT_FAILED, UnitCollector, pending_parts, shard_
 from storage_schemas import layout
 from storage_schemas.commit import CommitRecord
 from storage_schemas.errors import run_cli
+from storage_schemas.typed_config import add_config_arguments
 from storage_schemas.mask_logits import chunk_path, create_logits_array
 from storage_schemas.manifest import ensure_manifest
 
@@ -42,7 +43,9 @@ def start_ray(cfg: JobConfig) -> bool:
         if os.environ.get("RAY_ADDRESS"):
             ray.init(logging_level=logging.WARNING)
         else:
-            ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+            # "local": always a fresh local Ray, never a stale one named by /tmp/ray/ray_current_cluster.
+            ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False,
+                     logging_level=logging.WARNING)
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
@@ -80,6 +83,7 @@ def run_units(plan: JobPlan, kp: KindPlan, kind: str, build_dataset: Callable[[l
                                                 reason=str(row["reason"]), detail=str(row["detail"])))
                 continue
             if row["status"] == OK:
+                report.first_target_seconds = report.first_target_seconds or time.time() - t0
                 kill_point("during_teacher")
             c = collectors.get(unit_key)
             if c is None:
@@ -149,6 +153,9 @@ def run_sam(plan: JobPlan, kp: KindPlan, has_gpu: bool) -> JobReport:
 
     def build_dataset(tasks: list[dict]):
         ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
+        # A SAM row carries a 3 MB image: one-image blocks reach the teacher while the shard is
+        # still being read (Ray's default 128 MiB would hold ~40 images back).
+        ds.context.target_max_block_size = 4 * 1024 * 1024
         ds = ds.flat_map(read_sam_shard, fn_kwargs={"spec": spec}, num_cpus=cfg.ray.decode_cpus)
         return ds.map_batches(
             SamTeacherStage,
@@ -196,9 +203,7 @@ def write_report(plan: JobPlan, reports: list[JobReport], local_path: str | None
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.materialize", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="job config YAML (see jobs/)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set clip.views=4 (repeatable)")
+    add_config_arguments(parser)
     parser.add_argument("--report", help="also write the summary JSON here")
     args = parser.parse_args(argv)
     cfg = load_job_config(args.config, args.overrides)

@@ -18,6 +18,7 @@ from pipeline.sources import InputShard, expand_source
 from pipeline.teachers import load_clip_teacher, load_sam_teacher
 from storage_schemas.commit import CommitRecord
 from storage_schemas.errors import run_cli
+from storage_schemas.typed_config import add_config_arguments
 from storage_schemas.manifest import Manifest, check_compatible, read_manifest
 from storage_schemas.storage import Storage
 from storage_schemas.store import TargetStore
@@ -92,9 +93,7 @@ def describe(plan: JobPlan) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.plan", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="job config YAML (see jobs/)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set clip.views=4 (repeatable)")
+    add_config_arguments(parser)
     args = parser.parse_args(argv)
     print(describe(make_plan(load_job_config(args.config, args.overrides))))
     return 0

@@ -18,7 +18,8 @@ class JobReport:
     errors_by_reason: Counter = field(default_factory=Counter)
     shard_notes: list[str] = field(default_factory=list)  # e.g. img2dataset counts that disagree
     bytes_written: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # from the dataset's start to the last commit
+    first_target_seconds: float = 0.0  # from the dataset's start to the first target (start-up, first batch)
 
     @property
     def ok(self) -> bool:
@@ -48,7 +49,8 @@ class JobReport:
             lines.append(f"  {name:<10} {n} ({self.rate(name):.1f}/s over {self.seconds:.1f} s)")
         for reason, n in sorted(self.errors_by_reason.items()):
             lines.append(f"  error      {reason}: {n}")
-        lines.append(f"  written    {self.bytes_written / 1e6:.2f} MB")
+        lines.append(f"  written    {self.bytes_written / 1e6:.2f} MB; first target after "
+                     f"{self.first_target_seconds:.1f} s")
         for note in self.shard_notes:
             lines.append(f"  note       {note}")
         for f in self.units_failed:

@@ -54,15 +54,13 @@ def blank_sam_row(task: ShardTask, spec: PromptSpec, status: str, part: int) -> 
 
 def read_sam_shard(row: dict[str, Any], spec: PromptSpec) -> Iterator[dict[str, Any]]:
     """Ray flat_map UDF: one SA-1B shard -> one row per image, `end` rows per unit."""
-    yield from read_shard(row, lambda task, part, index, sample: prepare_image(task, spec, part, index, sample),
+    yield from read_shard(row, lambda row, sample: prepare_image(row, spec, sample),
                           lambda task, status, part: blank_sam_row(task, spec, status, part))
 
 
-def prepare_image(task: ShardTask, spec: PromptSpec, part: int, index: int, sample: TarSample) -> dict[str, Any]:
+def prepare_image(row: dict[str, Any], spec: PromptSpec, sample: TarSample) -> dict[str, Any]:
     """Decode, sample prompts, resize for SAM; an unusable sample becomes an error row."""
-    row = blank_sam_row(task, spec, OK, part)
     members = sample.member_names()
-    row.update(sample_index=index, key=sample.key, members=json.dumps(members))
     image = sample.image()
     try:
         if image is None:
@@ -78,7 +76,7 @@ def prepare_image(task: ShardTask, spec: PromptSpec, part: int, index: int, samp
     except DecodeError as e:
         row.update(status=ERROR, reason=e.reason, detail=e.detail)
         return row
-    rng = np.random.default_rng(sample_seed(spec.seed, SampleId(task.source, task.shard, sample.key), "prompts"))
+    rng = np.random.default_rng(sample_seed(spec.seed, SampleId(row["source"], row["shard"], sample.key), "prompts"))
     prompts = sample_prompts(rng, usable, spec.sam, h, w)
     resized = sam_input_image(rgb)
     row.update(image=pad_image(resized), input_hw=np.array(resized.shape[:2], np.int32),

@@ -25,6 +25,7 @@ from storage_schemas.errors import ConfigError, ManifestMismatch, run_cli
 from storage_schemas.manifest import differences, read_manifest
 from storage_schemas.storage import Storage
 from storage_schemas.tables import parquet_bytes, text_embeddings_schema
+from storage_schemas.typed_config import add_config_arguments
 
 TEMPLATE_SETS = {
     "openai": zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES,
@@ -72,11 +73,10 @@ def text_table(teacher: ClipTeacher, classnames: list[str], templates, template_
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.text_targets", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="job config YAML: its store and clip.teacher are used")
+    add_config_arguments(parser, "job config YAML: its store and clip.teacher are used")
     parser.add_argument("--name", required=True, help="table name: writes text/NAME.parquet")
     parser.add_argument("--classes", default="imagenet", help="'imagenet' or a file with one class name per line")
     parser.add_argument("--templates", default="openai", choices=sorted(TEMPLATE_SETS))
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     cfg = load_job_config(args.config, args.overrides)
     classnames = load_classnames(args.classes)

@@ -64,8 +64,9 @@ def shard_task(shard: InputShard, skip_parts: list[int]) -> dict[str, Any]:
                      shard.unit_size or 0, skip_parts).__dict__
 
 
-SampleFn = Callable[[ShardTask, int, int, TarSample], dict[str, Any]]  # (task, part, index in unit, sample)
 BlankFn = Callable[[ShardTask, str, int], dict[str, Any]]  # (task, status, part): a row with the kind's columns
+# (row, sample): fills the kind's columns of an `ok` row whose protocol fields are set, or makes it an error row
+SampleFn = Callable[[dict[str, Any], TarSample], dict[str, Any]]
 
 
 def read_shard(row: dict[str, Any], make_sample: SampleFn, blank: BlankFn,
@@ -93,7 +94,10 @@ def read_shard(row: dict[str, Any], make_sample: SampleFn, blank: BlankFn,
             count += 1
             total += 1
             if part not in skip:
-                yield make_sample(task, part, sample.index - part * task.unit_size, sample)
+                row = blank(task, OK, part)
+                row.update(sample_index=sample.index - part * task.unit_size, key=sample.key,
+                           members=json.dumps(sample.member_names()))
+                yield make_sample(row, sample)
         if part not in skip:
             yield end_row(total)
     except Exception as e:  # the shard fails as a whole; the driver reports it and exits non-zero

@@ -11,6 +11,7 @@ Overrides take dotted keys (list indices are numbers) and YAML-typed values (`4`
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import types
@@ -50,6 +51,13 @@ def load_config(cls: type[T], path: str | os.PathLike | None, overrides: list[st
     for item in overrides:
         raw = apply_override(raw, item)
     return from_dict(cls, raw)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, what: str = "job config YAML (see jobs/)") -> None:
+    """The CONFIG positional and repeatable `--set KEY=VALUE` every command takes."""
+    parser.add_argument("config", help=what)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key: dotted keys, list indices, YAML values (repeatable)")
 
 
 def apply_override(raw: dict, item: str) -> dict:

@@ -160,3 +160,19 @@ clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{tiny_teachers['clip']}
     assert materialize([str(job), "--report", str(tmp_path / "r.json")]) == 0
     report = json.loads((tmp_path / "r.json").read_text())["reports"][0]
     assert (report["units_done"], report["units_skipped"], report["samples"]) == (1, 2, 10)
+
+
+def test_clip_targets_for_sa1b_images_are_a_config_change(tmp_path, sample_corpus, tiny_teachers, ray_cluster):
+    """SA-1B tars as a `kind: clip` source: the same view machinery, the same sample identity."""
+    job = tmp_path / "job.yaml"
+    job.write_text(f"""
+store: {{url: "{tmp_path / 'store'}"}}
+sources: [{{name: sa1b, kind: clip, shards: "{sample_corpus}/sam/sa_000000.tar"}}]
+clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{tiny_teachers['clip']}"}}, views: 2}}
+""")
+    assert materialize([str(job)]) == 0
+    store = open_store(str(tmp_path / "store"))
+    (commit,) = store.commits("clip")
+    views = store.read_table("clip", "views")
+    assert commit.n_stored == 6 and commit.n_errors == 0 and views.num_rows == 12
+    assert sorted(set(views.column("key").to_pylist())) == [f"sa_{i}" for i in range(1, 7)]
