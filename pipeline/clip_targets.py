@@ -1,7 +1,7 @@
 """CLIP targets as a streaming Ray Data job: read + decode + render (CPU tasks) -> teacher actors
 -> per-unit collection and commit on the driver.
 
-    units ──flat_map(read_clip_unit)──> one row per sample: K rendered views, uint8 [K, S, S, 3]
+    units ──flat_map(read_clip_shard)──> one row per sample: K rendered views, uint8 [K, S, S, 3]
           ──map_batches(ClipTeacherStage, ActorPoolStrategy)──> + embedding float16 [K, D]
           ──driver: UnitCollector──> clip/SOURCE/UNIT.parquet, _errors/..., _commits/... (last)
 
@@ -37,6 +37,7 @@ class RenderSpec:
     views: int
     size: int  # the teacher's input size
     interpolation: str
+    resize_mode: str  # the teacher's view-0 rule (storage_schemas.views.RESIZE_MODES)
     scale: tuple[float, float]
     ratio: tuple[float, float]
     flip: bool
@@ -73,7 +74,7 @@ def render_sample(row: dict[str, Any], spec: RenderSpec, sample: TarSample) -> d
         return row
     w, h = decoded.image.size
     views = sample_views(spec.seed, SampleId(row["source"], row["shard"], sample.key), w, h, spec.views, spec.size,
-                         spec.scale, spec.ratio, spec.flip)
+                         spec.scale, spec.ratio, spec.flip, spec.resize_mode)
     hashes = []
     for v in views:
         pixels = render_view(decoded.image, v.crop, v.flip, spec.size, spec.interpolation)

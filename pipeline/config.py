@@ -60,7 +60,10 @@ class ViewPolicy:
     flip: bool = True  # random horizontal flip for views 1..K-1
 
     def validate(self) -> None:
-        for name, (lo, hi) in (("scale", self.scale), ("ratio", self.ratio)):
+        for name, pair in (("scale", self.scale), ("ratio", self.ratio)):
+            if len(pair) != 2:
+                raise FieldError(name, f"expected [low, high], got {pair}")
+            lo, hi = pair
             if not 0 < lo <= hi:
                 raise FieldError(name, f"expected [low, high] with 0 < low <= high, got {[lo, hi]}")
         if self.scale[1] > 1:
@@ -136,8 +139,9 @@ class RayConfig:
         for name in ("teacher_actors", "batch_size", "sam_batch_size"):
             if getattr(self, name) < 1:
                 raise FieldError(name, f"expected at least 1, got {getattr(self, name)}")
-        if self.cpus_per_actor <= 0 or self.decode_cpus <= 0:
-            raise FieldError("cpus_per_actor", "expected positive CPU counts")
+        for name in ("cpus_per_actor", "decode_cpus"):
+            if getattr(self, name) <= 0:
+                raise FieldError(name, f"expected a positive number of CPUs, got {getattr(self, name)}")
 
 
 @dataclass

@@ -24,10 +24,11 @@ from pipeline.plan import JobPlan, KindPlan, make_plan
 from pipeline.report import JobReport
 from pipeline.sam_targets import PromptSpec, SamTeacherStage, images_table, prompts_table, read_sam_shard
 from pipeline.unit_writer import UnitWriter
-from pipeline.units import OK, UNIT_FAILED, UnitCollector, pending_parts, shard_task
+from pipeline.units import OK, UNIT_FAILED, UnitCollector, committed_parts, shard_task
 from storage_schemas import layout
 from storage_schemas.commit import CommitRecord
-from storage_schemas.errors import run_cli
+from storage_schemas.errors import ConfigError, run_cli
+from storage_schemas.views import RESIZE_MODES
 from storage_schemas.typed_config import add_config_arguments
 from storage_schemas.mask_logits import chunk_path, create_logits_array
 from storage_schemas.manifest import ensure_manifest
@@ -56,7 +57,7 @@ def run_units(plan: JobPlan, kp: KindPlan, kind: str, build_dataset: Callable[[l
     report = JobReport(kind)
     tasks, shards = [], {}
     for shard in kp.shards:
-        done = pending_parts(shard, kp.committed[shard.url])
+        done = committed_parts(shard, kp.committed[shard.url])
         report.units_skipped += len(kp.committed[shard.url])
         if done is not None:
             shards[(shard.source, shard.name)] = shard
@@ -77,10 +78,13 @@ def run_units(plan: JobPlan, kp: KindPlan, kind: str, build_dataset: Callable[[l
                 continue  # rows Ray re-ran after a worker died, or of a shard that failed
             if row["status"] == UNIT_FAILED:
                 failed_shards.add(shard_key)
-                for key in [k for k, c in collectors.items() if (k[0], c.shard.name) == shard_key]:
-                    del collectors[key]
                 report.units_failed.append(dict(source=row["source"], shard=row["shard"], unit=row["unit"],
                                                 reason=str(row["reason"]), detail=str(row["detail"])))
+                for key in [k for k, c in collectors.items() if (k[0], c.shard.name) == shard_key]:
+                    if key[1] != row["unit"]:  # earlier parts still waiting for targets are lost too
+                        report.units_failed.append(dict(source=key[0], shard=row["shard"], unit=key[1],
+                                                        reason="shard_failed", detail=f"its shard failed in {row['unit']}"))
+                    del collectors[key]
                 continue
             if row["status"] == OK:
                 report.first_target_seconds = report.first_target_seconds or time.time() - t0
@@ -117,8 +121,12 @@ def run_clip(plan: JobPlan, kp: KindPlan, has_gpu: bool) -> JobReport:
     manifest = ensure_manifest(plan.storage, kp.manifest)
     must = manifest.must_match
     pp, vp = must["teacher"]["preprocess"], cfg.clip.view_policy
+    if pp["resize_mode"] not in RESIZE_MODES or pp["size"][0] != pp["size"][1]:
+        raise ConfigError(f"config key 'clip.teacher.arch': {cfg.clip.teacher.arch} preprocesses with resize_mode "
+                          f"{pp['resize_mode']!r} at {pp['size']}; expected a square size and one of {', '.join(RESIZE_MODES)}")
     spec = RenderSpec(seed=cfg.seed, views=cfg.clip.views, size=pp["size"][0], interpolation=pp["interpolation"],
-                      scale=tuple(vp.scale), ratio=tuple(vp.ratio), flip=vp.flip, max_pixels=cfg.max_image_pixels)
+                      resize_mode=pp["resize_mode"], scale=tuple(vp.scale), ratio=tuple(vp.ratio), flip=vp.flip,
+                      max_pixels=cfg.max_image_pixels)
     embed_dim = must["teacher"]["output"]["embed_dim"]
 
     def build_dataset(tasks: list[dict]):

@@ -2,8 +2,8 @@
 
 Validates the config, reaches the store, expands every source's shards (each must exist), loads
 the teachers to fingerprint them, compares the fingerprints and policies with the store's
-manifests, and lists committed and pending units. Writes nothing; a bad config, path, teacher or
-a store made under other must-match fields stops here with one line.
+manifests, and lists committed and pending units. Writes nothing but the store's root directory;
+a bad config, path, teacher or a store made under other must-match fields stops here with one line.
 """
 from __future__ import annotations
 

@@ -48,6 +48,7 @@ def iter_tar_samples(url: str, storage_options: dict[str, Any] | None = None,
     members read.
     """
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    size = int(fs.info(path)["size"])
     with fs.open(path, "rb", block_size=1 << 22) as f, tarfile.open(fileobj=f, mode="r|") as tar:
         current: TarSample | None = None
         index = -1
@@ -65,6 +66,11 @@ def iter_tar_samples(url: str, storage_options: dict[str, Any] | None = None,
                 current.members[ext] = extracted.read() if extracted is not None else b""
             else:
                 current.members.setdefault(ext, b"")
+        # A stream read ends quietly where a cut tar ends: insist on the end-of-archive marker,
+        # or the last samples would go missing without a word.
+        if tar.offset + 2 * tarfile.BLOCKSIZE > size:
+            raise ValueError(f"{url} ends without its end-of-archive marker after {tar.offset} of {size} "
+                             "bytes: truncated?")
         if current is not None:
             yield current
 

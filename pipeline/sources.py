@@ -32,11 +32,7 @@ class InputShard:
 
     def ref(self, start: int, stop: int, shard_samples: int | None) -> InputRef:
         return InputRef(url=self.url, size=self.size, etag=self.etag, sample_start=start, sample_stop=stop,
-                        shard_samples=shard_samples)
-
-    def sidecar_url(self, suffix: str) -> str:
-        """img2dataset's files beside the tar: `_stats.json`, `.parquet`."""
-        return self.url[: -len(".tar")] + suffix
+                        shard_samples=shard_samples, unit_size=self.unit_size or 0)
 
 
 def shard_name(url: str) -> str:

@@ -79,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--templates", default="openai", choices=sorted(TEMPLATE_SETS))
     args = parser.parse_args(argv)
     cfg = load_job_config(args.config, args.overrides)
+    try:
+        layout.check_name("text table", args.name)
+    except ValueError as e:
+        raise ConfigError(f"--name: {e}") from None
     classnames = load_classnames(args.classes)
     storage = Storage(cfg.store.url, cfg.store.storage_options)
     storage.check_reachable(create=True)

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator
 from pipeline.shard_reader import TarSample, iter_tar_samples
 from pipeline.sources import InputShard
 from storage_schemas.commit import CommitRecord
+from storage_schemas.errors import ConfigError, StoreError
 from storage_schemas.layout import unit_name
 
 OK, ERROR, END, UNIT_FAILED = "ok", "error", "end", "unit_failed"
@@ -48,8 +49,21 @@ class ShardTask:
                 "members": "[]", "reason": "", "detail": "", "n_in_unit": 0, "shard_samples": -1}
 
 
-def pending_parts(shard: InputShard, committed: list[CommitRecord]) -> list[int] | None:
-    """Part indexes of a shard already committed, or None when every unit of it is committed."""
+def committed_parts(shard: InputShard, committed: list[CommitRecord]) -> list[int] | None:
+    """Part indexes of a shard already committed, or None when every unit of it is committed.
+
+    Refuses a shard whose committed units were cut with another `unit_size` (parts would not line
+    up: samples lost or stored twice) or whose input changed since (size or ETag).
+    """
+    for r in committed:
+        if r.input.unit_size != (shard.unit_size or 0):
+            raise ConfigError(
+                f"source '{shard.source}': shard {shard.name} was committed with unit_size "
+                f"{r.input.unit_size or 'null'}, this job has {shard.unit_size or 'null'}; keep the store's unit_size")
+        if r.input.size != shard.size or (r.input.etag and shard.etag and r.input.etag != shard.etag):
+            raise StoreError(
+                f"input {shard.url} changed since unit {r.unit} was committed (size {r.input.size} -> {shard.size}, "
+                f"etag {r.input.etag} -> {shard.etag}); restore it, or write to a new store")
     if not shard.unit_size:
         return None if committed else []
     done = {r.input.sample_start // shard.unit_size for r in committed}

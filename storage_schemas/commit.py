@@ -31,6 +31,7 @@ class InputRef:
     sample_start: int = 0  # this unit's samples are [sample_start, sample_stop) of the shard
     sample_stop: int | None = None
     shard_samples: int | None = None  # samples in the whole shard, where the unit reached its end
+    unit_size: int = 0  # the source's unit_size when committed (0: whole shard); later jobs must match
 
 
 @dataclass(frozen=True)

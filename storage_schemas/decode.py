@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 BACKGROUND = (255, 255, 255)  # alpha is composited over white, as browsers show transparent images
-DRAFT_FACTOR = 2  # draft keeps both sides >= 2 x output size, so no crop of >= 1/4 the side is upsampled
+DRAFT_FACTOR = 2  # draft keeps both sides >= 2 x output size, so no crop of >= 1/2 the side is upsampled
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own DecompressionBombError threshold
 
 
@@ -53,15 +53,26 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_side: 
     if not data:
         raise DecodeError("empty", "the member has no bytes")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+        return _decode(data, max_pixels, draft_side)
+    except DecodeError:
+        raise
     except UnidentifiedImageError as e:
         raise DecodeError("not_an_image", str(e)) from None
     except Image.DecompressionBombError as e:
         raise DecodeError("decompression_bomb", str(e)) from None
-    except Exception as e:  # Pillow raises many types for malformed headers
+    except OSError as e:
+        reason = "truncated" if "truncated" in str(e) or "broken data stream" in str(e) else "bad_image"
+        raise DecodeError(reason, str(e)) from None
+    except Exception as e:  # Pillow fails in many ways on malformed headers and EXIF blocks
         raise DecodeError("bad_image", f"{type(e).__name__}: {e}") from None
+
+
+def _decode(data: bytes, max_pixels: int, draft_side: int | None) -> DecodedImage:
+    # Pillow's own bomb check would fire before ours for limits above its default: ours rules.
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        im = Image.open(io.BytesIO(data))
     w, h = im.size
     if w * h > max_pixels:
         raise DecodeError("decompression_bomb", f"{w}x{h} = {w * h} pixels > limit {max_pixels}")
@@ -69,13 +80,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_side: 
     full_size = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
     if draft_side is not None and im.format == "JPEG":
         im.draft(None, (draft_side, draft_side))
-    try:
-        im.load()
-    except OSError as e:
-        reason = "truncated" if "truncated" in str(e) or "broken data stream" in str(e) else "bad_image"
-        raise DecodeError(reason, str(e)) from None
-    except Exception as e:
-        raise DecodeError("bad_image", f"{type(e).__name__}: {e}") from None
+    im.load()
     im = ImageOps.exif_transpose(im)
     return DecodedImage(to_rgb(im), full_size)
 

@@ -92,7 +92,7 @@ def read_manifest(storage: Storage, kind: str) -> Manifest | None:
         return None
     try:
         return Manifest.from_json(storage.read_bytes(rel))
-    except (ValueError, KeyError) as e:
+    except (ValueError, KeyError, TypeError) as e:
         raise StoreError(f"{storage.url_of(rel)}: manifest does not parse ({e}); the store is damaged") from None
 
 

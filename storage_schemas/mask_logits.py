@@ -2,7 +2,6 @@
 
 `UNIT.zarr` is a Zarr v3 group holding
     logits            [n_images, slots, M, 256, 256]   slots = P * rounds, one chunk per image
-    image_embeddings  [n_images, 256, 64, 64] float16  (optional, for feature distillation)
 Slots beyond an image's `n_prompts` hold the array's fill value. One process writes a unit's
 arrays, whole chunks at a time: Zarr loses data when several writers share a chunk or shard.
 
@@ -34,10 +33,6 @@ def storage_dtype(precision: str) -> np.dtype:
 
 def fill_value(precision: str) -> Any:
     return {"fp16": np.float16("nan"), "uint8_sigmoid": np.uint8(0)}[_check(precision)]
-
-
-def max_probability_error(precision: str) -> float:
-    return {"fp16": FP16_MAX_PROB_ERROR, "uint8_sigmoid": UINT8_MAX_PROB_ERROR}[_check(precision)]
 
 
 def encode_logits(logits: np.ndarray, precision: str) -> np.ndarray:
@@ -104,6 +99,7 @@ def chunk_bytes(stored: np.ndarray, precision: str) -> bytes:
         zarr.storage.MemoryStore(store_dict=backing), shape=(1, slots, masks, LOW_RES, LOW_RES),
         chunks=(1, slots, masks, LOW_RES, LOW_RES), dtype=storage_dtype(precision), fill_value=fill_value(precision),
         compressors=zarr.codecs.ZstdCodec(level=3), dimension_names=("image", "slot", "mask", "y", "x"),
+        config={"write_empty_chunks": True},  # an all-fill image still gets its chunk
     )
     arr[0] = stored
     (key,) = [k for k in backing if k.startswith("c/")]

@@ -122,16 +122,6 @@ def text_embeddings_schema(embed_dim: int) -> pa.Schema:
     )
 
 
-def check_schema(table: pa.Table, expected: pa.Schema, what: str) -> None:
-    """Raise ValueError naming the first column that differs from `expected`."""
-    got = table.schema
-    if got.names != expected.names:
-        raise ValueError(f"{what}: columns {got.names} != expected {expected.names}")
-    for f_got, f_exp in zip(got, expected):
-        if not f_got.type.equals(f_exp.type):
-            raise ValueError(f"{what}: column '{f_exp.name}' has type {f_got.type}, expected {f_exp.type}")
-
-
 def parquet_bytes(table: pa.Table) -> bytes:
     """A whole Parquet file in memory (zstd), to be written in one atomic put."""
     sink = pa.BufferOutputStream()

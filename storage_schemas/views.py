@@ -4,8 +4,9 @@ A view is (crop, flip): `crop` = [x0, y0, x1, y1] normalised to the decoded imag
 horizontal flip. `render_view` crops, resizes to the output size and flips, in one Pillow resize
 with a sub-pixel box, so that
 
-  * view 0 (`canonical_crop`) reproduces open_clip's `preprocess_val` (resize the shortest side,
-    centre crop): Pillow resamples the same positions with the same filter scale either way;
+  * view 0 (`canonical_crop`) is open_clip's `preprocess_val` (resize the shortest side, centre
+    crop): Pillow resamples the same positions with the same filter scale either way, up to the
+    crop's rounding to float32 (a few levels at most, under half a level on average; tested);
   * views 1..K-1 (`random_crop`) are torchvision's RandomResizedCrop, drawn from
     `sample_seed(store seed, sample, "view", v)`;
   * the student, rendering a stored (crop, flip) at the teacher's size, gets the teacher's pixels
@@ -42,12 +43,20 @@ def as_float32(box) -> tuple[float, float, float, float]:
     return tuple(float(v) for v in np.asarray(box, dtype=np.float32))
 
 
-def canonical_crop(width: int, height: int, size: int) -> tuple[float, float, float, float]:
-    """The box that open_clip's preprocess_val keeps: shortest side to `size`, centre `size` crop.
+RESIZE_MODES = ("shortest", "squash")  # open_clip's; "longest" pads, which is no crop
 
-    Mirrors torchvision: Resize(size) gives the long side int(size * long / short), CenterCrop
-    offsets round((new - size) / 2).
+
+def canonical_crop(width: int, height: int, size: int, resize_mode: str = "shortest") -> tuple[float, float, float, float]:
+    """The box that open_clip's preprocess_val keeps.
+
+    shortest: shortest side to `size`, centre crop; mirrors torchvision (Resize(size) gives the
+    long side int(size * long / short), CenterCrop offsets round((new - size) / 2)).
+    squash: the whole image, resized to size x size.
     """
+    if resize_mode == "squash":
+        return (0.0, 0.0, 1.0, 1.0)
+    if resize_mode != "shortest":
+        raise ValueError(f"resize_mode {resize_mode!r}: expected one of {', '.join(RESIZE_MODES)}")
     if width <= height:
         new_w, new_h = size, int(size * height / width)
     else:
@@ -84,12 +93,13 @@ def random_crop(rng: np.random.Generator, width: int, height: int,
 
 
 def sample_views(store_seed: int, sample: SampleId, width: int, height: int, n_views: int, size: int,
-                 scale: tuple[float, float], ratio: tuple[float, float], flip: bool) -> list[View]:
+                 scale: tuple[float, float], ratio: tuple[float, float], flip: bool,
+                 resize_mode: str = "shortest") -> list[View]:
     """The K views of one sample: view 0 canonical, the rest random from their own seeds.
 
     `width`, `height`: the decoded image's size (the frame crops are normalised to).
     """
-    views = [View(0, canonical_crop(width, height, size), False)]
+    views = [View(0, canonical_crop(width, height, size, resize_mode), False)]
     for v in range(1, n_views):
         rng = np.random.default_rng(sample_seed(store_seed, sample, "view", v))
         crop = random_crop(rng, width, height, scale, ratio)

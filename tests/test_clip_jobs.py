@@ -176,3 +176,51 @@ clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{tiny_teachers['clip']}
     views = store.read_table("clip", "views")
     assert commit.n_stored == 6 and commit.n_errors == 0 and views.num_rows == 12
     assert sorted(set(views.column("key").to_pylist())) == [f"sa_{i}" for i in range(1, 7)]
+
+
+def test_a_truncated_shard_fails_alone_and_the_job_exits_nonzero(tmp_path, sample_corpus, tiny_teachers, ray_cluster):
+    import shutil
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for shard in ("00000", "00001"):
+        shutil.copy(sample_corpus / "clip" / f"{shard}.tar", inputs / f"{shard}.tar")
+    data = (inputs / "00001.tar").read_bytes()
+    with tarfile.open(inputs / "00001.tar") as tar:
+        cut_at = tar.getmembers()[30].offset  # a member boundary: tarfile alone would not notice
+    (inputs / "00001.tar").write_bytes(data[:cut_at])
+    job = tmp_path / "job.yaml"
+    job.write_text(f"""
+store: {{url: "{tmp_path / 'store'}"}}
+sources: [{{name: s, kind: clip, shards: "{inputs}/{{00000..00001}}.tar"}}]
+clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{tiny_teachers['clip']}"}}, views: 1}}
+""")
+    assert materialize([str(job), "--report", str(tmp_path / "r.json")]) == 1
+    report = json.loads((tmp_path / "r.json").read_text())["reports"][0]
+    assert report["units_done"] == 1 and [f["unit"] for f in report["units_failed"]] == ["00001"]
+    assert "end-of-archive marker" in report["units_failed"][0]["detail"]
+    assert [c.unit for c in open_store(str(tmp_path / "store")).commits("clip")] == ["00000"]
+
+
+def test_a_changed_input_or_unit_size_is_refused_on_resume(tmp_path, sample_corpus, tiny_teachers, ray_cluster):
+    import shutil
+
+    from storage_schemas.errors import ConfigError, StoreError
+
+    shard = tmp_path / "00001.tar"
+    shutil.copy(sample_corpus / "clip" / "00001.tar", shard)
+    job = tmp_path / "job.yaml"
+    job.write_text(f"""
+store: {{url: "{tmp_path / 'store'}"}}
+sources: [{{name: s, kind: clip, shards: "{shard}", unit_size: 10}}]
+clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{tiny_teachers['clip']}"}}, views: 1}}
+""")
+    assert materialize([str(job)]) == 0
+    with pytest.raises(ConfigError, match="committed with unit_size 10, this job has null"):
+        materialize([str(job), "--set", "sources.0.unit_size=null"])
+    with pytest.raises(ConfigError, match="committed with unit_size 10, this job has 5"):
+        materialize([str(job), "--set", "sources.0.unit_size=5"])
+    with open(shard, "ab") as f:
+        f.write(b"\0" * 512)
+    with pytest.raises(StoreError, match="changed since unit 00001.p000 was committed"):
+        materialize([str(job)])

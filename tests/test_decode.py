@@ -54,3 +54,25 @@ def test_jpeg_draft_is_part_of_the_rule():
     assert d.image.size == (1000, 800) and d.full_size == (2000, 1600)  # 1/2: both sides stay >= 448
     assert decode_image(big).image.size == (2000, 1600)
     assert decode_image(big, draft_side=draft_side_for(1024)).image.size == (2000, 1600)
+
+
+def test_a_truncated_png_or_corrupt_exif_is_an_error_not_a_crash():
+    png = encode(Image.new("RGB", (64, 48), (1, 2, 3)), "PNG")
+    with pytest.raises(DecodeError) as e:
+        decode_image(png[: len(png) // 2])
+    assert e.value.reason in ("truncated", "bad_image")
+    jpeg = SAMPLES["exif"][0]
+    start = jpeg.index(b"Exif\x00\x00")
+    broken = jpeg[:start + 10] + b"\xff" * 16 + jpeg[start + 26:]  # garble the EXIF IFD
+    try:
+        decoded = decode_image(broken)
+        assert decoded.image.mode == "RGB"
+    except DecodeError as err:
+        assert err.reason in ("bad_image", "truncated")
+
+
+def test_limits_above_pillows_own_are_honoured():
+    big = encode(Image.new("L", (12000, 16000)), "PNG")  # 192M pixels: over Pillow's 179M error threshold
+    assert decode_image(big, max_pixels=200_000_000).image.size == (12000, 16000)
+    with pytest.raises(DecodeError, match="decompression_bomb"):
+        decode_image(big, max_pixels=100_000_000)

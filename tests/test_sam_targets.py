@@ -128,10 +128,15 @@ def test_uint8_encoding_stays_within_its_documented_error(stored, sample_corpus,
         arr = u8.open_logits(c)
         assert arr.dtype == np.uint8
         for img in u8.read_unit_table(c, "images").to_pylist():
+            n = img["n_prompts"]
             got = decode_logits(arr[img["sample_index"]], "uint8_sigmoid")
             ref = fp16_logits[("sa_000001", img["key"])]
-            worst = max(worst, float(np.abs(sig(got) - sig(ref)).max()))
-    assert worst <= UINT8_MAX_PROB_ERROR + 1e-4  # + fp16's own error on the reference
+            for r in range(2):  # the slots of real prompts, both rounds
+                live = slice(16 * r, 16 * r + n)
+                assert np.isfinite(ref[live]).all()
+                worst = max(worst, float(np.abs(sig(got[live]) - sig(ref[live])).max()))
+            assert (arr[img["sample_index"]][n:16] == 0).all()  # padding holds the fill value
+    assert 0 < worst <= UINT8_MAX_PROB_ERROR + 1e-4  # + fp16's own error on the reference
 
 
 def dirty_sa1b_tar(path, corpus):

@@ -185,3 +185,16 @@ def test_mismatched_fingerprint_or_policy_is_refused_naming_the_field(tmp_path, 
 def test_unreachable_store_is_one_line(tmp_path):
     with pytest.raises(StoreError, match="cannot be reached"):
         open_store(str(tmp_path / "does-not-exist"))
+
+
+def test_an_all_fill_chunk_is_still_written(tmp_path):
+    from storage_schemas.mask_logits import chunk_bytes, chunk_path, open_logits
+
+    storage = Storage(str(tmp_path))
+    create_logits_array(storage, "u.zarr", 2, 2, 1, "uint8_sigmoid")
+    saturated = encode_logits(np.full((2, 1, 256, 256), -40.0, np.float32), "uint8_sigmoid")
+    assert (saturated == 0).all()  # equal to the fill value everywhere
+    for i in range(2):
+        storage.write_bytes(chunk_path("u.zarr/logits", i), chunk_bytes(saturated, "uint8_sigmoid"))
+    assert (open_logits(storage, "u.zarr")[:] == 0).all()
+    assert (tmp_path / "u.zarr/logits/c/1/0/0/0/0").is_file()
