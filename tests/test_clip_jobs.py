@@ -16,6 +16,20 @@ from pipeline.materialize import main as materialize
 from storage_schemas.store import open_store
 
 
+def clip_job(tmp_path, teachers, source: str, shards: str, views: int, unit_size: int | None = None,
+             extra: str = ""):
+    """A one-source CLIP job writing to tmp_path/store."""
+    job = tmp_path / "job.yaml"
+    unit = f", unit_size: {unit_size}" if unit_size else ""
+    job.write_text(f"""
+store: {{url: "{tmp_path / 'store'}"}}
+sources: [{{name: {source}, kind: clip, shards: "{shards}"{unit}}}]
+clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{teachers['clip']}"}}, views: {views}}}
+{extra}
+""")
+    return job
+
+
 def shard_keys(corpus, shard: str) -> set[str]:
     with tarfile.open(corpus / "clip" / f"{shard}.tar") as tar:
         return {m.name.split(".")[0] for m in tar.getmembers()}
@@ -97,13 +111,7 @@ def dirty_shard(tmp_path_factory):
 
 
 def test_dirty_shard_stores_the_good_and_records_the_bad(dirty_shard, tmp_path, tiny_teachers, ray_cluster):
-    job = tmp_path / "job.yaml"
-    job.write_text(f"""
-store: {{url: "{tmp_path / 'store'}"}}
-sources: [{{name: dirty, kind: clip, shards: "{dirty_shard}"}}]
-clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{tiny_teachers['clip']}"}}, views: 2}}
-max_image_pixels: {MAX_PIXELS}
-""")
+    job = clip_job(tmp_path, tiny_teachers, "dirty", f"{dirty_shard}", 2, extra=f"max_image_pixels: {MAX_PIXELS}")
     assert materialize([str(job), "--report", str(tmp_path / "report.json")]) == 0
     store = open_store(str(tmp_path / "store"))
     (commit,) = store.commits("clip")
@@ -130,24 +138,14 @@ def test_img2dataset_count_mismatch_is_reported(tmp_path, sample_corpus, tiny_te
     stats = json.loads((sample_corpus / "clip" / "00000_stats.json").read_text())
     stats["successes"] += 3
     (tmp_path / "in" / "00000_stats.json").write_text(json.dumps(stats))
-    job = tmp_path / "job.yaml"
-    job.write_text(f"""
-store: {{url: "{tmp_path / 'store'}"}}
-sources: [{{name: s, kind: clip, shards: "{shard}"}}]
-clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{tiny_teachers['clip']}"}}, views: 1}}
-""")
+    job = clip_job(tmp_path, tiny_teachers, "s", f"{shard}", 1)
     assert materialize([str(job), "--report", str(tmp_path / "r.json")]) == 0
     notes = json.loads((tmp_path / "r.json").read_text())["reports"][0]["shard_notes"]
     assert notes == ["s/00000: img2dataset _stats.json says 28 successes, the tar holds 25 samples"]
 
 
 def test_unit_size_cuts_a_shard_into_parts(tmp_path, sample_corpus, tiny_teachers, ray_cluster):
-    job = tmp_path / "job.yaml"
-    job.write_text(f"""
-store: {{url: "{tmp_path / 'store'}"}}
-sources: [{{name: s, kind: clip, shards: "{sample_corpus}/clip/00001.tar", unit_size: 10}}]
-clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{tiny_teachers['clip']}"}}, views: 1}}
-""")
+    job = clip_job(tmp_path, tiny_teachers, "s", f"{sample_corpus}/clip/00001.tar", 1, unit_size=10)
     assert materialize([str(job)]) == 0
     commits = open_store(str(tmp_path / "store")).commits("clip")
     assert [(c.unit, c.input.sample_start, c.input.sample_stop, c.n_input) for c in commits] == [
@@ -164,12 +162,7 @@ clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{tiny_teachers['clip']}
 
 def test_clip_targets_for_sa1b_images_are_a_config_change(tmp_path, sample_corpus, tiny_teachers, ray_cluster):
     """SA-1B tars as a `kind: clip` source: the same view machinery, the same sample identity."""
-    job = tmp_path / "job.yaml"
-    job.write_text(f"""
-store: {{url: "{tmp_path / 'store'}"}}
-sources: [{{name: sa1b, kind: clip, shards: "{sample_corpus}/sam/sa_000000.tar"}}]
-clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{tiny_teachers['clip']}"}}, views: 2}}
-""")
+    job = clip_job(tmp_path, tiny_teachers, "sa1b", f"{sample_corpus}/sam/sa_000000.tar", 2)
     assert materialize([str(job)]) == 0
     store = open_store(str(tmp_path / "store"))
     (commit,) = store.commits("clip")
@@ -189,12 +182,7 @@ def test_a_truncated_shard_fails_alone_and_the_job_exits_nonzero(tmp_path, sampl
     with tarfile.open(inputs / "00001.tar") as tar:
         cut_at = tar.getmembers()[30].offset  # a member boundary: tarfile alone would not notice
     (inputs / "00001.tar").write_bytes(data[:cut_at])
-    job = tmp_path / "job.yaml"
-    job.write_text(f"""
-store: {{url: "{tmp_path / 'store'}"}}
-sources: [{{name: s, kind: clip, shards: "{inputs}/{{00000..00001}}.tar"}}]
-clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{tiny_teachers['clip']}"}}, views: 1}}
-""")
+    job = clip_job(tmp_path, tiny_teachers, "s", f"{inputs}/{{00000..00001}}.tar", 1)
     assert materialize([str(job), "--report", str(tmp_path / "r.json")]) == 1
     report = json.loads((tmp_path / "r.json").read_text())["reports"][0]
     assert report["units_done"] == 1 and [f["unit"] for f in report["units_failed"]] == ["00001"]
@@ -209,12 +197,7 @@ def test_a_changed_input_or_unit_size_is_refused_on_resume(tmp_path, sample_corp
 
     shard = tmp_path / "00001.tar"
     shutil.copy(sample_corpus / "clip" / "00001.tar", shard)
-    job = tmp_path / "job.yaml"
-    job.write_text(f"""
-store: {{url: "{tmp_path / 'store'}"}}
-sources: [{{name: s, kind: clip, shards: "{shard}", unit_size: 10}}]
-clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{tiny_teachers['clip']}"}}, views: 1}}
-""")
+    job = clip_job(tmp_path, tiny_teachers, "s", f"{shard}", 1, unit_size=10)
     assert materialize([str(job)]) == 0
     with pytest.raises(ConfigError, match="committed with unit_size 10, this job has null"):
         materialize([str(job), "--set", "sources.0.unit_size=null"])
