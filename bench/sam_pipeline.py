@@ -30,9 +30,9 @@ from pipeline.config import SamConfig, SamTeacherConfig
 from pipeline.materialize import main as materialize
 from pipeline.sam_targets import PromptSpec, SamTeacherStage, blank_sam_row, prepare_image
 from pipeline.sample_data import CorpusSpec, build_sample_corpus
-from pipeline.shard_reader import iter_tar_samples
 from pipeline.units import OK, ShardTask
 from storage_schemas.mask_logits import chunk_bytes, decode_logits, encode_logits
+from storage_schemas.tar_samples import iter_tar_samples
 
 
 def main() -> None:

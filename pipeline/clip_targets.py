@@ -22,11 +22,12 @@ import pyarrow as pa
 import torch
 
 from pipeline.config import ClipTeacherConfig
-from pipeline.shard_reader import TarSample, sidecar_success_counts
+from pipeline.sources import sidecar_success_counts
 from pipeline.units import ERROR, OK, ShardTask, read_shard
 from storage_schemas.decode import DecodeError, decode_image, draft_side_for
 from storage_schemas.identity import SampleId
 from storage_schemas.tables import clip_views_schema
+from storage_schemas.tar_samples import TarSample
 from storage_schemas.views import render_view, sample_views, view_hash
 
 @dataclass(frozen=True)

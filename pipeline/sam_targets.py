@@ -23,7 +23,6 @@ import torch
 
 from pipeline.config import SamConfig, SamTeacherConfig
 from pipeline.sam_prompts import STRUCTURES, parse_sa1b_json, sample_prompts, usable_annotations
-from pipeline.shard_reader import TarSample
 from pipeline.units import ERROR, OK, ShardTask, read_shard
 from storage_schemas.decode import DecodeError, decode_image
 from storage_schemas.identity import SampleId, sample_seed
@@ -31,6 +30,7 @@ from storage_schemas.mask_logits import LOW_RES, chunk_bytes, encode_logits, fil
 from storage_schemas.sam_models import IMAGE_SIZE
 from storage_schemas.sam_transforms import pad_image, sam_boxes, sam_input_image, sam_points
 from storage_schemas.tables import SAM_IMAGES_SCHEMA, sam_prompts_schema
+from storage_schemas.tar_samples import TarSample
 
 
 @dataclass(frozen=True)

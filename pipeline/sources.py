@@ -7,6 +7,7 @@ shard that changed since.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -78,3 +79,20 @@ def expand_source(index: int, source: SourceConfig) -> list[InputShard]:
                                  etag.strip('"') if isinstance(etag, str) else None, source.storage_options,
                                  source.unit_size))
     return shards
+
+
+def sidecar_success_counts(tar_url: str, storage_options: dict[str, Any] | None = None) -> dict[str, int]:
+    """img2dataset's success counts beside a shard: {"_stats.json": n, ".parquet": n}, where present."""
+    fs, path = fsspec.core.url_to_fs(tar_url, **(storage_options or {}))
+    stem = path[: -len(".tar")]
+    out = {}
+    if fs.exists(stem + "_stats.json"):
+        out["_stats.json"] = int(json.loads(fs.cat_file(stem + "_stats.json"))["successes"])
+    if fs.exists(stem + ".parquet"):
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        with fs.open(stem + ".parquet", "rb") as f:
+            status = pq.read_table(f, columns=["status"]).column("status")
+        out[".parquet"] = int(pc.sum(pc.equal(status, "success")).as_py() or 0)
+    return out

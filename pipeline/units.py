@@ -17,11 +17,11 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from pipeline.shard_reader import TarSample, iter_tar_samples
 from pipeline.sources import InputShard
 from storage_schemas.commit import CommitRecord
 from storage_schemas.errors import ConfigError, StoreError
 from storage_schemas.layout import unit_name
+from storage_schemas.tar_samples import TarSample, iter_tar_samples
 
 OK, ERROR, END, UNIT_FAILED = "ok", "error", "end", "unit_failed"
 

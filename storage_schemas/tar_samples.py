@@ -1,12 +1,14 @@
 """Streaming the samples of a tar shard from any fsspec URL, without holding the shard in memory.
 
+Shared: the pipeline reads shards to make targets, the student reads the same shards in lockstep
+with their committed targets.
+
 Members are grouped into samples the webdataset way: consecutive members sharing the part of the
 base name before its first dot (`000420017.jpg`, `000420017.json` -> key `000420017`;
 `sa_223750.jpg` + `sa_223750.json` -> `sa_223750`).
 """
 from __future__ import annotations
 
-import json
 import os
 import tarfile
 from dataclasses import dataclass, field
@@ -73,20 +75,3 @@ def iter_tar_samples(url: str, storage_options: dict[str, Any] | None = None,
                              "bytes: truncated?")
         if current is not None:
             yield current
-
-
-def sidecar_success_counts(tar_url: str, storage_options: dict[str, Any] | None = None) -> dict[str, int]:
-    """img2dataset's success counts beside a shard: {"_stats.json": n, ".parquet": n}, where present."""
-    fs, path = fsspec.core.url_to_fs(tar_url, **(storage_options or {}))
-    stem = path[: -len(".tar")]
-    out = {}
-    if fs.exists(stem + "_stats.json"):
-        out["_stats.json"] = int(json.loads(fs.cat_file(stem + "_stats.json"))["successes"])
-    if fs.exists(stem + ".parquet"):
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
-
-        with fs.open(stem + ".parquet", "rb") as f:
-            status = pq.read_table(f, columns=["status"]).column("status")
-        out[".parquet"] = int(pc.sum(pc.equal(status, "success")).as_py() or 0)
-    return out
