@@ -18,6 +18,7 @@ import fsspec
 from pipeline.config import SourceConfig
 from storage_schemas.commit import InputRef
 from storage_schemas.errors import ConfigError
+from storage_schemas.storage import stat_url
 
 
 @dataclass(frozen=True)
@@ -68,15 +69,12 @@ def expand_source(index: int, source: SourceConfig) -> list[InputShard]:
                               f"'{name}'; shard names are part of sample identity within a source")
         names[name] = url
         try:
-            fs, path = fsspec.core.url_to_fs(url, **source.storage_options)
-            info = fs.info(path)
+            size, etag = stat_url(url, source.storage_options)
         except FileNotFoundError:
             raise ConfigError(f"config key '{key}': shard '{url}' not found") from None
         except Exception as e:  # unreachable endpoint, bad credentials, unknown protocol
             raise ConfigError(f"config key '{key}': shard '{url}' cannot be read ({type(e).__name__}: {e})") from None
-        etag = info.get("ETag") or info.get("etag")
-        shards.append(InputShard(source.name, source.kind, url, name, int(info["size"]),
-                                 etag.strip('"') if isinstance(etag, str) else None, source.storage_options,
+        shards.append(InputShard(source.name, source.kind, url, name, size, etag, source.storage_options,
                                  source.unit_size))
     return shards
 

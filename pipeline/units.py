@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from pipeline.sources import InputShard
-from storage_schemas.commit import CommitRecord
+from storage_schemas.commit import CommitRecord, input_change
 from storage_schemas.errors import ConfigError, StoreError
 from storage_schemas.layout import unit_name
 from storage_schemas.tar_samples import TarSample, iter_tar_samples
@@ -60,10 +60,10 @@ def committed_parts(shard: InputShard, committed: list[CommitRecord]) -> list[in
             raise ConfigError(
                 f"source '{shard.source}': shard {shard.name} was committed with unit_size "
                 f"{r.input.unit_size or 'null'}, this job has {shard.unit_size or 'null'}; keep the store's unit_size")
-        if r.input.size != shard.size or (r.input.etag and shard.etag and r.input.etag != shard.etag):
-            raise StoreError(
-                f"input {shard.url} changed since unit {r.unit} was committed (size {r.input.size} -> {shard.size}, "
-                f"etag {r.input.etag} -> {shard.etag}); restore it, or write to a new store")
+        change = input_change(r.input, shard.size, shard.etag)
+        if change:
+            raise StoreError(f"input {shard.url} changed since unit {r.unit} was committed ({change}); "
+                             "restore it, or write to a new store")
     if not shard.unit_size:
         return None if committed else []
     done = {r.input.sample_start // shard.unit_size for r in committed}

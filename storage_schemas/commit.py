@@ -34,6 +34,13 @@ class InputRef:
     unit_size: int = 0  # the source's unit_size when committed (0: whole shard); later jobs must match
 
 
+def input_change(ref: InputRef, size: int, etag: str | None) -> str | None:
+    """How an input's current size/ETag differ from those a unit was made from, or None."""
+    if size != ref.size or (ref.etag and etag and etag != ref.etag):
+        return f"size {ref.size} -> {size}, etag {ref.etag} -> {etag}"
+    return None
+
+
 @dataclass(frozen=True)
 class CommitRecord:
     kind: str

@@ -28,6 +28,14 @@ class FileEntry:
     sha256: str
 
 
+def stat_url(url: str, storage_options: dict[str, Any] | None = None) -> tuple[int, str | None]:
+    """(size, ETag or None) of a file at any fsspec URL; FileNotFoundError if absent."""
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    info = fs.info(path)
+    etag = info.get("ETag") or info.get("etag")
+    return int(info["size"]), etag.strip('"') if isinstance(etag, str) else None
+
+
 class Storage:
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None):
         self.url = url.rstrip("/")

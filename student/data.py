@@ -16,14 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal
 
-import fsspec
 import numpy as np
 from PIL import Image
 
-from storage_schemas.commit import CommitRecord
+from storage_schemas.commit import CommitRecord, input_change
 from storage_schemas.decode import DEFAULT_MAX_PIXELS, decode_image, draft_side_for
 from storage_schemas.errors import StoreError
 from storage_schemas.identity import SampleId, stable_hash64
+from storage_schemas.storage import stat_url
 from storage_schemas.store import TargetStore
 from storage_schemas.tar_samples import iter_tar_samples
 
@@ -43,15 +43,13 @@ def check_input(record: CommitRecord, storage_options: dict[str, Any] | None = N
     """Refuse an input shard whose size or ETag differs from the one the unit was made from."""
     ref = record.input
     try:
-        fs, path = fsspec.core.url_to_fs(ref.url, **(storage_options or {}))
-        info = fs.info(path)
+        size, etag = stat_url(ref.url, storage_options)
     except FileNotFoundError:
         raise StoreError(f"input {ref.url} of unit {record.source}/{record.unit} is gone") from None
-    etag = info.get("ETag") or info.get("etag")
-    etag = etag.strip('"') if isinstance(etag, str) else None
-    if int(info["size"]) != ref.size or (ref.etag and etag and etag != ref.etag):
-        raise StoreError(f"input {ref.url} changed since unit {record.source}/{record.unit} was made (size "
-                         f"{ref.size} -> {info['size']}, etag {ref.etag} -> {etag}); its targets no longer match it")
+    change = input_change(ref, size, etag)
+    if change:
+        raise StoreError(f"input {ref.url} changed since unit {record.source}/{record.unit} was made ({change}); "
+                         "its targets no longer match it")
 
 
 def iter_clip_unit(store: TargetStore, record: CommitRecord, size: int, storage_options: dict | None = None,
