@@ -86,7 +86,8 @@ class Storage:
                 bucket = self.root.split("/", 1)[0]
                 if not self.fs.exists(bucket):
                     raise FileNotFoundError(f"bucket '{bucket}' does not exist or its endpoint does not answer")
-                self.fs.ls(self.root) if self.fs.exists(self.root) else None
+                if self.fs.exists(self.root):
+                    self.fs.ls(self.root)  # listing proves the credentials can read it
         except StoreError:
             raise
         except Exception as e:  # any filesystem's "cannot reach": one line, not a traceback
