@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import yaml
 
+from bench.compare import print_pipeline_vs_bare
 from pipeline.clip_targets import ClipTeacherStage, views_table
 from pipeline.config import ClipTeacherConfig
 from pipeline.materialize import main as materialize
@@ -57,9 +58,6 @@ def main() -> None:
     import json
 
     report = json.loads(open(f"{work}/report.json").read())["reports"][0]
-    pipeline_rate = report["rows_per_second"]["views"]
-    first_batch = args.batch * args.views  # the first target arrives with the first batch
-    settled_rate = (report["rows"]["views"] - first_batch) / (report["seconds"] - report["first_target_seconds"])
 
     store = open_store(f"{work}/store")
     rows = store.read_table("clip", "views").to_pylist()
@@ -93,14 +91,7 @@ def main() -> None:
 
     print(f"teacher {args.arch} (random init), K={args.views}, {len(rows)} views, batch {args.batch} samples "
           f"({per_batch} views), 1 torch thread, local Ray with 2 CPUs")
-    print(f"  bare teacher       {bare_rate:8.2f} views/s")
-    print(f"  pipeline           {pipeline_rate:8.2f} views/s  (report: {report['seconds']:.1f} s)")
-    print(f"  pipeline / bare    {pipeline_rate / bare_rate:8.3f}")
-    if report["seconds"] - report["first_target_seconds"] > 0.25 * report["seconds"]:
-        print(f"  after the first target ({report['first_target_seconds']:.1f} s): {settled_rate:.3f} views/s, "
-              f"{settled_rate / bare_rate:.3f} of bare")
-    else:
-        print(f"  first target after {report['first_target_seconds']:.1f} s: the targets reached the driver together")
+    print_pipeline_vs_bare(report, "views", bare_rate, first_rows=per_batch)
     print(f"  bytes per view     {store_bytes / len(rows):8.1f} at D={d} (fp16 floor {2 * d}); "
           f"{synth_bytes / len(rows):.1f} at D=768 (floor 1536)")
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import yaml
 
+from bench.compare import print_pipeline_vs_bare
 from pipeline.config import SamConfig, SamTeacherConfig
 from pipeline.materialize import main as materialize
 from pipeline.sam_targets import PromptSpec, SamTeacherStage, blank_sam_row, prepare_image
@@ -54,9 +55,6 @@ def main() -> None:
         yaml.safe_dump(job, f)
     assert materialize([f"{work}/job.yaml", "--report", f"{work}/report.json"]) == 0
     report = json.loads(open(f"{work}/report.json").read())["reports"][0]
-    pipeline_rate = report["rows"]["images"] / report["seconds"]
-    # After the first target arrives, start-up is behind: the rate the run settles into.
-    settled_rate = (report["rows"]["images"] - 1) / (report["seconds"] - report["first_target_seconds"])
 
     sam_cfg = SamConfig(teacher=SamTeacherConfig(model=args.model), prompts=64)
     spec = PromptSpec(seed=0, sam=sam_cfg, max_pixels=10**9)
@@ -84,14 +82,7 @@ def main() -> None:
         worst = max(worst, float(np.abs(sig(q) - sig(logits)).max()))
 
     print(f"SAM {args.model} (random init), {len(rows)} images, P={args.prompts}, 1 torch thread, local Ray with 2 CPUs")
-    print(f"  bare teacher      {bare_rate:8.3f} images/s")
-    print(f"  pipeline          {pipeline_rate:8.3f} images/s  (report: {report['seconds']:.1f} s)")
-    print(f"  pipeline / bare   {pipeline_rate / bare_rate:8.3f}")
-    if report["seconds"] - report["first_target_seconds"] > 0.25 * report["seconds"]:
-        print(f"  after the first target ({report['first_target_seconds']:.1f} s): {settled_rate:.3f} images/s, "
-              f"{settled_rate / bare_rate:.3f} of bare")
-    else:
-        print(f"  first target after {report['first_target_seconds']:.1f} s: the targets reached the driver together")
+    print_pipeline_vs_bare(report, "images", bare_rate, first_rows=1)
     for (p, prec), out in sizes.items():
         raw = p * 256 * 256 * (2 if prec == "fp16" else 1)
         print(f"  bytes/image P={p:<3} {prec:<14} {np.mean(out) / 1024:9.1f} KiB (raw {raw / 1024:.0f} KiB)")
