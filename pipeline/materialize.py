@@ -28,12 +28,10 @@ from pipeline.units import OK, UNIT_FAILED, UnitCollector, committed_parts, shar
 from storage_schemas import layout
 from storage_schemas.commit import CommitRecord
 from storage_schemas.errors import ConfigError, run_cli
-from storage_schemas.views import RESIZE_MODES
-from storage_schemas.typed_config import add_config_arguments
-from storage_schemas.mask_logits import chunk_path, create_logits_array
 from storage_schemas.manifest import ensure_manifest
-
-log = logging.getLogger("pipeline.materialize")
+from storage_schemas.mask_logits import chunk_path, create_logits_array
+from storage_schemas.typed_config import add_config_arguments
+from storage_schemas.views import RESIZE_MODES
 
 
 def start_ray(cfg: JobConfig) -> bool:
@@ -114,9 +112,25 @@ def run_units(plan: JobPlan, kp: KindPlan, kind: str, build_dataset: Callable[[l
     return report
 
 
-def run_clip(plan: JobPlan, kp: KindPlan, has_gpu: bool) -> JobReport:
+def teacher_dataset(cfg: JobConfig, has_gpu: bool, tasks: list[dict], read_fn: Callable, spec: Any,
+                    stage: type, stage_kwargs: dict, batch_size: int, block_bytes: int | None = None):
+    """shards -> flat_map(read_fn) on CPU tasks -> map_batches(stage) on a pool of teacher actors."""
     import ray
 
+    ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
+    if block_bytes is not None:
+        ds.context.target_max_block_size = block_bytes
+    ds = ds.flat_map(read_fn, fn_kwargs={"spec": spec}, num_cpus=cfg.ray.decode_cpus)
+    gpus = cfg.ray.gpus_per_actor if cfg.ray.gpus_per_actor is not None else (1 if has_gpu else 0)
+    return ds.map_batches(
+        stage, fn_constructor_kwargs={**stage_kwargs, "storage_options": cfg.store.storage_options,
+                                      "threads": int(cfg.ray.cpus_per_actor)},
+        batch_size=batch_size, batch_format="numpy", num_cpus=cfg.ray.cpus_per_actor, num_gpus=gpus,
+        compute=ray.data.ActorPoolStrategy(size=cfg.ray.teacher_actors),
+    )
+
+
+def run_clip(plan: JobPlan, kp: KindPlan, has_gpu: bool) -> JobReport:
     cfg = plan.config
     manifest = ensure_manifest(plan.storage, kp.manifest)
     must = manifest.must_match
@@ -130,15 +144,9 @@ def run_clip(plan: JobPlan, kp: KindPlan, has_gpu: bool) -> JobReport:
     embed_dim = must["teacher"]["output"]["embed_dim"]
 
     def build_dataset(tasks: list[dict]):
-        ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
-        ds = ds.flat_map(read_clip_shard, fn_kwargs={"spec": spec}, num_cpus=cfg.ray.decode_cpus)
-        return ds.map_batches(
-            ClipTeacherStage,
-            fn_constructor_kwargs=dict(teacher_cfg=cfg.clip.teacher, storage_options=cfg.store.storage_options,
-                                       compute_dtype=must["compute_dtype"], threads=int(cfg.ray.cpus_per_actor)),
-            batch_size=cfg.ray.batch_size, batch_format="numpy", num_cpus=cfg.ray.cpus_per_actor,
-            num_gpus=teacher_gpus(cfg, has_gpu), compute=ray.data.ActorPoolStrategy(size=cfg.ray.teacher_actors),
-        )
+        return teacher_dataset(cfg, has_gpu, tasks, read_clip_shard, spec, ClipTeacherStage,
+                               dict(teacher_cfg=cfg.clip.teacher, compute_dtype=must["compute_dtype"]),
+                               cfg.ray.batch_size)
 
     def commit(c: UnitCollector) -> CommitRecord:
         writer = UnitWriter(plan.storage, "clip", c.shard.source, c.shard.name, c.unit)
@@ -152,28 +160,18 @@ def run_clip(plan: JobPlan, kp: KindPlan, has_gpu: bool) -> JobReport:
 
 
 def run_sam(plan: JobPlan, kp: KindPlan, has_gpu: bool) -> JobReport:
-    import ray
-
     cfg = plan.config
     manifest = ensure_manifest(plan.storage, kp.manifest)
     spec = PromptSpec(seed=cfg.seed, sam=cfg.sam, max_pixels=cfg.max_image_pixels)
     num_masks = manifest.must_match["policy"]["num_masks"]
 
     def build_dataset(tasks: list[dict]):
-        ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
         # A SAM row carries a 3 MB image: one-image blocks reach the teacher while the shard is
         # still being read (Ray's default 128 MiB would hold ~40 images back).
-        ds.context.target_max_block_size = 4 * 1024 * 1024
-        ds = ds.flat_map(read_sam_shard, fn_kwargs={"spec": spec}, num_cpus=cfg.ray.decode_cpus)
-        return ds.map_batches(
-            SamTeacherStage,
-            fn_constructor_kwargs=dict(teacher_cfg=cfg.sam.teacher, sam_cfg=cfg.sam,
-                                       storage_options=cfg.store.storage_options,
-                                       compute_dtype=manifest.must_match["compute_dtype"],
-                                       threads=int(cfg.ray.cpus_per_actor)),
-            batch_size=cfg.ray.sam_batch_size, batch_format="numpy", num_cpus=cfg.ray.cpus_per_actor,
-            num_gpus=teacher_gpus(cfg, has_gpu), compute=ray.data.ActorPoolStrategy(size=cfg.ray.teacher_actors),
-        )
+        return teacher_dataset(cfg, has_gpu, tasks, read_sam_shard, spec, SamTeacherStage,
+                               dict(teacher_cfg=cfg.sam.teacher, sam_cfg=cfg.sam,
+                                    compute_dtype=manifest.must_match["compute_dtype"]),
+                               cfg.ray.sam_batch_size, block_bytes=4 * 1024 * 1024)
 
     def commit(c: UnitCollector) -> CommitRecord:
         source, unit = c.shard.source, c.unit
@@ -193,10 +191,6 @@ def run_sam(plan: JobPlan, kp: KindPlan, has_gpu: bool) -> JobReport:
                              {"prompts": prompts.num_rows, "images": len(samples)}, manifest.policy_hash)
 
     return run_units(plan, kp, "sam", build_dataset, commit)
-
-
-def teacher_gpus(cfg: JobConfig, has_gpu: bool) -> float:
-    return cfg.ray.gpus_per_actor if cfg.ray.gpus_per_actor is not None else (1 if has_gpu else 0)
 
 
 def write_report(plan: JobPlan, reports: list[JobReport], local_path: str | None) -> None:

@@ -18,11 +18,6 @@ from storage_schemas.sam_models import IMAGE_SIZE
 _TRANSFORM = ResizeLongestSide(IMAGE_SIZE)
 
 
-def sam_input_size(height: int, width: int) -> tuple[int, int]:
-    """(h', w') of the resized image before padding."""
-    return ResizeLongestSide.get_preprocess_shape(height, width, IMAGE_SIZE)
-
-
 def sam_input_image(image: np.ndarray) -> np.ndarray:
     """image: uint8 [H, W, 3] -> uint8 [h', w', 3] with max(h', w') == 1024."""
     return _TRANSFORM.apply_image(image)
