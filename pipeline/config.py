@@ -17,13 +17,8 @@ from typing import Any, Literal
 from storage_schemas.layout import check_name
 from storage_schemas.mask_logits import PRECISIONS
 from storage_schemas.sam_models import SAM_ARCHS
+from storage_schemas.store import StoreConfig
 from storage_schemas.typed_config import FieldError, load_config
-
-
-@dataclass
-class StoreConfig:
-    url: str  # store ROOT: a local path or any fsspec URL
-    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options; keep secrets in the environment
 
 
 @dataclass

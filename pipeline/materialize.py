@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from pipeline.clip_targets import ClipTeacherStage, RenderSpec, read_clip_shard, views_table
 from pipeline.config import JobConfig, load_job_config
-from pipeline.faults import kill_point
+from storage_schemas.faults import kill_point
 from pipeline.plan import JobPlan, KindPlan, make_plan
 from pipeline.report import JobReport
 from pipeline.sam_targets import PromptSpec, SamTeacherStage, images_table, prompts_table, read_sam_shard

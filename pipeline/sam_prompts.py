@@ -16,8 +16,9 @@ from pycocotools import mask as mask_utils
 
 from pipeline.config import SamConfig
 from storage_schemas.decode import DecodeError
+from storage_schemas.tables import PROMPT_STRUCTURES
 
-STRUCTURES = ("box", "points", "box+points")
+STRUCTURES = PROMPT_STRUCTURES
 
 
 @dataclass

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from pipeline.faults import kill_point
+from storage_schemas.faults import kill_point
 from storage_schemas import layout
 from storage_schemas.commit import CommitRecord, InputRef, write_commit
 from storage_schemas.storage import FileEntry, Storage

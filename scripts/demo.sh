@@ -12,3 +12,4 @@ python -m pipeline.plan jobs/sample.yaml
 python -m pipeline.materialize jobs/sample.yaml --report out/materialize-report.json
 python -m pipeline.text_targets jobs/sample.yaml --name sample --classes jobs/sample_classes.txt
 python -m storage_schemas out/store
+python student/train.py --config student/configs/tiny.yaml

@@ -11,8 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
+from typing import Any
+
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+from storage_schemas.checkpoints import describe_mismatch, fetch_checkpoint, load_state_dict_file
+from storage_schemas.errors import CheckpointError
 
 IMAGE_SIZE = 1024
 PATCH_SIZE = 16
@@ -86,3 +91,17 @@ def build_sam(name: str) -> Sam:
         pixel_std=list(PIXEL_STD),
     )
     return sam.eval()
+
+
+def load_sam(name: str, checkpoint: str | None, storage_options: dict[str, Any] | None = None,
+             init_seed: int = 0) -> Sam:
+    """SAM `name` with `checkpoint` (path or fsspec URL) loaded on CPU, or random from `init_seed`."""
+    torch.manual_seed(init_seed)  # only matters for a random init
+    sam = build_sam(name)
+    if checkpoint is not None:
+        state = load_state_dict_file(fetch_checkpoint(checkpoint, storage_options))
+        problem = describe_mismatch(sam.state_dict(), state)
+        if problem:
+            raise CheckpointError(f"checkpoint '{checkpoint}' does not fit SAM {name}: {problem}")
+        sam.load_state_dict(state, strict=True)
+    return sam

@@ -11,6 +11,7 @@ A file that no commit record lists (a leftover of a killed attempt) is never ret
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import pyarrow as pa
@@ -45,6 +46,14 @@ def table_file(record: CommitRecord, table: str) -> str:
         tables = [t for k, t in TABLE_SUFFIX if k == record.kind] + ["errors"]
         raise ValueError(f"{record.kind} has no table {table!r}; expected one of {', '.join(tables)}") from None
     return layout.data_path(record.kind, record.source, record.unit, suffix)
+
+
+@dataclass
+class StoreConfig:
+    """Where a store lives: the `store:` section of job and training configs."""
+
+    url: str  # store ROOT: a local path or any fsspec URL
+    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options; keep secrets in the environment
 
 
 class TargetStore:
@@ -102,13 +111,13 @@ class TargetStore:
                 urls.append(self.storage.url_of(rel))
         return urls
 
-    def read_unit_table(self, record: CommitRecord, table: str) -> pa.Table | None:
-        """One unit's table, or None when the unit has no such file (e.g. no errors)."""
+    def read_unit_table(self, record: CommitRecord, table: str, columns: list[str] | None = None) -> pa.Table | None:
+        """One unit's table (only `columns` if given), or None when the unit has no such file."""
         rel = table_file(record, table)
         if record.file(rel) is None:
             return None
         with self.storage.fs.open(self.storage.full(rel), "rb") as f:
-            return pq.read_table(f)
+            return pq.read_table(f, columns=columns)
 
     def read_table(self, kind: str, table: str, sources: Iterable[str] | None = None) -> pa.Table | None:
         """`table` over every committed unit of `kind`, concatenated (None if no unit has it)."""

@@ -118,7 +118,7 @@ def render_view(decoded: Image.Image, crop, flip: bool, size: int, interpolation
     out = decoded.resize((size, size), _RESAMPLE[interpolation], box=box)
     if flip:
         out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return np.asarray(out, dtype=np.uint8)
+    return np.array(out, dtype=np.uint8)  # a writable copy: torch.from_numpy refuses read-only arrays
 
 
 def view_hash(pixels: np.ndarray) -> str:

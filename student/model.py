@@ -3,7 +3,8 @@
     model = SamClip(sam, embed_dim=768)     # sam: a segment_anything Sam with the checkpoint loaded
     emb = model.clip_embed(images_224)                              # [B, D], L2-normalised
     dense = model.clip_dense(images_448)                            # [B, 28, 28, D] per-patch features
-    low, iou = model.sam_decode(images_1024, boxes=..., points=...) # [B, N, M, 256, 256], [B, N, M]
+    out = model(clip_images=u8_224, sam_images=u8_1024, sam_input_hw=hw, prompts=PromptBatch(...))
+    out["clip"]: [B, D]; out["masks"]: [N, M, 256, 256] for N prompts over the SAM images
 
 - backbone: SAM's image encoder up to its last block (patch embedding, absolute position embedding
   resampled to the input's token grid, transformer blocks); SAM's own forward accepts 1024 px only.
@@ -17,11 +18,13 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from segment_anything.modeling import Sam
+from segment_anything.modeling import MaskDecoder, Sam
 from torch import nn
 
 
@@ -64,6 +67,46 @@ class ClipHead(nn.Module):
         return self.mlp(self.norm(self.tokens(x)))
 
 
+# Structure code (index into storage_schemas.tables.PROMPT_STRUCTURES) -> (has box, has points).
+STRUCTURE_PARTS = {0: (True, False), 1: (False, True), 2: (True, True)}
+
+
+@dataclass
+class PromptBatch:
+    """N prompts over a batch of images, in the 1024 px frame.
+
+    image_index: long [N]; structure: long [N] (index into PROMPT_STRUCTURES); boxes: float [N, 4];
+    points: float [N, n, 2]; labels: int [N, n] (unused parts of a prompt hold zeros).
+    """
+
+    image_index: torch.Tensor
+    structure: torch.Tensor
+    boxes: torch.Tensor
+    points: torch.Tensor
+    labels: torch.Tensor
+
+    def to(self, device: torch.device | str) -> "PromptBatch":
+        return PromptBatch(*(t.to(device) for t in dataclasses.astuple(self)))
+
+
+def _predict_masks(dec: MaskDecoder, src: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
+                   dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`MaskDecoder.predict_masks` with one image embedding per prompt (src: [N, C, h, w])
+    instead of one image for all prompts. -> masks [N, 1 + 3, 4h, 4w], IoU [N, 1 + 3]."""
+    tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+    tokens = torch.cat((tokens.unsqueeze(0).expand(sparse.size(0), -1, -1), sparse), dim=1)
+    src = src + dense
+    pos_src = image_pe.expand(src.shape[0], -1, -1, -1)
+    b, c, h, w = src.shape
+    hs, src = dec.transformer(src, pos_src, tokens)
+    iou_token_out, mask_tokens_out = hs[:, 0, :], hs[:, 1:(1 + dec.num_mask_tokens), :]
+    upscaled = dec.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+    hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1)
+    b, c, h, w = upscaled.shape
+    masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+    return masks, dec.iou_prediction_head(iou_token_out)
+
+
 class SamClip(nn.Module):
     def __init__(self, sam: Sam, embed_dim: int, head_depth: int = 3, pooling: Literal["max", "avg"] = "max",
                  mlp_hidden: int = 1024):
@@ -104,30 +147,61 @@ class SamClip(nn.Module):
         tokens = self.backbone(x) if tokens is None else tokens
         return self.neck(tokens.permute(0, 3, 1, 2))
 
-    def sam_decode(self, embeddings: torch.Tensor, boxes: torch.Tensor | None = None,
-                   points: tuple[torch.Tensor, torch.Tensor] | None = None, masks: torch.Tensor | None = None,
-                   multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Several images with N prompts of one structure each.
+    def decode_prompts(self, embeddings: torch.Tensor, prompts: PromptBatch, multimask: bool = False
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batched decoding: N prompts over B images in one decoder call per prompt structure.
 
-        embeddings: [B, C, 64, 64]; boxes: [B, N, 4] and/or points: ([B, N, n, 2], [B, N, n]) in the
-        1024 frame; masks: [B, N, 1, 256, 256] logits (mask prompts) -> low-res logits
-        [B, N, M, 256, 256] and IoU [B, N, M]. `MaskDecoder.predict_masks` repeats its image
-        embedding once per prompt, so it decodes one image per call: this loops over images.
+        embeddings: [B, C, 64, 64] -> low-res logits [N, M, 256, 256] and IoU [N, M], M = 3 with
+        `multimask` else 1. SAM's `predict_masks` repeats one image's embedding per prompt, so it
+        takes one image per call; here each prompt gathers its own image's embedding instead.
+        Prompts of different structure are never padded into one call (that changes the logits).
         """
-        lows, ious = [], []
-        for b in range(embeddings.shape[0]):
+        n, m = len(prompts.image_index), 3 if multimask else 1
+        dec = self.mask_decoder
+        low = embeddings.new_zeros((n, m, 4 * embeddings.shape[-2], 4 * embeddings.shape[-1]))
+        iou = embeddings.new_zeros((n, m))
+        image_pe = self.prompt_encoder.get_dense_pe()
+        for code in prompts.structure.unique().tolist():
+            idx = (prompts.structure == code).nonzero().squeeze(1)
+            has_box, has_points = STRUCTURE_PARTS[code]
             sparse, dense = self.prompt_encoder(
-                points=None if points is None else (points[0][b], points[1][b]),
-                boxes=None if boxes is None else boxes[b],
-                masks=None if masks is None else masks[b],
-            )
-            low, iou = self.mask_decoder(image_embeddings=embeddings[b:b + 1],
-                                         image_pe=self.prompt_encoder.get_dense_pe(),
-                                         sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                         multimask_output=multimask)
-            lows.append(low)
-            ious.append(iou)
-        return torch.stack(lows), torch.stack(ious)
+                points=(prompts.points[idx], prompts.labels[idx]) if has_points else None,
+                boxes=prompts.boxes[idx] if has_box else None, masks=None)
+            masks, pred = _predict_masks(dec, embeddings[prompts.image_index[idx]], image_pe, sparse, dense)
+            keep = slice(1, None) if multimask else slice(0, 1)
+            low = low.index_copy(0, idx, masks[:, keep].to(low.dtype))
+            iou = iou.index_copy(0, idx, pred[:, keep].to(iou.dtype))
+        return low, iou
+
+    def forward(self, clip_images: torch.Tensor | None = None, sam_images: torch.Tensor | None = None,
+                sam_input_hw: torch.Tensor | None = None, prompts: PromptBatch | None = None,
+                multimask: bool = False) -> dict[str, torch.Tensor]:
+        """One call for both tasks, so that DDP sees every trained parameter in one forward.
+
+        clip_images: uint8 [B, 3, S, S] -> "clip" [B, D]; sam_images: uint8 [B', 3, 1024, 1024]
+        (resized image top-left, `sam_input_hw` [B', 2] its size) with `prompts` -> "masks"
+        [N, M, 256, 256] and "iou" [N, M].
+        """
+        out = {}
+        if clip_images is not None:
+            out["clip"] = self.clip_embed(self.normalize(clip_images))
+        if sam_images is not None:
+            embeddings = self.sam_embed(self.sam_preprocess(sam_images, sam_input_hw))
+            out["masks"], out["iou"] = self.decode_prompts(embeddings, prompts, multimask)
+        return out
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, 3, S, S] -> SAM-normalised float [B, 3, S, S]."""
+        return (images.float() - self.pixel_mean) / self.pixel_std
+
+    def sam_preprocess(self, images: torch.Tensor, input_hw: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, 3, 1024, 1024] with the resized image top-left -> `Sam.preprocess` of it:
+        normalised inside `input_hw`, zero (the padding) outside."""
+        x = self.normalize(images)
+        rows = torch.arange(x.shape[-2], device=x.device)
+        cols = torch.arange(x.shape[-1], device=x.device)
+        inside = (rows[None, :, None] < input_hw[:, 0, None, None]) & (cols[None, None, :] < input_hw[:, 1, None, None])
+        return x * inside[:, None].to(x.dtype)
 
     def parameter_counts(self) -> dict[str, int]:
         count = lambda *mods: sum(p.numel() for m in mods for p in m.parameters())

@@ -133,3 +133,42 @@ def clip_store(tmp_path_factory, sample_corpus, tiny_teachers, ray_cluster) -> P
     job = write_clip_job(root / "job.yaml", root / "store", sample_corpus, tiny_teachers)
     assert main([str(job)]) == 0
     return root / "store"
+
+
+SAM_JOB = """
+store: {{url: "{store}"}}
+sources:
+  - {{name: sa1b, kind: sam, shards: "{shards}", unit_size: 4}}
+sam:
+  teacher: {{model: tiny, checkpoint: "{sam}"}}
+  prompts: 16
+  rounds: 2
+  precision: {precision}
+"""
+
+
+def write_sam_job(path, store, shards, teachers, precision="fp16"):
+    path.write_text(SAM_JOB.format(store=store, shards=shards, sam=teachers["sam"], precision=precision))
+    return path
+
+
+@pytest.fixture(scope="session")
+def sam_store(tmp_path_factory, sample_corpus, tiny_teachers, ray_cluster) -> Path:
+    """The SA-1B sample's SAM targets (tiny teacher, P=16, 2 rounds, fp16), materialized once per session."""
+    from pipeline.materialize import main
+
+    root = tmp_path_factory.mktemp("sam-store")
+    job = write_sam_job(root / "job.yaml", root / "store", f"{sample_corpus}/sam/sa_{{000000..000001}}.tar", tiny_teachers)
+    assert main([str(job)]) == 0
+    return root / "store"
+
+
+@pytest.fixture(scope="session")
+def train_store(tmp_path_factory, clip_store, sam_store) -> Path:
+    """One store with both kinds (the CLIP and SAM session stores merged), for the student."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("train-store") / "store"
+    shutil.copytree(clip_store, root)
+    shutil.copytree(sam_store, root, dirs_exist_ok=True)
+    return root

@@ -6,7 +6,7 @@ import open_clip
 import pytest
 import torch
 
-from pipeline.config import ClipTeacherConfig, load_job_config
+from pipeline.config import ClipTeacherConfig
 from pipeline.materialize import main as materialize
 from pipeline.teachers import load_clip_teacher
 from pipeline.teachers.clip_teacher import TINY_CLIP_ARCH

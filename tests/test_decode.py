@@ -1,5 +1,4 @@
 """The decode rule: dirty inputs decoded correctly or rejected with the right reason."""
-import io
 
 import numpy as np
 import pytest

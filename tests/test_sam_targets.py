@@ -9,38 +9,13 @@ import pytest
 from pycocotools import mask as mask_utils
 from segment_anything import SamPredictor
 
-from conftest import run_module
+from conftest import run_module, write_sam_job
 from pipeline.config import SamTeacherConfig
 from pipeline.materialize import main as materialize
 from pipeline.teachers import load_sam_teacher
 from storage_schemas.decode import decode_image
 from storage_schemas.mask_logits import UINT8_MAX_PROB_ERROR, decode_logits
 from storage_schemas.store import open_store
-
-SAM_JOB = """
-store: {{url: "{store}"}}
-sources:
-  - {{name: sa1b, kind: sam, shards: "{shards}", unit_size: 4}}
-sam:
-  teacher: {{model: tiny, checkpoint: "{sam}"}}
-  prompts: 16
-  rounds: 2
-  precision: {precision}
-"""
-
-
-def write_sam_job(path, store, shards, teachers, precision="fp16"):
-    path.write_text(SAM_JOB.format(store=store, shards=shards, sam=teachers["sam"], precision=precision))
-    return path
-
-
-@pytest.fixture(scope="session")
-def sam_store(tmp_path_factory, sample_corpus, tiny_teachers, ray_cluster):
-    root = tmp_path_factory.mktemp("sam-store")
-    job = write_sam_job(root / "job.yaml", root / "store", f"{sample_corpus}/sam/sa_{{000000..000001}}.tar", tiny_teachers)
-    assert materialize([str(job)]) == 0
-    return root / "store"
-
 
 def sa1b_members(corpus, shard):
     with tarfile.open(corpus / "sam" / f"{shard}.tar") as tar:

@@ -18,7 +18,7 @@ import open_clip
 import torch
 
 from pipeline.config import ClipTeacherConfig
-from pipeline.teachers.checkpoints import (
+from storage_schemas.checkpoints import (
     describe_mismatch, fetch_checkpoint, is_path_like, load_state_dict_file, weights_sha256,
 )
 from pipeline.teachers.fingerprint import TeacherFingerprint

@@ -12,11 +12,10 @@ import torch
 from segment_anything.modeling import Sam
 
 from pipeline.config import SamTeacherConfig
-from pipeline.teachers.checkpoints import describe_mismatch, fetch_checkpoint, load_state_dict_file, weights_sha256
+from storage_schemas.checkpoints import weights_sha256
 from pipeline.teachers.fingerprint import TeacherFingerprint
-from storage_schemas.errors import CheckpointError
 from storage_schemas.mask_logits import LOW_RES
-from storage_schemas.sam_models import IMAGE_SIZE, SAM_ARCHS, build_sam
+from storage_schemas.sam_models import IMAGE_SIZE, SAM_ARCHS, load_sam
 
 
 @dataclass
@@ -27,17 +26,8 @@ class SamTeacher:
 
 def load_sam_teacher(cfg: SamTeacherConfig, storage_options: dict[str, Any] | None = None,
                      device: str = "cpu") -> SamTeacher:
-    torch.manual_seed(cfg.init_seed)  # only matters for a random init
-    sam = build_sam(cfg.model)
-    weights = f"random(seed={cfg.init_seed})"
-    if cfg.checkpoint is not None:
-        path = fetch_checkpoint(cfg.checkpoint, storage_options)
-        state = load_state_dict_file(path)
-        problem = describe_mismatch(sam.state_dict(), state)
-        if problem:
-            raise CheckpointError(f"checkpoint '{cfg.checkpoint}' does not fit SAM {cfg.model}: {problem}")
-        sam.load_state_dict(state, strict=True)
-        weights = cfg.checkpoint
+    sam = load_sam(cfg.model, cfg.checkpoint, storage_options, cfg.init_seed)
+    weights = cfg.checkpoint if cfg.checkpoint is not None else f"random(seed={cfg.init_seed})"
     sam.to(device).eval().requires_grad_(False)
     arch = SAM_ARCHS[cfg.model]
     grid = IMAGE_SIZE // sam.image_encoder.patch_embed.proj.stride[0]

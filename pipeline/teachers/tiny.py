@@ -22,6 +22,7 @@ from storage_schemas.sam_models import build_sam
 
 CLIP_FILE = "tiny-clip.safetensors"
 SAM_FILE = "tiny-sam.pth"
+TINY_SAM_LOGIT_SCALE = 100.0
 
 
 def write_tiny_teachers(out_dir: str, seed: int = 0) -> dict[str, str]:
@@ -37,7 +38,15 @@ def write_tiny_teachers(out_dir: str, seed: int = 0) -> dict[str, str]:
         os.replace(paths["clip"] + ".part", paths["clip"])
     if not os.path.isfile(paths["sam"]):
         torch.manual_seed(seed)
-        torch.save(build_sam("tiny").state_dict(), paths["sam"] + ".part")
+        sam = build_sam("tiny")
+        # A trained SAM's low-res logits spread over about +-10; a random decoder's stay within
+        # +-0.1, where sigmoid-space losses (focal, dice) are flat and distillation tests say
+        # nothing. Scaling the mask hypernetworks' outputs gives the tiny teacher SAM's spread.
+        with torch.no_grad():
+            for mlp in sam.mask_decoder.output_hypernetworks_mlps:
+                mlp.layers[-1].weight.mul_(TINY_SAM_LOGIT_SCALE)
+                mlp.layers[-1].bias.mul_(TINY_SAM_LOGIT_SCALE)
+        torch.save(sam.state_dict(), paths["sam"] + ".part")
         os.replace(paths["sam"] + ".part", paths["sam"])
     return paths
 

@@ -1,0 +1,71 @@
+"""Building, exporting and loading the student.
+
+    model = build_student(cfg.model, embed_dim=768)          # SAM checkpoint in, fresh CLIP head
+    export_student(model, cfg.model, 768, "out/run/export")  # student.safetensors + student.json
+                                                             # + sam_vit_b.pth (SAM's own layout)
+    model = load_student("out/run/export")                   # what evaluation calls
+
+`sam_vit_b.pth` is the student's SAM path (backbone, neck, prompt encoder, mask decoder) as a
+state dict that `segment_anything.sam_model_registry["vit_b"](checkpoint=...)` loads, so SAM
+users can drop the student in.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from storage_schemas.errors import CheckpointError
+from storage_schemas.sam_models import load_sam
+from storage_schemas.typed_config import from_dict
+from student.config import ModelConfig
+from student.model import SamClip
+
+STUDENT_WEIGHTS, STUDENT_META = "student.safetensors", "student.json"
+
+
+def build_student(cfg: ModelConfig, embed_dim: int, storage_options: dict[str, Any] | None = None) -> SamClip:
+    """SAM-CLIP initialised from `cfg.sam_checkpoint` (random from `cfg.init_seed` if null)."""
+    sam = load_sam(cfg.sam_arch, cfg.sam_checkpoint, storage_options, cfg.init_seed)
+    return SamClip(sam, embed_dim, cfg.head_depth, cfg.pooling, cfg.mlp_hidden)
+
+
+def sam_state_dict(model: SamClip) -> dict[str, torch.Tensor]:
+    """The student's SAM path under `segment_anything.modeling.Sam`'s parameter names."""
+    parts = {"image_encoder.patch_embed": model.patch_embed, "image_encoder.blocks": model.blocks,
+             "image_encoder.neck": model.neck, "prompt_encoder": model.prompt_encoder,
+             "mask_decoder": model.mask_decoder}
+    out = {f"{prefix}.{k}": v.detach() for prefix, m in parts.items() for k, v in m.state_dict().items()}
+    out["image_encoder.pos_embed"] = model.pos_embed.detach()
+    return out
+
+
+def export_student(model: SamClip, cfg: ModelConfig, embed_dim: int, out_dir: str, extra: dict | None = None) -> dict[str, str]:
+    """Write the student's weights, its description and its SAM path; returns the file paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"student": os.path.join(out_dir, STUDENT_WEIGHTS), "meta": os.path.join(out_dir, STUDENT_META),
+             "sam": os.path.join(out_dir, f"sam_{cfg.sam_arch}.pth")}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, paths["student"])
+    meta = {"model": {**asdict(cfg), "sam_checkpoint": None}, "embed_dim": embed_dim, **(extra or {})}
+    with open(paths["meta"], "w") as f:
+        json.dump(meta, f, indent=2, sort_keys=True)
+    # On CPU: the registry's `torch.load` has no map_location.
+    torch.save({k: v.cpu().clone() for k, v in sam_state_dict(model).items()}, paths["sam"])
+    return paths
+
+
+def load_student(export_dir: str, device: str = "cpu") -> SamClip:
+    """The exported student, in eval mode."""
+    meta_path = os.path.join(export_dir, STUDENT_META)
+    if not os.path.isfile(meta_path):
+        raise CheckpointError(f"'{export_dir}' is not a student export (no {STUDENT_META})")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    model = build_student(from_dict(ModelConfig, meta["model"]), int(meta["embed_dim"]))
+    model.load_state_dict(load_file(os.path.join(export_dir, STUDENT_WEIGHTS), device="cpu"), strict=True)
+    return model.to(device).eval()

@@ -1,0 +1,90 @@
+"""Distil the SAM-CLIP student from a target store: no teacher is built or run here.
+
+    accelerate launch student/train.py --config student/configs/paper.yaml [--set k=v ...] [--resume latest]
+    torchrun --nproc_per_node 2 student/train.py --config student/configs/tiny.yaml --set store.url=out/store
+
+Reads targets and images through `student.data`, trains the stages of the config (see
+`student.trainer`), logs to OUTPUT/tensorboard, checkpoints to OUTPUT/checkpoints and exports
+the student to OUTPUT/export at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import torch
+
+from storage_schemas.errors import StoreError, run_cli
+from storage_schemas.store import open_store
+from storage_schemas.typed_config import to_dict
+from student.config import TrainConfig, load_train_config
+from student.export import build_student, export_student
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="student/train.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="training config YAML (see student/configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key: dotted keys, list indices, YAML values (repeatable)")
+    p.add_argument("--resume", default=None, metavar="latest|PATH",
+                   help="continue from the newest checkpoint under OUTPUT/checkpoints, or from PATH")
+    return p.parse_args(argv)
+
+
+def flat_hparams(cfg: TrainConfig) -> dict[str, str | int | float | bool]:
+    """The config as TensorBoard hparams accept it: flat keys, scalar values."""
+    out: dict = {}
+
+    def walk(prefix: str, v) -> None:
+        if isinstance(v, dict):
+            for k, x in v.items():
+                walk(f"{prefix}.{k}" if prefix else k, x)
+        elif isinstance(v, (int, float, str, bool)):
+            out[prefix] = v
+        else:
+            out[prefix] = json.dumps(v)
+
+    walk("", to_dict(cfg))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = load_train_config(args.config, args.overrides)
+    from accelerate import Accelerator
+
+    from student.trainer import Trainer
+
+    mixed = cfg.mixed_precision if cfg.mixed_precision != "auto" else ("bf16" if torch.cuda.is_available() else "no")
+    # cpu=True where there is no GPU: torchrun or `accelerate launch --multi_gpu` processes then join
+    # one gloo group (MULTI_CPU) instead of each training alone.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed, log_with="tensorboard",
+                              project_dir=cfg.output_dir)
+    store = open_store(cfg.store.url, cfg.store.storage_options)
+    clip_manifest = store.manifest("clip")
+    if clip_manifest is None:
+        raise StoreError(f"store {store.url} has no CLIP targets (no clip/_manifest.json)")
+    embed_dim = int(clip_manifest.must_match["teacher"]["output"]["embed_dim"])
+    sam_manifest = store.manifest("sam")
+    multimask = sam_manifest is not None and int(sam_manifest.must_match["policy"]["num_masks"]) == 3
+    model = build_student(cfg.model, embed_dim, cfg.store.storage_options).to(accelerator.device)
+    if accelerator.is_main_process:
+        os.makedirs(cfg.output_dir, exist_ok=True)
+        counts = model.parameter_counts()
+        accelerator.print("student parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+    accelerator.init_trackers("tensorboard", config=flat_hparams(cfg))
+    trainer = Trainer(cfg, accelerator, store, model, multimask)
+    state = trainer.run(args.resume)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        paths = export_student(model, cfg.model, embed_dim, os.path.join(cfg.output_dir, "export"),
+                               {"store": store.url, "clip_teacher": clip_manifest.must_match["teacher"],
+                                "global_step": state.global_step})
+        accelerator.print(f"exported after {state.global_step} steps: " + ", ".join(paths.values()))
+    accelerator.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,342 @@
+"""The distillation loop: stages, optimiser steps, validation, checkpoints, logging.
+
+Stages (paper section 4.1, appendix A):
+    probe     backbone and SAM head frozen; CLIP head on L_CLIP; CLIP batches only; lr 8e-4
+    joint     all but the prompt encoder train; L_CLIP + lambda L_SAM; backbone and SAM head at
+              backbone_lr_mult x lr (4e-5); each optimiser step = one CLIP batch + one SAM batch
+    resadapt  as probe, at 224/448/1024 px
+A run does its `stages` in order, each from the weights the last one left.
+
+The step is one forward through the DDP-wrapped model for both tasks, so every trained parameter
+gets its gradient in the same backward (DDP needs that unless told to search for unused ones);
+what a stage does not train is frozen with `requires_grad_(False)`.
+
+Exact resume: `save_state` keeps model, optimiser and every process's RNG; `trainer_state.json`
+next to it keeps the stage, the steps, the data position (epoch and batch of each stream) and the
+scheduler. The data streams are a pure function of (seed, epoch, batch), so a resumed run sees
+the same next batch.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from storage_schemas.errors import ConfigError, StoreError
+from storage_schemas.faults import kill_point
+from storage_schemas.store import TargetStore
+from student.batches import BatchStream, ClipBatchMaker, EpochPlan, SamBatchMaker, batch_sizes, make_loader, plan_epoch
+from student.config import StageConfig, TrainConfig
+from student.data import count_kept, split_filter, unit_id
+from student.losses import clip_loss, sam_loss
+from student.model import SamClip
+from student.validation import clip_metrics, load_clip_held_out, load_sam_held_out, sam_metrics
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class TrainState:
+    stage: int = 0  # index into cfg.stages
+    stage_step: int = 0  # optimiser steps done in this stage
+    global_step: int = 0
+    clip_epoch: int = 0  # data position: next batch of each stream
+    clip_batch: int = 0
+    sam_epoch: int = 0
+    sam_batch: int = 0
+
+
+def set_trainable(model: SamClip, stage: str) -> None:
+    model.requires_grad_(stage == "joint")
+    model.clip_head.requires_grad_(True)
+    model.prompt_encoder.requires_grad_(False)
+
+
+def param_groups(model: SamClip, stage: StageConfig) -> list[dict[str, Any]]:
+    """The CLIP head at lr; in joint, the backbone at lr x backbone_lr_mult and the SAM head at
+    lr x sam_head_lr_mult (the paper: both 0.1). No decay on norms, biases, position embeddings."""
+    lr = stage.learning_rate
+    sam_mult = stage.sam_head_lr_mult if stage.sam_head_lr_mult is not None else stage.backbone_lr_mult
+    groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.startswith("clip_head."):
+            scale = 1.0
+        elif name.startswith(("neck.", "mask_decoder.")):
+            scale = sam_mult
+        else:
+            scale = stage.backbone_lr_mult
+        decay = p.ndim >= 2 and "pos_embed" not in name and "rel_pos" not in name
+        groups.setdefault((scale, decay), []).append(p)
+    return [{"params": ps, "lr": lr * scale, "weight_decay": stage.weight_decay if decay else 0.0}
+            for (scale, decay), ps in groups.items()]
+
+
+def warmup_cosine(warmup: int, total: int):
+    """Linear warmup to 1, cosine to 0 at `total` steps: the LambdaLR factor of step s."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+    return factor
+
+
+class Stream:
+    """One rank's endless sequence of batches of one kind, epoch after epoch, from a data position."""
+
+    def __init__(self, trainer: "Trainer", kind: str, maker, sizes: dict[int, int], epoch: int, batch: int):
+        self.trainer, self.kind, self.maker, self.sizes = trainer, kind, maker, sizes
+        self.epoch, self.batch = epoch, batch
+        self.plan = self._plan(epoch)
+        if not self.plan.batches:
+            n = self.plan.samples
+            raise StoreError(f"{kind}: {sum(self.plan.counts)} training samples on this rank give no batch of "
+                             f"{min(sizes.values())} ({n}); lower data.{kind}.batch_size or add data")
+        self._it: Iterator | None = None
+
+    def _plan(self, epoch: int) -> EpochPlan:
+        t = self.trainer
+        return plan_epoch(t.units[self.kind], t.counts[self.kind], t.accelerator.num_processes,
+                          t.accelerator.process_index, t.cfg.seed, epoch, self.sizes, self.kind)
+
+    def __next__(self) -> dict[str, Any]:
+        if self.batch >= len(self.plan.batches):
+            self.epoch, self.batch, self._it = self.epoch + 1, 0, None
+            self.plan = self._plan(self.epoch)
+        if self._it is None:
+            self._it = iter(make_loader(BatchStream(self.plan, self.batch, self.maker), self.trainer.cfg.data.workers))
+        out = next(self._it)
+        assert out["batch"] == self.batch, (out["batch"], self.batch)
+        self.batch += 1
+        return out
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, accelerator: Accelerator, store: TargetStore, model: SamClip,
+                 multimask: bool):
+        self.cfg, self.accelerator, self.store, self.model = cfg, accelerator, store, model
+        self.multimask = multimask
+        self.device = accelerator.device
+        self.state = TrainState()
+        d = cfg.data
+        self.train_keep, self.held_keep = split_filter(d.held_out, "train"), split_filter(d.held_out, "held_out")
+        so = cfg.store.storage_options
+        self.units = {"clip": store.commits("clip", d.clip.sources)}
+        needs_sam = any(s.name == "joint" for s in cfg.stages)
+        self.units["sam"] = store.commits("sam", d.sam.sources) if needs_sam else []
+        for kind, units in self.units.items():
+            if not units and (kind == "clip" or needs_sam):
+                raise StoreError(f"store {store.url} has no committed {kind} units to train on")
+        # Each unit's training-sample count: one key column per unit, read once for the run.
+        self.counts = {k: {unit_id(u): count_kept(store, u, self.train_keep) for u in us} for k, us in self.units.items()}
+        self.per_process = {kind: self._per_process(kind) for kind in ("clip", "sam")}
+        self.makers = {"clip": ClipBatchMaker(store, self.train_keep, cfg.seed, d.clip.view_choice, d.clip.views, so),
+                       "sam": SamBatchMaker(store, self.train_keep, cfg.seed, d.sam.prompts, so)}
+        self.held_clip: dict[int, Any] = {}
+        self.held_sam = None
+
+    def _per_process(self, kind: str) -> int:
+        """Global batch size -> per process and micro-batch; it must divide evenly."""
+        total = getattr(self.cfg.data, kind).batch_size
+        parts = self.accelerator.num_processes * self.cfg.grad_accum
+        if total % parts:
+            raise ConfigError(f"data.{kind}.batch_size: {total} does not split over {self.accelerator.num_processes} "
+                              f"processes x {self.cfg.grad_accum} accumulation steps; use a multiple of {parts}")
+        return total // parts
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    @property
+    def checkpoint_root(self) -> str:
+        return os.path.join(self.cfg.output_dir, CHECKPOINTS)
+
+    def latest_checkpoint(self) -> str | None:
+        if not os.path.isdir(self.checkpoint_root):
+            return None
+        done = sorted(d for d in os.listdir(self.checkpoint_root) if d.startswith("step_") and not d.endswith(".tmp"))
+        return os.path.join(self.checkpoint_root, done[-1]) if done else None
+
+    def save_checkpoint(self, scheduler) -> None:
+        """save_state into step_N.tmp, renamed when every process is done: a killed save is never 'latest'."""
+        acc = self.accelerator
+        final = os.path.join(self.checkpoint_root, f"step_{self.state.global_step:08d}")
+        tmp = final + ".tmp"
+        acc.wait_for_everyone()
+        acc.save_state(tmp)
+        if acc.is_main_process:
+            with open(os.path.join(tmp, STATE_FILE), "w") as f:
+                json.dump({"state": asdict(self.state), "scheduler": scheduler.state_dict()}, f, indent=2)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            if os.path.isdir(final):
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            done = sorted(d for d in os.listdir(self.checkpoint_root) if d.startswith("step_") and not d.endswith(".tmp"))
+            for old in done[:-self.cfg.keep_checkpoints]:
+                shutil.rmtree(os.path.join(self.checkpoint_root, old))
+        acc.wait_for_everyone()
+
+    @staticmethod
+    def read_checkpoint_state(path: str) -> dict[str, Any]:
+        with open(os.path.join(path, STATE_FILE)) as f:
+            return json.load(f)
+
+    # ---- the loop -------------------------------------------------------------------------
+    def run(self, resume: str | None = None) -> TrainState:
+        saved = None
+        if resume is not None:
+            path = self.latest_checkpoint() if resume == "latest" else resume
+            if path is None:
+                self.accelerator.print(f"no checkpoint under {self.checkpoint_root}: starting from scratch")
+            else:
+                saved = (path, self.read_checkpoint_state(path))
+                self.state = TrainState(**saved[1]["state"])
+                self.accelerator.print(f"resuming from {path} (stage {self.state.stage}, step {self.state.global_step})")
+        while self.state.stage < len(self.cfg.stages):
+            self.run_stage(self.cfg.stages[self.state.stage], saved)
+            saved = None
+            self.state = TrainState(stage=self.state.stage + 1, global_step=self.state.global_step)
+        return self.state
+
+    def stage_steps(self, stage: StageConfig, clip_sizes: dict[int, int]) -> tuple[int, int]:
+        """(schedule length, stop step) in optimiser steps, from the epoch-0 plan's batch count."""
+        per_epoch = max(1, len(plan_epoch(self.units["clip"], self.counts["clip"], self.accelerator.num_processes,
+                                          self.accelerator.process_index, self.cfg.seed, 0, clip_sizes,
+                                          "clip").batches) // self.cfg.grad_accum)
+        total = max(1, round(stage.epochs * per_epoch))
+        stop = total if stage.stop_epoch is None else max(1, round(stage.stop_epoch * per_epoch))
+        return total, min(stop, stage.max_steps) if stage.max_steps is not None else stop
+
+    def run_stage(self, stage: StageConfig, saved: tuple[str, dict] | None) -> None:
+        acc, cfg, st = self.accelerator, self.cfg, self.state
+        joint = stage.name == "joint"
+        resolutions = stage.clip_resolutions(cfg.data.clip)
+        clip_sizes = batch_sizes(self.per_process["clip"], resolutions)
+        total, stop = self.stage_steps(stage, clip_sizes)
+        set_trainable(self.model, stage.name)
+        optimizer = torch.optim.AdamW(param_groups(self.model, stage), betas=(0.9, 0.999))
+        # Kept out of `prepare`: it steps once per optimiser step, however many processes there are.
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(stage.warmup_steps, total))
+        ddp_model, optimizer = acc.prepare(self.model, optimizer)
+        if saved is not None:
+            acc.load_state(saved[0])
+            scheduler.load_state_dict(saved[1]["scheduler"])
+        clip = Stream(self, "clip", self.makers["clip"], clip_sizes, st.clip_epoch, st.clip_batch)
+        sam = Stream(self, "sam", self.makers["sam"], {1024: self.per_process["sam"]}, st.sam_epoch,
+                     st.sam_batch) if joint else None
+        self.load_held_out(min(resolutions), joint)
+        acc.print(f"stage {stage.name}: {stop} of {total} scheduled steps; per process and micro-batch: CLIP "
+                  f"{clip_sizes} (px: images), SAM {self.per_process['sam'] if joint else 0} images x "
+                  f"{cfg.data.sam.prompts} prompts; trainable {sum(p.numel() for p in self.model.parameters() if p.requires_grad):,}")
+        bar = tqdm(total=stop, initial=st.stage_step, desc=stage.name, disable=not acc.is_local_main_process)
+        if st.stage_step == 0:
+            self.validate(ddp_model, stage.name)  # the starting point every later figure compares with
+        ddp_model.train()
+        t0, images = time.perf_counter(), 0
+        while st.stage_step < stop:
+            logs: dict[str, float] = {}
+            for micro in range(cfg.grad_accum):
+                cb = next(clip)
+                sb = next(sam) if sam is not None else None
+                last = micro == cfg.grad_accum - 1
+                with acc.no_sync(ddp_model) if not last else nullcontext(), acc.autocast():
+                    out = ddp_model(clip_images=cb["images"].to(self.device),
+                                    sam_images=None if sb is None else sb["images"].to(self.device),
+                                    sam_input_hw=None if sb is None else sb["input_hw"].to(self.device),
+                                    prompts=None if sb is None else sb["prompts"].to(self.device),
+                                    multimask=self.multimask)
+                    parts = {"clip": clip_loss(out["clip"], cb["targets"].to(self.device))}
+                    loss = parts["clip"]
+                    if sb is not None:
+                        s = sam_loss(out["masks"], out["iou"], sb["target_logits"].to(self.device),
+                                     sb["target_iou"].to(self.device), cfg.loss)
+                        parts.update({f"sam_{k}": v for k, v in s.items()})
+                        loss = loss + stage.lambda_sam * s["total"]
+                    acc.backward(loss / cfg.grad_accum)
+                for k, v in parts.items():
+                    logs[f"loss/{k}"] = logs.get(f"loss/{k}", 0.0) + v.item() / cfg.grad_accum
+                images += len(cb["images"]) + (len(sb["images"]) if sb is not None else 0)
+                self.log_batch(stage, micro, cb, sb, loss.item())
+            if cfg.grad_clip > 0:
+                logs["grad_norm"] = float(acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            st.stage_step += 1
+            st.global_step += 1
+            st.clip_epoch, st.clip_batch = clip.epoch, clip.batch
+            if sam is not None:
+                st.sam_epoch, st.sam_batch = sam.epoch, sam.batch
+            bar.update(1)
+            bar.set_postfix(loss=f"{logs['loss/clip']:.4f}")
+            if st.global_step % cfg.log_every == 0 or st.stage_step == stop:
+                dt = time.perf_counter() - t0
+                logs["images_per_s_per_process"] = images / max(dt, 1e-9)
+                t0, images = time.perf_counter(), 0
+                for i, g in enumerate(optimizer.param_groups):
+                    logs[f"lr/group{i}"] = g["lr"]
+                logs["epoch/clip"] = clip.epoch + clip.batch / max(1, len(clip.plan.batches))
+                acc.log(logs, step=st.global_step)
+            if st.global_step % cfg.val_every == 0 or st.stage_step == stop:
+                self.validate(ddp_model, stage.name)
+            if st.global_step % cfg.ckpt_every == 0 or st.stage_step == stop:
+                self.save_checkpoint(scheduler)
+            kill_point("train_step")
+        bar.close()
+        acc.free_memory()  # forget this stage's model wrapper and optimiser before the next prepares its own
+
+    # ---- held-out validation --------------------------------------------------------------
+    def load_held_out(self, resolution: int, with_sam: bool) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        d, so = self.cfg.data, self.cfg.store.storage_options
+        if resolution not in self.held_clip:
+            self.held_clip[resolution] = load_clip_held_out(self.store, self.units["clip"], self.held_keep,
+                                                            d.val_clip_samples, resolution, so)
+        if with_sam and self.held_sam is None:
+            self.held_sam = load_sam_held_out(self.store, self.units["sam"], self.held_keep, d.val_sam_images,
+                                              d.sam.prompts, self.cfg.seed, so)
+
+    def validate(self, ddp_model, stage: str) -> dict[str, float]:
+        """On the main process only, with the unwrapped model (no collective inside)."""
+        acc = self.accelerator
+        metrics: dict[str, float] = {}
+        if acc.is_main_process:
+            model = acc.unwrap_model(ddp_model)
+            model.eval()
+            with acc.autocast():
+                for res, held in self.held_clip.items():
+                    if held is not None:
+                        for k, v in clip_metrics(model, held, 64, self.device).items():
+                            metrics[f"val/clip{res}_{k}"] = v
+                if self.held_sam:
+                    metrics.update({f"val/sam_{k}": v for k, v in sam_metrics(model, self.held_sam, self.multimask,
+                                                                               self.device).items()})
+            model.train()
+            acc.log(metrics, step=self.state.global_step)
+            summary = ", ".join(f"{k[4:]}={v:.4f}" for k, v in sorted(metrics.items()) if not k.endswith("chance"))
+            acc.print(f"[{stage} step {self.state.global_step}] {summary}")
+            with open(os.path.join(self.cfg.output_dir, "validation.jsonl"), "a") as f:
+                f.write(json.dumps({"stage": stage, "step": self.state.global_step, **metrics}) + "\n")
+        acc.wait_for_everyone()
+        return metrics
+
+    def log_batch(self, stage: StageConfig, micro: int, cb: dict, sb: dict | None, loss: float) -> None:
+        if not self.cfg.log_batches:
+            return
+        path = os.path.join(self.cfg.output_dir, "batches", f"rank{self.accelerator.process_index}.jsonl")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "a") as f:
+            f.write(json.dumps({"stage": stage.name, "step": self.state.global_step + 1, "micro": micro,
+                                "world_size": self.accelerator.num_processes, "resolution": cb["resolution"],
+                                "clip": cb["ids"], "sam": sb["ids"] if sb else [], "loss": loss}) + "\n")
