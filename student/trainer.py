@@ -100,9 +100,8 @@ class Stream:
         self.epoch, self.batch = epoch, batch
         self.plan = self._plan(epoch)
         if not self.plan.batches:
-            n = self.plan.samples
-            raise StoreError(f"{kind}: {sum(self.plan.counts)} training samples on this rank give no batch of "
-                             f"{min(sizes.values())} ({n}); lower data.{kind}.batch_size or add data")
+            raise StoreError(f"{kind}: {sum(self.plan.counts)} training samples on this rank make no batch of "
+                             f"{min(sizes.values())} per process; lower data.{kind}.batch_size or add data")
         self._it: Iterator | None = None
 
     def _plan(self, epoch: int) -> EpochPlan:

