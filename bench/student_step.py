@@ -35,21 +35,18 @@ from pipeline.config import ClipTeacherConfig, SamTeacherConfig
 from pipeline.teachers import load_clip_teacher, load_sam_teacher
 from storage_schemas.sam_models import build_sam
 from storage_schemas.store import open_store
-from student.batches import BatchStream, ClipBatchMaker, SamBatchMaker, make_loader, plan_epoch
+from student.batches import ClipBatchMaker, SamBatchMaker, Stream
 from student.config import LossConfig
 from student.data import count_kept, split_filter, unit_id
 from student.losses import clip_loss, sam_loss
 from student.model import SamClip
 
 
-def loader(store, kind: str, maker, size: int, batch: int, workers: int):
+def stream(store, kind: str, maker, size: int, batch: int, workers: int) -> Stream:
+    """The trainer's stream for one process (endless, epoch after epoch)."""
     units = store.commits(kind)
     counts = {unit_id(u): count_kept(store, u, maker.keep) for u in units}
-    epoch = 0
-    while True:  # endless, epoch after epoch
-        plan = plan_epoch(units, counts, 1, 0, 0, epoch, {size: batch}, kind)
-        yield from make_loader(BatchStream(plan, 0, maker), workers)
-        epoch += 1
+    return Stream(kind, units, counts, maker, {size: batch}, seed=0, world_size=1, rank=0, workers=workers)
 
 
 def main() -> None:
@@ -73,8 +70,8 @@ def main() -> None:
     student.prompt_encoder.requires_grad_(False)
     opt = torch.optim.AdamW([q for q in student.parameters() if q.requires_grad], lr=1e-5)
     loss_cfg = LossConfig()
-    clip_stream = loader(store, "clip", ClipBatchMaker(store, keep, 0, "random", None), 224, args.clip_batch, args.workers)
-    sam_stream = loader(store, "sam", SamBatchMaker(store, keep, 0, args.prompts), 1024, args.sam_images, args.workers)
+    clip_stream = stream(store, "clip", ClipBatchMaker(store, keep, 0, "random", None), 224, args.clip_batch, args.workers)
+    sam_stream = stream(store, "sam", SamBatchMaker(store, keep, 0, args.prompts), 1024, args.sam_images, args.workers)
     in_memory = (next(clip_stream), next(sam_stream))
 
     def step(cb, sb) -> None:

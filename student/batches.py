@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from storage_schemas.commit import CommitRecord
+from storage_schemas.errors import StoreError
 from storage_schemas.identity import stable_hash64
 from storage_schemas.store import TargetStore
 from storage_schemas.views import render_view
@@ -185,3 +186,37 @@ def collate_sam(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {"images": torch.stack([i["image"] for i in items]), "input_hw": torch.stack([i["input_hw"] for i in items]),
             "prompts": PromptBatch(index, cat("structure"), cat("boxes"), cat("points"), cat("labels")),
             "target_logits": cat("target_logits"), "target_iou": cat("target_iou"), "ids": [i["id"] for i in items]}
+
+
+class Stream:
+    """One rank's endless sequence of batches of one kind, epoch after epoch, from a data position
+    (epoch, batch); `epoch` and `batch` always name the next batch it gives."""
+
+    def __init__(self, kind: str, units: list[CommitRecord], counts: dict[tuple[str, str, str], int],
+                 maker: BatchMaker, sizes: dict[int, int], seed: int, world_size: int, rank: int, workers: int,
+                 epoch: int = 0, batch: int = 0):
+        self.kind, self.units, self.counts, self.maker, self.sizes = kind, units, counts, maker, sizes
+        self.seed, self.world_size, self.rank, self.workers = seed, world_size, rank, workers
+        self.epoch, self.batch = epoch, batch
+        self.plan = self._plan(epoch)
+        if not self.plan.batches:
+            raise StoreError(f"{kind}: {sum(self.plan.counts)} training samples on this rank make no batch of "
+                             f"{min(sizes.values())} per process; lower data.{kind}.batch_size or add data")
+        self._it: Iterator[dict[str, Any]] | None = None
+
+    def _plan(self, epoch: int) -> EpochPlan:
+        return plan_epoch(self.units, self.counts, self.world_size, self.rank, self.seed, epoch, self.sizes, self.kind)
+
+    def __iter__(self) -> "Stream":
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        if self.batch >= len(self.plan.batches):
+            self.epoch, self.batch, self._it = self.epoch + 1, 0, None
+            self.plan = self._plan(self.epoch)
+        if self._it is None:
+            self._it = iter(make_loader(BatchStream(self.plan, self.batch, self.maker), self.workers))
+        out = next(self._it)
+        assert out["batch"] == self.batch, (out["batch"], self.batch)
+        self.batch += 1
+        return out

@@ -171,24 +171,26 @@ class SamSample:
 
 
 def _prompts_by_image(table: pa.Table, points_per_prompt: int) -> dict[int, SamPrompts]:
-    t = table.filter(pc.equal(table.column("round"), 0)).sort_by([("sample_index", "ascending"),
-                                                                          ("prompt", "ascending")])
-    out: dict[int, SamPrompts] = {}
-    rows = t.select(["sample_index", "structure", "box", "point_coords", "point_labels", "iou"]).to_pylist()
-    by_image: dict[int, list[dict]] = {}
-    for r in rows:
-        by_image.setdefault(r["sample_index"], []).append(r)
-    for i, rs in by_image.items():
-        p, n = len(rs), points_per_prompt
-        boxes, points, labels = np.zeros((p, 4), np.float32), np.zeros((p, n, 2), np.float32), np.zeros((p, n), np.int64)
-        for j, r in enumerate(rs):
-            if r["box"] is not None:
-                boxes[j] = r["box"]
-            if r["point_coords"]:
-                points[j], labels[j] = r["point_coords"], r["point_labels"]
-        out[i] = SamPrompts(np.array([PROMPT_STRUCTURES.index(r["structure"]) for r in rs], np.int64), boxes,
-                            points, labels, np.array([r["iou"] for r in rs], np.float32))
-    return out
+    """The prompts table's round-0 rows as arrays, split per image (column-wise, no per-row Python)."""
+    t = table.filter(pc.equal(table.column("round"), 0)).sort_by([("sample_index", "ascending"), ("prompt", "ascending")])
+    n, k = t.num_rows, points_per_prompt
+    structure = pc.index_in(t.column("structure"), value_set=pa.array(PROMPT_STRUCTURES)).to_numpy().astype(np.int64)
+    box = t.column("box").combine_chunks()
+    boxes = np.asarray(box.values, np.float32).reshape(n, 4)  # fixed-size lists keep slots for nulls
+    boxes[box.is_null().to_numpy(zero_copy_only=False)] = 0.0
+    # A prompt has no points (a box alone) or exactly points_per_prompt of them.
+    has_points = pc.list_value_length(t.column("point_coords")).to_numpy(zero_copy_only=False) > 0
+    points, labels = np.zeros((n, k, 2), np.float32), np.zeros((n, k), np.int64)
+    coords = pc.list_flatten(pc.list_flatten(t.column("point_coords"))).to_numpy()
+    points[has_points] = coords.reshape(-1, k, 2)
+    labels[has_points] = pc.list_flatten(t.column("point_labels")).to_numpy().reshape(-1, k)
+    iou = t.column("iou").combine_chunks()
+    ious = np.asarray(iou.values, np.float32).reshape(n, iou.type.list_size)
+    image = t.column("sample_index").to_numpy()
+    starts = np.flatnonzero(np.r_[True, image[1:] != image[:-1]])
+    ends = np.r_[starts[1:], n]
+    return {int(image[a]): SamPrompts(structure[a:b], boxes[a:b], points[a:b], labels[a:b], ious[a:b])
+            for a, b in zip(starts, ends)}
 
 
 def iter_sam_unit(store: TargetStore, record: CommitRecord, keep: Keep | None = None,

@@ -25,7 +25,7 @@ import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from storage_schemas.errors import ConfigError, StoreError
 from storage_schemas.faults import kill_point
 from storage_schemas.store import TargetStore
-from student.batches import BatchStream, ClipBatchMaker, EpochPlan, SamBatchMaker, batch_sizes, make_loader, plan_epoch
+from student.batches import ClipBatchMaker, SamBatchMaker, Stream, batch_sizes
 from student.config import StageConfig, TrainConfig
 from student.data import count_kept, split_filter, unit_id
 from student.losses import clip_loss, sam_loss
@@ -92,35 +92,6 @@ def warmup_cosine(warmup: int, total: int):
     return factor
 
 
-class Stream:
-    """One rank's endless sequence of batches of one kind, epoch after epoch, from a data position."""
-
-    def __init__(self, trainer: "Trainer", kind: str, maker, sizes: dict[int, int], epoch: int, batch: int):
-        self.trainer, self.kind, self.maker, self.sizes = trainer, kind, maker, sizes
-        self.epoch, self.batch = epoch, batch
-        self.plan = self._plan(epoch)
-        if not self.plan.batches:
-            raise StoreError(f"{kind}: {sum(self.plan.counts)} training samples on this rank make no batch of "
-                             f"{min(sizes.values())} per process; lower data.{kind}.batch_size or add data")
-        self._it: Iterator | None = None
-
-    def _plan(self, epoch: int) -> EpochPlan:
-        t = self.trainer
-        return plan_epoch(t.units[self.kind], t.counts[self.kind], t.accelerator.num_processes,
-                          t.accelerator.process_index, t.cfg.seed, epoch, self.sizes, self.kind)
-
-    def __next__(self) -> dict[str, Any]:
-        if self.batch >= len(self.plan.batches):
-            self.epoch, self.batch, self._it = self.epoch + 1, 0, None
-            self.plan = self._plan(self.epoch)
-        if self._it is None:
-            self._it = iter(make_loader(BatchStream(self.plan, self.batch, self.maker), self.trainer.cfg.data.workers))
-        out = next(self._it)
-        assert out["batch"] == self.batch, (out["batch"], self.batch)
-        self.batch += 1
-        return out
-
-
 class Trainer:
     def __init__(self, cfg: TrainConfig, accelerator: Accelerator, store: TargetStore, model: SamClip,
                  multimask: bool):
@@ -159,11 +130,15 @@ class Trainer:
     def checkpoint_root(self) -> str:
         return os.path.join(self.cfg.output_dir, CHECKPOINTS)
 
-    def latest_checkpoint(self) -> str | None:
+    def checkpoints(self) -> list[str]:
+        """Completed checkpoint directories, oldest first (a `.tmp` one was cut short)."""
         if not os.path.isdir(self.checkpoint_root):
-            return None
-        done = sorted(d for d in os.listdir(self.checkpoint_root) if d.startswith("step_") and not d.endswith(".tmp"))
-        return os.path.join(self.checkpoint_root, done[-1]) if done else None
+            return []
+        return [os.path.join(self.checkpoint_root, d) for d in sorted(os.listdir(self.checkpoint_root))
+                if d.startswith("step_") and not d.endswith(".tmp")]
+
+    def latest_checkpoint(self) -> str | None:
+        return (self.checkpoints() or [None])[-1]
 
     def save_checkpoint(self, scheduler) -> None:
         """save_state into step_N.tmp, renamed when every process is done: a killed save is never 'latest'."""
@@ -180,9 +155,8 @@ class Trainer:
             if os.path.isdir(final):
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            done = sorted(d for d in os.listdir(self.checkpoint_root) if d.startswith("step_") and not d.endswith(".tmp"))
-            for old in done[:-self.cfg.keep_checkpoints]:
-                shutil.rmtree(os.path.join(self.checkpoint_root, old))
+            for old in self.checkpoints()[:-self.cfg.keep_checkpoints]:
+                shutil.rmtree(old)
         acc.wait_for_everyone()
 
     @staticmethod
@@ -207,11 +181,14 @@ class Trainer:
             self.state = TrainState(stage=self.state.stage + 1, global_step=self.state.global_step)
         return self.state
 
+    def stream(self, kind: str, sizes: dict[int, int], epoch: int = 0, batch: int = 0) -> Stream:
+        acc = self.accelerator
+        return Stream(kind, self.units[kind], self.counts[kind], self.makers[kind], sizes, self.cfg.seed,
+                      acc.num_processes, acc.process_index, self.cfg.data.workers, epoch, batch)
+
     def stage_steps(self, stage: StageConfig, clip_sizes: dict[int, int]) -> tuple[int, int]:
         """(schedule length, stop step) in optimiser steps, from the epoch-0 plan's batch count."""
-        per_epoch = max(1, len(plan_epoch(self.units["clip"], self.counts["clip"], self.accelerator.num_processes,
-                                          self.accelerator.process_index, self.cfg.seed, 0, clip_sizes,
-                                          "clip").batches) // self.cfg.grad_accum)
+        per_epoch = max(1, len(self.stream("clip", clip_sizes).plan.batches) // self.cfg.grad_accum)
         total = max(1, round(stage.epochs * per_epoch))
         stop = total if stage.stop_epoch is None else max(1, round(stage.stop_epoch * per_epoch))
         return total, min(stop, stage.max_steps) if stage.max_steps is not None else stop
@@ -230,9 +207,8 @@ class Trainer:
         if saved is not None:
             acc.load_state(saved[0])
             scheduler.load_state_dict(saved[1]["scheduler"])
-        clip = Stream(self, "clip", self.makers["clip"], clip_sizes, st.clip_epoch, st.clip_batch)
-        sam = Stream(self, "sam", self.makers["sam"], {1024: self.per_process["sam"]}, st.sam_epoch,
-                     st.sam_batch) if joint else None
+        clip = self.stream("clip", clip_sizes, st.clip_epoch, st.clip_batch)
+        sam = self.stream("sam", {1024: self.per_process["sam"]}, st.sam_epoch, st.sam_batch) if joint else None
         self.load_held_out(min(resolutions), joint)
         acc.print(f"stage {stage.name}: {stop} of {total} scheduled steps; per process and micro-batch: CLIP "
                   f"{clip_sizes} (px: images), SAM {self.per_process['sam'] if joint else 0} images x "

@@ -12,6 +12,7 @@ stored prompts of held-out images: per-mask Pearson correlation and soft IoU of 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import torch
@@ -36,16 +37,11 @@ def load_clip_held_out(store: TargetStore, units: list[CommitRecord], keep: Keep
                        storage_options: dict | None = None) -> ClipHeldOut | None:
     """The first `limit` held-out samples found, units in order (reads units until it has them)."""
     images, targets, all_views = [], [], []
-    for record in units:
-        for s in iter_clip_unit(store, record, keep, storage_options):
-            images.append(torch.from_numpy(render_view(s.image(resolution), s.crops[0], bool(s.flips[0]),
-                                                       resolution)).permute(2, 0, 1))
-            targets.append(torch.tensor(s.embeddings[0], dtype=torch.float32))
-            all_views.append(torch.tensor(s.embeddings, dtype=torch.float32))
-            if len(images) == limit:
-                break
-        if len(images) == limit:
-            break
+    for s in islice((s for r in units for s in iter_clip_unit(store, r, keep, storage_options)), limit):
+        images.append(torch.from_numpy(render_view(s.image(resolution), s.crops[0], bool(s.flips[0]),
+                                                   resolution)).permute(2, 0, 1))
+        targets.append(torch.tensor(s.embeddings[0], dtype=torch.float32))
+        all_views.append(torch.tensor(s.embeddings, dtype=torch.float32))
     if len(images) < 2:
         return None
     return ClipHeldOut(torch.stack(images), torch.stack(targets), torch.cat(all_views).mean(0))
@@ -54,13 +50,9 @@ def load_clip_held_out(store: TargetStore, units: list[CommitRecord], keep: Keep
 def load_sam_held_out(store: TargetStore, units: list[CommitRecord], keep: Keep, limit: int, prompts: int,
                       seed: int, storage_options: dict | None = None) -> list[dict[str, Any]]:
     """One collated batch per held-out image (the first `limit` found), with P' stored prompts each."""
-    out = []
-    for record in units:
-        for s in iter_sam_unit(store, record, keep, storage_options):
-            out.append(collate_sam([sam_item(s, choose_prompts(seed, 0, s.identity, len(s.prompts.structure), prompts))]))
-            if len(out) == limit:
-                return out
-    return out
+    images = islice((s for r in units for s in iter_sam_unit(store, r, keep, storage_options)), limit)
+    return [collate_sam([sam_item(s, choose_prompts(seed, 0, s.identity, len(s.prompts.structure), prompts))])
+            for s in images]
 
 
 @torch.no_grad()
