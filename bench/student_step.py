@@ -10,7 +10,8 @@ Measured side by side in one process, each figure the median of --repeats steps 
            and prompts (timed on their own and added to the cached step); cached / online is the
            saving the store buys;
 - loader:  the cached step pulling each batch from the trainer's live loaders (the store's sample
-           shards, --workers worker processes each) against the step on batches already in memory;
+           shards, --workers worker processes each) against the step on batches already in memory,
+           and how long the step waited for its batch;
 - supply:  loader images/s alone against the images/s the cached step consumes.
 Student and teachers at full size with random weights (CPU is fine: only ratios are reported).
 The store's CLIP targets come from the tiny teacher (D = 64), so the CLIP targets of the step
@@ -111,7 +112,16 @@ def main() -> None:
 
     cached = timed(lambda: step(*in_memory), args.repeats)
     online = cached + timed(lambda: teachers(*in_memory), args.repeats)  # the same step, teachers first
-    live = timed(lambda: step(next(clip_stream), next(sam_stream)), args.repeats)
+    waits: list[float] = []
+
+    def live_step() -> None:
+        t = time.perf_counter()
+        batches = next(clip_stream), next(sam_stream)
+        waits.append(time.perf_counter() - t)
+        step(*batches)
+
+    live = timed(live_step, args.repeats)
+    wait = statistics.median(waits[1:])  # after the warm-up, which starts the workers
     n_batches = 8
     t = time.perf_counter()
     clip_images = sum(len(b["images"]) for b in islice(clip_stream, n_batches))
@@ -125,7 +135,8 @@ def main() -> None:
     print(f"  cached step (data in memory)   {cached:8.2f} s")
     print(f"  online step (teachers + step)  {online:8.2f} s")
     print(f"  cached / online                {cached / online:8.3f}")
-    print(f"  cached step, live loaders      {live:8.2f} s   ({live / cached:.3f} of in-memory; goal <= 1.05)")
+    print(f"  cached step, live loaders      {live:8.2f} s   ({live / cached:.3f} of in-memory; goal <= 1.05), "
+          f"of which waiting for the batch {wait:.3f} s")
     step_clip, step_sam = args.clip_batch / cached, args.sam_images / cached
     print(f"  loader supply, {args.workers} worker(s) each: CLIP {clip_rate:7.1f} images/s vs {step_clip:.2f} consumed "
           f"({clip_rate / step_clip:.0f}x); SAM {sam_rate:6.2f} images/s vs {step_sam:.3f} consumed "
