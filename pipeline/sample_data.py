@@ -4,6 +4,8 @@
     OUT_DIR/clip/NNNNN.parquet        img2dataset's per-shard table (failed downloads included)
     OUT_DIR/clip/NNNNN_stats.json     img2dataset's per-shard stats
     OUT_DIR/sam/sa_NNNNNN.tar         SA-1B layout: sa_<id>.jpg + sa_<id>.json (COCO RLE masks)
+    OUT_DIR/eval/classify/NOUN/N.jpg  zero-shot classification set: 3 crops of each photograph
+    OUT_DIR/eval/voc/                 zero-shot segmentation set, Pascal-VOC layout (pipeline/sample_eval.py)
 
 Images are crops and flips of the photographs scikit-image ships. SA-1B masks come from a real
 segmentation algorithm (Felzenszwalb's graph segmentation at two scales, so masks nest as SA-1B's
@@ -28,6 +30,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from skimage.segmentation import felzenszwalb
 
+from pipeline.sample_eval import write_segmentation_set
 from storage_schemas.errors import run_cli
 
 # (skimage.data function, caption noun); grayscale and RGBA photos are converted to RGB.
@@ -52,6 +55,7 @@ class CorpusSpec:
     sam_shards: int = 2
     sam_per_shard: int = 6
     seed: int = 0
+    eval_per_class: int = 3
 
 
 def load_photo(name: str) -> np.ndarray:
@@ -195,6 +199,17 @@ def write_sam_shard(out_dir: str, shard: int, spec: CorpusSpec, rng: np.random.G
     return spec.sam_per_shard
 
 
+def write_classification_set(out_dir: str, spec: CorpusSpec, rng: np.random.Generator,
+                             photos: dict[str, np.ndarray]) -> int:
+    """OUT/NOUN/N.jpg: random crops of each photograph, one folder per caption noun."""
+    for name, noun in PHOTOS:
+        os.makedirs(os.path.join(out_dir, noun), exist_ok=True)
+        for i in range(spec.eval_per_class):
+            with open(os.path.join(out_dir, noun, f"{i}.jpg"), "wb") as f:
+                f.write(encode_jpeg(random_variant(photos[name], rng, (200, 320)), 90))
+    return len(PHOTOS) * spec.eval_per_class
+
+
 def build_sample_corpus(out_dir: str, spec: CorpusSpec = CorpusSpec()) -> dict[str, int]:
     """Write the corpus under `out_dir`; returns sample counts per side."""
     clip_dir, sam_dir = os.path.join(out_dir, "clip"), os.path.join(out_dir, "sam")
@@ -206,6 +221,10 @@ def build_sample_corpus(out_dir: str, spec: CorpusSpec = CorpusSpec()) -> dict[s
         counts["clip"] += write_clip_shard(clip_dir, shard, spec, np.random.default_rng([spec.seed, 1, shard]), photos)
     for shard in range(spec.sam_shards):
         counts["sam"] += write_sam_shard(sam_dir, shard, spec, np.random.default_rng([spec.seed, 2, shard]), photos)
+    counts["classify"] = write_classification_set(os.path.join(out_dir, "eval", "classify"), spec,
+                                                  np.random.default_rng([spec.seed, 3]), photos)
+    counts["semseg"] = write_segmentation_set(os.path.join(out_dir, "eval", "voc"), photos,
+                                              np.random.default_rng([spec.seed, 4]))
     return counts
 
 
@@ -218,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     counts = build_sample_corpus(args.out_dir, CorpusSpec(seed=args.seed))
     print(f"sample corpus in {args.out_dir}: {counts['clip']} CLIP samples in "
           f"{CorpusSpec.clip_shards} shards (clip/), {counts['sam']} SA-1B images in "
-          f"{CorpusSpec.sam_shards} shards (sam/)")
+          f"{CorpusSpec.sam_shards} shards (sam/); eval/: {counts['classify']} labelled images (classify/), "
+          f"{counts['semseg']} segmentation images (voc/)")
     return 0
 
 

@@ -13,3 +13,12 @@ python -m pipeline.materialize jobs/sample.yaml --report out/materialize-report.
 python -m pipeline.text_targets jobs/sample.yaml --name sample --classes jobs/sample_classes.txt
 python -m storage_schemas out/store
 python student/train.py --config student/configs/tiny.yaml
+# Evaluate the student it trained on the sample evaluation sets, then draw what it and the store hold.
+EXPORT=out/train/export
+python -m student.evaluate zeroshot-cls --export "$EXPORT" --data out/sample/eval/classify --text sample
+python -m student.evaluate semseg --export "$EXPORT" --data out/sample/eval/voc --text sample
+python -m student.evaluate semseg --refine --export "$EXPORT" --data out/sample/eval/voc --text sample
+python -m student.evaluate sam-agreement --export "$EXPORT"
+python -m student.visualize --export "$EXPORT" --data out/sample/eval/voc --text sample --out out/pictures/semseg
+python -m student.inspect_store out/store --out out/pictures/store
+echo "metrics: out/eval/*.json; pictures: out/pictures/semseg (student), out/pictures/store (cached targets)"

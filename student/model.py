@@ -147,12 +147,12 @@ class SamClip(nn.Module):
         tokens = self.backbone(x) if tokens is None else tokens
         return self.neck(tokens.permute(0, 3, 1, 2))
 
-    def decode_prompts(self, embeddings: torch.Tensor, prompts: PromptBatch, multimask: bool = False
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode_prompts(self, embeddings: torch.Tensor, prompts: PromptBatch, multimask: bool = False,
+                       mask_inputs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Batched decoding: N prompts over B images in one decoder call per prompt structure.
 
         embeddings: [B, C, 64, 64] -> low-res logits [N, M, 256, 256] and IoU [N, M], M = 3 with
-        `multimask` else 1. SAM's `predict_masks` repeats one image's embedding per prompt, so it
+        `multimask` else 1. mask_inputs: optional [N, 1, 256, 256] logits, SAM's mask prompt. SAM's `predict_masks` repeats one image's embedding per prompt, so it
         takes one image per call; here each prompt gathers its own image's embedding instead.
         Prompts of different structure are never padded into one call (that changes the logits).
         """
@@ -166,7 +166,8 @@ class SamClip(nn.Module):
             has_box, has_points = STRUCTURE_PARTS[code]
             sparse, dense = self.prompt_encoder(
                 points=(prompts.points[idx], prompts.labels[idx]) if has_points else None,
-                boxes=prompts.boxes[idx] if has_box else None, masks=None)
+                boxes=prompts.boxes[idx] if has_box else None,
+                masks=mask_inputs[idx] if mask_inputs is not None else None)
             masks, pred = _predict_masks(dec, embeddings[prompts.image_index[idx]], image_pe, sparse, dense)
             keep = slice(1, None) if multimask else slice(0, 1)
             low = low.index_copy(0, idx, masks[:, keep].to(low.dtype))

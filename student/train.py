@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if accelerator.is_main_process:
         paths = export_student(model, cfg.model, embed_dim, os.path.join(cfg.output_dir, "export"),
                                {"store": store.url, "clip_teacher": clip_manifest.must_match["teacher"],
-                                "global_step": state.global_step})
+                                "global_step": state.global_step, "held_out": cfg.data.held_out})
         accelerator.print(f"exported after {state.global_step} steps: " + ", ".join(paths.values()))
     accelerator.end_training()
     return 0

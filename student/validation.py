@@ -23,6 +23,7 @@ from storage_schemas.store import TargetStore
 from storage_schemas.views import render_view
 from student.batches import collate_sam, sam_item
 from student.data import Keep, choose_prompts, iter_clip_unit, iter_sam_unit
+from student.metrics import mask_iou
 from student.model import SamClip
 
 
@@ -74,17 +75,21 @@ def embedding_metrics(student: torch.Tensor, teacher: torch.Tensor, mean: torch.
 
 @torch.no_grad()
 def sam_metrics(model: SamClip, held: list[dict[str, Any]], multimask: bool, device: torch.device) -> dict[str, float]:
-    corr, soft_iou = [], []
+    """Agreement with the teacher's low-res logits, averaged over masks: Pearson correlation, soft
+    IoU of the probabilities, and IoU of the masks (logit > 0)."""
+    corr, soft_iou, hard_iou = [], [], []
     for b in held:
         out = model(sam_images=b["images"].to(device), sam_input_hw=b["input_hw"].to(device),
                     prompts=b["prompts"].to(device), multimask=multimask)
-        a, t = out["masks"].float().cpu().flatten(2), b["target_logits"].float().flatten(2)
-        corr.append(logit_correlation(a, t))
-        pa, pt = torch.sigmoid(a), torch.sigmoid(t)
+        a, t = out["masks"].float().cpu(), b["target_logits"].float()
+        corr.append(logit_correlation(a.flatten(2), t.flatten(2)))
+        pa, pt = torch.sigmoid(a.flatten(2)), torch.sigmoid(t.flatten(2))
         soft_iou.append(torch.minimum(pa, pt).sum(-1) / torch.maximum(pa, pt).sum(-1))
+        hard_iou.append(mask_iou(a > 0, t > 0))
     if not held:
         return {}
-    return {"logit_corr": torch.cat(corr).mean().item(), "soft_iou": torch.cat(soft_iou).mean().item()}
+    return {"logit_corr": torch.cat(corr).mean().item(), "soft_iou": torch.cat(soft_iou).mean().item(),
+            "mask_iou": torch.cat(hard_iou).mean().item()}
 
 
 def logit_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -22,9 +22,9 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "student" / "configs" / "tiny.yaml")
 PROBE = "{name: probe, epochs: 20, lr: 0.002, warmup_steps: 5, max_steps: %d}"
-# Joint at a learning rate high enough that 25 steps move the backbone visibly (the paper's 4e-6 on
+# Joint at a learning rate high enough that 30 steps move the backbone visibly (the paper's 4e-6 on
 # the backbone needs its 16 epochs of 41M images); the SAM head at 0.1x, as the paper's ratio.
-JOINT = ("{name: joint, epochs: 20, lr: 0.001, backbone_lr_mult: 1.0, sam_head_lr_mult: 0.1, warmup_steps: 3, "
+JOINT = ("{name: joint, epochs: 20, lr: 0.001, backbone_lr_mult: 0.5, sam_head_lr_mult: 0.1, warmup_steps: 3, "
          "lambda_sam: %s, max_steps: %d}")
 
 pytestmark = pytest.mark.slow
@@ -132,12 +132,14 @@ def test_probe_learns_above_chance_and_above_the_start(probed):
     assert last["val/clip224_centred_cosine"] > first["val/clip224_centred_cosine"] + 0.5
 
 
-def test_rehearsal_keeps_the_sam_head_close_to_the_teacher(probed, train_store, tmp_path):
-    checkpoint = sorted((probed / "checkpoints").iterdir())[-1]
+def test_rehearsal_keeps_the_sam_head_close_to_the_teacher_while_clip_improves(probed, train_store, tmp_path):
+    # From the probe's step-50 checkpoint: its CLIP head is still learning, as the paper's is when
+    # joint training starts (on 80 training images a fully probed head has nothing left to gain).
+    checkpoint = probed / "checkpoints" / "step_00000050"
     runs = {}
     for lam in ("10.0", "0.0"):  # side by side: one core each
         out = tmp_path / f"lambda{lam}"
-        cmd = [sys.executable, "student/train.py", *train_args(train_store, out, [PROBE % 100, JOINT % (lam, 25)],
+        cmd = [sys.executable, "student/train.py", *train_args(train_store, out, [PROBE % 50, JOINT % (lam, 30)],
                                                                 "val_every=100"), "--resume", str(checkpoint)]
         runs[lam] = (out, subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                            env={**os.environ, "OMP_NUM_THREADS": "1"}))
@@ -154,9 +156,9 @@ def test_rehearsal_keeps_the_sam_head_close_to_the_teacher(probed, train_store, 
     drop0 = s0["val/sam_logit_corr"] - e0["val/sam_logit_corr"]
     assert drop0 > 0.05 and drop10 < drop0 / 2, (drop10, drop0)
     assert e10["val/sam_soft_iou"] > e0["val/sam_soft_iou"]
-    # The CLIP side stays learned (far above chance); on 80 training images this learning rate
-    # overfits it somewhat rather than improving it (see the README).
-    assert e10["val/clip224_retrieval_top1"] >= 5 * e10["val/clip224_chance"]
+    # ... while the CLIP side keeps learning under lambda = 10.
+    assert e10["val/clip224_retrieval_top1"] > s10["val/clip224_retrieval_top1"], (s10, e10)
+    assert e10["val/clip224_centred_cosine"] > s10["val/clip224_centred_cosine"], (s10, e10)
 
 
 def test_bad_training_configs_stop_with_one_line(train_store, tmp_path):

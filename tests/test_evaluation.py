@@ -1,0 +1,263 @@
+"""Evaluation and inference: zero-shot classification equal to open_clip's, mIoU by hand, the
+SAM head equal to SamPredictor (mask prompts included), one backbone pass for the refinement, and
+the evaluate / visualize / inspect commands on the sample sets."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+from segment_anything import SamPredictor
+
+from conftest import run_module, write_clip_job
+from pipeline.config import ClipTeacherConfig, SamTeacherConfig
+from pipeline.sample_data import write_tar
+from pipeline.teachers import load_clip_teacher, load_sam_teacher
+from pipeline.teachers.tiny import TINY_CLIP_ARCH
+from pipeline.text_targets import main as text_targets
+from storage_schemas.sam_transforms import pad_image, sam_input_image, sam_points
+from storage_schemas.store import open_store
+from student.config import ModelConfig
+from student.eval_data import SegmentationSet, labelled_images
+from student.evaluate import main as evaluate, zeroshot_classification
+from student.export import export_student
+from student.inference import SamClipPredictor
+from student.inspect_store import main as inspect_store
+from student.metrics import confusion_matrix, iou_per_class, mean_iou
+from student.model import PromptBatch, SamClip
+from student.visualize import main as visualize
+from student.zero_shot import ClassNames, StoreText, TextTower
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_CLASSES = (REPO / "jobs" / "sample_classes.txt").read_text().split("\n")[:-1]
+
+
+@pytest.fixture(scope="module")
+def clip_teacher(tiny_teachers):
+    return load_clip_teacher(ClipTeacherConfig(arch=TINY_CLIP_ARCH, pretrained=tiny_teachers["clip"]))
+
+
+@pytest.fixture(scope="module")
+def tiny_sam(tiny_teachers):
+    return load_sam_teacher(SamTeacherConfig(model="tiny", checkpoint=tiny_teachers["sam"])).sam
+
+
+@pytest.fixture(scope="module")
+def eval_store(train_store, sample_corpus, tiny_teachers, tmp_path_factory) -> Path:
+    """The training store plus the `sample` text table (the sample class names, 80 templates)."""
+    root = tmp_path_factory.mktemp("eval-store")
+    shutil.copytree(train_store, root / "store")
+    job = write_clip_job(root / "job.yaml", root / "store", sample_corpus, tiny_teachers)
+    assert text_targets([str(job), "--name", "sample", "--classes", str(REPO / "jobs" / "sample_classes.txt")]) == 0
+    return root / "store"
+
+
+@pytest.fixture(scope="module")
+def export(tiny_sam, eval_store, tmp_path_factory) -> Path:
+    """An untrained student (the tiny SAM plus a random CLIP head), exported as training exports it."""
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("export")
+    export_student(SamClip(tiny_sam, embed_dim=64, mlp_hidden=128), ModelConfig(sam_arch="tiny", mlp_hidden=128), 64,
+                   str(out), {"store": str(eval_store), "held_out": 0.2})
+    return out
+
+
+def test_classifier_from_the_store_and_from_a_text_tower_equal_open_clips(clip_teacher, tiny_sam, eval_store,
+                                                                         tiny_teachers, tmp_path):
+    names = ["cat", "rocket", "grass", "cup of coffee"]
+    want = open_clip.build_zero_shot_classifier(clip_teacher.model, clip_teacher.tokenizer, names,
+                                                open_clip.OPENAI_IMAGENET_TEMPLATES).T
+    got = ClassNames.from_store(open_store(str(eval_store)), "sample", names)
+    assert got.names == names
+    torch.testing.assert_close(got.weights, want)
+    cache = tmp_path / "cache"
+    torch.testing.assert_close(TextTower(TINY_CLIP_ARCH, tiny_teachers["clip"], cache_dir=str(cache))(names).weights, want)
+    (cached,) = cache.iterdir()
+    stamp = cached.stat().st_mtime_ns
+    again = TextTower(TINY_CLIP_ARCH, tiny_teachers["clip"], cache_dir=str(cache))(names)  # read from the cache
+    torch.testing.assert_close(again.weights, want)
+    assert list(cache.iterdir()) == [cached] and cached.stat().st_mtime_ns == stamp
+    with pytest.raises(Exception, match=r"no embedding for class names \['unicorn'\]"):
+        ClassNames.from_store(open_store(str(eval_store)), "sample", ["cat", "unicorn"])
+    # The predictor takes plain class names through its text source.
+    predictor = SamClipPredictor(SamClip(tiny_sam, embed_dim=64), text=StoreText(open_store(str(eval_store)), "sample"))
+    image = skimage.data.chelsea()
+    torch.testing.assert_close(predictor.classify([image], names), predictor.classify([image], got))
+
+
+class TeacherTower:
+    """The tiny CLIP teacher's image tower behind the student's `embed_images`, with open_clip's
+    own evaluation preprocessing."""
+
+    def __init__(self, teacher):
+        self.teacher = teacher
+        _, _, self.preprocess = open_clip.create_model_and_transforms(TINY_CLIP_ARCH)
+
+    @torch.no_grad()
+    def embed_images(self, images, size):
+        x = torch.stack([self.preprocess(im) for im in images])
+        return torch.nn.functional.normalize(self.teacher.model.encode_image(x), dim=-1)
+
+
+def test_teacher_tower_in_place_of_the_student_scores_as_open_clips_zero_shot_eval(clip_teacher, eval_store,
+                                                                                    sample_corpus):
+    names, samples = labelled_images(str(sample_corpus / "eval" / "classify"), [])
+    samples = list(samples)
+    classes = ClassNames.from_store(open_store(str(eval_store)), "sample", names)
+    tower = TeacherTower(clip_teacher)
+    got = zeroshot_classification(tower, classes, iter(samples), 224, batch_size=16)
+    # open_clip_train.zero_shot.run: logits = 100 * features @ classifier, top-k over the set.
+    classifier = open_clip.build_zero_shot_classifier(clip_teacher.model, clip_teacher.tokenizer, names,
+                                                      open_clip.OPENAI_IMAGENET_TEMPLATES)
+    with torch.no_grad():
+        features = clip_teacher.model.encode_image(torch.stack([tower.preprocess(im) for _, im, _ in samples]))
+    logits = 100.0 * torch.nn.functional.normalize(features, dim=-1) @ classifier
+    target = torch.tensor([label for _, _, label in samples])
+    top5 = logits.topk(5, dim=1).indices
+    assert got["images"] == len(samples) == 60
+    assert got["top1"] == pytest.approx((top5[:, 0] == target).float().mean().item())
+    assert got["top5"] == pytest.approx((top5 == target[:, None]).any(1).float().mean().item())
+
+
+def test_miou_equals_the_hand_computed_value():
+    # 3 classes; class 2 appears in no label map but is predicted once; 255 is ignored.
+    label_a = np.array([[0, 0, 1], [0, 1, 1], [255, 255, 1]])
+    pred_a = np.array([[0, 1, 1], [0, 1, 1], [2, 0, 1]])
+    label_b = np.array([[0, 0], [255, 0]])
+    pred_b = np.array([[0, 2], [1, 0]])
+    conf = confusion_matrix(pred_a, label_a, 3) + confusion_matrix(pred_b, label_b, 3)
+    # class 0: TP 2 + 2 = 4, FP 0, FN (a: one 0 called 1) 1 + (b: one 0 called 2) 1 -> 4 / 6
+    # class 1: TP 4, FP 1 (a), FN 0 -> 4 / 5;  class 2: TP 0, FP 1, FN 0 -> 0 / 1
+    np.testing.assert_allclose(iou_per_class(conf), [4 / 6, 4 / 5, 0.0])
+    assert mean_iou(conf) == pytest.approx((4 / 6 + 4 / 5 + 0.0) / 3)
+    # A class neither labelled nor predicted anywhere has no IoU and is left out of the mean.
+    conf4 = confusion_matrix(pred_a, label_a, 4) + confusion_matrix(pred_b, label_b, 4)
+    assert np.isnan(iou_per_class(conf4)[3]) and mean_iou(conf4) == pytest.approx(mean_iou(conf))
+    with pytest.raises(ValueError, match="label values"):
+        confusion_matrix(pred_a, np.full((3, 3), 7), 3)
+
+
+def test_sam_head_with_boxes_points_and_mask_prompts_equals_sam_predictor(tiny_sam):
+    predictor = SamClipPredictor(SamClip(tiny_sam, embed_dim=64))
+    image = skimage.data.chelsea()
+    reference = SamPredictor(tiny_sam)
+    reference.set_image(image)
+    boxes = np.array([[40, 30, 300, 250], [100, 50, 200, 150]])
+    masks, iou, low = predictor.segment_prompts(image, boxes=boxes)
+    assert masks.shape == (2, 1) + image.shape[:2] and masks.dtype == bool
+    for i, box in enumerate(boxes):
+        want_masks, want_iou, want_low = reference.predict(box=box, multimask_output=False)
+        np.testing.assert_allclose(low[i].numpy(), want_low, atol=2e-3, rtol=1e-4)
+        np.testing.assert_allclose(iou[i], want_iou, atol=1e-4)
+        assert (masks[i] == want_masks).mean() > 0.999  # pixels within rounding of the threshold may flip
+    # Points plus a mask prompt (the refinement's prompts), against SamPredictor's mask_input.
+    pts = np.array([[[150.0, 100.0], [250.0, 200.0]]])
+    mask_input = torch.randn(1, 1, 256, 256) * 4
+    resized = sam_input_image(image)
+    model = predictor.model
+    batch = PromptBatch(torch.zeros(1, dtype=torch.long), torch.ones(1, dtype=torch.long), torch.zeros(1, 4),
+                        torch.from_numpy(sam_points(pts, image.shape[:2])).float(), torch.ones(1, 2, dtype=torch.long))
+    with torch.no_grad():
+        x = model.sam_preprocess(torch.from_numpy(pad_image(resized)).permute(2, 0, 1)[None],
+                                 torch.tensor([resized.shape[:2]]))
+        out = model.decode_prompts(model.sam_embed(x), batch, False, mask_input)
+    _, want_iou, want_low = reference.predict(point_coords=pts[0], point_labels=np.ones(2),
+                                              mask_input=mask_input[0].numpy(), multimask_output=False)
+    np.testing.assert_allclose(out[0][0].numpy(), want_low, atol=2e-3, rtol=1e-4)
+    np.testing.assert_allclose(out[1][0].numpy(), want_iou, atol=1e-4)
+
+
+def test_refinement_runs_the_backbone_once_per_image(tiny_sam, eval_store):
+    torch.manual_seed(0)
+    predictor = SamClipPredictor(SamClip(tiny_sam, embed_dim=64, mlp_hidden=128))
+    classes = ClassNames.from_store(open_store(str(eval_store)), "sample", ["cat", "grass", "rocket"])
+    calls = []
+    backbone = predictor.model.backbone
+    predictor.model.backbone = lambda x: calls.append(tuple(x.shape)) or backbone(x)
+    image = skimage.data.chelsea()  # 300 x 451
+    seg = predictor.segment(image, classes, refine=True, threshold=0.0)  # every class gets prompts
+    assert calls == [(1, 3, 1024, 1024)]
+    assert seg.labels.shape == seg.coarse_labels.shape == image.shape[:2]
+    assert sorted(seg.points) == [0, 1, 2] and all(len(p) == 3 for p in seg.points.values())
+    for p in seg.points.values():  # points land inside the image, in its pixels
+        assert (p >= 0).all() and (p[:, 0] < image.shape[1]).all() and (p[:, 1] < image.shape[0]).all()
+    calls.clear()
+    plain = predictor.segment(image, classes, refine=True, threshold=1.0)  # nothing confident: the CLIP head's map
+    assert calls == [(1, 3, 1024, 1024)] and plain.points == {}
+    np.testing.assert_array_equal(plain.labels, plain.coarse_labels)
+    np.testing.assert_array_equal(plain.coarse_labels, seg.coarse_labels)
+
+
+def test_sample_segmentation_set_is_consistent(sample_corpus):
+    skipped = []
+    voc = SegmentationSet(str(sample_corpus / "eval" / "voc"), skipped)
+    assert set(voc.classnames) <= set(SAMPLE_CLASSES) and len(voc) == 6
+    for _, image, label in voc:
+        values = set(np.unique(label)) - {255}
+        assert values <= set(range(len(voc.classnames))) and len(values) >= 2 and (label == 255).any()
+    assert skipped == []
+
+
+def test_evaluate_visualize_and_inspect_on_the_sample_sets(export, eval_store, sample_corpus, tmp_path, capsys):
+    classify = tmp_path / "classify"
+    shutil.copytree(sample_corpus / "eval" / "classify", classify)
+    (classify / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    out = tmp_path / "eval"
+    common = ["--export", str(export), "--text", "sample", "--out", str(out)]
+    assert evaluate(["zeroshot-cls", "--data", str(classify), *common]) == 0
+    cls = json.loads((out / "zeroshot-cls.json").read_text())
+    assert cls["metrics"]["images"] == 60 and 0 <= cls["metrics"]["top1"] <= cls["metrics"]["top5"] <= 1
+    assert cls["metrics"]["skipped_images"] == 1 and cls["skipped"][0]["key"] == "cat/broken.jpg"
+
+    # The same images as webdataset shards with a class field give the same figures.
+    names = sorted(p.name for p in (sample_corpus / "eval" / "classify").iterdir())
+    (tmp_path / "names.txt").write_text("\n".join(names) + "\n")
+    members = [(f"{i:04d}.{ext}", data) for i, (c, f) in enumerate(
+        (c, f) for c in range(len(names)) for f in sorted((sample_corpus / "eval" / "classify" / names[c]).iterdir()))
+        for ext, data in (("jpg", f.read_bytes()), ("cls", str(c).encode()))]
+    write_tar(str(tmp_path / "val-000.tar"), members)
+    assert evaluate(["zeroshot-cls", "--data", str(tmp_path / "val-{000..000}.tar"), "--classes",
+                     str(tmp_path / "names.txt"), *common, "--out", str(tmp_path / "wds")]) == 0
+    wds = json.loads((tmp_path / "wds" / "zeroshot-cls.json").read_text())["metrics"]
+    assert (wds["images"], wds["top1"], wds["top5"]) == (60, cls["metrics"]["top1"], cls["metrics"]["top5"])
+
+    voc = str(sample_corpus / "eval" / "voc")
+    assert evaluate(["semseg", "--data", voc, *common]) == 0
+    assert evaluate(["semseg", "--refine", "--data", voc, *common]) == 0
+    assert evaluate(["sam-agreement", "--export", str(export), "--out", str(out)]) == 0
+    seg = json.loads((out / "semseg.json").read_text())["metrics"]
+    ref = json.loads((out / "semseg-refine.json").read_text())["metrics"]
+    agree = json.loads((out / "sam-agreement.json").read_text())["metrics"]
+    assert seg["images"] == ref["images"] == 6 and 0 <= seg["miou"] <= 1 and 0 <= ref["miou"] <= 1
+    assert set(seg["per_class_iou"]) == set(SegmentationSet(voc, []).classnames)
+    # The untrained student's SAM path is the teacher's own: its masks are the cached ones.
+    assert agree["images"] >= 1 and agree["miou"] > 0.9 and agree["logit_corr"] > 0.99
+    assert "miou" in capsys.readouterr().out
+
+    pictures = tmp_path / "pictures"
+    assert visualize(["--export", str(export), "--data", voc, "--text", "sample", "--limit", "2",
+                      "--out", str(pictures / "semseg")]) == 0
+    assert inspect_store([str(eval_store), "--samples", "2", "--out", str(pictures / "store")]) == 0
+    semseg = sorted((pictures / "semseg").iterdir())
+    store = sorted(p.name for p in (pictures / "store").iterdir())
+    assert [p.name for p in semseg] == ["sample_000.png", "sample_001.png"]
+    with Image.open(semseg[0]) as im:  # 4 tiles of 256 px height plus titles and a legend
+        assert im.height > 256 and im.width > 4 * 256
+    assert len(store) == 4 and sum(n.startswith("clip_") for n in store) == 2
+
+
+def test_bad_evaluation_arguments_stop_with_one_line(export, sample_corpus, tmp_path):
+    cases = [
+        (["zeroshot-cls", "--data", str(sample_corpus / "eval" / "classify")], "--text"),
+        (["zeroshot-cls", "--data", str(tmp_path / "nowhere"), "--text", "sample"], "nowhere"),
+        (["semseg", "--data", str(sample_corpus / "eval" / "classify"), "--text", "sample"], "JPEGImages"),
+        (["semseg", "--data", str(sample_corpus / "eval" / "voc"), "--text", "imagenet"], "no text table 'imagenet'"),
+    ]
+    for args, message in cases:
+        p = run_module("student.evaluate", *args, "--export", str(export), "--out", str(tmp_path / "out"))
+        assert p.returncode == 2 and message in p.stderr, (args, p.stderr[-2000:])
+        assert len(p.stderr.strip().splitlines()) == 1, p.stderr
