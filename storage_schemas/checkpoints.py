@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from typing import Any
 
 import fsspec
@@ -26,17 +27,21 @@ def fetch_checkpoint(url: str, storage_options: dict[str, Any] | None = None) ->
             raise CheckpointError(f"checkpoint file '{path}' not found")
         return path
     cache = os.environ.get(CACHE_ENV, os.path.expanduser("~/.cache/samclip/checkpoints"))
-    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
-    local = os.path.join(cache, digest, os.path.basename(url.rstrip("/")))
-    if os.path.isfile(local):
-        return local
-    os.makedirs(os.path.dirname(local), exist_ok=True)
     try:
         fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-        fs.get_file(path, local + ".part")
+        info = fs.info(path)
+        # Keyed by what the object is now, so a checkpoint replaced under the same URL is fetched again.
+        version = [url, info.get("size"), info.get("ETag") or info.get("etag") or info.get("mtime")]
+        local = os.path.join(cache, hashlib.sha256(repr(version).encode()).hexdigest()[:16],
+                             os.path.basename(url.rstrip("/")))
+        if os.path.isfile(local):
+            return local
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        part = f"{local}.part-{uuid.uuid4().hex[:8]}"  # concurrent fetchers (teacher actors) never share one
+        fs.get_file(path, part)
     except Exception as e:  # any filesystem's "cannot fetch": one line, not a traceback
         raise CheckpointError(f"checkpoint '{url}' cannot be fetched ({type(e).__name__}: {e})") from None
-    os.replace(local + ".part", local)
+    os.replace(part, local)
     return local
 
 

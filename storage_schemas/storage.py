@@ -42,6 +42,7 @@ class Storage:
         self.storage_options = dict(storage_options or {})
         self._fs: fsspec.AbstractFileSystem | None = None
         self._root: str | None = None
+        self._pid: int | None = None
 
     def __reduce__(self):
         return (Storage, (self.url, self.storage_options))
@@ -51,7 +52,10 @@ class Storage:
 
     @property
     def fs(self) -> fsspec.AbstractFileSystem:
-        if self._fs is None:
+        # Rebuilt in each process: a forked loader worker must not reuse its parent's async S3
+        # client (fsspec's event loop is not fork-safe).
+        if self._fs is None or self._pid != os.getpid():
+            self._pid = os.getpid()
             try:
                 self._fs, self._root = fsspec.core.url_to_fs(self.url, **self.storage_options)
             except (ImportError, ValueError, TypeError) as e:

@@ -33,13 +33,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def flat_hparams(cfg: TrainConfig) -> dict[str, str | int | float | bool]:
-    """The config as TensorBoard hparams accept it: flat keys, scalar values."""
+    """The config as TensorBoard hparams accept it: flat keys, scalar values. Storage options are
+    left out: they may hold credentials, which must never reach a log."""
     out: dict = {}
 
     def walk(prefix: str, v) -> None:
         if isinstance(v, dict):
             for k, x in v.items():
-                walk(f"{prefix}.{k}" if prefix else k, x)
+                if k != "storage_options":
+                    walk(f"{prefix}.{k}" if prefix else k, x)
         elif isinstance(v, (int, float, str, bool)):
             out[prefix] = v
         else:

@@ -70,8 +70,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+S3_SECRET = "samclip-test-secret-" + os.urandom(6).hex()  # must never reach a log, a store or an output
+
+
 @pytest.fixture(scope="session")
-def ray_cluster():
+def s3_endpoint() -> str:
+    """A real S3-protocol server (moto) on loopback for the session, as s3fs's own tests run one.
+
+    Credentials and endpoint go into the environment before the Ray head starts, so Ray workers
+    inherit them as a cluster's nodes would have theirs; nothing passes them explicitly.
+    """
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    os.environ.update(AWS_ACCESS_KEY_ID="samclip-test-key", AWS_SECRET_ACCESS_KEY=S3_SECRET,
+                      AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=endpoint)
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_endpoint):
     """One local Ray head (2 CPUs) for the whole session; RAY_ADDRESS points jobs started as
     subprocesses at it too, so a killed job leaves no Ray of its own behind."""
     import secrets

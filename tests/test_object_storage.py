@@ -1,0 +1,133 @@
+"""S3 everywhere, against a real S3-protocol server on loopback (moto, started by conftest):
+the pipeline reads shards and teachers from s3:// and writes the store there, the trainer and the
+evaluation read it back, and the credentials and endpoint never reach a log, a store or an output."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import s3fs
+
+from conftest import REPO, S3_SECRET, run_module
+from storage_schemas.store import open_store
+
+BUCKET = "samclip-test"
+STORE = f"s3://{BUCKET}/store"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def s3_inputs(s3_endpoint, sample_corpus, tiny_teachers) -> s3fs.S3FileSystem:
+    """The sample corpus and the tiny teachers uploaded to the bucket."""
+    fs = s3fs.S3FileSystem()
+    fs.mkdir(BUCKET)
+    for side in ("clip", "sam"):
+        fs.put(f"{sample_corpus}/{side}/", f"{BUCKET}/sample/{side}/", recursive=True)
+    for name, path in tiny_teachers.items():
+        fs.put(path, f"{BUCKET}/teachers/{Path(path).name}")
+    return fs
+
+
+def s3_job(path: Path, tiny_teachers: dict, storage_options: str = "{}") -> Path:
+    clip, sam = (Path(tiny_teachers[k]).name for k in ("clip", "sam"))
+    path.write_text(f"""
+store: {{url: "{STORE}", storage_options: {storage_options}}}
+sources:
+  - {{name: sample, kind: clip, shards: "s3://{BUCKET}/sample/clip/{{00000..00003}}.tar", storage_options: {storage_options}}}
+  - {{name: sa1b, kind: sam, shards: "s3://{BUCKET}/sample/sam/sa_{{000000..000001}}.tar", unit_size: 4,
+      storage_options: {storage_options}}}
+clip:
+  teacher: {{arch: samclip-tiny-clip, pretrained: "s3://{BUCKET}/teachers/{clip}"}}
+  views: 4
+sam:
+  teacher: {{model: tiny, checkpoint: "s3://{BUCKET}/teachers/{sam}"}}
+  prompts: 16
+  rounds: 2
+ray: {{batch_size: 8}}
+""")
+    return path
+
+
+def assert_no_secret(where: str, text: str | bytes, endpoint: str) -> None:
+    data = text.encode() if isinstance(text, str) else text
+    for needle in (S3_SECRET, endpoint.split("//", 1)[1]):
+        assert needle.encode() not in data, f"{needle!r} leaked into {where}"
+
+
+def test_pipeline_trainer_and_evaluation_on_s3(s3_inputs, s3_endpoint, tiny_teachers, clip_store, ray_cluster, tmp_path):
+    job = s3_job(tmp_path / "job.yaml", tiny_teachers)
+    outputs = []
+    p = run_module("pipeline.materialize", str(job), env={"SAMCLIP_CACHE": str(tmp_path / "cache")}, timeout=600)
+    outputs.append(p)
+    assert p.returncode == 0, p.stderr[-3000:]
+    store = open_store(STORE)
+    summary = store.summary()
+    assert summary["clip"]["samples_stored"] == 100 and summary["sam"]["samples_stored"] == 12
+    records = store.commits("clip")
+    assert all(r.input.url.startswith(f"s3://{BUCKET}/") and r.input.etag for r in records)
+    # Same inputs, same teacher: the targets equal those of the local session store.
+    got = store.read_table("clip", "views").sort_by([("shard", "ascending"), ("key", "ascending"), ("view", "ascending")])
+    want = open_store(str(clip_store)).read_table("clip", "views").sort_by(
+        [("shard", "ascending"), ("key", "ascending"), ("view", "ascending")])
+    assert got.column("pixel_hash").to_pylist() == want.column("pixel_hash").to_pylist()
+    np.testing.assert_allclose(np.asarray(got.column("embedding").to_pylist(), np.float32),
+                               np.asarray(want.column("embedding").to_pylist(), np.float32), atol=2e-3)
+    p = run_module("pipeline.text_targets", str(job), "--name", "sample", "--classes", "jobs/sample_classes.txt",
+                   env={"SAMCLIP_CACHE": str(tmp_path / "cache")})
+    outputs.append(p)
+    assert p.returncode == 0, p.stderr[-3000:]
+
+    # The trainer streams units and shards from S3 (a forked loader worker included).
+    out = tmp_path / "train"
+    p = subprocess.run([sys.executable, "student/train.py", "--config", "student/configs/tiny.yaml",
+                        "--set", f"store.url={STORE}", "--set", f"output_dir={out}",
+                        "--set", f"model.sam_checkpoint=s3://{BUCKET}/teachers/{Path(tiny_teachers['sam']).name}",
+                        "--set", "data.workers=1", "--set", "stages=[{name: probe, epochs: 1, lr: 0.002, max_steps: 3}, "
+                        "{name: joint, epochs: 1, lr: 0.0004, max_steps: 2}]"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "SAMCLIP_CACHE": str(tmp_path / "cache")})
+    outputs.append(p)
+    assert p.returncode == 0, p.stderr[-3000:]
+    p = run_module("student.evaluate", "sam-agreement", "--export", str(out / "export"), "--out", str(tmp_path / "eval"))
+    outputs.append(p)
+    assert p.returncode == 0 and "miou" in p.stdout, p.stderr[-3000:]
+
+    for i, q in enumerate(outputs):
+        assert_no_secret(f"the output of command {i}", q.stdout + q.stderr, s3_endpoint)
+    for f in s3_inputs.find(f"{BUCKET}/store"):
+        assert_no_secret(f, s3_inputs.cat_file(f), s3_endpoint)
+    for f in [*out.rglob("*"), *(tmp_path / "eval").rglob("*")]:
+        if f.is_file():
+            assert_no_secret(str(f), f.read_bytes(), s3_endpoint)
+
+
+def test_credentials_from_the_config_alone_are_used_and_never_printed(s3_inputs, s3_endpoint, tiny_teachers, tmp_path):
+    options = ('{key: samclip-test-key, secret: "' + S3_SECRET + '", client_kwargs: {endpoint_url: "'
+               + s3_endpoint + '", region_name: us-east-1}}')
+    job = s3_job(tmp_path / "job.yaml", tiny_teachers, options)
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    p = subprocess.run([sys.executable, "-m", "pipeline.plan", str(job)], cwd=REPO, capture_output=True, text=True,
+                       timeout=300, env={**bare, "SAMCLIP_CACHE": str(tmp_path / "cache")})
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert_no_secret("pipeline.plan's output", p.stdout + p.stderr, s3_endpoint)
+    # A wrong endpoint stops with one line that names the store, not the credentials.
+    bad = s3_job(tmp_path / "bad.yaml", tiny_teachers, options.replace(s3_endpoint, "http://127.0.0.1:9"))
+    p = subprocess.run([sys.executable, "-m", "pipeline.plan", str(bad)], cwd=REPO, capture_output=True, text=True,
+                       timeout=300, env=bare)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert S3_SECRET not in p.stderr
+
+
+def test_training_hyperparameters_logged_to_tensorboard_leave_storage_options_out():
+    from student.config import load_train_config
+    from student.train import flat_hparams
+
+    cfg = load_train_config(str(REPO / "student" / "configs" / "tiny.yaml"),
+                            ['store.storage_options={key: k, secret: "' + S3_SECRET + '"}'])
+    assert cfg.store.storage_options["secret"] == S3_SECRET
+    hparams = flat_hparams(cfg)
+    assert "store.url" in hparams and not any("storage_options" in k for k in hparams)
+    assert S3_SECRET not in repr(hparams)

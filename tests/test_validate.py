@@ -1,0 +1,131 @@
+"""`python -m pipeline.validate`: a sound store passes; each kind of damage is reported by name;
+`--gc` removes what no commit record lists."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zarr
+
+from conftest import run_module
+from storage_schemas.commit import CommitRecord
+from storage_schemas.storage import Storage
+
+
+@pytest.fixture
+def store(train_store, tmp_path) -> Path:
+    root = tmp_path / "store"
+    shutil.copytree(train_store, root)
+    return root
+
+
+def validate(root: Path, *args: str) -> tuple[int, dict, str]:
+    report = root.parent / "report.json"
+    p = run_module("pipeline.validate", str(root), "--json", str(report), *args)
+    return p.returncode, json.loads(report.read_text()), p.stdout
+
+
+def records(root: Path, kind: str) -> list[tuple[Path, CommitRecord]]:
+    return [(p, CommitRecord.from_json(p.read_text())) for p in sorted((root / "_commits" / kind).rglob("*.json"))]
+
+
+def recommit(root: Path, path: Path, record: CommitRecord, changed: str) -> None:
+    """Rewrite the record with the new size and checksum of `changed`, so only deeper checks can tell."""
+    entry = Storage(str(root)).file_entry(changed)
+    files = [entry if f.path == changed else f for f in record.files]
+    d = json.loads(record.to_json())
+    d["files"] = [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files]
+    path.write_text(json.dumps(d))
+
+
+def rewrite_parquet(root: Path, rel: str, change) -> None:
+    table = pq.read_table(root / rel)
+    pq.write_table(change(table), root / rel)
+
+
+def test_a_sound_store_passes(store):
+    code, report, out = validate(store)
+    assert code == 0 and report["ok"] and report["units"] == 8 and report["orphans"] == [], out
+    assert "ok: no problem found" in out
+
+
+def test_each_kind_of_damage_is_reported_and_gc_removes_orphans(store):
+    (p0, r0), (p1, r1), (p2, r2), (p3, r3) = records(store, "clip")
+    (s0, q0), (s1, q1), (s2, q2), (s3, q3) = records(store, "sam")
+    views = lambda r: next(f.path for f in r.files if f.path.endswith(".parquet"))  # noqa: E731
+    damage = {}
+    # A listed file missing.
+    (store / views(r0)).unlink()
+    damage[views(r0)] = "missing"
+    # A file of another size, and one with the same size but other bytes (a SAM chunk).
+    with open(store / views(r1), "ab") as f:
+        f.write(b"junk")
+    damage[views(r1)] = "size"
+    chunk = next(f.path for f in q0.files if "/c/" in f.path)
+    data = bytearray((store / chunk).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (store / chunk).write_bytes(bytes(data))
+    damage[chunk] = "sha256"
+    # Row counts: a view row dropped (the record's checksum updated, so only the count can tell).
+    rewrite_parquet(store, views(r2), lambda t: t.slice(0, t.num_rows - 1))
+    recommit(store, p2, r2, views(r2))
+    damage[views(r2)] = "rows"
+
+    # Content: one embedding scaled off the unit sphere, one NaN.
+    def bad_embeddings(t: pa.Table) -> pa.Table:
+        emb = np.asarray(t.column("embedding").to_pylist(), np.float32)
+        emb[0] *= 2.0
+        emb[1, 0] = np.nan
+        arr = pa.FixedSizeListArray.from_arrays(pa.array(emb.astype(np.float16).reshape(-1)), emb.shape[1])
+        return t.set_column(t.schema.get_field_index("embedding"), t.schema.field("embedding"), arr)
+
+    rewrite_parquet(store, views(r3), bad_embeddings)
+    recommit(store, p3, r3, views(r3))
+    damage[views(r3)] = "not unit norm"
+    # Logits: a NaN in a prompted slot (checksum updated).
+    logits_rel = f"sam/{q1.source}/{q1.unit}.zarr"
+    array = zarr.open_group(str(store / logits_rel), mode="r+")["logits"]
+    block = array[0]
+    block[0, 0, 5, 5] = np.nan
+    array[0] = block
+    recommit(store, s1, q1, f"{logits_rel}/logits/c/0/0/0/0/0")
+    damage[logits_rel] = "not finite"
+    # Shapes: an images row dropped (the logits array now has one image too many for it).
+    images_rel = f"sam/{q2.source}/{q2.unit}.images.parquet"
+    rewrite_parquet(store, images_rel, lambda t: t.slice(0, t.num_rows - 1))
+    recommit(store, s2, q2, images_rel)
+    damage[images_rel] = "image rows"
+    # A commit record that does not parse.
+    s3.write_text(s3.read_text()[:100])
+    damage[str(s3.relative_to(store))] = "does not parse"
+    # Leftovers of a killed attempt.
+    (store / "clip" / "sample" / "00009.parquet").write_bytes(b"half a file")
+    (store / "_commits" / "clip" / "sample" / "00001.json.tmp-1234abcd").write_text("{")
+
+    code, report, out = validate(store)
+    assert code == 1 and not report["ok"]
+    found: dict[str, str] = {}
+    for p in report["problems"]:
+        found[p["path"]] = found.get(p["path"], "") + p["problem"] + "; "
+    for path, words in damage.items():
+        assert path in found and words in found[path], (path, words, found.get(path), out)
+    assert "logits shape" in found[f"sam/{q2.source}/{q2.unit}.zarr"]  # the array no longer fits its images
+    assert f"PROBLEM {views(r0)}: missing" in out
+    orphans = {"clip/sample/00009.parquet", "_commits/clip/sample/00001.json.tmp-1234abcd"}
+    # The unparseable record's unit keeps its files: they may be all that is left of it.
+    assert set(report["orphans"]) == orphans
+    code, report, _ = validate(store, "--gc", "--sizes-only")
+    assert set(report["removed"]) == orphans and not (store / "clip/sample/00009.parquet").exists()
+    assert (store / f"sam/{q3.source}/{q3.unit}.images.parquet").exists()
+    assert validate(store, "--sizes-only")[1]["orphans"] == []
+
+
+def test_manifest_damage_and_an_unreachable_store(store, tmp_path):
+    (store / "clip" / "_manifest.json").write_text("{not json")
+    code, report, _ = validate(store)
+    assert code == 1 and {"path": "clip/_manifest.json", "problem": "manifest does not parse"} in report["problems"]
+    p = run_module("pipeline.validate", str(tmp_path / "nowhere"))
+    assert p.returncode == 2 and "nowhere" in p.stderr and len(p.stderr.strip().splitlines()) == 1
