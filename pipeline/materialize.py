@@ -29,6 +29,7 @@ from storage_schemas import layout
 from storage_schemas.commit import CommitRecord
 from storage_schemas.errors import ConfigError, run_cli
 from storage_schemas.manifest import ensure_manifest
+from storage_schemas.storage import StorageFailure
 from storage_schemas.mask_logits import chunk_path, create_logits_array
 from storage_schemas.typed_config import add_config_arguments
 from storage_schemas.views import RESIZE_MODES
@@ -65,6 +66,7 @@ def run_units(plan: JobPlan, kp: KindPlan, kind: str, build_dataset: Callable[[l
     collectors: dict[tuple[str, str], UnitCollector] = {}
     failed_shards: set[tuple[str, str]] = set()
     committed_units: set[tuple[str, str]] = set()
+    failed_units: set[tuple[str, str]] = set()  # their files could not be written
     t0 = time.time()
     progress = tqdm(desc=f"{kind} units committed", unit="unit",
                     total=None if any(t["unit_size"] for t in tasks) else len(tasks))
@@ -72,7 +74,7 @@ def run_units(plan: JobPlan, kp: KindPlan, kind: str, build_dataset: Callable[[l
         for i in range(len(batch["status"])):
             row = {k: v[i] for k, v in batch.items()}
             shard_key, unit_key = (row["source"], row["shard"]), (row["source"], row["unit"])
-            if shard_key in failed_shards or unit_key in committed_units:
+            if shard_key in failed_shards or unit_key in committed_units or unit_key in failed_units:
                 continue  # rows Ray re-ran after a worker died, or of a shard that failed
             if row["status"] == UNIT_FAILED:
                 failed_shards.add(shard_key)
@@ -92,8 +94,14 @@ def run_units(plan: JobPlan, kp: KindPlan, kind: str, build_dataset: Callable[[l
                 c = collectors[unit_key] = UnitCollector(shards[shard_key], str(row["unit"]), int(row["part_start"]))
             c.add(row)
             if c.complete:
-                record = commit(c)
                 del collectors[unit_key]
+                try:
+                    record = commit(c)
+                except (StorageFailure, OSError) as e:  # the unit stays uncommitted: a rerun redoes it
+                    failed_units.add(unit_key)
+                    report.units_failed.append(dict(source=row["source"], shard=row["shard"], unit=row["unit"],
+                                                    reason="storage_failed", detail=f"{type(e).__name__}: {e}"))
+                    continue
                 committed_units.add(unit_key)
                 report.units_done += 1
                 report.samples += record.n_input
@@ -212,7 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     has_gpu = start_ray(cfg)
     plan = make_plan(cfg, device="cuda" if has_gpu else "cpu")
     run = {"clip": run_clip, "sam": run_sam}
-    reports = [run[kind](plan, kp, has_gpu) for kind, kp in plan.kinds.items()]
+    reports = []
+    for kind, kp in plan.kinds.items():
+        retried = plan.storage.retries.copy()
+        reports.append(run[kind](plan, kp, has_gpu))
+        reports[-1].storage_retries = plan.storage.retries - retried
     for r in reports:
         print(r.table())
     write_report(plan, reports, args.report)

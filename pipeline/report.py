@@ -20,6 +20,7 @@ class JobReport:
     bytes_written: int = 0
     seconds: float = 0.0  # from the dataset's start to the last commit
     first_target_seconds: float = 0.0  # from the dataset's start to the first target (start-up, first batch)
+    storage_retries: Counter = field(default_factory=Counter)  # store operation -> transient errors retried
 
     @property
     def ok(self) -> bool:
@@ -31,6 +32,7 @@ class JobReport:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["rows"], d["errors_by_reason"] = dict(self.rows), dict(self.errors_by_reason)
+        d["storage_retries"] = dict(self.storage_retries)
         d["rows_per_second"] = {k: round(self.rate(k), 2) for k in self.rows}
         return d
 
@@ -51,6 +53,9 @@ class JobReport:
             lines.append(f"  error      {reason}: {n}")
         lines.append(f"  written    {self.bytes_written / 1e6:.2f} MB; first target after "
                      f"{self.first_target_seconds:.1f} s")
+        if self.storage_retries:
+            lines.append(f"  storage    {sum(self.storage_retries.values())} transient errors retried ("
+                         + ", ".join(f"{op} {n}" for op, n in sorted(self.storage_retries.items())) + ")")
         for note in self.shard_notes:
             lines.append(f"  note       {note}")
         for f in self.units_failed:

@@ -4,19 +4,49 @@
 uses it: fsspec's async loop is not fork-safe, so a filesystem must never travel from the driver
 to a Ray worker. Credentials belong in the environment or in `storage_options`; neither is ever
 written into the store.
+
+Every operation is retried on transient errors (connection resets, timeouts, throttling: OSErrors
+other than "not found" and "permission denied") with exponential backoff and jitter; each retry is
+logged and counted in `Storage.retries`, which the job reports. An error that stays, or a
+permanent one, raises `StorageFailure` naming the operation and the path; "not found" stays a
+`FileNotFoundError`, which callers use to mean absent.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import random
+import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from storage_schemas.errors import StoreError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+PERMANENT = (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 6  # tries per operation, the first included
+    base_delay: float = 0.2  # seconds before the first retry; doubles each time, with jitter
+    max_delay: float = 10.0
+
+
+class StorageFailure(StoreError):
+    """A store operation that failed for good: a permanent error, or transient past the retries."""
+
+    def __init__(self, op: str, url: str, error: BaseException, attempts: int):
+        kind = "permanent" if isinstance(error, PERMANENT) else f"still failing after {attempts} attempts"
+        super().__init__(f"{op} {url}: {type(error).__name__}: {error} ({kind})")
+        self.op, self.url, self.error = op, url, error
 
 
 @dataclass(frozen=True)
@@ -37,15 +67,35 @@ def stat_url(url: str, storage_options: dict[str, Any] | None = None) -> tuple[i
 
 
 class Storage:
-    def __init__(self, url: str, storage_options: dict[str, Any] | None = None):
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, retry: RetryPolicy = RetryPolicy()):
         self.url = url.rstrip("/")
         self.storage_options = dict(storage_options or {})
+        self.retry = retry
+        self.retries: Counter = Counter()  # operation -> transient errors retried, in this process
         self._fs: fsspec.AbstractFileSystem | None = None
         self._root: str | None = None
         self._pid: int | None = None
 
     def __reduce__(self):
-        return (Storage, (self.url, self.storage_options))
+        return (Storage, (self.url, self.storage_options, self.retry))
+
+    def _retrying(self, op: str, rel: str, fn: Callable[[], T]) -> T:
+        for attempt in range(1, self.retry.attempts + 1):
+            try:
+                return fn()
+            except FileNotFoundError:
+                raise
+            except PERMANENT as e:
+                raise StorageFailure(op, self.url_of(rel), e, attempt) from e
+            except (OSError, ConnectionError, TimeoutError) as e:
+                if attempt == self.retry.attempts:
+                    raise StorageFailure(op, self.url_of(rel), e, attempt) from e
+                delay = min(self.retry.max_delay, self.retry.base_delay * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+                self.retries[op] += 1
+                log.warning("%s %s: %s: %s; retry %d of %d in %.1f s", op, self.url_of(rel), type(e).__name__, e,
+                            attempt, self.retry.attempts - 1, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
 
     def __repr__(self) -> str:
         return f"Storage({self.url!r})"
@@ -101,10 +151,10 @@ class Storage:
             ) from None
 
     def exists(self, rel: str) -> bool:
-        return self.fs.exists(self.full(rel))
+        return self._retrying("exists", rel, lambda: self.fs.exists(self.full(rel)))
 
     def read_bytes(self, rel: str) -> bytes:
-        return self.fs.cat_file(self.full(rel))
+        return self._retrying("read", rel, lambda: self.fs.cat_file(self.full(rel)))
 
     def write_bytes(self, rel: str, data: bytes) -> FileEntry:
         """Write a whole file so that readers never see it half-written.
@@ -113,16 +163,20 @@ class Storage:
         multipart upload) only becomes visible once complete.
         """
         path = self.full(rel)
-        if self.is_local:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        else:
-            self.fs.pipe_file(path, data)
+
+        def write() -> None:
+            if self.is_local:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            else:
+                self.fs.pipe_file(path, data)
+
+        self._retrying("write", rel, write)
         return FileEntry(rel, len(data), hashlib.sha256(data).hexdigest())
 
     def write_exclusive(self, rel: str, data: bytes) -> bool:
@@ -134,9 +188,10 @@ class Storage:
         """
         path = self.full(rel)
         if not self.is_local:
-            if self.fs.exists(path):
+            # A retried PUT that had landed finds the file: the caller's read-back settles it.
+            if self.exists(rel):
                 return False
-            self.fs.pipe_file(path, data)
+            self._retrying("write", rel, lambda: self.fs.pipe_file(path, data))
             return True
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
@@ -154,28 +209,31 @@ class Storage:
 
     def file_entry(self, rel: str) -> FileEntry:
         """Size and sha256 of a file already in the store (reads it back)."""
-        h = hashlib.sha256()
-        size = 0
-        with self.fs.open(self.full(rel), "rb") as f:
-            while chunk := f.read(1 << 22):
-                h.update(chunk)
-                size += len(chunk)
-        return FileEntry(rel, size, h.hexdigest())
+
+        def digest() -> FileEntry:
+            h = hashlib.sha256()
+            size = 0
+            with self.fs.open(self.full(rel), "rb") as f:
+                while chunk := f.read(1 << 22):
+                    h.update(chunk)
+                    size += len(chunk)
+            return FileEntry(rel, size, h.hexdigest())
+
+        return self._retrying("read", rel, digest)
 
     def list_files(self, rel_dir: str) -> list[str]:
         """Every file under `rel_dir`, recursively, as ROOT-relative paths (sorted)."""
         base = self.full(rel_dir)
-        if not self.fs.exists(base):
+        if not self.exists(rel_dir):
             return []
         root = self.root + "/"
         out = []
-        for p in self.fs.find(base):
+        for p in self._retrying("list", rel_dir, lambda: self.fs.find(base)):
             p = p.rstrip("/")
             out.append(p[len(root):] if p.startswith(root) else p)
         return sorted(out)
 
     def remove(self, rel: str) -> None:
         """Remove a file or directory tree if present."""
-        path = self.full(rel)
-        if self.fs.exists(path):
-            self.fs.rm(path, recursive=True)
+        if self.exists(rel):
+            self._retrying("remove", rel, lambda: self.fs.rm(self.full(rel), recursive=True))

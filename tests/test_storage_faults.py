@@ -1,0 +1,106 @@
+"""Storage faults during a materialize job, through a wrapper filesystem that fails on purpose:
+transient errors are retried with backoff and reported, not fatal; a permanent one fails its unit
+clearly while the job commits the others and exits 1; a rerun then completes the store."""
+import json
+
+import fsspec
+import pytest
+from fsspec.implementations.dirfs import DirFileSystem
+from fsspec.implementations.local import LocalFileSystem
+
+from conftest import run_module
+from pipeline.materialize import main as materialize
+from storage_schemas.store import open_store
+
+
+class FlakyFileSystem(DirFileSystem):
+    """A local directory behind a filesystem that fails the first `fail_writes` writes and
+    `fail_reads` reads with a connection reset, and every write to a path containing `deny` with
+    "permission denied"."""
+
+    protocol = "flaky"
+    cachable = False
+
+    def __init__(self, root: str, fail_writes: int = 0, fail_reads: int = 0, deny: str = "", **kwargs):
+        super().__init__(path=root, fs=LocalFileSystem(auto_mkdir=True), **kwargs)
+        self.left = {"write": fail_writes, "read": fail_reads}
+        self.deny = deny
+        self.failed = {"write": 0, "read": 0}
+
+    def _fault(self, op: str, path: str) -> None:
+        if op == "write" and self.deny and self.deny in path:
+            raise PermissionError(13, "permission denied (test)", path)
+        if self.left[op] > 0:
+            self.left[op] -= 1
+            self.failed[op] += 1
+            raise ConnectionResetError(104, "connection reset by peer (test)", path)
+
+    def pipe_file(self, path, value, *args, **kwargs):
+        self._fault("write", path)
+        return super().pipe_file(path, value, *args, **kwargs)
+
+    def cat_file(self, path, *args, **kwargs):
+        self._fault("read", path)
+        return super().cat_file(path, *args, **kwargs)
+
+
+fsspec.register_implementation("flaky", FlakyFileSystem, clobber=True)
+
+
+def flaky_job(path, corpus, teachers, root, **faults) -> str:
+    options = ", ".join([f"root: '{root}'", *(f"{k}: {v!r}" for k, v in faults.items())])
+    path.write_text(f"""
+store: {{url: "flaky://store", storage_options: {{{options}}}}}
+sources:
+  - {{name: sample, kind: clip, shards: "{corpus}/clip/{{00000..00003}}.tar"}}
+clip:
+  teacher: {{arch: samclip-tiny-clip, pretrained: "{teachers['clip']}"}}
+  views: 2
+ray: {{batch_size: 8}}
+""")
+    return str(path)
+
+
+def test_transient_errors_are_retried_and_reported(sample_corpus, tiny_teachers, ray_cluster, tmp_path, capsys):
+    (tmp_path / "base" / "store").mkdir(parents=True)
+    job = flaky_job(tmp_path / "job.yaml", sample_corpus, tiny_teachers, tmp_path / "base", fail_writes=3, fail_reads=2)
+    assert materialize([job, "--report", str(tmp_path / "report.json")]) == 0
+    (report,) = json.loads((tmp_path / "report.json").read_text())["reports"]
+    assert report["units_done"] == 4 and report["units_failed"] == []
+    assert report["storage_retries"] == {"write": 3, "read": 2}  # every injected fault retried once, none fatal
+    assert "5 transient errors retried (read 2, write 3)" in capsys.readouterr().out
+    store = open_store(str(tmp_path / "base" / "store"))
+    assert store.summary()["clip"]["samples_stored"] == 100
+    p = run_module("pipeline.validate", str(tmp_path / "base" / "store"))
+    assert p.returncode == 0, p.stdout
+
+
+def test_a_permanent_error_fails_its_unit_and_the_rest_commit(sample_corpus, tiny_teachers, ray_cluster, tmp_path, capsys):
+    (tmp_path / "base" / "store").mkdir(parents=True)
+    job = flaky_job(tmp_path / "job.yaml", sample_corpus, tiny_teachers, tmp_path / "base", deny="clip/sample/00002")
+    assert materialize([job, "--report", str(tmp_path / "report.json")]) == 1
+    (report,) = json.loads((tmp_path / "report.json").read_text())["reports"]
+    assert report["units_done"] == 3
+    (failed,) = report["units_failed"]
+    assert failed["unit"] == "00002" and failed["reason"] == "storage_failed"
+    assert "PermissionError" in failed["detail"] and "permanent" in failed["detail"]
+    assert "FAILED     sample/00002: storage_failed" in capsys.readouterr().out
+    store = open_store(str(tmp_path / "base" / "store"))
+    assert sorted(r.unit for r in store.commits("clip")) == ["00000", "00001", "00003"]
+    # The fault cleared, the same command commits the missing unit and only that one.
+    job = flaky_job(tmp_path / "job.yaml", sample_corpus, tiny_teachers, tmp_path / "base")
+    assert materialize([job, "--report", str(tmp_path / "report.json")]) == 0
+    (report,) = json.loads((tmp_path / "report.json").read_text())["reports"]
+    assert (report["units_done"], report["units_skipped"]) == (1, 3)
+    assert store.summary()["clip"]["samples_stored"] == 100
+
+
+@pytest.mark.parametrize("op", ["write", "read"])
+def test_an_error_that_stays_fails_with_the_operation_and_path_named(tmp_path, op):
+    from storage_schemas.storage import RetryPolicy, Storage, StorageFailure
+
+    (tmp_path / "base" / "store").mkdir(parents=True)
+    storage = Storage("flaky://store", {"root": str(tmp_path / "base"), f"fail_{op}s": 100}, RetryPolicy(3, 0.001))
+    with pytest.raises(StorageFailure, match=rf"{op} flaky://store/x.bin: ConnectionResetError.*after 3 attempts"):
+        storage.write_bytes("x.bin", b"1") if op == "write" else storage.read_bytes("x.bin")
+    assert storage.retries[op] == 2
