@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from storage_schemas.errors import ConfigError
 from storage_schemas.sam_models import SAM_ARCHS
 from storage_schemas.store import StoreConfig
 from storage_schemas.typed_config import FieldError, load_config
@@ -150,6 +151,16 @@ class TrainConfig:
         for name in ("grad_accum", "val_every", "ckpt_every", "keep_checkpoints", "log_every"):
             if getattr(self, name) < 1:
                 raise FieldError(name, f"expected at least 1, got {getattr(self, name)}")
+
+    def per_process_batch(self, kind: Literal["clip", "sam"], processes: int) -> int:
+        """The global batch of `kind` per process and micro-batch; it must divide evenly
+        (paper.yaml on 4 nodes x 8 GPUs: CLIP 2048 / 32 = 64 at 224 px, SAM 32 / 32 = 1)."""
+        total = getattr(self.data, kind).batch_size
+        parts = processes * self.grad_accum
+        if total % parts:
+            raise ConfigError(f"data.{kind}.batch_size: {total} does not split over {processes} "
+                              f"processes x {self.grad_accum} accumulation steps; use a multiple of {parts}")
+        return total // parts
 
 
 def load_train_config(path: str | None, overrides: list[str] = ()) -> TrainConfig:

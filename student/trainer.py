@@ -31,7 +31,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from storage_schemas.errors import ConfigError, StoreError
+from storage_schemas.errors import StoreError
 from storage_schemas.faults import kill_point
 from storage_schemas.store import TargetStore
 from student.batches import ClipBatchMaker, SamBatchMaker, Stream, batch_sizes
@@ -110,20 +110,11 @@ class Trainer:
                 raise StoreError(f"store {store.url} has no committed {kind} units to train on")
         # Each unit's training-sample count: one key column per unit, read once for the run.
         self.counts = {k: {unit_id(u): count_kept(store, u, self.train_keep) for u in us} for k, us in self.units.items()}
-        self.per_process = {kind: self._per_process(kind) for kind in ("clip", "sam")}
+        self.per_process = {kind: cfg.per_process_batch(kind, accelerator.num_processes) for kind in ("clip", "sam")}
         self.makers = {"clip": ClipBatchMaker(store, self.train_keep, cfg.seed, d.clip.view_choice, d.clip.views, so),
                        "sam": SamBatchMaker(store, self.train_keep, cfg.seed, d.sam.prompts, so)}
         self.held_clip: dict[int, Any] = {}
         self.held_sam = None
-
-    def _per_process(self, kind: str) -> int:
-        """Global batch size -> per process and micro-batch; it must divide evenly."""
-        total = getattr(self.cfg.data, kind).batch_size
-        parts = self.accelerator.num_processes * self.cfg.grad_accum
-        if total % parts:
-            raise ConfigError(f"data.{kind}.batch_size: {total} does not split over {self.accelerator.num_processes} "
-                              f"processes x {self.cfg.grad_accum} accumulation steps; use a multiple of {parts}")
-        return total // parts
 
     # ---- checkpoints ----------------------------------------------------------------------
     @property

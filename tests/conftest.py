@@ -70,6 +70,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+RAY_DASHBOARD: dict[str, str] = {}  # the session head's job-submission address, once it runs
 S3_SECRET = "samclip-test-secret-" + os.urandom(6).hex()  # must never reach a log, a store or an output
 
 
@@ -108,14 +109,18 @@ def ray_cluster(s3_endpoint):
     os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     import ray
 
-    port = _free_port()
+    port, dashboard_port = _free_port(), _free_port()
     ray_bin = str(Path(sys.executable).with_name("ray"))
     # --block keeps the head in the foreground: terminating it stops exactly this cluster, not
-    # whatever other Ray the machine runs (as `ray stop` would).
+    # whatever other Ray the machine runs (as `ray stop` would). The dashboard (loopback only)
+    # takes `ray job submit`; `python` in a job's entrypoint is this environment's.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     head = subprocess.Popen([ray_bin, "start", "--head", "--block", "--num-cpus", "2", "--num-gpus", "0",
-                             "--port", str(port), "--node-ip-address", "127.0.0.1", "--include-dashboard", "false",
-                             "--disable-usage-stats"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--port", str(port), "--node-ip-address", "127.0.0.1", "--include-dashboard", "true",
+                             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
+                             "--disable-usage-stats"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     address = f"127.0.0.1:{port}"
+    RAY_DASHBOARD["url"] = f"http://127.0.0.1:{dashboard_port}"
     deadline = time.time() + 120
     while True:
         try:
