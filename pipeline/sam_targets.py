@@ -101,7 +101,8 @@ class SamTeacherStage:
 
         torch.set_num_threads(max(1, threads))
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.sam = load_sam_teacher(teacher_cfg, storage_options, device=self.device).sam
+        self.teacher = load_sam_teacher(teacher_cfg, storage_options, device=self.device)
+        self.sam = self.teacher.sam
         self.cfg = sam_cfg
         self.autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(compute_dtype)
 

@@ -202,3 +202,13 @@ def train_store(tmp_path_factory, clip_store, sam_store) -> Path:
     shutil.copytree(clip_store, root)
     shutil.copytree(sam_store, root, dirs_exist_ok=True)
     return root
+
+
+def assert_sound(store_path) -> None:
+    """`pipeline.validate` finds no problem; the only unlisted files are temporaries of killed writes."""
+    from pipeline.validate import validate
+    from storage_schemas.storage import Storage
+
+    report = validate(Storage(str(store_path)))
+    assert report.problems == [], report.problems
+    assert all(".tmp-" in p for p in report.orphans), report.orphans

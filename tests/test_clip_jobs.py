@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, run_module, write_clip_job
+from conftest import REPO, assert_sound, run_module, write_clip_job
 from dirty_images import MAX_PIXELS, dirty_samples
 from pipeline.materialize import main as materialize
 from storage_schemas.store import open_store
@@ -54,7 +54,9 @@ def assert_exactly_once(store_path, corpus, views: int = 4) -> dict:
         assert c.n_input == len(keys)
     listed = set(store.committed_files("clip", "views"))
     assert len(listed) == 4 and all(u.endswith(".parquet") for u in listed)
+    assert_sound(store_path)
     return {c.unit: c.attempt_id for c in commits}
+
 
 
 def committed(store_path) -> dict:

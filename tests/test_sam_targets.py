@@ -9,7 +9,7 @@ import pytest
 from pycocotools import mask as mask_utils
 from segment_anything import SamPredictor
 
-from conftest import run_module, write_sam_job
+from conftest import assert_sound, run_module, write_sam_job
 from pipeline.config import SamTeacherConfig
 from pipeline.materialize import main as materialize
 from pipeline.teachers import load_sam_teacher
@@ -173,3 +173,4 @@ def test_kill_before_commit_then_rerun_is_exactly_once(tmp_path, sample_corpus, 
     for c in commits:  # every chunk the record lists is there, and the array has one row per image
         assert s.open_logits(c).shape[0] == c.n_stored
         assert all((store / f.path).stat().st_size == f.size for f in c.files)
+    assert_sound(store)

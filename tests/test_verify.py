@@ -1,0 +1,60 @@
+"""`python -m pipeline.verify`: the teacher, re-run from scratch on random committed samples, agrees
+with a sound store and catches a tampered one; another teacher is refused."""
+import json
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import run_module
+
+pytestmark = pytest.mark.slow
+
+
+def job(tmp_path, teachers, store) -> str:
+    path = tmp_path / "job.yaml"
+    path.write_text(f"""
+store: {{url: "{store}"}}
+sources: [{{name: sample, kind: clip, shards: "unused.tar"}}]
+clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{teachers['clip']}"}}, views: 4}}
+sam: {{teacher: {{model: tiny, checkpoint: "{teachers['sam']}"}}, prompts: 16, rounds: 2}}
+""")
+    return str(path)
+
+
+def verify(store, config, *extra):
+    out = store.parent / "verify.json"
+    p = run_module("pipeline.verify", str(store), "--config", config, "--sample", "3", "--json", str(out), *extra)
+    return p, (json.loads(out.read_text()) if out.exists() else None)
+
+
+def test_a_sound_store_agrees_with_its_teacher(train_store, tiny_teachers, tmp_path):
+    p, figures = verify(train_store, job(tmp_path, tiny_teachers, train_store))
+    assert p.returncode == 0, p.stdout + p.stderr[-2000:]
+    clip, sam = figures["clip"], figures["sam"]
+    assert clip["samples"] == 3 and clip["pixel_hash_matches"] == clip["items"] == 12  # K = 4 views each
+    assert clip["min_cosine"] > 0.9999 and clip["mismatched"] == []
+    assert sam["samples"] == 3 and sam["items"] > 0 and sam["max_abs_diff"] < 0.02  # fp16 storage rounding
+    assert "ok: the teacher agrees with the store" in p.stdout
+
+
+def test_tampered_targets_and_another_teacher_are_caught(train_store, tiny_teachers, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(train_store, store)
+    for path in (store / "clip").rglob("*.parquet"):  # every sample gets another sample's embeddings
+        t = pq.read_table(path)
+        emb = np.asarray(t.column("embedding").to_pylist(), np.float16)
+        rolled = pa.FixedSizeListArray.from_arrays(pa.array(np.roll(emb, 4, axis=0).reshape(-1)), emb.shape[1])
+        pq.write_table(t.set_column(t.schema.get_field_index("embedding"), t.schema.field("embedding"), rolled), path)
+    p, figures = verify(store, job(tmp_path, tiny_teachers, store))
+    assert p.returncode == 1 and figures["clip"]["min_cosine"] < 0.99
+    assert len(figures["clip"]["mismatched"]) == 3 and "MISMATCH clip sample/" in p.stdout
+    assert figures["sam"]["mismatched"] == []
+    # A teacher with other weights is not the store's: refused with one line naming the weights.
+    p, _ = verify(store, job(tmp_path, tiny_teachers, store), "--set", "clip.teacher.pretrained=null",
+                  "--set", "clip.teacher.init_seed=1")
+    last = p.stderr.strip().splitlines()[-1]  # (open_clip warns first that the weights are random)
+    assert p.returncode == 2 and last.startswith("error: ") and "verify needs the store's own teacher" in last
+    assert "Traceback" not in p.stderr
