@@ -33,6 +33,17 @@ T = TypeVar("T")
 PERMANENT = (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
 
 
+def _local_temp_file(path: str, data: bytes) -> str:
+    """`data` written and synced to a fresh temporary name next to `path`; returns that name."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     attempts: int = 6  # tries per operation, the first included
@@ -166,13 +177,7 @@ class Storage:
 
         def write() -> None:
             if self.is_local:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
+                os.replace(_local_temp_file(path, data), path)
             else:
                 self.fs.pipe_file(path, data)
 
@@ -193,12 +198,7 @@ class Storage:
                 return False
             self._retrying("write", rel, lambda: self.fs.pipe_file(path, data))
             return True
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        tmp = _local_temp_file(path, data)
         try:
             os.link(tmp, path)
             return True

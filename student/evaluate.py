@@ -108,12 +108,15 @@ def semantic_segmentation(predictor: SamClipPredictor, classes: ClassNames, data
                           refine: bool, threshold: float, points: int) -> dict[str, Any]:
     c = len(classes.names)
     conf, coarse_conf = np.zeros((c, c), np.int64), np.zeros((c, c), np.int64)
-    for i, (_, image, label) in enumerate(tqdm(dataset, desc="semseg" + (" --refine" if refine else ""), unit="img")):
-        seg = predictor.segment(image, classes, refine=refine, threshold=threshold, max_points=points, seed=i)
+    n = 0
+    for n, (_, image, label) in enumerate(tqdm(dataset, desc="semseg" + (" --refine" if refine else ""), unit="img"), 1):
+        seg = predictor.segment(image, classes, refine=refine, threshold=threshold, max_points=points, seed=n)
         conf += confusion_matrix(seg.labels, label, c)
         coarse_conf += confusion_matrix(seg.coarse_labels, label, c)
+    if n == 0:
+        raise ConfigError("the segmentation set has no usable images")
     iou = iou_per_class(conf)
-    out = {"miou": mean_iou(conf), "images": len(dataset), "resolution": 1024 if refine else 448,
+    out = {"miou": mean_iou(conf), "images": n, "resolution": 1024 if refine else 448,
            "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(classes.names, iou)},
            "pixel_accuracy": float(np.trace(conf) / max(conf.sum(), 1))}
     if refine:
