@@ -1,4 +1,5 @@
-"""Evaluation datasets, read as they come on disk or object storage.
+"""Evaluation datasets: class folders and VOC-style sets on local disk, webdataset shards at any
+fsspec URL.
 
     names, samples = labelled_images("imagenet/val", skipped)          # ROOT/CLASS/*.jpg
     names, samples = labelled_images("val-{000..009}.tar", skipped, classes="names.txt")
@@ -17,7 +18,6 @@ import os
 from typing import Any, Iterator
 
 import braceexpand
-import fsspec
 import numpy as np
 from PIL import Image
 
@@ -98,11 +98,15 @@ class SegmentationSet:
         for sub in ("JPEGImages", "SegmentationClass"):
             if not os.path.isdir(os.path.join(root, sub)):
                 raise ConfigError(f"data '{root}': no {sub}/ folder (expected a Pascal-VOC-style layout)")
-        listing = os.path.join(root, "ImageSets", "Segmentation", f"{split}.txt")
-        if os.path.isfile(listing):
+        listings = os.path.join(root, "ImageSets", "Segmentation")
+        if os.path.isdir(listings):
+            listing = os.path.join(listings, f"{split}.txt")
+            if not os.path.isfile(listing):
+                have = sorted(n[:-4] for n in os.listdir(listings) if n.endswith(".txt"))
+                raise ConfigError(f"split '{split}': no {listing} (splits: {', '.join(have) or 'none'})")
             with open(listing) as f:
                 self.ids = [line.strip() for line in f if line.strip()]
-        else:
+        else:  # no split listings at all: every labelled image
             self.ids = sorted(n[:-4] for n in os.listdir(os.path.join(root, "SegmentationClass")) if n.endswith(".png"))
         default = os.path.join(root, "classes.txt")
         self.classnames = load_classnames(classes) if classes else (
@@ -120,7 +124,13 @@ class SegmentationSet:
 
     def __iter__(self) -> Iterator[tuple[str, Image.Image, np.ndarray]]:
         for id_ in self.ids:
-            with fsspec.open(os.path.join(self.root, "JPEGImages", f"{id_}.jpg"), "rb") as f:
+            paths = [os.path.join(self.root, "JPEGImages", f"{id_}.jpg"),
+                     os.path.join(self.root, "SegmentationClass", f"{id_}.png")]
+            missing = [p for p in paths if not os.path.isfile(p)]
+            if missing:
+                self.skipped.append({"key": id_, "reason": "missing_file", "detail": ", ".join(missing)})
+                continue
+            with open(paths[0], "rb") as f:
                 image = _decode(f.read(), id_, self.skipped)
             if image is None:
                 continue

@@ -32,7 +32,7 @@ from student.data import split_filter
 from student.eval_data import SegmentationSet, labelled_images
 from student.export import STUDENT_META
 from student.inference import SamClipPredictor
-from student.metrics import confusion_matrix, iou_per_class, mean_iou, topk_correct
+from student.metrics import IGNORE_LABEL, confusion_matrix, iou_per_class, mean_iou, topk_correct
 from student.validation import load_sam_held_out, sam_metrics
 from student.zero_shot import ClassNames, StoreText, TextTower
 
@@ -45,7 +45,7 @@ def add_class_name_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-tower", help="open_clip architecture whose text tower embeds the class names")
     parser.add_argument("--text-pretrained", help="checkpoint of --text-tower")
     parser.add_argument("--text-cache", default="~/.cache/samclip/text", help="where tower embeddings are cached")
-    parser.add_argument("--templates", default="openai", choices=("openai", "simple"))
+    parser.add_argument("--templates", choices=("openai", "simple"), help="--text-tower only (default: openai)")
 
 
 def export_meta(export_dir: str) -> dict[str, Any]:
@@ -57,17 +57,26 @@ def export_meta(export_dir: str) -> dict[str, Any]:
         return json.load(f)
 
 
-def class_names(args: argparse.Namespace, names: list[str], store_url: str | None) -> ClassNames:
-    """The class embeddings the arguments of `add_class_name_arguments` name."""
+def class_names(args: argparse.Namespace, names: list[str], store_url: str | None, meta: dict[str, Any]) -> ClassNames:
+    """The class embeddings the arguments of `add_class_name_arguments` name, checked to come from
+    the text tower of the CLIP teacher the student was distilled from (where both are known)."""
     if args.text_tower:
         if not args.text_pretrained:
             raise ConfigError("--text-tower needs --text-pretrained (the tower's checkpoint)")
-        return TextTower(args.text_tower, args.text_pretrained, args.templates, args.text_cache)(names)
-    if not args.text:
-        raise ConfigError("class embeddings: give --text NAME (a text table of the store) or --text-tower")
-    if not store_url:
-        raise ConfigError("--text needs a store: give --store (the export names none)")
-    return StoreText(open_store(store_url), args.text)(names)
+        classes = TextTower(args.text_tower, args.text_pretrained, args.templates or "openai", args.text_cache)(names)
+    else:
+        if not args.text:
+            raise ConfigError("class embeddings: give --text NAME (a text table of the store) or --text-tower")
+        if args.templates:
+            raise ConfigError("--templates applies to --text-tower; a text table was built with its own templates")
+        if not store_url:
+            raise ConfigError("--text needs a store: give --store (the export names none)")
+        classes = StoreText(open_store(store_url), args.text)(names)
+    teacher = meta.get("clip_teacher", {}).get("weights_sha256")
+    if teacher and classes.teacher_weights_sha256 and teacher != classes.teacher_weights_sha256:
+        raise ConfigError(f"the class embeddings come from CLIP weights {classes.teacher_weights_sha256[:12]}..., "
+                          f"the student was distilled from {teacher[:12]}...; use that teacher's text tower")
+    return classes
 
 
 def zeroshot_classification(predictor: SamClipPredictor, classes: ClassNames, samples, size: int,
@@ -105,19 +114,24 @@ def zeroshot_classification(predictor: SamClipPredictor, classes: ClassNames, sa
 
 
 def semantic_segmentation(predictor: SamClipPredictor, classes: ClassNames, dataset: SegmentationSet,
-                          refine: bool, threshold: float, points: int) -> dict[str, Any]:
+                          refine: bool, threshold: float, points: int, seed: int) -> dict[str, Any]:
+    """seed: the refinement's point draws use seed + the image's position in the set."""
     c = len(classes.names)
     conf, coarse_conf = np.zeros((c, c), np.int64), np.zeros((c, c), np.int64)
-    n = 0
-    for n, (_, image, label) in enumerate(tqdm(dataset, desc="semseg" + (" --refine" if refine else ""), unit="img"), 1):
-        seg = predictor.segment(image, classes, refine=refine, threshold=threshold, max_points=points, seed=n)
+    images = 0
+    for i, (key, image, label) in enumerate(tqdm(dataset, desc="semseg" + (" --refine" if refine else ""), unit="img")):
+        if label[label != IGNORE_LABEL].max(initial=0) >= c:
+            raise ConfigError(f"{key}: label value {int(label[label != IGNORE_LABEL].max())} but only {c} class names "
+                              f"({dataset.root}/classes.txt or --classes)")
+        seg = predictor.segment(image, classes, refine=refine, threshold=threshold, max_points=points, seed=seed + i)
         conf += confusion_matrix(seg.labels, label, c)
         coarse_conf += confusion_matrix(seg.coarse_labels, label, c)
-    if n == 0:
+        images += 1
+    if images == 0:
         raise ConfigError("the segmentation set has no usable images")
     iou = iou_per_class(conf)
-    out = {"miou": mean_iou(conf), "images": n, "resolution": 1024 if refine else 448,
-           "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(classes.names, iou)},
+    out = {"miou": mean_iou(conf), "images": images, "resolution": 1024 if refine else 448,
+           "per_class_iou": {name: (None if np.isnan(v) else float(v)) for name, v in zip(classes.names, iou)},
            "pixel_accuracy": float(np.trace(conf) / max(conf.sum(), 1))}
     if refine:
         out.update({"miou_clip_head_only": mean_iou(coarse_conf), "threshold": threshold, "max_points": points})
@@ -135,9 +149,17 @@ def sam_agreement(predictor: SamClipPredictor, store_url: str, held_out: float, 
     if not held:
         raise StoreError(f"store {store.url}: no held-out SAM image at held-out fraction {held_out}")
     metrics = sam_metrics(predictor.model, held, multimask, predictor.device)
-    return {"miou": metrics["mask_iou"], "logit_corr": metrics["logit_corr"], "soft_iou": metrics["soft_iou"],
+    # Per mask, in the stored 256 x 256 low-res frame (padding included), not a semantic mIoU.
+    return {"mask_iou": metrics["mask_iou"], "logit_corr": metrics["logit_corr"], "soft_iou": metrics["soft_iou"],
             "images": len(held), "masks": sum(b["target_logits"].shape[0] * b["target_logits"].shape[1] for b in held),
             "held_out": held_out}
+
+
+def check_refine_arguments(threshold: float, points: int) -> None:
+    if not 0.0 <= threshold < 1.0:
+        raise ConfigError(f"--threshold: expected a class probability in [0, 1), got {threshold}")
+    if points < 1:
+        raise ConfigError(f"--points: expected at least 1 point per class, got {points}")
 
 
 def print_table(task: str, result: dict[str, Any]) -> None:
@@ -179,11 +201,12 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"{args.task} needs --data")
     if args.task == "zeroshot-cls":
         names, samples = labelled_images(args.data, skipped, args.classes, args.class_field)
-        result = zeroshot_classification(predictor, class_names(args, names, store_url), samples, args.size)
+        result = zeroshot_classification(predictor, class_names(args, names, store_url, meta), samples, args.size)
     elif args.task == "semseg":
         dataset = SegmentationSet(args.data, skipped, args.split, args.classes)
-        result = semantic_segmentation(predictor, class_names(args, dataset.classnames, store_url), dataset,
-                                       args.refine, args.threshold, args.points)
+        check_refine_arguments(args.threshold, args.points)
+        result = semantic_segmentation(predictor, class_names(args, dataset.classnames, store_url, meta), dataset,
+                                       args.refine, args.threshold, args.points, args.seed)
         name = "semseg-refine" if args.refine else "semseg"
     else:
         if not store_url:

@@ -57,31 +57,46 @@ def postprocess_masks(low_res: torch.Tensor, input_hw: tuple[int, int], original
     return F.interpolate(x, original_hw, mode="bilinear", align_corners=False)
 
 
+def upsampled_argmax(scores: torch.Tensor, upsample: Callable[[torch.Tensor], torch.Tensor],
+                     chunk: int = 16) -> np.ndarray:
+    """argmax over classes of upsample(scores) without holding every class at full size:
+    scores [C, h, w] -> int64 [H, W], `chunk` classes at a time."""
+    best_value, best = None, None
+    for start in range(0, scores.shape[0], chunk):
+        up = upsample(scores[start:start + chunk])
+        value, index = up.max(dim=0)
+        if best is None:
+            best_value, best = value, index
+        else:
+            better = value > best_value
+            best_value = torch.where(better, value, best_value)
+            best = torch.where(better, index + start, best)
+    return best.numpy()
+
+
 def refine_prompts(probs: torch.Tensor, input_hw: tuple[int, int], threshold: float, max_points: int,
-                   seed: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+                   seed: int) -> dict[int, np.ndarray]:
     """Point prompts from the CLIP head's probabilities probs: [C, 64, 64] over the 1024 frame.
 
-    Per class with a patch above `threshold` inside the image: points [max_points, 2] (x, y, patch
-    centres in the 1024 frame) drawn without replacement with weight = probability, and labels
-    [max_points] (1 for a drawn point, -1, SAM's "not a point", where fewer patches qualify).
+    Per class with a patch above `threshold` whose centre lies inside the image: 1..`max_points`
+    points [k, 2] (x, y: patch centres in the 1024 frame), drawn without replacement with weight =
+    probability.
     """
+    if max_points < 1:
+        raise ValueError(f"max_points: expected at least 1, got {max_points}")
     cell = REFINE_SIZE // probs.shape[-1]
-    valid = [-(-s // cell) for s in input_hw]  # patches that overlap the image
+    inside = [-(-(2 * s - cell) // (2 * cell)) for s in input_hw]  # patches whose centre is in the image
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for c in range(probs.shape[0]):
-        p = probs[c, : valid[0], : valid[1]]
+        p = probs[c, : inside[0], : inside[1]]
         confident = (p > threshold).flatten().nonzero().squeeze(1)
         if len(confident) == 0:
             continue
-        k = min(max_points, len(confident))
-        pick = confident[torch.multinomial(p.flatten()[confident], k, replacement=False, generator=gen)]
+        weights = p.flatten()[confident].clamp_min(1e-12)  # a softmax can underflow to 0
+        pick = confident[torch.multinomial(weights, min(max_points, len(confident)), replacement=False, generator=gen)]
         rows, cols = pick // p.shape[1], pick % p.shape[1]
-        xy = np.zeros((max_points, 2), np.float32)
-        xy[:k] = torch.stack([(cols + 0.5) * cell, (rows + 0.5) * cell], dim=1).numpy()
-        labels = np.full(max_points, -1, np.int64)
-        labels[:k] = 1
-        out[c] = (xy, labels)
+        out[c] = torch.stack([(cols + 0.5) * cell, (rows + 0.5) * cell], dim=1).numpy().astype(np.float32)
     return out
 
 
@@ -97,12 +112,33 @@ def mask_prompt(probs: torch.Tensor, input_hw: tuple[int, int]) -> torch.Tensor:
     return logits
 
 
+def check_prompts(boxes, points, labels) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """segment_prompts' inputs as arrays of agreeing shapes, or a ValueError that says which is off."""
+    if boxes is None and points is None:
+        raise ValueError("segment_prompts needs boxes, points or both")
+    box_arr = None if boxes is None else np.asarray(boxes, np.float64)
+    if box_arr is not None and (box_arr.ndim != 2 or box_arr.shape[1] != 4):
+        raise ValueError(f"boxes: expected [N, 4] (x0, y0, x1, y1), got shape {box_arr.shape}")
+    if points is None:
+        if labels is not None:
+            raise ValueError("labels given without points")
+        return box_arr, None, None
+    pts = np.asarray(points, np.float64)
+    if pts.ndim != 3 or pts.shape[2] != 2:
+        raise ValueError(f"points: expected [N, n, 2] (x, y; N prompts of n points), got shape {pts.shape}")
+    if box_arr is not None and len(box_arr) != len(pts):
+        raise ValueError(f"boxes and points: {len(box_arr)} and {len(pts)} prompts, expected the same number")
+    lab = np.ones(pts.shape[:2], np.int64) if labels is None else np.asarray(labels, np.int64)
+    if lab.shape != pts.shape[:2]:
+        raise ValueError(f"labels: expected shape {pts.shape[:2]} (one per point), got {lab.shape}")
+    return box_arr, pts, lab
+
+
 @dataclass
 class Segmentation:
     labels: np.ndarray  # int64 [H, W], index into the class names
     coarse_labels: np.ndarray  # int64 [H, W], the CLIP head's own prediction
-    coarse_probs: torch.Tensor  # float32 [C, H, W], softmax over classes of the CLIP head's scores
-    points: dict[int, np.ndarray]  # refine only: class -> [n, 2] (x, y) point prompts in image pixels
+    points: dict[int, np.ndarray]  # refine only: class -> [k, 2] (x, y) point prompts in image pixels
 
 
 class SamClipPredictor:
@@ -167,42 +203,45 @@ class SamClipPredictor:
         refine=True: appendix B; one backbone pass at 1024 px gives the CLIP head's per-class
         probabilities and the SAM head's image embedding; each class with a patch above `threshold`
         gets its probability map as a mask prompt (logits at 256 x 256) plus 1..`max_points` points
-        drawn where it exceeds the threshold (weighted by the probability); the SAM head's logits
-        are compared per pixel across those classes. With no class above the threshold anywhere,
-        the CLIP head's prediction stands.
+        drawn where it exceeds the threshold (weighted by the probability); each pixel takes the
+        prompted class with the highest SAM-head logit (as appendix B: a class without a confident
+        patch cannot win, and a single prompted class takes the whole image). With no class above
+        the threshold anywhere, the CLIP head's prediction stands.
         """
         im = as_pil(image)
         classes = self.class_names(classes)
         hw = (im.height, im.width)
         if not refine:
-            probs = upsample_logits(self.dense_scores(im, classes), hw).softmax(dim=0)
-            coarse = probs.argmax(dim=0).numpy()
-            return Segmentation(coarse, coarse, probs, {})
+            scores = self.dense_scores(im, classes)
+            coarse = upsampled_argmax(scores, lambda x: upsample_logits(x, hw))
+            return Segmentation(coarse, coarse, {})
         resized = sam_input_image(np.asarray(im))
         input_hw = resized.shape[:2]
         x = self.model.sam_preprocess(torch.from_numpy(pad_image(resized)).permute(2, 0, 1)[None].to(self.device),
                                       torch.tensor([input_hw], device=self.device))
         tokens = self.model.backbone(x)  # the one backbone pass
         scores = classes.logits(self.model.clip_dense(x, tokens)[0].float().cpu()).permute(2, 0, 1)  # [C, 64, 64]
-        coarse_probs = postprocess_masks(scores[None], input_hw, hw)[0].softmax(dim=0)
-        coarse = coarse_probs.argmax(dim=0).numpy()
+        coarse = upsampled_argmax(scores, lambda x: postprocess_masks(x[None], input_hw, hw)[0])
         probs = scores.softmax(dim=0)
         prompts = refine_prompts(probs, input_hw, threshold, max_points, seed)
         if not prompts:
-            return Segmentation(coarse, coarse, coarse_probs, {})
+            return Segmentation(coarse, coarse, {})
+        embedding = self.model.sam_embed(x, tokens)
         cls_ids = sorted(prompts)
-        points = torch.from_numpy(np.stack([prompts[c][0] for c in cls_ids]))  # [N, n, 2], 1024 frame
-        labels = torch.from_numpy(np.stack([prompts[c][1] for c in cls_ids]))
-        n = len(cls_ids)
-        batch = PromptBatch(torch.zeros(n, dtype=torch.long), torch.full((n,), POINTS), torch.zeros(n, 4),
-                            points, labels).to(self.device)
-        low, _ = self.model.decode_prompts(self.model.sam_embed(x, tokens), batch, False,
-                                           mask_prompt(probs[cls_ids], input_hw).to(self.device))
-        logits = postprocess_masks(low.cpu(), input_hw, hw)[:, 0]  # [N, H, W]
+        logits = torch.empty(len(cls_ids), *hw)
+        # One decoder call per point count: padding a prompt with "not a point" entries changes its masks.
+        for k in sorted({len(prompts[c]) for c in cls_ids}):
+            rows = [i for i, c in enumerate(cls_ids) if len(prompts[c]) == k]
+            ids = [cls_ids[i] for i in rows]
+            n = len(ids)
+            batch = PromptBatch(torch.zeros(n, dtype=torch.long), torch.full((n,), POINTS), torch.zeros(n, 4),
+                                torch.from_numpy(np.stack([prompts[c] for c in ids])),
+                                torch.ones(n, k, dtype=torch.long)).to(self.device)
+            low, _ = self.model.decode_prompts(embedding, batch, False, mask_prompt(probs[ids], input_hw).to(self.device))
+            logits[rows] = postprocess_masks(low.cpu(), input_hw, hw)[:, 0]
         labels_map = np.asarray(cls_ids)[logits.argmax(dim=0).numpy()]
-        to_image = np.array([hw[1] / input_hw[1], hw[0] / input_hw[0]])
-        drawn = {c: prompts[c][0][prompts[c][1] > 0] * to_image for c in cls_ids}
-        return Segmentation(labels_map, coarse, coarse_probs, drawn)
+        to_image = np.array([hw[1] / input_hw[1], hw[0] / input_hw[0]], np.float32)
+        return Segmentation(labels_map, coarse, {c: prompts[c] * to_image for c in cls_ids})
 
     @torch.no_grad()
     def segment_prompts(self, image: ImageLike, boxes: np.ndarray | None = None, points: np.ndarray | None = None,
@@ -214,20 +253,18 @@ class SamClipPredictor:
         0 background; default all 1), in the image's pixels. -> masks bool [N, M, H, W],
         predicted IoU [N, M], low-res logits [N, M, 256, 256]; M = 3 with `multimask`.
         """
-        if boxes is None and points is None:
-            raise ValueError("segment_prompts needs boxes, points or both")
+        box_arr, pts, lab_arr = check_prompts(boxes, points, labels)
         rgb = np.asarray(as_pil(image))
         hw = rgb.shape[:2]
         resized = sam_input_image(rgb)
-        n = len(boxes) if boxes is not None else len(points)
+        n = len(box_arr) if box_arr is not None else len(pts)
         b = torch.zeros(n, 4)
         p, lab = torch.zeros(n, 1, 2), torch.zeros(n, 1, dtype=torch.long)
-        if boxes is not None:
-            b = torch.from_numpy(sam_boxes(np.asarray(boxes, np.float64).reshape(-1, 4), hw)).float()
-        if points is not None:
-            pts = np.asarray(points, np.float64)
+        if box_arr is not None:
+            b = torch.from_numpy(sam_boxes(box_arr, hw)).float()
+        if pts is not None:
             p = torch.from_numpy(sam_points(pts, hw)).float()
-            lab = torch.ones(pts.shape[:2], dtype=torch.long) if labels is None else torch.as_tensor(labels).long()
+            lab = torch.from_numpy(lab_arr)
         structure = 2 if boxes is not None and points is not None else (0 if boxes is not None else 1)
         batch = PromptBatch(torch.zeros(n, dtype=torch.long), torch.full((n,), structure), b, p, lab).to(self.device)
         out = self.model(sam_images=torch.from_numpy(pad_image(resized)).permute(2, 0, 1)[None].to(self.device),

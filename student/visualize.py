@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from storage_schemas.class_texts import load_classnames
@@ -19,13 +20,13 @@ from storage_schemas.decode import DecodeError, decode_image
 from storage_schemas.errors import ConfigError, run_cli
 from storage_schemas.tar_samples import IMAGE_EXTENSIONS
 from student.eval_data import SegmentationSet
-from student.evaluate import add_class_name_arguments, class_names, export_meta
+from student.evaluate import add_class_name_arguments, check_refine_arguments, class_names, export_meta
 from student.inference import SamClipPredictor
 from student.pictures import colorize, draw_prompt, fit_height, legend_items, overlay, sheet
 
 
 def segmentation_sheet(predictor: SamClipPredictor, image, classes, label: np.ndarray | None, threshold: float,
-                       points: int, seed: int):
+                       points: int, seed: int) -> Image.Image:
     seg = predictor.segment(image, classes, refine=True, threshold=threshold, max_points=points, seed=seed)
     n = len(classes.names)
     tiles = [("image", image)]
@@ -38,7 +39,7 @@ def segmentation_sheet(predictor: SamClipPredictor, image, classes, label: np.nd
     tiles.append(("SAM head (refined)", refined))
     present = [*np.unique(seg.labels), *np.unique(seg.coarse_labels),
                *(np.unique(label[label != 255]) if label is not None else [])]
-    return sheet(tiles, legend_items(classes.names, present)), seg
+    return sheet(tiles, legend_items(classes.names, present))
 
 
 def images_of(paths: list[str], skipped: list[dict]):
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=8, help="images, at most")
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--points", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0, help="point draws: seed + the image's position (as evaluate)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="out/pictures/semseg")
     add_class_name_arguments(parser)
@@ -83,14 +85,16 @@ def main(argv: list[str] | None = None) -> int:
         if not args.classes:
             raise ConfigError("--classes is needed for plain images (a file with one class name per line)")
         names, items = load_classnames(args.classes), ((k, im, None) for k, im in images_of(args.data, skipped))
+    check_refine_arguments(args.threshold, args.points)
     predictor = SamClipPredictor.load(args.export, args.device)
-    classes = class_names(args, names, args.store or export_meta(args.export).get("store"))
+    meta = export_meta(args.export)
+    classes = class_names(args, names, args.store or meta.get("store"), meta)
     os.makedirs(args.out, exist_ok=True)
     written = 0
     for i, (key, image, label) in enumerate(tqdm(items, desc="pictures", unit="img", total=args.limit)):
         if i == args.limit:
             break
-        page, _ = segmentation_sheet(predictor, image, classes, label, args.threshold, args.points, seed=i)
+        page = segmentation_sheet(predictor, image, classes, label, args.threshold, args.points, seed=args.seed + i)
         page.save(os.path.join(args.out, f"{key.replace('/', '_')}.png"))
         written += 1
     for s in skipped:

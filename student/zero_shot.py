@@ -35,6 +35,7 @@ LOGIT_SCALE = 100.0
 class ClassNames:
     names: list[str]
     weights: torch.Tensor  # float32 [C, D], L2-normalised rows
+    teacher_weights_sha256: str | None = None  # of the CLIP model whose text tower made them, if known
 
     @classmethod
     def from_table(cls, table: pa.Table, names: list[str] | None = None, what: str = "text table") -> "ClassNames":
@@ -42,14 +43,16 @@ class ClassNames:
         stored = table.column("class_name").to_pylist()
         emb = table.column("embedding").combine_chunks()
         weights = np.asarray(emb.values, np.float32).reshape(len(stored), emb.type.list_size)
+        sha = (table.schema.metadata or {}).get(b"teacher_weights_sha256")
+        sha = sha.decode() if sha else None
         if names is None:
-            return cls(stored, torch.from_numpy(weights.copy()))
+            return cls(stored, torch.from_numpy(weights.copy()), sha)
         row = {n: i for i, n in enumerate(stored)}
         missing = [n for n in names if n not in row]
         if missing:
             raise ConfigError(f"{what} has no embedding for class names {missing[:5]} "
                               f"({len(missing)} missing; it has {len(stored)} names)")
-        return cls(list(names), torch.from_numpy(weights[[row[n] for n in names]].copy()))
+        return cls(list(names), torch.from_numpy(weights[[row[n] for n in names]].copy()), sha)
 
     @classmethod
     def from_store(cls, store: TargetStore, table: str, names: list[str] | None = None) -> "ClassNames":
@@ -101,4 +104,4 @@ class TextTower:
                                {"teacher_arch": self.arch, "teacher_weights_sha256": self.digest})
             pq.write_table(table, path + ".tmp")
             os.replace(path + ".tmp", path)
-        return ClassNames(names, torch.from_numpy(emb))
+        return ClassNames(names, torch.from_numpy(emb), self.digest)

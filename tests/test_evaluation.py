@@ -25,7 +25,7 @@ from student.config import ModelConfig
 from student.eval_data import SegmentationSet, labelled_images
 from student.evaluate import main as evaluate, zeroshot_classification
 from student.export import export_student
-from student.inference import SamClipPredictor
+from student.inference import SamClipPredictor, mask_prompt, refine_prompts
 from student.inspect_store import main as inspect_store
 from student.metrics import confusion_matrix, iou_per_class, mean_iou
 from student.model import PromptBatch, SamClip
@@ -178,13 +178,13 @@ def test_refinement_runs_the_backbone_once_per_image(tiny_sam, eval_store):
     calls = []
     backbone = predictor.model.backbone
     predictor.model.backbone = lambda x: calls.append(tuple(x.shape)) or backbone(x)
-    image = skimage.data.chelsea()  # 300 x 451
+    image = np.asarray(Image.fromarray(skimage.data.chelsea()).resize((453, 300)))  # resized: 678 px high, 678 % 16 = 6
     seg = predictor.segment(image, classes, refine=True, threshold=0.0)  # every class gets prompts
     assert calls == [(1, 3, 1024, 1024)]
     assert seg.labels.shape == seg.coarse_labels.shape == image.shape[:2]
     assert sorted(seg.points) == [0, 1, 2] and all(len(p) == 3 for p in seg.points.values())
     for p in seg.points.values():  # points land inside the image, in its pixels
-        assert (p >= 0).all() and (p[:, 0] < image.shape[1]).all() and (p[:, 1] < image.shape[0]).all()
+        assert (p >= 0).all() and (p[:, 0] < image.shape[1]).all() and (p[:, 1] < image.shape[0]).all(), p
     calls.clear()
     plain = predictor.segment(image, classes, refine=True, threshold=1.0)  # nothing confident: the CLIP head's map
     assert calls == [(1, 3, 1024, 1024)] and plain.points == {}
@@ -225,17 +225,25 @@ def test_evaluate_visualize_and_inspect_on_the_sample_sets(export, eval_store, s
     wds = json.loads((tmp_path / "wds" / "zeroshot-cls.json").read_text())["metrics"]
     assert (wds["images"], wds["top1"], wds["top5"]) == (60, cls["metrics"]["top1"], cls["metrics"]["top5"])
 
-    voc = str(sample_corpus / "eval" / "voc")
+    voc = tmp_path / "voc"
+    shutil.copytree(sample_corpus / "eval" / "voc", voc)
+    (voc / "JPEGImages" / "sample_005.jpg").write_bytes(b"\xff\xd8\xff truncated")
+    with open(voc / "ImageSets" / "Segmentation" / "val.txt", "a") as f:
+        f.write("not_there\n")
+    voc = str(voc)
     assert evaluate(["semseg", "--data", voc, *common]) == 0
     assert evaluate(["semseg", "--refine", "--data", voc, *common]) == 0
     assert evaluate(["sam-agreement", "--export", str(export), "--out", str(out)]) == 0
     seg = json.loads((out / "semseg.json").read_text())["metrics"]
     ref = json.loads((out / "semseg-refine.json").read_text())["metrics"]
     agree = json.loads((out / "sam-agreement.json").read_text())["metrics"]
-    assert seg["images"] == ref["images"] == 6 and 0 <= seg["miou"] <= 1 and 0 <= ref["miou"] <= 1
+    assert seg["images"] == ref["images"] == 5 and 0 <= seg["miou"] <= 1 and 0 <= ref["miou"] <= 1
+    assert seg["skipped_images"] == 2
+    skipped = json.loads((out / "semseg.json").read_text())["skipped"]
+    assert {(x["key"], x["reason"]) for x in skipped} == {("sample_005", "not_an_image"), ("not_there", "missing_file")}
     assert set(seg["per_class_iou"]) == set(SegmentationSet(voc, []).classnames)
     # The untrained student's SAM path is the teacher's own: its masks are the cached ones.
-    assert agree["images"] >= 1 and agree["miou"] > 0.9 and agree["logit_corr"] > 0.99
+    assert agree["images"] >= 1 and agree["mask_iou"] > 0.9 and agree["logit_corr"] > 0.99
     assert "miou" in capsys.readouterr().out
 
     pictures = tmp_path / "pictures"
@@ -251,13 +259,61 @@ def test_evaluate_visualize_and_inspect_on_the_sample_sets(export, eval_store, s
 
 
 def test_bad_evaluation_arguments_stop_with_one_line(export, sample_corpus, tmp_path):
+    few = tmp_path / "few.txt"
+    few.write_text("grass\nbrick wall\n")  # the labels use 8 classes
     cases = [
         (["zeroshot-cls", "--data", str(sample_corpus / "eval" / "classify")], "--text"),
         (["zeroshot-cls", "--data", str(tmp_path / "nowhere"), "--text", "sample"], "nowhere"),
         (["semseg", "--data", str(sample_corpus / "eval" / "classify"), "--text", "sample"], "JPEGImages"),
         (["semseg", "--data", str(sample_corpus / "eval" / "voc"), "--text", "imagenet"], "no text table 'imagenet'"),
+        (["semseg", "--data", str(sample_corpus / "eval" / "voc"), "--text", "sample", "--split", "vall"],
+         "split 'vall': no"),
+        (["semseg", "--refine", "--data", str(sample_corpus / "eval" / "voc"), "--text", "sample", "--points", "0"],
+         "--points: expected at least 1"),
+        (["semseg", "--data", str(sample_corpus / "eval" / "voc"), "--text", "sample", "--classes", str(few)],
+         "label value"),
+        (["zeroshot-cls", "--data", str(sample_corpus / "eval" / "classify"), "--text", "sample", "--templates",
+          "simple"], "--templates applies to --text-tower"),
     ]
     for args, message in cases:
         p = run_module("student.evaluate", *args, "--export", str(export), "--out", str(tmp_path / "out"))
-        assert p.returncode == 2 and message in p.stderr, (args, p.stderr[-2000:])
-        assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+        lines = [x for x in p.stderr.strip().splitlines() if "img/s" not in x]  # a progress bar may have started
+        assert p.returncode == 2 and len(lines) == 1 and message in lines[0], (args, p.stderr[-2000:])
+
+
+def test_refinement_prompts_are_drawn_inside_the_image_without_padding():
+    probs = torch.full((2, 64, 64), 0.1)
+    probs[0, 41, 10] = 0.9  # the last patch row whose centre (y = 664) is inside 678 rows
+    probs[0, 42, 10] = 0.9  # its centre (y = 680) is past the image: never drawn
+    probs[1, :5, :5] = 0.8
+    prompts = refine_prompts(probs, (678, 1024), threshold=0.5, max_points=3, seed=0)
+    np.testing.assert_array_equal(prompts[0], [[10.5 * 16, 41.5 * 16]])  # one real point, no padding
+    assert prompts[1].shape == (3, 2) and (prompts[1] < 5 * 16).all()
+    mask = mask_prompt(probs, (678, 1024))
+    assert mask.shape == (2, 1, 256, 256)
+    inside = torch.logit(torch.nn.functional.interpolate(probs[:, None], scale_factor=4, mode="bilinear"))
+    torch.testing.assert_close(mask[..., :170, :], inside[..., :170, :])  # ceil(678 / 4) = 170 rows of image
+    assert (mask[..., 170:, :] == mask.min()).all() and mask.min() < -9
+
+
+def test_segment_prompts_with_points_matches_sam_predictor_and_checks_shapes(tiny_sam):
+    predictor = SamClipPredictor(SamClip(tiny_sam, embed_dim=64))
+    image = skimage.data.coffee()
+    reference = SamPredictor(tiny_sam)
+    reference.set_image(image)
+    points = np.array([[[200.0, 150.0], [40.0, 60.0]], [[300.0, 200.0], [310.0, 210.0]]])
+    labels = np.array([[1, 0], [1, 1]])
+    boxes = np.array([[100, 50, 400, 300], [250, 150, 400, 280]])
+    for box in (None, boxes):
+        _, iou, low = predictor.segment_prompts(image, boxes=box, points=points, labels=labels, multimask=True)
+        for i in range(2):
+            _, want_iou, want_low = reference.predict(point_coords=points[i], point_labels=labels[i],
+                                                      box=None if box is None else box[i], multimask_output=True)
+            np.testing.assert_allclose(low[i].numpy(), want_low, atol=2e-3, rtol=1e-4)
+            np.testing.assert_allclose(iou[i], want_iou, atol=1e-4)
+    for kwargs, message in [({"points": points[0]}, "points: expected \\[N, n, 2\\]"),
+                            ({"boxes": boxes[:1], "points": points}, "1 and 2 prompts"),
+                            ({"points": points, "labels": labels[:, :1]}, "labels: expected shape"),
+                            ({"boxes": [1, 2, 3, 4]}, "boxes: expected \\[N, 4\\]"), ({}, "needs boxes, points")]:
+        with pytest.raises(ValueError, match=message):
+            predictor.segment_prompts(image, **kwargs)
