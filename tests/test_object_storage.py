@@ -93,7 +93,7 @@ def test_pipeline_trainer_and_evaluation_on_s3(s3_inputs, s3_endpoint, tiny_teac
     assert p.returncode == 0, p.stderr[-3000:]
     p = run_module("student.evaluate", "sam-agreement", "--export", str(out / "export"), "--out", str(tmp_path / "eval"))
     outputs.append(p)
-    assert p.returncode == 0 and "miou" in p.stdout, p.stderr[-3000:]
+    assert p.returncode == 0 and "mask_iou" in p.stdout, p.stderr[-3000:]
 
     for i, q in enumerate(outputs):
         assert_no_secret(f"the output of command {i}", q.stdout + q.stderr, s3_endpoint)
