@@ -31,7 +31,7 @@ from storage_schemas.identity import stable_hash64
 from storage_schemas.mask_logits import UINT8_MAX_PROB_ERROR, decode_logits
 from storage_schemas.sam_transforms import pad_image, sam_input_image
 from storage_schemas.store import TargetStore, open_store
-from storage_schemas.tables import PROMPT_STRUCTURES
+from storage_schemas.sam_prompt_table import prompts_by_image
 from storage_schemas.tar_samples import iter_tar_samples
 from storage_schemas.views import render_view, view_hash
 
@@ -112,24 +112,6 @@ def verify_clip(store: TargetStore, cfg: JobConfig, draws, min_cosine: float) ->
     return result
 
 
-def stored_prompts(table, sample_index: int, prompts: int, points_per_prompt: int, n_prompts: int):
-    """The image's round-0 prompts as SamTeacherStage.predict_image takes them."""
-    t = table.filter(pc.and_(pc.equal(table.column("sample_index"), sample_index), pc.equal(table.column("round"), 0)))
-    t = t.sort_by("prompt")
-    structure = np.zeros(prompts, np.int64)
-    boxes = np.zeros((prompts, 4), np.float32)
-    points = np.zeros((prompts, points_per_prompt, 2), np.float32)
-    labels = np.zeros((prompts, points_per_prompt), np.int64)
-    for i, row in enumerate(t.to_pylist()[:n_prompts]):
-        structure[i] = PROMPT_STRUCTURES.index(row["structure"])
-        if row["box"] is not None:
-            boxes[i] = row["box"]
-        if row["point_coords"]:
-            points[i] = row["point_coords"]
-            labels[i] = row["point_labels"]
-    return structure, boxes, points, labels
-
-
 def verify_sam(store: TargetStore, cfg: JobConfig, draws, max_logit_diff: float) -> KindResult:
     must = store.manifest("sam").must_match
     stage = SamTeacherStage(cfg.sam.teacher, cfg.sam, cfg.store.storage_options, must["compute_dtype"],
@@ -140,7 +122,7 @@ def verify_sam(store: TargetStore, cfg: JobConfig, draws, max_logit_diff: float)
     for record in {r.unit: r for r, _ in draws}.values():
         rows = sorted({i for r, i in draws if r.unit == record.unit})
         images_t = store.read_unit_table(record, "images").sort_by("sample_index")
-        prompts_t = store.read_unit_table(record, "prompts")
+        prompts = prompts_by_image(store.read_unit_table(record, "prompts"), int(policy["points_per_prompt"]))
         array = store.open_logits(record)
         index = images_t.column("sample_index").to_numpy()
         wanted = {int(index[i]): i for i in rows}
@@ -150,10 +132,9 @@ def verify_sam(store: TargetStore, cfg: JobConfig, draws, max_logit_diff: float)
             n_prompts = int(image["n_prompts"])
             rgb = np.asarray(decode_image(data[sample_index], policy["max_image_pixels"]).image)
             resized = sam_input_image(rgb)
-            structure, boxes, points, labels = stored_prompts(prompts_t, sample_index, int(policy["prompts"]),
-                                                              int(policy["points_per_prompt"]), n_prompts)
-            logits, _ = stage.predict_image(pad_image(resized), resized.shape[:2], rgb.shape[:2], structure, boxes,
-                                            points, labels, n_prompts)
+            p = prompts[sample_index]
+            logits, _ = stage.predict_image(pad_image(resized), resized.shape[:2], rgb.shape[:2], p.structure, p.boxes,
+                                            p.points, p.labels, n_prompts)
             slots = [r * int(policy["prompts"]) + p for r in range(int(policy["rounds"])) for p in range(n_prompts)]
             stored = decode_logits(array[row][slots], precision)
             got = logits[slots]
