@@ -32,7 +32,8 @@ VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "
 LabelledSample = tuple[str, Image.Image, int]
 
 
-def _decode(data: bytes, key: str, skipped: list[dict]) -> Image.Image | None:
+def decode_or_skip(data: bytes, key: str, skipped: list[dict]) -> Image.Image | None:
+    """The decoded image, or None with the reason recorded in `skipped`."""
     try:
         return decode_image(data).image
     except DecodeError as e:
@@ -70,7 +71,7 @@ def _folder_samples(root: str, folders: list[str], skipped: list[dict]) -> Itera
             if name.rsplit(".", 1)[-1].lower() not in IMAGE_EXTENSIONS:
                 continue
             with open(os.path.join(root, folder, name), "rb") as f:
-                image = _decode(f.read(), f"{folder}/{name}", skipped)
+                image = decode_or_skip(f.read(), f"{folder}/{name}", skipped)
             if image is not None:
                 yield f"{folder}/{name}", image, label
 
@@ -83,7 +84,7 @@ def _shard_samples(pattern: str, class_field: str, storage_options: dict[str, An
             if image is None or class_field not in sample.members:
                 raise ConfigError(f"{url}: sample '{sample.key}' has no image or no '{class_field}' member "
                                   f"(has: {', '.join(sample.members)})")
-            decoded = _decode(image[1], f"{url}:{sample.key}", skipped)
+            decoded = decode_or_skip(image[1], f"{url}:{sample.key}", skipped)
             if decoded is not None:
                 yield sample.key, decoded, int(sample.members[class_field].decode().strip())
 
@@ -131,7 +132,7 @@ class SegmentationSet:
                 self.skipped.append({"key": id_, "reason": "missing_file", "detail": ", ".join(missing)})
                 continue
             with open(paths[0], "rb") as f:
-                image = _decode(f.read(), id_, self.skipped)
+                image = decode_or_skip(f.read(), id_, self.skipped)
             if image is None:
                 continue
             label = self.label(id_)

@@ -17,9 +17,11 @@ from itertools import islice
 import numpy as np
 import torch
 from PIL import Image
+from segment_anything.utils.transforms import ResizeLongestSide
 
 from storage_schemas.decode import decode_image
 from storage_schemas.errors import StoreError, run_cli
+from storage_schemas.sam_models import IMAGE_SIZE
 from storage_schemas.store import TargetStore, open_store
 from storage_schemas.tables import PROMPT_STRUCTURES
 from storage_schemas.views import render_view
@@ -40,8 +42,8 @@ def clip_sheet(sample, size: int) -> Image.Image:
 
 
 def sam_sheet(sample, prompts: int) -> Image.Image:
-    image = decode_image(sample.data).image
-    _, input_hw = sample.sam_input()
+    image = decode_image(sample.data, sample.max_pixels).image  # decoded once: SAM's input size follows from its size
+    input_hw = ResizeLongestSide.get_preprocess_shape(image.height, image.width, IMAGE_SIZE)
     logits = torch.from_numpy(sample.logits()[:prompts])  # [p, M, 256, 256]
     masks = postprocess_masks(logits, input_hw, (image.height, image.width)) > 0
     p = sample.prompts

@@ -16,10 +16,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from storage_schemas.class_texts import load_classnames
-from storage_schemas.decode import DecodeError, decode_image
 from storage_schemas.errors import ConfigError, run_cli
 from storage_schemas.tar_samples import IMAGE_EXTENSIONS
-from student.eval_data import SegmentationSet
+from student.eval_data import SegmentationSet, decode_or_skip
 from student.evaluate import add_class_name_arguments, check_refine_arguments, class_names, export_meta
 from student.inference import SamClipPredictor
 from student.pictures import colorize, draw_prompt, fit_height, legend_items, overlay, sheet
@@ -54,10 +53,9 @@ def images_of(paths: list[str], skipped: list[dict]):
             raise ConfigError(f"--data '{p}': no such file or folder")
     for f in files:
         with open(f, "rb") as fh:
-            try:
-                yield os.path.splitext(os.path.basename(f))[0], decode_image(fh.read()).image
-            except DecodeError as e:
-                skipped.append({"key": f, "reason": e.reason, "detail": e.detail})
+            image = decode_or_skip(fh.read(), f, skipped)
+        if image is not None:
+            yield os.path.splitext(os.path.basename(f))[0], image
 
 
 def main(argv: list[str] | None = None) -> int:
