@@ -71,6 +71,7 @@ def run_units(plan: JobPlan, kp: KindPlan, kind: str, build_dataset: Callable[[l
     progress = tqdm(desc=f"{kind} units committed", unit="unit",
                     total=None if any(t["unit_size"] for t in tasks) else len(tasks))
     for batch in build_dataset(tasks).iter_batches(batch_size=None, batch_format="numpy"):
+        report.driver_bytes += sum(v.nbytes for v in batch.values())
         for i in range(len(batch["status"])):
             row = {k: v[i] for k, v in batch.items()}
             shard_key, unit_key = (row["source"], row["shard"]), (row["source"], row["unit"])
@@ -96,7 +97,9 @@ def run_units(plan: JobPlan, kp: KindPlan, kind: str, build_dataset: Callable[[l
             if c.complete:
                 del collectors[unit_key]
                 try:
+                    t_commit = time.perf_counter()
                     record = commit(c)
+                    report.commit_seconds.append([c.n_in_unit, time.perf_counter() - t_commit])
                 except (StorageFailure, OSError) as e:  # the unit stays uncommitted: a rerun redoes it
                     failed_units.add(unit_key)
                     report.units_failed.append(dict(source=row["source"], shard=row["shard"], unit=row["unit"],

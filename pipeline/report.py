@@ -21,6 +21,8 @@ class JobReport:
     seconds: float = 0.0  # from the dataset's start to the last commit
     first_target_seconds: float = 0.0  # from the dataset's start to the first target (start-up, first batch)
     storage_retries: Counter = field(default_factory=Counter)  # store operation -> transient errors retried
+    driver_bytes: int = 0  # bytes of the rows the driver pulled from the dataset
+    commit_seconds: list[list[float]] = field(default_factory=list)  # [samples, seconds] per unit commit
 
     @property
     def ok(self) -> bool:
