@@ -22,17 +22,16 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
-import torch
 import yaml
 
 from bench.compare import print_pipeline_vs_bare
-from pipeline.clip_targets import ClipTeacherStage, views_table
+from pipeline.clip_targets import ClipTeacherStage
 from pipeline.config import ClipTeacherConfig
 from pipeline.materialize import main as materialize
 from pipeline.sample_data import build_sample_corpus
 from storage_schemas.decode import decode_image, draft_side_for
+from storage_schemas.clip_views_table import ClipViews, views_parquet
 from storage_schemas.store import open_store
-from storage_schemas.tables import parquet_bytes
 from storage_schemas.views import render_view
 
 
@@ -68,7 +67,8 @@ def main() -> None:
                        for m in tar.getmembers() if m.name.endswith(".jpg")}
     decoded = {k: decode_image(v, draft_side=draft_side_for(224)).image for k, v in images.items()}
     pixels = np.stack([render_view(decoded[(r["shard"], r["key"])], r["crop"], r["flip"], 224) for r in rows])
-    stage = ClipTeacherStage(ClipTeacherConfig(arch=args.arch, pretrained=None, init_seed=0), {}, "fp32", threads=1)
+    stage = ClipTeacherStage(ClipTeacherConfig(arch=args.arch, pretrained=None, init_seed=0), store.storage, "fp32",
+                             threads=1)
     per_batch = args.batch * args.views
     stage.embed(pixels[:per_batch])  # warm-up, as the actor's first batch is in the pipeline figure
     t0 = time.perf_counter()
@@ -78,16 +78,11 @@ def main() -> None:
 
     d = store.manifest("clip").must_match["teacher"]["output"]["embed_dim"]
     store_bytes = sum(f.size for c in store.commits("clip") for f in c.files if f.path.startswith("clip/"))
-    synth = [dict(r, embedding=(lambda e: (e / np.linalg.norm(e)).astype(np.float16))(np.random.default_rng(i).normal(size=768)))
-             for i, r in enumerate(rows)]
-    samples = {}
-    for r in synth:
-        s = samples.setdefault((r["shard"], r["key"]), dict(r, crops=[], flips=[], hashes=[], embs=[]))
-        s["crops"].append(r["crop"]); s["flips"].append(r["flip"]); s["hashes"].append(r["pixel_hash"]); s["embs"].append(r["embedding"])
-    collected = [dict(key=s["key"], sample_index=s["sample_index"], width=s["width"], height=s["height"],
-                      crops=np.asarray(s["crops"], np.float32), flips=np.asarray(s["flips"]), hashes=",".join(s["hashes"]),
-                      embedding=np.stack(s["embs"])) for s in samples.values()]
-    synth_bytes = len(parquet_bytes(views_table("bench", "00000", collected, args.views, 768)))
+    views = ClipViews.from_table(store.read_table("clip", "views"))
+    rng = np.random.default_rng(0)
+    synth = rng.normal(size=(*views.embeddings.shape[:2], 768))
+    views.embeddings = (synth / np.linalg.norm(synth, axis=-1, keepdims=True)).astype(np.float16)
+    synth_bytes = len(views_parquet(views, "bench", "00000"))
 
     print(f"teacher {args.arch} (random init), K={args.views}, {len(rows)} views, batch {args.batch} samples "
           f"({per_batch} views), 1 torch thread, local Ray with 2 CPUs")

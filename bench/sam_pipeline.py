@@ -32,7 +32,8 @@ from pipeline.materialize import main as materialize
 from pipeline.sam_targets import PromptSpec, SamTeacherStage, blank_sam_row, prepare_image
 from pipeline.sample_data import CorpusSpec, build_sample_corpus
 from pipeline.units import OK, ShardTask
-from storage_schemas.mask_logits import chunk_bytes, decode_logits, encode_logits
+from storage_schemas.mask_logits import decode_logits, encode_logits, logits_group_objects
+from storage_schemas.storage import Storage
 from storage_schemas.tar_samples import iter_tar_samples
 
 
@@ -61,7 +62,8 @@ def main() -> None:
     task = ShardTask("bench", "sa_000000", shard, "{}", 0, [])
     rows = [prepare_image(dict(blank_sam_row(task, spec, OK, 0), key=s.key, sample_index=s.index), spec, s)
             for s in iter_tar_samples(shard)]
-    stage = SamTeacherStage(sam_cfg.teacher, SamConfig(teacher=sam_cfg.teacher, prompts=args.prompts), {}, "fp32", threads=1)
+    stage = SamTeacherStage(sam_cfg.teacher, SamConfig(teacher=sam_cfg.teacher, prompts=args.prompts), Storage(work),
+                            "fp32", threads=1)
     keys = ("image", "input_hw", "original_hw", "structure", "boxes", "points", "labels")
     t0 = time.perf_counter()
     for r in rows:
@@ -69,14 +71,15 @@ def main() -> None:
                             min(args.prompts, r["n_prompts"]))
     bare_rate = len(rows) / (time.perf_counter() - t0)
 
-    full = SamTeacherStage(sam_cfg.teacher, sam_cfg, {}, "fp32", threads=torch.get_num_threads())
+    full = SamTeacherStage(sam_cfg.teacher, sam_cfg, Storage(work), "fp32", threads=torch.get_num_threads())
     sizes = {(p, prec): [] for p in (32, 64) for prec in ("fp16", "uint8_sigmoid")}
     worst = 0.0
     for r in rows:
         logits, _ = full.predict_image(*(r[k] for k in keys), r["n_prompts"])
         logits = np.nan_to_num(logits)
         for (p, prec), out in sizes.items():
-            out.append(len(chunk_bytes(encode_logits(logits[:p], prec), prec)))
+            objects = logits_group_objects(encode_logits(logits[None, :p], prec), prec)
+            out.append(sum(len(v) for k, v in objects.items() if "/c/" in k))
         q = decode_logits(encode_logits(logits, "uint8_sigmoid"), "uint8_sigmoid")
         sig = lambda x: 1 / (1 + np.exp(-x.astype(np.float64)))
         worst = max(worst, float(np.abs(sig(q) - sig(logits)).max()))

@@ -1,16 +1,17 @@
 """CLIP targets as a streaming Ray Data job: read + decode + render (CPU tasks) -> teacher actors
--> per-unit collection and commit on the driver.
+that write the parts -> per-unit commit on the driver.
 
     units ──flat_map(read_clip_shard)──> one row per sample: K rendered views, uint8 [K, S, S, 3]
-          ──map_batches(ClipTeacherStage, ActorPoolStrategy)──> + embedding float16 [K, D]
-          ──driver: UnitCollector──> clip/SOURCE/UNIT.parquet, _errors/..., _commits/... (last)
+          ──map_batches(ClipTeacherStage, ActorPoolStrategy)──> clip/SOURCE/UNIT/PART.parquet;
+                                                                one metadata row per part
+          ──driver: UnitCollector──> _errors/..., _commits/... (last)
 
 A read task handles one shard and yields its samples one at a time, so no stage holds a shard's
 decoded pixels at once; Ray cuts the stream into blocks and the teacher actors consume them while
 later samples decode. A shard is one unit, or parts of `unit_size` samples; each unit ends with an
 `end` row carrying its sample count (the stream is read once, whatever the parts); the driver
-commits a unit once it holds that many distinct samples (stored or errors), deduplicating on
-sample index because Ray re-runs a batch whose worker died.
+commits a unit once its parts and errors cover that many distinct samples, dropping a part that
+overlaps one already accepted because Ray re-runs a batch whose worker died.
 """
 from __future__ import annotations
 
@@ -18,15 +19,17 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 from pipeline.config import ClipTeacherConfig
+from pipeline.parts import teacher_batch_output
 from pipeline.sources import sidecar_success_counts
-from pipeline.units import ERROR, OK, ShardTask, read_shard
+from pipeline.units import ERROR, ShardTask, read_shard
+from storage_schemas.clip_views_table import ClipViews, views_parquet
 from storage_schemas.decode import DecodeError, decode_image, draft_side_for
 from storage_schemas.identity import SampleId
-from storage_schemas.tables import clip_views_schema
+from storage_schemas.storage import FileEntry, Storage
+from storage_schemas.store import TABLE_SUFFIX
 from storage_schemas.tar_samples import TarSample
 from storage_schemas.views import render_view, sample_views, view_hash
 
@@ -98,17 +101,19 @@ def _sidecar_note(task: ShardTask, options: dict, count: int) -> str:
 
 
 class ClipTeacherStage:
-    """Ray actor UDF: loads the teacher once, turns uint8 views into normalised embeddings.
+    """Ray actor UDF: loads the teacher once, turns uint8 views into normalised embeddings and
+    writes them, one views part per unit of the batch; returns the parts' metadata.
 
     Normalisation runs on the teacher's device, so pixels travel as uint8 (4x less than float).
     """
 
-    def __init__(self, teacher_cfg: ClipTeacherConfig, storage_options: dict, compute_dtype: str, threads: int):
+    def __init__(self, teacher_cfg: ClipTeacherConfig, storage: Storage, compute_dtype: str, threads: int):
         from pipeline.teachers import load_clip_teacher
 
         torch.set_num_threads(max(1, threads))
+        self.storage = storage
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.teacher = load_clip_teacher(teacher_cfg, storage_options, device=self.device)
+        self.teacher = load_clip_teacher(teacher_cfg, storage.storage_options, device=self.device)
         pp = self.teacher.fingerprint.preprocess
         self.mean = torch.tensor(pp["mean"], device=self.device).view(1, 3, 1, 1) * 255.0
         self.std = torch.tensor(pp["std"], device=self.device).view(1, 3, 1, 1) * 255.0
@@ -122,37 +127,17 @@ class ClipTeacherStage:
             emb = self.teacher.encode_images(x)
         return emb.to(torch.float16).cpu().numpy()
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        pixels = batch.pop("pixels")
+    def write_part(self, rows: dict[str, np.ndarray], part_rel: str) -> tuple[list[FileEntry], dict[str, int]]:
+        """Embed one unit's ok rows and write them as the views part `part_rel`.parquet."""
+        pixels = rows["pixels"]
         n, k = pixels.shape[:2]
-        emb = np.zeros((n, k, self.teacher.embed_dim), np.float16)
-        ok = np.flatnonzero(batch["status"] == OK)
-        if len(ok):
-            emb[ok] = self.embed(pixels[ok].reshape(len(ok) * k, *pixels.shape[2:])).reshape(len(ok), k, -1)
-        batch["embedding"] = emb
-        return batch
+        emb = self.embed(pixels.reshape(n * k, *pixels.shape[2:])).reshape(n, k, -1)
+        views = ClipViews(rows["sample_index"].astype(np.int32), [str(x) for x in rows["key"]],
+                          rows["width"].astype(np.int32), rows["height"].astype(np.int32), rows["crops"],
+                          rows["flips"], np.asarray([h.split(",") for h in rows["hashes"]], dtype=object), emb)
+        entry = self.storage.write_bytes(part_rel + TABLE_SUFFIX[("clip", "views")],
+                                         views_parquet(views, str(rows["source"][0]), str(rows["shard"][0])))
+        return [entry], {"views": n * k}
 
-
-def views_table(source: str, shard: str, samples: list[dict], views: int, embed_dim: int) -> pa.Table:
-    """The unit's views table from collected sample rows (sorted by sample index), columnar."""
-    n = len(samples)
-    rep = lambda values, dtype: np.repeat(np.asarray(values, dtype=dtype), views)
-    emb = np.stack([s["embedding"] for s in samples]).reshape(n * views, embed_dim) if n else np.zeros((0, embed_dim), np.float16)
-    crops = np.stack([s["crops"] for s in samples]).reshape(n * views, 4) if n else np.zeros((0, 4), np.float32)
-    flips = np.concatenate([s["flips"] for s in samples]) if n else np.zeros(0, bool)
-    hashes = [h for s in samples for h in s["hashes"].split(",")]
-    schema = clip_views_schema(embed_dim)
-    columns = {
-        "source": pa.array([source] * (n * views), pa.string()),
-        "shard": pa.array([shard] * (n * views), pa.string()),
-        "key": pa.array(rep([s["key"] for s in samples], object), pa.string()),
-        "sample_index": pa.array(rep([s["sample_index"] for s in samples], np.int32)),
-        "view": pa.array(np.tile(np.arange(views, dtype=np.int16), n)),
-        "width": pa.array(rep([s["width"] for s in samples], np.int32)),
-        "height": pa.array(rep([s["height"] for s in samples], np.int32)),
-        "crop": pa.FixedSizeListArray.from_arrays(pa.array(crops.reshape(-1)), type=schema.field("crop").type),
-        "flip": pa.array(flips),
-        "pixel_hash": pa.array(hashes, pa.string()),
-        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), type=schema.field("embedding").type),
-    }
-    return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return teacher_batch_output("clip", batch, self.write_part, self.storage)

@@ -128,12 +128,15 @@ class RayConfig:
     batch_size: int = 32  # samples per CLIP teacher batch; each brings its K views
     sam_batch_size: int = 4  # images per SAM teacher batch; each runs the encoder once, its prompts by structure
     decode_cpus: float = 1  # CPUs per decode/render task (one task per unit)
+    max_batch_retries: int = 3  # a batch whose actor died is retried this often, then its unit fails
     num_cpus: int | None = None  # only when this job starts a local Ray: CPUs to give it (null: all)
 
     def validate(self) -> None:
         for name in ("teacher_actors", "batch_size", "sam_batch_size"):
             if getattr(self, name) < 1:
                 raise FieldError(name, f"expected at least 1, got {getattr(self, name)}")
+        if self.max_batch_retries < 0:
+            raise FieldError("max_batch_retries", f"expected 0 or more, got {self.max_batch_retries}")
         for name in ("cpus_per_actor", "decode_cpus"):
             if getattr(self, name) <= 0:
                 raise FieldError(name, f"expected a positive number of CPUs, got {getattr(self, name)}")

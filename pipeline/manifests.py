@@ -7,6 +7,7 @@ from dataclasses import asdict
 from pipeline.config import JobConfig
 from pipeline.teachers.fingerprint import TeacherFingerprint
 from storage_schemas.manifest import Manifest
+from storage_schemas.mask_logits import num_masks
 
 
 def resolve_compute_dtype(setting: str, has_gpu: bool) -> str:
@@ -40,7 +41,7 @@ def sam_manifest(cfg: JobConfig, fingerprint: TeacherFingerprint, compute_dtype:
         "mix": asdict(s.mix),
         "box_jitter": s.box_jitter,
         "points_per_prompt": s.points_per_prompt,
-        "num_masks": 3 if s.multimask else 1,
+        "num_masks": num_masks(s.multimask),
         "rounds": s.rounds,
         "max_image_pixels": cfg.max_image_pixels,
     }

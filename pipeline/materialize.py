@@ -13,24 +13,22 @@ import json
 import logging
 import os
 import time
+import warnings
 from typing import Any, Callable
 
 from tqdm import tqdm
 
-from pipeline.clip_targets import ClipTeacherStage, RenderSpec, read_clip_shard, views_table
+from pipeline.clip_targets import ClipTeacherStage, RenderSpec, read_clip_shard
 from pipeline.config import JobConfig, load_job_config
-from storage_schemas.faults import kill_point
 from pipeline.plan import JobPlan, KindPlan, make_plan
 from pipeline.report import JobReport
-from pipeline.sam_targets import PromptSpec, SamTeacherStage, images_table, prompts_table, read_sam_shard
-from pipeline.unit_writer import UnitWriter
-from pipeline.units import OK, UNIT_FAILED, UnitCollector, committed_parts, shard_task
-from storage_schemas import layout
-from storage_schemas.commit import CommitRecord
+from pipeline.sam_targets import PromptSpec, SamTeacherStage, read_sam_shard
+from pipeline.unit_commit import commit_unit, remove_leftovers, remove_pending_leftovers
+from pipeline.units import END, PART, TEACHER_FAILED, UNIT_FAILED, UnitCollector, committed_parts, shard_task
 from storage_schemas.errors import ConfigError, run_cli
+from storage_schemas.faults import FAULT_ENVS, kill_point
 from storage_schemas.manifest import ensure_manifest
-from storage_schemas.storage import StorageFailure
-from storage_schemas.mask_logits import chunk_path, create_logits_array
+from storage_schemas.storage import Storage, StorageFailure
 from storage_schemas.typed_config import add_config_arguments
 from storage_schemas.views import RESIZE_MODES
 
@@ -40,72 +38,84 @@ def start_ray(cfg: JobConfig) -> bool:
     import ray
 
     if not ray.is_initialized():
+        # A test's kill point must reach the teacher actors, also on a cluster's other nodes.
+        env = {k: os.environ[k] for k in FAULT_ENVS if k in os.environ}
+        runtime_env = {"env_vars": env} if env else None
         if os.environ.get("RAY_ADDRESS"):
-            ray.init(logging_level=logging.WARNING)
+            ray.init(logging_level=logging.WARNING, runtime_env=runtime_env)
         else:
             # "local": always a fresh local Ray, never a stale one named by /tmp/ray/ray_current_cluster.
             ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False,
-                     logging_level=logging.WARNING)
+                     logging_level=logging.WARNING, runtime_env=runtime_env)
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
 def run_units(plan: JobPlan, kp: KindPlan, kind: str, build_dataset: Callable[[list[dict]], Any],
-              commit: Callable[[UnitCollector], CommitRecord]) -> JobReport:
-    """Stream the pending shards of one kind through `build_dataset(tasks)` and commit every unit
-    whose samples have all arrived; shared by the CLIP and SAM sides."""
+              policy_hash: str) -> JobReport:
+    """Stream the pending shards of one kind through `build_dataset(tasks)`, whose teacher actors
+    write the parts, and commit every unit whose samples are all covered by parts or errors;
+    shared by the CLIP and SAM sides. The driver sees metadata rows only (pipeline.parts)."""
     report = JobReport(kind)
-    tasks, shards = [], {}
+    tasks, shards, committed = [], {}, set()
     for shard in kp.shards:
         done = committed_parts(shard, kp.committed[shard.url])
         report.units_skipped += len(kp.committed[shard.url])
+        committed |= {(r.source, r.unit) for r in kp.committed[shard.url]}
         if done is not None:
             shards[(shard.source, shard.name)] = shard
             tasks.append(shard_task(shard, done))
     if not tasks:
         return report
+    remove_pending_leftovers(plan.storage, kind, [shards[k] for k in shards], committed)
     collectors: dict[tuple[str, str], UnitCollector] = {}
     failed_shards: set[tuple[str, str]] = set()
-    committed_units: set[tuple[str, str]] = set()
-    failed_units: set[tuple[str, str]] = set()  # their files could not be written
+    read_to_end: set[tuple[str, str]] = set()  # shards whose last end row (it carries the shard's count) arrived
+    finished = set(committed)  # units committed (before or by this run) or failed
+
+    def fail(unit_key: tuple[str, str], shard: str, reason: str, detail: str) -> None:
+        finished.add(unit_key)
+        collectors.pop(unit_key, None)
+        report.units_failed.append(dict(source=unit_key[0], shard=shard, unit=unit_key[1], reason=reason, detail=detail))
+
     t0 = time.time()
     progress = tqdm(desc=f"{kind} units committed", unit="unit",
                     total=None if any(t["unit_size"] for t in tasks) else len(tasks))
-    for batch in build_dataset(tasks).iter_batches(batch_size=None, batch_format="numpy"):
-        report.driver_bytes += sum(v.nbytes for v in batch.values())
-        for i in range(len(batch["status"])):
-            row = {k: v[i] for k, v in batch.items()}
+    for batch in build_dataset(tasks).iter_batches(batch_size=None, batch_format="pyarrow"):
+        report.driver_bytes += batch.nbytes
+        for row in batch.to_pylist():
             shard_key, unit_key = (row["source"], row["shard"]), (row["source"], row["unit"])
-            if shard_key in failed_shards or unit_key in committed_units or unit_key in failed_units:
-                continue  # rows Ray re-ran after a worker died, or of a shard that failed
-            if row["status"] == UNIT_FAILED:
+            if row["status"] == END and row["shard_samples"] >= 0:
+                read_to_end.add(shard_key)
+            if shard_key in failed_shards or unit_key in finished:
+                continue  # rows Ray re-ran after a worker died, of a committed unit, or of a shard or unit that failed
+            if row["status"] == UNIT_FAILED:  # the read stopped: this unit and the shard's unfinished ones
                 failed_shards.add(shard_key)
-                report.units_failed.append(dict(source=row["source"], shard=row["shard"], unit=row["unit"],
-                                                reason=str(row["reason"]), detail=str(row["detail"])))
+                fail(unit_key, row["shard"], str(row["reason"]), str(row["detail"]))
                 for key in [k for k, c in collectors.items() if (k[0], c.shard.name) == shard_key]:
-                    if key[1] != row["unit"]:  # earlier parts still waiting for targets are lost too
-                        report.units_failed.append(dict(source=key[0], shard=row["shard"], unit=key[1],
-                                                        reason="shard_failed", detail=f"its shard failed in {row['unit']}"))
-                    del collectors[key]
+                    fail(key, row["shard"], "shard_failed", f"its shard failed in {row['unit']}")
                 continue
-            if row["status"] == OK:
+            if row["status"] == TEACHER_FAILED:
+                fail(unit_key, row["shard"], str(row["reason"]), str(row["detail"]))
+                continue
+            if row["status"] == PART:
                 report.first_target_seconds = report.first_target_seconds or time.time() - t0
+                report.storage_retries.update(json.loads(row["storage_retries"]))
                 kill_point("during_teacher")
             c = collectors.get(unit_key)
             if c is None:
                 c = collectors[unit_key] = UnitCollector(shards[shard_key], str(row["unit"]), int(row["part_start"]))
             c.add(row)
             if c.complete:
-                del collectors[unit_key]
                 try:
                     t_commit = time.perf_counter()
-                    record = commit(c)
+                    record = commit_unit(plan.storage, kind, c, policy_hash)
                     report.commit_seconds.append([c.n_in_unit, time.perf_counter() - t_commit])
                 except (StorageFailure, OSError) as e:  # the unit stays uncommitted: a rerun redoes it
-                    failed_units.add(unit_key)
-                    report.units_failed.append(dict(source=row["source"], shard=row["shard"], unit=row["unit"],
-                                                    reason="storage_failed", detail=f"{type(e).__name__}: {e}"))
+                    fail(unit_key, row["shard"], "storage_failed", f"{type(e).__name__}: {e}")
                     continue
-                committed_units.add(unit_key)
+                del collectors[unit_key]
+                finished.add(unit_key)
+                report.leftovers_removed += len(remove_leftovers(plan.storage, record))
                 report.units_done += 1
                 report.samples += record.n_input
                 report.samples_stored += record.n_stored
@@ -116,29 +126,49 @@ def run_units(plan: JobPlan, kp: KindPlan, kind: str, build_dataset: Callable[[l
                     report.shard_notes.append(f"{row['source']}/{row['shard']}: {c.note}")
                 progress.update(1)
     progress.close()
-    for (source, unit), c in collectors.items():  # a bug guard: never leave a unit silently half done
+    # Batches lost for good (their actor died past the retries): units some rows of which never came,
+    # and shards whose last units left no row at all.
+    for (source, unit), c in collectors.items():
         report.units_failed.append(dict(source=source, shard=c.shard.name, unit=unit, reason="incomplete",
-                                        detail=f"{len(c.samples) + len(c.errors)} of {c.n_in_unit} samples arrived"))
+                                        detail=f"{len(c.covered) + len(c.errors)} of "
+                                               f"{c.n_in_unit if c.n_in_unit is not None else '?'} samples arrived"))
+    for key in shards.keys() - read_to_end - failed_shards:
+        if not any((source, c.shard.name) == key for (source, _), c in collectors.items()):
+            shard = shards[key]
+            report.units_failed.append(dict(
+                source=key[0], shard=key[1], unit=key[1] if not shard.unit_size else f"{key[1]}.p*",
+                reason="incomplete", detail="no row of its last units arrived (batches lost past their retries)"))
     report.seconds = time.time() - t0
     return report
 
 
 def teacher_dataset(cfg: JobConfig, has_gpu: bool, tasks: list[dict], read_fn: Callable, spec: Any,
                     stage: type, stage_kwargs: dict, batch_size: int, block_bytes: int | None = None):
-    """shards -> flat_map(read_fn) on CPU tasks -> map_batches(stage) on a pool of teacher actors."""
+    """shards -> flat_map(read_fn) on CPU tasks -> map_batches(stage) on a pool of teacher actors.
+
+    Ray Data's actor pools restart dead actors and retry their batches without limit by default,
+    and fail the whole dataset on the first block that errors. Here a batch is retried
+    `ray.max_batch_retries` times, then dropped: its unit never completes and is reported as failed,
+    the other units commit.
+    """
     import ray
 
     ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
+    ds.context.max_errored_blocks = -1
     if block_bytes is not None:
         ds.context.target_max_block_size = block_bytes
     ds = ds.flat_map(read_fn, fn_kwargs={"spec": spec}, num_cpus=cfg.ray.decode_cpus)
     gpus = cfg.ray.gpus_per_actor if cfg.ray.gpus_per_actor is not None else (1 if has_gpu else 0)
-    return ds.map_batches(
-        stage, fn_constructor_kwargs={**stage_kwargs, "storage_options": cfg.store.storage_options,
-                                      "threads": int(cfg.ray.cpus_per_actor)},
-        batch_size=batch_size, batch_format="numpy", num_cpus=cfg.ray.cpus_per_actor, num_gpus=gpus,
-        compute=ray.data.ActorPoolStrategy(size=cfg.ray.teacher_actors),
-    )
+    with warnings.catch_warnings():
+        # Ray 2.60 deprecates **ray_remote_args but names no parameter for max_restarts/max_task_retries.
+        warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
+        return ds.map_batches(
+            stage, fn_constructor_kwargs={**stage_kwargs, "storage": Storage(cfg.store.url, cfg.store.storage_options),
+                                          "threads": int(cfg.ray.cpus_per_actor)},
+            batch_size=batch_size, batch_format="numpy", num_cpus=cfg.ray.cpus_per_actor, num_gpus=gpus,
+            compute=ray.data.ActorPoolStrategy(size=cfg.ray.teacher_actors),
+            max_restarts=-1, max_task_retries=cfg.ray.max_batch_retries,
+        )
 
 
 def run_clip(plan: JobPlan, kp: KindPlan, has_gpu: bool) -> JobReport:
@@ -152,29 +182,19 @@ def run_clip(plan: JobPlan, kp: KindPlan, has_gpu: bool) -> JobReport:
     spec = RenderSpec(seed=cfg.seed, views=cfg.clip.views, size=pp["size"][0], interpolation=pp["interpolation"],
                       resize_mode=pp["resize_mode"], scale=tuple(vp.scale), ratio=tuple(vp.ratio), flip=vp.flip,
                       max_pixels=cfg.max_image_pixels)
-    embed_dim = must["teacher"]["output"]["embed_dim"]
 
     def build_dataset(tasks: list[dict]):
         return teacher_dataset(cfg, has_gpu, tasks, read_clip_shard, spec, ClipTeacherStage,
                                dict(teacher_cfg=cfg.clip.teacher, compute_dtype=must["compute_dtype"]),
                                cfg.ray.batch_size)
 
-    def commit(c: UnitCollector) -> CommitRecord:
-        writer = UnitWriter(plan.storage, "clip", c.shard.source, c.shard.name, c.unit)
-        samples = c.ordered_samples()
-        writer.write_table(layout.data_path("clip", c.shard.source, c.unit),
-                           views_table(c.shard.source, c.shard.name, samples, spec.views, embed_dim))
-        return writer.commit(c.input_ref(), c.n_in_unit, c.error_rows("clip"), {"views": len(samples) * spec.views},
-                             manifest.policy_hash)
-
-    return run_units(plan, kp, "clip", build_dataset, commit)
+    return run_units(plan, kp, "clip", build_dataset, manifest.policy_hash)
 
 
 def run_sam(plan: JobPlan, kp: KindPlan, has_gpu: bool) -> JobReport:
     cfg = plan.config
     manifest = ensure_manifest(plan.storage, kp.manifest)
     spec = PromptSpec(seed=cfg.seed, sam=cfg.sam, max_pixels=cfg.max_image_pixels)
-    num_masks = manifest.must_match["policy"]["num_masks"]
 
     def build_dataset(tasks: list[dict]):
         # A SAM row carries a 3 MB image: one-image blocks reach the teacher while the shard is
@@ -184,24 +204,7 @@ def run_sam(plan: JobPlan, kp: KindPlan, has_gpu: bool) -> JobReport:
                                     compute_dtype=manifest.must_match["compute_dtype"]),
                                cfg.ray.sam_batch_size, block_bytes=4 * 1024 * 1024)
 
-    def commit(c: UnitCollector) -> CommitRecord:
-        source, unit = c.shard.source, c.unit
-        writer = UnitWriter(plan.storage, "sam", source, c.shard.name, unit)
-        samples = c.ordered_samples()
-        prompts = prompts_table(source, c.shard.name, samples, cfg.sam, num_masks)
-        writer.write_table(layout.data_path("sam", source, unit), prompts)
-        writer.write_table(layout.data_path("sam", source, unit, ".images.parquet"),
-                           images_table(source, c.shard.name, samples))
-        group = layout.data_path("sam", source, unit, ".zarr")
-        create_logits_array(plan.storage, group, len(samples), cfg.sam.prompts * cfg.sam.rounds, num_masks,
-                            cfg.sam.precision)
-        writer.add_tree(group)  # the group's and the array's metadata
-        for i, s in enumerate(samples):
-            writer.write_bytes(chunk_path(f"{group}/logits", i), bytes(s["chunk"]))
-        return writer.commit(c.input_ref(), c.n_in_unit, c.error_rows("sam"),
-                             {"prompts": prompts.num_rows, "images": len(samples)}, manifest.policy_hash)
-
-    return run_units(plan, kp, "sam", build_dataset, commit)
+    return run_units(plan, kp, "sam", build_dataset, manifest.policy_hash)
 
 
 def write_report(plan: JobPlan, reports: list[JobReport], local_path: str | None) -> None:
@@ -227,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     for kind, kp in plan.kinds.items():
         retried = plan.storage.retries.copy()
         reports.append(run[kind](plan, kp, has_gpu))
-        reports[-1].storage_retries = plan.storage.retries - retried
+        reports[-1].storage_retries.update(plan.storage.retries - retried)  # the actors' are in already
     for r in reports:
         print(r.table())
     write_report(plan, reports, args.report)

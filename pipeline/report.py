@@ -21,6 +21,7 @@ class JobReport:
     seconds: float = 0.0  # from the dataset's start to the last commit
     first_target_seconds: float = 0.0  # from the dataset's start to the first target (start-up, first batch)
     storage_retries: Counter = field(default_factory=Counter)  # store operation -> transient errors retried
+    leftovers_removed: int = 0  # files of dropped or killed attempts removed after their unit committed
     driver_bytes: int = 0  # bytes of the rows the driver pulled from the dataset
     commit_seconds: list[list[float]] = field(default_factory=list)  # [samples, seconds] per unit commit
 
@@ -58,6 +59,8 @@ class JobReport:
         if self.storage_retries:
             lines.append(f"  storage    {sum(self.storage_retries.values())} transient errors retried ("
                          + ", ".join(f"{op} {n}" for op, n in sorted(self.storage_retries.items())) + ")")
+        if self.leftovers_removed:
+            lines.append(f"  leftovers  {self.leftovers_removed} files of re-run or killed attempts removed")
         for note in self.shard_notes:
             lines.append(f"  note       {note}")
         for f in self.units_failed:

@@ -16,15 +16,14 @@ from pycocotools import mask as mask_utils
 
 from pipeline.config import SamConfig
 from storage_schemas.decode import DecodeError
-from storage_schemas.tables import PROMPT_STRUCTURES
+from storage_schemas.tables import PROMPT_STRUCTURES, STRUCTURE_PARTS
 
-STRUCTURES = PROMPT_STRUCTURES
 
 
 @dataclass
 class Prompt:
     annotation_id: int
-    structure: str  # one of STRUCTURES
+    structure: str  # one of PROMPT_STRUCTURES
     box: np.ndarray | None  # float32 [4], [x0, y0, x1, y1] in original pixels
     points: np.ndarray  # float32 [n, 2], (x, y) in original pixels; n = 0 for a box alone
     labels: np.ndarray  # int8 [n], 1 = foreground
@@ -96,11 +95,11 @@ def sample_prompts(rng: np.random.Generator, usable: list[tuple[dict, dict]], cf
     for idx, s in zip(chosen, structures):
         ann, rle = usable[idx]
         x, y, w, h = (float(v) for v in ann["bbox"])
-        structure = STRUCTURES[s]
+        has_box, has_points = STRUCTURE_PARTS[int(s)]
         box = None
-        if structure != "points":
+        if has_box:
             box = jitter_box(rng, np.array([x, y, x + w, y + h], np.float32), cfg.box_jitter, height, width)
-        n = 0 if structure == "box" else cfg.points_per_prompt
+        n = cfg.points_per_prompt if has_points else 0
         points = sample_points(rng, rle, n) if n else np.zeros((0, 2), np.float32)
-        prompts.append(Prompt(int(ann["id"]), structure, box, points, np.ones(n, np.int8)))
+        prompts.append(Prompt(int(ann["id"]), PROMPT_STRUCTURES[s], box, points, np.ones(n, np.int8)))
     return prompts

@@ -1,15 +1,16 @@
 """SAM targets as a streaming Ray Data job: read SA-1B pairs + sample prompts (CPU tasks) -> SAM
-teacher actors -> per-unit commit on the driver (Parquet prompts and images, Zarr logits).
+teacher actors that write the parts -> per-unit commit on the driver.
 
     shards ──flat_map(read_sam_shard)──> one row per image: uint8 1024 px input, P prompts
-           ──map_batches(SamTeacherStage)──> encoded logits chunk (bytes), predicted IoU
-           ──driver: UnitCollector──> sam/SOURCE/UNIT.{parquet,images.parquet,zarr}, then the commit
+           ──map_batches(SamTeacherStage)──> sam/SOURCE/UNIT/PART.{parquet,images.parquet,zarr};
+                                             one metadata row per part
+           ──driver: UnitCollector──> _errors/..., _commits/... (last)
 
 The teacher runs as `SamPredictor` would: one image-encoder pass per image, then the decoder over
 the image's prompts in groups of one structure (box, points, box + points), since padding
 prompts of different structure into one call changes the logits. With `rounds: 2` each prompt is
-decoded again with its round-0 logits as the mask prompt. Workers encode each image's logits
-into the Zarr chunk bytes themselves, so only compressed bytes travel to the one writer.
+decoded again with its round-0 logits as the mask prompt. The actor that made a part's logits is
+the only writer of its Zarr group.
 """
 from __future__ import annotations
 
@@ -22,14 +23,21 @@ import pyarrow as pa
 import torch
 
 from pipeline.config import SamConfig, SamTeacherConfig
-from pipeline.sam_prompts import STRUCTURES, parse_sa1b_json, sample_prompts, usable_annotations
-from pipeline.units import ERROR, OK, ShardTask, read_shard
+from pipeline.sam_prompts import parse_sa1b_json, sample_prompts, usable_annotations
+from pipeline.parts import teacher_batch_output
+from pipeline.units import ERROR, ShardTask, read_shard
 from storage_schemas.decode import DecodeError, decode_image
 from storage_schemas.identity import SampleId, sample_seed
-from storage_schemas.mask_logits import LOW_RES, chunk_bytes, encode_logits, fill_value
+from storage_schemas.mask_logits import (
+    LOW_RES, encode_logits, fill_value, logits_group_objects, num_masks, storage_dtype,
+)
 from storage_schemas.sam_models import IMAGE_SIZE
 from storage_schemas.sam_transforms import pad_image, sam_boxes, sam_input_image, sam_points
-from storage_schemas.tables import SAM_IMAGES_SCHEMA, sam_prompts_schema
+from storage_schemas.storage import FileEntry, Storage
+from storage_schemas.store import TABLE_SUFFIX
+from storage_schemas.tables import (
+    PROMPT_STRUCTURES, SAM_IMAGES_SCHEMA, STRUCTURE_PARTS, parquet_bytes, sam_prompts_schema,
+)
 from storage_schemas.tar_samples import TarSample
 
 
@@ -83,7 +91,7 @@ def prepare_image(row: dict[str, Any], spec: PromptSpec, sample: TarSample) -> d
                original_hw=np.array([h, w], np.int32), n_prompts=len(prompts), n_annotations=len(anns),
                skipped=json.dumps(dict(skipped)))
     for i, p in enumerate(prompts):
-        row["structure"][i] = STRUCTURES.index(p.structure)
+        row["structure"][i] = PROMPT_STRUCTURES.index(p.structure)
         row["annotation_id"][i] = p.annotation_id
         if p.box is not None:
             row["boxes"][i] = p.box
@@ -95,13 +103,14 @@ def prepare_image(row: dict[str, Any], spec: PromptSpec, sample: TarSample) -> d
 class SamTeacherStage:
     """Ray actor UDF: loads SAM once; per image one encoder pass, the decoder per prompt structure."""
 
-    def __init__(self, teacher_cfg: SamTeacherConfig, sam_cfg: SamConfig, storage_options: dict,
+    def __init__(self, teacher_cfg: SamTeacherConfig, sam_cfg: SamConfig, storage: Storage,
                  compute_dtype: str, threads: int):
         from pipeline.teachers import load_sam_teacher
 
         torch.set_num_threads(max(1, threads))
+        self.storage = storage
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.teacher = load_sam_teacher(teacher_cfg, storage_options, device=self.device)
+        self.teacher = load_sam_teacher(teacher_cfg, storage.storage_options, device=self.device)
         self.sam = self.teacher.sam
         self.cfg = sam_cfg
         self.autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(compute_dtype)
@@ -111,7 +120,7 @@ class SamTeacherStage:
                       n_prompts: int) -> tuple[np.ndarray, np.ndarray]:
         """-> logits float32 [P * rounds, M, 256, 256] (NaN beyond n_prompts), iou float32 [P * rounds, M]."""
         cfg, sam = self.cfg, self.sam
-        m = 3 if cfg.multimask else 1
+        m = num_masks(cfg.multimask)
         slots = cfg.prompts * cfg.rounds
         logits = np.full((slots, m, LOW_RES, LOW_RES), np.nan, np.float32)
         iou = np.full((slots, m), np.nan, np.float32)
@@ -120,14 +129,14 @@ class SamTeacherStage:
         x = torch.from_numpy(np.array(image[:h, :w])).to(self.device).permute(2, 0, 1)[None].float()
         with torch.autocast(self.device, dtype=self.autocast, enabled=self.autocast is not None):
             embedding = sam.image_encoder(sam.preprocess(x))
-            for s, name in enumerate(STRUCTURES):
+            for s, (has_box, has_points) in STRUCTURE_PARTS.items():
                 idx = np.flatnonzero(structure[:n_prompts] == s)
                 if not len(idx):
                     continue
                 box_t = pts = None
-                if name != "points":
+                if has_box:
                     box_t = torch.as_tensor(sam_boxes(boxes[idx], original), dtype=torch.float, device=self.device)
-                if name != "box":
+                if has_points:
                     coords = torch.as_tensor(sam_points(points[idx], original), dtype=torch.float, device=self.device)
                     pts = (coords, torch.as_tensor(labels[idx], dtype=torch.int, device=self.device))
                 mask_input = None
@@ -144,44 +153,52 @@ class SamTeacherStage:
                     mask_input = low[torch.arange(len(idx), device=low.device), best][:, None].float()
         return logits, iou
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        images = batch.pop("image")
-        n = len(images)
-        chunks = np.empty(n, dtype=object)
-        ious = np.full((n, self.cfg.prompts * self.cfg.rounds, 3 if self.cfg.multimask else 1), np.nan, np.float32)
+    def write_part(self, rows: dict[str, np.ndarray], part_rel: str) -> tuple[list[FileEntry], dict[str, int]]:
+        """Run the teacher on one unit's ok rows and write the part: prompts, images, logits."""
+        cfg = self.cfg
+        n, m = len(rows["status"]), num_masks(cfg.multimask)
+        stored = np.empty((n, cfg.prompts * cfg.rounds, m, LOW_RES, LOW_RES), storage_dtype(cfg.precision))
+        rows["iou"] = np.full((n, cfg.prompts * cfg.rounds, m), np.nan, np.float32)
         for i in range(n):
-            chunks[i] = b""
-            if batch["status"][i] != OK:
-                continue
-            n_prompts = int(batch["n_prompts"][i])
-            logits, ious[i] = self.predict_image(images[i], batch["input_hw"][i], batch["original_hw"][i],
-                                                 batch["structure"][i], batch["boxes"][i], batch["points"][i],
-                                                 batch["labels"][i], n_prompts)
-            stored = encode_logits(np.nan_to_num(logits, nan=0.0), self.cfg.precision)
-            for r in range(self.cfg.rounds):  # padding slots hold the fill value
-                stored[r * self.cfg.prompts + n_prompts:(r + 1) * self.cfg.prompts] = fill_value(self.cfg.precision)
-            chunks[i] = chunk_bytes(stored, self.cfg.precision)
-        batch["chunk"], batch["iou"] = chunks, ious
-        return batch
+            n_prompts = int(rows["n_prompts"][i])
+            logits, rows["iou"][i] = self.predict_image(rows["image"][i], rows["input_hw"][i], rows["original_hw"][i],
+                                                        rows["structure"][i], rows["boxes"][i], rows["points"][i],
+                                                        rows["labels"][i], n_prompts)
+            stored[i] = encode_logits(np.nan_to_num(logits, nan=0.0), cfg.precision)
+            for r in range(cfg.rounds):  # padding slots hold the fill value
+                stored[i, r * cfg.prompts + n_prompts:(r + 1) * cfg.prompts] = fill_value(cfg.precision)
+        source, shard = str(rows["source"][0]), str(rows["shard"][0])
+        samples = [{c: rows[c][i] for c in rows if c != "image"} for i in range(n)]
+        prompts = prompts_table(source, shard, samples, cfg, m)
+        files = [self.storage.write_bytes(part_rel + TABLE_SUFFIX[("sam", "prompts")], parquet_bytes(prompts)),
+                 self.storage.write_bytes(part_rel + TABLE_SUFFIX[("sam", "images")],
+                                          parquet_bytes(images_table(source, shard, samples)))]
+        files += [self.storage.write_bytes(f"{part_rel}{TABLE_SUFFIX[('sam', 'logits')]}/{key}", data)
+                  for key, data in sorted(logits_group_objects(stored, cfg.precision).items())]
+        return files, {"prompts": prompts.num_rows, "images": n}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return teacher_batch_output("sam", batch, self.write_part, self.storage)
 
 
-def prompts_table(source: str, shard: str, samples: list[dict], cfg: SamConfig, num_masks: int) -> pa.Table:
+def prompts_table(source: str, shard: str, samples: list[dict], cfg: SamConfig, masks: int) -> pa.Table:
     """One row per (image, prompt, round), prompts in original-image pixels."""
     rows = []
     for s in samples:
         for r in range(cfg.rounds):
             for p in range(int(s["n_prompts"])):
-                structure = STRUCTURES[int(s["structure"][p])]
-                n = 0 if structure == "box" else cfg.points_per_prompt
+                code = int(s["structure"][p])
+                has_box, has_points = STRUCTURE_PARTS[code]
+                n = cfg.points_per_prompt if has_points else 0
                 slot = r * cfg.prompts + p
                 rows.append(dict(
                     source=source, shard=shard, key=str(s["key"]), sample_index=int(s["sample_index"]),
-                    prompt=p, round=r, slot=slot, structure=structure, annotation_id=int(s["annotation_id"][p]),
-                    box=s["boxes"][p].tolist() if structure != "points" else None,
+                    prompt=p, round=r, slot=slot, structure=PROMPT_STRUCTURES[code],
+                    annotation_id=int(s["annotation_id"][p]), box=s["boxes"][p].tolist() if has_box else None,
                     point_coords=s["points"][p, :n].tolist(), point_labels=s["labels"][p, :n].tolist(),
                     iou=s["iou"][slot].tolist(),
                 ))
-    return pa.Table.from_pylist(rows, schema=sam_prompts_schema(num_masks))
+    return pa.Table.from_pylist(rows, schema=sam_prompts_schema(masks))
 
 
 def images_table(source: str, shard: str, samples: list[dict]) -> pa.Table:

@@ -1,13 +1,14 @@
 """What the CLIP and SAM jobs share: shard tasks, the streaming read loop with its per-unit `end`
-rows, and the driver's per-unit collection, deduplicated on sample index.
+rows, and the driver's per-unit collection of the parts teacher actors wrote.
 
-Row protocol (one Ray row per sample, every kind):
+Row protocol (one Ray row per sample into the teacher stage, every kind):
     source, shard, unit, part_start   where the sample belongs
-    status      ok | error | end | unit_failed
+    status      ok | error | end | unit_failed (the read failed) | part | teacher_failed
     sample_index, key, members        the sample (index within its unit)
     reason, detail                    an error's reason, an end row's note, a failure's message
     n_in_unit, shard_samples          end rows: samples in the unit; samples in the shard (-1 unknown)
-plus the kind's own columns (pixels, prompts, targets ...).
+plus the kind's own columns (pixels, prompts ...) on the way in; on the way out the teacher
+stage replaces `ok` rows by `part` rows (pipeline.parts).
 """
 from __future__ import annotations
 
@@ -17,13 +18,19 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+import numpy as np
+
 from pipeline.sources import InputShard
 from storage_schemas.commit import CommitRecord, input_change
 from storage_schemas.errors import ConfigError, StoreError
 from storage_schemas.layout import unit_name
+from storage_schemas.storage import FileEntry
 from storage_schemas.tar_samples import TarSample, iter_tar_samples
 
 OK, ERROR, END, UNIT_FAILED = "ok", "error", "end", "unit_failed"
+PART, TEACHER_FAILED = "part", "teacher_failed"
+PROTOCOL_COLUMNS = ("source", "shard", "unit", "part_start", "status", "sample_index", "key", "members",
+                    "reason", "detail", "n_in_unit", "shard_samples")
 
 
 @dataclass(frozen=True)
@@ -112,23 +119,35 @@ def read_shard(row: dict[str, Any], make_sample: SampleFn, blank: BlankFn,
                 row.update(sample_index=sample.index - part * task.unit_size, key=sample.key,
                            members=json.dumps(sample.member_names()))
                 yield make_sample(row, sample)
-        if part not in skip:
-            yield end_row(total)
+        yield end_row(total)  # also for a committed last part: it tells the driver the shard was read to its end
     except Exception as e:  # the shard fails as a whole; the driver reports it and exits non-zero
         failed = blank(task, UNIT_FAILED, part)
         failed.update(reason=type(e).__name__, detail=f"{e} (in {traceback.extract_tb(e.__traceback__)[-1].name})")
         yield failed
 
 
+@dataclass(frozen=True)
+class Part:
+    """A part file set a teacher actor wrote for a unit."""
+
+    name: str
+    samples: np.ndarray  # int32 sample indexes
+    files: list[FileEntry]
+    rows: dict[str, int]  # rows per table
+
+
 @dataclass
 class UnitCollector:
-    """A unit's rows as they arrive from the teacher stage, deduplicated on sample index
-    (Ray re-runs a batch whose worker died)."""
+    """A unit's parts and error rows as they reach the driver. A part whose samples overlap an
+    accepted part's (Ray re-ran its batch after a worker died) is dropped whole; error rows are
+    deduplicated on sample index."""
 
     shard: InputShard
     unit: str
     part_start: int
-    samples: dict[int, dict] = field(default_factory=dict)
+    parts: list[Part] = field(default_factory=list)
+    dropped: list[Part] = field(default_factory=list)
+    covered: set[int] = field(default_factory=set)
     errors: dict[int, dict] = field(default_factory=dict)
     n_in_unit: int | None = None
     shard_samples: int | None = None
@@ -138,17 +157,31 @@ class UnitCollector:
         if row["status"] == END:
             self.n_in_unit, self.note = int(row["n_in_unit"]), str(row["detail"])
             self.shard_samples = int(row["shard_samples"]) if row["shard_samples"] >= 0 else None
-        elif row["status"] == OK:
-            self.samples[int(row["sample_index"])] = row
+        elif row["status"] == PART:
+            part = Part(str(row["part"]), np.frombuffer(row["part_samples"], np.int32),
+                        [FileEntry(**f) for f in json.loads(row["part_files"])], json.loads(row["part_rows"]))
+            samples = set(part.samples.tolist())
+            if samples & self.covered or samples & set(self.errors):
+                self.dropped.append(part)
+            else:
+                self.parts.append(part)
+                self.covered |= samples
         elif row["status"] == ERROR:
             self.errors[int(row["sample_index"])] = row
 
     @property
     def complete(self) -> bool:
-        return self.n_in_unit is not None and len(self.samples) + len(self.errors) == self.n_in_unit
+        return self.n_in_unit is not None and len(self.covered) + len(self.errors) == self.n_in_unit
 
-    def ordered_samples(self) -> list[dict]:
-        return [self.samples[i] for i in sorted(self.samples)]
+    def ordered_parts(self) -> list[Part]:
+        return sorted(self.parts, key=lambda p: int(p.samples.min()))
+
+    def rows(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for p in self.parts:
+            for name, n in p.rows.items():
+                total[name] = total.get(name, 0) + n
+        return total
 
     def error_rows(self, kind: str) -> list[dict]:
         """Rows of the errors table (storage_schemas.tables.ERRORS_SCHEMA)."""

@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -31,9 +32,9 @@ from storage_schemas import layout
 from storage_schemas.commit import CommitRecord
 from storage_schemas.errors import StoreError, run_cli
 from storage_schemas.manifest import Manifest, read_manifest
-from storage_schemas.mask_logits import decode_logits, open_logits
+from storage_schemas.mask_logits import decode_logits
 from storage_schemas.storage import Storage
-from storage_schemas.store import table_file
+from storage_schemas.store import TargetStore, table_files
 
 NORM_TOLERANCE = 1e-2  # fp16 embeddings of unit vectors are within ~1e-3 of norm 1
 
@@ -81,31 +82,47 @@ class UnreadableTable(Exception):
 
 
 def _table(storage: Storage, record: CommitRecord, table: str, columns: list[str] | None = None):
-    rel = table_file(record, table)
-    if record.file(rel) is None or not storage.exists(rel):
-        return rel, None
-    try:
-        with storage.fs.open(storage.full(rel), "rb") as f:
-            return rel, pq.read_table(f, columns=columns)
-    except Exception as e:  # damaged bytes fail in many ways inside Arrow
-        raise UnreadableTable(rel, e) from None
+    """(where, the unit's table over its listed parts or None); `where` names the first file."""
+    rels = [rel for rel in table_files(record, table) if record.file(rel) is not None and storage.exists(rel)]
+    where = rels[0] if rels else table_files(record, table)[0]
+    if not rels:
+        return where, None
+    parts = []
+    for rel in rels:
+        try:
+            with storage.fs.open(storage.full(rel), "rb") as f:
+                parts.append(pq.read_table(f, columns=columns))
+        except Exception as e:  # damaged bytes fail in many ways inside Arrow
+            raise UnreadableTable(rel, e) from None
+    return where, pa.concat_tables(parts, promote_options="permissive")
 
 
 def check_counts_and_content(storage: Storage, record: CommitRecord, manifest: Manifest) -> list[tuple[str, str]]:
     out = []
     rows = dict(record.rows)
-    rel, errors = _table(storage, record, "errors", ["key"])
+    rel, errors = _table(storage, record, "errors", ["sample_index"])
     n_err = 0 if errors is None else errors.num_rows
     if n_err != record.n_errors or n_err != rows.get("errors", 0):
         out.append((rel, f"{n_err} error rows, the commit record says {record.n_errors}"))
+    error_index = set() if errors is None else set(errors.column("sample_index").to_pylist())
+
+    def coverage(where: str, stored: np.ndarray) -> None:
+        """Stored samples and errors: disjoint, and together every sample of the unit once."""
+        both = set(stored.tolist()) & error_index
+        if both or set(stored.tolist()) | error_index != set(range(record.n_input)):
+            out.append((where, f"stored samples and errors do not cover samples 0..{record.n_input - 1} once "
+                               f"({len(both)} in both)"))
+
     mm = manifest.must_match
     if record.kind == "clip":
         rel, views = _table(storage, record, "views", ["sample_index", "view", "embedding"])
         if views is None:  # a listed file that is missing is reported by check_files
-            unlisted = record.file(rel) is None and record.n_stored
+            unlisted = not any(record.file(r) for r in table_files(record, "views")) and record.n_stored
             return out + ([(rel, "no views table for a unit with stored samples")] if unlisted else [])
         k, width = int(mm["policy"]["views"]), int(mm["teacher"]["output"]["embed_dim"])
-        samples = len(np.unique(views.column("sample_index").to_numpy()))
+        index = views.column("sample_index").to_numpy()
+        coverage(rel, index)
+        samples = len(np.unique(index))
         if views.num_rows != rows.get("views") or samples != record.n_stored or views.num_rows != samples * k:
             out.append((rel, f"{views.num_rows} rows over {samples} samples; the commit record says "
                              f"{rows.get('views')} rows, {record.n_stored} samples, {k} views each"))
@@ -123,6 +140,7 @@ def check_counts_and_content(storage: Storage, record: CommitRecord, manifest: M
         return out
     rel, images = _table(storage, record, "images", ["sample_index"])
     n_images = 0 if images is None else images.num_rows
+    coverage(rel, np.zeros(0, np.int64) if images is None else images.column("sample_index").to_numpy())
     if n_images != record.n_stored or n_images != rows.get("images", 0):
         out.append((rel, f"{n_images} image rows, the commit record says {record.n_stored} stored images"))
     rel_p, prompts = _table(storage, record, "prompts", ["sample_index", "slot"])
@@ -132,17 +150,20 @@ def check_counts_and_content(storage: Storage, record: CommitRecord, manifest: M
     if images is None or prompts is None:
         return out
     policy = mm["policy"]
-    shape = (n_images, int(policy["prompts"]) * int(policy["rounds"]), int(policy["num_masks"]), 256, 256)
-    rel_z = table_file(record, "logits")
+    trailing = (int(policy["prompts"]) * int(policy["rounds"]), int(policy["num_masks"]), 256, 256)
+    groups = table_files(record, "logits")
     try:
-        array = open_logits(storage, rel_z)
+        array = TargetStore(storage).open_logits(record)
     except Exception as e:  # a damaged group: say which, go on with the other units
-        return out + [(rel_z, f"logits array cannot be opened ({type(e).__name__}: {e})")]
-    if tuple(array.shape) != shape:
-        return out + [(rel_z, f"logits shape {tuple(array.shape)}, expected {shape}")]
+        return out + [(groups[0], f"logits array cannot be opened ({type(e).__name__}: {e})")]
+    for rel, a, n in zip(groups, array.arrays, array.part_sizes):
+        if tuple(a.shape) != (n, *trailing):
+            return out + [(rel, f"logits shape {tuple(a.shape)}, expected {(n, *trailing)} (its images table has {n} rows)")]
+    images = images.sort_by("sample_index")  # the image axis of the unit's logits is in sample order
     index = images.column("sample_index").to_numpy()
     p_index, p_slot = prompts.column("sample_index").to_numpy(), prompts.column("slot").to_numpy()
     for n, sample in enumerate(index):
+        rel_z = groups[array.where(n)[0]]
         slots = np.unique(p_slot[p_index == sample])
         try:
             logits = decode_logits(array[n, slots] if len(slots) else np.zeros((0,)), mm["precision"])
@@ -179,7 +200,8 @@ def validate(storage: Storage, hashes: bool = True, workers: int = 8) -> Report:
             except (ValueError, KeyError, TypeError) as e:
                 report.add(rel, f"commit record does not parse ({type(e).__name__}: {e}); its unit's files are kept")
                 source, _, unit = rel[len(f"{layout.COMMITS_DIR}/{kind}/"):-len(".json")].partition("/")
-                kept += [layout.data_path(kind, source, unit, "."), layout.errors_path(kind, source, unit)]
+                kept += [layout.unit_data_path(kind, source, unit, "."), layout.unit_dir(kind, source, unit) + "/",
+                         layout.errors_path(kind, source, unit)]
                 continue
             if record.path != rel:
                 report.add(rel, f"commit record of {record.kind}/{record.source}/{record.unit} at the wrong path")

@@ -18,12 +18,12 @@ import json
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow.compute as pc
 import torch
 
 from pipeline.clip_targets import ClipTeacherStage
 from pipeline.config import JobConfig, load_job_config
 from pipeline.sam_targets import SamTeacherStage
+from storage_schemas.clip_views_table import ClipViews
 from storage_schemas.commit import CommitRecord
 from storage_schemas.decode import decode_image, draft_side_for
 from storage_schemas.errors import ManifestMismatch, StoreError, run_cli
@@ -78,44 +78,38 @@ def check_teacher(store: TargetStore, kind: str, fingerprint_sha: str) -> None:
 
 def verify_clip(store: TargetStore, cfg: JobConfig, draws, min_cosine: float) -> KindResult:
     must = store.manifest("clip").must_match
-    stage = ClipTeacherStage(cfg.clip.teacher, cfg.store.storage_options, must["compute_dtype"], torch.get_num_threads())
+    stage = ClipTeacherStage(cfg.clip.teacher, store.storage, must["compute_dtype"], torch.get_num_threads())
     check_teacher(store, "clip", stage.teacher.fingerprint.weights_sha256)
     pp = must["teacher"]["preprocess"]
     size, interpolation = int(pp["size"][0]), pp["interpolation"]
     result = KindResult()
     for record in {r.unit: r for r, _ in draws}.values():
         rows = sorted({i for r, i in draws if r.unit == record.unit})
-        table = store.read_unit_table(record, "views")
-        table = table.sort_by([("sample_index", "ascending"), ("view", "ascending")])
-        index = np.unique(table.column("sample_index").to_numpy())
-        wanted = {int(index[i]): i for i in rows}
+        views = ClipViews.from_table(store.read_unit_table(record, "views"))
+        wanted = {int(views.sample_index[i]): i for i in rows}
         images = read_samples(record, set(wanted), cfg.store.storage_options)
-        for sample_index in wanted:
-            t = table.filter(pc.equal(table.column("sample_index"), sample_index))
-            key = t.column("key")[0].as_py()
+        for sample_index, n in wanted.items():
             decoded = decode_image(images[sample_index], must["policy"]["max_image_pixels"], draft_side_for(size)).image
-            crops = np.asarray(t.column("crop").to_pylist(), np.float32)
-            flips = t.column("flip").to_pylist()
-            pixels = np.stack([render_view(decoded, c, f, size, interpolation) for c, f in zip(crops, flips)])
+            pixels = np.stack([render_view(decoded, c, f, size, interpolation)
+                               for c, f in zip(views.crops[n], views.flips[n])])
             hashes = [view_hash(p) for p in pixels]
             got = stage.embed(pixels).astype(np.float32)
-            want = np.asarray(t.column("embedding").to_pylist(), np.float32)
+            want = views.embeddings[n].astype(np.float32)
             cos = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
-            matches = sum(a == b for a, b in zip(hashes, t.column("pixel_hash").to_pylist()))
+            matches = sum(a == b for a, b in zip(hashes, views.pixel_hashes[n]))
             result.samples += 1
             result.items += len(pixels)
             result.pixel_hash_matches += matches
             result.min_cosine = min(result.min_cosine, float(cos.min()))
             result.max_abs_diff = max(result.max_abs_diff, float(np.abs(got - want).max()))
             if matches < len(pixels) or cos.min() < min_cosine:
-                result.mismatched.append(f"{record.source}/{record.shard}/{key}")
+                result.mismatched.append(f"{record.source}/{record.shard}/{views.keys[n]}")
     return result
 
 
 def verify_sam(store: TargetStore, cfg: JobConfig, draws, max_logit_diff: float) -> KindResult:
     must = store.manifest("sam").must_match
-    stage = SamTeacherStage(cfg.sam.teacher, cfg.sam, cfg.store.storage_options, must["compute_dtype"],
-                            torch.get_num_threads())
+    stage = SamTeacherStage(cfg.sam.teacher, cfg.sam, store.storage, must["compute_dtype"], torch.get_num_threads())
     check_teacher(store, "sam", stage.teacher.fingerprint.weights_sha256)
     policy, precision = must["policy"], must["precision"]
     result = KindResult()

@@ -1,8 +1,9 @@
 """Per-unit commit records: the last file written for a unit, and what makes the unit count.
 
-A record lists every file of the unit with size and sha256, the row counts, the input it was made
-from (URL, size, ETag on object stores, the sample range for a part of a shard), the policy hash
-of the manifest in force and an attempt id. Readers consider a unit only through its record; a
+A record lists every file of the unit with size and sha256, its parts (schema version 2: the part
+files teacher actors wrote, disjoint sample sets that together with the errors cover the unit),
+the row counts, the input it was made from (URL, size, ETag on object stores, the sample range for
+a part of a shard), the policy hash of the manifest in force and an attempt id. Readers consider a unit only through its record; a
 record that does not parse counts as absent, so a half-written one (impossible with atomic writes,
 but cheap to guard) means "not committed".
 """
@@ -54,6 +55,7 @@ class CommitRecord:
     rows: dict[str, int]  # row count per table, e.g. {"views": 3000, "errors": 2}
     files: list[FileEntry]
     policy_hash: str
+    parts: list[str] | None = None  # part names in sample order; None: a schema-1 unit (one file per table)
     attempt_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created_at: str = field(default_factory=now_utc)
     schema_version: int = SCHEMA_VERSION
@@ -81,6 +83,7 @@ class CommitRecord:
         d = json.loads(text)
         d["input"] = InputRef(**d["input"])
         d["files"] = [FileEntry(**f) for f in d["files"]]
+        d.setdefault("parts", None)  # schema version 1 had no parts
         return CommitRecord(**d)
 
 

@@ -1,27 +1,57 @@
-"""Named kill points, for tests of exactly-once under crashes.
+"""Named fault points, for tests of exactly-once under crashes and of failures that stay local.
 
 `SAMCLIP_KILL_AT=after_data_before_commit` makes the process SIGKILL itself the first time it
-reaches that point; `NAME:N` the N-th time. Unset (always, outside tests), `kill_point` is a no-op.
+reaches that point; `NAME:N` the N-th time; `NAME@SCOPE` only where the point's scope (a unit
+name) is SCOPE. With `SAMCLIP_KILL_ONCE=PATH` as well, only the first process to get there dies
+(it creates PATH): a teacher actor that Ray restarts after the kill does not kill itself again.
+`SAMCLIP_RAISE_AT=NAME[@SCOPE]` raises `InjectedFault` there instead, every time. Unset (always,
+outside tests), `kill_point` is a no-op.
 
-Points: `during_teacher` (the driver has received the first targets of a unit from the teacher
-stage), `after_data_before_commit` (a unit's data files are written, its commit record is not).
+Points: `during_teacher` (the driver has received the first part of a unit from the teacher
+stage), `teacher_batch` (in a teacher actor, before it runs the teacher on a unit's rows; scoped
+by unit), `after_part_written` (in a teacher actor: a part's files are written, its metadata has
+not reached the driver; scoped by unit), `after_data_before_commit` (on the driver: a unit's parts
+and errors are written, its commit record is not).
 """
 from __future__ import annotations
 
 import os
 import signal
 
-ENV = "SAMCLIP_KILL_AT"
+KILL_ENV = "SAMCLIP_KILL_AT"
+KILL_ONCE_ENV = "SAMCLIP_KILL_ONCE"
+RAISE_ENV = "SAMCLIP_RAISE_AT"
+FAULT_ENVS = (KILL_ENV, KILL_ONCE_ENV, RAISE_ENV)
 _seen: dict[str, int] = {}
 
 
-def kill_point(name: str) -> None:
-    spec = os.environ.get(ENV)
+class InjectedFault(RuntimeError):
+    """Raised by a fault point a test asked for."""
+
+
+def _matches(spec: str, name: str, scope: str) -> tuple[bool, int]:
+    target, _, nth = spec.partition(":")
+    target, _, want_scope = target.partition("@")
+    return target == name and want_scope in ("", scope), int(nth or 1)
+
+
+def kill_point(name: str, scope: str = "") -> None:
+    raise_spec = os.environ.get(RAISE_ENV)
+    if raise_spec and _matches(raise_spec, name, scope)[0]:
+        raise InjectedFault(f"fault injected at {name}{'@' + scope if scope else ''} ({RAISE_ENV})")
+    spec = os.environ.get(KILL_ENV)
     if not spec:
         return
-    target, _, nth = spec.partition(":")
-    if target != name:
+    match, nth = _matches(spec, name, scope)
+    if not match:
         return
     _seen[name] = _seen.get(name, 0) + 1
-    if _seen[name] == int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+    if _seen[name] != nth:
+        return
+    once = os.environ.get(KILL_ONCE_ENV)
+    if once:
+        try:
+            os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+    os.kill(os.getpid(), signal.SIGKILL)

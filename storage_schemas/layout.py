@@ -1,15 +1,19 @@
 """Where things live inside a store ROOT. Every path here is relative to ROOT.
 
     ROOT/
-      clip/_manifest.json                 per kind, created before the first commit
-      clip/SOURCE/UNIT.parquet            one row per (sample, view)
+      clip/_manifest.json                      per kind, created before the first commit
+      clip/SOURCE/UNIT/PART.parquet            one row per (sample, view) of the part's samples
       sam/_manifest.json
-      sam/SOURCE/UNIT.parquet             one row per (sample, prompt, round)
-      sam/SOURCE/UNIT.images.parquet      one row per stored image
-      sam/SOURCE/UNIT.zarr                mask logits [n_images, P * rounds, M, 256, 256]
-      text/NAME.parquet                   class-name text embeddings
-      _commits/KIND/SOURCE/UNIT.json      written last: what the unit holds
-      _errors/KIND/SOURCE/UNIT.parquet    one row per input sample that could not be used
+      sam/SOURCE/UNIT/PART.parquet             one row per (sample, prompt, round)
+      sam/SOURCE/UNIT/PART.images.parquet      one row per stored image
+      sam/SOURCE/UNIT/PART.zarr                mask logits [n_images, P * rounds, M, 256, 256]
+      text/NAME.parquet                        class-name text embeddings
+      _commits/KIND/SOURCE/UNIT.json           written last: what the unit holds, its parts
+      _errors/KIND/SOURCE/UNIT.parquet         one row per input sample that could not be used
+
+A PART is what one teacher actor call wrote for one unit (`p0000128-3f9a1c2e`: its first sample
+index and the attempt's id). Stores of schema version 1 have one part per unit, stored as
+`KIND/SOURCE/UNIT{suffix}` without the unit folder (`unit_data_path`).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ TEXT_DIR = "text"
 
 # Source and unit names become path components, so keep them to a safe alphabet.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_PART_OF_SHARD = re.compile(r"^(.+)\.p\d{3,}$")
 
 
 def check_name(what: str, name: str) -> str:
@@ -39,8 +44,27 @@ def manifest_path(kind: str) -> str:
     return f"{kind}/_manifest.json"
 
 
-def data_path(kind: str, source: str, unit: str, suffix: str = ".parquet") -> str:
+def shard_of_unit(unit: str) -> str:
+    """The shard a unit name belongs to: `sa_000123` for `sa_000123.p003`, `00042` for `00042`."""
+    m = _PART_OF_SHARD.match(unit)
+    return m.group(1) if m else unit
+
+
+def unit_data_path(kind: str, source: str, unit: str, suffix: str = ".parquet") -> str:
+    """Schema version 1: a unit's single data file."""
     return f"{kind}/{source}/{unit}{suffix}"
+
+
+def unit_dir(kind: str, source: str, unit: str) -> str:
+    return f"{kind}/{source}/{unit}"
+
+
+def part_name(first_sample: int, attempt: str) -> str:
+    return f"p{first_sample:07d}-{attempt}"
+
+
+def part_path(kind: str, source: str, unit: str, part: str, suffix: str = ".parquet") -> str:
+    return f"{unit_dir(kind, source, unit)}/{part}{suffix}"
 
 
 def commit_path(kind: str, source: str, unit: str) -> str:

@@ -114,6 +114,12 @@ def ensure_manifest(storage: Storage, manifest: Manifest) -> Manifest:
 
 def check_compatible(store_url: str, stored: Manifest, job: Manifest) -> None:
     """Refuse a job whose must-match fields differ from the store's, naming each field."""
+    version = stored.must_match.get("schema_version")
+    if version != job.must_match["schema_version"]:
+        raise ManifestMismatch(
+            f"store {store_url} ({job.kind}) has schema version {version}; this version of the pipeline writes "
+            f"version {job.must_match['schema_version']} and does not add units to older stores (they stay "
+            "readable): write these targets to a new store URL")
     diffs = differences(stored.must_match, job.must_match)
     if diffs:
         shown = "; ".join(f"{k}: store has {_short(a)}, job has {_short(b)}" for k, a, b in diffs[:4])

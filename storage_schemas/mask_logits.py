@@ -1,9 +1,13 @@
 """Zarr layout and storage encodings of SAM mask logits.
 
-`UNIT.zarr` is a Zarr v3 group holding
+A part's `PART.zarr` is a Zarr v3 group holding
     logits            [n_images, slots, M, 256, 256]   slots = P * rounds, one chunk per image
-Slots beyond an image's `n_prompts` hold the array's fill value. One process writes a unit's
-arrays, whole chunks at a time: Zarr loses data when several writers share a chunk or shard.
+stored as one shard (Zarr's sharding codec): the part's images go out in one PUT, not one per
+image, and a reader still fetches one image's chunk with a ranged read. Slots beyond an image's
+`n_prompts` hold the array's fill value. The teacher actor that made a part encodes the whole
+group in memory (`logits_group_objects`) and writes its objects; nothing writes a group twice
+(Zarr loses data when several writers share a shard). Schema-1 units have one group per unit,
+one object per chunk.
 
 Encodings (the `precision` of the SAM manifest):
     fp16           logits as float16; fill NaN. Probability error <= FP16_MAX_PROB_ERROR.
@@ -25,6 +29,11 @@ UINT8_MAX_PROB_ERROR = 0.5 / 255
 # fp16 keeps 11 significant bits: |dp| <= max_x sigmoid'(x) * |x| * 2**-11 = 0.2240 * 2**-11.
 FP16_MAX_PROB_ERROR = 0.2240 * 2.0**-11
 _EPS = 0.5 / 255
+
+
+def num_masks(multimask: bool) -> int:
+    """M, the masks SAM's decoder returns per prompt: 3 with multimask output, else 1."""
+    return 3 if multimask else 1
 
 
 def storage_dtype(precision: str) -> np.dtype:
@@ -52,23 +61,6 @@ def decode_logits(stored: np.ndarray, precision: str) -> np.ndarray:
     return np.log(prob) - np.log1p(-prob)
 
 
-def create_logits_array(
-    storage: Storage, rel: str, n_images: int, slots: int, num_masks: int, precision: str
-) -> zarr.Array:
-    """Create `logits` in the group at ROOT/`rel` (overwriting), chunked one image per chunk."""
-    group = zarr.open_group(zarr_store(storage, rel), mode="w")
-    return group.create_array(
-        "logits",
-        shape=(n_images, slots, num_masks, LOW_RES, LOW_RES),
-        chunks=(1, slots, num_masks, LOW_RES, LOW_RES),
-        dtype=storage_dtype(precision),
-        fill_value=fill_value(precision),
-        compressors=zarr.codecs.ZstdCodec(level=3),
-        dimension_names=("image", "slot", "mask", "y", "x"),
-        attributes={"precision": precision},
-    )
-
-
 def open_logits(storage: Storage, rel: str) -> zarr.Array:
     group = zarr.open_group(zarr_store(storage, rel, read_only=True), mode="r")
     return group["logits"]
@@ -90,22 +82,44 @@ def _check(precision: str) -> str:
     return precision
 
 
-def chunk_bytes(stored: np.ndarray, precision: str) -> bytes:
-    """One image's encoded chunk: stored [slots, M, 256, 256] in the storage dtype -> the bytes
-    Zarr would write for it (same codecs), so a teacher worker can encode and one writer store."""
-    slots, masks = stored.shape[:2]
+def logits_group_objects(stored: np.ndarray, precision: str) -> dict[str, bytes]:
+    """A part's whole logits group, encoded in memory: stored [n, slots, M, 256, 256] in the storage
+    dtype -> {path inside the group: object bytes}, for the caller to write as whole files."""
     backing: dict = {}
-    arr = zarr.create_array(
-        zarr.storage.MemoryStore(store_dict=backing), shape=(1, slots, masks, LOW_RES, LOW_RES),
-        chunks=(1, slots, masks, LOW_RES, LOW_RES), dtype=storage_dtype(precision), fill_value=fill_value(precision),
-        compressors=zarr.codecs.ZstdCodec(level=3), dimension_names=("image", "slot", "mask", "y", "x"),
+    n, slots, masks = stored.shape[:3]
+    group = zarr.open_group(zarr.storage.MemoryStore(store_dict=backing), mode="w")
+    arr = group.create_array(
+        "logits", shape=stored.shape, chunks=(1, slots, masks, LOW_RES, LOW_RES),
+        shards=(max(1, n), slots, masks, LOW_RES, LOW_RES), dtype=storage_dtype(precision),
+        fill_value=fill_value(precision), compressors=zarr.codecs.ZstdCodec(level=3),
+        dimension_names=("image", "slot", "mask", "y", "x"), attributes={"precision": precision},
         config={"write_empty_chunks": True},  # an all-fill image still gets its chunk
     )
-    arr[0] = stored
-    (key,) = [k for k in backing if k.startswith("c/")]
-    return backing[key].to_bytes()
+    if n:
+        arr[:] = stored
+    return {key: value.to_bytes() for key, value in backing.items()}
 
 
-def chunk_path(array_rel: str, image: int) -> str:
-    """Where image `image`'s chunk lives under a logits array (Zarr v3 default chunk keys)."""
-    return f"{array_rel}/c/{image}/0/0/0/0"
+class UnitLogits:
+    """A unit's logits over its parts, indexed like one array whose image axis is the unit's
+    stored images in sample order: `logits[n]`, `logits[n, slots]`."""
+
+    def __init__(self, arrays: list[zarr.Array], sample_indexes: list[np.ndarray]):
+        """arrays[j] holds the images of part j; sample_indexes[j] their sample indexes, row by row."""
+        self.arrays = arrays
+        self.part_sizes = [len(idx) for idx in sample_indexes]  # images each part's table lists
+        order = np.concatenate(sample_indexes) if sample_indexes else np.zeros(0, np.int64)
+        where = [(j, r) for j, idx in enumerate(sample_indexes) for r in range(len(idx))]
+        self._where = [where[i] for i in np.argsort(order, kind="stable")]
+        first = arrays[0].shape[1:] if arrays else (0, 0, LOW_RES, LOW_RES)
+        self.shape = (len(self._where), *first)
+        self.dtype = arrays[0].dtype if arrays else None
+
+    def where(self, n: int) -> tuple[int, int]:
+        """(part, row in that part's array) of the unit's n-th image in sample order."""
+        return self._where[int(n)]
+
+    def __getitem__(self, key):
+        n, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        j, r = self.where(n)
+        return self.arrays[j][(r, *rest)]

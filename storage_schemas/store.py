@@ -4,25 +4,27 @@
     store.manifest("clip").must_match["teacher"]["embed_dim"]
     views = store.read_table("clip", "views")            # every committed unit, one Arrow table
     urls = store.committed_files("clip", "views")        # hand these to DuckDB or Polars
-    logits = store.open_logits(store.commits("sam")[0])  # zarr array [n, slots, M, 256, 256]
+    logits = store.open_logits(store.commits("sam")[0])  # [n, slots, M, 256, 256] over the unit's parts
 
-A file that no commit record lists (a leftover of a killed attempt) is never returned.
+A unit is one or more parts (schema version 2) or one file per table (version 1); every reader
+here reads both. A file that no commit record lists (a leftover of a killed attempt) is never
+returned.
 """
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import zarr
 
 from storage_schemas import layout
 from storage_schemas.commit import CommitRecord, read_commit
 from storage_schemas.errors import StoreError
 from storage_schemas.manifest import Manifest, read_manifest
-from storage_schemas.mask_logits import open_logits
+from storage_schemas.mask_logits import UnitLogits, open_logits
 from storage_schemas.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -36,16 +38,27 @@ TABLE_SUFFIX = {
 }
 
 
-def table_file(record: CommitRecord, table: str) -> str:
-    """ROOT-relative path of `table` for a committed unit."""
+def table_files(record: CommitRecord, table: str) -> list[str]:
+    """ROOT-relative paths of `table`'s files for a committed unit, one per part, in sample order."""
     if table == "errors":
-        return layout.errors_path(record.kind, record.source, record.unit)
+        return [layout.errors_path(record.kind, record.source, record.unit)]
     try:
         suffix = TABLE_SUFFIX[(record.kind, table)]
     except KeyError:
         tables = [t for k, t in TABLE_SUFFIX if k == record.kind] + ["errors"]
         raise ValueError(f"{record.kind} has no table {table!r}; expected one of {', '.join(tables)}") from None
-    return layout.data_path(record.kind, record.source, record.unit, suffix)
+    if record.parts is None:
+        return [layout.unit_data_path(record.kind, record.source, record.unit, suffix)]
+    return [layout.part_path(record.kind, record.source, record.unit, p, suffix) for p in record.parts]
+
+
+def listed(record: CommitRecord, rel: str) -> bool:
+    """Whether the record lists the file `rel`, or files under it (a Zarr group)."""
+    return any(f.path == rel or f.path.startswith(rel + "/") for f in record.files)
+
+
+# Commit records are small and many: read them concurrently (an S3 GET is ~20-50 ms).
+READ_THREADS = 32
 
 
 @dataclass
@@ -76,16 +89,17 @@ class TargetStore:
         manifest = self.manifest(kind)
         if manifest is None:
             return []
-        out = []
         prefix = f"{layout.COMMITS_DIR}/{kind}/"
         wanted = set(sources) if sources is not None else None
+        names = []
         for rel in self.storage.list_files(prefix.rstrip("/")):
-            if not rel.endswith(".json"):
-                continue
             source, _, unit = rel[len(prefix):-len(".json")].partition("/")
-            if wanted is not None and source not in wanted:
-                continue
-            record = read_commit(self.storage, kind, source, unit)
+            if rel.endswith(".json") and (wanted is None or source in wanted):
+                names.append((rel, source, unit))
+        with ThreadPoolExecutor(READ_THREADS) as pool:
+            records = list(pool.map(lambda n: read_commit(self.storage, kind, n[1], n[2]), names))
+        out = []
+        for (rel, _, _), record in zip(names, records):
             if record is None:
                 continue
             if record.policy_hash != manifest.policy_hash:
@@ -104,30 +118,35 @@ class TargetStore:
 
     def committed_files(self, kind: str, table: str) -> list[str]:
         """Full URLs of `table`'s files over every committed unit (only those that hold rows)."""
-        urls = []
-        for record in self.commits(kind):
-            rel = table_file(record, table)
-            if any(f.path == rel or f.path.startswith(rel + "/") for f in record.files):
-                urls.append(self.storage.url_of(rel))
-        return urls
+        return [self.storage.url_of(rel) for record in self.commits(kind)
+                for rel in table_files(record, table) if listed(record, rel)]
 
     def read_unit_table(self, record: CommitRecord, table: str, columns: list[str] | None = None) -> pa.Table | None:
-        """One unit's table (only `columns` if given), or None when the unit has no such file."""
-        rel = table_file(record, table)
-        if record.file(rel) is None:
-            return None
-        with self.storage.fs.open(self.storage.full(rel), "rb") as f:
-            return pq.read_table(f, columns=columns)
+        """One unit's table over its parts, in sample order (only `columns` if given), or None
+        when the unit has no such file."""
+        parts = []
+        for rel in table_files(record, table):
+            if record.file(rel) is not None:
+                with self.storage.fs.open(self.storage.full(rel), "rb") as f:
+                    parts.append(pq.read_table(f, columns=columns))
+        return pa.concat_tables(parts, promote_options="permissive") if parts else None
 
     def read_table(self, kind: str, table: str, sources: Iterable[str] | None = None) -> pa.Table | None:
         """`table` over every committed unit of `kind`, concatenated (None if no unit has it)."""
         parts = [t for r in self.commits(kind, sources) if (t := self.read_unit_table(r, table)) is not None]
-        return pa.concat_tables(parts) if parts else None
+        return pa.concat_tables(parts, promote_options="permissive") if parts else None
 
-    def open_logits(self, record: CommitRecord) -> zarr.Array:
+    def open_logits(self, record: CommitRecord) -> UnitLogits:
+        """The unit's mask logits, image axis in sample order: [n_stored, slots, M, 256, 256]."""
         if record.kind != "sam":
             raise ValueError(f"unit {record.unit} is {record.kind}, not sam: it has no mask logits")
-        return open_logits(self.storage, table_file(record, "logits"))
+        arrays, indexes = [], []
+        for group, images in zip(table_files(record, "logits"), table_files(record, "images")):
+            if listed(record, group):
+                arrays.append(open_logits(self.storage, group))
+                with self.storage.fs.open(self.storage.full(images), "rb") as f:
+                    indexes.append(pq.read_table(f, columns=["sample_index"]).column("sample_index").to_numpy())
+        return UnitLogits(arrays, indexes)
 
     def text_names(self) -> list[str]:
         return [p.rsplit("/", 1)[1][: -len(".parquet")]

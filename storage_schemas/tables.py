@@ -10,9 +10,11 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
+# 2: units of several parts (KIND/SOURCE/UNIT/PART.*) written by the teacher actors, views
+# view-major with a row group per view. Version-1 stores stay readable; jobs do not add to them.
+SCHEMA_VERSION = 2
 
-_IDENTITY = [
+IDENTITY_FIELDS = [
     pa.field("source", pa.string(), nullable=False),
     pa.field("shard", pa.string(), nullable=False),
     pa.field("key", pa.string(), nullable=False),
@@ -27,30 +29,15 @@ def list_of(item: pa.DataType, size: int = -1) -> pa.DataType:
 BOX = list_of(pa.float32(), 4)  # [x0, y0, x1, y1]
 
 
-def clip_views_schema(embed_dim: int) -> pa.Schema:
-    """One row per (sample, view). `crop` is normalised to the decoded, EXIF-corrected image."""
-    return pa.schema(
-        _IDENTITY
-        + [
-            pa.field("view", pa.int16(), nullable=False),  # 0 = canonical evaluation view
-            pa.field("width", pa.int32(), nullable=False),  # decoded image size, pixels
-            pa.field("height", pa.int32(), nullable=False),
-            pa.field("crop", BOX, nullable=False),  # float32 in [0, 1]
-            pa.field("flip", pa.bool_(), nullable=False),  # horizontal flip after the resize
-            pa.field("pixel_hash", pa.string(), nullable=False),  # blake2b-64 of the rendered view
-            pa.field("embedding", list_of(pa.float16(), embed_dim), nullable=False),  # L2-normalised
-        ],
-        metadata={"schema_version": str(SCHEMA_VERSION), "embed_dim": str(embed_dim)},
-    )
-
-
 PROMPT_STRUCTURES = ("box", "points", "box+points")
+# (has a box, has points) per structure code, the index into PROMPT_STRUCTURES.
+STRUCTURE_PARTS = {0: (True, False), 1: (False, True), 2: (True, True)}
 
 
 def sam_prompts_schema(num_masks: int) -> pa.Schema:
     """One row per (image, prompt, round); `slot` is the row's index on the Zarr logits' axis 1."""
     return pa.schema(
-        _IDENTITY
+        IDENTITY_FIELDS
         + [
             pa.field("prompt", pa.int16(), nullable=False),  # 0..n_prompts-1
             pa.field("round", pa.int8(), nullable=False),  # 0; 1 = round-0 logits fed back as a mask prompt
@@ -69,7 +56,7 @@ def sam_prompts_schema(num_masks: int) -> pa.Schema:
 SKIPPED = list_of(pa.struct([("reason", pa.string()), ("count", pa.int32())]))
 
 SAM_IMAGES_SCHEMA = pa.schema(
-    _IDENTITY
+    IDENTITY_FIELDS
     + [
         pa.field("width", pa.int32(), nullable=False),  # original image size, pixels
         pa.field("height", pa.int32(), nullable=False),

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator, Literal
 import numpy as np
 from PIL import Image
 
+from storage_schemas.clip_views_table import ClipViews
 from storage_schemas.commit import CommitRecord, input_change
 from storage_schemas.decode import DEFAULT_MAX_PIXELS, decode_image, draft_side_for
 from storage_schemas.errors import StoreError
@@ -117,18 +118,10 @@ def iter_clip_unit(store: TargetStore, record: CommitRecord, keep: Keep | None =
     table = store.read_unit_table(record, "views")
     if table is None:
         return
-    table = table.sort_by([("sample_index", "ascending"), ("view", "ascending")])
-    k = int(np.max(table.column("view").to_numpy())) + 1
-    index = table.column("sample_index").to_numpy()[::k]
-    keys = table.column("key").to_pylist()[::k]
-    crops = np.asarray(table.column("crop").combine_chunks().values, np.float32).reshape(-1, k, 4)
-    flips = table.column("flip").to_numpy(zero_copy_only=False).reshape(-1, k)
-    hashes = table.column("pixel_hash").to_pylist()
-    emb = table.column("embedding").combine_chunks()
-    embeddings = np.asarray(emb.values, np.float16).reshape(-1, k, emb.type.list_size)
-    for n, sample in _stream_unit(record, keys, index, keep, storage_options):
-        yield ClipSample(SampleId(record.source, record.shard, sample.key), int(index[n]), sample.image()[1],
-                         crops[n], flips[n], hashes[n * k:(n + 1) * k], embeddings[n], max_pixels)
+    v = ClipViews.from_table(table)
+    for n, sample in _stream_unit(record, v.keys, v.sample_index, keep, storage_options):
+        yield ClipSample(SampleId(record.source, record.shard, sample.key), int(v.sample_index[n]), sample.image()[1],
+                         v.crops[n], v.flips[n], list(v.pixel_hashes[n]), v.embeddings[n], max_pixels)
 
 
 @dataclass

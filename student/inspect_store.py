@@ -14,7 +14,6 @@ import argparse
 import os
 from itertools import islice
 
-import numpy as np
 import torch
 from PIL import Image
 from segment_anything.utils.transforms import ResizeLongestSide
@@ -23,11 +22,10 @@ from storage_schemas.decode import decode_image
 from storage_schemas.errors import StoreError, run_cli
 from storage_schemas.sam_models import IMAGE_SIZE
 from storage_schemas.store import TargetStore, open_store
-from storage_schemas.tables import PROMPT_STRUCTURES
+from storage_schemas.tables import PROMPT_STRUCTURES, STRUCTURE_PARTS
 from storage_schemas.views import render_view
 from student.data import iter_clip_unit, iter_sam_unit
 from student.inference import postprocess_masks
-from student.model import STRUCTURE_PARTS
 from student.pictures import draw_crops, draw_prompt, fit_height, mask_overlay, sheet
 
 

@@ -27,6 +27,9 @@ import torch.nn.functional as F
 from segment_anything.modeling import MaskDecoder, Sam
 from torch import nn
 
+from storage_schemas.mask_logits import num_masks
+from storage_schemas.tables import STRUCTURE_PARTS
+
 
 def resample_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """pos_embed: [1, H, W, C] -> [1, h, w, C], bicubic with antialiasing (as timm's SAM port)."""
@@ -68,7 +71,6 @@ class ClipHead(nn.Module):
 
 
 # Structure code (index into storage_schemas.tables.PROMPT_STRUCTURES) -> (has box, has points).
-STRUCTURE_PARTS = {0: (True, False), 1: (False, True), 2: (True, True)}
 
 
 @dataclass
@@ -156,7 +158,7 @@ class SamClip(nn.Module):
         takes one image per call; here each prompt gathers its own image's embedding instead.
         Prompts of different structure are never padded into one call (that changes the logits).
         """
-        n, m = len(prompts.image_index), 3 if multimask else 1
+        n, m = len(prompts.image_index), num_masks(multimask)
         dec = self.mask_decoder
         low = embeddings.new_zeros((n, m, 4 * embeddings.shape[-2], 4 * embeddings.shape[-1]))
         iou = embeddings.new_zeros((n, m))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -114,7 +115,9 @@ def ray_cluster(s3_endpoint):
     # --block keeps the head in the foreground: terminating it stops exactly this cluster, not
     # whatever other Ray the machine runs (as `ray stop` would). The dashboard (loopback only)
     # takes `ray job submit`; `python` in a job's entrypoint is this environment's.
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           # Workers import the test-only flaky:// filesystem (tests/flaky_fs.py) from here.
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))}
     head = subprocess.Popen([ray_bin, "start", "--head", "--block", "--num-cpus", "2", "--num-gpus", "0",
                              "--port", str(port), "--node-ip-address", "127.0.0.1", "--include-dashboard", "true",
                              "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
@@ -124,7 +127,9 @@ def ray_cluster(s3_endpoint):
     deadline = time.time() + 120
     while True:
         try:
-            ray.init(address=address, logging_level="WARNING")
+            # Workers of this process's jobs register the test-only flaky:// filesystem.
+            ray.init(address=address, logging_level="WARNING",
+                     runtime_env={"worker_process_setup_hook": "flaky_fs.register"})
             break
         except ConnectionError:
             if time.time() > deadline or head.poll() is not None:
@@ -212,3 +217,33 @@ def assert_sound(store_path) -> None:
     report = validate(Storage(str(store_path)))
     assert report.problems == [], report.problems
     assert all(".tmp-" in p for p in report.orphans), report.orphans
+
+
+def shard_keys(corpus, shard: str) -> set[str]:
+    with tarfile.open(corpus / "clip" / f"{shard}.tar") as tar:
+        return {m.name.split(".")[0] for m in tar.getmembers()}
+
+
+def assert_exactly_once(store_path, corpus, views: int = 4) -> dict:
+    """Every input sample exactly once in views (all K views) or errors; returns unit -> attempt id."""
+    from storage_schemas.store import open_store
+
+    store = open_store(str(store_path))
+    commits = store.commits("clip")
+    assert sorted(c.unit for c in commits) == ["00000", "00001", "00002", "00003"]
+    table = store.read_table("clip", "views").to_pylist()
+    errors = store.read_table("clip", "errors")
+    error_keys = [(r["shard"], r["key"]) for r in (errors.to_pylist() if errors else [])]
+    per_sample: dict[tuple, list[int]] = {}
+    for r in table:
+        per_sample.setdefault((r["shard"], r["key"]), []).append(r["view"])
+    assert all(sorted(v) == list(range(views)) for v in per_sample.values())
+    assert not set(per_sample) & set(error_keys) and len(error_keys) == len(set(error_keys))
+    for c in commits:
+        keys = {(c.shard, k) for k in shard_keys(corpus, c.shard)}
+        assert {k for k in per_sample if k[0] == c.shard} | {k for k in error_keys if k[0] == c.shard} == keys
+        assert c.n_input == len(keys)
+    listed = store.committed_files("clip", "views")  # one file per part, each under its unit's folder
+    assert sorted(listed) == sorted(f"{store_path}/clip/sample/{c.unit}/{p}.parquet" for c in commits for p in c.parts)
+    assert_sound(store_path)
+    return {c.unit: c.attempt_id for c in commits}

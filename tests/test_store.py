@@ -1,6 +1,7 @@
 """The target-store contract: schemas round-trip through Parquet and Zarr, only committed units are
 read, and a job with different must-match fields is refused with the field named."""
 import json
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -15,14 +16,15 @@ from storage_schemas import layout
 from storage_schemas.commit import CommitRecord, InputRef, read_commit, write_commit
 from storage_schemas.errors import ManifestMismatch, StoreError
 from storage_schemas.manifest import Manifest, ensure_manifest
+from storage_schemas.clip_views_table import clip_views_schema
 from storage_schemas.mask_logits import (
-    UINT8_MAX_PROB_ERROR, FP16_MAX_PROB_ERROR, create_logits_array, decode_logits, encode_logits,
+    UINT8_MAX_PROB_ERROR, FP16_MAX_PROB_ERROR, decode_logits, encode_logits, fill_value, logits_group_objects,
+    open_logits,
 )
 from storage_schemas.storage import Storage
 from storage_schemas.store import open_store
 from storage_schemas.tables import (
-    ERRORS_SCHEMA, SAM_IMAGES_SCHEMA, clip_views_schema, parquet_bytes, sam_prompts_schema,
-    text_embeddings_schema,
+    ERRORS_SCHEMA, SAM_IMAGES_SCHEMA, parquet_bytes, sam_prompts_schema, text_embeddings_schema,
 )
 
 D = 64
@@ -91,17 +93,17 @@ def test_mask_logits_round_trip_through_zarr(tmp_path, precision):
     n, slots = 3, 4
     logits = (rng.normal(size=(n, slots, 1, 256, 256)) * 8).astype(np.float32)
     logits[:, :, :, :2, :2] = [[-60.0, 60.0], [0.0, 1e-3]]  # saturated and near-zero values
-    arr = create_logits_array(storage, "sam/s/u.zarr", n, slots, 1, precision)
     n_prompts = [4, 2, 3]
-    for i in range(n):  # whole chunks, one per image; slots beyond n_prompts keep the fill value
-        chunk = np.full((slots, 1, 256, 256), arr.fill_value, dtype=arr.dtype)
-        chunk[: n_prompts[i]] = encode_logits(logits[i, : n_prompts[i]], precision)
-        arr[i] = chunk
-    from storage_schemas.mask_logits import open_logits
-
-    back = open_logits(storage, "sam/s/u.zarr")
+    stored = np.full((n, slots, 1, 256, 256), fill_value(precision), dtype=encode_logits(logits[:1], precision).dtype)
+    for i in range(n):  # slots beyond n_prompts keep the fill value
+        stored[i, : n_prompts[i]] = encode_logits(logits[i, : n_prompts[i]], precision)
+    objects = logits_group_objects(stored, precision)
+    assert sorted(objects) == ["logits/c/0/0/0/0/0", "logits/zarr.json", "zarr.json"]  # one shard for the part
+    for key, data in objects.items():
+        storage.write_bytes(f"sam/s/u/p.zarr/{key}", data)
+    back = open_logits(storage, "sam/s/u/p.zarr")
     assert back.shape == (n, slots, 1, 256, 256) and back.chunks == (1, slots, 1, 256, 256)
-    assert back.attrs["precision"] == precision
+    assert back.shards == (n, slots, 1, 256, 256) and back.attrs["precision"] == precision
     decoded = decode_logits(back[:], precision)
     sig = lambda x: 1 / (1 + np.exp(-x.astype(np.float64)))
     bound = UINT8_MAX_PROB_ERROR if precision == "uint8_sigmoid" else FP16_MAX_PROB_ERROR
@@ -130,15 +132,18 @@ def test_commit_record_round_trip_and_unparseable_records(tmp_path):
                      n_stored=9, n_errors=0, rows={}, files=[], policy_hash="p")
 
 
+PART = "p0000000-0000test"
+
+
 def write_clip_unit(storage: Storage, manifest: Manifest, shard: str, commit: bool) -> None:
     rows = clip_rows(3, 2, shard)
-    entry = storage.write_bytes(layout.data_path("clip", "sample", shard),
+    entry = storage.write_bytes(layout.part_path("clip", "sample", shard, PART),
                                 parquet_bytes(pa.Table.from_pylist(rows, schema=clip_views_schema(D))))
     if commit:
         write_commit(storage, CommitRecord(kind="clip", source="sample", shard=shard, unit=shard,
                                            input=InputRef(f"/data/{shard}.tar", 100), n_input=3, n_stored=3,
                                            n_errors=0, rows={"views": len(rows)}, files=[entry],
-                                           policy_hash=manifest.policy_hash))
+                                           policy_hash=manifest.policy_hash, parts=[PART]))
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +159,7 @@ def test_reader_sees_only_committed_units(tmp_path, job_yaml, tiny_clip_fingerpr
     write_clip_unit(storage, manifest, "00001", commit=False)  # a killed attempt's leftover
     store = open_store(str(tmp_path / "store"))
     assert [c.unit for c in store.commits("clip")] == ["00000"]
-    assert store.committed_files("clip", "views") == [f"{storage.url}/clip/sample/00000.parquet"]
+    assert store.committed_files("clip", "views") == [f"{storage.url}/clip/sample/00000/{PART}.parquet"]
     table = store.read_table("clip", "views")
     assert table.num_rows == 6 and set(table.column("shard").to_pylist()) == {"00000"}
     assert store.manifest("clip").must_match["teacher"]["output"]["embed_dim"] == D
@@ -188,13 +193,23 @@ def test_unreachable_store_is_one_line(tmp_path):
 
 
 def test_an_all_fill_chunk_is_still_written(tmp_path):
-    from storage_schemas.mask_logits import chunk_bytes, chunk_path, open_logits
-
     storage = Storage(str(tmp_path))
-    create_logits_array(storage, "u.zarr", 2, 2, 1, "uint8_sigmoid")
-    saturated = encode_logits(np.full((2, 1, 256, 256), -40.0, np.float32), "uint8_sigmoid")
+    saturated = encode_logits(np.full((2, 2, 1, 256, 256), -40.0, np.float32), "uint8_sigmoid")
     assert (saturated == 0).all()  # equal to the fill value everywhere
-    for i in range(2):
-        storage.write_bytes(chunk_path("u.zarr/logits", i), chunk_bytes(saturated, "uint8_sigmoid"))
+    for key, data in logits_group_objects(saturated, "uint8_sigmoid").items():
+        storage.write_bytes(f"u.zarr/{key}", data)
     assert (open_logits(storage, "u.zarr")[:] == 0).all()
-    assert (tmp_path / "u.zarr/logits/c/1/0/0/0/0").is_file()
+    # Zeros read back prove nothing alone: a missing chunk reads as the fill value, 0, too. The
+    # part's shard object must exist, and read through a copy of the array whose fill value is 255
+    # (a value the saturated logits never take), its chunks must still give what was written.
+    assert storage.exists("u.zarr/logits/c/0/0/0/0/0"), "no shard object for the part's images"
+    shutil.copytree(tmp_path / "u.zarr", tmp_path / "probe.zarr")
+    meta_file = tmp_path / "probe.zarr/logits/zarr.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta["fill_value"] == 0
+    meta_file.write_text(json.dumps({**meta, "fill_value": 255}))
+    probe = open_logits(storage, "probe.zarr")
+    assert probe.fill_value == 255
+    back = probe[:]
+    assert np.array_equal(back, saturated), \
+        f"images whose chunks read as the fill value: {[i for i in range(2) if (back[i] == 255).all()]}"

@@ -86,23 +86,25 @@ def test_each_kind_of_damage_is_reported_and_gc_removes_orphans(store):
     recommit(store, p3, r3, views(r3))
     damage[views(r3)] = "not unit norm"
     # Logits: a NaN in a prompted slot (checksum updated).
-    logits_rel = f"sam/{q1.source}/{q1.unit}.zarr"
+    logits_rel = next(f.path for f in q1.files if "/c/" in f.path).split("/logits/")[0]
     array = zarr.open_group(str(store / logits_rel), mode="r+")["logits"]
     block = array[0]
     block[0, 0, 5, 5] = np.nan
     array[0] = block
-    recommit(store, s1, q1, f"{logits_rel}/logits/c/0/0/0/0/0")
+    recommit(store, s1, q1, f"{logits_rel}/logits/c/0/0/0/0/0")  # the part's one shard object
     damage[logits_rel] = "not finite"
-    # Shapes: an images row dropped (the logits array now has one image too many for it).
-    images_rel = f"sam/{q2.source}/{q2.unit}.images.parquet"
+    # Shapes: an images row dropped (the part's logits array now has one image too many for it).
+    images_rel = next(f.path for f in q2.files if f.path.endswith(".images.parquet"))
     rewrite_parquet(store, images_rel, lambda t: t.slice(0, t.num_rows - 1))
     recommit(store, s2, q2, images_rel)
     damage[images_rel] = "image rows"
+    q2_logits = images_rel.replace(".images.parquet", ".zarr")
     # A commit record that does not parse.
     s3.write_text(s3.read_text()[:100])
     damage[str(s3.relative_to(store))] = "does not parse"
     # Leftovers of a killed attempt.
-    (store / "clip" / "sample" / "00009.parquet").write_bytes(b"half a file")
+    (store / "clip" / "sample" / "00009").mkdir()
+    (store / "clip" / "sample" / "00009" / "p0000000-0badf00d.parquet").write_bytes(b"half a file")
     (store / "_commits" / "clip" / "sample" / "00001.json.tmp-1234abcd").write_text("{")
 
     code, report, out = validate(store)
@@ -112,14 +114,14 @@ def test_each_kind_of_damage_is_reported_and_gc_removes_orphans(store):
         found[p["path"]] = found.get(p["path"], "") + p["problem"] + "; "
     for path, words in damage.items():
         assert path in found and words in found[path], (path, words, found.get(path), out)
-    assert "logits shape" in found[f"sam/{q2.source}/{q2.unit}.zarr"]  # the array no longer fits its images
+    assert "logits shape" in found[q2_logits]  # the part's array no longer fits its images
     assert f"PROBLEM {views(r0)}: missing" in out
-    orphans = {"clip/sample/00009.parquet", "_commits/clip/sample/00001.json.tmp-1234abcd"}
+    orphans = {"clip/sample/00009/p0000000-0badf00d.parquet", "_commits/clip/sample/00001.json.tmp-1234abcd"}
     # The unparseable record's unit keeps its files: they may be all that is left of it.
     assert set(report["orphans"]) == orphans
     code, report, _ = validate(store, "--gc", "--sizes-only")
-    assert set(report["removed"]) == orphans and not (store / "clip/sample/00009.parquet").exists()
-    assert (store / f"sam/{q3.source}/{q3.unit}.images.parquet").exists()
+    assert set(report["removed"]) == orphans and not (store / "clip/sample/00009/p0000000-0badf00d.parquet").exists()
+    assert all((store / f.path).exists() for f in q3.files)
     assert validate(store, "--sizes-only")[1]["orphans"] == []
 
 

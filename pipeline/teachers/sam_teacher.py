@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from segment_anything.modeling import Sam
 
 from pipeline.config import SamTeacherConfig

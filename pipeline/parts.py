@@ -1,0 +1,87 @@
+"""Teacher actors write part files; what they return to the driver is metadata only.
+
+A teacher actor's batch holds sample rows of one or more units (`pipeline.units` row protocol).
+For each unit present, `teacher_batch_output` calls the kind's `write_part` on that unit's `ok`
+rows, which runs the teacher and writes the part's files straight to the store, and returns one
+`part` row per unit: the part's name, its sample indexes (int32 bytes, 4 bytes a sample), its
+files with size and sha256, and its row counts. `error`, `end` and `unit_failed` rows pass
+through without their heavy columns. An exception while making one unit's part turns into a
+`teacher_failed` row for that unit: the driver fails the unit, the job goes on.
+
+Output columns (every row):
+    source, shard, unit, part_start, status, sample_index, key, members, reason, detail,
+    n_in_unit, shard_samples      as in pipeline.units
+    part                          part name ("" unless status is `part`)
+    part_samples                  int32 sample indexes of the part, as bytes
+    part_files                    JSON [{path, size, sha256}, ...]
+    part_rows                     JSON {table: rows}
+    storage_retries               JSON {operation: transient errors retried while writing it}
+"""
+from __future__ import annotations
+
+import json
+import traceback
+import uuid
+from dataclasses import asdict
+from typing import Callable
+
+import numpy as np
+
+from pipeline.units import OK, PART, PROTOCOL_COLUMNS, TEACHER_FAILED
+from storage_schemas import layout
+from storage_schemas.faults import kill_point
+from storage_schemas.storage import FileEntry, Storage, StorageFailure
+
+# (kind's writer) rows: the batch's columns restricted to one unit's ok rows, in sample order;
+# part_rel: the part's path prefix (ROOT-relative, no suffix) -> (files written, rows per table)
+WritePart = Callable[[dict[str, np.ndarray], str], tuple[list[FileEntry], dict[str, int]]]
+
+
+def new_part_name(first_sample: int) -> str:
+    return layout.part_name(first_sample, uuid.uuid4().hex[:8])
+
+
+def teacher_batch_output(kind: str, batch: dict[str, np.ndarray], write_part: WritePart,
+                         storage: Storage) -> dict[str, np.ndarray]:
+    """The metadata rows for one teacher batch, after writing one part per unit with `ok` rows
+    through `storage` (whose retries are reported per part)."""
+    status = batch["status"]
+    out: list[dict] = []
+    for i in np.flatnonzero(status != OK):  # errors, end rows, read failures: passed on as they are
+        out.append({c: batch[c][i] for c in PROTOCOL_COLUMNS})
+    ok = np.flatnonzero(status == OK)
+    units = {}
+    for i in ok:
+        units.setdefault((batch["source"][i], batch["unit"][i]), []).append(i)
+    for (source, unit), rows in units.items():
+        rows = np.asarray(rows)
+        rows = rows[np.argsort(batch["sample_index"][rows], kind="stable")]
+        # A run of consecutive rows (the usual case: one unit, no errors) is taken as a view, not copied.
+        take = slice(rows[0], rows[-1] + 1) if (np.diff(rows) == 1).all() else rows
+        first = {c: batch[c][rows[0]] for c in PROTOCOL_COLUMNS}
+        part = new_part_name(int(batch["sample_index"][rows[0]]))
+        retried = storage.retries.copy()
+        try:
+            kill_point("teacher_batch", str(unit))
+            files, counts = write_part({c: v[take] for c, v in batch.items()},
+                                       layout.part_path(kind, str(source), str(unit), part, ""))
+        except Exception as e:  # this unit fails, the batch's other units and the job go on
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            # The reason names the error; a storage failure's detail keeps its type (PermissionError ...).
+            reason, detail = (("storage_failed", f"{type(e).__name__}: {e}") if isinstance(e, StorageFailure)
+                              else (type(e).__name__, str(e)))
+            out.append({**first, "status": TEACHER_FAILED, "sample_index": -1, "key": "", "members": "[]",
+                        "reason": reason, "detail": f"{detail} (in {where.name}, {where.filename}:{where.lineno})"})
+            continue
+        kill_point("after_part_written", str(unit))
+        out.append({**first, "status": PART, "sample_index": -1, "key": "", "members": "[]", "part": part,
+                    "part_samples": batch["sample_index"][rows].astype(np.int32).tobytes(),
+                    "part_files": json.dumps([asdict(f) for f in files]), "part_rows": json.dumps(counts),
+                    "storage_retries": json.dumps(dict(storage.retries - retried))})
+    columns = {c: [r[c] for r in out] for c in PROTOCOL_COLUMNS}
+    columns["part"] = [r.get("part", "") for r in out]
+    columns["part_samples"] = [r.get("part_samples", b"") for r in out]
+    columns["part_files"] = [r.get("part_files", "[]") for r in out]
+    columns["part_rows"] = [r.get("part_rows", "{}") for r in out]
+    columns["storage_retries"] = [r.get("storage_retries", "{}") for r in out]
+    return {c: np.asarray(v, dtype=object if c == "part_samples" else None) for c, v in columns.items()}

@@ -1,0 +1,88 @@
+"""The driver's side of the commit protocol: a unit's record, written last, and the leftovers.
+
+    record = commit_unit(storage, "clip", collector, policy_hash)   # errors table, then the record
+    remove_leftovers(storage, record)                               # parts no record lists
+
+The record lists the accepted parts (disjoint sample sets that, with the errors, cover the
+unit) and every file of them with the size and sha256 the actor measured. Until the record
+exists the unit does not count, so a crash anywhere before it leaves at most files readers ignore;
+a part that no record lists (a dropped duplicate, an attempt killed after writing) is removed
+after the unit commits, and `python -m pipeline.validate --gc` removes any that remain.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow as pa
+
+from pipeline.sources import InputShard
+from pipeline.units import UnitCollector
+from storage_schemas import layout
+from storage_schemas.commit import CommitRecord, write_commit
+from storage_schemas.faults import kill_point
+from storage_schemas.storage import Storage
+from storage_schemas.store import READ_THREADS
+from storage_schemas.tables import ERRORS_SCHEMA, parquet_bytes
+
+
+def commit_unit(storage: Storage, kind: str, c: UnitCollector, policy_hash: str) -> CommitRecord:
+    """Write the unit's errors table (if any) and, last, its commit record."""
+    files = [f for p in c.ordered_parts() for f in p.files]
+    errors = c.error_rows(kind)
+    if errors:
+        table = pa.Table.from_pylist(errors, schema=ERRORS_SCHEMA)
+        files.append(storage.write_bytes(layout.errors_path(kind, c.shard.source, c.unit), parquet_bytes(table)))
+    record = CommitRecord(
+        kind=kind, source=c.shard.source, shard=c.shard.name, unit=c.unit, input=c.input_ref(),
+        n_input=c.n_in_unit, n_stored=len(c.covered), n_errors=len(errors),
+        rows={**c.rows(), "errors": len(errors)}, files=files, policy_hash=policy_hash,
+        parts=[p.name for p in c.ordered_parts()],
+    )
+    kill_point("after_data_before_commit")
+    write_commit(storage, record)
+    return record
+
+
+def unit_paths(storage: Storage, kind: str, source: str, unit: str) -> list[str]:
+    """Every file the unit may own: its part folder's files and its errors table."""
+    errors = layout.errors_path(kind, source, unit)
+    return storage.list_files(layout.unit_dir(kind, source, unit)) + ([errors] if storage.exists(errors) else [])
+
+
+def remove_leftovers(storage: Storage, record: CommitRecord) -> list[str]:
+    """Remove the unit's files its record does not list (dropped duplicates, killed attempts)."""
+    keep = {f.path for f in record.files}
+    gone = [p for p in unit_paths(storage, record.kind, record.source, record.unit) if p not in keep]
+    for rel in gone:
+        storage.remove(rel)
+    return gone
+
+
+def remove_pending_leftovers(storage: Storage, kind: str, shards: list[InputShard],
+                             committed: set[tuple[str, str]]) -> list[str]:
+    """Before a run: remove the files of this job's units that have no record (earlier attempts).
+
+    One recursive listing per source (its data and errors prefixes), run concurrently, then the
+    removals, concurrently too: on object storage each is a round trip of tens of milliseconds.
+    """
+    names = {}
+    for s in shards:
+        names.setdefault(s.source, set()).add(s.name)
+
+    def listing(source: str) -> list[str]:
+        return (storage.list_files(f"{kind}/{source}")
+                + storage.list_files(f"{layout.ERRORS_DIR}/{kind}/{source}"))
+
+    def pending(rel: str, source: str) -> bool:
+        head = rel.split("/")
+        if rel.startswith(layout.ERRORS_DIR + "/"):
+            unit = head[3][: -len(".parquet")] if len(head) == 4 and head[3].endswith(".parquet") else None
+        else:
+            unit = head[2] if len(head) > 3 else None  # schema-1 files (no unit folder) are never touched
+        return unit is not None and layout.shard_of_unit(unit) in names[source] and (source, unit) not in committed
+
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        stale = [rel for source, files in zip(names, pool.map(listing, names))
+                 for rel in files if pending(rel, source)]
+        list(pool.map(storage.remove, stale))
+    return stale

@@ -1,0 +1,59 @@
+"""Workers write, the driver commits: faults inside the teacher stage stay local.
+
+Each test runs `python -m pipeline.materialize` as a subprocess on the session's Ray (its fault
+variables reach the teacher actors through the job's runtime environment) over the four sample
+shards, batch 8: four parts per unit.
+"""
+import json
+
+from conftest import assert_exactly_once, run_module, write_clip_job
+from storage_schemas.store import open_store
+
+
+def committed_units(store) -> list[str]:
+    return sorted(c.unit for c in open_store(str(store)).commits("clip"))
+
+
+def test_a_teacher_actor_killed_after_writing_a_part_is_survived(tmp_path, sample_corpus, tiny_teachers, ray_cluster):
+    store = tmp_path / "store"
+    job = write_clip_job(tmp_path / "job.yaml", store, sample_corpus, tiny_teachers)
+    marker = tmp_path / "killed"
+    run = run_module("pipeline.materialize", str(job), "--report", str(tmp_path / "r.json"),
+                     env={"SAMCLIP_KILL_AT": "after_part_written@00001", "SAMCLIP_KILL_ONCE": str(marker)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert marker.exists(), "the actor never reached the kill point"
+    report = json.loads((tmp_path / "r.json").read_text())["reports"][0]
+    # The killed attempt's part was written but never reported: removed once its unit committed.
+    assert report["units_done"] == 4 and report["leftovers_removed"] >= 1, report
+    assert_exactly_once(store, sample_corpus)
+
+
+def test_an_exception_in_one_batch_fails_its_unit_only(tmp_path, sample_corpus, tiny_teachers, ray_cluster):
+    store = tmp_path / "store"
+    job = write_clip_job(tmp_path / "job.yaml", store, sample_corpus, tiny_teachers)
+    run = run_module("pipeline.materialize", str(job), "--report", str(tmp_path / "r.json"),
+                     env={"SAMCLIP_RAISE_AT": "teacher_batch@00002"})
+    assert run.returncode == 1, run.stderr[-3000:]
+    report = json.loads((tmp_path / "r.json").read_text())["reports"][0]
+    assert [(f["unit"], f["reason"]) for f in report["units_failed"]] == [("00002", "InjectedFault")]
+    assert "FAILED     sample/00002: InjectedFault: fault injected at teacher_batch@00002" in run.stdout
+    assert committed_units(store) == ["00000", "00001", "00003"]
+    rerun = run_module("pipeline.materialize", str(job))
+    assert rerun.returncode == 0 and "1 done, 3 skipped" in rerun.stdout, rerun.stderr[-3000:]
+    assert_exactly_once(store, sample_corpus)
+
+
+def test_a_batch_that_kills_its_actor_every_time_fails_its_unit(tmp_path, sample_corpus, tiny_teachers, ray_cluster):
+    store = tmp_path / "store"
+    job = write_clip_job(tmp_path / "job.yaml", store, sample_corpus, tiny_teachers)
+    run = run_module("pipeline.materialize", str(job), "--set", "ray.max_batch_retries=1",
+                     "--report", str(tmp_path / "r.json"), env={"SAMCLIP_KILL_AT": "teacher_batch@00003"})
+    assert run.returncode == 1, run.stderr[-3000:]
+    report = json.loads((tmp_path / "r.json").read_text())["reports"][0]
+    failed = {f["unit"]: f["reason"] for f in report["units_failed"]}
+    # A batch queued on the same actor when it died may run out of retries too: its unit fails as well.
+    assert "00003" in failed and set(failed.values()) == {"incomplete"}, report
+    assert sorted(committed_units(store) + list(failed)) == ["00000", "00001", "00002", "00003"] and len(failed) < 4
+    rerun = run_module("pipeline.materialize", str(job))
+    assert rerun.returncode == 0 and f"{len(failed)} done, {4 - len(failed)} skipped" in rerun.stdout, rerun.stderr[-3000:]
+    assert_exactly_once(store, sample_corpus)
