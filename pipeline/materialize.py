@@ -23,7 +23,7 @@ from pipeline.config import JobConfig, load_job_config
 from pipeline.plan import JobPlan, KindPlan, make_plan
 from pipeline.report import JobReport
 from pipeline.sam_targets import PromptSpec, SamTeacherStage, read_sam_shard
-from pipeline.unit_commit import commit_unit, remove_leftovers, remove_pending_leftovers
+from pipeline.unit_commit import commit_unit, remove_leftovers, remove_part_files, remove_pending_leftovers
 from pipeline.units import END, PART, TEACHER_FAILED, UNIT_FAILED, UnitCollector, committed_parts, shard_task
 from storage_schemas.errors import ConfigError, run_cli
 from storage_schemas.faults import FAULT_ENVS, kill_point
@@ -68,14 +68,29 @@ def run_units(plan: JobPlan, kp: KindPlan, kind: str, build_dataset: Callable[[l
         return report
     remove_pending_leftovers(plan.storage, kind, [shards[k] for k in shards], committed)
     collectors: dict[tuple[str, str], UnitCollector] = {}
-    failed_shards: set[tuple[str, str]] = set()
+    failed_at: dict[tuple[str, str], int] = {}  # shard -> first sample of the unit its read stopped in
     read_to_end: set[tuple[str, str]] = set()  # shards whose last end row (it carries the shard's count) arrived
+    committed_now: set[tuple[str, str]] = set()
     finished = set(committed)  # units committed (before or by this run) or failed
 
     def fail(unit_key: tuple[str, str], shard: str, reason: str, detail: str) -> None:
         finished.add(unit_key)
         collectors.pop(unit_key, None)
         report.units_failed.append(dict(source=unit_key[0], shard=shard, unit=unit_key[1], reason=reason, detail=detail))
+
+    def read_failed(row: dict, shard_key: tuple[str, str]) -> None:
+        """The read of a shard stopped in the row's unit: that unit and the shard's later ones fail;
+        earlier units were read to their end and commit as their parts arrive."""
+        start = failed_at[shard_key] = int(row["part_start"])
+        what = f"{row['reason']}: {row['detail']}"
+        if (row["source"], row["unit"]) not in finished:
+            fail((row["source"], row["unit"]), row["shard"], str(row["reason"]), str(row["detail"]))
+        for key, c in list(collectors.items()):
+            if (key[0], c.shard.name) == shard_key and c.part_start > start:
+                fail(key, row["shard"], "shard_failed", f"its shard's read stopped in {row['unit']} ({what})")
+        if shards[shard_key].unit_size:
+            report.units_failed.append(dict(source=row["source"], shard=row["shard"], unit=f"{row['shard']}.p*",
+                                            reason="shard_failed", detail=f"parts after {row['unit']} not read ({what})"))
 
     t0 = time.time()
     progress = tqdm(desc=f"{kind} units committed", unit="unit",
@@ -86,13 +101,12 @@ def run_units(plan: JobPlan, kp: KindPlan, kind: str, build_dataset: Callable[[l
             shard_key, unit_key = (row["source"], row["shard"]), (row["source"], row["unit"])
             if row["status"] == END and row["shard_samples"] >= 0:
                 read_to_end.add(shard_key)
-            if shard_key in failed_shards or unit_key in finished:
-                continue  # rows Ray re-ran after a worker died, of a committed unit, or of a shard or unit that failed
-            if row["status"] == UNIT_FAILED:  # the read stopped: this unit and the shard's unfinished ones
-                failed_shards.add(shard_key)
-                fail(unit_key, row["shard"], str(row["reason"]), str(row["detail"]))
-                for key in [k for k, c in collectors.items() if (k[0], c.shard.name) == shard_key]:
-                    fail(key, row["shard"], "shard_failed", f"its shard failed in {row['unit']}")
+            if row["status"] == UNIT_FAILED and shard_key not in failed_at:
+                read_failed(row, shard_key)
+                continue
+            if unit_key in finished or row["part_start"] >= failed_at.get(shard_key, 1 << 62):
+                if row["status"] == PART and unit_key in committed_now:  # Ray re-ran a batch of a committed unit
+                    report.leftovers_removed += remove_part_files(plan.storage, row)
                 continue
             if row["status"] == TEACHER_FAILED:
                 fail(unit_key, row["shard"], str(row["reason"]), str(row["detail"]))
@@ -115,7 +129,8 @@ def run_units(plan: JobPlan, kp: KindPlan, kind: str, build_dataset: Callable[[l
                     continue
                 del collectors[unit_key]
                 finished.add(unit_key)
-                report.leftovers_removed += len(remove_leftovers(plan.storage, record))
+                committed_now.add(unit_key)
+                report.leftovers_removed += remove_leftovers(plan.storage, record)
                 report.units_done += 1
                 report.samples += record.n_input
                 report.samples_stored += record.n_stored
@@ -130,9 +145,9 @@ def run_units(plan: JobPlan, kp: KindPlan, kind: str, build_dataset: Callable[[l
     # and shards whose last units left no row at all.
     for (source, unit), c in collectors.items():
         report.units_failed.append(dict(source=source, shard=c.shard.name, unit=unit, reason="incomplete",
-                                        detail=f"{len(c.covered) + len(c.errors)} of "
+                                        detail=f"{len(c.covered | c.errors.keys())} of "
                                                f"{c.n_in_unit if c.n_in_unit is not None else '?'} samples arrived"))
-    for key in shards.keys() - read_to_end - failed_shards:
+    for key in shards.keys() - read_to_end - failed_at.keys():
         if not any((source, c.shard.name) == key for (source, _), c in collectors.items()):
             shard = shards[key]
             report.units_failed.append(dict(

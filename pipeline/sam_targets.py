@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 from pipeline.config import SamConfig, SamTeacherConfig
@@ -35,9 +34,8 @@ from storage_schemas.sam_models import IMAGE_SIZE
 from storage_schemas.sam_transforms import pad_image, sam_boxes, sam_input_image, sam_points
 from storage_schemas.storage import FileEntry, Storage
 from storage_schemas.store import TABLE_SUFFIX
-from storage_schemas.tables import (
-    PROMPT_STRUCTURES, SAM_IMAGES_SCHEMA, STRUCTURE_PARTS, parquet_bytes, sam_prompts_schema,
-)
+from storage_schemas.sam_tables import images_table, prompts_table
+from storage_schemas.tables import PROMPT_STRUCTURES, STRUCTURE_PARTS, parquet_bytes
 from storage_schemas.tar_samples import TarSample
 
 
@@ -169,7 +167,7 @@ class SamTeacherStage:
                 stored[i, r * cfg.prompts + n_prompts:(r + 1) * cfg.prompts] = fill_value(cfg.precision)
         source, shard = str(rows["source"][0]), str(rows["shard"][0])
         samples = [{c: rows[c][i] for c in rows if c != "image"} for i in range(n)]
-        prompts = prompts_table(source, shard, samples, cfg, m)
+        prompts = prompts_table(source, shard, samples, cfg.prompts, cfg.rounds, cfg.points_per_prompt, m)
         files = [self.storage.write_bytes(part_rel + TABLE_SUFFIX[("sam", "prompts")], parquet_bytes(prompts)),
                  self.storage.write_bytes(part_rel + TABLE_SUFFIX[("sam", "images")],
                                           parquet_bytes(images_table(source, shard, samples)))]
@@ -179,32 +177,3 @@ class SamTeacherStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return teacher_batch_output("sam", batch, self.write_part, self.storage)
-
-
-def prompts_table(source: str, shard: str, samples: list[dict], cfg: SamConfig, masks: int) -> pa.Table:
-    """One row per (image, prompt, round), prompts in original-image pixels."""
-    rows = []
-    for s in samples:
-        for r in range(cfg.rounds):
-            for p in range(int(s["n_prompts"])):
-                code = int(s["structure"][p])
-                has_box, has_points = STRUCTURE_PARTS[code]
-                n = cfg.points_per_prompt if has_points else 0
-                slot = r * cfg.prompts + p
-                rows.append(dict(
-                    source=source, shard=shard, key=str(s["key"]), sample_index=int(s["sample_index"]),
-                    prompt=p, round=r, slot=slot, structure=PROMPT_STRUCTURES[code],
-                    annotation_id=int(s["annotation_id"][p]), box=s["boxes"][p].tolist() if has_box else None,
-                    point_coords=s["points"][p, :n].tolist(), point_labels=s["labels"][p, :n].tolist(),
-                    iou=s["iou"][slot].tolist(),
-                ))
-    return pa.Table.from_pylist(rows, schema=sam_prompts_schema(masks))
-
-
-def images_table(source: str, shard: str, samples: list[dict]) -> pa.Table:
-    return pa.Table.from_pylist([dict(
-        source=source, shard=shard, key=str(s["key"]), sample_index=int(s["sample_index"]),
-        width=int(s["original_hw"][1]), height=int(s["original_hw"][0]), n_annotations=int(s["n_annotations"]),
-        n_prompts=int(s["n_prompts"]),
-        skipped_annotations=[{"reason": k, "count": v} for k, v in sorted(json.loads(str(s["skipped"])).items())],
-    ) for s in samples], schema=SAM_IMAGES_SCHEMA)

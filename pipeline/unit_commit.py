@@ -1,7 +1,7 @@
 """The driver's side of the commit protocol: a unit's record, written last, and the leftovers.
 
     record = commit_unit(storage, "clip", collector, policy_hash)   # errors table, then the record
-    remove_leftovers(storage, record)                               # parts no record lists
+    remove_leftovers(storage, record)                               # the unit's files it does not list
 
 The record lists the accepted parts (disjoint sample sets that, with the errors, cover the
 unit) and every file of them with the size and sha256 the actor measured. Until the record
@@ -11,6 +11,8 @@ after the unit commits, and `python -m pipeline.validate --gc` removes any that 
 """
 from __future__ import annotations
 
+import json
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
@@ -20,14 +22,17 @@ from pipeline.units import UnitCollector
 from storage_schemas import layout
 from storage_schemas.commit import CommitRecord, write_commit
 from storage_schemas.faults import kill_point
-from storage_schemas.storage import Storage
+from storage_schemas.storage import Storage, StorageFailure
 from storage_schemas.store import READ_THREADS
+
+log = logging.getLogger(__name__)
 from storage_schemas.tables import ERRORS_SCHEMA, parquet_bytes
 
 
 def commit_unit(storage: Storage, kind: str, c: UnitCollector, policy_hash: str) -> CommitRecord:
     """Write the unit's errors table (if any) and, last, its commit record."""
-    files = [f for p in c.ordered_parts() for f in p.files]
+    parts = c.ordered_parts()
+    files = [f for p in parts for f in p.files]
     errors = c.error_rows(kind)
     if errors:
         table = pa.Table.from_pylist(errors, schema=ERRORS_SCHEMA)
@@ -36,7 +41,7 @@ def commit_unit(storage: Storage, kind: str, c: UnitCollector, policy_hash: str)
         kind=kind, source=c.shard.source, shard=c.shard.name, unit=c.unit, input=c.input_ref(),
         n_input=c.n_in_unit, n_stored=len(c.covered), n_errors=len(errors),
         rows={**c.rows(), "errors": len(errors)}, files=files, policy_hash=policy_hash,
-        parts=[p.name for p in c.ordered_parts()],
+        parts=[p.name for p in parts],
     )
     kill_point("after_data_before_commit")
     write_commit(storage, record)
@@ -49,25 +54,49 @@ def unit_paths(storage: Storage, kind: str, source: str, unit: str) -> list[str]
     return storage.list_files(layout.unit_dir(kind, source, unit)) + ([errors] if storage.exists(errors) else [])
 
 
-def remove_leftovers(storage: Storage, record: CommitRecord) -> list[str]:
+def remove_quietly(storage: Storage, paths: list[str]) -> int:
+    """Remove files no record lists; one that will not go stays for `validate --gc` (logged).
+    Returns how many went."""
+    removed = 0
+    for rel in paths:
+        try:
+            storage.remove(rel)
+            removed += 1
+        except (StorageFailure, OSError) as e:
+            log.warning("%s: not removed (%s); `python -m pipeline.validate --gc` removes it later",
+                        storage.url_of(rel), e)
+    return removed
+
+
+def remove_leftovers(storage: Storage, record: CommitRecord) -> int:
     """Remove the unit's files its record does not list (dropped duplicates, killed attempts)."""
     keep = {f.path for f in record.files}
-    gone = [p for p in unit_paths(storage, record.kind, record.source, record.unit) if p not in keep]
-    for rel in gone:
-        storage.remove(rel)
-    return gone
+    try:
+        paths = unit_paths(storage, record.kind, record.source, record.unit)
+    except (StorageFailure, OSError) as e:
+        log.warning("unit %s/%s/%s: leftovers not listed (%s); `validate --gc` removes them later",
+                    record.kind, record.source, record.unit, e)
+        return 0
+    return remove_quietly(storage, [p for p in paths if p not in keep])
+
+
+def remove_part_files(storage: Storage, row: dict) -> int:
+    """Remove the files of a part that reached the driver after its unit was committed without it."""
+    return remove_quietly(storage, [f["path"] for f in json.loads(row["part_files"])])
 
 
 def remove_pending_leftovers(storage: Storage, kind: str, shards: list[InputShard],
                              committed: set[tuple[str, str]]) -> list[str]:
     """Before a run: remove the files of this job's units that have no record (earlier attempts).
 
-    One recursive listing per source (its data and errors prefixes), run concurrently, then the
-    removals, concurrently too: on object storage each is a round trip of tens of milliseconds.
+    A file belongs to a unit by its path: `KIND/SOURCE/UNIT/...` or `_errors/KIND/SOURCE/UNIT.parquet`,
+    UNIT one of this job's unit names (a shard's name, or `SHARD.pNNN` for a shard cut into
+    parts). One recursive listing per source (its data and errors prefixes) runs concurrently,
+    then the removals, concurrently too: on object storage each is a round trip of tens of ms.
     """
-    names = {}
-    for s in shards:
-        names.setdefault(s.source, set()).add(s.name)
+    whole = {(s.source, s.name) for s in shards if not s.unit_size}
+    parted = {(s.source, s.name) for s in shards if s.unit_size}
+    sources = sorted({s.source for s in shards})
 
     def listing(source: str) -> list[str]:
         return (storage.list_files(f"{kind}/{source}")
@@ -75,14 +104,17 @@ def remove_pending_leftovers(storage: Storage, kind: str, shards: list[InputShar
 
     def pending(rel: str, source: str) -> bool:
         head = rel.split("/")
-        if rel.startswith(layout.ERRORS_DIR + "/"):
+        if head[0] == layout.ERRORS_DIR:
             unit = head[3][: -len(".parquet")] if len(head) == 4 and head[3].endswith(".parquet") else None
         else:
-            unit = head[2] if len(head) > 3 else None  # schema-1 files (no unit folder) are never touched
-        return unit is not None and layout.shard_of_unit(unit) in names[source] and (source, unit) not in committed
+            unit = head[2] if len(head) > 3 else None  # a file directly under SOURCE/ is no part
+        if unit is None or (source, unit) in committed:
+            return False
+        shard, _, part = unit.rpartition(".p")
+        return (source, unit) in whole or ((source, shard) in parted and part.isdigit())
 
     with ThreadPoolExecutor(READ_THREADS) as pool:
-        stale = [rel for source, files in zip(names, pool.map(listing, names))
+        stale = [rel for source, files in zip(sources, pool.map(listing, sources))
                  for rel in files if pending(rel, source)]
         list(pool.map(storage.remove, stale))
     return stale

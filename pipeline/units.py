@@ -135,18 +135,21 @@ class Part:
     files: list[FileEntry]
     rows: dict[str, int]  # rows per table
 
+    @property
+    def first(self) -> int:
+        return int(self.samples[0])  # the actor writes a part's samples in ascending order
+
 
 @dataclass
 class UnitCollector:
     """A unit's parts and error rows as they reach the driver. A part whose samples overlap an
-    accepted part's (Ray re-ran its batch after a worker died) is dropped whole; error rows are
-    deduplicated on sample index."""
+    accepted part's or an error's (Ray re-ran its batch after a worker died) is dropped whole;
+    error rows are deduplicated on sample index, and one for a sample a part holds is ignored."""
 
     shard: InputShard
     unit: str
     part_start: int
     parts: list[Part] = field(default_factory=list)
-    dropped: list[Part] = field(default_factory=list)
     covered: set[int] = field(default_factory=set)
     errors: dict[int, dict] = field(default_factory=dict)
     n_in_unit: int | None = None
@@ -161,20 +164,18 @@ class UnitCollector:
             part = Part(str(row["part"]), np.frombuffer(row["part_samples"], np.int32),
                         [FileEntry(**f) for f in json.loads(row["part_files"])], json.loads(row["part_rows"]))
             samples = set(part.samples.tolist())
-            if samples & self.covered or samples & set(self.errors):
-                self.dropped.append(part)
-            else:
+            if not samples & self.covered and not samples & self.errors.keys():  # else dropped: its files go after the commit
                 self.parts.append(part)
                 self.covered |= samples
-        elif row["status"] == ERROR:
+        elif row["status"] == ERROR and int(row["sample_index"]) not in self.covered:
             self.errors[int(row["sample_index"])] = row
 
     @property
     def complete(self) -> bool:
-        return self.n_in_unit is not None and len(self.covered) + len(self.errors) == self.n_in_unit
+        return self.n_in_unit is not None and len(self.covered | self.errors.keys()) == self.n_in_unit
 
     def ordered_parts(self) -> list[Part]:
-        return sorted(self.parts, key=lambda p: int(p.samples.min()))
+        return sorted(self.parts, key=lambda p: p.first)
 
     def rows(self) -> dict[str, int]:
         total: dict[str, int] = {}

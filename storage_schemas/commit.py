@@ -71,9 +71,9 @@ class CommitRecord:
     def path(self) -> str:
         return layout.commit_path(self.kind, self.source, self.unit)
 
-    def file(self, suffix: str) -> FileEntry | None:
-        """The listed file whose path ends with `suffix` (first match), if any."""
-        return next((f for f in self.files if f.path.endswith(suffix)), None)
+    def file(self, rel: str) -> FileEntry | None:
+        """The listed file at ROOT-relative `rel`, if the record lists it."""
+        return next((f for f in self.files if f.path == rel), None)
 
     def to_json(self) -> str:
         # Written on the driver for every unit and listing every part file: built by hand, as

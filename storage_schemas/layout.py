@@ -26,7 +26,6 @@ TEXT_DIR = "text"
 
 # Source and unit names become path components, so keep them to a safe alphabet.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_PART_OF_SHARD = re.compile(r"^(.+)\.p\d{3,}$")
 
 
 def check_name(what: str, name: str) -> str:
@@ -42,12 +41,6 @@ def unit_name(shard: str, part: int | None = None) -> str:
 
 def manifest_path(kind: str) -> str:
     return f"{kind}/_manifest.json"
-
-
-def shard_of_unit(unit: str) -> str:
-    """The shard a unit name belongs to: `sa_000123` for `sa_000123.p003`, `00042` for `00042`."""
-    m = _PART_OF_SHARD.match(unit)
-    return m.group(1) if m else unit
 
 
 def unit_data_path(kind: str, source: str, unit: str, suffix: str = ".parquet") -> str:

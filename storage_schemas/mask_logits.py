@@ -101,8 +101,8 @@ def logits_group_objects(stored: np.ndarray, precision: str) -> dict[str, bytes]
 
 
 class UnitLogits:
-    """A unit's logits over its parts, indexed like one array whose image axis is the unit's
-    stored images in sample order: `logits[n]`, `logits[n, slots]`."""
+    """A unit's logits over its parts, read like one array whose image axis is the unit's stored
+    images in sample order: `logits[n]`, `logits[n, slots]` with an integer n (one image a read)."""
 
     def __init__(self, arrays: list[zarr.Array], sample_indexes: list[np.ndarray]):
         """arrays[j] holds the images of part j; sample_indexes[j] their sample indexes, row by row."""

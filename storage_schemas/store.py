@@ -99,7 +99,7 @@ class TargetStore:
         with ThreadPoolExecutor(READ_THREADS) as pool:
             records = list(pool.map(lambda n: read_commit(self.storage, kind, n[1], n[2]), names))
         out = []
-        for (rel, _, _), record in zip(names, records):
+        for (rel, _, _), record in sorted(zip(names, records), key=lambda nr: (nr[0][1], nr[0][2])):
             if record is None:
                 continue
             if record.policy_hash != manifest.policy_hash:
@@ -122,8 +122,9 @@ class TargetStore:
                 for rel in table_files(record, table) if listed(record, rel)]
 
     def read_unit_table(self, record: CommitRecord, table: str, columns: list[str] | None = None) -> pa.Table | None:
-        """One unit's table over its parts, in sample order (only `columns` if given), or None
-        when the unit has no such file."""
+        """One unit's table over its parts, part after part (parts in the order of their first
+        sample; sort by `sample_index` for sample order), only `columns` if given; None when the
+        unit has no such file."""
         parts = []
         for rel in table_files(record, table):
             if record.file(rel) is not None:

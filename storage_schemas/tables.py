@@ -34,40 +34,6 @@ PROMPT_STRUCTURES = ("box", "points", "box+points")
 STRUCTURE_PARTS = {0: (True, False), 1: (False, True), 2: (True, True)}
 
 
-def sam_prompts_schema(num_masks: int) -> pa.Schema:
-    """One row per (image, prompt, round); `slot` is the row's index on the Zarr logits' axis 1."""
-    return pa.schema(
-        IDENTITY_FIELDS
-        + [
-            pa.field("prompt", pa.int16(), nullable=False),  # 0..n_prompts-1
-            pa.field("round", pa.int8(), nullable=False),  # 0; 1 = round-0 logits fed back as a mask prompt
-            pa.field("slot", pa.int16(), nullable=False),  # round * P + prompt
-            pa.field("structure", pa.string(), nullable=False),  # one of PROMPT_STRUCTURES
-            pa.field("annotation_id", pa.int64(), nullable=False),  # SA-1B annotation it came from
-            pa.field("box", BOX, nullable=True),  # original-image pixels; null without a box
-            pa.field("point_coords", list_of(list_of(pa.float32(), 2)), nullable=False),  # [[x, y]] pixels
-            pa.field("point_labels", list_of(pa.int8()), nullable=False),  # 1 foreground, 0 background
-            pa.field("iou", list_of(pa.float32(), num_masks), nullable=False),  # teacher's predicted IoU
-        ],
-        metadata={"schema_version": str(SCHEMA_VERSION), "num_masks": str(num_masks)},
-    )
-
-
-SKIPPED = list_of(pa.struct([("reason", pa.string()), ("count", pa.int32())]))
-
-SAM_IMAGES_SCHEMA = pa.schema(
-    IDENTITY_FIELDS
-    + [
-        pa.field("width", pa.int32(), nullable=False),  # original image size, pixels
-        pa.field("height", pa.int32(), nullable=False),
-        pa.field("n_annotations", pa.int32(), nullable=False),  # in the SA-1B JSON
-        pa.field("n_prompts", pa.int16(), nullable=False),  # sampled; slots beyond hold the fill value
-        pa.field("skipped_annotations", SKIPPED, nullable=False),  # why annotations gave no prompt
-    ],
-    metadata={"schema_version": str(SCHEMA_VERSION)},
-)
-
-
 # Reasons a sample lands in the errors table. Stable strings: users group and count by them.
 ERROR_REASONS = {
     "truncated": "the image data ends early",

@@ -33,7 +33,7 @@ from storage_schemas.mask_logits import decode_logits
 from storage_schemas.sam_transforms import pad_image, sam_boxes, sam_input_image, sam_points
 from storage_schemas.storage import stat_url
 from storage_schemas.store import TargetStore
-from storage_schemas.sam_prompt_table import SamPrompts, prompts_by_image
+from storage_schemas.sam_tables import SamPrompts, prompts_by_image
 from storage_schemas.tar_samples import iter_tar_samples
 
 Keep = Callable[[SampleId], bool]

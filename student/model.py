@@ -70,9 +70,6 @@ class ClipHead(nn.Module):
         return self.mlp(self.norm(self.tokens(x)))
 
 
-# Structure code (index into storage_schemas.tables.PROMPT_STRUCTURES) -> (has box, has points).
-
-
 @dataclass
 class PromptBatch:
     """N prompts over a batch of images, in the 1024 px frame.

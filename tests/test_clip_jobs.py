@@ -195,6 +195,24 @@ def test_a_truncated_shard_fails_alone_and_the_job_exits_nonzero(tmp_path, sampl
     assert [c.unit for c in open_store(str(tmp_path / "store")).commits("clip")] == ["00000"]
 
 
+def test_a_truncated_shard_cut_in_parts_commits_the_parts_before_the_cut(tmp_path, sample_corpus, tiny_teachers,
+                                                                          ray_cluster):
+    import shutil
+
+    shard = tmp_path / "00001.tar"
+    shutil.copy(sample_corpus / "clip" / "00001.tar", shard)
+    with tarfile.open(shard) as tar:
+        cut_at = tar.getmembers()[45].offset  # sample 15 of 3 members each: part p001 (samples 10-19)
+    shard.write_bytes(shard.read_bytes()[:cut_at])
+    job = clip_job(tmp_path, tiny_teachers, "s", f"{shard}", 1, unit_size=10)
+    assert materialize([str(job), "--report", str(tmp_path / "r.json")]) == 1
+    report = json.loads((tmp_path / "r.json").read_text())["reports"][0]
+    failed = report["units_failed"]
+    assert [(f["unit"], f["reason"]) for f in failed] == [("00001.p001", "ValueError"), ("00001.p*", "shard_failed")]
+    assert "end-of-archive marker" in failed[0]["detail"] and "parts after 00001.p001 not read" in failed[1]["detail"]
+    assert [c.unit for c in open_store(str(tmp_path / "store")).commits("clip")] == ["00001.p000"]
+
+
 def test_a_changed_input_or_unit_size_is_refused_on_resume(tmp_path, sample_corpus, tiny_teachers, ray_cluster):
     import shutil
 

@@ -8,8 +8,11 @@ are dropped by the driver. The job itself must exit 0 with every sample stored e
 """
 import json
 import os
+import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,11 +25,18 @@ from storage_schemas.store import open_store
 UNITS = 20  # the 4 sample shards of 25 in units of 5
 
 
-def start_node(*args: str) -> subprocess.Popen:
+def start_node(env: dict, temp_dir: Path, *args: str) -> subprocess.Popen:
+    """A `ray start --block` node on 127.0.0.1 with ports of its own: nodes on one address that
+    pick theirs at random can collide (a raylet then dies on "bind: Address already in use")."""
     ray_bin = str(Path(sys.executable).with_name("ray"))
+    ports = ["--node-manager-port", "--object-manager-port", "--metrics-export-port", "--runtime-env-agent-port",
+             "--dashboard-agent-grpc-port", "--dashboard-agent-listen-port"]
+    low = _free_port()
     return subprocess.Popen([ray_bin, "start", "--block", "--node-ip-address", "127.0.0.1", "--num-gpus", "0",
-                             "--object-store-memory", str(300 * 1024**2), "--disable-usage-stats", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--object-store-memory", str(300 * 1024**2), "--disable-usage-stats",
+                             "--temp-dir", str(temp_dir), *[a for p in ports for a in (p, str(_free_port()))],
+                             "--min-worker-port", str(low), "--max-worker-port", str(low + 40), *args],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def kill_tree(proc: subprocess.Popen) -> None:
@@ -40,27 +50,39 @@ def kill_tree(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
+def wait_for_cpus(env: dict, cpus: int, head: subprocess.Popen) -> None:
+    probe = f"import ray, sys; ray.init(); sys.exit(0 if ray.cluster_resources().get('CPU', 0) >= {cpus} else 1)"
+    deadline = time.time() + 180
+    while (p := subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)).returncode:
+        assert time.time() < deadline and head.poll() is None, f"the cluster did not reach {cpus} CPUs: {p.stderr[-2000:]}"
+        time.sleep(2)
+
+
 @pytest.fixture
 def three_nodes():
+    # Its own session files, apart from the session's Ray; short, as Ray's socket paths must fit 107 bytes.
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray-"))
     port = _free_port()
-    head = start_node("--head", "--port", str(port), "--num-cpus", "0", "--include-dashboard", "false")
-    address = f"127.0.0.1:{port}"
-    workers = [start_node("--address", address, "--num-cpus", "4") for _ in range(2)]
-    env = {**os.environ, "RAY_ADDRESS": address}
-    probe = "import ray; ray.init(); import sys; sys.exit(0 if ray.cluster_resources().get('CPU', 0) >= 8 else 1)"
-    deadline = time.time() + 300
-    while (p := subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)).returncode:
-        assert time.time() < deadline and head.poll() is None, f"the three-node cluster did not come up: {p.stderr[-2000:]}"
-        time.sleep(2)
-    yield address, workers
-    for p in [*workers, head]:
-        if p.poll() is None:
-            kill_tree(p)
+    # `ray start --head` turns token authentication on: one token for the nodes, the probes and the job.
+    env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    head = start_node(env, temp_dir, "--head", "--port", str(port), "--num-cpus", "0", "--include-dashboard", "false")
+    workers = []
+    try:
+        for n in (1, 2):  # one at a time, each seen by the head before the next starts
+            workers.append(start_node(env, temp_dir, "--address", env["RAY_ADDRESS"], "--num-cpus", "4"))
+            wait_for_cpus(env, 4 * n, head)
+        yield env, workers
+    finally:  # also when the cluster never came up: no node may outlive the test
+        for p in [*workers, head]:
+            if p.poll() is None:
+                kill_tree(p)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.mark.slow
 def test_a_worker_node_killed_mid_job_is_survived(three_nodes, tmp_path, sample_corpus, tiny_teachers):
-    address, workers = three_nodes
+    env, workers = three_nodes
     store = tmp_path / "store"
     job = tmp_path / "job.yaml"
     job.write_text(f"""
@@ -70,7 +92,7 @@ clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{tiny_teachers['clip']}
 ray: {{teacher_actors: 2, batch_size: 4}}
 """)
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.materialize", str(job), "--report", str(tmp_path / "r.json")],
-                            cwd=REPO, env={**os.environ, "RAY_ADDRESS": address},
+                            cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     commits = store / "_commits" / "clip" / "sample"
     deadline = time.time() + 300

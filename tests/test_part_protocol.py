@@ -6,6 +6,8 @@ shards, batch 8: four parts per unit.
 """
 import json
 
+import numpy as np
+
 from conftest import assert_exactly_once, run_module, write_clip_job
 from storage_schemas.store import open_store
 
@@ -57,3 +59,25 @@ def test_a_batch_that_kills_its_actor_every_time_fails_its_unit(tmp_path, sample
     rerun = run_module("pipeline.materialize", str(job))
     assert rerun.returncode == 0 and f"{len(failed)} done, {4 - len(failed)} skipped" in rerun.stdout, rerun.stderr[-3000:]
     assert_exactly_once(store, sample_corpus)
+
+
+def test_a_collector_counts_each_sample_once():
+    """Parts that overlap accepted ones are dropped whole; an error row for a sample a part holds is ignored."""
+    from pipeline.sources import InputShard
+    from pipeline.units import END, ERROR, PART, UnitCollector
+
+    shard = InputShard("s", "clip", "/x/00000.tar", "00000", 1, None, {}, None)
+    c = UnitCollector(shard, "00000", 0)
+
+    def part(name, samples):
+        return {"status": PART, "part": name, "part_samples": np.asarray(samples, np.int32).tobytes(),
+                "part_files": json.dumps([{"path": f"clip/s/00000/{name}.parquet", "size": 1, "sha256": "0"}]),
+                "part_rows": json.dumps({"views": len(samples)})}
+
+    c.add(part("a", [0, 1, 2]))
+    c.add(part("a2", [2, 3]))  # overlaps a: dropped whole, sample 3 not covered by it
+    c.add({"status": ERROR, "sample_index": 2, "key": "k2", "members": "[]", "reason": "truncated", "detail": ""})
+    c.add({"status": END, "n_in_unit": 4, "shard_samples": 4, "detail": ""})
+    assert not c.complete and c.covered == {0, 1, 2} and not c.errors
+    c.add(part("b", [3]))
+    assert c.complete and [p.name for p in c.ordered_parts()] == ["a", "b"] and c.rows() == {"views": 4}

@@ -23,9 +23,8 @@ from storage_schemas.mask_logits import (
 )
 from storage_schemas.storage import Storage
 from storage_schemas.store import open_store
-from storage_schemas.tables import (
-    ERRORS_SCHEMA, SAM_IMAGES_SCHEMA, parquet_bytes, sam_prompts_schema, text_embeddings_schema,
-)
+from storage_schemas.sam_tables import SAM_IMAGES_SCHEMA, sam_prompts_schema
+from storage_schemas.tables import ERRORS_SCHEMA, parquet_bytes, text_embeddings_schema
 
 D = 64
 
