@@ -128,7 +128,10 @@ class RayConfig:
     batch_size: int = 32  # samples per CLIP teacher batch; each brings its K views
     sam_batch_size: int = 4  # images per SAM teacher batch; each runs the encoder once, its prompts by structure
     decode_cpus: float = 1  # CPUs per decode/render task (one task per unit)
-    max_batch_retries: int = 3  # a batch whose actor died is retried this often, then its unit fails
+    # A batch whose actor died is retried this often, then its unit fails. Retries to an actor that
+    # Ray is restarting on another node fail about once a second until it is back (measured with a
+    # worker node killed): the budget must outlast an actor's restart, teacher load included.
+    max_batch_retries: int = 20
     num_cpus: int | None = None  # only when this job starts a local Ray: CPUs to give it (null: all)
 
     def validate(self) -> None:
