@@ -37,6 +37,10 @@ from storage_schemas.storage import FileEntry, Storage, StorageFailure
 WritePart = Callable[[dict[str, np.ndarray], str], tuple[list[FileEntry], dict[str, int]]]
 
 
+# The part columns and their value on rows that are not parts.
+PART_COLUMNS = {"part": "", "part_samples": b"", "part_files": "[]", "part_rows": "{}", "storage_retries": "{}"}
+
+
 def new_part_name(first_sample: int) -> str:
     return layout.part_name(first_sample, uuid.uuid4().hex[:8])
 
@@ -79,9 +83,5 @@ def teacher_batch_output(kind: str, batch: dict[str, np.ndarray], write_part: Wr
                     "part_files": json.dumps([asdict(f) for f in files]), "part_rows": json.dumps(counts),
                     "storage_retries": json.dumps(dict(storage.retries - retried))})
     columns = {c: [r[c] for r in out] for c in PROTOCOL_COLUMNS}
-    columns["part"] = [r.get("part", "") for r in out]
-    columns["part_samples"] = [r.get("part_samples", b"") for r in out]
-    columns["part_files"] = [r.get("part_files", "[]") for r in out]
-    columns["part_rows"] = [r.get("part_rows", "{}") for r in out]
-    columns["storage_retries"] = [r.get("storage_retries", "{}") for r in out]
+    columns |= {c: [r.get(c, empty) for r in out] for c, empty in PART_COLUMNS.items()}
     return {c: np.asarray(v, dtype=object if c == "part_samples" else None) for c, v in columns.items()}

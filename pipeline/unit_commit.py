@@ -24,9 +24,9 @@ from storage_schemas.commit import CommitRecord, write_commit
 from storage_schemas.faults import kill_point
 from storage_schemas.storage import Storage, StorageFailure
 from storage_schemas.store import READ_THREADS
+from storage_schemas.tables import ERRORS_SCHEMA, parquet_bytes
 
 log = logging.getLogger(__name__)
-from storage_schemas.tables import ERRORS_SCHEMA, parquet_bytes
 
 
 def commit_unit(storage: Storage, kind: str, c: UnitCollector, policy_hash: str) -> CommitRecord:
