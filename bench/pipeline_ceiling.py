@@ -161,7 +161,7 @@ def run_job(work: str, shards: list[str], unit_size: int, args) -> tuple[dict, T
     job = {"store": {"url": store}, "compute_dtype": "fp32",
            "sources": [{"name": SOURCE, "kind": "clip", "shards": shards, "unit_size": unit_size}],
            "clip": {"teacher": {"arch": ARCH, "pretrained": None, "init_seed": SEED}, "views": args.views},
-           "ray": {"num_cpus": 2, "teacher_actors": 1, "cpus_per_actor": 1, "decode_cpus": 1, "batch_size": args.batch}}
+           "ray": {"num_cpus": 2, "teacher_actors": 1, "cpus_per_actor": 1, "batch_size": args.batch}}
     job_path = os.path.join(work, f"job-{unit_size}.yaml")
     with open(job_path, "w") as f:
         yaml.safe_dump(job, f)

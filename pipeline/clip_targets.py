@@ -1,20 +1,24 @@
-"""CLIP targets as a streaming Ray Data job: read + decode + render (CPU tasks) -> teacher actors
-that write the parts -> per-unit commit on the driver.
+"""CLIP targets as a streaming Ray Data job: read (CPU tasks, bytes only) -> teacher actors that
+decode, render, embed and write the parts -> per-unit commit on the driver.
 
-    units ──flat_map(read_clip_shard)──> one row per sample: K rendered views, uint8 [K, S, S, 3]
+    units ──flat_map(read_clip_shard)──> one row per sample: its encoded image bytes
           ──map_batches(ClipTeacherStage, ActorPoolStrategy)──> clip/SOURCE/UNIT/PART.parquet;
                                                                 one metadata row per part
           ──driver: UnitCollector──> _errors/..., _commits/... (last)
 
-A read task handles one shard and yields its samples one at a time, so no stage holds a shard's
-decoded pixels at once; Ray cuts the stream into blocks and the teacher actors consume them while
-later samples decode. A shard is one unit, or parts of `unit_size` samples; each unit ends with an
-`end` row carrying its sample count (the stream is read once, whatever the parts); the driver
-commits a unit once its parts and errors cover that many distinct samples, dropping a part that
-overlaps one already accepted because Ray re-runs a batch whose worker died.
+What crosses the object store is the JPEG as it sits in the tar, not K rendered views (~1.5 MB a
+sample at K=10, 224 px): the actor decodes and renders next to the teacher, on a thread pool
+(Pillow releases the GIL while it decodes and resamples), into pinned host memory, and hands the
+GPU one chunk of views while the pool renders the next. A sample whose image cannot be decoded
+becomes an error row there. A read task handles one shard (or, with a tar index, one unit) and
+yields its samples one at a time; each unit ends with an `end` row carrying its sample count; the
+driver commits a unit once its parts and errors cover that many distinct samples, dropping a part
+that overlaps one already accepted because Ray re-runs a batch whose worker died.
 """
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -22,20 +26,24 @@ import numpy as np
 import torch
 
 from pipeline.config import ClipTeacherConfig
-from pipeline.parts import teacher_batch_output
+from pipeline.parts import PartWritten, teacher_batch_output
 from pipeline.sources import sidecar_success_counts
 from pipeline.units import ERROR, ShardTask, read_shard
 from storage_schemas.clip_views_table import ClipViews, views_parquet
 from storage_schemas.decode import DecodeError, decode_image, draft_side_for
 from storage_schemas.identity import SampleId
-from storage_schemas.storage import FileEntry, Storage
+from storage_schemas.storage import Storage
 from storage_schemas.store import TABLE_SUFFIX
 from storage_schemas.tar_samples import TarSample
 from storage_schemas.views import render_view, sample_views, view_hash
 
+# Views per GPU launch: small enough that the first chunk starts the GPU early, large enough to fill it.
+CHUNK_VIEWS = 256
+
+
 @dataclass(frozen=True)
 class RenderSpec:
-    """Everything a read task needs to turn bytes into views (pickled to the tasks)."""
+    """Everything an actor needs to turn bytes into views."""
 
     seed: int
     views: int
@@ -52,42 +60,43 @@ class RenderSpec:
         return draft_side_for(self.size)
 
 
-def blank_clip_row(task: ShardTask, spec: RenderSpec, status: str, part: int) -> dict[str, Any]:
-    """The row protocol of pipeline.units plus the CLIP columns, zero-filled."""
-    k, s = spec.views, spec.size
-    return {**task.base_row(status, part),
-            "pixels": np.zeros((k, s, s, 3), np.uint8), "crops": np.zeros((k, 4), np.float32),
-            "flips": np.zeros(k, bool), "hashes": "", "width": 0, "height": 0}
+@dataclass
+class RenderedSample:
+    crops: np.ndarray  # float32 [K, 4]
+    flips: np.ndarray  # bool [K]
+    hashes: list[str]  # K pixel hashes
+    width: int  # full-resolution, EXIF-corrected size
+    height: int
 
 
-def read_clip_shard(row: dict[str, Any], spec: RenderSpec) -> Iterator[dict[str, Any]]:
-    """Ray flat_map UDF: one shard -> one row per sample (K rendered views), `end` rows per unit."""
-    yield from read_shard(row, lambda row, sample: render_sample(row, spec, sample),
-                          lambda task, status, part: blank_clip_row(task, spec, status, part), _sidecar_note)
+def read_clip_shard(row: dict[str, Any], spec: RenderSpec | None = None) -> Iterator[dict[str, Any]]:
+    """Ray flat_map UDF: one read task -> one row per sample (its image bytes), `end` rows per unit."""
+    yield from read_shard(row, ship_image, lambda task, status, part: {**task.base_row(status, part), "image": b""},
+                          _sidecar_note)
 
 
-def render_sample(row: dict[str, Any], spec: RenderSpec, sample: TarSample) -> dict[str, Any]:
-    """Decode once, render all K views; a sample that cannot be used becomes an error row."""
+def ship_image(row: dict[str, Any], sample: TarSample) -> dict[str, Any]:
     image = sample.image()
-    try:
-        if image is None:
-            raise DecodeError("missing_image", f"no member with an image extension among {sample.member_names()}")
-        decoded = decode_image(image[1], spec.max_pixels, spec.draft_side)
-    except DecodeError as e:
-        row.update(status=ERROR, reason=e.reason, detail=e.detail)
-        return row
-    w, h = decoded.image.size
-    views = sample_views(spec.seed, SampleId(row["source"], row["shard"], sample.key), w, h, spec.views, spec.size,
-                         spec.scale, spec.ratio, spec.flip, spec.resize_mode)
-    hashes = []
-    for v in views:
-        pixels = render_view(decoded.image, v.crop, v.flip, spec.size, spec.interpolation)
-        row["pixels"][v.index] = pixels
-        row["crops"][v.index] = v.crop
-        row["flips"][v.index] = v.flip
-        hashes.append(view_hash(pixels))
-    row.update(hashes=",".join(hashes), width=decoded.full_size[0], height=decoded.full_size[1])
+    if image is None:
+        row.update(status=ERROR, reason="missing_image",
+                   detail=f"no member with an image extension among {sample.member_names()}")
+    else:
+        row["image"] = image[1]
     return row
+
+
+def render_sample(spec: RenderSpec, sample: SampleId, data: bytes, out: np.ndarray) -> RenderedSample:
+    """Decode once and render the K views into out: uint8 [K, S, S, 3]. Raises DecodeError."""
+    decoded = decode_image(data, spec.max_pixels, spec.draft_side)
+    w, h = decoded.image.size
+    views = sample_views(spec.seed, sample, w, h, spec.views, spec.size, spec.scale, spec.ratio, spec.flip,
+                         spec.resize_mode)
+    crops, flips, hashes = np.zeros((spec.views, 4), np.float32), np.zeros(spec.views, bool), []
+    for v in views:
+        out[v.index] = render_view(decoded.image, v.crop, v.flip, spec.size, spec.interpolation)
+        crops[v.index], flips[v.index] = v.crop, v.flip
+        hashes.append(view_hash(out[v.index]))
+    return RenderedSample(crops, flips, hashes, *decoded.full_size)
 
 
 def _sidecar_note(task: ShardTask, options: dict, count: int) -> str:
@@ -101,43 +110,97 @@ def _sidecar_note(task: ShardTask, options: dict, count: int) -> str:
 
 
 class ClipTeacherStage:
-    """Ray actor UDF: loads the teacher once, turns uint8 views into normalised embeddings and
-    writes them, one views part per unit of the batch; returns the parts' metadata.
+    """Ray actor UDF: loads the teacher once; per unit of a batch, renders the views on a thread
+    pool, embeds them and writes one views part; returns the parts' metadata.
 
-    Normalisation runs on the teacher's device, so pixels travel as uint8 (4x less than float).
+    Views travel to the device as uint8 (4x less than float) and are normalised there.
     """
 
-    def __init__(self, teacher_cfg: ClipTeacherConfig, storage: Storage, compute_dtype: str, threads: int):
+    def __init__(self, teacher_cfg: ClipTeacherConfig, spec: RenderSpec, storage: Storage, compute_dtype: str,
+                 threads: int, render_threads: int | None = None):
         from pipeline.teachers import load_clip_teacher
 
         torch.set_num_threads(max(1, threads))
-        self.storage = storage
+        self.spec, self.storage = spec, storage
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.teacher = load_clip_teacher(teacher_cfg, storage.storage_options, device=self.device)
         pp = self.teacher.fingerprint.preprocess
         self.mean = torch.tensor(pp["mean"], device=self.device).view(1, 3, 1, 1) * 255.0
         self.std = torch.tensor(pp["std"], device=self.device).view(1, 3, 1, 1) * 255.0
         self.autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(compute_dtype)
+        self.pool = ThreadPoolExecutor(max(1, render_threads or threads), thread_name_prefix="render")
+        self.gpu = threading.Lock()  # one call on the device at a time; the other renders and writes
+        self.buffers = threading.local()  # each concurrent call (`ray.calls_per_actor`) has its own
 
-    def embed(self, pixels: np.ndarray) -> np.ndarray:
-        """pixels: uint8 [N, S, S, 3] -> float16 [N, D], L2-normalised."""
-        x = torch.from_numpy(np.array(pixels)).to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+    def embed_async(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels: uint8 [N, S, S, 3] on the host -> float16 [N, D] on the device, L2-normalised.
+        On a GPU this only queues the work: the copy is non-blocking from pinned memory."""
+        x = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
         x = (x - self.mean) / self.std
         with torch.autocast(self.device, dtype=self.autocast, enabled=self.autocast is not None):
             emb = self.teacher.encode_images(x)
-        return emb.to(torch.float16).cpu().numpy()
+        return emb.to(torch.float16)
 
-    def write_part(self, rows: dict[str, np.ndarray], part_rel: str) -> tuple[list[FileEntry], dict[str, int]]:
-        """Embed one unit's ok rows and write them as the views part `part_rel`.parquet."""
-        pixels = rows["pixels"]
-        n, k = pixels.shape[:2]
-        emb = self.embed(pixels.reshape(n * k, *pixels.shape[2:])).reshape(n, k, -1)
-        views = ClipViews(rows["sample_index"].astype(np.int32), [str(x) for x in rows["key"]],
-                          rows["width"].astype(np.int32), rows["height"].astype(np.int32), rows["crops"],
-                          rows["flips"], np.asarray([h.split(",") for h in rows["hashes"]], dtype=object), emb)
+    def embed(self, pixels: np.ndarray) -> np.ndarray:
+        """pixels: uint8 [N, S, S, 3] -> float16 [N, D], L2-normalised."""
+        return self.embed_async(torch.from_numpy(np.ascontiguousarray(pixels))).cpu().numpy()
+
+    def views_buffer(self, n: int) -> torch.Tensor:
+        """uint8 [n, K, S, S, 3] host memory, pinned where there is a GPU, reused by the calling
+        thread's next batch: this one's copies are done once its embeddings came back."""
+        k, s = self.spec.views, self.spec.size
+        buffer = getattr(self.buffers, "views", None)
+        if buffer is None or len(buffer) < n:
+            buffer = self.buffers.views = torch.empty((n, k, s, s, 3), dtype=torch.uint8,
+                                                      pin_memory=self.device == "cuda")
+        return buffer[:n]
+
+    def render_and_embed(self, rows: dict[str, np.ndarray]) -> tuple[dict[int, RenderedSample], np.ndarray, dict]:
+        """Render every row's views on the pool; embed chunk by chunk as they finish.
+        -> ({row: RenderedSample} of the rows that decoded, float16 [rendered, K, D] in row order,
+            {row: (reason, detail)} of those that did not)."""
+        n, k = len(rows["key"]), self.spec.views
+        pixels = self.views_buffer(n)
+        out = pixels.numpy()
+        futures = [self.pool.submit(render_sample, self.spec, SampleId(str(rows["source"][i]), str(rows["shard"][i]),
+                                                                       str(rows["key"][i])), rows["image"][i], out[i])
+                   for i in range(n)]
+        rendered, failed, embedded = {}, {}, []
+        chunk = max(1, CHUNK_VIEWS // k)
+        try:
+            with self.gpu:
+                for a in range(0, n, chunk):
+                    good = []
+                    for i in range(a, min(n, a + chunk)):
+                        try:
+                            rendered[i] = futures[i].result()
+                            good.append(i)
+                        except DecodeError as e:
+                            failed[i] = (e.reason, e.detail)
+                    if good:
+                        # Consecutive rows (no decode error in the chunk) are a view of the buffer, not a copy.
+                        views = pixels[good[0]:good[-1] + 1] if good[-1] - good[0] + 1 == len(good) else pixels[good]
+                        embedded.append(self.embed_async(views.reshape(-1, *views.shape[2:])))
+                emb = (torch.cat(embedded).cpu().numpy() if embedded
+                       else np.zeros((0, self.teacher.embed_dim), np.float16))
+        finally:
+            wait(futures)  # no render may still write into the buffer the next batch reuses
+        return rendered, emb.reshape(len(rendered), k, -1), failed
+
+    def write_part(self, rows: dict[str, np.ndarray], part_rel: str) -> PartWritten:
+        """Render and embed one unit's ok rows and write those that decoded as `part_rel`.parquet."""
+        rendered, emb, failed = self.render_and_embed(rows)
+        if not rendered:
+            return PartWritten([], {}, failed)
+        keep = sorted(rendered)
+        views = ClipViews(rows["sample_index"][keep].astype(np.int32), [str(rows["key"][i]) for i in keep],
+                          np.array([rendered[i].width for i in keep], np.int32),
+                          np.array([rendered[i].height for i in keep], np.int32),
+                          np.stack([rendered[i].crops for i in keep]), np.stack([rendered[i].flips for i in keep]),
+                          np.array([rendered[i].hashes for i in keep], dtype=object), emb)
         entry = self.storage.write_bytes(part_rel + TABLE_SUFFIX[("clip", "views")],
                                          views_parquet(views, str(rows["source"][0]), str(rows["shard"][0])))
-        return [entry], {"views": n * k}
+        return PartWritten([entry], {"views": len(keep) * self.spec.views}, failed)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return teacher_batch_output("clip", batch, self.write_part, self.storage)

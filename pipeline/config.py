@@ -5,7 +5,7 @@
     sources: [{name: cc12m, kind: clip, shards: "s3://bucket/cc12m/{00000..01242}.tar"}, ...]
     clip:    {teacher: {arch: ViT-L-14, pretrained: datacomp_xl_s13b_b90k}, views: 10, view_policy: {...}}
     sam:     {teacher: {model: vit_b, checkpoint: s3://.../sam_vit_b_01ec64.pth}, prompts: 64, precision: fp16}
-    ray:     {teacher_actors: 8, gpus_per_actor: 1, batch_size: 64, decode_cpus: 1}
+    ray:     {teacher_actors: 8, gpus_per_actor: 1, cpus_per_actor: 8, batch_size: 256}
 
 Load with `load_job_config(path, ["clip.views=4"])`; see storage_schemas.typed_config.
 """
@@ -124,10 +124,14 @@ class SamConfig:
 class RayConfig:
     teacher_actors: int = 1  # long-lived teacher actors (one teacher load each)
     gpus_per_actor: float | None = None  # null: 1 where the cluster has GPUs, else 0 (CPU teachers)
-    cpus_per_actor: float = 1  # also the actor's torch threads
+    cpus_per_actor: float = 1  # also the actor's torch threads and, by default, its decode/render threads
+    render_threads: int | None = None  # threads per actor decoding and rendering; null: cpus_per_actor
+    calls_per_actor: int = 2  # batches an actor holds at once: one on the teacher, the others decoding or writing
     batch_size: int = 32  # samples per CLIP teacher batch; each brings its K views
     sam_batch_size: int = 4  # images per SAM teacher batch; each runs the encoder once, its prompts by structure
-    decode_cpus: float = 1  # CPUs per decode/render task (one task per unit)
+    read_cpus: float = 0.5  # CPUs per read task: it streams tar members, the actors decode
+    # Read tasks running at once (each holds a unit in flight); null: 2 per teacher actor.
+    read_tasks: int | None = None
     # A batch whose actor died is retried this often, then its unit fails. Retries to an actor that
     # Ray is restarting on another node fail about once a second until it is back (measured with a
     # worker node killed): the budget must outlast an actor's restart, teacher load included.
@@ -135,12 +139,15 @@ class RayConfig:
     num_cpus: int | None = None  # only when this job starts a local Ray: CPUs to give it (null: all)
 
     def validate(self) -> None:
-        for name in ("teacher_actors", "batch_size", "sam_batch_size"):
+        for name in ("teacher_actors", "batch_size", "sam_batch_size", "calls_per_actor"):
             if getattr(self, name) < 1:
                 raise FieldError(name, f"expected at least 1, got {getattr(self, name)}")
         if self.max_batch_retries < 0:
             raise FieldError("max_batch_retries", f"expected 0 or more, got {self.max_batch_retries}")
-        for name in ("cpus_per_actor", "decode_cpus"):
+        for name in ("read_tasks", "render_threads"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise FieldError(name, f"expected at least 1 or null, got {getattr(self, name)}")
+        for name in ("cpus_per_actor", "read_cpus"):
             if getattr(self, name) <= 0:
                 raise FieldError(name, f"expected a positive number of CPUs, got {getattr(self, name)}")
 

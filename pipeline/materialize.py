@@ -32,6 +32,12 @@ from storage_schemas.storage import Storage, StorageFailure
 from storage_schemas.typed_config import add_config_arguments
 from storage_schemas.views import RESIZE_MODES
 
+READS_PER_ACTOR = 2  # read tasks per teacher actor: one can wait on storage while the other feeds it
+# Ray's default block target is 128 MiB: ~2,500 encoded CLIP images or ~100 SA-1B pairs that a
+# teacher would wait for. These keep a block to a teacher batch or two.
+CLIP_BLOCK_BYTES = 16 * 1024 * 1024
+SAM_BLOCK_BYTES = 4 * 1024 * 1024
+
 
 def start_ray(cfg: JobConfig) -> bool:
     """Connect to RAY_ADDRESS's cluster or start a local one; True when the cluster has GPUs."""
@@ -157,33 +163,44 @@ def run_units(plan: JobPlan, kp: KindPlan, kind: str, build_dataset: Callable[[l
     return report
 
 
-def teacher_dataset(cfg: JobConfig, has_gpu: bool, tasks: list[dict], read_fn: Callable, spec: Any,
-                    stage: type, stage_kwargs: dict, batch_size: int, block_bytes: int | None = None):
-    """shards -> flat_map(read_fn) on CPU tasks -> map_batches(stage) on a pool of teacher actors.
+def teacher_dataset(cfg: JobConfig, has_gpu: bool, tasks: list[dict], read_fn: Callable, stage: type,
+                    stage_kwargs: dict, batch_size: int, block_bytes: int):
+    """read tasks -> flat_map(read_fn) on CPU tasks -> map_batches(stage) on a pool of teacher actors.
 
-    Ray Data's actor pools restart dead actors and retry their batches without limit by default,
-    and fail the whole dataset on the first block that errors. Here a batch is retried
-    `ray.max_batch_retries` times, then dropped: its unit never completes and is reported as failed,
-    the other units commit.
+    At most `read_concurrency(cfg)` read tasks run at once: each holds a unit in flight, so memory
+    and the work a driver crash loses stay bounded whatever the cluster's size. Ray Data's actor
+    pools restart dead actors and retry their batches without limit by default, and fail the whole
+    dataset on the first block that errors. Here a batch is retried `ray.max_batch_retries` times,
+    then dropped: its unit never completes and is reported as failed, the other units commit.
+    Each actor runs `ray.calls_per_actor` batches at once: one on the teacher, the others decoding
+    or writing (the stages hold a lock around the teacher).
     """
     import ray
 
     ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
     ds.context.max_errored_blocks = -1
-    if block_bytes is not None:
-        ds.context.target_max_block_size = block_bytes
-    ds = ds.flat_map(read_fn, fn_kwargs={"spec": spec}, num_cpus=cfg.ray.decode_cpus)
+    # Rows are encoded images: small blocks reach the teachers while a shard is still being read.
+    ds.context.target_max_block_size = block_bytes
+    ds = ds.flat_map(read_fn, num_cpus=cfg.ray.read_cpus, concurrency=min(len(tasks), read_concurrency(cfg)))
     gpus = cfg.ray.gpus_per_actor if cfg.ray.gpus_per_actor is not None else (1 if has_gpu else 0)
     with warnings.catch_warnings():
         # Ray 2.60 deprecates **ray_remote_args but names no parameter for max_restarts/max_task_retries.
         warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
         return ds.map_batches(
             stage, fn_constructor_kwargs={**stage_kwargs, "storage": Storage(cfg.store.url, cfg.store.storage_options),
-                                          "threads": int(cfg.ray.cpus_per_actor)},
+                                          "threads": int(cfg.ray.cpus_per_actor),
+                                          "render_threads": cfg.ray.render_threads},
             batch_size=batch_size, batch_format="numpy", num_cpus=cfg.ray.cpus_per_actor, num_gpus=gpus,
-            compute=ray.data.ActorPoolStrategy(size=cfg.ray.teacher_actors),
+            compute=ray.data.ActorPoolStrategy(size=cfg.ray.teacher_actors,
+                                               max_concurrent_calls_per_actor=cfg.ray.calls_per_actor,
+                                               enable_true_multi_threading=cfg.ray.calls_per_actor > 1),
             max_restarts=-1, max_task_retries=cfg.ray.max_batch_retries,
         )
+
+
+def read_concurrency(cfg: JobConfig) -> int:
+    """Read tasks at once: `ray.read_tasks`, else READS_PER_ACTOR per teacher actor."""
+    return cfg.ray.read_tasks or READS_PER_ACTOR * cfg.ray.teacher_actors
 
 
 def run_clip(plan: JobPlan, kp: KindPlan, has_gpu: bool) -> JobReport:
@@ -199,9 +216,9 @@ def run_clip(plan: JobPlan, kp: KindPlan, has_gpu: bool) -> JobReport:
                       max_pixels=cfg.max_image_pixels)
 
     def build_dataset(tasks: list[dict]):
-        return teacher_dataset(cfg, has_gpu, tasks, read_clip_shard, spec, ClipTeacherStage,
-                               dict(teacher_cfg=cfg.clip.teacher, compute_dtype=must["compute_dtype"]),
-                               cfg.ray.batch_size)
+        return teacher_dataset(cfg, has_gpu, tasks, read_clip_shard, ClipTeacherStage,
+                               dict(teacher_cfg=cfg.clip.teacher, spec=spec, compute_dtype=must["compute_dtype"]),
+                               cfg.ray.batch_size, CLIP_BLOCK_BYTES)
 
     return run_units(plan, kp, "clip", build_dataset, manifest.policy_hash)
 
@@ -212,12 +229,10 @@ def run_sam(plan: JobPlan, kp: KindPlan, has_gpu: bool) -> JobReport:
     spec = PromptSpec(seed=cfg.seed, sam=cfg.sam, max_pixels=cfg.max_image_pixels)
 
     def build_dataset(tasks: list[dict]):
-        # A SAM row carries a 3 MB image: one-image blocks reach the teacher while the shard is
-        # still being read (Ray's default 128 MiB would hold ~40 images back).
-        return teacher_dataset(cfg, has_gpu, tasks, read_sam_shard, spec, SamTeacherStage,
-                               dict(teacher_cfg=cfg.sam.teacher, sam_cfg=cfg.sam,
+        return teacher_dataset(cfg, has_gpu, tasks, read_sam_shard, SamTeacherStage,
+                               dict(teacher_cfg=cfg.sam.teacher, sam_cfg=cfg.sam, spec=spec,
                                     compute_dtype=manifest.must_match["compute_dtype"]),
-                               cfg.ray.sam_batch_size, block_bytes=4 * 1024 * 1024)
+                               cfg.ray.sam_batch_size, SAM_BLOCK_BYTES)
 
     return run_units(plan, kp, "sam", build_dataset, manifest.policy_hash)
 

@@ -2,11 +2,12 @@
 
 A teacher actor's batch holds sample rows of one or more units (`pipeline.units` row protocol).
 For each unit present, `teacher_batch_output` calls the kind's `write_part` on that unit's `ok`
-rows, which runs the teacher and writes the part's files straight to the store, and returns one
-`part` row per unit: the part's name, its sample indexes (int32 bytes, 4 bytes a sample), its
-files with size and sha256, and its row counts. `error`, `end` and `unit_failed` rows pass
-through without their heavy columns. An exception while making one unit's part turns into a
-`teacher_failed` row for that unit: the driver fails the unit, the job goes on.
+rows, which decodes them, runs the teacher and writes the part's files straight to the store, and
+returns one `part` row per unit: the part's name, its sample indexes (int32 bytes, 4 bytes a
+sample), its files with size and sha256, and its row counts; a sample the actor could not decode
+becomes an `error` row. `error`, `end` and `unit_failed` rows pass through without their heavy
+columns. An exception while making one unit's part turns into a `teacher_failed` row for that
+unit: the driver fails the unit, the job goes on.
 
 Output columns (every row):
     source, shard, unit, part_start, status, sample_index, key, members, reason, detail,
@@ -23,18 +24,30 @@ import json
 import traceback
 import uuid
 from dataclasses import asdict
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
-from pipeline.units import OK, PART, PROTOCOL_COLUMNS, TEACHER_FAILED
+from pipeline.units import ERROR, OK, PART, PROTOCOL_COLUMNS, TEACHER_FAILED
 from storage_schemas import layout
 from storage_schemas.faults import kill_point
 from storage_schemas.storage import FileEntry, Storage, StorageFailure
 
+
+
+@dataclass
+class PartWritten:
+    """What a kind's `write_part` did with one unit's rows."""
+
+    files: list[FileEntry]  # empty when no row decoded: then nothing was written
+    rows: dict[str, int]  # rows per table
+    failed: dict[int, tuple[str, str]] = field(default_factory=dict)  # row -> (reason, detail): not in the part
+
+
 # (kind's writer) rows: the batch's columns restricted to one unit's ok rows, in sample order;
-# part_rel: the part's path prefix (ROOT-relative, no suffix) -> (files written, rows per table)
-WritePart = Callable[[dict[str, np.ndarray], str], tuple[list[FileEntry], dict[str, int]]]
+# part_rel: the part's path prefix (ROOT-relative, no suffix)
+WritePart = Callable[[dict[str, np.ndarray], str], PartWritten]
 
 
 # The part columns and their value on rows that are not parts.
@@ -67,8 +80,8 @@ def teacher_batch_output(kind: str, batch: dict[str, np.ndarray], write_part: Wr
         retried = storage.retries.copy()
         try:
             kill_point("teacher_batch", str(unit))
-            files, counts = write_part({c: v[take] for c, v in batch.items()},
-                                       layout.part_path(kind, str(source), str(unit), part, ""))
+            written = write_part({c: v[take] for c, v in batch.items()},
+                                 layout.part_path(kind, str(source), str(unit), part, ""))
         except Exception as e:  # this unit fails, the batch's other units and the job go on
             where = traceback.extract_tb(e.__traceback__)[-1]
             # The reason names the error; a storage failure's detail keeps its type (PermissionError ...).
@@ -77,10 +90,17 @@ def teacher_batch_output(kind: str, batch: dict[str, np.ndarray], write_part: Wr
             out.append({**first, "status": TEACHER_FAILED, "sample_index": -1, "key": "", "members": "[]",
                         "reason": reason, "detail": f"{detail} (in {where.name}, {where.filename}:{where.lineno})"})
             continue
+        for j, (reason, detail) in sorted(written.failed.items()):
+            out.append({**{c: batch[c][rows[j]] for c in PROTOCOL_COLUMNS}, "status": ERROR, "reason": reason,
+                        "detail": detail})
+        if not written.files:
+            continue
         kill_point("after_part_written", str(unit))
+        kept = np.delete(rows, list(written.failed))
         out.append({**first, "status": PART, "sample_index": -1, "key": "", "members": "[]", "part": part,
-                    "part_samples": batch["sample_index"][rows].astype(np.int32).tobytes(),
-                    "part_files": json.dumps([asdict(f) for f in files]), "part_rows": json.dumps(counts),
+                    "part_samples": batch["sample_index"][kept].astype(np.int32).tobytes(),
+                    "part_files": json.dumps([asdict(f) for f in written.files]),
+                    "part_rows": json.dumps(written.rows),
                     "storage_retries": json.dumps(dict(storage.retries - retried))})
     columns = {c: [r[c] for r in out] for c in PROTOCOL_COLUMNS}
     columns |= {c: [r.get(c, empty) for r in out] for c, empty in PART_COLUMNS.items()}

@@ -1,7 +1,7 @@
-"""SAM targets as a streaming Ray Data job: read SA-1B pairs + sample prompts (CPU tasks) -> SAM
-teacher actors that write the parts -> per-unit commit on the driver.
+"""SAM targets as a streaming Ray Data job: read SA-1B pairs (CPU tasks, bytes only) -> SAM teacher
+actors that decode, sample prompts, run SAM and write the parts -> per-unit commit on the driver.
 
-    shards ──flat_map(read_sam_shard)──> one row per image: uint8 1024 px input, P prompts
+    shards ──flat_map(read_sam_shard)──> one row per image: its JPEG and JSON bytes
            ──map_batches(SamTeacherStage)──> sam/SOURCE/UNIT/PART.{parquet,images.parquet,zarr};
                                              one metadata row per part
            ──driver: UnitCollector──> _errors/..., _commits/... (last)
@@ -9,12 +9,20 @@ teacher actors that write the parts -> per-unit commit on the driver.
 The teacher runs as `SamPredictor` would: one image-encoder pass per image, then the decoder over
 the image's prompts in groups of one structure (box, points, box + points), since padding
 prompts of different structure into one call changes the logits. With `rounds: 2` each prompt is
-decoded again with its round-0 logits as the mask prompt. The actor that made a part's logits is
-the only writer of its Zarr group.
+decoded again with its round-0 logits as the mask prompt.
+
+Where the time goes, and why it is arranged so: decoding and resizing a 2250x1500 SA-1B JPEG
+(~30 ms) and sampling its prompts run on the actor's thread pool while the GPU works on earlier
+images; logits are quantised to the stored dtype on the device, so 2-4x fewer bytes come back;
+the Zarr encoding (zstd) and the PUTs of a part run outside the GPU lock, while the actor's other
+call (`ray.calls_per_actor`) has the GPU. The actor that made a part's logits is the only writer
+of its Zarr group: one shard object per part.
 """
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -22,110 +30,106 @@ import numpy as np
 import torch
 
 from pipeline.config import SamConfig, SamTeacherConfig
+from pipeline.parts import PartWritten, teacher_batch_output
 from pipeline.sam_prompts import parse_sa1b_json, sample_prompts, usable_annotations
-from pipeline.parts import teacher_batch_output
-from pipeline.units import ERROR, ShardTask, read_shard
+from pipeline.units import ERROR, read_shard
 from storage_schemas.decode import DecodeError, decode_image
 from storage_schemas.identity import SampleId, sample_seed
-from storage_schemas.mask_logits import (
-    LOW_RES, encode_logits, fill_value, logits_group_objects, num_masks, storage_dtype,
-)
-from storage_schemas.sam_models import IMAGE_SIZE
-from storage_schemas.sam_transforms import pad_image, sam_boxes, sam_input_image, sam_points
-from storage_schemas.storage import FileEntry, Storage
-from storage_schemas.store import TABLE_SUFFIX
+from storage_schemas.mask_logits import LOW_RES, encode_logits, fill_value, logits_group_objects, num_masks
 from storage_schemas.sam_tables import images_table, prompts_table
+from storage_schemas.sam_transforms import pad_image, sam_boxes, sam_input_image, sam_points
+from storage_schemas.storage import Storage
+from storage_schemas.store import TABLE_SUFFIX
 from storage_schemas.tables import PROMPT_STRUCTURES, STRUCTURE_PARTS, parquet_bytes
 from storage_schemas.tar_samples import TarSample
 
 
 @dataclass(frozen=True)
 class PromptSpec:
-    """What a read task needs to sample prompts (pickled to the tasks)."""
+    """What an actor needs to sample prompts."""
 
     seed: int
     sam: SamConfig
     max_pixels: int
 
 
-def blank_sam_row(task: ShardTask, spec: PromptSpec, status: str, part: int) -> dict[str, Any]:
-    p, n = spec.sam.prompts, spec.sam.points_per_prompt
-    return {**task.base_row(status, part),
-            "image": np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), "input_hw": np.zeros(2, np.int32),
-            "original_hw": np.zeros(2, np.int32), "n_prompts": 0, "n_annotations": 0, "skipped": "{}",
-            "structure": np.full(p, -1, np.int8), "annotation_id": np.zeros(p, np.int64),
-            "boxes": np.zeros((p, 4), np.float32), "points": np.zeros((p, n, 2), np.float32),
-            "labels": np.zeros((p, n), np.int8)}
+def read_sam_shard(row: dict[str, Any], spec: PromptSpec | None = None) -> Iterator[dict[str, Any]]:
+    """Ray flat_map UDF: one read task -> one row per image (its JPEG and JSON bytes), `end` rows per unit."""
+    yield from read_shard(row, ship_pair,
+                          lambda task, status, part: {**task.base_row(status, part), "image": b"", "annotation": b""})
 
 
-def read_sam_shard(row: dict[str, Any], spec: PromptSpec) -> Iterator[dict[str, Any]]:
-    """Ray flat_map UDF: one SA-1B shard -> one row per image, `end` rows per unit."""
-    yield from read_shard(row, lambda row, sample: prepare_image(row, spec, sample),
-                          lambda task, status, part: blank_sam_row(task, spec, status, part))
+def ship_pair(row: dict[str, Any], sample: TarSample) -> dict[str, Any]:
+    members, image = sample.member_names(), sample.image()
+    if image is None:
+        row.update(status=ERROR, reason="missing_image", detail=f"no image member among {members}")
+    elif "json" not in sample.members:
+        row.update(status=ERROR, reason="missing_json", detail=f"no annotation JSON among {members}")
+    else:
+        row.update(image=image[1], annotation=sample.members["json"])
+    return row
 
 
-def prepare_image(row: dict[str, Any], spec: PromptSpec, sample: TarSample) -> dict[str, Any]:
-    """Decode, sample prompts, resize for SAM; an unusable sample becomes an error row."""
-    members = sample.member_names()
-    image = sample.image()
-    try:
-        if image is None:
-            raise DecodeError("missing_image", f"no image member among {members}")
-        if "json" not in sample.members:
-            raise DecodeError("missing_json", f"no annotation JSON among {members}")
-        _, anns = parse_sa1b_json(sample.members["json"])
-        rgb = np.asarray(decode_image(image[1], spec.max_pixels).image)
-        h, w = rgb.shape[:2]
-        usable, skipped = usable_annotations(anns, h, w)
-        if not usable:
-            raise DecodeError("no_usable_annotation", f"{len(anns)} annotations, skipped: {dict(skipped)}")
-    except DecodeError as e:
-        row.update(status=ERROR, reason=e.reason, detail=e.detail)
-        return row
-    rng = np.random.default_rng(sample_seed(spec.seed, SampleId(row["source"], row["shard"], sample.key), "prompts"))
+def prepare_image(spec: PromptSpec, sample: SampleId, image: bytes, annotation: bytes) -> dict[str, Any]:
+    """Decode, sample prompts, resize for SAM. Raises DecodeError for an unusable sample.
+    -> image uint8 [1024, 1024, 3] (padded), input_hw, original_hw int32 [2], n_prompts, n_annotations,
+       skipped (JSON), structure int8 [P], annotation_id int64 [P], boxes float32 [P, 4],
+       points float32 [P, N, 2], labels int8 [P, N] (P = sam.prompts, zero beyond n_prompts)."""
+    _, anns = parse_sa1b_json(annotation)
+    rgb = np.asarray(decode_image(image, spec.max_pixels).image)
+    h, w = rgb.shape[:2]
+    usable, skipped = usable_annotations(anns, h, w)
+    if not usable:
+        raise DecodeError("no_usable_annotation", f"{len(anns)} annotations, skipped: {dict(skipped)}")
+    rng = np.random.default_rng(sample_seed(spec.seed, sample, "prompts"))
     prompts = sample_prompts(rng, usable, spec.sam, h, w)
     resized = sam_input_image(rgb)
-    row.update(image=pad_image(resized), input_hw=np.array(resized.shape[:2], np.int32),
-               original_hw=np.array([h, w], np.int32), n_prompts=len(prompts), n_annotations=len(anns),
-               skipped=json.dumps(dict(skipped)))
-    for i, p in enumerate(prompts):
-        row["structure"][i] = PROMPT_STRUCTURES.index(p.structure)
-        row["annotation_id"][i] = p.annotation_id
-        if p.box is not None:
-            row["boxes"][i] = p.box
-        row["points"][i, : len(p.points)] = p.points
-        row["labels"][i, : len(p.labels)] = p.labels
-    return row
+    p, n = spec.sam.prompts, spec.sam.points_per_prompt
+    out = {"image": pad_image(resized), "input_hw": np.array(resized.shape[:2], np.int32),
+           "original_hw": np.array([h, w], np.int32), "n_prompts": len(prompts), "n_annotations": len(anns),
+           "skipped": json.dumps(dict(skipped)), "structure": np.full(p, -1, np.int8),
+           "annotation_id": np.zeros(p, np.int64), "boxes": np.zeros((p, 4), np.float32),
+           "points": np.zeros((p, n, 2), np.float32), "labels": np.zeros((p, n), np.int8)}
+    for i, prompt in enumerate(prompts):
+        out["structure"][i] = PROMPT_STRUCTURES.index(prompt.structure)
+        out["annotation_id"][i] = prompt.annotation_id
+        if prompt.box is not None:
+            out["boxes"][i] = prompt.box
+        out["points"][i, : len(prompt.points)] = prompt.points
+        out["labels"][i, : len(prompt.labels)] = prompt.labels
+    return out
 
 
 class SamTeacherStage:
     """Ray actor UDF: loads SAM once; per image one encoder pass, the decoder per prompt structure."""
 
-    def __init__(self, teacher_cfg: SamTeacherConfig, sam_cfg: SamConfig, storage: Storage,
-                 compute_dtype: str, threads: int):
+    def __init__(self, teacher_cfg: SamTeacherConfig, sam_cfg: SamConfig, spec: PromptSpec, storage: Storage,
+                 compute_dtype: str, threads: int, render_threads: int | None = None):
         from pipeline.teachers import load_sam_teacher
 
         torch.set_num_threads(max(1, threads))
-        self.storage = storage
+        self.storage, self.spec = storage, spec
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.teacher = load_sam_teacher(teacher_cfg, storage.storage_options, device=self.device)
         self.sam = self.teacher.sam
         self.cfg = sam_cfg
         self.autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(compute_dtype)
+        self.pool = ThreadPoolExecutor(max(1, render_threads or threads), thread_name_prefix="prepare")
+        self.gpu = threading.Lock()  # one call on the device at a time; the other compresses and writes
 
     @torch.no_grad()
-    def predict_image(self, image: np.ndarray, input_hw, original_hw, structure, boxes, points, labels,
-                      n_prompts: int) -> tuple[np.ndarray, np.ndarray]:
-        """-> logits float32 [P * rounds, M, 256, 256] (NaN beyond n_prompts), iou float32 [P * rounds, M]."""
-        cfg, sam = self.cfg, self.sam
-        m = num_masks(cfg.multimask)
+    def predict_image_device(self, image: np.ndarray, input_hw, original_hw, structure, boxes, points, labels,
+                             n_prompts: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> logits float32 [P * rounds, M, 256, 256] (NaN beyond n_prompts), iou float32 [P * rounds, M],
+        both on the device."""
+        cfg, sam, dev = self.cfg, self.sam, self.device
         slots = cfg.prompts * cfg.rounds
-        logits = np.full((slots, m, LOW_RES, LOW_RES), np.nan, np.float32)
-        iou = np.full((slots, m), np.nan, np.float32)
+        logits = torch.full((slots, num_masks(cfg.multimask), LOW_RES, LOW_RES), torch.nan, device=dev)
+        iou = torch.full((slots, num_masks(cfg.multimask)), torch.nan, device=dev)
         h, w = (int(v) for v in input_hw)
         original = (int(original_hw[0]), int(original_hw[1]))
-        x = torch.from_numpy(np.array(image[:h, :w])).to(self.device).permute(2, 0, 1)[None].float()
-        with torch.autocast(self.device, dtype=self.autocast, enabled=self.autocast is not None):
+        x = torch.from_numpy(np.ascontiguousarray(image[:h, :w])).to(dev).permute(2, 0, 1)[None].float()
+        with torch.autocast(dev, dtype=self.autocast, enabled=self.autocast is not None):
             embedding = sam.image_encoder(sam.preprocess(x))
             for s, (has_box, has_points) in STRUCTURE_PARTS.items():
                 idx = np.flatnonzero(structure[:n_prompts] == s)
@@ -133,10 +137,10 @@ class SamTeacherStage:
                     continue
                 box_t = pts = None
                 if has_box:
-                    box_t = torch.as_tensor(sam_boxes(boxes[idx], original), dtype=torch.float, device=self.device)
+                    box_t = torch.as_tensor(sam_boxes(boxes[idx], original), dtype=torch.float, device=dev)
                 if has_points:
-                    coords = torch.as_tensor(sam_points(points[idx], original), dtype=torch.float, device=self.device)
-                    pts = (coords, torch.as_tensor(labels[idx], dtype=torch.int, device=self.device))
+                    coords = torch.as_tensor(sam_points(points[idx], original), dtype=torch.float, device=dev)
+                    pts = (coords, torch.as_tensor(labels[idx], dtype=torch.int, device=dev))
                 mask_input = None
                 for r in range(cfg.rounds):
                     sparse, dense = sam.prompt_encoder(points=pts, boxes=box_t, masks=mask_input)
@@ -145,35 +149,64 @@ class SamTeacherStage:
                         sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                         multimask_output=cfg.multimask,
                     )
-                    logits[r * cfg.prompts + idx] = low.float().cpu().numpy()
-                    iou[r * cfg.prompts + idx] = pred_iou.float().cpu().numpy()
+                    slot = torch.as_tensor(r * cfg.prompts + idx, device=dev)
+                    logits[slot] = low.float()
+                    iou[slot] = pred_iou.float()
                     best = pred_iou.argmax(dim=1)  # the mask fed back, as SAM's interactive loop does
                     mask_input = low[torch.arange(len(idx), device=low.device), best][:, None].float()
         return logits, iou
 
-    def write_part(self, rows: dict[str, np.ndarray], part_rel: str) -> tuple[list[FileEntry], dict[str, int]]:
-        """Run the teacher on one unit's ok rows and write the part: prompts, images, logits."""
+    def predict_image(self, *args, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+        """`predict_image_device` with the results on the host as numpy."""
+        logits, iou = self.predict_image_device(*args, **kwargs)
+        return logits.cpu().numpy(), iou.cpu().numpy()
+
+    def stored_logits(self, logits: torch.Tensor, n_prompts: int) -> torch.Tensor:
+        """logits [slots, M, 256, 256] on the device -> the storage dtype, padding slots at the fill value."""
         cfg = self.cfg
-        n, m = len(rows["status"]), num_masks(cfg.multimask)
-        stored = np.empty((n, cfg.prompts * cfg.rounds, m, LOW_RES, LOW_RES), storage_dtype(cfg.precision))
-        rows["iou"] = np.full((n, cfg.prompts * cfg.rounds, m), np.nan, np.float32)
-        for i in range(n):
-            n_prompts = int(rows["n_prompts"][i])
-            logits, rows["iou"][i] = self.predict_image(rows["image"][i], rows["input_hw"][i], rows["original_hw"][i],
-                                                        rows["structure"][i], rows["boxes"][i], rows["points"][i],
-                                                        rows["labels"][i], n_prompts)
-            stored[i] = encode_logits(np.nan_to_num(logits, nan=0.0), cfg.precision)
-            for r in range(cfg.rounds):  # padding slots hold the fill value
-                stored[i, r * cfg.prompts + n_prompts:(r + 1) * cfg.prompts] = fill_value(cfg.precision)
+        stored = encode_logits(logits.nan_to_num(0.0), cfg.precision)
+        for r in range(cfg.rounds):
+            stored[r * cfg.prompts + n_prompts:(r + 1) * cfg.prompts] = torch.as_tensor(fill_value(cfg.precision))
+        return stored
+
+    def write_part(self, rows: dict[str, np.ndarray], part_rel: str) -> PartWritten:
+        """Prepare one unit's ok rows on the pool, run the teacher on those that decoded, write the
+        part: prompts, images, logits."""
+        n = len(rows["key"])
+        futures = [self.pool.submit(prepare_image, self.spec, SampleId(str(rows["source"][i]), str(rows["shard"][i]),
+                                                                       str(rows["key"][i])),
+                                    rows["image"][i], rows["annotation"][i]) for i in range(n)]
+        samples, stored, failed = [], [], {}
+        try:
+            with self.gpu:
+                for i in range(n):
+                    try:
+                        s = futures[i].result()
+                    except DecodeError as e:
+                        failed[i] = (e.reason, e.detail)
+                        continue
+                    logits, iou = self.predict_image_device(s["image"], s["input_hw"], s["original_hw"],
+                                                            s["structure"], s["boxes"], s["points"], s["labels"],
+                                                            int(s["n_prompts"]))
+                    stored.append(self.stored_logits(logits, int(s["n_prompts"])))
+                    del s["image"]
+                    samples.append({**{c: rows[c][i] for c in ("key", "sample_index")}, **s, "iou": iou})
+                host = torch.stack(stored).cpu().numpy() if stored else None
+                for s in samples:
+                    s["iou"] = s["iou"].cpu().numpy()
+        finally:
+            wait(futures)
+        if host is None:
+            return PartWritten([], {}, failed)
+        cfg, m = self.cfg, num_masks(self.cfg.multimask)
         source, shard = str(rows["source"][0]), str(rows["shard"][0])
-        samples = [{c: rows[c][i] for c in rows if c != "image"} for i in range(n)]
         prompts = prompts_table(source, shard, samples, cfg.prompts, cfg.rounds, cfg.points_per_prompt, m)
         files = [self.storage.write_bytes(part_rel + TABLE_SUFFIX[("sam", "prompts")], parquet_bytes(prompts)),
                  self.storage.write_bytes(part_rel + TABLE_SUFFIX[("sam", "images")],
                                           parquet_bytes(images_table(source, shard, samples)))]
         files += [self.storage.write_bytes(f"{part_rel}{TABLE_SUFFIX[('sam', 'logits')]}/{key}", data)
-                  for key, data in sorted(logits_group_objects(stored, cfg.precision).items())]
-        return files, {"prompts": prompts.num_rows, "images": n}
+                  for key, data in sorted(logits_group_objects(host, cfg.precision).items())]
+        return PartWritten(files, {"prompts": prompts.num_rows, "images": len(samples)}, failed)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return teacher_batch_output("sam", batch, self.write_part, self.storage)

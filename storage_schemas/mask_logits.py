@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 import zarr
 
 from storage_schemas.storage import Storage
@@ -44,8 +45,15 @@ def fill_value(precision: str) -> Any:
     return {"fp16": np.float16("nan"), "uint8_sigmoid": np.uint8(0)}[_check(precision)]
 
 
-def encode_logits(logits: np.ndarray, precision: str) -> np.ndarray:
-    """logits: float [..., 256, 256] -> the stored dtype of `precision`."""
+def encode_logits(logits, precision: str):
+    """logits: float [..., 256, 256] -> the stored dtype of `precision`. A torch tensor is encoded
+    where it lives (the teacher quantises on its GPU, so a quarter of the float32 bytes come back),
+    with the same rule: round half to even."""
+    if isinstance(logits, torch.Tensor):
+        x = logits.float()
+        if _check(precision) == "fp16":
+            return x.clamp(-65504, 65504).to(torch.float16)
+        return torch.round(torch.sigmoid(x) * 255.0).to(torch.uint8)
     x = np.asarray(logits, dtype=np.float32)
     if _check(precision) == "fp16":
         return np.clip(x, -65504, 65504).astype(np.float16)
