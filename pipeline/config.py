@@ -27,15 +27,17 @@ class SourceConfig:
     kind: Literal["clip", "sam"]
     shards: str | list[str]  # URLs or brace patterns: "s3://b/cc12m/{00000..01242}.tar"
     storage_options: dict[str, Any] = field(default_factory=dict)  # for reading the inputs
-    unit_size: int | None = None  # samples per commit unit for large shards (SA-1B: 1000); null = whole shard
+    # Samples per commit unit; 0: each shard is one unit; null: what the store's committed units of
+    # this source were cut with, else DEFAULT_UNIT_SIZE of the kind (sized in pipeline.plan).
+    unit_size: int | None = None
 
     def validate(self) -> None:
         try:
             check_name("source", self.name)
         except ValueError as e:
             raise FieldError("name", str(e)) from None
-        if self.unit_size is not None and self.unit_size < 1:
-            raise FieldError("unit_size", f"expected a positive number of samples, got {self.unit_size}")
+        if self.unit_size is not None and self.unit_size < 0:
+            raise FieldError("unit_size", f"expected a number of samples, 0 (whole shards) or null, got {self.unit_size}")
         if not self.shards:
             raise FieldError("shards", "expected at least one shard URL or pattern")
 

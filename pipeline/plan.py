@@ -8,6 +8,7 @@ a bad config, path, teacher or a store made under other must-match fields stops 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +23,15 @@ from storage_schemas.typed_config import add_config_arguments
 from storage_schemas.manifest import Manifest, check_compatible, read_manifest
 from storage_schemas.storage import Storage
 from storage_schemas.store import TargetStore
+
+
+# Samples per unit for a source whose config leaves `unit_size` unset, in a store that has no unit
+# of it yet. A driver crash redoes the teacher work of the units open at that moment: about one per
+# read task (2 per teacher actor) plus the tails still in the actors. At the reference scale (64
+# GPU actors, 128 read tasks) and target rates that is
+#   CLIP: 128 x 4,000 = 512k samples, ~30 s of the cluster's 15-19k images/s (~1 min with tails);
+#   SAM:  58 SA-1B tars read at once x 1,000 = 58k images, ~40-60 s of its 1,000-1,500 images/s.
+DEFAULT_UNIT_SIZE = {"clip": 4000, "sam": 1000}
 
 
 @dataclass
@@ -66,8 +76,27 @@ def make_plan(cfg: JobConfig, device: str | None = None) -> JobPlan:
             url = by_shard.get((record.source, record.shard))
             if url is not None:
                 plan.committed[url].append(record)
+        plan.shards = resolve_unit_sizes(kind, plan.shards, plan.committed, {(s.name, s.kind): s for s in cfg.sources})
         kinds[kind] = plan
     return JobPlan(cfg, storage, kinds)
+
+
+def resolve_unit_sizes(kind: str, shards: list[InputShard], committed: dict[str, list[CommitRecord]],
+                       sources: dict) -> list[InputShard]:
+    """Fill in an unset `unit_size`: an existing store keeps the unit size its units of the source
+    (the shard's own first) were cut with; a new source gets DEFAULT_UNIT_SIZE."""
+    by_source: dict[str, int] = {}
+    for shard in shards:
+        for r in committed[shard.url]:
+            by_source.setdefault(shard.source, r.input.unit_size)
+    out = []
+    for shard in shards:
+        if sources[(shard.source, kind)].unit_size is None:
+            own = committed[shard.url]
+            size = own[0].input.unit_size if own else by_source.get(shard.source, DEFAULT_UNIT_SIZE[kind])
+            shard = dataclasses.replace(shard, unit_size=size or None)
+        out.append(shard)
+    return out
 
 
 def describe(plan: JobPlan) -> str:
@@ -85,7 +114,9 @@ def describe(plan: JobPlan) -> str:
             done = sum(1 for s in shards if kp.committed[s.url])
             units = sum(len(kp.committed[s.url]) for s in shards)
             size = sum(s.size for s in shards)
-            lines.append(f"    source {source}: {len(shards)} shards ({size / 1e6:.1f} MB), "
+            cut = sorted({s.unit_size or 0 for s in shards})
+            lines.append(f"    source {source}: {len(shards)} shards ({size / 1e6:.1f} MB), units of "
+                         f"{' / '.join(str(c) if c else 'a whole shard' for c in cut)} samples, "
                          f"{done} with committed units ({units} units), {len(shards) - done} untouched")
     return "\n".join(lines)
 

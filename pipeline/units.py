@@ -66,7 +66,8 @@ def committed_parts(shard: InputShard, committed: list[CommitRecord]) -> list[in
         if r.input.unit_size != (shard.unit_size or 0):
             raise ConfigError(
                 f"source '{shard.source}': shard {shard.name} was committed with unit_size "
-                f"{r.input.unit_size or 'null'}, this job has {shard.unit_size or 'null'}; keep the store's unit_size")
+                f"{_unit_size_text(r.input.unit_size)}, this job has {_unit_size_text(shard.unit_size)}; "
+                "keep the store's unit_size (or leave it unset)")
         change = input_change(r.input, shard.size, shard.etag)
         if change:
             raise StoreError(f"input {shard.url} changed since unit {r.unit} was committed ({change}); "
@@ -78,6 +79,10 @@ def committed_parts(shard: InputShard, committed: list[CommitRecord]) -> list[in
     if total is not None and done >= set(range(max(1, math.ceil(total / shard.unit_size)))):
         return None
     return sorted(done)
+
+
+def _unit_size_text(unit_size: int | None) -> str:
+    return str(unit_size) if unit_size else "0 (whole shards)"
 
 
 def shard_task(shard: InputShard, skip_parts: list[int]) -> dict[str, Any]:

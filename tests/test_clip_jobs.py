@@ -13,6 +13,7 @@ import pytest
 from conftest import REPO, assert_exactly_once, run_module, shard_keys, write_clip_job
 from dirty_images import MAX_PIXELS, dirty_samples
 from pipeline.materialize import main as materialize
+from pipeline.plan import DEFAULT_UNIT_SIZE
 from storage_schemas.store import open_store
 
 
@@ -20,7 +21,7 @@ def clip_job(tmp_path, teachers, source: str, shards: str, views: int, unit_size
              extra: str = ""):
     """A one-source CLIP job writing to tmp_path/store."""
     job = tmp_path / "job.yaml"
-    unit = f", unit_size: {unit_size}" if unit_size else ""
+    unit = f", unit_size: {unit_size}" if unit_size is not None else ""
     job.write_text(f"""
 store: {{url: "{tmp_path / 'store'}"}}
 sources: [{{name: {source}, kind: clip, shards: "{shards}"{unit}}}]
@@ -166,11 +167,13 @@ def test_unit_size_cuts_a_shard_into_parts(tmp_path, sample_corpus, tiny_teacher
 
 
 def test_clip_targets_for_sa1b_images_are_a_config_change(tmp_path, sample_corpus, tiny_teachers, ray_cluster):
-    """SA-1B tars as a `kind: clip` source: the same view machinery, the same sample identity."""
+    """SA-1B tars as a `kind: clip` source: the same view machinery, the same sample identity.
+    No unit_size in the config: a new store cuts shards at the default."""
     job = clip_job(tmp_path, tiny_teachers, "sa1b", f"{sample_corpus}/sam/sa_000000.tar", 2)
     assert materialize([str(job)]) == 0
     store = open_store(str(tmp_path / "store"))
     (commit,) = store.commits("clip")
+    assert (commit.unit, commit.input.unit_size) == ("sa_000000.p000", DEFAULT_UNIT_SIZE["clip"])
     views = store.read_table("clip", "views")
     assert commit.n_stored == 6 and commit.n_errors == 0 and views.num_rows == 12
     assert sorted(set(views.column("key").to_pylist())) == [f"sa_{i}" for i in range(1, 7)]
@@ -187,7 +190,7 @@ def test_a_truncated_shard_fails_alone_and_the_job_exits_nonzero(tmp_path, sampl
     with tarfile.open(inputs / "00001.tar") as tar:
         cut_at = tar.getmembers()[30].offset  # a member boundary: tarfile alone would not notice
     (inputs / "00001.tar").write_bytes(data[:cut_at])
-    job = clip_job(tmp_path, tiny_teachers, "s", f"{inputs}/{{00000..00001}}.tar", 1)
+    job = clip_job(tmp_path, tiny_teachers, "s", f"{inputs}/{{00000..00001}}.tar", 1, unit_size=0)
     assert materialize([str(job), "--report", str(tmp_path / "r.json")]) == 1
     report = json.loads((tmp_path / "r.json").read_text())["reports"][0]
     assert report["units_done"] == 1 and [f["unit"] for f in report["units_failed"]] == ["00001"]
@@ -222,10 +225,13 @@ def test_a_changed_input_or_unit_size_is_refused_on_resume(tmp_path, sample_corp
     shutil.copy(sample_corpus / "clip" / "00001.tar", shard)
     job = clip_job(tmp_path, tiny_teachers, "s", f"{shard}", 1, unit_size=10)
     assert materialize([str(job)]) == 0
-    with pytest.raises(ConfigError, match="committed with unit_size 10, this job has null"):
-        materialize([str(job), "--set", "sources.0.unit_size=null"])
+    with pytest.raises(ConfigError, match=r"committed with unit_size 10, this job has 0 \(whole shards\)"):
+        materialize([str(job), "--set", "sources.0.unit_size=0"])
     with pytest.raises(ConfigError, match="committed with unit_size 10, this job has 5"):
         materialize([str(job), "--set", "sources.0.unit_size=5"])
+    # Unset, the store's unit size is kept: everything is committed already.
+    assert materialize([str(job), "--set", "sources.0.unit_size=null", "--report", str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["reports"][0]["units_skipped"] == 3
     with open(shard, "ab") as f:
         f.write(b"\0" * 512)
     with pytest.raises(StoreError, match="changed since unit 00001.p000 was committed"):
