@@ -24,7 +24,8 @@ from pipeline.plan import JobPlan, KindPlan, make_plan
 from pipeline.report import JobReport
 from pipeline.sam_targets import PromptSpec, SamTeacherStage, read_sam_shard
 from pipeline.unit_commit import commit_unit, remove_leftovers, remove_part_files, remove_pending_leftovers
-from pipeline.units import END, PART, TEACHER_FAILED, UNIT_FAILED, UnitCollector, committed_parts, shard_task
+from pipeline.read_plan import read_tasks
+from pipeline.units import END, PART, TEACHER_FAILED, UNIT_FAILED, ShardTask, UnitCollector, committed_parts
 from storage_schemas.errors import ConfigError, run_cli
 from storage_schemas.faults import FAULT_ENVS, kill_point
 from storage_schemas.manifest import ensure_manifest
@@ -62,16 +63,20 @@ def run_units(plan: JobPlan, kp: KindPlan, kind: str, build_dataset: Callable[[l
     write the parts, and commit every unit whose samples are all covered by parts or errors;
     shared by the CLIP and SAM sides. The driver sees metadata rows only (pipeline.parts)."""
     report = JobReport(kind)
-    tasks, shards, committed = [], {}, set()
+    pending, shards, committed = [], {}, set()
     for shard in kp.shards:
         done = committed_parts(shard, kp.committed[shard.url])
         report.units_skipped += len(kp.committed[shard.url])
         committed |= {(r.source, r.unit) for r in kp.committed[shard.url]}
         if done is not None:
             shards[(shard.source, shard.name)] = shard
-            tasks.append(shard_task(shard, done))
-    if not tasks:
+            pending.append((shard, done))
+    if not pending:
         return report
+    tasks = read_tasks(plan.storage, kind, pending)
+    # Parts read by range: each is its own read, so a failure fails that unit alone.
+    by_range = {(t["source"], ShardTask(**t).unit_of(t["read_parts"][0])) for t in tasks if t["read_parts"]}
+    streamed = {(t["source"], t["shard"]) for t in tasks if not t["read_parts"]}
     remove_pending_leftovers(plan.storage, kind, [shards[k] for k in shards], committed)
     collectors: dict[tuple[str, str], UnitCollector] = {}
     failed_at: dict[tuple[str, str], int] = {}  # shard -> first sample of the unit its read stopped in
@@ -100,13 +105,17 @@ def run_units(plan: JobPlan, kp: KindPlan, kind: str, build_dataset: Callable[[l
 
     t0 = time.time()
     progress = tqdm(desc=f"{kind} units committed", unit="unit",
-                    total=None if any(t["unit_size"] for t in tasks) else len(tasks))
+                    total=None if any(t["unit_size"] and not t["read_parts"] for t in tasks) else len(tasks))
     for batch in build_dataset(tasks).iter_batches(batch_size=None, batch_format="pyarrow"):
         report.driver_bytes += batch.nbytes
         for row in batch.to_pylist():
             shard_key, unit_key = (row["source"], row["shard"]), (row["source"], row["unit"])
             if row["status"] == END and row["shard_samples"] >= 0:
                 read_to_end.add(shard_key)
+            if row["status"] == UNIT_FAILED and unit_key in by_range:
+                if unit_key not in finished:
+                    fail(unit_key, row["shard"], str(row["reason"]), str(row["detail"]))
+                continue
             if row["status"] == UNIT_FAILED and shard_key not in failed_at:
                 read_failed(row, shard_key)
                 continue
@@ -153,7 +162,10 @@ def run_units(plan: JobPlan, kp: KindPlan, kind: str, build_dataset: Callable[[l
         report.units_failed.append(dict(source=source, shard=c.shard.name, unit=unit, reason="incomplete",
                                         detail=f"{len(c.covered | c.errors.keys())} of "
                                                f"{c.n_in_unit if c.n_in_unit is not None else '?'} samples arrived"))
-    for key in shards.keys() - read_to_end - failed_at.keys():
+    for source, unit in by_range - finished - collectors.keys():
+        report.units_failed.append(dict(source=source, shard=unit.rsplit(".", 1)[0], unit=unit, reason="incomplete",
+                                        detail="no row of it arrived (batches lost past their retries)"))
+    for key in streamed - read_to_end - failed_at.keys():
         if not any((source, c.shard.name) == key for (source, _), c in collectors.items()):
             shard = shards[key]
             report.units_failed.append(dict(

@@ -24,7 +24,10 @@ from pipeline.sources import InputShard
 from storage_schemas.commit import CommitRecord, input_change
 from storage_schemas.errors import ConfigError, StoreError
 from storage_schemas.layout import unit_name
-from storage_schemas.storage import FileEntry
+from storage_schemas.storage import FileEntry, Storage
+from storage_schemas.tar_index import (
+    TarIndex, index_rows, iter_indexed_samples, make_tar_index, read_tar_index, write_tar_index,
+)
 from storage_schemas.tar_samples import TarSample, iter_tar_samples
 
 OK, ERROR, END, UNIT_FAILED = "ok", "error", "end", "unit_failed"
@@ -35,7 +38,8 @@ PROTOCOL_COLUMNS = ("source", "shard", "unit", "part_start", "status", "sample_i
 
 @dataclass(frozen=True)
 class ShardTask:
-    """One input shard to read; its units are the shard or its parts of `unit_size` samples."""
+    """One read task: a shard streamed from its start (its units are the shard or its parts of
+    `unit_size` samples), or with `read_parts`, parts read by range through the shard's tar index."""
 
     source: str
     shard: str
@@ -43,6 +47,12 @@ class ShardTask:
     storage_options_json: str  # JSON: Ray rows carry plain values
     unit_size: int  # 0: the whole shard is one unit
     skip_parts: list[int]  # parts already committed (only with unit_size)
+    kind: str = "clip"
+    size: int = 0  # the tar's size and ETag, which its index must match
+    etag: str | None = None
+    store_json: str = "[]"  # JSON [url, storage options] of the store that keeps tar indexes
+    write_index: bool = False  # a stream read to the end writes the shard's tar index
+    read_parts: list[int] | None = None  # read these parts by range; None: stream the shard
 
     def part_of(self, index: int) -> int:
         return index // self.unit_size if self.unit_size else 0
@@ -54,6 +64,13 @@ class ShardTask:
         return {"source": self.source, "shard": self.shard, "unit": self.unit_of(part),
                 "part_start": part * self.unit_size, "status": status, "sample_index": -1, "key": "",
                 "members": "[]", "reason": "", "detail": "", "n_in_unit": 0, "shard_samples": -1}
+
+    def pending(self, part: int) -> bool:
+        return part in self.read_parts if self.read_parts is not None else part not in self.skip_parts
+
+    def store(self) -> Storage:
+        url, options = json.loads(self.store_json)
+        return Storage(url, options)
 
 
 def committed_parts(shard: InputShard, committed: list[CommitRecord]) -> list[int] | None:
@@ -85,9 +102,12 @@ def _unit_size_text(unit_size: int | None) -> str:
     return str(unit_size) if unit_size else "0 (whole shards)"
 
 
-def shard_task(shard: InputShard, skip_parts: list[int]) -> dict[str, Any]:
+def shard_task(shard: InputShard, skip_parts: list[int], store: Storage, indexed: bool,
+               read_parts: list[int] | None = None) -> dict[str, Any]:
+    """A read task's row: the shard streamed (skipping `skip_parts`), or `read_parts` by range."""
     return ShardTask(shard.source, shard.name, shard.url, json.dumps(shard.storage_options),
-                     shard.unit_size or 0, skip_parts).__dict__
+                     shard.unit_size or 0, skip_parts, shard.kind, shard.size, shard.etag,
+                     json.dumps([store.url, store.storage_options]), not indexed, read_parts).__dict__
 
 
 BlankFn = Callable[[ShardTask, str, int], dict[str, Any]]  # (task, status, part): a row with the kind's columns
@@ -97,38 +117,87 @@ SampleFn = Callable[[dict[str, Any], TarSample], dict[str, Any]]
 
 def read_shard(row: dict[str, Any], make_sample: SampleFn, blank: BlankFn,
                end_note: Callable[[ShardTask, dict, int], str] | None = None) -> Iterator[dict[str, Any]]:
-    """Stream one shard: a row per sample of each pending unit, an `end` row per unit with its
-    count, or a `unit_failed` row if the shard cannot be read to its end. Samples of committed
-    parts are counted, not read."""
+    """One read task: a row per sample of each pending unit, an `end` row per unit with its
+    count, or a `unit_failed` row if a unit cannot be read to its end."""
     task = ShardTask(**row)
     options = json.loads(task.storage_options_json)
-    skip = set(task.skip_parts)
-    part, count, total = 0, 0, 0
+    if task.read_parts is not None:
+        index = read_tar_index(task.store(), task.kind, task.source, task.shard, task.size, task.etag)
+        if index is not None:
+            for part in task.read_parts:
+                yield from _read_part(task, options, index, part, make_sample, blank, end_note)
+            return
+    yield from _stream_shard(task, options, make_sample, blank, end_note)  # no index (or a stale one)
 
-    def end_row(shard_samples: int) -> dict[str, Any]:
+
+def _sample_row(task: ShardTask, part: int, sample: TarSample, blank: BlankFn, make_sample: SampleFn) -> dict:
+    row = blank(task, OK, part)
+    row.update(sample_index=sample.index - part * task.unit_size, key=sample.key,
+               members=json.dumps(sample.member_names()))
+    return make_sample(row, sample)
+
+
+def _read_part(task: ShardTask, options: dict, index: TarIndex, part: int, make_sample: SampleFn, blank: BlankFn,
+               end_note) -> Iterator[dict[str, Any]]:
+    """One part by range: its samples, then its end row (which knows the shard's count)."""
+    start = part * task.unit_size
+    stop = min(start + task.unit_size, index.n_samples)
+    count = 0
+    try:
+        for sample in iter_indexed_samples(task.url, options, index, start, stop):
+            count += 1
+            yield _sample_row(task, part, sample, blank, make_sample)
+    except Exception as e:  # this unit fails; the task's other parts are read by range all the same
+        yield _failed_row(task, part, e, blank)
+        return
+    end = blank(task, END, part)
+    note = end_note(task, options, index.n_samples) if end_note and stop == index.n_samples else ""
+    end.update(n_in_unit=count, shard_samples=index.n_samples, detail=note)
+    yield end
+
+
+def _failed_row(task: ShardTask, part: int, e: Exception, blank: BlankFn) -> dict[str, Any]:
+    failed = blank(task, UNIT_FAILED, part)
+    failed.update(reason=type(e).__name__, detail=f"{e} (in {traceback.extract_tb(e.__traceback__)[-1].name})")
+    return failed
+
+
+def _stream_shard(task: ShardTask, options: dict, make_sample: SampleFn, blank: BlankFn,
+                  end_note) -> Iterator[dict[str, Any]]:
+    """The shard from its start. Samples of parts not pending are counted, not read. Read to
+    its end, the shard's tar index is written where the task says so."""
+    part, count, total = 0, 0, 0
+    index_rows_: list[tuple] = []
+
+    def end_row(shard_samples: int, note: str = "") -> dict[str, Any]:
         end = blank(task, END, part)
-        note = end_note(task, options, total) if end_note and shard_samples >= 0 else ""
+        if end_note and shard_samples >= 0:
+            note = "; ".join(filter(None, [end_note(task, options, total), note]))
         end.update(n_in_unit=count, shard_samples=shard_samples, detail=note)
         return end
 
     try:
-        for sample in iter_tar_samples(task.url, options, lambda i: task.part_of(i) not in skip):
+        for sample in iter_tar_samples(task.url, options, lambda i: task.pending(task.part_of(i))):
+            index_rows_ += index_rows(sample)
             if task.part_of(sample.index) != part:
-                if part not in skip:
+                if task.pending(part):
                     yield end_row(-1)
                 part, count = task.part_of(sample.index), 0
             count += 1
             total += 1
-            if part not in skip:
-                row = blank(task, OK, part)
-                row.update(sample_index=sample.index - part * task.unit_size, key=sample.key,
-                           members=json.dumps(sample.member_names()))
-                yield make_sample(row, sample)
-        yield end_row(total)  # also for a committed last part: it tells the driver the shard was read to its end
-    except Exception as e:  # the shard fails as a whole; the driver reports it and exits non-zero
-        failed = blank(task, UNIT_FAILED, part)
-        failed.update(reason=type(e).__name__, detail=f"{e} (in {traceback.extract_tb(e.__traceback__)[-1].name})")
-        yield failed
+            if task.pending(part):
+                yield _sample_row(task, part, sample, blank, make_sample)
+    except Exception as e:  # the shard's read stops here; the driver fails this unit and the later ones
+        yield _failed_row(task, part, e, blank)
+        return
+    note = ""
+    if task.write_index:
+        try:
+            write_tar_index(task.store(), task.kind, task.source, task.shard,
+                            make_tar_index(task.url, task.size, task.etag, index_rows_))
+        except Exception as e:  # the targets do not need it: later reads stream the shard instead
+            note = f"tar index not written ({type(e).__name__}: {e})"
+    yield end_row(total, note)  # also for a committed last part: it tells the driver the shard was read to its end
 
 
 @dataclass(frozen=True)

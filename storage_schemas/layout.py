@@ -10,6 +10,7 @@
       text/NAME.parquet                        class-name text embeddings
       _commits/KIND/SOURCE/UNIT.json           written last: what the unit holds, its parts
       _errors/KIND/SOURCE/UNIT.parquet         one row per input sample that could not be used
+      _tar_index/KIND/SOURCE/SHARD.parquet     where each member of an input tar lies (storage_schemas.tar_index)
 
 A PART is what one teacher actor call wrote for one unit (`p0000128-3f9a1c2e`: its first sample
 index and the attempt's id). Stores of schema version 1 have one part per unit, stored as
@@ -22,6 +23,7 @@ import re
 KINDS = ("clip", "sam")
 COMMITS_DIR = "_commits"
 ERRORS_DIR = "_errors"
+TAR_INDEX_DIR = "_tar_index"
 TEXT_DIR = "text"
 
 # Source and unit names become path components, so keep them to a safe alphabet.
@@ -37,6 +39,10 @@ def check_name(what: str, name: str) -> str:
 def unit_name(shard: str, part: int | None = None) -> str:
     """`00042` for a whole shard, `sa_000123.p003` for samples 3000-3999 of a shard cut in parts."""
     return shard if part is None else f"{shard}.p{part:03d}"
+
+
+def tar_index_path(kind: str, source: str, shard: str) -> str:
+    return f"{TAR_INDEX_DIR}/{kind}/{source}/{shard}.parquet"
 
 
 def manifest_path(kind: str) -> str:

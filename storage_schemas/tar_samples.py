@@ -24,6 +24,7 @@ class TarSample:
     index: int  # position in the shard, counting every sample (0-based)
     key: str
     members: dict[str, bytes] = field(default_factory=dict)  # extension -> bytes
+    spans: dict[str, tuple[int, int]] = field(default_factory=dict)  # extension -> (data offset, size) in the tar
 
     def image(self) -> tuple[str, bytes] | None:
         """(extension, bytes) of the first image member, if any."""
@@ -63,6 +64,7 @@ def iter_tar_samples(url: str, storage_options: dict[str, Any] | None = None,
                     yield current
                 index += 1
                 current = TarSample(index, key)
+            current.spans[ext] = (info.offset_data, info.size)
             if want is None or want(index):
                 extracted = tar.extractfile(info)
                 current.members[ext] = extracted.read() if extracted is not None else b""

@@ -31,6 +31,11 @@ clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{teachers['clip']}"}}, 
     return job
 
 
+def assert_exactly_once_in(store_path, keys: set[str], views: int = 1) -> None:
+    rows = open_store(str(store_path)).read_table("clip", "views").to_pylist()
+    assert sorted((r["key"], r["view"]) for r in rows) == sorted((k, v) for k in keys for v in range(views))
+
+
 def committed(store_path) -> dict:
     return {c.unit: c.attempt_id for c in open_store(str(store_path)).commits("clip")} if (store_path / "clip").exists() else {}
 
@@ -159,11 +164,26 @@ def test_unit_size_cuts_a_shard_into_parts(tmp_path, sample_corpus, tiny_teacher
     assert commits[-1].input.shard_samples == 25
     views = open_store(str(tmp_path / "store")).read_table("clip", "views")
     assert views.num_rows == 25 and sorted(set(views.column("key").to_pylist())) == sorted(shard_keys(sample_corpus, "00001"))
-    # Part 1 lost: the rerun redoes only it.
+    assert (tmp_path / "store" / "_tar_index" / "clip" / "s" / "00001.parquet").exists()
+
+
+def test_a_rerun_reads_the_lost_part_by_range(tmp_path, sample_corpus, tiny_teachers, ray_cluster):
+    import shutil
+
+    shard = tmp_path / "00001.tar"
+    shutil.copy(sample_corpus / "clip" / "00001.tar", shard)
+    job = clip_job(tmp_path, tiny_teachers, "s", f"{shard}", 1, unit_size=10)
+    assert materialize([str(job)]) == 0
+    # Part 1 lost. The tar's first header destroyed (same size): a stream could not pass it, a
+    # ranged read of part 1 through the index never reads it.
     (tmp_path / "store" / "_commits" / "clip" / "s" / "00001.p001.json").unlink()
+    data = bytearray(shard.read_bytes())
+    data[:512] = b"\xff" * 512
+    shard.write_bytes(bytes(data))
     assert materialize([str(job), "--report", str(tmp_path / "r.json")]) == 0
     report = json.loads((tmp_path / "r.json").read_text())["reports"][0]
     assert (report["units_done"], report["units_skipped"], report["samples"]) == (1, 2, 10)
+    assert_exactly_once_in(tmp_path / "store", shard_keys(sample_corpus, "00001"))
 
 
 def test_clip_targets_for_sa1b_images_are_a_config_change(tmp_path, sample_corpus, tiny_teachers, ray_cluster):

@@ -70,7 +70,7 @@ def test_random_views_replay_exactly(views, teacher, sample_corpus):
 def test_views_differ_and_counts_reconcile(views, clip_store, sample_corpus):
     store = open_store(str(clip_store))
     commits = store.commits("clip")
-    assert [c.unit for c in commits] == ["00000", "00001", "00002", "00003"]
+    assert [c.unit for c in commits] == ["00000.p000", "00001.p000", "00002.p000", "00003.p000"]
     for c in commits:
         keys = tar_images(sample_corpus, c.shard).keys()
         stored = {r["key"] for r in views if r["shard"] == c.shard}

@@ -49,11 +49,11 @@ def test_a_permanent_error_fails_its_unit_and_the_rest_commit(sample_corpus, tin
     (report,) = json.loads((tmp_path / "report.json").read_text())["reports"]
     assert report["units_done"] == 3
     (failed,) = report["units_failed"]
-    assert failed["unit"] == "00002" and failed["reason"] == "storage_failed"
+    assert failed["unit"] == "00002.p000" and failed["reason"] == "storage_failed"
     assert "PermissionError" in failed["detail"] and "permanent" in failed["detail"]
-    assert "FAILED     sample/00002: storage_failed" in capsys.readouterr().out
+    assert "FAILED     sample/00002.p000: storage_failed" in capsys.readouterr().out
     store = open_store(str(tmp_path / "base" / "store"))
-    assert sorted(r.unit for r in store.commits("clip")) == ["00000", "00001", "00003"]
+    assert sorted(r.unit for r in store.commits("clip")) == ["00000.p000", "00001.p000", "00003.p000"]
     # The fault cleared, the same command commits the missing unit and only that one.
     job = flaky_job(tmp_path / "job.yaml", sample_corpus, tiny_teachers, tmp_path / "base")
     assert materialize([job, "--report", str(tmp_path / "report.json")]) == 0
