@@ -1,10 +1,11 @@
 """CLIP pipeline throughput against the bare teacher forward, and bytes per stored view.
 
-    python bench/clip_pipeline.py [--arch ViT-B-16] [--views 2] [--samples 100] [--batch 16]
+    python bench/clip_pipeline.py [--arch ViT-B-16] [--views 2] [--samples 100] [--batch 16] [--runs 3]
 
-pipeline: `python -m pipeline.materialize` in this process on a local Ray with 2 CPUs (one decode
-          task, one teacher actor with 1 torch thread), over the sample corpus; views/s from the
-          job's own report (dataset start to last commit, actor start-up included).
+pipeline: `python -m pipeline.materialize` in this process on a local Ray with 2 CPUs (read tasks,
+          one teacher actor with 1 torch thread that decodes and renders on 1 thread of its own),
+          over the sample corpus, --runs times into fresh stores; views/s from each job's report
+          over the steady window (first target to last commit; start-up apart), median of the runs.
 bare:     the same teacher (random init, same seed), the same batches of uint8 views already in
           memory, through the same normalise + encode code, 1 torch thread.
 bytes:    stored bytes per view: Parquet of the bench store (D of --arch), and of a synthetic
@@ -13,7 +14,9 @@ bytes:    stored bytes per view: Parquet of the bench store (D of --arch), and o
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import sys
 import tarfile
 import tempfile
@@ -41,6 +44,7 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=2)
     parser.add_argument("--samples", type=int, default=100, help="first N samples of the corpus (25 per shard)")
     parser.add_argument("--batch", type=int, default=16, help="samples per teacher batch")
+    parser.add_argument("--runs", type=int, default=3, help="job runs; the median is printed")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="bench-clip-")
     build_sample_corpus(f"{work}/corpus")
@@ -53,10 +57,11 @@ def main() -> None:
     }
     with open(f"{work}/job.yaml", "w") as f:
         yaml.safe_dump(job, f)
-    assert materialize([f"{work}/job.yaml", "--report", f"{work}/report.json"]) == 0
-    import json
-
-    report = json.loads(open(f"{work}/report.json").read())["reports"][0]
+    reports = []
+    for run in range(args.runs):
+        shutil.rmtree(f"{work}/store", ignore_errors=True)
+        assert materialize([f"{work}/job.yaml", "--report", f"{work}/report.json"]) == 0
+        reports.append(json.loads(open(f"{work}/report.json").read())["reports"][0])
 
     store = open_store(f"{work}/store")
     rows = store.read_table("clip", "views").to_pylist()
@@ -67,8 +72,8 @@ def main() -> None:
                        for m in tar.getmembers() if m.name.endswith(".jpg")}
     decoded = {k: decode_image(v, draft_side=draft_side_for(224)).image for k, v in images.items()}
     pixels = np.stack([render_view(decoded[(r["shard"], r["key"])], r["crop"], r["flip"], 224) for r in rows])
-    stage = ClipTeacherStage(ClipTeacherConfig(arch=args.arch, pretrained=None, init_seed=0), store.storage, "fp32",
-                             threads=1)
+    stage = ClipTeacherStage(ClipTeacherConfig(arch=args.arch, pretrained=None, init_seed=0), None, store.storage,
+                             "fp32", threads=1)
     per_batch = args.batch * args.views
     stage.embed(pixels[:per_batch])  # warm-up, as the actor's first batch is in the pipeline figure
     t0 = time.perf_counter()
@@ -86,7 +91,7 @@ def main() -> None:
 
     print(f"teacher {args.arch} (random init), K={args.views}, {len(rows)} views, batch {args.batch} samples "
           f"({per_batch} views), 1 torch thread, local Ray with 2 CPUs")
-    print_pipeline_vs_bare(report, "views", bare_rate, first_rows=per_batch)
+    print_pipeline_vs_bare(reports, "views", bare_rate, first_rows=per_batch)
     print(f"  bytes per view     {store_bytes / len(rows):8.1f} at D={d} (fp16 floor {2 * d}); "
           f"{synth_bytes / len(rows):.1f} at D=768 (floor 1536)")
 

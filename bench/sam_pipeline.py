@@ -1,21 +1,30 @@
-"""SAM side: pipeline throughput against the bare teacher, and bytes per image per storage option.
+"""SAM side: the teacher stage against the bare teacher, objects per image, and bytes per image.
 
-    python bench/sam_pipeline.py [--model vit_b] [--images 4] [--prompts 32]
+    python bench/sam_pipeline.py [--model vit_b] [--images 8] [--prompts 32] [--runs 3]
 
-pipeline: `python -m pipeline.materialize` in this process on a local Ray with 2 CPUs (one read
-          task, one teacher actor with 1 torch thread) over the first N SA-1B sample images;
-          images/s from the job's own report (actor start-up included).
-bare:     the same SAM (random init, same seed), inputs already in memory, the same per-image
-          code (encoder once, decoder per prompt structure), 1 torch thread.
-bytes:    one image's encoded Zarr chunk (zstd 3) per precision at P=32 and P=64 (single mask),
-          and the largest probability error of uint8_sigmoid against fp32. The weights are random:
-          real SAM logits saturate far from objects and compress much better than these.
+pipeline: `python -m pipeline.materialize` in this process on a local Ray with 2 CPUs (read
+          tasks, one teacher actor with 1 torch thread that decodes on 1 thread of its own) over
+          the first N SA-1B sample images, --runs times into fresh stores; images/s from each
+          job's report over the steady window (first part to last commit), median of the runs.
+stage:    `SamTeacherStage.__call__` in this process (no Ray) on the read stage's own rows, one
+          image a batch, writing its parts to a local store: decode and prompt sampling on the
+          actor's pool, the teacher, quantisation on the device, Zarr encoding and the writes.
+bare:     the same SAM (random init, same seed), inputs already decoded and in memory, the same
+          per-image code (encoder once, decoder per prompt structure), 1 torch thread.
+objects:  files the job wrote per stored image (parts' Parquet tables and Zarr objects).
+bytes:    one image's encoded logits (zstd 3 in the part's Zarr shard) per precision at P=32 and
+          P=64 (single mask), on the random teacher's logits and on SAM-like ones: per prompt,
+          2 x the signed distance (256 px grid) to one of the image's SA-1B masks, clamped at
+          +-30 as SAM's logits saturate far from objects, plus N(0, 0.5) noise. Also the largest
+          probability error of uint8_sigmoid against fp32.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -25,70 +34,118 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np
 import torch
 import yaml
+from PIL import Image
+from pycocotools import mask as mask_utils
+from scipy.ndimage import distance_transform_edt
 
 from bench.compare import print_pipeline_vs_bare
 from pipeline.config import SamConfig, SamTeacherConfig
 from pipeline.materialize import main as materialize
-from pipeline.sam_targets import PromptSpec, SamTeacherStage, blank_sam_row, prepare_image
+from pipeline.sam_prompts import parse_sa1b_json, usable_annotations
+from pipeline.sam_targets import PromptSpec, SamTeacherStage, prepare_image, read_sam_shard
 from pipeline.sample_data import CorpusSpec, build_sample_corpus
-from pipeline.units import OK, ShardTask
-from storage_schemas.mask_logits import decode_logits, encode_logits, logits_group_objects
+from pipeline.sources import InputShard
+from pipeline.units import OK, shard_task
+from storage_schemas.identity import SampleId
+from storage_schemas.mask_logits import LOW_RES, decode_logits, encode_logits, logits_group_objects
 from storage_schemas.storage import Storage
+from storage_schemas.store import open_store
 from storage_schemas.tar_samples import iter_tar_samples
+
+KEYS = ("image", "input_hw", "original_hw", "structure", "boxes", "points", "labels")
+
+
+def sam_like_logits(annotation: bytes, slots: int, rng: np.random.Generator) -> np.ndarray:
+    """float32 [slots, 1, 256, 256]: clamped signed distances to the image's masks, plus noise."""
+    info, anns = parse_sa1b_json(annotation)
+    usable, _ = usable_annotations(anns, int(info["height"]), int(info["width"]))
+    out = np.empty((slots, 1, LOW_RES, LOW_RES), np.float32)
+    for s in range(slots):
+        mask = mask_utils.decode(usable[s % len(usable)][1])
+        small = np.asarray(Image.fromarray(mask * 255).resize((LOW_RES, LOW_RES), Image.Resampling.NEAREST)) > 0
+        signed = distance_transform_edt(small) - distance_transform_edt(~small)
+        out[s, 0] = np.clip(2.0 * signed, -30, 30) + rng.normal(0, 0.5, signed.shape)
+    return out
+
+
+def chunk_bytes(logits: np.ndarray, precision: str) -> int:
+    objects = logits_group_objects(encode_logits(logits[None], precision), precision)
+    return sum(len(v) for k, v in objects.items() if k.startswith("logits/c"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="vit_b")
-    parser.add_argument("--images", type=int, default=4)
+    parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--runs", type=int, default=3, help="job runs; the median is printed")
     args = parser.parse_args()
+    torch.set_num_threads(1)
     work = tempfile.mkdtemp(prefix="bench-sam-")
     build_sample_corpus(f"{work}/corpus", CorpusSpec(clip_shards=0, sam_shards=1, sam_per_shard=args.images))
     shard = f"{work}/corpus/sam/sa_000000.tar"
     job = {
-        "store": {"url": f"{work}/store"},
-        "sources": [{"name": "bench", "kind": "sam", "shards": shard}],
+        "store": {"url": f"{work}/store"}, "compute_dtype": "fp32",
+        "sources": [{"name": "bench", "kind": "sam", "shards": shard, "unit_size": 0}],
         "sam": {"teacher": {"model": args.model, "checkpoint": None}, "prompts": args.prompts},
         "ray": {"num_cpus": 2, "teacher_actors": 1, "cpus_per_actor": 1, "sam_batch_size": 1},
     }
     with open(f"{work}/job.yaml", "w") as f:
         yaml.safe_dump(job, f)
-    assert materialize([f"{work}/job.yaml", "--report", f"{work}/report.json"]) == 0
-    report = json.loads(open(f"{work}/report.json").read())["reports"][0]
+    reports = []
+    for _ in range(args.runs):
+        shutil.rmtree(f"{work}/store", ignore_errors=True)
+        assert materialize([f"{work}/job.yaml", "--report", f"{work}/report.json"]) == 0
+        reports.append(json.loads(open(f"{work}/report.json").read())["reports"][0])
+    commits = open_store(f"{work}/store").commits("sam")
+    objects = sum(len(c.files) for c in commits) / sum(c.n_stored for c in commits)
 
-    sam_cfg = SamConfig(teacher=SamTeacherConfig(model=args.model), prompts=64)
-    spec = PromptSpec(seed=0, sam=sam_cfg, max_pixels=10**9)
-    task = ShardTask("bench", "sa_000000", shard, "{}", 0, [])
-    rows = [prepare_image(dict(blank_sam_row(task, spec, OK, 0), key=s.key, sample_index=s.index), spec, s)
-            for s in iter_tar_samples(shard)]
-    stage = SamTeacherStage(sam_cfg.teacher, SamConfig(teacher=sam_cfg.teacher, prompts=args.prompts), Storage(work),
-                            "fp32", threads=1)
-    keys = ("image", "input_hw", "original_hw", "structure", "boxes", "points", "labels")
+    cfg = SamConfig(teacher=SamTeacherConfig(model=args.model), prompts=args.prompts)
+    spec = PromptSpec(seed=0, sam=cfg, max_pixels=10**9)
+    stage = SamTeacherStage(spec, Storage(f"{work}/stage"), "fp32", threads=1)
+    task = shard_task(InputShard("bench", "sam", shard, "sa_000000", os.path.getsize(shard), None, {}, None), [],
+                      stage.storage, indexed=True)
+    rows = [r for r in read_sam_shard(task) if r["status"] == OK]
+    batches = [{c: np.array([r[c]], dtype=object if isinstance(r[c], (bytes, str)) else None) for c in r}
+               for r in rows]
+    stage(batches[0])  # warm-up, as the actor's first batch is behind the pipeline's first target
     t0 = time.perf_counter()
-    for r in rows:
-        stage.predict_image(*(r[k] if k in ("image", "input_hw", "original_hw") else r[k][: args.prompts] for k in keys),
-                            min(args.prompts, r["n_prompts"]))
-    bare_rate = len(rows) / (time.perf_counter() - t0)
+    for b in batches:
+        stage(b)
+    stage_rate = len(batches) / (time.perf_counter() - t0)
 
-    full = SamTeacherStage(sam_cfg.teacher, sam_cfg, Storage(work), "fp32", threads=torch.get_num_threads())
-    sizes = {(p, prec): [] for p in (32, 64) for prec in ("fp16", "uint8_sigmoid")}
+    prepared = [prepare_image(spec, SampleId("bench", "sa_000000", r["key"]), r["image"], r["annotation"])
+                for r in rows]
+    stage.predict_image(*(prepared[0][k] for k in KEYS), prepared[0]["n_prompts"])
+    t0 = time.perf_counter()
+    for p in prepared:
+        stage.predict_image(*(p[k] for k in KEYS), p["n_prompts"])
+    bare_rate = len(prepared) / (time.perf_counter() - t0)
+
+    full = SamTeacherStage(PromptSpec(0, SamConfig(teacher=cfg.teacher, prompts=64), 10**9), Storage(work), "fp32",
+                           threads=torch.get_num_threads())
+    rng = np.random.default_rng(0)
+    sizes = {(kind, p, prec): [] for kind in ("random", "sam-like") for p in (32, 64) for prec in ("fp16", "uint8_sigmoid")}
     worst = 0.0
-    for r in rows:
-        logits, _ = full.predict_image(*(r[k] for k in keys), r["n_prompts"])
-        logits = np.nan_to_num(logits)
-        for (p, prec), out in sizes.items():
-            objects = logits_group_objects(encode_logits(logits[None, :p], prec), prec)
-            out.append(sum(len(v) for k, v in objects.items() if "/c/" in k))
-        q = decode_logits(encode_logits(logits, "uint8_sigmoid"), "uint8_sigmoid")
-        sig = lambda x: 1 / (1 + np.exp(-x.astype(np.float64)))
-        worst = max(worst, float(np.abs(sig(q) - sig(logits)).max()))
+    for sample in iter_tar_samples(shard):
+        p = prepare_image(full.spec, SampleId("bench", "sa_000000", sample.key), sample.image()[1], sample.members["json"])
+        random_logits = np.nan_to_num(full.predict_image(*(p[k] for k in KEYS), p["n_prompts"])[0])
+        like = sam_like_logits(sample.members["json"], 64, rng)
+        for (kind, n, prec), out in sizes.items():
+            out.append(chunk_bytes((random_logits if kind == "random" else like)[:n], prec))
+        for logits in (random_logits, like):
+            q = decode_logits(encode_logits(logits, "uint8_sigmoid"), "uint8_sigmoid")
+            sig = lambda x: 1 / (1 + np.exp(-x.astype(np.float64)))  # noqa: E731
+            worst = max(worst, float(np.abs(sig(q) - sig(logits)).max()))
 
     print(f"SAM {args.model} (random init), {len(rows)} images, P={args.prompts}, 1 torch thread, local Ray with 2 CPUs")
-    print_pipeline_vs_bare(report, "images", bare_rate, first_rows=1)
-    for (p, prec), out in sizes.items():
+    print_pipeline_vs_bare(reports, "images", bare_rate, first_rows=1)
+    print(f"  teacher stage, no Ray          {stage_rate:8.3f} images/s, {stage_rate / bare_rate:.3f} of bare")
+    print(f"  objects written per image      {objects:8.2f}  ({len(commits)} units; one Zarr shard per part)")
+    for (kind, p, prec), out in sizes.items():
         raw = p * 256 * 256 * (2 if prec == "fp16" else 1)
-        print(f"  bytes/image P={p:<3} {prec:<14} {np.mean(out) / 1024:9.1f} KiB (raw {raw / 1024:.0f} KiB)")
+        print(f"  bytes/image {kind:<8} P={p:<3} {prec:<14} {statistics.mean(out) / 1024:9.1f} KiB "
+              f"(raw {raw / 1024:.0f} KiB)")
     print(f"  uint8_sigmoid max probability error {worst:.5f} (documented bound {0.5 / 255:.5f})")
 
 

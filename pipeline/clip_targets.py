@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from pipeline.config import ClipTeacherConfig
+from pipeline.config import ClipTeacherConfig, JobConfig
 from pipeline.parts import PartWritten, teacher_batch_output
 from pipeline.sources import sidecar_success_counts
 from pipeline.units import ERROR, ShardTask, read_shard
@@ -59,6 +59,14 @@ class RenderSpec:
     def draft_side(self) -> int:
         return draft_side_for(self.size)
 
+    @classmethod
+    def of_job(cls, cfg: JobConfig, must_match: dict) -> "RenderSpec":
+        """The job's views with its teacher's preprocessing (from the CLIP manifest's must-match fields)."""
+        pp, vp = must_match["teacher"]["preprocess"], cfg.clip.view_policy
+        return cls(seed=cfg.seed, views=cfg.clip.views, size=pp["size"][0], interpolation=pp["interpolation"],
+                   resize_mode=pp["resize_mode"], scale=tuple(vp.scale), ratio=tuple(vp.ratio), flip=vp.flip,
+                   max_pixels=cfg.max_image_pixels)
+
 
 @dataclass
 class RenderedSample:
@@ -69,7 +77,7 @@ class RenderedSample:
     height: int
 
 
-def read_clip_shard(row: dict[str, Any], spec: RenderSpec | None = None) -> Iterator[dict[str, Any]]:
+def read_clip_shard(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Ray flat_map UDF: one read task -> one row per sample (its image bytes), `end` rows per unit."""
     yield from read_shard(row, ship_image, lambda task, status, part: {**task.base_row(status, part), "image": b""},
                           _sidecar_note)

@@ -110,6 +110,8 @@ def run_units(plan: JobPlan, kp: KindPlan, kind: str, build_dataset: Callable[[l
         report.driver_bytes += batch.nbytes
         for row in batch.to_pylist():
             shard_key, unit_key = (row["source"], row["shard"]), (row["source"], row["unit"])
+            if row["storage_retries"] != "{}":  # a part's writes, or a read task's tar index
+                report.storage_retries.update(json.loads(row["storage_retries"]))
             if row["status"] == END and row["shard_samples"] >= 0:
                 read_to_end.add(shard_key)
             if row["status"] == UNIT_FAILED and unit_key in by_range:
@@ -128,7 +130,6 @@ def run_units(plan: JobPlan, kp: KindPlan, kind: str, build_dataset: Callable[[l
                 continue
             if row["status"] == PART:
                 report.first_target_seconds = report.first_target_seconds or time.time() - t0
-                report.storage_retries.update(json.loads(row["storage_retries"]))
                 kill_point("during_teacher")
             c = collectors.get(unit_key)
             if c is None:
@@ -193,7 +194,8 @@ def teacher_dataset(cfg: JobConfig, has_gpu: bool, tasks: list[dict], read_fn: C
     ds.context.max_errored_blocks = -1
     # Rows are encoded images: small blocks reach the teachers while a shard is still being read.
     ds.context.target_max_block_size = block_bytes
-    ds = ds.flat_map(read_fn, num_cpus=cfg.ray.read_cpus, concurrency=min(len(tasks), read_concurrency(cfg)))
+    ds = ds.flat_map(read_fn, num_cpus=cfg.ray.read_cpus,
+                     compute=ray.data.TaskPoolStrategy(size=min(len(tasks), read_concurrency(cfg))))
     gpus = cfg.ray.gpus_per_actor if cfg.ray.gpus_per_actor is not None else (1 if has_gpu else 0)
     with warnings.catch_warnings():
         # Ray 2.60 deprecates **ray_remote_args but names no parameter for max_restarts/max_task_retries.
@@ -219,13 +221,11 @@ def run_clip(plan: JobPlan, kp: KindPlan, has_gpu: bool) -> JobReport:
     cfg = plan.config
     manifest = ensure_manifest(plan.storage, kp.manifest)
     must = manifest.must_match
-    pp, vp = must["teacher"]["preprocess"], cfg.clip.view_policy
+    pp = must["teacher"]["preprocess"]
     if pp["resize_mode"] not in RESIZE_MODES or pp["size"][0] != pp["size"][1]:
         raise ConfigError(f"config key 'clip.teacher.arch': {cfg.clip.teacher.arch} preprocesses with resize_mode "
                           f"{pp['resize_mode']!r} at {pp['size']}; expected a square size and one of {', '.join(RESIZE_MODES)}")
-    spec = RenderSpec(seed=cfg.seed, views=cfg.clip.views, size=pp["size"][0], interpolation=pp["interpolation"],
-                      resize_mode=pp["resize_mode"], scale=tuple(vp.scale), ratio=tuple(vp.ratio), flip=vp.flip,
-                      max_pixels=cfg.max_image_pixels)
+    spec = RenderSpec.of_job(cfg, must)
 
     def build_dataset(tasks: list[dict]):
         return teacher_dataset(cfg, has_gpu, tasks, read_clip_shard, ClipTeacherStage,
@@ -242,8 +242,7 @@ def run_sam(plan: JobPlan, kp: KindPlan, has_gpu: bool) -> JobReport:
 
     def build_dataset(tasks: list[dict]):
         return teacher_dataset(cfg, has_gpu, tasks, read_sam_shard, SamTeacherStage,
-                               dict(teacher_cfg=cfg.sam.teacher, sam_cfg=cfg.sam, spec=spec,
-                                    compute_dtype=manifest.must_match["compute_dtype"]),
+                               dict(spec=spec, compute_dtype=manifest.must_match["compute_dtype"]),
                                cfg.ray.sam_batch_size, SAM_BLOCK_BYTES)
 
     return run_units(plan, kp, "sam", build_dataset, manifest.policy_hash)

@@ -11,12 +11,13 @@ unit: the driver fails the unit, the job goes on.
 
 Output columns (every row):
     source, shard, unit, part_start, status, sample_index, key, members, reason, detail,
-    n_in_unit, shard_samples      as in pipeline.units
+    n_in_unit, shard_samples,     as in pipeline.units
+    storage_retries
     part                          part name ("" unless status is `part`)
     part_samples                  int32 sample indexes of the part, as bytes
     part_files                    JSON [{path, size, sha256}, ...]
     part_rows                     JSON {table: rows}
-    storage_retries               JSON {operation: transient errors retried while writing it}
+A part row's storage_retries: {operation: transient errors retried while writing it}.
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ WritePart = Callable[[dict[str, np.ndarray], str], PartWritten]
 
 
 # The part columns and their value on rows that are not parts.
-PART_COLUMNS = {"part": "", "part_samples": b"", "part_files": "[]", "part_rows": "{}", "storage_retries": "{}"}
+PART_COLUMNS = {"part": "", "part_samples": b"", "part_files": "[]", "part_rows": "{}"}
 
 
 def new_part_name(first_sample: int) -> str:
@@ -77,7 +78,7 @@ def teacher_batch_output(kind: str, batch: dict[str, np.ndarray], write_part: Wr
         take = slice(rows[0], rows[-1] + 1) if (np.diff(rows) == 1).all() else rows
         first = {c: batch[c][rows[0]] for c in PROTOCOL_COLUMNS}
         part = new_part_name(int(batch["sample_index"][rows[0]]))
-        retried = storage.retries.copy()
+        retried = storage.thread_retries.copy()
         try:
             kill_point("teacher_batch", str(unit))
             written = write_part({c: v[take] for c, v in batch.items()},
@@ -101,7 +102,7 @@ def teacher_batch_output(kind: str, batch: dict[str, np.ndarray], write_part: Wr
                     "part_samples": batch["sample_index"][kept].astype(np.int32).tobytes(),
                     "part_files": json.dumps([asdict(f) for f in written.files]),
                     "part_rows": json.dumps(written.rows),
-                    "storage_retries": json.dumps(dict(storage.retries - retried))})
+                    "storage_retries": json.dumps(dict(storage.thread_retries - retried))})
     columns = {c: [r[c] for r in out] for c in PROTOCOL_COLUMNS}
     columns |= {c: [r.get(c, empty) for r in out] for c, empty in PART_COLUMNS.items()}
     return {c: np.asarray(v, dtype=object if c == "part_samples" else None) for c, v in columns.items()}

@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from pipeline.config import SamConfig, SamTeacherConfig
+from pipeline.config import SamConfig
 from pipeline.parts import PartWritten, teacher_batch_output
 from pipeline.sam_prompts import parse_sa1b_json, sample_prompts, usable_annotations
 from pipeline.units import ERROR, read_shard
@@ -53,7 +53,7 @@ class PromptSpec:
     max_pixels: int
 
 
-def read_sam_shard(row: dict[str, Any], spec: PromptSpec | None = None) -> Iterator[dict[str, Any]]:
+def read_sam_shard(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Ray flat_map UDF: one read task -> one row per image (its JPEG and JSON bytes), `end` rows per unit."""
     yield from read_shard(row, ship_pair,
                           lambda task, status, part: {**task.base_row(status, part), "image": b"", "annotation": b""})
@@ -103,16 +103,16 @@ def prepare_image(spec: PromptSpec, sample: SampleId, image: bytes, annotation: 
 class SamTeacherStage:
     """Ray actor UDF: loads SAM once; per image one encoder pass, the decoder per prompt structure."""
 
-    def __init__(self, teacher_cfg: SamTeacherConfig, sam_cfg: SamConfig, spec: PromptSpec, storage: Storage,
-                 compute_dtype: str, threads: int, render_threads: int | None = None):
+    def __init__(self, spec: PromptSpec, storage: Storage, compute_dtype: str, threads: int,
+                 render_threads: int | None = None):
         from pipeline.teachers import load_sam_teacher
 
         torch.set_num_threads(max(1, threads))
         self.storage, self.spec = storage, spec
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.teacher = load_sam_teacher(teacher_cfg, storage.storage_options, device=self.device)
+        self.teacher = load_sam_teacher(spec.sam.teacher, storage.storage_options, device=self.device)
         self.sam = self.teacher.sam
-        self.cfg = sam_cfg
+        self.cfg = spec.sam
         self.autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(compute_dtype)
         self.pool = ThreadPoolExecutor(max(1, render_threads or threads), thread_name_prefix="prepare")
         self.gpu = threading.Lock()  # one call on the device at a time; the other compresses and writes

@@ -7,6 +7,8 @@ Row protocol (one Ray row per sample into the teacher stage, every kind):
     sample_index, key, members        the sample (index within its unit)
     reason, detail                    an error's reason, an end row's note, a failure's message
     n_in_unit, shard_samples          end rows: samples in the unit; samples in the shard (-1 unknown)
+    storage_retries                   JSON {operation: transient store errors retried} (the read
+                                      task's tar index write, on its last end row; a part's writes)
 plus the kind's own columns (pixels, prompts ...) on the way in; on the way out the teacher
 stage replaces `ok` rows by `part` rows (pipeline.parts).
 """
@@ -33,7 +35,7 @@ from storage_schemas.tar_samples import TarSample, iter_tar_samples
 OK, ERROR, END, UNIT_FAILED = "ok", "error", "end", "unit_failed"
 PART, TEACHER_FAILED = "part", "teacher_failed"
 PROTOCOL_COLUMNS = ("source", "shard", "unit", "part_start", "status", "sample_index", "key", "members",
-                    "reason", "detail", "n_in_unit", "shard_samples")
+                    "reason", "detail", "n_in_unit", "shard_samples", "storage_retries")
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,8 @@ class ShardTask:
     def base_row(self, status: str, part: int) -> dict[str, Any]:
         return {"source": self.source, "shard": self.shard, "unit": self.unit_of(part),
                 "part_start": part * self.unit_size, "status": status, "sample_index": -1, "key": "",
-                "members": "[]", "reason": "", "detail": "", "n_in_unit": 0, "shard_samples": -1}
+                "members": "[]", "reason": "", "detail": "", "n_in_unit": 0, "shard_samples": -1,
+                "storage_retries": "{}"}
 
     def pending(self, part: int) -> bool:
         return part in self.read_parts if self.read_parts is not None else part not in self.skip_parts
@@ -190,14 +193,18 @@ def _stream_shard(task: ShardTask, options: dict, make_sample: SampleFn, blank: 
     except Exception as e:  # the shard's read stops here; the driver fails this unit and the later ones
         yield _failed_row(task, part, e, blank)
         return
-    note = ""
+    note, retried = "", {}
     if task.write_index:
+        store = task.store()
         try:
-            write_tar_index(task.store(), task.kind, task.source, task.shard,
+            write_tar_index(store, task.kind, task.source, task.shard,
                             make_tar_index(task.url, task.size, task.etag, index_rows_))
         except Exception as e:  # the targets do not need it: later reads stream the shard instead
             note = f"tar index not written ({type(e).__name__}: {e})"
-    yield end_row(total, note)  # also for a committed last part: it tells the driver the shard was read to its end
+        retried = dict(store.retries)
+    end = end_row(total, note)  # also for a committed last part: it tells the driver the shard was read to its end
+    end["storage_retries"] = json.dumps(retried)
+    yield end
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from pipeline.clip_targets import ClipTeacherStage
+from pipeline.clip_targets import ClipTeacherStage, RenderSpec
 from pipeline.config import JobConfig, load_job_config
-from pipeline.sam_targets import SamTeacherStage
+from pipeline.sam_targets import PromptSpec, SamTeacherStage
 from storage_schemas.clip_views_table import ClipViews
 from storage_schemas.commit import CommitRecord
 from storage_schemas.decode import decode_image, draft_side_for
@@ -78,7 +78,8 @@ def check_teacher(store: TargetStore, kind: str, fingerprint_sha: str) -> None:
 
 def verify_clip(store: TargetStore, cfg: JobConfig, draws, min_cosine: float) -> KindResult:
     must = store.manifest("clip").must_match
-    stage = ClipTeacherStage(cfg.clip.teacher, store.storage, must["compute_dtype"], torch.get_num_threads())
+    stage = ClipTeacherStage(cfg.clip.teacher, RenderSpec.of_job(cfg, must), store.storage, must["compute_dtype"],
+                             torch.get_num_threads())
     check_teacher(store, "clip", stage.teacher.fingerprint.weights_sha256)
     pp = must["teacher"]["preprocess"]
     size, interpolation = int(pp["size"][0]), pp["interpolation"]
@@ -109,7 +110,8 @@ def verify_clip(store: TargetStore, cfg: JobConfig, draws, min_cosine: float) ->
 
 def verify_sam(store: TargetStore, cfg: JobConfig, draws, max_logit_diff: float) -> KindResult:
     must = store.manifest("sam").must_match
-    stage = SamTeacherStage(cfg.sam.teacher, cfg.sam, store.storage, must["compute_dtype"], torch.get_num_threads())
+    stage = SamTeacherStage(PromptSpec(cfg.seed, cfg.sam, cfg.max_image_pixels), store.storage, must["compute_dtype"],
+                            torch.get_num_threads())
     check_teacher(store, "sam", stage.teacher.fingerprint.weights_sha256)
     policy, precision = must["policy"], must["precision"]
     result = KindResult()

@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import random
+import threading
 import time
 import uuid
 from collections import Counter
@@ -83,6 +84,8 @@ class Storage:
         self.storage_options = dict(storage_options or {})
         self.retry = retry
         self.retries: Counter = Counter()  # operation -> transient errors retried, in this process
+        self._lock = threading.Lock()  # threads of one teacher actor share a Storage
+        self._local = threading.local()
         self._fs: fsspec.AbstractFileSystem | None = None
         self._root: str | None = None
         self._pid: int | None = None
@@ -102,11 +105,24 @@ class Storage:
                 if attempt == self.retry.attempts:
                     raise StorageFailure(op, self.url_of(rel), e, attempt) from e
                 delay = min(self.retry.max_delay, self.retry.base_delay * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-                self.retries[op] += 1
+                self._count_retry(op)
                 log.warning("%s %s: %s: %s; retry %d of %d in %.1f s", op, self.url_of(rel), type(e).__name__, e,
                             attempt, self.retry.attempts - 1, delay)
                 time.sleep(delay)
         raise AssertionError("unreachable")
+
+    def _count_retry(self, op: str) -> None:
+        with self._lock:
+            self.retries[op] += 1
+        self.thread_retries[op] += 1
+
+    @property
+    def thread_retries(self) -> Counter:
+        """Transient errors retried by the calling thread: what one of several concurrent teacher
+        calls reports for its part, without the other call's."""
+        if not hasattr(self._local, "retries"):
+            self._local.retries = Counter()
+        return self._local.retries
 
     def __repr__(self) -> str:
         return f"Storage({self.url!r})"
@@ -115,13 +131,14 @@ class Storage:
     def fs(self) -> fsspec.AbstractFileSystem:
         # Rebuilt in each process: a forked loader worker must not reuse its parent's async S3
         # client (fsspec's event loop is not fork-safe).
-        if self._fs is None or self._pid != os.getpid():
-            self._pid = os.getpid()
-            try:
-                self._fs, self._root = fsspec.core.url_to_fs(self.url, **self.storage_options)
-            except (ImportError, ValueError, TypeError) as e:
-                raise StoreError(f"store URL '{self.url}': cannot open its filesystem ({e})") from None
-        return self._fs
+        with self._lock:
+            if self._fs is None or self._pid != os.getpid():
+                try:
+                    self._fs, self._root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+                except (ImportError, ValueError, TypeError) as e:
+                    raise StoreError(f"store URL '{self.url}': cannot open its filesystem ({e})") from None
+                self._pid = os.getpid()
+            return self._fs
 
     @property
     def root(self) -> str:

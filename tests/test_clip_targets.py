@@ -70,7 +70,7 @@ def test_random_views_replay_exactly(views, teacher, sample_corpus):
 def test_views_differ_and_counts_reconcile(views, clip_store, sample_corpus):
     store = open_store(str(clip_store))
     commits = store.commits("clip")
-    assert [c.unit for c in commits] == ["00000.p000", "00001.p000", "00002.p000", "00003.p000"]
+    assert [c.unit for c in commits] == ["00000", "00001", "00002", "00003"]
     for c in commits:
         keys = tar_images(sample_corpus, c.shard).keys()
         stored = {r["key"] for r in views if r["shard"] == c.shard}
@@ -122,3 +122,40 @@ def test_text_targets_equal_open_clip_zero_shot_classifier(clip_store, sample_co
         manual = torch.nn.functional.normalize(torch.nn.functional.normalize(e, dim=-1).mean(0), dim=0)
     torch.testing.assert_close(got[1], manual, atol=1e-5, rtol=1e-5)
     assert table.schema.metadata[b"teacher_weights_sha256"].decode() == teacher.fingerprint.weights_sha256
+
+
+def test_read_rows_carry_the_encoded_image_and_little_else(sample_corpus, tmp_path):
+    """What crosses the object store per sample: the JPEG as the tar holds it, plus a few hundred
+    bytes of identity, not K rendered views."""
+    import os
+
+    import pyarrow as pa
+
+    from pipeline.clip_targets import read_clip_shard
+    from pipeline.sources import InputShard
+    from pipeline.units import shard_task
+    from storage_schemas.storage import Storage
+
+    url = str(sample_corpus / "clip" / "00001.tar")
+    shard = InputShard("s", "clip", url, "00001", os.path.getsize(url), None, {}, None)
+    rows = list(read_clip_shard(shard_task(shard, [], Storage(str(tmp_path)), indexed=True)))
+    ok = [r for r in rows if r["status"] == "ok"]
+    images = tar_images(sample_corpus, "00001")
+    assert [r["image"] for r in ok] == [images[r["key"]] for r in ok] and len(ok) == 25
+    assert pa.Table.from_pylist(rows).nbytes <= 1.2 * sum(len(r["image"]) for r in ok)
+
+
+def test_the_read_stage_is_capped_at_two_tasks_per_actor(tmp_path, sample_corpus, tiny_teachers, ray_cluster):
+    """Concurrent read tasks are bounded by the actors, not the shard count (config or default)."""
+    from pipeline.clip_targets import ClipTeacherStage, read_clip_shard
+    from pipeline.config import load_job_config
+    from pipeline.materialize import read_concurrency, teacher_dataset
+
+    job = write_clip_job(tmp_path / "job.yaml", tmp_path / "store", sample_corpus, tiny_teachers)
+    cfg = load_job_config(str(job), ["ray.teacher_actors=3"])
+    assert read_concurrency(cfg) == 6
+    assert read_concurrency(load_job_config(str(job), ["ray.read_tasks=5"])) == 5
+    tasks = [{"n": i} for i in range(40)]
+    ds = teacher_dataset(cfg, False, tasks, read_clip_shard, ClipTeacherStage, {}, 8, 1 << 20)
+    read_op = ds._logical_plan.dag.input_dependencies[0]
+    assert read_op.name == "FlatMap(read_clip_shard)" and read_op.compute.size == 6

@@ -34,12 +34,12 @@ def test_an_exception_in_one_batch_fails_its_unit_only(tmp_path, sample_corpus, 
     store = tmp_path / "store"
     job = write_clip_job(tmp_path / "job.yaml", store, sample_corpus, tiny_teachers)
     run = run_module("pipeline.materialize", str(job), "--report", str(tmp_path / "r.json"),
-                     env={"SAMCLIP_RAISE_AT": "teacher_batch@00002.p000"})
+                     env={"SAMCLIP_RAISE_AT": "teacher_batch@00002"})
     assert run.returncode == 1, run.stderr[-3000:]
     report = json.loads((tmp_path / "r.json").read_text())["reports"][0]
-    assert [(f["unit"], f["reason"]) for f in report["units_failed"]] == [("00002.p000", "InjectedFault")]
-    assert "FAILED     sample/00002.p000: InjectedFault: fault injected at teacher_batch@00002.p000" in run.stdout
-    assert committed_units(store) == ["00000.p000", "00001.p000", "00003.p000"]
+    assert [(f["unit"], f["reason"]) for f in report["units_failed"]] == [("00002", "InjectedFault")]
+    assert "FAILED     sample/00002: InjectedFault: fault injected at teacher_batch@00002" in run.stdout
+    assert committed_units(store) == ["00000", "00001", "00003"]
     rerun = run_module("pipeline.materialize", str(job))
     assert rerun.returncode == 0 and "1 done, 3 skipped" in rerun.stdout, rerun.stderr[-3000:]
     assert_exactly_once(store, sample_corpus)
@@ -49,13 +49,13 @@ def test_a_batch_that_kills_its_actor_every_time_fails_its_unit(tmp_path, sample
     store = tmp_path / "store"
     job = write_clip_job(tmp_path / "job.yaml", store, sample_corpus, tiny_teachers)
     run = run_module("pipeline.materialize", str(job), "--set", "ray.max_batch_retries=1",
-                     "--report", str(tmp_path / "r.json"), env={"SAMCLIP_KILL_AT": "teacher_batch@00003.p000"})
+                     "--report", str(tmp_path / "r.json"), env={"SAMCLIP_KILL_AT": "teacher_batch@00003"})
     assert run.returncode == 1, run.stderr[-3000:]
     report = json.loads((tmp_path / "r.json").read_text())["reports"][0]
     failed = {f["unit"]: f["reason"] for f in report["units_failed"]}
     # A batch queued on the same actor when it died may run out of retries too: its unit fails as well.
-    assert "00003.p000" in failed and set(failed.values()) == {"incomplete"}, report
-    assert sorted(committed_units(store) + list(failed)) == [f"0000{i}.p000" for i in range(4)] and len(failed) < 4
+    assert "00003" in failed and set(failed.values()) == {"incomplete"}, report
+    assert sorted(committed_units(store) + list(failed)) == ["00000", "00001", "00002", "00003"] and len(failed) < 4
     rerun = run_module("pipeline.materialize", str(job))
     assert rerun.returncode == 0 and f"{len(failed)} done, {4 - len(failed)} skipped" in rerun.stdout, rerun.stderr[-3000:]
     assert_exactly_once(store, sample_corpus)

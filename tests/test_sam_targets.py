@@ -174,3 +174,23 @@ def test_kill_before_commit_then_rerun_is_exactly_once(tmp_path, sample_corpus, 
         assert s.open_logits(c).shape[0] == c.n_stored
         assert all((store / f.path).stat().st_size == f.size for f in c.files)
     assert_sound(store)
+
+
+def test_quantisation_on_the_device_is_the_stored_rule():
+    """The teacher encodes logits where they are (torch); tools and tests use numpy: one rule."""
+    import torch
+
+    from storage_schemas.mask_logits import encode_logits
+
+    rng = np.random.default_rng(0)
+    logits = (rng.normal(size=(4, 1, 256, 256)) * 8).astype(np.float32)
+    logits[0, 0, 0, :4] = [-80.0, 80.0, 0.0, 1e6]
+    for precision in ("fp16", "uint8_sigmoid"):
+        on_device = encode_logits(torch.from_numpy(logits), precision).numpy()
+        reference = encode_logits(logits, precision)
+        assert on_device.dtype == reference.dtype
+        if precision == "fp16":
+            assert np.array_equal(on_device, reference)
+        else:  # sigmoid's last float32 bit can land a value on the other side of a .5: one level at most
+            diff = np.abs(on_device.astype(int) - reference.astype(int))
+            assert diff.max() <= 1 and (diff > 0).mean() < 1e-4
