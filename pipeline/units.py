@@ -15,6 +15,7 @@ stage replaces `ok` rows by `part` rows (pipeline.parts).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import traceback
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from storage_schemas.tar_index import (
     TarIndex, index_rows, iter_indexed_samples, make_tar_index, read_tar_index, write_tar_index,
 )
 from storage_schemas.tar_samples import TarSample, iter_tar_samples
+
+log = logging.getLogger(__name__)
 
 OK, ERROR, END, UNIT_FAILED = "ok", "error", "end", "unit_failed"
 PART, TEACHER_FAILED = "part", "teacher_failed"
@@ -125,7 +128,11 @@ def read_shard(row: dict[str, Any], make_sample: SampleFn, blank: BlankFn,
     task = ShardTask(**row)
     options = json.loads(task.storage_options_json)
     if task.read_parts is not None:
-        index = read_tar_index(task.store(), task.kind, task.source, task.shard, task.size, task.etag)
+        try:
+            index = read_tar_index(task.store(), task.kind, task.source, task.shard, task.size, task.etag)
+        except Exception as e:  # the stream below reads the same samples, only more bytes
+            log.warning("%s: tar index unreadable (%s: %s); streaming the shard", task.url, type(e).__name__, e)
+            index = None
         if index is not None:
             for part in task.read_parts:
                 yield from _read_part(task, options, index, part, make_sample, blank, end_note)
@@ -191,7 +198,8 @@ def _stream_shard(task: ShardTask, options: dict, make_sample: SampleFn, blank: 
             if task.pending(part):
                 yield _sample_row(task, part, sample, blank, make_sample)
     except Exception as e:  # the shard's read stops here; the driver fails this unit and the later ones
-        yield _failed_row(task, part, e, blank)
+        # A task for given parts (its index went stale) fails those, wherever the stream stopped.
+        yield _failed_row(task, part if task.read_parts is None else task.read_parts[0], e, blank)
         return
     note, retried = "", {}
     if task.write_index:

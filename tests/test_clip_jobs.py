@@ -72,7 +72,7 @@ def test_kill_from_outside_at_a_random_time_then_rerun(tmp_path, sample_corpus, 
     views = 32
     store = tmp_path / "store"
     job = clip_job(tmp_path, tiny_teachers, "sample", f"{sample_corpus}/clip/{{00000..00003}}.tar", views,
-                   extra="ray: {batch_size: 8}")
+                   unit_size=0, extra="ray: {batch_size: 8}")
     extra_delay = np.random.default_rng(int(time.time())).uniform(0.0, 0.5)
     log = tmp_path / "killed.log"
     with open(log, "w") as out:
