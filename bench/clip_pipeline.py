@@ -4,8 +4,9 @@
 
 pipeline: `python -m pipeline.materialize` in this process on a local Ray with 2 CPUs (read tasks,
           one teacher actor with 1 torch thread that decodes and renders on 1 thread of its own),
-          over the sample corpus, --runs times into fresh stores; views/s from each job's report
-          over the steady window (first target to last commit; start-up apart), median of the runs.
+          over the sample corpus, --runs times into fresh stores; views/s over the steady window:
+          from the first part file written to the last (the store's mtimes), the first part's
+          views left out, so start-up is apart; median of the runs.
 bare:     the same teacher (random init, same seed), the same batches of uint8 views already in
           memory, through the same normalise + encode code, 1 torch thread.
 bytes:    stored bytes per view: Parquet of the bench store (D of --arch), and of a synthetic
@@ -27,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np
 import yaml
 
-from bench.compare import print_pipeline_vs_bare
+from bench.compare import print_pipeline_vs_bare, steady_rate
 from pipeline.clip_targets import ClipTeacherStage
 from pipeline.config import ClipTeacherConfig
 from pipeline.materialize import main as materialize
@@ -57,11 +58,12 @@ def main() -> None:
     }
     with open(f"{work}/job.yaml", "w") as f:
         yaml.safe_dump(job, f)
-    reports = []
+    reports, steady = [], []
     for run in range(args.runs):
         shutil.rmtree(f"{work}/store", ignore_errors=True)
         assert materialize([f"{work}/job.yaml", "--report", f"{work}/report.json"]) == 0
         reports.append(json.loads(open(f"{work}/report.json").read())["reports"][0])
+        steady.append(steady_rate(f"{work}/store", "clip", "views"))
 
     store = open_store(f"{work}/store")
     rows = store.read_table("clip", "views").to_pylist()
@@ -83,17 +85,18 @@ def main() -> None:
 
     d = store.manifest("clip").must_match["teacher"]["output"]["embed_dim"]
     store_bytes = sum(f.size for c in store.commits("clip") for f in c.files if f.path.startswith("clip/"))
-    views = ClipViews.from_table(store.read_table("clip", "views"))
+    first = store.commits("clip")[0]  # sample indexes are per unit: one unit's table at a time
+    views = ClipViews.from_table(store.read_unit_table(first, "views"))
     rng = np.random.default_rng(0)
     synth = rng.normal(size=(*views.embeddings.shape[:2], 768))
     views.embeddings = (synth / np.linalg.norm(synth, axis=-1, keepdims=True)).astype(np.float16)
-    synth_bytes = len(views_parquet(views, "bench", "00000"))
+    synth_bytes = len(views_parquet(views, "bench", first.shard))
 
     print(f"teacher {args.arch} (random init), K={args.views}, {len(rows)} views, batch {args.batch} samples "
           f"({per_batch} views), 1 torch thread, local Ray with 2 CPUs")
-    print_pipeline_vs_bare(reports, "views", bare_rate, first_rows=per_batch)
+    print_pipeline_vs_bare(reports, steady, "views", bare_rate)
     print(f"  bytes per view     {store_bytes / len(rows):8.1f} at D={d} (fp16 floor {2 * d}); "
-          f"{synth_bytes / len(rows):.1f} at D=768 (floor 1536)")
+          f"{synth_bytes / (first.n_stored * args.views):.1f} at D=768 (floor 1536)")
 
 
 if __name__ == "__main__":

@@ -1,26 +1,34 @@
 """The pipeline-against-bare-teacher lines both pipeline benchmarks print."""
 from __future__ import annotations
 
+import os
 import statistics
 
+import pyarrow.parquet as pq
 
-def steady_rate(report: dict, rows: str, first_rows: int) -> float | None:
-    """rows/s from the first target's arrival to the last commit: start-up (Ray, the teacher's
-    load, the first batch) is behind by then. None when the window is too short to mean anything."""
-    window = report["seconds"] - report["first_target_seconds"]
-    if window <= 0.25 * report["seconds"]:
+from storage_schemas.store import open_store, table_files
+
+
+def steady_rate(store_root: str, kind: str, table: str) -> float | None:
+    """Rows/s the teacher actors wrote, from the first part file's write to the last (a local
+    store's mtimes), the first part's rows left out: start-up (Ray, the teacher's load, the first
+    batch) is behind by then, and the driver's lag in receiving blocks does not enter. None with
+    fewer than 3 parts."""
+    store = open_store(store_root)
+    parts = sorted((os.path.getmtime(store.storage.full(rel)), pq.read_metadata(store.storage.full(rel)).num_rows)
+                   for record in store.commits(kind) for rel in table_files(record, table))
+    if len(parts) < 3:
         return None
-    return (report["rows"][rows] - first_rows) / window
+    return sum(n for _, n in parts[1:]) / (parts[-1][0] - parts[0][0])
 
 
-def print_pipeline_vs_bare(reports: list[dict], rows: str, bare_rate: float, first_rows: int) -> None:
-    """reports: the job's JSON reports, one per run; rows: "views" or "images"; first_rows: rows in
-    the first target batch. Prints medians over the runs."""
-    steady = [steady_rate(r, rows, first_rows) for r in reports]
+def print_pipeline_vs_bare(reports: list[dict], steady: list[float | None], rows: str, bare_rate: float) -> None:
+    """reports: the job's JSON reports, one per run; steady: each run's steady_rate; rows: "views"
+    or "images". Prints medians over the runs."""
     whole = statistics.median(r["rows"][rows] / r["seconds"] for r in reports)
     print(f"  bare teacher                  {bare_rate:9.3f} {rows}/s")
     if None in steady:
-        print("  pipeline, steady window            n/a  (the targets reached the driver together: use more input)")
+        print("  pipeline, steady window            n/a  (fewer than 3 parts in a run: use more input)")
     else:
         rate = statistics.median(steady)
         print(f"  pipeline, steady window       {rate:9.3f} {rows}/s  (median of {len(reports)} runs: "

@@ -4,8 +4,9 @@
 
 pipeline: `python -m pipeline.materialize` in this process on a local Ray with 2 CPUs (read
           tasks, one teacher actor with 1 torch thread that decodes on 1 thread of its own) over
-          the first N SA-1B sample images, --runs times into fresh stores; images/s from each
-          job's report over the steady window (first part to last commit), median of the runs.
+          the first N SA-1B sample images, --runs times into fresh stores, one image a part;
+          images/s over the steady window: from the first part file written to the last (the
+          store's mtimes), the first part's image left out; median of the runs.
 stage:    `SamTeacherStage.__call__` in this process (no Ray) on the read stage's own rows, one
           image a batch, writing its parts to a local store: decode and prompt sampling on the
           actor's pool, the teacher, quantisation on the device, Zarr encoding and the writes.
@@ -38,7 +39,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from scipy.ndimage import distance_transform_edt
 
-from bench.compare import print_pipeline_vs_bare
+from bench.compare import print_pipeline_vs_bare, steady_rate
 from pipeline.config import SamConfig, SamTeacherConfig
 from pipeline.materialize import main as materialize
 from pipeline.sam_prompts import parse_sa1b_json, usable_annotations
@@ -92,11 +93,12 @@ def main() -> None:
     }
     with open(f"{work}/job.yaml", "w") as f:
         yaml.safe_dump(job, f)
-    reports = []
+    reports, steady = [], []
     for _ in range(args.runs):
         shutil.rmtree(f"{work}/store", ignore_errors=True)
         assert materialize([f"{work}/job.yaml", "--report", f"{work}/report.json"]) == 0
         reports.append(json.loads(open(f"{work}/report.json").read())["reports"][0])
+        steady.append(steady_rate(f"{work}/store", "sam", "images"))
     commits = open_store(f"{work}/store").commits("sam")
     objects = sum(len(c.files) for c in commits) / sum(c.n_stored for c in commits)
 
@@ -139,7 +141,7 @@ def main() -> None:
             worst = max(worst, float(np.abs(sig(q) - sig(logits)).max()))
 
     print(f"SAM {args.model} (random init), {len(rows)} images, P={args.prompts}, 1 torch thread, local Ray with 2 CPUs")
-    print_pipeline_vs_bare(reports, "images", bare_rate, first_rows=1)
+    print_pipeline_vs_bare(reports, steady, "images", bare_rate)
     print(f"  teacher stage, no Ray          {stage_rate:8.3f} images/s, {stage_rate / bare_rate:.3f} of bare")
     print(f"  objects written per image      {objects:8.2f}  ({len(commits)} units; one Zarr shard per part)")
     for (kind, p, prec), out in sizes.items():

@@ -106,7 +106,9 @@ def run_units(plan: JobPlan, kp: KindPlan, kind: str, build_dataset: Callable[[l
     t0 = time.time()
     progress = tqdm(desc=f"{kind} units committed", unit="unit",
                     total=None if any(t["unit_size"] and not t["read_parts"] for t in tasks) else len(tasks))
-    for batch in build_dataset(tasks).iter_batches(batch_size=None, batch_format="pyarrow"):
+    # prefetch_batches=0: with Ray's default of 1 a block is handed over only once the next has
+    # arrived, which holds every commit back by a teacher batch.
+    for batch in build_dataset(tasks).iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
         report.driver_bytes += batch.nbytes
         for row in batch.to_pylist():
             shard_key, unit_key = (row["source"], row["shard"]), (row["source"], row["unit"])
