@@ -15,9 +15,7 @@ bytes:    stored bytes per view: Parquet of the bench store (D of --arch), and o
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
 import tarfile
 import tempfile
@@ -26,12 +24,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
-import yaml
 
-from bench.compare import print_pipeline_vs_bare, steady_rate
+from bench.compare import print_pipeline_vs_bare, run_jobs
 from pipeline.clip_targets import ClipTeacherStage
 from pipeline.config import ClipTeacherConfig
-from pipeline.materialize import main as materialize
 from pipeline.sample_data import build_sample_corpus
 from storage_schemas.decode import decode_image, draft_side_for
 from storage_schemas.clip_views_table import ClipViews, views_parquet
@@ -56,14 +52,7 @@ def main() -> None:
         "clip": {"teacher": {"arch": args.arch, "pretrained": None, "init_seed": 0}, "views": args.views},
         "ray": {"num_cpus": 2, "teacher_actors": 1, "cpus_per_actor": 1, "batch_size": args.batch},
     }
-    with open(f"{work}/job.yaml", "w") as f:
-        yaml.safe_dump(job, f)
-    reports, steady = [], []
-    for run in range(args.runs):
-        shutil.rmtree(f"{work}/store", ignore_errors=True)
-        assert materialize([f"{work}/job.yaml", "--report", f"{work}/report.json"]) == 0
-        reports.append(json.loads(open(f"{work}/report.json").read())["reports"][0])
-        steady.append(steady_rate(f"{work}/store", "clip", "views"))
+    reports, steady = run_jobs(work, job, args.runs, "clip", "views")
 
     store = open_store(f"{work}/store")
     rows = store.read_table("clip", "views").to_pylist()

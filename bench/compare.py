@@ -1,10 +1,13 @@
 """The pipeline-against-bare-teacher lines both pipeline benchmarks print."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import statistics
 
 import pyarrow.parquet as pq
+import yaml
 
 from storage_schemas.store import open_store, table_files
 
@@ -20,6 +23,23 @@ def steady_rate(store_root: str, kind: str, table: str) -> float | None:
     if len(parts) < 3:
         return None
     return sum(n for _, n in parts[1:]) / (parts[-1][0] - parts[0][0])
+
+
+def run_jobs(work: str, job: dict, runs: int, kind: str, table: str) -> tuple[list[dict], list[float | None]]:
+    """`python -m pipeline.materialize` in this process `runs` times, each into a fresh
+    WORK/store: (the job's reports, each run's steady_rate)."""
+    from pipeline.materialize import main as materialize
+
+    with open(f"{work}/job.yaml", "w") as f:
+        yaml.safe_dump(job, f)
+    reports, steady = [], []
+    for _ in range(runs):
+        shutil.rmtree(f"{work}/store", ignore_errors=True)
+        assert materialize([f"{work}/job.yaml", "--report", f"{work}/report.json"]) == 0
+        with open(f"{work}/report.json") as f:
+            reports.append(next(r for r in json.load(f)["reports"] if r["kind"] == kind))
+        steady.append(steady_rate(f"{work}/store", kind, table))
+    return reports, steady
 
 
 def print_pipeline_vs_bare(reports: list[dict], steady: list[float | None], rows: str, bare_rate: float) -> None:

@@ -82,7 +82,7 @@ def sync() -> None:
 
 def rows_of(kind: str, url: str, storage: Storage) -> list[dict]:
     task = shard_task(InputShard("bench", kind, url, os.path.basename(url)[:-4], os.path.getsize(url), None, {}, None),
-                      [], storage, indexed=True)
+                      [], storage, write_index=False)
     return [r for r in (read_clip_shard if kind == "clip" else read_sam_shard)(task) if r["status"] == OK]
 
 

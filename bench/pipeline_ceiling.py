@@ -262,7 +262,7 @@ def wire_bytes(shards: list[str], unit_size: int) -> dict:
     rows_bytes = jpeg = n = 0
     for url in shards:
         shard = InputShard(SOURCE, "clip", url, shard_name(url), os.path.getsize(url), None, {}, unit_size)
-        for block in chunks(read_clip_shard(shard_task(shard, [], storage, indexed=True)), 256):
+        for block in chunks(read_clip_shard(shard_task(shard, [], storage, write_index=False)), 256):
             rows_bytes += pa.Table.from_pylist(block).nbytes
             jpeg += sum(len(r["image"]) for r in block)
             n += sum(r["status"] == "ok" for r in block)

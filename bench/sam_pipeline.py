@@ -22,9 +22,7 @@ bytes:    one image's encoded logits (zstd 3 in the part's Zarr shard) per preci
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -34,14 +32,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 import torch
-import yaml
 from PIL import Image
 from pycocotools import mask as mask_utils
 from scipy.ndimage import distance_transform_edt
 
-from bench.compare import print_pipeline_vs_bare, steady_rate
+from bench.compare import print_pipeline_vs_bare, run_jobs
 from pipeline.config import SamConfig, SamTeacherConfig
-from pipeline.materialize import main as materialize
 from pipeline.sam_prompts import parse_sa1b_json, usable_annotations
 from pipeline.sam_targets import PromptSpec, SamTeacherStage, prepare_image, read_sam_shard
 from pipeline.sample_data import CorpusSpec, build_sample_corpus
@@ -91,14 +87,7 @@ def main() -> None:
         "sam": {"teacher": {"model": args.model, "checkpoint": None}, "prompts": args.prompts},
         "ray": {"num_cpus": 2, "teacher_actors": 1, "cpus_per_actor": 1, "sam_batch_size": 1},
     }
-    with open(f"{work}/job.yaml", "w") as f:
-        yaml.safe_dump(job, f)
-    reports, steady = [], []
-    for _ in range(args.runs):
-        shutil.rmtree(f"{work}/store", ignore_errors=True)
-        assert materialize([f"{work}/job.yaml", "--report", f"{work}/report.json"]) == 0
-        reports.append(json.loads(open(f"{work}/report.json").read())["reports"][0])
-        steady.append(steady_rate(f"{work}/store", "sam", "images"))
+    reports, steady = run_jobs(work, job, args.runs, "sam", "images")
     commits = open_store(f"{work}/store").commits("sam")
     objects = sum(len(c.files) for c in commits) / sum(c.n_stored for c in commits)
 
@@ -106,7 +95,7 @@ def main() -> None:
     spec = PromptSpec(seed=0, sam=cfg, max_pixels=10**9)
     stage = SamTeacherStage(spec, Storage(f"{work}/stage"), "fp32", threads=1)
     task = shard_task(InputShard("bench", "sam", shard, "sa_000000", os.path.getsize(shard), None, {}, None), [],
-                      stage.storage, indexed=True)
+                      stage.storage, write_index=False)
     rows = [r for r in read_sam_shard(task) if r["status"] == OK]
     batches = [{c: np.array([r[c]], dtype=object if isinstance(r[c], (bytes, str)) else None) for c in r}
                for r in rows]

@@ -124,8 +124,9 @@ class ClipTeacherStage:
     Views travel to the device as uint8 (4x less than float) and are normalised there.
     """
 
-    def __init__(self, teacher_cfg: ClipTeacherConfig, spec: RenderSpec, storage: Storage, compute_dtype: str,
+    def __init__(self, teacher_cfg: ClipTeacherConfig, spec: RenderSpec | None, storage: Storage, compute_dtype: str,
                  threads: int, render_threads: int | None = None):
+        """spec: the views to render; None for a stage that only embeds given pixels (`embed`)."""
         from pipeline.teachers import load_clip_teacher
 
         torch.set_num_threads(max(1, threads))

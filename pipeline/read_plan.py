@@ -39,9 +39,9 @@ def read_tasks(storage: Storage, kind: str, pending: list[tuple[InputShard, list
     for shard, done in pending:
         n = counts.get(shard.url)
         if n is None:
-            tasks.append(shard_task(shard, done, storage, indexed=False))
+            tasks.append(shard_task(shard, done, storage, write_index=True))
             continue
         for part in range(max(1, math.ceil(n / shard.unit_size))):
             if part not in done:
-                tasks.append(shard_task(shard, done, storage, indexed=True, read_parts=[part]))
+                tasks.append(shard_task(shard, done, storage, write_index=False, read_parts=[part]))
     return tasks

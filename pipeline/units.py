@@ -108,12 +108,13 @@ def _unit_size_text(unit_size: int | None) -> str:
     return str(unit_size) if unit_size else "0 (whole shards)"
 
 
-def shard_task(shard: InputShard, skip_parts: list[int], store: Storage, indexed: bool,
+def shard_task(shard: InputShard, skip_parts: list[int], store: Storage, write_index: bool,
                read_parts: list[int] | None = None) -> dict[str, Any]:
-    """A read task's row: the shard streamed (skipping `skip_parts`), or `read_parts` by range."""
+    """A read task's row: the shard streamed (skipping `skip_parts`; with `write_index`, writing
+    its tar index into `store` at the end), or `read_parts` by range through that index."""
     return ShardTask(shard.source, shard.name, shard.url, json.dumps(shard.storage_options),
                      shard.unit_size or 0, skip_parts, shard.kind, shard.size, shard.etag,
-                     json.dumps([store.url, store.storage_options]), not indexed, read_parts).__dict__
+                     json.dumps([store.url, store.storage_options]), write_index, read_parts).__dict__
 
 
 BlankFn = Callable[[ShardTask, str, int], dict[str, Any]]  # (task, status, part): a row with the kind's columns

@@ -138,7 +138,7 @@ def test_read_rows_carry_the_encoded_image_and_little_else(sample_corpus, tmp_pa
 
     url = str(sample_corpus / "clip" / "00001.tar")
     shard = InputShard("s", "clip", url, "00001", os.path.getsize(url), None, {}, None)
-    rows = list(read_clip_shard(shard_task(shard, [], Storage(str(tmp_path)), indexed=True)))
+    rows = list(read_clip_shard(shard_task(shard, [], Storage(str(tmp_path)), write_index=False)))
     ok = [r for r in rows if r["status"] == "ok"]
     images = tar_images(sample_corpus, "00001")
     assert [r["image"] for r in ok] == [images[r["key"]] for r in ok] and len(ok) == 25
