@@ -109,13 +109,10 @@ def run_for(seconds: float, calls: int, fn) -> tuple[int, float]:
 def bench_clip(args, corpus: str, out: str, dtype: str) -> None:
     arch = "samclip-tiny-clip" if args.tiny else "ViT-L-14"
     teacher = ClipTeacherConfig(arch=arch, pretrained=None, init_seed=0)
-    probe = ClipTeacherStage(teacher, None, Storage(out), dtype, threads=1)
-    pp, policy, k = probe.teacher.fingerprint.preprocess, ViewPolicy(), 10
-    del probe
-    spec = RenderSpec(0, k, pp["size"][0], pp["interpolation"], pp["resize_mode"], tuple(policy.scale),
-                      tuple(policy.ratio), policy.flip, DEFAULT_MAX_PIXELS)
-    stage = ClipTeacherStage(teacher, spec, Storage(out), dtype, threads=args.render_threads,
+    k = 10
+    stage = ClipTeacherStage(teacher, None, Storage(out), dtype, threads=args.render_threads,
                              render_threads=args.render_threads)
+    spec = stage.spec = RenderSpec.of(stage.teacher.fingerprint.preprocess, 0, k, ViewPolicy(), DEFAULT_MAX_PIXELS)
     rows = [r for shard in sorted(os.listdir(f"{corpus}/clip")) if shard.endswith(".tar")
             for r in rows_of("clip", f"{corpus}/clip/{shard}", stage.storage)]
     batch = as_batch([rows[i % len(rows)] for i in range(args.clip_batch)])

@@ -54,7 +54,6 @@ import yaml
 import pipeline
 from pipeline.clip_targets import ClipTeacherStage, RenderSpec, read_clip_shard, render_sample
 from pipeline.config import ClipTeacherConfig, ViewPolicy
-from pipeline.teachers import load_clip_teacher
 from pipeline.sample_data import encode_jpeg, load_photo, random_variant
 from pipeline.sources import InputShard, shard_name
 from pipeline.units import shard_task
@@ -233,12 +232,10 @@ def one_process(work: str, shards: list[str], unit_size: int, args) -> dict:
     out = os.path.join(work, "one-process")
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
-    teacher = load_clip_teacher(ClipTeacherConfig(arch=ARCH, pretrained=None, init_seed=SEED))
-    pp, policy = teacher.fingerprint.preprocess, ViewPolicy()
-    spec = RenderSpec(SEED, args.views, pp["size"][0], pp["interpolation"], pp["resize_mode"], tuple(policy.scale),
-                      tuple(policy.ratio), policy.flip, DEFAULT_MAX_PIXELS)
-    stage = ClipTeacherStage(ClipTeacherConfig(arch=ARCH, pretrained=None, init_seed=SEED), spec, Storage(out), "fp32",
+    stage = ClipTeacherStage(ClipTeacherConfig(arch=ARCH, pretrained=None, init_seed=SEED), None, Storage(out), "fp32",
                              threads=1)
+    spec = stage.spec = RenderSpec.of(stage.teacher.fingerprint.preprocess, SEED, args.views, ViewPolicy(),
+                                      DEFAULT_MAX_PIXELS)
     dim = stage.teacher.embed_dim
     cpu0, t0, n = time.process_time(), time.perf_counter(), 0
     for url in shards:

@@ -25,8 +25,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from pipeline.config import ClipTeacherConfig, JobConfig
-from pipeline.parts import PartWritten, teacher_batch_output
+from pipeline.config import ClipTeacherConfig, JobConfig, ViewPolicy
+from pipeline.parts import PartWritten, row_sample_id, teacher_batch_output
 from pipeline.sources import sidecar_success_counts
 from pipeline.units import ERROR, ShardTask, read_shard
 from storage_schemas.clip_views_table import ClipViews, views_parquet
@@ -60,12 +60,17 @@ class RenderSpec:
         return draft_side_for(self.size)
 
     @classmethod
+    def of(cls, preprocess: dict, seed: int, views: int, policy: ViewPolicy, max_pixels: int) -> "RenderSpec":
+        """Views by `policy` at a teacher's preprocessing (its fingerprint's `preprocess`)."""
+        return cls(seed=seed, views=views, size=preprocess["size"][0], interpolation=preprocess["interpolation"],
+                   resize_mode=preprocess["resize_mode"], scale=tuple(policy.scale), ratio=tuple(policy.ratio),
+                   flip=policy.flip, max_pixels=max_pixels)
+
+    @classmethod
     def of_job(cls, cfg: JobConfig, must_match: dict) -> "RenderSpec":
         """The job's views with its teacher's preprocessing (from the CLIP manifest's must-match fields)."""
-        pp, vp = must_match["teacher"]["preprocess"], cfg.clip.view_policy
-        return cls(seed=cfg.seed, views=cfg.clip.views, size=pp["size"][0], interpolation=pp["interpolation"],
-                   resize_mode=pp["resize_mode"], scale=tuple(vp.scale), ratio=tuple(vp.ratio), flip=vp.flip,
-                   max_pixels=cfg.max_image_pixels)
+        return cls.of(must_match["teacher"]["preprocess"], cfg.seed, cfg.clip.views, cfg.clip.view_policy,
+                      cfg.max_image_pixels)
 
 
 @dataclass
@@ -79,8 +84,7 @@ class RenderedSample:
 
 def read_clip_shard(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Ray flat_map UDF: one read task -> one row per sample (its image bytes), `end` rows per unit."""
-    yield from read_shard(row, ship_image, lambda task, status, part: {**task.base_row(status, part), "image": b""},
-                          _sidecar_note)
+    yield from read_shard(row, ship_image, {"image": b""}, _sidecar_note)
 
 
 def ship_image(row: dict[str, Any], sample: TarSample) -> dict[str, Any]:
@@ -126,7 +130,8 @@ class ClipTeacherStage:
 
     def __init__(self, teacher_cfg: ClipTeacherConfig, spec: RenderSpec | None, storage: Storage, compute_dtype: str,
                  threads: int, render_threads: int | None = None):
-        """spec: the views to render; None for a stage that only embeds given pixels (`embed`)."""
+        """spec: the views to render; None for a stage that only embeds given pixels (`embed`), or
+        whose caller sets it once the teacher's preprocessing is known (`RenderSpec.of`)."""
         from pipeline.teachers import load_clip_teacher
 
         torch.set_num_threads(max(1, threads))
@@ -171,8 +176,7 @@ class ClipTeacherStage:
         n, k = len(rows["key"]), self.spec.views
         pixels = self.views_buffer(n)
         out = pixels.numpy()
-        futures = [self.pool.submit(render_sample, self.spec, SampleId(str(rows["source"][i]), str(rows["shard"][i]),
-                                                                       str(rows["key"][i])), rows["image"][i], out[i])
+        futures = [self.pool.submit(render_sample, self.spec, row_sample_id(rows, i), rows["image"][i], out[i])
                    for i in range(n)]
         rendered, failed, embedded = {}, {}, []
         chunk = max(1, CHUNK_VIEWS // k)

@@ -33,6 +33,7 @@ import numpy as np
 from pipeline.units import ERROR, OK, PART, PROTOCOL_COLUMNS, TEACHER_FAILED
 from storage_schemas import layout
 from storage_schemas.faults import kill_point
+from storage_schemas.identity import SampleId
 from storage_schemas.storage import FileEntry, Storage, StorageFailure
 
 
@@ -53,6 +54,11 @@ WritePart = Callable[[dict[str, np.ndarray], str], PartWritten]
 
 # The part columns and their value on rows that are not parts.
 PART_COLUMNS = {"part": "", "part_samples": b"", "part_files": "[]", "part_rows": "{}"}
+
+
+def row_sample_id(rows: dict[str, np.ndarray], i: int) -> SampleId:
+    """The identity of row i of a teacher batch's columns."""
+    return SampleId(str(rows["source"][i]), str(rows["shard"][i]), str(rows["key"][i]))
 
 
 def new_part_name(first_sample: int) -> str:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from pipeline.config import SamConfig
-from pipeline.parts import PartWritten, teacher_batch_output
+from pipeline.parts import PartWritten, row_sample_id, teacher_batch_output
 from pipeline.sam_prompts import parse_sa1b_json, sample_prompts, usable_annotations
 from pipeline.units import ERROR, read_shard
 from storage_schemas.decode import DecodeError, decode_image
@@ -55,8 +55,7 @@ class PromptSpec:
 
 def read_sam_shard(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Ray flat_map UDF: one read task -> one row per image (its JPEG and JSON bytes), `end` rows per unit."""
-    yield from read_shard(row, ship_pair,
-                          lambda task, status, part: {**task.base_row(status, part), "image": b"", "annotation": b""})
+    yield from read_shard(row, ship_pair, {"image": b"", "annotation": b""})
 
 
 def ship_pair(row: dict[str, Any], sample: TarSample) -> dict[str, Any]:
@@ -173,9 +172,8 @@ class SamTeacherStage:
         """Prepare one unit's ok rows on the pool, run the teacher on those that decoded, write the
         part: prompts, images, logits."""
         n = len(rows["key"])
-        futures = [self.pool.submit(prepare_image, self.spec, SampleId(str(rows["source"][i]), str(rows["shard"][i]),
-                                                                       str(rows["key"][i])),
-                                    rows["image"][i], rows["annotation"][i]) for i in range(n)]
+        futures = [self.pool.submit(prepare_image, self.spec, row_sample_id(rows, i), rows["image"][i],
+                                    rows["annotation"][i]) for i in range(n)]
         samples, stored, failed = [], [], {}
         try:
             with self.gpu:

@@ -117,15 +117,20 @@ def shard_task(shard: InputShard, skip_parts: list[int], store: Storage, write_i
                      json.dumps([store.url, store.storage_options]), write_index, read_parts).__dict__
 
 
-BlankFn = Callable[[ShardTask, str, int], dict[str, Any]]  # (task, status, part): a row with the kind's columns
+BlankFn = Callable[[ShardTask, str, int], dict[str, Any]]  # (task, status, part): an empty row of the kind
 # (row, sample): fills the kind's columns of an `ok` row whose protocol fields are set, or makes it an error row
 SampleFn = Callable[[dict[str, Any], TarSample], dict[str, Any]]
 
 
-def read_shard(row: dict[str, Any], make_sample: SampleFn, blank: BlankFn,
+def read_shard(row: dict[str, Any], make_sample: SampleFn, columns: dict[str, Any],
                end_note: Callable[[ShardTask, dict, int], str] | None = None) -> Iterator[dict[str, Any]]:
     """One read task: a row per sample of each pending unit, an `end` row per unit with its
-    count, or a `unit_failed` row if a unit cannot be read to its end."""
+    count, or a `unit_failed` row if a unit cannot be read to its end. columns: the kind's own
+    columns with their empty values, on every row (Ray's blocks need one schema)."""
+
+    def blank(task: ShardTask, status: str, part: int) -> dict[str, Any]:
+        return {**task.base_row(status, part), **columns}
+
     task = ShardTask(**row)
     options = json.loads(task.storage_options_json)
     if task.read_parts is not None:
