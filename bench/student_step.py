@@ -38,16 +38,16 @@ from storage_schemas.sam_models import build_sam
 from storage_schemas.store import open_store
 from student.batches import ClipBatchMaker, SamBatchMaker, Stream
 from student.config import LossConfig
-from student.data import count_kept, split_filter, unit_id
+from student.pieces import split_filter, unit_pieces
 from student.losses import clip_loss, sam_loss
 from student.model import SamClip
 
 
 def stream(store, kind: str, maker, size: int, batch: int, workers: int) -> Stream:
     """The trainer's stream for one process (endless, epoch after epoch)."""
-    units = store.commits(kind)
-    counts = {unit_id(u): count_kept(store, u, maker.keep) for u in units}
-    return Stream(kind, units, counts, maker, {size: batch}, seed=0, world_size=1, rank=0, workers=workers)
+    units = [unit_pieces(store, r, maker.keep) for r in store.commits(kind)]
+    return Stream(kind, units, maker, {size: batch}, seed=0, world_size=1, rank=0, streams=max(1, workers),
+                  workers=workers)
 
 
 def main() -> None:

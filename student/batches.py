@@ -1,21 +1,18 @@
-"""Training batches: one rank's epoch planned up front, then streamed by loader workers.
+"""Training batches: one rank's epoch planned up front (student.epoch_plan), then read by loader workers.
 
-    plan = plan_epoch(units, counts, world, rank, seed, epoch, sizes={224: 64, 448: 16}, tag="clip")
+    plan = plan_epoch(units, world, rank, streams=8, seed=seed, epoch=epoch, sizes={224: 64, 448: 16}, tag="clip")
     loader = make_loader(BatchStream(plan, start_batch, ClipBatchMaker(store, ...)), workers=4)
 
-The plan fixes, before any image is read, which units this rank streams (no unit on two ranks),
-how many samples every rank takes (the smallest rank's count, so step counts are equal) and each
-batch's resolution and size (the variable-batch sampler of CVNets: the batch shrinks as the
-resolution grows; the resolution sequence is a stable hash of (seed, epoch, batch), the same on
-every rank). Batch b of the plan goes to loader worker (b - start) mod W, which is the order a
-DataLoader collects from its workers, so the sequence of batches is the plan's whatever W is.
-Every worker streams the rank's shards and decodes only its own batches' samples. A resumed
-epoch starts at `start_batch`: earlier samples are skipped unread where a whole unit lies before
-it, and undecoded otherwise.
+Batch b comes from stream b mod S of the plan, and a DataLoader with W workers collects batch b
+from worker (b - start) mod W; W divides S, so worker w owns the streams s = start + w (mod W) and
+reads each of them alone, through a `StreamReader` (student.stream_reader): every piece and image
+of the rank is read once an epoch, by one worker, and the sequence of batches is the plan's
+whatever W is. A resumed epoch starts at `start_batch`: each stream skips the samples of its
+earlier batches unread.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol
 
 import numpy as np
@@ -24,50 +21,23 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from storage_schemas.commit import CommitRecord
 from storage_schemas.errors import StoreError
-from storage_schemas.identity import stable_hash64
+from storage_schemas.identity import SampleId
+from storage_schemas.sam_tables import SamPrompts
 from storage_schemas.store import TargetStore
 from storage_schemas.views import render_view
-from student.data import (ClipSample, Keep, SamSample, choose_prompts, choose_view, iter_clip_unit, iter_sam_unit,
-                          split_units, unit_id)
+from student.data import ClipSample, SamSample, choose_prompts
+from student.epoch_plan import EpochPlan, Piece, UnitPieces, plan_epoch
 from student.model import PromptBatch
+from student.pieces import ClipPieceTargets, Keep, SamPieceTargets, ViewChoice, load_clip_piece, load_sam_piece
+from student.stream_reader import SampleSource, StreamReader, new_pool
 
 
-def batch_sizes(base: int, resolutions: list[int]) -> dict[int, int]:
-    """Per-resolution batch sizes from the batch at the smallest one: base * (r0 / r)^2, at least 1."""
-    r0 = min(resolutions)
-    return {r: max(1, int(base * (r0 / r) ** 2)) for r in resolutions}
+class BatchMaker(SampleSource, Protocol):
+    """Reads a kind's pieces and turns samples into batches (pickled to loader workers)."""
 
-
-@dataclass(frozen=True)
-class EpochPlan:
-    epoch: int
-    units: list[CommitRecord]  # this rank's units, in reading order
-    counts: list[int]  # samples each unit gives in the split read
-    batches: list[tuple[int, int]]  # (resolution px, samples) per batch, identical on every rank
-
-    @property
-    def samples(self) -> int:
-        return sum(n for _, n in self.batches)
-
-
-def plan_epoch(units: list[CommitRecord], counts: dict[tuple[str, str, str], int], world_size: int, rank: int,
-               seed: int, epoch: int, sizes: dict[int, int], tag: str) -> EpochPlan:
-    mine, n_samples = split_units(units, counts, world_size, rank, seed, epoch)
-    resolutions = sorted(sizes)
-    batches, used = [], 0
-    while True:
-        res = resolutions[stable_hash64("batch-resolution", tag, seed, epoch, len(batches)) % len(resolutions)]
-        if used + sizes[res] > n_samples:
-            break  # drop the last partial batch (other samples miss out next epoch, by the unit shuffle)
-        batches.append((res, sizes[res]))
-        used += sizes[res]
-    return EpochPlan(epoch, mine, [counts[unit_id(u)] for u in mine], batches)
-
-
-class BatchMaker(Protocol):
-    """Reads units and turns samples into batches (pickled to loader workers)."""
-
-    def samples(self, record: CommitRecord) -> Iterator[Any]: ...
+    run: int  # training samples per coalesced ranged read
+    window: int  # samples a group interleaves (student.epoch_plan)
+    storage_options: dict | None
 
     def item(self, sample: Any, resolution: int, epoch: int) -> dict[str, Any]: ...
 
@@ -87,38 +57,41 @@ class BatchStream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        plan = self.plan
-        ends = np.cumsum([n for _, n in plan.batches])  # sample offset where each batch ends
-        mine = lambda b: b >= self.start and (b - self.start) % workers == worker  # noqa: E731
-        offset, batch, items = 0, 0, []
-        for record, count in zip(plan.units, plan.counts):
-            if batch >= len(plan.batches):
-                return
-            last = min(int(np.searchsorted(ends, offset + count - 1, side="right")), len(plan.batches) - 1)
-            if not any(mine(b) for b in range(batch, last + 1)):
-                offset += count  # nothing of this unit is ours: not even read
-                batch = int(np.searchsorted(ends, offset, side="right"))
-                continue
-            seen = 0
-            for sample in self.maker.samples(record):
-                seen += 1
-                if batch >= len(plan.batches):
-                    return
-                if mine(batch):
-                    items.append(self.maker.item(sample, plan.batches[batch][0], plan.epoch))
-                offset += 1
-                if offset == ends[batch]:
-                    if mine(batch):
-                        yield {**self.maker.collate(items), "batch": batch, "resolution": plan.batches[batch][0]}
-                    items, batch = [], batch + 1
-            if seen != count:
-                raise RuntimeError(f"unit {record.source}/{record.unit} gave {seen} samples, its key column {count}")
+        plan, streams = self.plan, len(self.plan.streams)
+        if streams % workers:
+            raise ValueError(f"{workers} loader workers do not divide {streams} streams")
+        pool = new_pool()
+        readers: dict[int, StreamReader] = {}
+        try:
+            for b in range(self.start, len(plan.batches)):
+                if (b - self.start) % workers != worker:
+                    continue
+                s = plan.stream_of(b)
+                if s not in readers:
+                    done = sum(plan.batches[e][1] for e in plan.stream_batches(s) if e < self.start)
+                    readers[s] = StreamReader(plan, s, self.maker, self.maker.store, self.maker.storage_options,
+                                              self.maker.run, self.maker.window, done, pool)
+                res, n = plan.batches[b]
+                items = [self.maker.item(x, res, plan.epoch) for x in readers[s].take(n)]
+                yield {**self.maker.collate(items), "batch": b, "resolution": res}
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def make_loader(stream: BatchStream, workers: int) -> DataLoader:
     """Batches come whole from the workers (batch_size=None), in plan order."""
     return DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=2 if workers else None,
                       persistent_workers=False, pin_memory=torch.cuda.is_available())
+
+
+@dataclass
+class ClipTrainSample:
+    identity: SampleId
+    data: bytes = field(repr=False)  # the encoded image
+    view: int
+    crop: np.ndarray  # float32 [4]
+    flip: bool
+    embedding: np.ndarray  # float16 [D]
 
 
 @dataclass
@@ -131,16 +104,22 @@ class ClipBatchMaker:
     view_choice: str
     views: int | None  # only the first N stored views
     storage_options: dict | None = None
+    run: int = 16
+    window: int = 512
 
-    def samples(self, record: CommitRecord) -> Iterator[ClipSample]:
-        return iter_clip_unit(self.store, record, self.keep, self.storage_options)
+    def load_piece(self, record: CommitRecord, piece: Piece, epoch: int) -> ClipPieceTargets:
+        return load_clip_piece(self.store, record, piece, self.keep,
+                               ViewChoice(self.seed, epoch, self.view_choice, self.views))
 
-    def item(self, sample: ClipSample, resolution: int, epoch: int) -> dict[str, Any]:
-        k = min(self.views or len(sample.crops), len(sample.crops))
-        v = choose_view(self.seed, epoch, sample.identity, k, self.view_choice)
-        pixels = render_view(sample.image(resolution), sample.crops[v], bool(sample.flips[v]), resolution)
-        return {"image": torch.from_numpy(pixels).permute(2, 0, 1), "target": torch.tensor(sample.embeddings[v]),
-                "id": "/".join(sample.identity) + f"#{v}"}
+    def make(self, record: CommitRecord, t: ClipPieceTargets, i: int, data: bytes, epoch: int) -> ClipTrainSample:
+        return ClipTrainSample(SampleId(record.source, record.shard, t.keys[i]), data, int(t.views[i]), t.crops[i],
+                               bool(t.flips[i]), t.embeddings[i])
+
+    def item(self, sample: ClipTrainSample, resolution: int, epoch: int) -> dict[str, Any]:
+        image = ClipSample.decode(sample.data, resolution)
+        pixels = render_view(image, sample.crop, sample.flip, resolution)
+        return {"image": torch.from_numpy(pixels).permute(2, 0, 1), "target": torch.tensor(sample.embedding),
+                "id": "/".join(sample.identity) + f"#{sample.view}"}
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         return {"images": torch.stack([i["image"] for i in items]),
@@ -156,13 +135,29 @@ class SamBatchMaker:
     seed: int
     prompts: int  # P'
     storage_options: dict | None = None
+    run: int = 1
+    window: int = 4
 
-    def samples(self, record: CommitRecord) -> Iterator[SamSample]:
-        return iter_sam_unit(self.store, record, self.keep, self.storage_options)
+    def __post_init__(self):
+        manifest = self.store.manifest("sam")
+        self.precision = manifest.must_match["precision"]
+        self.points_per_prompt = manifest.must_match["policy"]["points_per_prompt"]
+
+    def load_piece(self, record: CommitRecord, piece: Piece, epoch: int) -> SamPieceTargets:
+        return load_sam_piece(self.store, record, piece, self.keep, self.precision, self.points_per_prompt)
+
+    def make(self, record: CommitRecord, t: SamPieceTargets, i: int, data: bytes, epoch: int) -> SamSample:
+        """The image with its P' prompts of the epoch and their logits, read here (a fetch thread)."""
+        identity = SampleId(record.source, record.shard, t.keys[i])
+        p = t.prompts[i]
+        chosen = choose_prompts(self.seed, epoch, identity, len(p.structure), self.prompts)
+        logits = t.logits(i)[chosen]
+        subset = SamPrompts(p.structure[chosen], p.boxes[chosen], p.points[chosen], p.labels[chosen], p.iou[chosen])
+        return SamSample(identity, int(t.positions[i]), data, (int(t.hw[i, 0]), int(t.hw[i, 1])), subset,
+                         lambda: logits)
 
     def item(self, sample: SamSample, resolution: int, epoch: int) -> dict[str, Any]:
-        return sam_item(sample, choose_prompts(self.seed, epoch, sample.identity, len(sample.prompts.structure),
-                                               self.prompts))
+        return sam_item(sample, np.arange(len(sample.prompts.structure)))  # make() drew the epoch's prompts
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         return collate_sam(items)
@@ -192,20 +187,20 @@ class Stream:
     """One rank's endless sequence of batches of one kind, epoch after epoch, from a data position
     (epoch, batch); `epoch` and `batch` always name the next batch it gives."""
 
-    def __init__(self, kind: str, units: list[CommitRecord], counts: dict[tuple[str, str, str], int],
-                 maker: BatchMaker, sizes: dict[int, int], seed: int, world_size: int, rank: int, workers: int,
-                 epoch: int = 0, batch: int = 0):
-        self.kind, self.units, self.counts, self.maker, self.sizes = kind, units, counts, maker, sizes
-        self.seed, self.world_size, self.rank, self.workers = seed, world_size, rank, workers
+    def __init__(self, kind: str, units: list[UnitPieces], maker: BatchMaker, sizes: dict[int, int], seed: int,
+                 world_size: int, rank: int, streams: int, workers: int, epoch: int = 0, batch: int = 0):
+        self.kind, self.units, self.maker, self.sizes = kind, units, maker, sizes
+        self.seed, self.world_size, self.rank, self.streams, self.workers = seed, world_size, rank, streams, workers
         self.epoch, self.batch = epoch, batch
         self.plan = self._plan(epoch)
         if not self.plan.batches:
-            raise StoreError(f"{kind}: {sum(self.plan.counts)} training samples on this rank make no batch of "
-                             f"{min(sizes.values())} per process; lower data.{kind}.batch_size or add data")
+            raise StoreError(f"{kind}: {sum(u.count for u in units)} training samples over {world_size} process(es) "
+                             f"x {streams} streams make no batch of {min(sizes.values())}; lower "
+                             f"data.{kind}.batch_size or data.streams, or add data")
         self._it: Iterator[dict[str, Any]] | None = None
 
     def _plan(self, epoch: int) -> EpochPlan:
-        return plan_epoch(self.units, self.counts, self.world_size, self.rank, self.seed, epoch, self.sizes, self.kind)
+        return plan_epoch(self.units, self.world_size, self.rank, self.streams, self.seed, epoch, self.sizes, self.kind)
 
     def __iter__(self) -> "Stream":
         return self

@@ -39,6 +39,13 @@ class ModelConfig:
             raise FieldError("sam_arch", f"expected one of {', '.join(SAM_ARCHS)}, got {self.sam_arch!r}")
 
 
+def _check_reads(read_run: int, mix_window: int) -> None:
+    if read_run < 1:
+        raise FieldError("read_run", f"expected at least 1, got {read_run}")
+    if mix_window < read_run:
+        raise FieldError("mix_window", f"expected at least read_run ({read_run}), got {mix_window}")
+
+
 @dataclass
 class ClipDataConfig:
     batch_size: int = 2048  # global images per step at the smallest resolution
@@ -47,8 +54,13 @@ class ClipDataConfig:
     view_choice: Literal["random", "cycle"] = "random"
     views: int | None = None  # use only the first N stored views (null: all K)
     sources: list[str] | None = None  # null: every CLIP source in the store
+    # Reading (student.epoch_plan): runs of read_run consecutive samples of a unit, one ranged read
+    # each, interleaved mix_window samples at a time across the stream's units.
+    read_run: int = 16
+    mix_window: int = 512
 
     def validate(self) -> None:
+        _check_reads(self.read_run, self.mix_window)
         if self.batch_size < 1:
             raise FieldError("batch_size", f"expected at least 1, got {self.batch_size}")
         if not self.resolutions or any(r < 16 or r % 16 for r in self.resolutions):
@@ -62,8 +74,11 @@ class SamDataConfig:
     batch_size: int = 32  # global images per step, at 1024 px
     prompts: int = 32  # P': prompts drawn per image from the stored ones
     sources: list[str] | None = None
+    read_run: int = 1  # an SA-1B image is ~0.5 MB and its JSON, which training skips, as large
+    mix_window: int = 4  # each image holds P' x M x 256 x 256 logits in memory until it is trained on
 
     def validate(self) -> None:
+        _check_reads(self.read_run, self.mix_window)
         for name in ("batch_size", "prompts"):
             if getattr(self, name) < 1:
                 raise FieldError(name, f"expected at least 1, got {getattr(self, name)}")
@@ -76,13 +91,18 @@ class DataConfig:
     held_out: float = 0.01  # fraction of samples kept for validation (paper: 1%), by identity hash
     val_clip_samples: int = 1024  # held-out CLIP samples validation uses (the first found)
     val_sam_images: int = 16
-    workers: int = 4  # loader worker processes per training process (0: load in the main process)
+    workers: int = 4  # loader worker processes per training process and kind (0: load in the main process)
+    # Logical streams per process and kind: the batch sequence depends on it, not on `workers`,
+    # which must divide it (each worker reads streams/workers streams, each alone).
+    streams: int = 8
 
     def validate(self) -> None:
         if not 0.0 < self.held_out < 1.0:
             raise FieldError("held_out", f"expected a fraction in (0, 1), got {self.held_out}")
-        if self.workers < 0:
-            raise FieldError("workers", f"expected 0 or more, got {self.workers}")
+        if self.streams < 1:
+            raise FieldError("streams", f"expected at least 1, got {self.streams}")
+        if self.workers < 0 or (self.workers and self.streams % self.workers):
+            raise FieldError("workers", f"expected 0 or a divisor of data.streams ({self.streams}), got {self.workers}")
 
 
 @dataclass

@@ -1,99 +1,47 @@
-"""Reading targets for training: committed units streamed in lockstep with their image shards.
+"""Reading a committed unit's samples whole, with every stored view: validation, inspection, tests.
 
-    for sample in iter_clip_unit(store, record, keep=train_split(0.01)):
-        v = choose_view(seed, epoch, sample.identity, len(sample.crops), "random")
-        pixels = render_view(sample.image(448), sample.crops[v], sample.flips[v], 448)
-        target = sample.embeddings[v]
+    for sample in iter_clip_unit(store, record, keep=split_filter(0.01, "held_out")):
+        pixels = render_view(sample.image(448), sample.crops[0], sample.flips[0], 448)   # view 0
+        target = sample.embeddings[0]
 
     for sample in iter_sam_unit(store, record):
         image_1024, input_hw = sample.sam_input()         # exactly SamPredictor's input
         logits = sample.logits()                          # float32 [P, M, 256, 256], round 0
 
-Each unit is read front to back with its input shard (no random lookups across the store). The
-input must be the one the unit was made from: its size and ETag are checked against the commit
-record first, and each sample's key against the stored rows. Images decode lazily, so a reader
-that skips a sample (another loader worker's batch, a resumed epoch) pays no decode. Views are
-rendered by `storage_schemas.views.render_view` from the decode rule of `storage_schemas.decode`:
-at the teacher's size they are the teacher's pixels (`pixel_hash` says so).
+The trainer reads the same pieces and images (student.pieces), one view per sample, through
+student.batches. Images are read by byte range through the shard's tar index, after the input's
+size and ETag are checked against the commit record and each sample's key against the stored rows.
+Views are rendered by `storage_schemas.views.render_view` from the decode rule of
+`storage_schemas.decode`: at the teacher's size they are the teacher's pixels (`pixel_hash` says so).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Literal
+from typing import Callable, Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
 from storage_schemas.clip_views_table import ClipViews
-from storage_schemas.commit import CommitRecord, input_change
+from storage_schemas.commit import CommitRecord
 from storage_schemas.decode import DEFAULT_MAX_PIXELS, decode_image, draft_side_for
-from storage_schemas.errors import StoreError
-from storage_schemas.identity import SampleId, is_held_out, stable_hash64
-from storage_schemas.mask_logits import decode_logits
+from storage_schemas.identity import SampleId, stable_hash64
+from storage_schemas.sam_tables import SamPrompts
 from storage_schemas.sam_transforms import pad_image, sam_boxes, sam_input_image, sam_points
-from storage_schemas.storage import stat_url
-from storage_schemas.store import TargetStore
-from storage_schemas.sam_tables import SamPrompts, prompts_by_image
-from storage_schemas.tar_samples import iter_tar_samples
+from storage_schemas.store import TargetStore, table_files
+from storage_schemas.tar_index import read_spans
+from student.epoch_plan import unit_id
+from student.pieces import (Keep, check_input, choose_view, load_sam_piece, read_whole, split_filter, unit_pieces,
+                            unit_tar)
 
-Keep = Callable[[SampleId], bool]
-
-
-def split_filter(fraction: float, split: Literal["train", "held_out"]) -> Keep:
-    """Samples of one split; the split is `storage_schemas.identity.is_held_out`, stable everywhere."""
-    if split == "held_out":
-        return lambda s: is_held_out(s, fraction)
-    return lambda s: not is_held_out(s, fraction)
+__all__ = ["ClipSample", "SamSample", "Keep", "check_input", "choose_prompts", "choose_view", "iter_clip_unit",
+           "iter_sam_unit", "split_filter", "unit_id"]
 
 
-def check_input(record: CommitRecord, storage_options: dict[str, Any] | None = None) -> None:
-    """Refuse an input shard whose size or ETag differs from the one the unit was made from."""
-    ref = record.input
-    try:
-        size, etag = stat_url(ref.url, storage_options)
-    except FileNotFoundError:
-        raise StoreError(f"input {ref.url} of unit {record.source}/{record.unit} is gone") from None
-    change = input_change(ref, size, etag)
-    if change:
-        raise StoreError(f"input {ref.url} changed since unit {record.source}/{record.unit} was made ({change}); "
-                         "its targets no longer match it")
-
-
-def unit_keys(store: TargetStore, record: CommitRecord) -> list[str]:
-    """Keys of a unit's stored samples in sample order (reads one column)."""
-    table = "views" if record.kind == "clip" else "images"
-    t = store.read_unit_table(record, table, columns=["sample_index", "key"])
-    if t is None:
-        return []
-    t = t.sort_by("sample_index")
-    if record.kind == "clip":  # one row per view
-        _, first = np.unique(t.column("sample_index").to_numpy(), return_index=True)
-        return [t.column("key")[int(i)].as_py() for i in first]
-    return t.column("key").to_pylist()
-
-
-def count_kept(store: TargetStore, record: CommitRecord, keep: Keep) -> int:
-    return sum(keep(SampleId(record.source, record.shard, k)) for k in unit_keys(store, record))
-
-
-def _stream_unit(record: CommitRecord, keys: list[str], index: np.ndarray, keep: Keep | None,
-                 storage_options: dict | None) -> Iterator[tuple[int, Any]]:
-    """(row, TarSample) for each stored, kept sample of the unit, in shard order."""
-    check_input(record, storage_options)
-    row_of = {int(i): n for n, i in enumerate(index)
-              if keep is None or keep(SampleId(record.source, record.shard, keys[n]))}
-    start = record.input.sample_start
-    stop = record.input.sample_stop if record.input.sample_stop is not None else start + record.n_input
-    for sample in iter_tar_samples(record.input.url, storage_options, lambda i: (i - start) in row_of):
-        if sample.index >= stop:
-            break
-        n = row_of.get(sample.index - start)
-        if n is None:
-            continue  # before the unit, held out, or a sample that is in the errors table
-        if sample.key != keys[n]:
-            raise StoreError(f"input {record.input.url} sample {sample.index} is '{sample.key}', the targets of "
-                             f"unit {record.source}/{record.unit} say '{keys[n]}'")
-        yield n, sample
+def _everything(_: SampleId) -> bool:
+    return True
 
 
 @dataclass
@@ -107,21 +55,32 @@ class ClipSample:
     embeddings: np.ndarray  # float16 [K, D], the teacher's targets
     max_pixels: int = DEFAULT_MAX_PIXELS
 
+    @staticmethod
+    def decode(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+        """An encoded image decoded by the shared rule for rendering views of `size` px."""
+        return decode_image(data, max_pixels, draft_side_for(size)).image
+
     def image(self, size: int) -> Image.Image:
-        """The image decoded by the shared rule for rendering views of `size` px."""
-        return decode_image(self.data, self.max_pixels, draft_side_for(size)).image
+        return self.decode(self.data, size, self.max_pixels)
 
 
 def iter_clip_unit(store: TargetStore, record: CommitRecord, keep: Keep | None = None,
                    storage_options: dict | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[ClipSample]:
     """The stored samples of one committed CLIP unit (those `keep` accepts), in order."""
-    table = store.read_unit_table(record, "views")
-    if table is None:
-        return
-    v = ClipViews.from_table(table)
-    for n, sample in _stream_unit(record, v.keys, v.sample_index, keep, storage_options):
-        yield ClipSample(SampleId(record.source, record.shard, sample.key), int(v.sample_index[n]), sample.image()[1],
-                         v.crops[n], v.flips[n], list(v.pixel_hashes[n]), v.embeddings[n], max_pixels)
+    keep = keep or _everything
+    tar = None
+    files = table_files(record, "views")
+    for piece in unit_pieces(store, record, keep).pieces:
+        if not piece.count:
+            continue
+        table = pa.concat_tables([pq.read_table(read_whole(store.storage, files[j])) for j in piece.parts])
+        v = ClipViews.from_table(table)
+        rows = [n for n, k in enumerate(v.keys) if keep(SampleId(record.source, record.shard, k))]
+        tar = tar or unit_tar(store, record, storage_options)
+        images = read_spans(storage_options, tar.image_spans(v.sample_index[rows], [v.keys[n] for n in rows]))
+        for n, data in zip(rows, images):
+            yield ClipSample(SampleId(record.source, record.shard, v.keys[n]), int(v.sample_index[n]), data,
+                             v.crops[n], v.flips[n], list(v.pixel_hashes[n]), v.embeddings[n], max_pixels)
 
 
 @dataclass
@@ -153,60 +112,22 @@ class SamSample:
 def iter_sam_unit(store: TargetStore, record: CommitRecord, keep: Keep | None = None,
                   storage_options: dict | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[SamSample]:
     """The stored images of one committed SAM unit (those `keep` accepts), in order."""
-    images = store.read_unit_table(record, "images")
-    if images is None:
-        return
-    images = images.sort_by("sample_index")
+    keep = keep or _everything
     manifest = store.manifest("sam")
-    precision = manifest.must_match["precision"]
-    prompts = prompts_by_image(store.read_unit_table(record, "prompts"),
-                                manifest.must_match["policy"]["points_per_prompt"])
-    array = store.open_logits(record)
-    index = images.column("sample_index").to_numpy()
-    keys = images.column("key").to_pylist()
-    hw = np.stack([images.column("height").to_numpy(), images.column("width").to_numpy()], axis=1)
-    for n, sample in _stream_unit(record, keys, index, keep, storage_options):
-        p = prompts[int(index[n])]
-        count = len(p.structure)
-
-        def logits(n=n, count=count) -> np.ndarray:
-            return decode_logits(array[n, :count], precision)  # round 0 = slots [0, P)
-
-        yield SamSample(SampleId(record.source, record.shard, sample.key), int(index[n]), sample.image()[1],
-                        (int(hw[n, 0]), int(hw[n, 1])), p, logits, max_pixels)
-
-
-def choose_view(seed: int, epoch: int, sample: SampleId, n_views: int, mode: Literal["random", "cycle"]) -> int:
-    """Which stored view a sample uses this epoch: `cycle` is epoch modulo K, `random` a stable draw."""
-    if mode == "cycle":
-        return epoch % n_views
-    return stable_hash64("view-choice", seed, epoch, *sample) % n_views
+    precision, points = manifest.must_match["precision"], manifest.must_match["policy"]["points_per_prompt"]
+    tar = None
+    for piece in unit_pieces(store, record, keep).pieces:
+        if not piece.count:
+            continue
+        t = load_sam_piece(store, record, piece, keep, precision, points)
+        tar = tar or unit_tar(store, record, storage_options)
+        images = read_spans(storage_options, tar.image_spans(t.positions, t.keys))
+        for i, data in enumerate(images):
+            yield SamSample(SampleId(record.source, record.shard, t.keys[i]), int(t.positions[i]), data,
+                            (int(t.hw[i, 0]), int(t.hw[i, 1])), t.prompts[i], lambda t=t, i=i: t.logits(i), max_pixels)
 
 
 def choose_prompts(seed: int, epoch: int, sample: SampleId, n_stored: int, n: int) -> np.ndarray:
     """`n` of an image's stored prompts (all if it has fewer), a stable draw per epoch: int64 [<= n]."""
     rng = np.random.default_rng(stable_hash64("prompt-choice", seed, epoch, *sample))
     return np.sort(rng.permutation(n_stored)[:n])
-
-
-def unit_id(record: CommitRecord) -> tuple[str, str, str]:
-    return record.kind, record.source, record.unit
-
-
-def split_units(records: list[CommitRecord], counts: dict[tuple[str, str, str], int], world_size: int,
-                rank: int, seed: int, epoch: int) -> tuple[list[CommitRecord], int]:
-    """This rank's units for the epoch, and the sample count every rank stops at.
-
-    `counts` gives each unit's samples in the split being read. Units are shuffled by a stable hash
-    of (seed, epoch, unit) and dealt to the rank with the fewest samples so far, so ranks never
-    share a unit; every rank stops after the smallest rank's count, so all take the same number
-    of steps.
-    """
-    order = sorted(records, key=lambda r: stable_hash64("unit-order", seed, epoch, *unit_id(r)))
-    loads, mine = [0] * world_size, []
-    for r in order:
-        target = min(range(world_size), key=lambda i: (loads[i], i))
-        loads[target] += counts[unit_id(r)]
-        if target == rank:
-            mine.append(r)
-    return mine, min(loads)

@@ -12,9 +12,11 @@ gets its gradient in the same backward (DDP needs that unless told to search for
 what a stage does not train is frozen with `requires_grad_(False)`.
 
 Exact resume: `save_state` keeps model, optimiser and every process's RNG; `trainer_state.json`
-next to it keeps the stage, the steps, the data position (epoch and batch of each stream) and the
-scheduler. The data streams are a pure function of (seed, epoch, batch), so a resumed run sees
-the same next batch.
+next to it keeps the stage, the steps, the data position (epoch and batch of each kind), the
+world size and stream count it was planned with, and the scheduler. The batches are a pure
+function of (seed, epoch, batch, world size, streams), so a resumed run sees the same next batch;
+a resume with another world size or stream count keeps the position but says, in one line, that
+its batches are not those of an uninterrupted run.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import math
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -33,10 +36,11 @@ from tqdm.auto import tqdm
 
 from storage_schemas.errors import StoreError
 from storage_schemas.faults import kill_point
-from storage_schemas.store import TargetStore
-from student.batches import ClipBatchMaker, SamBatchMaker, Stream, batch_sizes
+from storage_schemas.store import READ_THREADS, TargetStore
+from student.batches import ClipBatchMaker, SamBatchMaker, Stream
 from student.config import StageConfig, TrainConfig
-from student.data import count_kept, split_filter, unit_id
+from student.epoch_plan import batch_sizes
+from student.pieces import split_filter, unit_pieces
 from student.losses import clip_loss, sam_loss
 from student.model import SamClip
 from student.validation import clip_metrics, load_clip_held_out, load_sam_held_out, sam_metrics
@@ -54,6 +58,8 @@ class TrainState:
     clip_batch: int = 0
     sam_epoch: int = 0
     sam_batch: int = 0
+    world_size: int = 0  # the plan's shape (0: not recorded, a checkpoint from before streams)
+    streams: int = 0
 
 
 def set_trainable(model: SamClip, stage: str) -> None:
@@ -102,17 +108,22 @@ class Trainer:
         d = cfg.data
         self.train_keep, self.held_keep = split_filter(d.held_out, "train"), split_filter(d.held_out, "held_out")
         so = cfg.store.storage_options
-        self.units = {"clip": store.commits("clip", d.clip.sources)}
+        self.records = {"clip": store.commits("clip", d.clip.sources)}
         needs_sam = any(s.name == "joint" for s in cfg.stages)
-        self.units["sam"] = store.commits("sam", d.sam.sources) if needs_sam else []
-        for kind, units in self.units.items():
-            if not units and (kind == "clip" or needs_sam):
+        self.records["sam"] = store.commits("sam", d.sam.sources) if needs_sam else []
+        for kind, records in self.records.items():
+            if not records and (kind == "clip" or needs_sam):
                 raise StoreError(f"store {store.url} has no committed {kind} units to train on")
-        # Each unit's training-sample count: one key column per unit, read once for the run.
-        self.counts = {k: {unit_id(u): count_kept(store, u, self.train_keep) for u in us} for k, us in self.units.items()}
+        # Each unit's pieces and training-sample counts: the key column of each part, read once for the run.
+        with ThreadPoolExecutor(READ_THREADS) as pool:
+            self.units = {k: list(pool.map(lambda r: unit_pieces(store, r, self.train_keep), rs))
+                          for k, rs in self.records.items()}
         self.per_process = {kind: cfg.per_process_batch(kind, accelerator.num_processes) for kind in ("clip", "sam")}
-        self.makers = {"clip": ClipBatchMaker(store, self.train_keep, cfg.seed, d.clip.view_choice, d.clip.views, so),
-                       "sam": SamBatchMaker(store, self.train_keep, cfg.seed, d.sam.prompts, so)}
+        self.makers = {"clip": ClipBatchMaker(store, self.train_keep, cfg.seed, d.clip.view_choice, d.clip.views, so,
+                                              d.clip.read_run, d.clip.mix_window)}
+        if needs_sam:
+            self.makers["sam"] = SamBatchMaker(store, self.train_keep, cfg.seed, d.sam.prompts, so, d.sam.read_run,
+                                               d.sam.mix_window)
         self.held_clip: dict[int, Any] = {}
         self.held_sam = None
 
@@ -166,16 +177,27 @@ class Trainer:
                 saved = (path, self.read_checkpoint_state(path))
                 self.state = TrainState(**saved[1]["state"])
                 self.accelerator.print(f"resuming from {path} (stage {self.state.stage}, step {self.state.global_step})")
+                self.check_plan_shape(path)
+        self.state.world_size, self.state.streams = self.accelerator.num_processes, self.cfg.data.streams
         while self.state.stage < len(self.cfg.stages):
             self.run_stage(self.cfg.stages[self.state.stage], saved)
             saved = None
-            self.state = TrainState(stage=self.state.stage + 1, global_step=self.state.global_step)
+            self.state = TrainState(stage=self.state.stage + 1, global_step=self.state.global_step,
+                                    world_size=self.state.world_size, streams=self.state.streams)
         return self.state
 
+    def check_plan_shape(self, path: str) -> None:
+        """Say in one line when a resume changes the plan's shape: the data position is kept, the batches change."""
+        st, acc, streams = self.state, self.accelerator, self.cfg.data.streams
+        if st.world_size and (st.world_size, st.streams) != (acc.num_processes, streams):
+            acc.print(f"warning: {path} was trained as {st.world_size} process(es) x {st.streams} streams, this run "
+                      f"is {acc.num_processes} x {streams}: it goes on from CLIP epoch {st.clip_epoch} batch "
+                      f"{st.clip_batch}, but its batches are not those of an uninterrupted run")
+
     def stream(self, kind: str, sizes: dict[int, int], epoch: int = 0, batch: int = 0) -> Stream:
-        acc = self.accelerator
-        return Stream(kind, self.units[kind], self.counts[kind], self.makers[kind], sizes, self.cfg.seed,
-                      acc.num_processes, acc.process_index, self.cfg.data.workers, epoch, batch)
+        acc, d = self.accelerator, self.cfg.data
+        return Stream(kind, self.units[kind], self.makers[kind], sizes, self.cfg.seed, acc.num_processes,
+                      acc.process_index, d.streams, d.workers, epoch, batch)
 
     def stage_steps(self, stage: StageConfig, clip_sizes: dict[int, int]) -> tuple[int, int]:
         """(schedule length, stop step) in optimiser steps, from the epoch-0 plan's batch count."""
@@ -267,10 +289,10 @@ class Trainer:
             return
         d, so = self.cfg.data, self.cfg.store.storage_options
         if resolution not in self.held_clip:
-            self.held_clip[resolution] = load_clip_held_out(self.store, self.units["clip"], self.held_keep,
+            self.held_clip[resolution] = load_clip_held_out(self.store, self.records["clip"], self.held_keep,
                                                             d.val_clip_samples, resolution, so)
         if with_sam and self.held_sam is None:
-            self.held_sam = load_sam_held_out(self.store, self.units["sam"], self.held_keep, d.val_sam_images,
+            self.held_sam = load_sam_held_out(self.store, self.records["sam"], self.held_keep, d.val_sam_images,
                                               d.sam.prompts, self.cfg.seed, so)
 
     def validate(self, ddp_model, stage: str) -> dict[str, float]:

@@ -1,4 +1,7 @@
-"""The student's CLIP data: lockstep with the shards, the teacher's pixels, refusal of changed inputs."""
+"""The student's data: the stored samples with the teacher's pixels, refusal of changed inputs, the
+epoch plan (disjoint slots, equal steps, batches independent of the worker count, exact resume),
+mixing, and the bytes a rank reads in an epoch against a budget written term by term."""
+import os
 import shutil
 
 import numpy as np
@@ -13,9 +16,10 @@ from storage_schemas.mask_logits import decode_logits
 from storage_schemas.sam_transforms import sam_boxes
 from storage_schemas.store import open_store
 from storage_schemas.views import render_view, view_hash
-from student.batches import BatchStream, ClipBatchMaker, SamBatchMaker, batch_sizes, make_loader, plan_epoch
-from student.data import (choose_prompts, choose_view, count_kept, iter_clip_unit, iter_sam_unit, split_filter,
-                          split_units, unit_id)
+from student.batches import BatchStream, ClipBatchMaker, SamBatchMaker, make_loader
+from student.data import choose_prompts, choose_view, iter_clip_unit, iter_sam_unit, split_filter
+from student.epoch_plan import batch_sizes, deal_slots, plan_epoch, stream_order, unit_id
+from student.pieces import unit_pieces
 
 
 def test_units_stream_in_lockstep_and_render_the_teachers_pixels(clip_store):
@@ -54,18 +58,24 @@ def test_view_choice_is_stable_and_covers_the_views():
     assert picks == [choose_view(0, e, s, 4, "random") for e in range(40)] and set(picks) == {0, 1, 2, 3}
 
 
-def test_units_split_across_ranks_without_overlap_and_with_equal_steps(clip_store):
-    records = open_store(str(clip_store)).commits("clip") * 3  # 12 units (names repeat, identities differ by order)
-    records = [r.__class__(**{**r.__dict__, "unit": f"{r.unit}-{i}"}) for i, r in enumerate(records)]
-    counts = {unit_id(r): r.n_stored for r in records}
+def test_slots_split_the_pieces_without_overlap_and_with_equal_loads(clip_store):
+    store = open_store(str(clip_store))
+    units = [unit_pieces(store, r, split_filter(0.2, "train")) for r in store.commits("clip")]
+    assert sum(len(u.pieces) for u in units) >= 8
+    biggest = max(p.count for u in units for p in u.pieces)
     for epoch in range(2):
-        parts = [split_units(records, counts, 3, rank, seed=0, epoch=epoch) for rank in range(3)]
-        units = [u.unit for mine, _ in parts for u in mine]
-        assert sorted(units) == sorted(r.unit for r in records) and len(set(units)) == len(units)
-        stop = {n for _, n in parts}
-        assert len(stop) == 1 and stop.pop() == min(sum(u.n_stored for u in mine) for mine, _ in parts)
-        assert parts == [split_units(records, counts, 3, rank, seed=0, epoch=epoch) for rank in range(3)]
-    first = lambda epoch: [u.unit for u in split_units(records, counts, 3, 0, 0, epoch)[0]]  # noqa: E731
+        slots = deal_slots(units, 6, seed=0, epoch=epoch)
+        taken = [(unit_id(su.unit.record), j) for slot in slots for su in slot for j in su.pieces]
+        assert len(taken) == len(set(taken)) == sum(1 for u in units for p in u.pieces if p.count)
+        loads = [sum(su.count for su in slot) for slot in slots]
+        assert sum(loads) == sum(u.count for u in units) and max(loads) - min(loads) <= 2 * biggest
+        assert slots == deal_slots(units, 6, seed=0, epoch=epoch)
+    plans = [plan_epoch(units, 3, rank, streams=2, seed=0, epoch=0, sizes={64: 4}, tag="clip") for rank in range(3)]
+    assert len({tuple(p.batches) for p in plans}) == 1 and plans[0].batches  # equal steps on every rank
+    for p in plans:
+        for s in range(2):
+            assert p.stream_samples(s) <= sum(su.count for su in p.streams[s])
+    first = lambda epoch: deal_slots(units, 6, 0, epoch)[0]  # noqa: E731
     assert first(0) != first(1)
 
 
@@ -100,7 +110,7 @@ def test_held_out_split_is_stable_and_partitions_the_samples(clip_store):
         for split in keys:
             keep = split_filter(0.2, split)
             got = {s.identity for s in iter_clip_unit(store, record, keep)}
-            assert len(got) == count_kept(store, record, keep)
+            assert len(got) == unit_pieces(store, record, keep).count
             keys[split] |= got
     assert not keys["train"] & keys["held_out"] and len(keys["train"]) + len(keys["held_out"]) == 100
     assert 8 <= len(keys["held_out"]) <= 35  # ~20% of 100
@@ -108,33 +118,38 @@ def test_held_out_split_is_stable_and_partitions_the_samples(clip_store):
 
 
 def test_variable_batches_are_the_same_on_every_rank_and_shrink_with_resolution(clip_store):
-    records = open_store(str(clip_store)).commits("clip")
-    counts = {unit_id(r): r.n_stored for r in records}
+    store = open_store(str(clip_store))
+    units = [unit_pieces(store, r, split_filter(0.2, "train")) for r in store.commits("clip")]
     sizes = batch_sizes(8, [224, 448])
     assert sizes == {224: 8, 448: 2}
-    plans = [plan_epoch(records, counts, 2, rank, seed=0, epoch=3, sizes=sizes, tag="clip") for rank in range(2)]
+    plans = [plan_epoch(units, 2, rank, streams=2, seed=0, epoch=3, sizes=sizes, tag="clip") for rank in range(2)]
     assert plans[0].batches == plans[1].batches and {r for r, _ in plans[0].batches} == {224, 448}
     assert all(n == sizes[r] for r, n in plans[0].batches)
-    assert not {u.unit for u in plans[0].units} & {u.unit for u in plans[1].units}
-    assert plans[0].samples <= min(sum(p.counts) for p in plans)
+    pieces = [{(unit_id(su.unit.record), j) for st in p.streams for su in st for j in su.pieces} for p in plans]
+    assert not pieces[0] & pieces[1]
 
 
 def _ids(loader):
     return [(b["batch"], b["resolution"], tuple(b["ids"])) for b in loader]
 
 
+def _clip_plan(store, keep, streams=2, epoch=0, world=1, rank=0, sizes=None):
+    units = [unit_pieces(store, r, keep) for r in store.commits("clip")]
+    return plan_epoch(units, world, rank, streams, seed=0, epoch=epoch, sizes=sizes or batch_sizes(8, [64, 128]),
+                      tag="clip")
+
+
 def test_batch_order_is_the_plans_for_any_worker_count_and_resumes_mid_epoch(clip_store):
     store = open_store(str(clip_store))
-    records = store.commits("clip")
     keep = split_filter(0.2, "train")
-    counts = {unit_id(r): count_kept(store, r, keep) for r in records}
-    plan = plan_epoch(records, counts, 1, 0, seed=0, epoch=0, sizes=batch_sizes(8, [64, 128]), tag="clip")
-    maker = ClipBatchMaker(store, keep, seed=0, view_choice="random", views=None)
+    plan = _clip_plan(store, keep)
+    maker = ClipBatchMaker(store, keep, seed=0, view_choice="random", views=None, run=4, window=8)
     whole = _ids(make_loader(BatchStream(plan, 0, maker), workers=0))
     assert [b for b, _, _ in whole] == list(range(len(plan.batches))) and len(whole) >= 8
     assert [len(ids) for _, _, ids in whole] == [n for _, n in plan.batches]
     assert _ids(make_loader(BatchStream(plan, 0, maker), workers=2)) == whole
     assert _ids(make_loader(BatchStream(plan, 5, maker), workers=2)) == whole[5:]
+    assert _ids(make_loader(BatchStream(plan, 3, maker), workers=1)) == whole[3:]
     flat = [i.split("#")[0] for _, _, ids in whole for i in ids]
     assert len(flat) == len(set(flat))  # each sample at most once an epoch
     batch = next(iter(make_loader(BatchStream(plan, 0, maker), workers=0)))
@@ -143,15 +158,170 @@ def test_batch_order_is_the_plans_for_any_worker_count_and_resumes_mid_epoch(cli
     assert batch["targets"].shape == (plan.batches[0][1], 64)
 
 
+def test_batches_carry_the_stored_view_their_id_names(clip_store):
+    store = open_store(str(clip_store))
+    keep = split_filter(0.2, "train")
+    stored = {s.identity: s for r in store.commits("clip") for s in iter_clip_unit(store, r, keep)}
+    maker = ClipBatchMaker(store, keep, seed=0, view_choice="random", views=3, run=4, window=8)
+    plan = _clip_plan(store, keep, epoch=1, sizes={64: 4})
+    for b in make_loader(BatchStream(plan, 0, maker), workers=0):
+        for i, target in zip(b["ids"], b["targets"]):
+            key, view = i.split("#")
+            s = stored[SampleId(*key.split("/"))]
+            assert int(view) < 3 and int(view) == choose_view(0, 1, s.identity, 3, "random")
+            np.testing.assert_array_equal(target.numpy(), s.embeddings[int(view)].astype(np.float32))
+
+
+def test_every_batch_mixes_the_units_of_its_stream(clip_store):
+    store = open_store(str(clip_store))
+    keep = split_filter(0.2, "train")
+    plan = _clip_plan(store, keep, streams=1, sizes={64: 8})
+    units = len(plan.streams[0])
+    maker = ClipBatchMaker(store, keep, seed=0, view_choice="random", views=None, run=2, window=8)
+    batches = list(make_loader(BatchStream(plan, 0, maker), workers=0))
+    per_batch = [len({i.split("/")[1] for i in b["ids"]}) for b in batches]
+    assert units == 4 and len(batches) >= 8 and min(per_batch) >= 4, per_batch
+
+
+def synthetic_units(n_units: int, samples: int, piece: int):
+    """UnitPieces of a store that is never read: the plan needs only their counts."""
+    from storage_schemas.commit import CommitRecord, InputRef
+    from student.epoch_plan import Piece, UnitPieces
+
+    def record(u):
+        return CommitRecord("clip", "synthetic", f"{u:05d}", f"{u:05d}", InputRef(f"/x/{u:05d}.tar", 1), samples,
+                            samples, 0, {}, [], "p")
+    return [UnitPieces(record(u), tuple(Piece((j,), piece) for j in range(samples // piece))) for u in range(n_units)]
+
+
+def test_a_64_unit_store_gives_batches_of_at_least_16_units():
+    units = synthetic_units(64, samples=200, piece=40)
+    plan = plan_epoch(units, 1, 0, streams=2, seed=0, epoch=0, sizes={224: 32}, tag="clip")
+    for s in range(2):
+        order = stream_order(plan, s, run=2, window=64)
+        uid = np.array([plan.streams[s][u].unit.record.unit for u in order.unit])
+        n = plan.stream_samples(s)
+        per_batch = [len(set(uid[a:a + 32])) for a in range(0, n, 32)]
+        assert len(plan.streams[s]) == 32 and len(per_batch) >= 190 and min(per_batch) >= 16, min(per_batch)
+        picked = set(zip(order.unit.tolist(), order.piece.tolist(), order.ordinal.tolist()))
+        assert len(picked) == len(order) == sum(su.count for su in plan.streams[s])  # each sample once
+
+
 def test_sam_batches_collate_prompts_over_images(sam_store):
     store = open_store(str(sam_store))
-    records = store.commits("sam")
     keep = split_filter(0.01, "train")
-    counts = {unit_id(r): count_kept(store, r, keep) for r in records}
-    plan = plan_epoch(records, counts, 1, 0, seed=0, epoch=0, sizes={1024: 2}, tag="sam")
-    batch = next(iter(make_loader(BatchStream(plan, 0, SamBatchMaker(store, keep, seed=0, prompts=3)), workers=0)))
+    units = [unit_pieces(store, r, keep) for r in store.commits("sam")]
+    plan = plan_epoch(units, 1, 0, streams=1, seed=0, epoch=0, sizes={1024: 2}, tag="sam")
+    maker = SamBatchMaker(store, keep, seed=0, prompts=3)
+    batch = next(iter(make_loader(BatchStream(plan, 0, maker), workers=0)))
     n = len(batch["prompts"].image_index)
     assert batch["images"].shape == (2, 3, 1024, 1024) and n == 6
     assert batch["prompts"].image_index.tolist() == [0, 0, 0, 1, 1, 1]
     assert batch["target_logits"].shape == (6, 1, 256, 256) and batch["target_iou"].shape == (6, 1)
     assert batch["prompts"].points.shape[:2] == (6, 1) and batch["prompts"].boxes.shape == (6, 4)
+    stored = {s.identity: s for r in store.commits("sam") for s in iter_sam_unit(store, r, keep)}
+    for b, key in enumerate(batch["ids"]):
+        s = stored[SampleId(*key.split("/"))]
+        chosen = choose_prompts(0, 0, s.identity, len(s.prompts.structure), 3)
+        np.testing.assert_array_equal(batch["target_logits"][3 * b:3 * b + 3].numpy(), s.logits()[chosen])
+
+
+def _union(ranges):
+    """Total bytes of (offset, n) ranges, and whether any two overlap."""
+    ranges = sorted(ranges)
+    overlap = any(a2 < a1 + n1 for (a1, n1), (a2, _) in zip(ranges, ranges[1:]))
+    return sum(n for _, n in ranges), overlap
+
+
+def _tar_members(path):
+    """(member name, header offset, data offset, data size) of every member of a tar."""
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        return [(m.name, m.offset, m.offset_data, m.size) for m in tar.getmembers()]
+
+
+def test_a_rank_reads_what_it_trains_on_once_against_a_budget_term_by_term(clip_store, tmp_path):
+    """Rank 0 of 2, for 1 and 2 loader workers: every byte read is a trained sample's member, a tar
+    header, a part file of a piece it trains on (whole, once), a tar index, or a member of a sample
+    it does not train on lying in a gap between two it does; nothing is read twice."""
+    from counting_fs import counting_reads, read_log
+    from storage_schemas.store import table_files
+    from storage_schemas.tar_index import HOLE_BYTES
+    from storage_schemas.tar_samples import IMAGE_EXTENSIONS
+
+    ledgers = []
+    for workers in (1, 2):
+        log = tmp_path / f"reads-{workers}.tsv"
+        with counting_reads(log):
+            store = open_store(str(clip_store))
+            keep = split_filter(0.2, "train")
+            plan = _clip_plan(store, keep, streams=2, world=2, rank=0, sizes={64: 4})
+            maker = ClipBatchMaker(store, keep, seed=0, view_choice="random", views=None, run=4, window=8)
+            log.unlink(missing_ok=True)  # the plan's reads (once per run, not per epoch) are not the epoch's
+            batches = list(make_loader(BatchStream(plan, 0, maker), workers=workers))
+        reads = read_log(log)
+        trained = {i.split("#")[0] for b in batches for i in b["ids"]}
+        assert len(trained) == plan.samples == sum(len(b["ids"]) for b in batches)
+
+        # The pieces the epoch reaches: those of the first stream_samples samples of each stream.
+        parts, records = set(), {}
+        for s in range(2):
+            order = stream_order(plan, s, run=4, window=8)
+            n = plan.stream_samples(s)
+            for u, j in set(zip(order.unit[:n].tolist(), order.piece[:n].tolist())):
+                su = plan.streams[s][u]
+                files = table_files(su.unit.record, "views")
+                parts |= {str(clip_store / files[k]) for k in su.unit.pieces[j].parts}
+                records[su.unit.record.input.url] = su.unit.record
+        by_path: dict[str, list] = {}
+        for _, path, at, n in reads:
+            if n:
+                by_path.setdefault(path, []).append((at, n))
+        terms = dict.fromkeys(["trained images", "trained .txt/.json", "tar headers", "targets (part files)",
+                               "tar indexes", "held out", "error samples", "not trained this epoch"], 0)
+        for path, ranges in by_path.items():
+            total, overlap = _union(ranges)
+            assert not overlap, (f"{path} read twice", sorted(ranges), [r for r in reads if r[1] == path])
+            if path in parts:
+                assert total == os.path.getsize(path), f"{path} read in part"
+                terms["targets (part files)"] += total
+            elif "/_tar_index/" in path:
+                size = os.path.getsize(path)
+                assert total % size == 0 and total // size <= 2, path  # once per stream of the rank at most
+                terms["tar indexes"] += total
+            else:
+                record = records.get(path)
+                assert record is not None, f"read {path}, which rank 0 does not train on"
+                stored = {s.identity.key for s in iter_clip_unit(store, record)}
+                members = _tar_members(path)
+                images = {}
+                for name, header, data, size in members:
+                    key, ext = name.split(".", 1)
+                    ident = SampleId(record.source, record.shard, key)
+                    if "/".join(ident) in trained:
+                        kind = "trained images" if ext in IMAGE_EXTENSIONS else "trained .txt/.json"
+                        if ext in IMAGE_EXTENSIONS:
+                            images[key] = (data, size)
+                    elif is_held_out(ident, 0.2):
+                        kind = "held out"
+                    elif key not in stored:
+                        kind = "error samples"
+                    else:
+                        kind = "not trained this epoch"
+                    for a, n in ranges:
+                        terms["tar headers"] += max(0, min(a + n, data) - max(a, header))
+                        terms[kind] += max(0, min(a + n, data + size) - max(a, data))
+                        pad_end = data + -(-size // 512) * 512
+                        terms["tar headers"] += max(0, min(a + n, pad_end) - max(a, data + size))
+                wanted = sorted(images.values())
+                for a, n in ranges:  # a request starts and ends on wanted images, its gaps at most HOLE_BYTES
+                    inside = [(d, s) for d, s in wanted if a <= d and d + s <= a + n]
+                    assert inside and inside[0][0] == a and inside[-1][0] + inside[-1][1] == a + n, (path, a, n)
+                    assert all(d2 - (d1 + s1) <= HOLE_BYTES for (d1, s1), (d2, _) in zip(inside, inside[1:]))
+                assert all(any(a <= d and d + s <= a + n for a, n in ranges) for d, s in wanted)
+                assert len(wanted) == sum(1 for i in trained if i.startswith(f"{record.source}/{record.shard}/"))
+        assert sum(terms.values()) == sum(n for _, _, _, n in reads), "bytes read that no term accounts for"
+        assert terms["trained images"] > 0 and terms["targets (part files)"] > 0
+        ledgers.append({k: v for k, v in terms.items() if k != "tar indexes"})
+    assert ledgers[0] == ledgers[1], ledgers  # the worker count changes nothing read but the indexes

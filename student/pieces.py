@@ -1,0 +1,285 @@
+"""The trainer's unit of reading: a piece of a committed unit, its targets and its images.
+
+    keep = split_filter(0.01, "train")
+    units = unit_pieces(store, record, keep)                           # main process: counts only
+    targets = load_clip_piece(store, record, units.pieces[0], keep, ViewChoice(0, epoch, "random", None))
+    tar = unit_tar(store, record, storage_options)                     # the stored tar index, input checked
+    images = read_spans(storage_options, tar.image_spans(targets.positions, targets.keys))
+
+A piece is one part file of a unit (a teacher call's output, see storage_schemas.layout), or
+several whose sample ranges overlap (a retried call). Each part file is read whole, in one
+request, and only the columns and views a training sample needs are decoded from it. Images are
+read by byte range from the shard's tar index (`storage_schemas.tar_index`): nothing before them,
+no other member unless it lies in a gap too small to be worth another request.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zarr
+
+from storage_schemas.commit import CommitRecord, input_change
+from storage_schemas.errors import StoreError
+from storage_schemas.identity import SampleId, is_held_out, stable_hash64
+from storage_schemas.mask_logits import decode_logits, open_logits
+from storage_schemas.sam_tables import SamPrompts, prompts_by_image
+from storage_schemas.storage import Storage, stat_url
+from storage_schemas.store import TargetStore, table_files
+from storage_schemas.tar_index import TarIndex, read_tar_index, scan_tar_index
+from storage_schemas.tar_samples import IMAGE_EXTENSIONS
+from student.epoch_plan import Piece, UnitPieces
+
+log = logging.getLogger(__name__)
+
+Keep = Callable[[SampleId], bool]
+
+
+def split_filter(fraction: float, split: Literal["train", "held_out"]) -> Keep:
+    """Samples of one split; the split is `storage_schemas.identity.is_held_out`, stable everywhere."""
+    if split == "held_out":
+        return lambda s: is_held_out(s, fraction)
+    return lambda s: not is_held_out(s, fraction)
+
+
+def index_table(record: CommitRecord) -> str:
+    """The table with one entry per stored sample: its part files define the pieces."""
+    return "views" if record.kind == "clip" else "images"
+
+
+def unit_pieces(store: TargetStore, record: CommitRecord, keep: Keep) -> UnitPieces:
+    """The unit's pieces and their training-sample counts, from the key column of each part."""
+    ranges = []  # (first sample, last sample, kept, part)
+    for j, rel in enumerate(table_files(record, index_table(record))):
+        if record.file(rel) is None:
+            continue
+        with store.storage.fs.open(store.storage.full(rel), "rb") as f:
+            t = pq.read_table(f, columns=["sample_index", "key"])
+        index, first = np.unique(t.column("sample_index").to_numpy(), return_index=True)
+        if not len(index):
+            continue
+        keys = t.column("key").take(pa.array(first)).to_pylist()
+        kept = sum(keep(SampleId(record.source, record.shard, k)) for k in keys)
+        ranges.append((int(index[0]), int(index[-1]), kept, j))
+    pieces: list[tuple[int, int, list[int]]] = []  # (last sample, kept, parts)
+    for lo, hi, kept, j in sorted(ranges):
+        if pieces and lo <= pieces[-1][0]:
+            last, n, parts = pieces[-1]
+            pieces[-1] = (max(last, hi), n + kept, parts + [j])
+        else:
+            pieces.append((hi, kept, [j]))
+    return UnitPieces(record, tuple(Piece(tuple(parts), n) for _, n, parts in pieces))
+
+
+def read_whole(storage: Storage, rel: str) -> pa.BufferReader:
+    """A part file in one request: a Parquet reader then seeks in memory, not on the store."""
+    return pa.BufferReader(storage.fs.cat_file(storage.full(rel)))
+
+
+@dataclass(frozen=True)
+class ViewChoice:
+    """Which stored view a sample trains on in an epoch."""
+
+    seed: int
+    epoch: int
+    mode: Literal["random", "cycle"]
+    views: int | None = None  # only the first N stored views (None: all)
+
+    def usable(self, stored: int) -> int:
+        return min(self.views or stored, stored)
+
+    def pick(self, sample: SampleId, stored: int) -> int:
+        return choose_view(self.seed, self.epoch, sample, self.usable(stored), self.mode)
+
+
+def choose_view(seed: int, epoch: int, sample: SampleId, n_views: int, mode: Literal["random", "cycle"]) -> int:
+    """Which stored view a sample uses this epoch: `cycle` is epoch modulo K, `random` a stable draw."""
+    if mode == "cycle":
+        return epoch % n_views
+    return stable_hash64("view-choice", seed, epoch, *sample) % n_views
+
+
+@dataclass
+class ClipPieceTargets:
+    """A piece's training samples in sample order, each with the one view it trains on."""
+
+    positions: np.ndarray  # int32 [n], sample_index in the unit
+    keys: list[str]  # [n]
+    views: np.ndarray  # int16 [n], the view each sample uses
+    crops: np.ndarray  # float32 [n, 4], normalised [x0, y0, x1, y1]
+    flips: np.ndarray  # bool [n]
+    embeddings: np.ndarray  # float16 [n, D]
+
+
+CLIP_TRAIN_COLUMNS = ["sample_index", "key", "view", "crop", "flip", "embedding"]
+
+
+def _stored_views(pf: pq.ParquetFile) -> tuple[int, list[tuple[int, int] | None]]:
+    """(K, per row group its (min, max) view or None without statistics)."""
+    col = pf.schema_arrow.get_field_index("view")
+    spans = []
+    for i in range(pf.num_row_groups):
+        stats = pf.metadata.row_group(i).column(col).statistics
+        spans.append((int(stats.min), int(stats.max)) if stats is not None and stats.has_min_max else None)
+    known = [s for s in spans if s is not None]
+    if len(known) == len(spans) and known:
+        return max(hi for _, hi in known) + 1, spans
+    return int(pf.read(columns=["view"]).column("view").to_numpy().max()) + 1, spans
+
+
+def load_clip_piece(store: TargetStore, record: CommitRecord, piece: Piece, keep: Keep,
+                    choice: ViewChoice) -> ClipPieceTargets:
+    """Decodes only the columns a training sample needs, from the row groups (one per view) of the
+    views it may use this epoch, and keeps only each sample's chosen view."""
+    files = table_files(record, "views")
+    tables, stored = [], None
+    for j in piece.parts:
+        pf = pq.ParquetFile(read_whole(store.storage, files[j]))
+        k, spans = _stored_views(pf)
+        stored = k if stored is None else min(stored, k)
+        usable = choice.usable(k)
+        wanted = {choice.epoch % usable} if choice.mode == "cycle" else set(range(usable))
+        groups = [i for i, s in enumerate(spans) if s is None or any(s[0] <= v <= s[1] for v in wanted)]
+        tables.append(pf.read_row_groups(groups, columns=CLIP_TRAIN_COLUMNS))
+    t = pa.concat_tables(tables)
+    index = t.column("sample_index").to_numpy().astype(np.int64)
+    view = t.column("view").to_numpy().astype(np.int64)
+    positions, first = np.unique(index, return_index=True)
+    keys = t.column("key").take(pa.array(first)).to_pylist()
+    ids = [SampleId(record.source, record.shard, k) for k in keys]
+    kept = np.array([keep(s) for s in ids], dtype=bool)
+    if int(kept.sum()) != piece.count:
+        raise StoreError(f"unit {record.source}/{record.unit} changed since the run began: a piece holds "
+                         f"{int(kept.sum())} training samples, {piece.count} when it was planned")
+    positions = positions[kept]
+    ids = [s for s, k in zip(ids, kept) if k]
+    chosen = np.array([choice.pick(s, stored) for s in ids], dtype=np.int64)
+    combo = index * stored + view
+    order = np.argsort(combo, kind="stable")
+    want = positions * stored + chosen
+    rows = order[np.minimum(np.searchsorted(combo[order], want), len(order) - 1)]
+    if len(rows) and not (combo[rows] == want).all():
+        raise StoreError(f"unit {record.source}/{record.unit}: a sample lacks the view it was given")
+    crop = t.column("crop").combine_chunks()
+    emb = t.column("embedding").combine_chunks()
+    return ClipPieceTargets(
+        positions=positions.astype(np.int32), keys=[s.key for s in ids], views=chosen.astype(np.int16),
+        crops=np.asarray(crop.values, np.float32).reshape(-1, 4)[rows],
+        flips=t.column("flip").to_numpy(zero_copy_only=False)[rows],
+        embeddings=np.asarray(emb.values, np.float16).reshape(-1, emb.type.list_size)[rows],
+    )
+
+
+@dataclass
+class SamPieceTargets:
+    """A piece's training images in sample order, with their prompts; logits are read per image."""
+
+    positions: np.ndarray  # int32 [n]
+    keys: list[str]
+    hw: np.ndarray  # int64 [n, 2], original (height, width)
+    prompts: list[SamPrompts]
+    arrays: list[zarr.Array]  # one per part
+    where: np.ndarray  # int64 [n, 2]: (index into arrays, row in that array)
+    precision: str
+
+    def logits(self, i: int) -> np.ndarray:
+        """float32 [P, M, 256, 256], the teacher's round-0 logits of image i (one chunk read)."""
+        a, row = self.where[i]
+        return decode_logits(self.arrays[a][int(row), :len(self.prompts[i].structure)], self.precision)
+
+
+def load_sam_piece(store: TargetStore, record: CommitRecord, piece: Piece, keep: Keep, precision: str,
+                   points_per_prompt: int) -> SamPieceTargets:
+    images, prompts, logits = (table_files(record, t) for t in ("images", "prompts", "logits"))
+    rows, arrays = [], []
+    for a, j in enumerate(piece.parts):
+        t = pq.read_table(read_whole(store.storage, images[j]), columns=["sample_index", "key", "height", "width"])
+        by_image = prompts_by_image(pq.read_table(read_whole(store.storage, prompts[j])), points_per_prompt)
+        arrays.append(open_logits(store.storage, logits[j]))
+        for r, (index, key, h, w) in enumerate(zip(*(t.column(c).to_pylist() for c in t.column_names))):
+            if keep(SampleId(record.source, record.shard, key)):
+                rows.append((index, key, h, w, by_image[index], a, r))
+    rows.sort(key=lambda x: x[0])
+    if len(rows) != piece.count:
+        raise StoreError(f"unit {record.source}/{record.unit} changed since the run began: a piece holds "
+                         f"{len(rows)} training images, {piece.count} when it was planned")
+    return SamPieceTargets(
+        positions=np.array([r[0] for r in rows], dtype=np.int32), keys=[r[1] for r in rows],
+        hw=np.array([(r[2], r[3]) for r in rows], dtype=np.int64).reshape(-1, 2), prompts=[r[4] for r in rows],
+        arrays=arrays, where=np.array([(r[5], r[6]) for r in rows], dtype=np.int64).reshape(-1, 2),
+        precision=precision)
+
+
+def check_input(record: CommitRecord, storage_options: dict | None = None) -> None:
+    """Refuse an input shard whose size or ETag differs from the one the unit was made from."""
+    ref = record.input
+    try:
+        size, etag = stat_url(ref.url, storage_options)
+    except FileNotFoundError:
+        raise StoreError(f"input {ref.url} of unit {record.source}/{record.unit} is gone") from None
+    change = input_change(ref, size, etag)
+    if change:
+        raise StoreError(f"input {ref.url} changed since unit {record.source}/{record.unit} was made ({change}); "
+                         "its targets no longer match it")
+
+
+@dataclass
+class UnitTar:
+    """Where each sample of a unit lies in its input tar: the image member of each."""
+
+    record: CommitRecord
+    positions: np.ndarray  # int64 [m], sample_index of every sample of the unit in the tar
+    keys: list[str]  # [m]
+    spans: np.ndarray  # int64 [m, 2], (offset, size) of its image member; size -1 without one
+
+    def image_spans(self, positions: np.ndarray, keys: list[str]) -> list[tuple[str, int, int]]:
+        """(url, offset, size) of each sample's image, checking that the tar has the stored key there."""
+        at = np.searchsorted(self.positions, positions)
+        out = []
+        for p, k, i in zip(positions.tolist(), keys, at.tolist()):
+            if i >= len(self.positions) or self.positions[i] != p or self.keys[i] != k:
+                found = self.keys[i] if i < len(self.positions) and self.positions[i] == p else "no sample"
+                raise StoreError(f"input {self.record.input.url} sample {self.record.input.sample_start + p} is "
+                                 f"'{found}', the targets of unit {self.record.source}/{self.record.unit} say '{k}'")
+            if self.spans[i, 1] < 0:
+                raise StoreError(f"input {self.record.input.url}: sample '{k}' has no image member")
+            out.append((self.record.input.url, int(self.spans[i, 0]), int(self.spans[i, 1])))
+        return out
+
+
+_scanned: set[str] = set()
+
+
+def unit_tar(store: TargetStore, record: CommitRecord, storage_options: dict | None = None) -> UnitTar:
+    """The unit's slice of its shard's tar index, after checking the input is the one it was made
+    from. A store without an index for the shard (made before indexes existed) gets one by a scan
+    of the tar, with a warning: run a materialize job over the shard once to store it."""
+    check_input(record, storage_options)
+    ref = record.input
+    index = read_tar_index(store.storage, record.kind, record.source, record.shard, ref.size, ref.etag)
+    if index is None:
+        if ref.url not in _scanned:
+            log.warning("%s: no tar index in the store; scanning the tar (a full read) to find its members", ref.url)
+            _scanned.add(ref.url)
+        index = scan_tar_index(ref.url, storage_options, ref.size, ref.etag)
+    return _unit_slice(index, record)
+
+
+def _unit_slice(index: TarIndex, record: CommitRecord) -> UnitTar:
+    start = record.input.sample_start
+    stop = record.input.sample_stop if record.input.sample_stop is not None else start + record.n_input
+    t = index.members(start, stop)
+    sample = t.column("sample_index").to_numpy().astype(np.int64) - start
+    ext = np.array(t.column("ext").to_pylist(), dtype=object)
+    rank = np.array([IMAGE_EXTENSIONS.index(e) if e in IMAGE_EXTENSIONS else len(IMAGE_EXTENSIONS) for e in ext])
+    offset, size = t.column("offset").to_numpy(), t.column("size").to_numpy()
+    order = np.lexsort((rank, sample))  # per sample, its first image member by the shared priority
+    positions, first = np.unique(sample[order], return_index=True)
+    best = order[first]
+    spans = np.stack([offset[best], np.where(rank[best] < len(IMAGE_EXTENSIONS), size[best], -1)], axis=1)
+    keys = t.column("key").take(pa.array(best)).to_pylist()
+    return UnitTar(record, positions, keys, spans.astype(np.int64).reshape(-1, 2))
