@@ -2,6 +2,9 @@
 
     python bench/student_step.py [--store out/store] [--arch vit_b] [--clip-batch 4] [--sam-images 1] [--prompts 8]
 
+Without --store it writes a synthetic store first (bench/synthetic_store.py: 384-512 px CLIP JPEGs
+with D = 768 targets, ~1500 px SA-1B-like images).
+
 Measured side by side in one process, each figure the median of --repeats steps (after one warm-up):
 - cached:  the joint step as the trainer runs it (student forward on a CLIP batch at 224 px and a
            SAM batch at 1024 px, L_CLIP + 10 L_SAM, backward, AdamW), targets from the batch;
@@ -14,8 +17,8 @@ Measured side by side in one process, each figure the median of --repeats steps 
            and how long the step waited for its batch;
 - supply:  loader images/s alone against the images/s the cached step consumes.
 Student and teachers at full size with random weights (CPU is fine: only ratios are reported).
-The store's CLIP targets come from the tiny teacher (D = 64), so the CLIP targets of the step
-are random unit vectors of the ViT-L-14 width instead; they cost the same to use.
+The step's CLIP targets are random unit vectors of the teacher's width (the demo store's tiny
+teacher has D = 64); they cost the same to use.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 from itertools import islice
 
@@ -33,6 +37,7 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from pipeline.config import ClipTeacherConfig, SamTeacherConfig
+from bench.synthetic_store import write_clip_store, write_sam_store
 from pipeline.teachers import load_clip_teacher, load_sam_teacher
 from storage_schemas.sam_models import build_sam
 from storage_schemas.store import open_store
@@ -52,7 +57,7 @@ def stream(store, kind: str, maker, size: int, batch: int, workers: int) -> Stre
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--store", default="out/store", help="a store with CLIP and SAM targets (scripts/demo.sh makes one)")
+    p.add_argument("--store", help="a store with CLIP and SAM targets (default: a synthetic one, written first)")
     p.add_argument("--arch", default="vit_b", help="student SAM architecture")
     p.add_argument("--clip-teacher", default="ViT-L-14")
     p.add_argument("--clip-batch", type=int, default=4)
@@ -62,6 +67,10 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1)
     args = p.parse_args()
     torch.manual_seed(0)
+    tmp = tempfile.TemporaryDirectory()
+    if args.store is None:
+        args.store = write_clip_store(tmp.name, units=4, samples=64, part=32, views=10, dim=768)
+        write_sam_store(tmp.name, units=2, images=4, part=2, prompts=max(args.prompts, 8))
     store = open_store(args.store)
     keep = split_filter(0.01, "train")
     clip_teacher = load_clip_teacher(ClipTeacherConfig(arch=args.clip_teacher, pretrained=None))

@@ -108,7 +108,7 @@ def prompts_by_image(table: pa.Table, points_per_prompt: int) -> dict[int, SamPr
     n, k = t.num_rows, points_per_prompt
     structure = pc.index_in(t.column("structure"), value_set=pa.array(PROMPT_STRUCTURES)).to_numpy().astype(np.int64)
     box = t.column("box").combine_chunks()
-    boxes = np.asarray(box.values, np.float32).reshape(n, 4)  # fixed-size lists keep slots for nulls
+    boxes = np.array(box.values, np.float32).reshape(n, 4)  # a copy, written below; fixed-size lists keep slots for nulls
     boxes[box.is_null().to_numpy(zero_copy_only=False)] = 0.0
     # A prompt has no points (a box alone) or exactly points_per_prompt of them.
     has_points = pc.list_value_length(t.column("point_coords")).to_numpy(zero_copy_only=False) > 0

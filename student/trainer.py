@@ -62,6 +62,15 @@ class TrainState:
     streams: int = 0
 
 
+def plan_shape_warning(saved: TrainState, path: str, world_size: int, streams: int) -> str | None:
+    """One line when a resume changes the plan's shape: the data position is kept, the batches change."""
+    if saved.world_size and (saved.world_size, saved.streams) != (world_size, streams):
+        return (f"warning: {path} was trained as {saved.world_size} process(es) x {saved.streams} streams, this run "
+                f"is {world_size} x {streams}: it goes on from CLIP epoch {saved.clip_epoch} batch {saved.clip_batch}, "
+                "but its batches are not those of an uninterrupted run")
+    return None
+
+
 def set_trainable(model: SamClip, stage: str) -> None:
     model.requires_grad_(stage == "joint")
     model.clip_head.requires_grad_(True)
@@ -177,7 +186,9 @@ class Trainer:
                 saved = (path, self.read_checkpoint_state(path))
                 self.state = TrainState(**saved[1]["state"])
                 self.accelerator.print(f"resuming from {path} (stage {self.state.stage}, step {self.state.global_step})")
-                self.check_plan_shape(path)
+                warning = plan_shape_warning(self.state, path, self.accelerator.num_processes, self.cfg.data.streams)
+                if warning:
+                    self.accelerator.print(warning)
         self.state.world_size, self.state.streams = self.accelerator.num_processes, self.cfg.data.streams
         while self.state.stage < len(self.cfg.stages):
             self.run_stage(self.cfg.stages[self.state.stage], saved)
@@ -185,14 +196,6 @@ class Trainer:
             self.state = TrainState(stage=self.state.stage + 1, global_step=self.state.global_step,
                                     world_size=self.state.world_size, streams=self.state.streams)
         return self.state
-
-    def check_plan_shape(self, path: str) -> None:
-        """Say in one line when a resume changes the plan's shape: the data position is kept, the batches change."""
-        st, acc, streams = self.state, self.accelerator, self.cfg.data.streams
-        if st.world_size and (st.world_size, st.streams) != (acc.num_processes, streams):
-            acc.print(f"warning: {path} was trained as {st.world_size} process(es) x {st.streams} streams, this run "
-                      f"is {acc.num_processes} x {streams}: it goes on from CLIP epoch {st.clip_epoch} batch "
-                      f"{st.clip_batch}, but its batches are not those of an uninterrupted run")
 
     def stream(self, kind: str, sizes: dict[int, int], epoch: int = 0, batch: int = 0) -> Stream:
         acc, d = self.accelerator, self.cfg.data

@@ -245,7 +245,7 @@ def test_a_rank_reads_what_it_trains_on_once_against_a_budget_term_by_term(clip_
     """Rank 0 of 2, for 1 and 2 loader workers: every byte read is a trained sample's member, a tar
     header, a part file of a piece it trains on (whole, once), a tar index, or a member of a sample
     it does not train on lying in a gap between two it does; nothing is read twice."""
-    from counting_fs import counting_reads, read_log
+    from bench.counting_fs import counting_reads, read_log
     from storage_schemas.store import table_files
     from storage_schemas.tar_index import HOLE_BYTES
     from storage_schemas.tar_samples import IMAGE_EXTENSIONS
@@ -325,3 +325,15 @@ def test_a_rank_reads_what_it_trains_on_once_against_a_budget_term_by_term(clip_
         assert terms["trained images"] > 0 and terms["targets (part files)"] > 0
         ledgers.append({k: v for k, v in terms.items() if k != "tar indexes"})
     assert ledgers[0] == ledgers[1], ledgers  # the worker count changes nothing read but the indexes
+
+
+def test_a_resume_with_another_plan_shape_says_so_in_one_line():
+    from student.trainer import TrainState, plan_shape_warning
+
+    saved = TrainState(clip_epoch=2, clip_batch=7, world_size=2, streams=8)
+    assert plan_shape_warning(saved, "ckpt/step_9", 2, 8) is None
+    assert plan_shape_warning(TrainState(), "ckpt/step_9", 4, 2) is None  # a checkpoint from before streams
+    for world, streams in ((1, 8), (2, 4)):
+        line = plan_shape_warning(saved, "ckpt/step_9", world, streams)
+        assert "\n" not in line and "2 process(es) x 8 streams" in line and f"{world} x {streams}" in line
+        assert "epoch 2 batch 7" in line

@@ -1,4 +1,5 @@
-"""A local filesystem that logs every byte range read through fsspec, for the data-path accounting test.
+"""A local filesystem that logs every byte range read through fsspec: the instrument of the
+loader benchmark (bench/loader.py) and of the data-path accounting test.
 
     with counting_reads(log_path):      # `file` paths open through CountingFileSystem meanwhile
         ...                             # forked loader workers inherit it and log too

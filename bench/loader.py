@@ -1,0 +1,145 @@
+"""The trainer's loaders on a pinned synthetic corpus: images/s per worker against the decode + render
+floor on the same samples, bytes read per trained sample against its budget, units per batch.
+
+    python bench/loader.py [--clip-units 8] [--clip-samples 192] [--sam-units 2] [--sam-images 6] [--workers 1 2]
+
+Corpus (bench/synthetic_store.py, fixed seed): CLIP shards of 384-512 px JPEGs (K = 10 views of
+D = 768 targets per sample), SA-1B-like shards of ~1500 px short-side JPEGs with 400 kB JSONs and
+32 prompts of SAM-like logits per image. For each setting (CLIP at 224, 448 and 1024 px, SAM at
+1024 px with 32 prompts):
+- floor:   the worker's per-sample CPU alone, in this process: `maker.item` (decode + render, SAM's
+           resize + pad + logits decode) on samples already in memory;
+- loader:  one epoch through the trainer's DataLoader (`make_loader(BatchStream(...))`) with W
+           workers, timed from its first batch, as images/s per worker; its ratio to the floor;
+- bytes:   everything read through fsspec in the epoch (bench/counting_fs.py) per trained sample,
+           against the budget: the trained samples' tar bytes (members, .txt/.json, headers), the
+           part files of their pieces and the tar indexes; and against the image bytes alone;
+- mixing:  distinct units per batch (min and mean).
+Two cores here: with W = 2 the workers share them with the main process, so per-worker figures
+fall; the absolute rates mean something only on the training nodes.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch
+
+from bench.counting_fs import counting_reads, read_log
+from bench.synthetic_store import write_clip_store, write_sam_store
+from storage_schemas.store import open_store
+from student.batches import BatchStream, ClipBatchMaker, SamBatchMaker, make_loader
+from student.epoch_plan import plan_epoch
+from student.pieces import split_filter, unit_pieces
+from student.stream_reader import StreamReader
+
+STREAMS = 2  # divisible by every worker count benchmarked
+
+
+def in_memory(plan, maker) -> list:
+    """Every sample of the epoch, fetched as the loader fetches them (untimed)."""
+    pool = ThreadPoolExecutor(2)
+    out = []
+    for s in range(len(plan.streams)):
+        reader = StreamReader(plan, s, maker, maker.store, None, maker.run, maker.window, 0, pool)
+        out += reader.take(plan.stream_samples(s))
+    pool.shutdown()
+    return out
+
+
+def floor_rate(maker, samples, resolution: int, epoch: int) -> float:
+    t = time.perf_counter()
+    for s in samples:
+        maker.item(s, resolution, epoch)
+    return len(samples) / (time.perf_counter() - t)
+
+
+def tar_span_bytes(store, plan, trained: set[str]) -> int:
+    """The trained samples' bytes in their tars: every member with its header and padding."""
+    from storage_schemas.tar_index import read_tar_index
+
+    total = 0
+    records = {su.unit.record.unit: su.unit.record for st in plan.streams for su in st}
+    for record in records.values():
+        index = read_tar_index(store.storage, record.kind, record.source, record.shard, record.input.size, None)
+        t = index.table.to_pydict()
+        for key, size in zip(t["key"], t["size"]):
+            if f"{record.source}/{record.shard}/{key}" in trained:
+                total += 512 + -(-size // 512) * 512
+    return total
+
+
+def run_loader(plan, maker, workers: int, log: str) -> tuple[float, int, list[list[str]], list]:
+    with counting_reads(log):
+        t0, first, ids = time.perf_counter(), None, []
+        for b in make_loader(BatchStream(plan, 0, maker), workers):
+            if first is None:
+                first, skipped = time.perf_counter(), len(b["ids"])
+            ids.append(b["ids"])
+        wall = time.perf_counter() - (first if first is not None else t0)
+    n = sum(map(len, ids)) - skipped
+    reads = read_log(log)
+    os.unlink(log)
+    return n / wall / max(1, workers), sum(r[3] for r in reads), ids, reads
+
+
+def bench(name: str, store_root: str, maker_of, resolution: int, workers: list[int], tmp: str) -> None:
+    store = open_store(store_root)
+    keep = split_filter(0.01, "train")
+    maker = maker_of(store, keep)
+    kind = "clip" if isinstance(maker, ClipBatchMaker) else "sam"
+    units = [unit_pieces(store, r, keep) for r in store.commits(kind)]
+    batch = 32 if kind == "clip" else 1
+    sizes = {resolution: max(1, int(batch * (224 / resolution) ** 2))} if kind == "clip" else {1024: 1}
+    plan = plan_epoch(units, 1, 0, STREAMS, seed=0, epoch=0, sizes=sizes, tag=kind)
+    samples = in_memory(plan, maker)
+    floor = floor_rate(maker, samples, resolution, 0)
+    # Part files read whole (Parquet); SAM's logits are read per image through Zarr, not through
+    # fsspec, so neither side of the ratio counts them.
+    parts = sum(f.size for st in plan.streams for su in st for f in su.unit.record.files if f.path.endswith(".parquet"))
+    print(f"\n{name}: {plan.samples} samples in {len(plan.batches)} batches of {sizes[resolution]}; "
+          f"floor {floor:.1f} images/s (decode + render, one process)")
+    for w in workers:
+        rate, read, ids, reads = run_loader(plan, maker, w, f"{tmp}/reads-{w}.tsv")
+        trained = {i.split("#")[0] for b in ids for i in b}
+        tars = tar_span_bytes(store, plan, trained)
+        indexes = sum(r[3] for r in reads if "/_tar_index/" in r[1])
+        images = sum(r[3] for r in reads if r[1].endswith(".tar"))
+        budget = tars + parts + indexes
+        units_per = [len(Counter(i.split("/")[1] for i in b)) for b in ids if len(b) == sizes[resolution]]
+        n = len(trained)
+        print(f"  workers {w}: {rate:7.1f} images/s per worker = {rate / floor:.3f} of the floor; read "
+              f"{read / n / 1e3:7.1f} kB/sample = {read / budget:.3f} of the budget ({tars / n / 1e3:.1f} kB tar + "
+              f"{parts / n / 1e3:.1f} kB targets + {indexes / n / 1e3:.2f} kB index), tar bytes read / tar budget "
+              f"{images / tars:.3f}; units per batch min {min(units_per)}, mean {statistics.mean(units_per):.1f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clip-units", type=int, default=8)
+    p.add_argument("--clip-samples", type=int, default=192)
+    p.add_argument("--sam-units", type=int, default=2)
+    p.add_argument("--sam-images", type=int, default=6)
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        clip = write_clip_store(f"{tmp}/clip", args.clip_units, args.clip_samples, part=64, views=10, dim=768)
+        sam = write_sam_store(f"{tmp}/sam", args.sam_units, args.sam_images, part=3, prompts=32)
+        print(f"corpus written in {time.perf_counter() - t:.0f} s")
+        for res in (224, 448, 1024):
+            bench(f"CLIP {res} px", clip, lambda s, k: ClipBatchMaker(s, k, 0, "random", None), res, args.workers, tmp)
+        bench("SAM 1024 px, 32 prompts", sam, lambda s, k: SamBatchMaker(s, k, 0, 32), 1024, args.workers, tmp)
+
+
+if __name__ == "__main__":
+    main()
