@@ -8,12 +8,14 @@ D = 768 targets per sample), SA-1B-like shards of ~1500 px short-side JPEGs with
 32 prompts of SAM-like logits per image. For each setting (CLIP at 224, 448 and 1024 px, SAM at
 1024 px with 32 prompts):
 - floor:   the worker's per-sample CPU alone, in this process: `maker.item` (decode + render, SAM's
-           resize + pad + logits decode) on samples already in memory;
+           resize + pad + logits decode) on samples already in memory; the fetching alone (parts,
+           ranged tar reads, SAM's Zarr chunks) is timed too;
 - loader:  one epoch through the trainer's DataLoader (`make_loader(BatchStream(...))`) with W
            workers, timed from its first batch, as images/s per worker; its ratio to the floor;
 - bytes:   everything read through fsspec in the epoch (bench/counting_fs.py) per trained sample,
-           against the budget: the trained samples' tar bytes (members, .txt/.json, headers), the
-           part files of their pieces and the tar indexes; and against the image bytes alone;
+           against the budget: the trained samples' whole tar bytes (image, .txt/.json, headers),
+           the part files of their pieces and the tar indexes (SAM reads less: the student never
+           needs SA-1B's JSON, so it skips it); and against the images + targets + indexes alone;
 - mixing:  distinct units per batch (min and mean).
 Two cores here: with W = 2 the workers share them with the main process, so per-worker figures
 fall; the absolute rates mean something only on the training nodes.
@@ -38,10 +40,11 @@ from bench.synthetic_store import write_clip_store, write_sam_store
 from storage_schemas.store import open_store
 from student.batches import BatchStream, ClipBatchMaker, SamBatchMaker, make_loader
 from student.epoch_plan import plan_epoch
-from student.pieces import split_filter, unit_pieces
+from student.pieces import split_filter, unit_pieces, unit_tar
 from student.stream_reader import StreamReader
 
 STREAMS = 2  # divisible by every worker count benchmarked
+ROUNDS = 3
 
 
 def in_memory(plan, maker) -> list:
@@ -77,6 +80,17 @@ def tar_span_bytes(store, plan, trained: set[str]) -> int:
     return total
 
 
+def images_of(store, plan, trained: set[str]) -> int:
+    """The trained samples' image members alone."""
+    total = 0
+    for st in plan.streams:
+        for su in st:
+            tar = unit_tar(store, su.unit.record)
+            for key, (_, size) in zip(tar.keys, tar.spans.tolist()):
+                total += size if f"{su.unit.record.source}/{su.unit.record.shard}/{key}" in trained else 0
+    return total
+
+
 def run_loader(plan, maker, workers: int, log: str) -> tuple[float, int, list[list[str]], list]:
     with counting_reads(log):
         t0, first, ids = time.perf_counter(), None, []
@@ -97,44 +111,54 @@ def bench(name: str, store_root: str, maker_of, resolution: int, workers: list[i
     maker = maker_of(store, keep)
     kind = "clip" if isinstance(maker, ClipBatchMaker) else "sam"
     units = [unit_pieces(store, r, keep) for r in store.commits(kind)]
-    batch = 32 if kind == "clip" else 1
+    batch = 64 if kind == "clip" else 1  # per process: paper.yaml's 2048 CLIP / 32 SAM over 32 GPUs
     sizes = {resolution: max(1, int(batch * (224 / resolution) ** 2))} if kind == "clip" else {1024: 1}
     plan = plan_epoch(units, 1, 0, STREAMS, seed=0, epoch=0, sizes=sizes, tag=kind)
+    t = time.perf_counter()
     samples = in_memory(plan, maker)
-    floor = floor_rate(maker, samples, resolution, 0)
+    fetch = (time.perf_counter() - t) / len(samples)
     # Part files read whole (Parquet); SAM's logits are read per image through Zarr, not through
     # fsspec, so neither side of the ratio counts them.
     parts = sum(f.size for st in plan.streams for su in st for f in su.unit.record.files if f.path.endswith(".parquet"))
+    floors, rates = [], {w: [] for w in workers}
+    for _ in range(ROUNDS):  # interleaved: this machine's load drifts between the figures otherwise
+        floors.append(floor_rate(maker, samples, resolution, 0))
+        for w in workers:
+            rate, read, ids, reads = run_loader(plan, maker, w, f"{tmp}/reads-{w}.tsv")
+            rates[w].append(rate)
+    floor = statistics.median(floors)
     print(f"\n{name}: {plan.samples} samples in {len(plan.batches)} batches of {sizes[resolution]}; "
-          f"floor {floor:.1f} images/s (decode + render, one process)")
+          f"floor {floor:.1f} images/s (decode + render, one process; median of {ROUNDS}); fetching alone "
+          f"(pieces, tar ranges{', logits' if kind == 'sam' else ''}, 2 threads) {1 / fetch:.0f} samples/s")
+    trained = {i.split("#")[0] for b in ids for i in b}
+    tars = tar_span_bytes(store, plan, trained)
+    indexes = sum(r[3] for r in reads if "/_tar_index/" in r[1])
+    budget = tars + parts + indexes
+    n = len(trained)
+    units_per = [len(Counter(i.split("/")[1] for i in b)) for b in ids if len(b) == sizes[resolution]]
     for w in workers:
-        rate, read, ids, reads = run_loader(plan, maker, w, f"{tmp}/reads-{w}.tsv")
-        trained = {i.split("#")[0] for b in ids for i in b}
-        tars = tar_span_bytes(store, plan, trained)
-        indexes = sum(r[3] for r in reads if "/_tar_index/" in r[1])
-        images = sum(r[3] for r in reads if r[1].endswith(".tar"))
-        budget = tars + parts + indexes
-        units_per = [len(Counter(i.split("/")[1] for i in b)) for b in ids if len(b) == sizes[resolution]]
-        n = len(trained)
-        print(f"  workers {w}: {rate:7.1f} images/s per worker = {rate / floor:.3f} of the floor; read "
-              f"{read / n / 1e3:7.1f} kB/sample = {read / budget:.3f} of the budget ({tars / n / 1e3:.1f} kB tar + "
-              f"{parts / n / 1e3:.1f} kB targets + {indexes / n / 1e3:.2f} kB index), tar bytes read / tar budget "
-              f"{images / tars:.3f}; units per batch min {min(units_per)}, mean {statistics.mean(units_per):.1f}")
+        rate = statistics.median(rates[w])
+        print(f"  workers {w}: {rate:7.1f} images/s per worker = {rate / floor:.3f} of the floor "
+              f"(runs {', '.join(f'{r / f:.3f}' for r, f in zip(rates[w], floors))})")
+    print(f"  read {read / n / 1e3:.1f} kB/sample = {read / budget:.3f} of the budget ({tars / n / 1e3:.1f} kB of the "
+          f"samples' tar bytes + {parts / n / 1e3:.1f} kB targets + {indexes / n / 1e3:.2f} kB index) and "
+          f"{read / (images_of(store, plan, trained) + parts + indexes):.3f} of images + targets + index (the same "
+          f"for every worker count); units per batch min {min(units_per)}, mean {statistics.mean(units_per):.1f}")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--clip-units", type=int, default=8)
-    p.add_argument("--clip-samples", type=int, default=192)
-    p.add_argument("--sam-units", type=int, default=2)
-    p.add_argument("--sam-images", type=int, default=6)
+    p.add_argument("--clip-units", type=int, default=16)
+    p.add_argument("--clip-samples", type=int, default=128)
+    p.add_argument("--sam-units", type=int, default=4)
+    p.add_argument("--sam-images", type=int, default=8)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = p.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         clip = write_clip_store(f"{tmp}/clip", args.clip_units, args.clip_samples, part=64, views=10, dim=768)
-        sam = write_sam_store(f"{tmp}/sam", args.sam_units, args.sam_images, part=3, prompts=32)
+        sam = write_sam_store(f"{tmp}/sam", args.sam_units, args.sam_images, part=4, prompts=32)
         print(f"corpus written in {time.perf_counter() - t:.0f} s")
         for res in (224, 448, 1024):
             bench(f"CLIP {res} px", clip, lambda s, k: ClipBatchMaker(s, k, 0, "random", None), res, args.workers, tmp)

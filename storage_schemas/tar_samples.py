@@ -1,7 +1,7 @@
 """Streaming the samples of a tar shard from any fsspec URL, without holding the shard in memory.
 
-Shared: the pipeline reads shards to make targets, the student reads the same shards in lockstep
-with their committed targets.
+Shared: the pipeline streams shards to make targets (and their tar indexes); a store without a
+tar index for a shard gets one by streaming it here (`storage_schemas.tar_index.scan_tar_index`).
 
 Members are grouped into samples the webdataset way: consecutive members sharing the part of the
 base name before its first dot (`000420017.jpg`, `000420017.json` -> key `000420017`;

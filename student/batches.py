@@ -118,11 +118,11 @@ class ClipBatchMaker:
     def item(self, sample: ClipTrainSample, resolution: int, epoch: int) -> dict[str, Any]:
         image = ClipSample.decode(sample.data, resolution)
         pixels = render_view(image, sample.crop, sample.flip, resolution)
-        return {"image": torch.from_numpy(pixels).permute(2, 0, 1), "target": torch.tensor(sample.embedding),
+        return {"image": pixels, "target": torch.tensor(sample.embedding),
                 "id": "/".join(sample.identity) + f"#{sample.view}"}
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"images": torch.stack([i["image"] for i in items]),
+        return {"images": stack_images([i["image"] for i in items]),
                 "targets": torch.stack([i["target"] for i in items]).float(), "ids": [i["id"] for i in items]}
 
 
@@ -163,10 +163,17 @@ class SamBatchMaker:
         return collate_sam(items)
 
 
+def stack_images(images: list[np.ndarray]) -> torch.Tensor:
+    """uint8 [H, W, 3] each -> uint8 [B, 3, H, W], channels-last in memory: stacking the arrays as
+    they are is one contiguous copy (stacking CHW views of them copies element by element, ~25%
+    of a 1024 px worker's time)."""
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+
+
 def sam_item(sample: SamSample, chosen: np.ndarray) -> dict[str, Any]:
     image, hw = sample.sam_input()
     boxes, points = sample.prompts_1024(chosen)
-    return {"image": torch.from_numpy(image).permute(2, 0, 1), "input_hw": torch.tensor(hw),
+    return {"image": image, "input_hw": torch.tensor(hw),
             "structure": torch.from_numpy(sample.prompts.structure[chosen]), "boxes": torch.from_numpy(boxes),
             "points": torch.from_numpy(points), "labels": torch.from_numpy(sample.prompts.labels[chosen]),
             "target_logits": torch.from_numpy(sample.logits()[chosen]),
@@ -178,7 +185,7 @@ def collate_sam(items: list[dict[str, Any]]) -> dict[str, Any]:
     target_logits [N, M, 256, 256], target_iou [N, M]."""
     cat = lambda key: torch.cat([i[key] for i in items])  # noqa: E731
     index = torch.cat([torch.full((len(i["structure"]),), b, dtype=torch.long) for b, i in enumerate(items)])
-    return {"images": torch.stack([i["image"] for i in items]), "input_hw": torch.stack([i["input_hw"] for i in items]),
+    return {"images": stack_images([i["image"] for i in items]), "input_hw": torch.stack([i["input_hw"] for i in items]),
             "prompts": PromptBatch(index, cat("structure"), cat("boxes"), cat("points"), cat("labels")),
             "target_logits": cat("target_logits"), "target_iou": cat("target_iou"), "ids": [i["id"] for i in items]}
 

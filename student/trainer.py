@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
 from storage_schemas.errors import StoreError
@@ -123,10 +124,17 @@ class Trainer:
         for kind, records in self.records.items():
             if not records and (kind == "clip" or needs_sam):
                 raise StoreError(f"store {store.url} has no committed {kind} units to train on")
-        # Each unit's pieces and training-sample counts: the key column of each part, read once for the run.
-        with ThreadPoolExecutor(READ_THREADS) as pool:
-            self.units = {k: list(pool.map(lambda r: unit_pieces(store, r, self.train_keep), rs))
-                          for k, rs in self.records.items()}
+        # Each unit's pieces and training-sample counts: the key column of each part, read once for
+        # the run by the main process and sent to the others (not once per process: 64 ranks x
+        # ~160k part files of Merged-41M would be 10M requests at start).
+        units = [None]
+        if accelerator.is_main_process:
+            with ThreadPoolExecutor(READ_THREADS) as pool:
+                units[0] = {k: list(pool.map(lambda r: unit_pieces(store, r, self.train_keep), rs))
+                            for k, rs in self.records.items()}
+        if accelerator.num_processes > 1:
+            broadcast_object_list(units)
+        self.units = units[0]
         self.per_process = {kind: cfg.per_process_batch(kind, accelerator.num_processes) for kind in ("clip", "sam")}
         self.makers = {"clip": ClipBatchMaker(store, self.train_keep, cfg.seed, d.clip.view_choice, d.clip.views, so,
                                               d.clip.read_run, d.clip.mix_window)}

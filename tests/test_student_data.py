@@ -22,7 +22,7 @@ from student.epoch_plan import batch_sizes, deal_slots, plan_epoch, stream_order
 from student.pieces import unit_pieces
 
 
-def test_units_stream_in_lockstep_and_render_the_teachers_pixels(clip_store):
+def test_units_read_whole_give_every_sample_and_the_teachers_pixels(clip_store):
     store = open_store(str(clip_store))
     seen = 0
     for record in store.commits("clip"):
