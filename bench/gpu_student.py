@@ -47,11 +47,13 @@ def main() -> None:
     cuda = torch.cuda.is_available() and not args.tiny
     device = torch.device("cuda" if cuda else "cpu")
     arch, dim = ("tiny", 64) if args.tiny else ("vit_b", 768)
-    units, samples = (2, 32) if args.tiny else (16, 512)
+    units, samples, part = (4, 64, 16) if args.tiny else (16, 512, 128)
+    if args.tiny:
+        args.batch, args.workers = 4, [2]
     steps = 3 if args.tiny else args.steps
     tmp = tempfile.TemporaryDirectory()
     t = time.perf_counter()
-    store = open_store(write_clip_store(tmp.name, units=units, samples=samples, part=128, views=10, dim=dim))
+    store = open_store(write_clip_store(tmp.name, units=units, samples=samples, part=part, views=10, dim=dim))
     print(f"store: {units} x {samples} samples written in {time.perf_counter() - t:.0f} s; device {device}")
     keep = split_filter(0.01, "train")
     pieces = [unit_pieces(store, r, keep) for r in store.commits("clip")]
