@@ -104,10 +104,12 @@ class StreamReader:
         keys = list(zip(o.unit[lo:hi].tolist(), o.piece[lo:hi].tolist(), o.ordinal[lo:hi].tolist()))
         targets = {(u, j): self.pieces.get((u, j)) for u, j in dict.fromkeys((u, j) for u, j, _ in keys)}
         tars = {u: self.tars.get(u) for u in dict.fromkeys(u for u, _, _ in keys)}
-        spans = []
-        for u, j, i in keys:
-            t = targets[(u, j)]
-            spans += tars[u].image_spans(t.positions[i:i + 1], t.keys[i:i + 1])
+        spans: list = [None] * len(keys)
+        for (u, j), t in targets.items():  # one lookup per piece, not per sample
+            at = [n for n, k in enumerate(keys) if k[:2] == (u, j)]
+            ordinals = np.array([keys[n][2] for n in at])
+            for n, span in zip(at, tars[u].image_spans(t.positions[ordinals], [t.keys[i] for i in ordinals])):
+                spans[n] = span
         # Only a run's own gaps (held-out or error samples) are read through: a run's neighbours in
         # the tar are other runs, which later groups fetch.
         images = read_spans(self.options, spans, [(u, j, i // self.run) for u, j, i in keys])
