@@ -2,14 +2,17 @@
 floor on the same samples, bytes read per trained sample against its budget, units per batch.
 
     python bench/loader.py [--clip-units 8] [--clip-samples 192] [--sam-units 2] [--sam-images 6] [--workers 1 2]
+                          [--kinds clip sam]
 
 Corpus (bench/synthetic_store.py, fixed seed): CLIP shards of 384-512 px JPEGs (K = 10 views of
 D = 768 targets per sample), SA-1B-like shards of ~1500 px short-side JPEGs with 400 kB JSONs and
-32 prompts of SAM-like logits per image. For each setting (CLIP at 224, 448 and 1024 px, SAM at
-1024 px with 32 prompts):
-- floor:   the worker's per-sample CPU alone, in this process: `maker.item` (decode + render, SAM's
-           resize + pad + logits decode) on samples already in memory; the fetching alone (parts,
-           ranged tar reads, SAM's Zarr chunks) is timed too;
+64 stored prompts of SAM-like logits per image in uint8_sigmoid (jobs/merged41m.yaml's store), of
+which a batch draws 32. For each setting (CLIP at 224, 448 and 1024 px, SAM at 1024 px, 32 prompts):
+- floor:   the worker's per-sample CPU alone: `maker.item` (decode + render, SAM's resize + pad)
+           on samples already in memory, in W forked processes at once for W workers (so both
+           sides share the cores alike); the fetching alone (parts, ranged tar reads, SAM's Zarr
+           chunks) is timed too. Logits cross in their stored dtype and are decoded on the
+           trainer's device (student.batches.target_logits), so neither side decodes them;
 - loader:  one epoch through the trainer's DataLoader (`make_loader(BatchStream(...))`) with W
            workers, timed from its first batch, as images/s per worker; its ratio to the floor;
 - bytes:   everything read through fsspec in the epoch (bench/counting_fs.py) per trained sample,
@@ -17,12 +20,13 @@ D = 768 targets per sample), SA-1B-like shards of ~1500 px short-side JPEGs with
            the part files of their pieces and the tar indexes (SAM reads less: the student never
            needs SA-1B's JSON, so it skips it); and against the images + targets + indexes alone;
 - mixing:  distinct units per batch (min and mean).
-Two cores here: with W = 2 the workers share them with the main process, so per-worker figures
-fall; the absolute rates mean something only on the training nodes.
+Two cores here: with W = 2 the workers also share them with the main process and their fetch
+threads, which the floor does not; the absolute rates mean something only on the training nodes.
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import statistics
 import sys
@@ -65,6 +69,25 @@ def floor_rate(maker, samples, resolution: int, epoch: int) -> float:
     return len(samples) / (time.perf_counter() - t)
 
 
+_FORKED: tuple = ()  # (maker, samples, resolution) for the floor's forked processes
+
+
+def _floor_share(i: int, processes: int) -> float:
+    maker, samples, resolution = _FORKED
+    return floor_rate(maker, samples[i::processes], resolution, 0)
+
+
+def parallel_floor(maker, samples, resolution: int, processes: int) -> float:
+    """The floor per process with `processes` of them decoding at once, as W loader workers do: on
+    a machine with few cores, W workers' per-worker rate is held to this, not to one process's."""
+    global _FORKED
+    if processes == 1:
+        return floor_rate(maker, samples, resolution, 0)
+    _FORKED = (maker, samples, resolution)
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        return statistics.mean(pool.starmap(_floor_share, [(i, processes) for i in range(processes)]))
+
+
 def tar_span_bytes(store, plan, trained: set[str]) -> int:
     """The trained samples' bytes in their tars: every member with its header and padding."""
     from storage_schemas.tar_index import read_tar_index
@@ -89,6 +112,30 @@ def images_of(store, plan, trained: set[str]) -> int:
             for key, (_, size) in zip(tar.keys, tar.spans.tolist()):
                 total += size if f"{su.unit.record.source}/{su.unit.record.shard}/{key}" in trained else 0
     return total
+
+
+class _Repeat(torch.utils.data.IterableDataset):
+    def __init__(self, batch: dict, times: int):
+        self.batch, self.times = batch, times
+
+    def __iter__(self):
+        for _ in range(self.times):
+            yield dict(self.batch)
+
+
+def hand_off_time(maker, samples, batch: int, resolution: int) -> float:
+    """Seconds per sample a worker spends handing finished batches to the trainer process (the
+    DataLoader moves each batch's tensors into fresh shared memory), with nothing else to do."""
+    collated = maker.collate([maker.item(s, resolution, 0) for s in samples[:batch]])
+    times = max(4, 2000 // batch)
+    t = time.perf_counter()
+    for _ in make_loader_of(_Repeat(collated, times)):
+        pass
+    return (time.perf_counter() - t) / (times * batch)
+
+
+def make_loader_of(dataset) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=1, prefetch_factor=2)
 
 
 def run_loader(plan, maker, workers: int, log: str) -> tuple[float, int, list[list[str]], list]:
@@ -120,15 +167,13 @@ def bench(name: str, store_root: str, maker_of, resolution: int, workers: list[i
     # Part files read whole (Parquet); SAM's logits are read per image through Zarr, not through
     # fsspec, so neither side of the ratio counts them.
     parts = sum(f.size for st in plan.streams for su in st for f in su.unit.record.files if f.path.endswith(".parquet"))
-    floors, rates = [], {w: [] for w in workers}
+    floors, rates = {w: [] for w in workers}, {w: [] for w in workers}
     for _ in range(ROUNDS):  # interleaved: this machine's load drifts between the figures otherwise
-        floors.append(floor_rate(maker, samples, resolution, 0))
         for w in workers:
+            floors[w].append(parallel_floor(maker, samples, resolution, max(1, w)))
             rate, read, ids, reads = run_loader(plan, maker, w, f"{tmp}/reads-{w}.tsv")
             rates[w].append(rate)
-    floor = statistics.median(floors)
-    print(f"\n{name}: {plan.samples} samples in {len(plan.batches)} batches of {sizes[resolution]}; "
-          f"floor {floor:.1f} images/s (decode + render, one process; median of {ROUNDS}); fetching alone "
+    print(f"\n{name}: {plan.samples} samples in {len(plan.batches)} batches of {sizes[resolution]}; fetching alone "
           f"(pieces, tar ranges{', logits' if kind == 'sam' else ''}, 2 threads) {1 / fetch:.0f} samples/s")
     trained = {i.split("#")[0] for b in ids for i in b}
     tars = tar_span_bytes(store, plan, trained)
@@ -137,9 +182,13 @@ def bench(name: str, store_root: str, maker_of, resolution: int, workers: list[i
     n = len(trained)
     units_per = [len(Counter(i.split("/")[1] for i in b)) for b in ids if len(b) == sizes[resolution]]
     for w in workers:
-        rate = statistics.median(rates[w])
-        print(f"  workers {w}: {rate:7.1f} images/s per worker = {rate / floor:.3f} of the floor "
-              f"(runs {', '.join(f'{r / f:.3f}' for r, f in zip(rates[w], floors))})")
+        rate, floor = statistics.median(rates[w]), statistics.median(floors[w])
+        print(f"  workers {w}: {rate:7.1f} images/s per worker, floor {floor:6.1f} (decode + render, {max(1, w)} "
+              f"process(es) at once) -> {rate / floor:.3f} of the floor (runs "
+              f"{', '.join(f'{r / f:.3f}' for r, f in zip(rates[w], floors[w]))})")
+    hand_off = statistics.median(hand_off_time(maker, samples, sizes[resolution], resolution) for _ in range(ROUNDS))
+    print(f"  hand-off to the trainer alone (DataLoader shared memory, 1 worker): {hand_off * 1e3:.2f} ms/sample "
+          f"= {hand_off * statistics.median(floors[workers[0]]):.3f} of a sample's floor time")
     print(f"  read {read / n / 1e3:.1f} kB/sample = {read / budget:.3f} of the budget ({tars / n / 1e3:.1f} kB of the "
           f"samples' tar bytes + {parts / n / 1e3:.1f} kB targets + {indexes / n / 1e3:.2f} kB index) and "
           f"{read / (images_of(store, plan, trained) + parts + indexes):.3f} of images + targets + index (the same "
@@ -153,17 +202,22 @@ def main() -> None:
     p.add_argument("--sam-units", type=int, default=4)
     p.add_argument("--sam-images", type=int, default=8)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--kinds", nargs="+", choices=["clip", "sam"], default=["clip", "sam"])
     args = p.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        clip = write_clip_store(f"{tmp}/clip", args.clip_units, args.clip_samples, part=64, views=10, dim=768)
-        sam = write_sam_store(f"{tmp}/sam", args.sam_units, args.sam_images, part=4, prompts=32)
+        if "clip" in args.kinds:
+            clip = write_clip_store(f"{tmp}/clip", args.clip_units, args.clip_samples, part=64, views=10, dim=768)
+        if "sam" in args.kinds:
+            sam = write_sam_store(f"{tmp}/sam", args.sam_units, args.sam_images, part=4, prompts=64,
+                                  precision="uint8_sigmoid")
         print(f"corpus written in {time.perf_counter() - t:.0f} s")
-        for res in (224, 448, 1024):
+        for res in (224, 448, 1024) if "clip" in args.kinds else ():
             bench(f"CLIP {res} px", clip, lambda s, k: ClipBatchMaker(s, k, 0, "random", None), res, args.workers, tmp)
-        bench("SAM 1024 px, 32 prompts", sam, lambda s, k: SamBatchMaker(s, k, 0, 32), 1024, args.workers, tmp)
-
+        if "sam" in args.kinds:
+            bench("SAM 1024 px, 32 of 64 prompts", sam, lambda s, k: SamBatchMaker(s, k, 0, 32), 1024, args.workers,
+                  tmp)
 
 if __name__ == "__main__":
     main()

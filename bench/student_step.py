@@ -41,7 +41,7 @@ from bench.synthetic_store import write_clip_store, write_sam_store
 from pipeline.teachers import load_clip_teacher, load_sam_teacher
 from storage_schemas.sam_models import build_sam
 from storage_schemas.store import open_store
-from student.batches import ClipBatchMaker, SamBatchMaker, Stream
+from student.batches import ClipBatchMaker, SamBatchMaker, Stream, target_logits
 from student.config import LossConfig
 from student.pieces import split_filter, unit_pieces
 from student.losses import clip_loss, sam_loss
@@ -87,7 +87,7 @@ def main() -> None:
     def step(cb, sb) -> None:
         targets = F.normalize(torch.randn(len(cb["images"]), embed_dim), dim=-1)
         out = student(clip_images=cb["images"], sam_images=sb["images"], sam_input_hw=sb["input_hw"], prompts=sb["prompts"])
-        loss = clip_loss(out["clip"], targets) + 10 * sam_loss(out["masks"], out["iou"], sb["target_logits"],
+        loss = clip_loss(out["clip"], targets) + 10 * sam_loss(out["masks"], out["iou"], target_logits(sb, "cpu"),
                                                                  sb["target_iou"], loss_cfg)["total"]
         loss.backward()
         opt.step()

@@ -127,8 +127,10 @@ def _sam_logits(rng: np.random.Generator, boxes: np.ndarray, hw: tuple[int, int]
 
 
 def write_sam_store(root: str, units: int = 2, images: int = 8, part: int = 4, prompts: int = 32, masks: int = 1,
-                    short: tuple[int, int] = (1400, 1600), json_bytes: int = 400_000, seed: int = 0) -> str:
-    """`units` SA-1B-like shards of `images` images under root/corpus, SAM targets under root/store."""
+                    short: tuple[int, int] = (1400, 1600), json_bytes: int = 400_000, seed: int = 0,
+                    precision: str = "fp16") -> str:
+    """`units` SA-1B-like shards of `images` images under root/corpus, SAM targets under root/store
+    (`prompts` per image, logits stored in `precision`)."""
     rng = np.random.default_rng(seed)
     photos = [load_photo(name) for name, _ in PHOTOS if load_photo(name).ndim == 3]
     os.makedirs(f"{root}/corpus/sam", exist_ok=True)
@@ -137,7 +139,7 @@ def write_sam_store(root: str, units: int = 2, images: int = 8, part: int = 4, p
     points = 1
     manifest = ensure_manifest(storage, _manifest("sam", {}, {"seed": seed, "prompts": prompts, "rounds": 1,
                                                               "points_per_prompt": points, "num_masks": masks},
-                                                  "fp16"))
+                                                  precision))
     for u in range(units):
         shard = f"sa_{u:06d}"
         members, hws = [], []
@@ -158,7 +160,7 @@ def write_sam_store(root: str, units: int = 2, images: int = 8, part: int = 4, p
                 boxes = np.stack([x0, y0, x0 + rng.uniform(50, w * 0.4, prompts),
                                   y0 + rng.uniform(50, h * 0.4, prompts)], 1).astype(np.float32)
                 centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], 1)
-                stored.append(encode_logits(_sam_logits(rng, boxes, (h, w), masks), "fp16"))
+                stored.append(encode_logits(_sam_logits(rng, boxes, (h, w), masks), precision))
                 samples.append({"key": f"{i:09d}", "sample_index": i, "n_prompts": prompts,
                                 "structure": np.full(prompts, 2), "annotation_id": np.arange(prompts),
                                 "boxes": boxes, "points": centres[:, None, :].astype(np.float32),
@@ -172,7 +174,7 @@ def write_sam_store(root: str, units: int = 2, images: int = 8, part: int = 4, p
                      storage.write_bytes(rel + TABLE_SUFFIX[("sam", "images")],
                                          parquet_bytes(images_table(SOURCE, shard, samples)))]
             files += [storage.write_bytes(f"{rel}{TABLE_SUFFIX[('sam', 'logits')]}/{key}", data)
-                      for key, data in sorted(logits_group_objects(np.stack(stored), "fp16").items())]
+                      for key, data in sorted(logits_group_objects(np.stack(stored), precision).items())]
             parts.append((name, files))
         _commit(storage, "sam", shard, tar, images, parts, {"prompts": images * prompts, "images": images}, manifest)
     return f"{root}/store"

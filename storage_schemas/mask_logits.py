@@ -61,8 +61,14 @@ def encode_logits(logits, precision: str):
     return np.rint(prob * 255.0).astype(np.uint8)
 
 
-def decode_logits(stored: np.ndarray, precision: str) -> np.ndarray:
-    """The stored dtype of `precision` -> float32 logits (fill slots decode to NaN or 0.5/255)."""
+def decode_logits(stored, precision: str):
+    """The stored dtype of `precision` -> float32 logits (fill slots decode to NaN or 0.5/255). A
+    torch tensor is decoded where it lives, to the same values: the trainer's loaders ship the
+    stored bytes (a quarter of float32's for uint8) and its GPU decodes them, not the workers' CPUs."""
+    if isinstance(stored, torch.Tensor):
+        if _check(precision) == "fp16":
+            return stored.float()
+        return torch.from_numpy(_UINT8_LOGITS).to(stored.device)[stored.int()]
     if _check(precision) == "fp16":
         return np.asarray(stored, dtype=np.float32)
     prob = np.clip(np.asarray(stored, dtype=np.float32) / 255.0, _EPS, 1.0 - _EPS)
@@ -88,6 +94,9 @@ def _check(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"mask logit precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     return precision
+
+
+_UINT8_LOGITS = decode_logits(np.arange(256, dtype=np.uint8), "uint8_sigmoid")  # float32 [256]: q -> logit
 
 
 def logits_group_objects(stored: np.ndarray, precision: str) -> dict[str, bytes]:

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from storage_schemas.commit import CommitRecord
 from storage_schemas.errors import StoreError
 from storage_schemas.identity import SampleId
+from storage_schemas.mask_logits import decode_logits
 from storage_schemas.sam_tables import SamPrompts
 from storage_schemas.store import TargetStore
 from storage_schemas.views import render_view
@@ -151,10 +152,10 @@ class SamBatchMaker:
         identity = SampleId(record.source, record.shard, t.keys[i])
         p = t.prompts[i]
         chosen = choose_prompts(self.seed, epoch, identity, len(p.structure), self.prompts)
-        logits = t.logits(i)[chosen]
+        stored = t.stored_logits(i)[chosen]
         subset = SamPrompts(p.structure[chosen], p.boxes[chosen], p.points[chosen], p.labels[chosen], p.iou[chosen])
         return SamSample(identity, int(t.positions[i]), data, (int(t.hw[i, 0]), int(t.hw[i, 1])), subset,
-                         lambda: logits)
+                         lambda: stored, self.precision)
 
     def item(self, sample: SamSample, resolution: int, epoch: int) -> dict[str, Any]:
         return sam_item(sample, np.arange(len(sample.prompts.structure)))  # make() drew the epoch's prompts
@@ -176,18 +177,25 @@ def sam_item(sample: SamSample, chosen: np.ndarray) -> dict[str, Any]:
     return {"image": image, "input_hw": torch.tensor(hw),
             "structure": torch.from_numpy(sample.prompts.structure[chosen]), "boxes": torch.from_numpy(boxes),
             "points": torch.from_numpy(points), "labels": torch.from_numpy(sample.prompts.labels[chosen]),
-            "target_logits": torch.from_numpy(sample.logits()[chosen]),
+            "stored_logits": torch.from_numpy(sample.stored_logits()[chosen]), "logits_precision": sample.precision,
             "target_iou": torch.from_numpy(sample.prompts.iou[chosen]), "id": "/".join(sample.identity)}
 
 
 def collate_sam(items: list[dict[str, Any]]) -> dict[str, Any]:
     """-> images uint8 [B, 3, 1024, 1024], input_hw [B, 2], prompts (N over the batch),
-    target_logits [N, M, 256, 256], target_iou [N, M]."""
+    stored_logits [N, M, 256, 256] in the storage dtype of logits_precision (`target_logits` decodes
+    them), target_iou [N, M]."""
     cat = lambda key: torch.cat([i[key] for i in items])  # noqa: E731
     index = torch.cat([torch.full((len(i["structure"]),), b, dtype=torch.long) for b, i in enumerate(items)])
     return {"images": stack_images([i["image"] for i in items]), "input_hw": torch.stack([i["input_hw"] for i in items]),
             "prompts": PromptBatch(index, cat("structure"), cat("boxes"), cat("points"), cat("labels")),
-            "target_logits": cat("target_logits"), "target_iou": cat("target_iou"), "ids": [i["id"] for i in items]}
+            "stored_logits": cat("stored_logits"), "logits_precision": items[0]["logits_precision"],
+            "target_iou": cat("target_iou"), "ids": [i["id"] for i in items]}
+
+
+def target_logits(batch: dict[str, Any], device: torch.device | str) -> torch.Tensor:
+    """A SAM batch's teacher logits decoded on `device`: float32 [N, M, 256, 256]."""
+    return decode_logits(batch["stored_logits"].to(device, non_blocking=True), batch["logits_precision"])
 
 
 class Stream:

@@ -28,6 +28,7 @@ from storage_schemas.clip_views_table import ClipViews
 from storage_schemas.commit import CommitRecord
 from storage_schemas.decode import DEFAULT_MAX_PIXELS, decode_image, draft_side_for
 from storage_schemas.identity import SampleId, stable_hash64
+from storage_schemas.mask_logits import decode_logits
 from storage_schemas.sam_tables import SamPrompts
 from storage_schemas.sam_transforms import pad_image, sam_boxes, sam_input_image, sam_points
 from storage_schemas.store import TargetStore, table_files
@@ -90,7 +91,8 @@ class SamSample:
     data: bytes = field(repr=False)
     original_hw: tuple[int, int]
     prompts: SamPrompts
-    _logits: Callable[[], np.ndarray] = field(repr=False)
+    _stored_logits: Callable[[], np.ndarray] = field(repr=False)
+    precision: str  # of the stored logits (storage_schemas.mask_logits)
     max_pixels: int = DEFAULT_MAX_PIXELS
 
     def sam_input(self) -> tuple[np.ndarray, tuple[int, int]]:
@@ -100,7 +102,11 @@ class SamSample:
 
     def logits(self) -> np.ndarray:
         """The teacher's round-0 low-res logits: float32 [P, M, 256, 256] (reads the image's chunk)."""
-        return self._logits()
+        return decode_logits(self._stored_logits(), self.precision)
+
+    def stored_logits(self) -> np.ndarray:
+        """The same logits in their storage dtype: [P, M, 256, 256] float16 or uint8."""
+        return self._stored_logits()
 
     def prompts_1024(self, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Boxes [p, 4] and points [p, n, 2] of the chosen prompts in the 1024 px frame."""
@@ -124,7 +130,8 @@ def iter_sam_unit(store: TargetStore, record: CommitRecord, keep: Keep | None = 
         images = read_spans(storage_options, tar.image_spans(t.positions, t.keys))
         for i, data in enumerate(images):
             yield SamSample(SampleId(record.source, record.shard, t.keys[i]), int(t.positions[i]), data,
-                            (int(t.hw[i, 0]), int(t.hw[i, 1])), t.prompts[i], lambda t=t, i=i: t.logits(i), max_pixels)
+                            (int(t.hw[i, 0]), int(t.hw[i, 1])), t.prompts[i], lambda t=t, i=i: t.stored_logits(i),
+                            precision, max_pixels)
 
 
 def choose_prompts(seed: int, epoch: int, sample: SampleId, n_stored: int, n: int) -> np.ndarray:

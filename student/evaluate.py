@@ -151,7 +151,7 @@ def sam_agreement(predictor: SamClipPredictor, store_url: str, held_out: float, 
     metrics = sam_metrics(predictor.model, held, multimask, predictor.device)
     # Per mask, in the stored 256 x 256 low-res frame (padding included), not a semantic mIoU.
     return {"mask_iou": metrics["mask_iou"], "logit_corr": metrics["logit_corr"], "soft_iou": metrics["soft_iou"],
-            "images": len(held), "masks": sum(b["target_logits"].shape[0] * b["target_logits"].shape[1] for b in held),
+            "images": len(held), "masks": sum(b["stored_logits"].shape[0] * b["stored_logits"].shape[1] for b in held),
             "held_out": held_out}
 
 

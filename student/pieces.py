@@ -26,7 +26,7 @@ import zarr
 from storage_schemas.commit import CommitRecord, input_change
 from storage_schemas.errors import StoreError
 from storage_schemas.identity import SampleId, is_held_out, stable_hash64
-from storage_schemas.mask_logits import decode_logits, open_logits
+from storage_schemas.mask_logits import open_logits
 from storage_schemas.sam_tables import SamPrompts, prompts_by_image
 from storage_schemas.storage import Storage, stat_url
 from storage_schemas.store import TargetStore, table_files
@@ -188,10 +188,11 @@ class SamPieceTargets:
     where: np.ndarray  # int64 [n, 2]: (index into arrays, row in that array)
     precision: str
 
-    def logits(self, i: int) -> np.ndarray:
-        """float32 [P, M, 256, 256], the teacher's round-0 logits of image i (one chunk read)."""
+    def stored_logits(self, i: int) -> np.ndarray:
+        """[P, M, 256, 256] in the storage dtype of `precision`: the teacher's round-0 logits of
+        image i (one chunk read); `mask_logits.decode_logits` gives float32."""
         a, row = self.where[i]
-        return decode_logits(self.arrays[a][int(row), :len(self.prompts[i].structure)], self.precision)
+        return self.arrays[a][int(row), :len(self.prompts[i].structure)]
 
 
 def load_sam_piece(store: TargetStore, record: CommitRecord, piece: Piece, keep: Keep, precision: str,

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from storage_schemas.errors import StoreError
 from storage_schemas.faults import kill_point
 from storage_schemas.store import READ_THREADS, TargetStore
-from student.batches import ClipBatchMaker, SamBatchMaker, Stream
+from student.batches import ClipBatchMaker, SamBatchMaker, Stream, target_logits
 from student.config import StageConfig, TrainConfig
 from student.epoch_plan import batch_sizes
 from student.pieces import split_filter, unit_pieces
@@ -257,7 +257,7 @@ class Trainer:
                     parts = {"clip": clip_loss(out["clip"], cb["targets"].to(self.device))}
                     loss = parts["clip"]
                     if sb is not None:
-                        s = sam_loss(out["masks"], out["iou"], sb["target_logits"].to(self.device),
+                        s = sam_loss(out["masks"], out["iou"], target_logits(sb, self.device),
                                      sb["target_iou"].to(self.device), cfg.loss)
                         parts.update({f"sam_{k}": v for k, v in s.items()})
                         loss = loss + stage.lambda_sam * s["total"]

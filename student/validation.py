@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from storage_schemas.commit import CommitRecord
 from storage_schemas.store import TargetStore
 from storage_schemas.views import render_view
-from student.batches import collate_sam, sam_item
+from student.batches import collate_sam, sam_item, target_logits
 from student.data import Keep, choose_prompts, iter_clip_unit, iter_sam_unit
 from student.metrics import mask_iou
 from student.model import SamClip
@@ -81,7 +81,7 @@ def sam_metrics(model: SamClip, held: list[dict[str, Any]], multimask: bool, dev
     for b in held:
         out = model(sam_images=b["images"].to(device), sam_input_hw=b["input_hw"].to(device),
                     prompts=b["prompts"].to(device), multimask=multimask)
-        a, t = out["masks"].float().cpu(), b["target_logits"].float()
+        a, t = out["masks"].float().cpu(), target_logits(b, "cpu")
         corr.append(logit_correlation(a.flatten(2), t.flatten(2)))
         pa, pt = torch.sigmoid(a.flatten(2)), torch.sigmoid(t.flatten(2))
         soft_iou.append(torch.minimum(pa, pt).sum(-1) / torch.maximum(pa, pt).sum(-1))

@@ -4,6 +4,7 @@ import json
 import shutil
 
 import numpy as np
+import torch
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -104,6 +105,8 @@ def test_mask_logits_round_trip_through_zarr(tmp_path, precision):
     assert back.shape == (n, slots, 1, 256, 256) and back.chunks == (1, slots, 1, 256, 256)
     assert back.shards == (n, slots, 1, 256, 256) and back.attrs["precision"] == precision
     decoded = decode_logits(back[:], precision)
+    # The trainer decodes the stored bytes on its device: the same values, NaN fill included.
+    np.testing.assert_array_equal(decode_logits(torch.from_numpy(back[:]), precision).numpy(), decoded)
     sig = lambda x: 1 / (1 + np.exp(-x.astype(np.float64)))
     bound = UINT8_MAX_PROB_ERROR if precision == "uint8_sigmoid" else FP16_MAX_PROB_ERROR
     for i in range(n):

@@ -16,7 +16,7 @@ from storage_schemas.mask_logits import decode_logits
 from storage_schemas.sam_transforms import sam_boxes
 from storage_schemas.store import open_store
 from storage_schemas.views import render_view, view_hash
-from student.batches import BatchStream, ClipBatchMaker, SamBatchMaker, make_loader
+from student.batches import BatchStream, ClipBatchMaker, SamBatchMaker, make_loader, target_logits
 from student.data import choose_prompts, choose_view, iter_clip_unit, iter_sam_unit, split_filter
 from student.epoch_plan import batch_sizes, deal_slots, plan_epoch, stream_order, unit_id
 from student.pieces import unit_pieces
@@ -217,13 +217,13 @@ def test_sam_batches_collate_prompts_over_images(sam_store):
     n = len(batch["prompts"].image_index)
     assert batch["images"].shape == (2, 3, 1024, 1024) and n == 6
     assert batch["prompts"].image_index.tolist() == [0, 0, 0, 1, 1, 1]
-    assert batch["target_logits"].shape == (6, 1, 256, 256) and batch["target_iou"].shape == (6, 1)
+    assert batch["stored_logits"].shape == (6, 1, 256, 256) and batch["target_iou"].shape == (6, 1)
     assert batch["prompts"].points.shape[:2] == (6, 1) and batch["prompts"].boxes.shape == (6, 4)
     stored = {s.identity: s for r in store.commits("sam") for s in iter_sam_unit(store, r, keep)}
     for b, key in enumerate(batch["ids"]):
         s = stored[SampleId(*key.split("/"))]
         chosen = choose_prompts(0, 0, s.identity, len(s.prompts.structure), 3)
-        np.testing.assert_array_equal(batch["target_logits"][3 * b:3 * b + 3].numpy(), s.logits()[chosen])
+        np.testing.assert_array_equal(target_logits(batch, "cpu")[3 * b:3 * b + 3].numpy(), s.logits()[chosen])
 
 
 def _union(ranges):
