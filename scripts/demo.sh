@@ -13,6 +13,9 @@ python -m pipeline.materialize jobs/sample.yaml --report out/materialize-report.
 python -m pipeline.text_targets jobs/sample.yaml --name sample --classes jobs/sample_classes.txt
 python -m storage_schemas out/store
 python student/train.py --config student/configs/tiny.yaml
+# An ablation against the same store: the joint stage without and with the SAM loss, side by side.
+python -m student.sweep --sweep student/configs/sweeps/tiny_lambda.yaml out/sweeps/tiny_lambda
+python -m student.compare out/sweeps/tiny_lambda
 # Evaluate the student it trained on the sample evaluation sets, then draw what it and the store hold.
 EXPORT=out/train/export
 python -m student.evaluate zeroshot-cls --export "$EXPORT" --data out/sample/eval/classify --text sample
@@ -21,4 +24,5 @@ python -m student.evaluate semseg --refine --export "$EXPORT" --data out/sample/
 python -m student.evaluate sam-agreement --export "$EXPORT"
 python -m student.visualize --export "$EXPORT" --data out/sample/eval/voc --text sample --out out/pictures/semseg
 python -m student.inspect_store out/store --out out/pictures/store
-echo "metrics: out/eval/*.json; pictures: out/pictures/semseg (student), out/pictures/store (cached targets)"
+echo "metrics: out/eval/*.json; pictures: out/pictures/semseg (student), out/pictures/store (cached targets);"
+echo "sweep: out/sweeps/tiny_lambda/comparison.{md,csv,png}"

@@ -198,6 +198,9 @@ def target_logits(batch: dict[str, Any], device: torch.device | str) -> torch.Te
     return decode_logits(batch["stored_logits"].to(device, non_blocking=True), batch["logits_precision"])
 
 
+MAX_EMPTY_EPOCHS = 64  # epochs in a row without a batch before a Stream gives up
+
+
 class Stream:
     """One rank's endless sequence of batches of one kind, epoch after epoch, from a data position
     (epoch, batch); `epoch` and `batch` always name the next batch it gives."""
@@ -208,14 +211,23 @@ class Stream:
         self.seed, self.world_size, self.rank, self.streams, self.workers = seed, world_size, rank, streams, workers
         self.epoch, self.batch = epoch, batch
         self.plan = self._plan(epoch)
-        if not self.plan.batches:
-            raise StoreError(f"{kind}: {sum(u.count for u in units)} training samples over {world_size} process(es) "
-                             f"x {streams} streams make no batch of {min(sizes.values())}; lower "
-                             f"data.{kind}.batch_size or data.streams, or add data")
+        self._skip_empty_epochs()
         self._it: Iterator[dict[str, Any]] | None = None
 
     def _plan(self, epoch: int) -> EpochPlan:
         return plan_epoch(self.units, self.world_size, self.rank, self.streams, self.seed, epoch, self.sizes, self.kind)
+
+    def _skip_empty_epochs(self) -> None:
+        """Go on to the next epoch that has batches (student.epoch_plan: with few pieces, a deal can
+        leave a stream short of a batch); every rank plans the same epochs, so all skip alike."""
+        for _ in range(MAX_EMPTY_EPOCHS):
+            if self.plan.batches:
+                return
+            self.epoch, self.batch = self.epoch + 1, 0
+            self.plan = self._plan(self.epoch)
+        raise StoreError(f"{self.kind}: {sum(u.count for u in self.units)} training samples over {self.world_size} "
+                         f"process(es) x {self.streams} streams make no batch of {min(self.sizes.values())} in "
+                         f"{MAX_EMPTY_EPOCHS} epochs; lower data.{self.kind}.batch_size or data.streams, or add data")
 
     def __iter__(self) -> "Stream":
         return self
@@ -224,6 +236,7 @@ class Stream:
         if self.batch >= len(self.plan.batches):
             self.epoch, self.batch, self._it = self.epoch + 1, 0, None
             self.plan = self._plan(self.epoch)
+            self._skip_empty_epochs()
         if self._it is None:
             self._it = iter(make_loader(BatchStream(self.plan, self.batch, self.maker), self.workers))
         out = next(self._it)

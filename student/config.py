@@ -14,12 +14,12 @@ against the same store: `stages.1.lambda_sam`, `data.clip.views`, `data.sam.prom
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from storage_schemas.errors import ConfigError
 from storage_schemas.sam_models import SAM_ARCHS
 from storage_schemas.store import StoreConfig
-from storage_schemas.typed_config import FieldError, load_config
+from storage_schemas.typed_config import FieldError, load_config, to_dict
 
 STAGES = ("probe", "joint", "resadapt")
 
@@ -185,3 +185,35 @@ class TrainConfig:
 
 def load_train_config(path: str | None, overrides: list[str] = ()) -> TrainConfig:
     return load_config(TrainConfig, path, list(overrides))
+
+
+RUN_CONFIG = "config.yaml"  # OUTPUT/config.yaml: the resolved config a run was (last) started with
+
+
+def config_record(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as a run records it: plain data, storage options left out (they may hold
+    credentials, which must never reach a log or a file next to the run)."""
+    def strip(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in v.items() if k != "storage_options"}
+        return [strip(x) for x in v] if isinstance(v, list) else v
+
+    return strip(to_dict(cfg))
+
+
+def flat_config(record: dict[str, Any]) -> dict[str, Any]:
+    """{"data": {"clip": {"views": 4}}, "stages": [{...}]} -> {"data.clip.views": 4, "stages.0.lr": ...},
+    the dotted keys `--set` takes."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, v: Any) -> None:
+        items = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, list) and v and all(
+            isinstance(x, dict) for x in v) else None
+        if items is None:
+            out[prefix] = v
+            return
+        for k, x in items:
+            walk(f"{prefix}.{k}" if prefix else str(k), x)
+
+    walk("", record)
+    return out

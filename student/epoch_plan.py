@@ -16,7 +16,8 @@ twice in an epoch.
 Batches. Batch b of every rank comes from its stream b mod streams; its resolution is a stable hash
 of (seed, epoch, b), the same on every rank, and its size follows (the variable batch of CVNets:
 smaller at higher resolution). The epoch ends before the first batch that some rank's stream cannot
-fill, so every rank takes the same steps. A DataLoader with W workers (W dividing streams) collects
+fill, so every rank takes the same steps (an epoch whose deal leaves a stream short of one
+batch, possible only when pieces are few, has none). A DataLoader with W workers (W dividing streams) collects
 batch b from worker (b - start) mod W, so worker w reads the streams s = start + w (mod W), each
 whole: the batch sequence does not depend on W.
 
@@ -129,13 +130,16 @@ def deal_slots(units: list[UnitPieces], slots: int, seed: int, epoch: int) -> li
 
 def plan_epoch(units: list[UnitPieces], world_size: int, rank: int, streams: int, seed: int, epoch: int,
                sizes: dict[int, int], tag: str) -> EpochPlan:
-    slots = deal_slots(units, world_size * streams, seed, epoch)
-    loads = np.array([sum(su.count for su in slot) for slot in slots]).reshape(world_size, streams)
-    if loads.min() == 0:
-        pieces = sum(1 for u in units for p in u.pieces if p.count)
+    pieces = sum(1 for u in units for p in u.pieces if p.count)
+    if pieces < world_size * streams:
         raise StoreError(f"{tag}: {sum(u.count for u in units)} training samples in {pieces} pieces cannot feed "
                          f"{world_size} process(es) x {streams} streams; lower data.streams")
-    capacity = loads.min(axis=0)  # stream s of every rank stops where its smallest one does
+    slots = deal_slots(units, world_size * streams, seed, epoch)
+    loads = np.array([sum(su.count for su in slot) for slot in slots]).reshape(world_size, streams)
+    # Stream s of every rank stops where its smallest one does. With few pieces, each a large part
+    # of a slot (a sample store), one epoch's deal can leave a slot short of a batch: that epoch
+    # has no batches, and student.batches.Stream goes on to the next.
+    capacity = loads.min(axis=0)
     resolutions = sorted(sizes)
     batches: list[tuple[int, int]] = []
     used = np.zeros(streams, dtype=np.int64)

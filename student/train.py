@@ -14,11 +14,11 @@ import json
 import os
 
 import torch
+import yaml
 
 from storage_schemas.errors import StoreError, run_cli
 from storage_schemas.store import open_store
-from storage_schemas.typed_config import to_dict
-from student.config import TrainConfig, load_train_config
+from student.config import RUN_CONFIG, TrainConfig, config_record, flat_config, load_train_config
 from student.export import build_student, export_student
 
 
@@ -33,22 +33,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def flat_hparams(cfg: TrainConfig) -> dict[str, str | int | float | bool]:
-    """The config as TensorBoard hparams accept it: flat keys, scalar values. Storage options are
-    left out: they may hold credentials, which must never reach a log."""
-    out: dict = {}
-
-    def walk(prefix: str, v) -> None:
-        if isinstance(v, dict):
-            for k, x in v.items():
-                if k != "storage_options":
-                    walk(f"{prefix}.{k}" if prefix else k, x)
-        elif isinstance(v, (int, float, str, bool)):
-            out[prefix] = v
-        else:
-            out[prefix] = json.dumps(v)
-
-    walk("", to_dict(cfg))
-    return out
+    """The config as TensorBoard hparams accept it: flat keys, scalar values."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+            for k, v in flat_config(config_record(cfg)).items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     model = build_student(cfg.model, embed_dim, cfg.store.storage_options).to(accelerator.device)
     if accelerator.is_main_process:
         os.makedirs(cfg.output_dir, exist_ok=True)
+        with open(os.path.join(cfg.output_dir, RUN_CONFIG), "w") as f:
+            yaml.safe_dump(config_record(cfg), f, sort_keys=False)
         counts = model.parameter_counts()
         accelerator.print("student parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
     accelerator.init_trackers("tensorboard", config=flat_hparams(cfg))
@@ -82,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     if accelerator.is_main_process:
         paths = export_student(model, cfg.model, embed_dim, os.path.join(cfg.output_dir, "export"),
                                {"store": store.url, "clip_teacher": clip_manifest.must_match["teacher"],
-                                "global_step": state.global_step, "held_out": cfg.data.held_out})
+                                "sam_teacher": sam_manifest.must_match["teacher"] if sam_manifest else None,
+                                "sam_multimask": multimask, "global_step": state.global_step,
+                                "held_out": cfg.data.held_out, "train_seconds": round(state.train_seconds, 1),
+                                "consumed": {"clip_views": state.clip_views, "sam_images": state.sam_images,
+                                             "sam_prompts": state.sam_prompts}})
         accelerator.print(f"exported after {state.global_step} steps: " + ", ".join(paths.values()))
     accelerator.end_training()
     return 0

@@ -27,7 +27,7 @@ import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -61,6 +61,12 @@ class TrainState:
     sam_batch: int = 0
     world_size: int = 0  # the plan's shape (0: not recorded, a checkpoint from before streams)
     streams: int = 0
+    # What the run consumed over all processes and stages, as of the last checkpoint: the teacher
+    # work the store saved (student.compare), and the training loop's wall time.
+    clip_views: int = 0
+    sam_images: int = 0
+    sam_prompts: int = 0
+    train_seconds: float = 0.0
 
 
 def plan_shape_warning(saved: TrainState, path: str, world_size: int, streams: int) -> str | None:
@@ -143,6 +149,8 @@ class Trainer:
                                                d.sam.mix_window)
         self.held_clip: dict[int, Any] = {}
         self.held_sam = None
+        self.consumed = [0, 0, 0]  # this process's CLIP views, SAM images, SAM prompts since the last checkpoint
+        self.since = time.perf_counter()
 
     # ---- checkpoints ----------------------------------------------------------------------
     @property
@@ -164,6 +172,7 @@ class Trainer:
         acc = self.accelerator
         final = os.path.join(self.checkpoint_root, f"step_{self.state.global_step:08d}")
         tmp = final + ".tmp"
+        self.add_consumed()
         acc.wait_for_everyone()
         acc.save_state(tmp)
         if acc.is_main_process:
@@ -178,6 +187,16 @@ class Trainer:
                 shutil.rmtree(old)
         acc.wait_for_everyone()
 
+    def add_consumed(self) -> None:
+        """Fold every process's counts since the last checkpoint into the state (a collective)."""
+        total = self.accelerator.reduce(torch.tensor(self.consumed, dtype=torch.long, device=self.device), "sum")
+        st = self.state
+        st.clip_views, st.sam_images, st.sam_prompts = (a + int(b) for a, b in
+                                                        zip((st.clip_views, st.sam_images, st.sam_prompts), total))
+        now = time.perf_counter()
+        st.train_seconds += now - self.since
+        self.consumed, self.since = [0, 0, 0], now
+
     @staticmethod
     def read_checkpoint_state(path: str) -> dict[str, Any]:
         with open(os.path.join(path, STATE_FILE)) as f:
@@ -186,6 +205,7 @@ class Trainer:
     # ---- the loop -------------------------------------------------------------------------
     def run(self, resume: str | None = None) -> TrainState:
         saved = None
+        self.since = time.perf_counter()
         if resume is not None:
             path = self.latest_checkpoint() if resume == "latest" else resume
             if path is None:
@@ -201,8 +221,8 @@ class Trainer:
         while self.state.stage < len(self.cfg.stages):
             self.run_stage(self.cfg.stages[self.state.stage], saved)
             saved = None
-            self.state = TrainState(stage=self.state.stage + 1, global_step=self.state.global_step,
-                                    world_size=self.state.world_size, streams=self.state.streams)
+            self.state = replace(self.state, stage=self.state.stage + 1, stage_step=0, clip_epoch=0, clip_batch=0,
+                                 sam_epoch=0, sam_batch=0)
         return self.state
 
     def stream(self, kind: str, sizes: dict[int, int], epoch: int = 0, batch: int = 0) -> Stream:
@@ -265,6 +285,10 @@ class Trainer:
                 for k, v in parts.items():
                     logs[f"loss/{k}"] = logs.get(f"loss/{k}", 0.0) + v.item() / cfg.grad_accum
                 images += len(cb["images"]) + (len(sb["images"]) if sb is not None else 0)
+                self.consumed[0] += len(cb["images"])
+                if sb is not None:
+                    self.consumed[1] += len(sb["images"])
+                    self.consumed[2] += len(sb["prompts"].image_index)
                 self.log_batch(stage, micro, cb, sb, loss.item())
             if cfg.grad_clip > 0:
                 logs["grad_norm"] = float(acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))

@@ -83,6 +83,8 @@ class TextTower:
     def __init__(self, arch: str, pretrained: str, templates: str = "openai", cache_dir: str | None = None):
         import open_clip
 
+        import storage_schemas.clip_archs  # noqa: F401 (the project's own architectures)
+
         self.model = open_clip.create_model(arch, pretrained=fetch_checkpoint(pretrained)).eval()
         self.tokenizer = open_clip.get_tokenizer(arch)
         self.arch, self.digest, self.templates_name = arch, weights_sha256(self.model), templates

@@ -16,7 +16,7 @@ from storage_schemas.mask_logits import decode_logits
 from storage_schemas.sam_transforms import sam_boxes
 from storage_schemas.store import open_store
 from storage_schemas.views import render_view, view_hash
-from student.batches import BatchStream, ClipBatchMaker, SamBatchMaker, make_loader, target_logits
+from student.batches import BatchStream, ClipBatchMaker, SamBatchMaker, Stream, make_loader, target_logits
 from student.data import choose_prompts, choose_view, iter_clip_unit, iter_sam_unit, split_filter
 from student.epoch_plan import batch_sizes, deal_slots, plan_epoch, stream_order, unit_id
 from student.pieces import unit_pieces
@@ -192,6 +192,21 @@ def synthetic_units(n_units: int, samples: int, piece: int):
         return CommitRecord("clip", "synthetic", f"{u:05d}", f"{u:05d}", InputRef(f"/x/{u:05d}.tar", 1), samples,
                             samples, 0, {}, [], "p")
     return [UnitPieces(record(u), tuple(Piece((j,), piece) for j in range(samples // piece))) for u in range(n_units)]
+
+
+def test_an_epoch_whose_deal_leaves_a_stream_short_of_a_batch_is_skipped_not_fatal():
+    """The demo's SAM store: a unit of 4 training images and two of 1, 2 streams, batches of 2. Some
+    deals give a stream a single image: that epoch has no batches, and the Stream goes on."""
+    units = [synthetic_units(1, samples=4, piece=4)[0], *synthetic_units(3, samples=1, piece=1)[1:]]
+    plans = [plan_epoch(units, 1, 0, streams=2, seed=0, epoch=e, sizes={1024: 2}, tag="sam") for e in range(12)]
+    empty = [e for e, p in enumerate(plans) if not p.batches]
+    assert empty and len(empty) < len(plans), "the case this test is about did not come up"
+    stream = Stream("sam", units, None, {1024: 2}, seed=0, world_size=1, rank=0, streams=2, workers=0, epoch=empty[0])
+    assert stream.epoch == next(e for e in range(empty[0], 12) if plans[e].batches) and stream.batch == 0
+    with pytest.raises(StoreError, match="make no batch of 8 in 64 epochs"):
+        Stream("sam", units, None, {1024: 8}, seed=0, world_size=1, rank=0, streams=2, workers=0)
+    with pytest.raises(StoreError, match="3 pieces cannot feed 2 process"):  # too few pieces, every epoch
+        plan_epoch(units, 2, 0, streams=2, seed=0, epoch=0, sizes={1024: 1}, tag="sam")
 
 
 def test_a_64_unit_store_gives_batches_of_at_least_16_units():

@@ -2,14 +2,13 @@
 
 Weights come from a pretrained tag (`ViT-L-14` + `datacomp_xl_s13b_b90k`, the paper's teacher), a
 checkpoint path or fsspec URL, or a seeded random init. The tiny architecture
-`samclip-tiny-clip` (model_configs/) is registered with open_clip on import, so tests and the
+`samclip-tiny-clip` (storage_schemas/model_configs/) is registered with open_clip on import, so tests and the
 demo use open_clip's own classes and transforms with weights made by `pipeline.teachers.tiny`.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -22,11 +21,8 @@ from storage_schemas.checkpoints import (
     describe_mismatch, fetch_checkpoint, is_path_like, load_state_dict_file, weights_sha256,
 )
 from pipeline.teachers.fingerprint import TeacherFingerprint
+from storage_schemas.clip_archs import TINY_CLIP_ARCH  # noqa: F401 (registers it with open_clip)
 from storage_schemas.errors import CheckpointError, ConfigError
-
-open_clip.add_model_config(os.path.join(os.path.dirname(__file__), "model_configs"))
-
-TINY_CLIP_ARCH = "samclip-tiny-clip"
 
 
 @dataclass

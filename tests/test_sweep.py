@@ -1,0 +1,149 @@
+"""Sweeps and their comparison against one store (student.sweep, student.compare), as users run them.
+
+- a two-value sweep trains both runs; killed inside a run it stops, and run again it resumes that
+  run from its checkpoint and trains the next; run a third time it skips both;
+- compare prints a row per point with the swept values, writes CSV, Markdown and the curves' PNG,
+  and counts each run's teacher work from what it consumed: its own batch log's CLIP views and
+  SAM images, across the kill, times the teachers' FLOPs;
+- bad grid keys or values stop with one line before any run starts; run names stay unique and
+  readable for multi-key grids; a run folder of another config is refused.
+"""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from storage_schemas.errors import ConfigError
+from storage_schemas.store import open_store
+from storage_schemas.teacher_flops import clip_view_flops, teacher_flops
+from student import sweep
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / "student" / "configs" / "tiny.yaml")
+STAGES = ("stages=[{name: probe, epochs: 20, warmup_steps: 1, max_steps: 3}, "
+          "{name: joint, epochs: 20, lr: 0.0004, warmup_steps: 1, max_steps: 2}]")
+
+
+def run_sweep(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "student.sweep", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def logged(run_dir: Path) -> dict[int, dict]:
+    """step -> the batch record (a step redone after a resume keeps its last record)."""
+    return {r["step"]: r for r in map(json.loads, (run_dir / "batches" / "rank0.jsonl").read_text().splitlines())}
+
+
+@pytest.mark.slow
+def test_a_sweep_trains_resumes_after_a_kill_skips_when_done_and_compares(train_store, tiny_teachers, tmp_path):
+    out = tmp_path / "sweep"
+    args = ["--config", TINY, "--grid", "stages.0.lr=0.002,0.004", "--set", f"store.url={train_store}",
+            "--set", f"model.sam_checkpoint={tiny_teachers['sam']}", "--set", STAGES, "--set", "ckpt_every=3",
+            "--set", "val_every=2", "--set", "log_batches=true", "--set", "data.workers=0", str(out)]
+    # Killed at step 4 (joint's first): the first run's checkpoint is step 3, the sweep stops there.
+    p = run_sweep(*args, env={"SAMCLIP_KILL_AT": "train_step:4"})
+    assert p.returncode == 1 and "sweep stopped: run lr=0.002 exited with -9" in p.stderr, p.stderr[-2000:]
+    assert not (out / "lr=0.004").exists()
+
+    p = run_sweep(*args)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "[1/2] lr=0.002: resuming" in p.stdout and "[2/2] lr=0.004: training" in p.stdout
+    assert "resuming from" in p.stdout + p.stderr and "step_00000003" in p.stdout + p.stderr
+    for name in ("lr=0.002", "lr=0.004"):
+        assert (out / name / "export" / "student.json").is_file()
+        assert sorted(logged(out / name)) == [1, 2, 3, 4, 5]
+    before = (out / "lr=0.002" / "batches" / "rank0.jsonl").read_text()
+
+    p = run_sweep(*args)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("finished before, skipped") == 2
+    assert (out / "lr=0.002" / "batches" / "rank0.jsonl").read_text() == before
+
+    p = subprocess.run([sys.executable, "-m", "student.compare", str(out)], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    header, rule, *rows = p.stdout.split("\n\n")[0].splitlines()
+    assert header.split()[0] == "lr" and [r.split()[0] for r in rows] == ["0.002", "0.004"]
+    assert "clip224_retrieval_top1" in header and all(" finished " in r for r in rows)
+    assert "teacher work the store saved over 2 run(s)" in p.stdout
+    with open(out / "comparison.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["stages.0.lr"] for r in table] == ["0.002", "0.004"] and {r["steps"] for r in table} == {"5"}
+    store = open_store(str(train_store))
+    clip, sam = store.manifest("clip"), store.manifest("sam")
+    flops = teacher_flops(clip.must_match["teacher"], sam.must_match["teacher"],
+                          int(sam.must_match["policy"]["num_masks"]) == 3)
+    assert flops.clip_view == clip_view_flops(clip.must_match["teacher"]["arch"], (224, 224)) > 0
+    for name, row in zip(("lr=0.002", "lr=0.004"), table):
+        batches = logged(out / name).values()  # the kill's lost step is not counted: its redo is
+        views, images = sum(len(b["clip"]) for b in batches), sum(len(b["sam"]) for b in batches)
+        assert (int(row["clip_views"]), int(row["sam_images"])) == (views, images) and images == 2 * 2  # 2 joint steps
+        prompts = int(row["sam_prompts"])
+        assert images <= prompts <= 8 * images  # P' = 8 of each image's stored prompts, fewer where it has fewer
+        assert float(row["teacher_flops_saved"]) == pytest.approx(flops.of(views, images, prompts), rel=1e-5)
+    assert (out / "comparison.md").read_text().startswith("| lr |")
+    with Image.open(out / "comparison.png") as png:
+        assert png.size[0] > 400 and len(png.getcolors(1 << 16) or range(1 << 16)) > 16  # drawn, not blank
+
+
+def test_bad_grid_keys_and_values_stop_in_one_line_before_any_run(tmp_path):
+    out = tmp_path / "sweep"
+    cases = {("--grid", "stages.0.lr_typo=1,2"): "config key 'stages.0.lr_typo': unknown key",
+             ("--grid", "stages.0.lr=0.1,fast"): "run lr=fast: config key 'stages.0.lr': expected float or null, got 'fast'",
+             ("--grid", "stages.9.lr=0.1"): "'stages.9' needs a list index below 3",
+             ("--grid", "stages.0.lr"): "--grid 'stages.0.lr': expected KEY=V1,V2",
+             ("--grid", "data.clip.resolutions=[224,448"): "expected comma-separated YAML values",
+             ("--grid", "model.sam_checkpoint=x/y,x y"): "both make run name 'sam_checkpoint=x-y'",
+             ("--grid", "seed=1,2", "--seeds", "2"): "give seeds one way"}
+    for extra, message in cases.items():
+        with pytest.raises(ConfigError) as e:
+            sweep.main(["--config", TINY, *extra, str(out)])
+        assert message in str(e.value) and "\n" not in str(e.value), (extra, str(e.value))
+    assert not out.exists()
+    p = run_sweep("--config", TINY, "--grid", "stages.0.lr=0.1,fast", str(out))  # what a user sees
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and p.stderr.startswith("error: run lr=fast")
+
+
+def test_run_names_are_unique_and_readable_for_multi_key_grids(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert sweep.main(["--config", TINY, "--grid", "data.clip.batch_size=8,16", "--grid", "data.sam.batch_size=2,4",
+                       "--grid", "data.clip.resolutions=[224],[224, 448]", "--seeds", "2", "--print", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    dirs = [line.split("output_dir=")[1].strip("'") for line in lines]
+    assert len(lines) == 16 and len(set(dirs)) == 16 and all(line.startswith("accelerate launch ") for line in lines)
+    assert os.path.basename(dirs[0]) == "clip.batch_size=8,sam.batch_size=2,resolutions=224,seed=0"
+    assert os.path.basename(dirs[-1]) == "clip.batch_size=16,sam.batch_size=4,resolutions=224-448,seed=1"
+    assert "--set seed=1" in lines[1] and "--set seed=0" in lines[0]
+    # A run folder that holds a run of another config is refused, naming the key that differs.
+    (out / "clip.batch_size=8,sam.batch_size=2,resolutions=224,seed=0").mkdir(parents=True)
+    record = yaml.safe_load(open(TINY)) | {"seed": 5}
+    (out / "clip.batch_size=8,sam.batch_size=2,resolutions=224,seed=0" / "config.yaml").write_text(yaml.safe_dump(record))
+    with pytest.raises(ConfigError, match="holds a run of another config"):
+        sweep.main(["--config", TINY, "--grid", "data.clip.batch_size=8,16", "--grid", "data.sam.batch_size=2,4",
+                    "--grid", "data.clip.resolutions=[224],[224, 448]", "--seeds", "2", "--print", str(out)])
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(REPO / "student" / "configs" / "sweeps")))
+def test_the_example_sweeps_validate_every_point(name, tmp_path, capsys):
+    assert sweep.main(["--sweep", str(REPO / "student" / "configs" / "sweeps" / name), "--print", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    grid = yaml.safe_load(open(REPO / "student" / "configs" / "sweeps" / name))["grid"]
+    assert len(lines) == len(next(iter(grid.values()))) >= 2
+
+
+def test_teacher_flops_match_a_count_by_hand():
+    """The tiny CLIP tower (storage_schemas/model_configs): 224 px, patch 32, width 64, 2 layers of
+    2 heads, MLP 4x, projection to 64: multiply-adds counted by hand, 2 FLOPs each."""
+    n, d, heads, mlp = (224 // 32) ** 2 + 1, 64, 2, 256
+    patches = 49 * 3 * 32 * 32 * d
+    layer = n * d * 3 * d + 2 * heads * n * n * (d // heads) + n * d * d + 2 * n * d * mlp
+    assert clip_view_flops("samclip-tiny-clip", (224, 224)) == 2 * (patches + 2 * layer + d * 64)
+    flops = teacher_flops({"arch": "samclip-tiny-clip", "preprocess": {"size": [224, 224]}}, {"arch": "tiny"})
+    assert flops.sam_image > flops.sam_prompt > 0
+    assert flops.of(3, 2, 5) == 3 * flops.clip_view + 2 * flops.sam_image + 5 * flops.sam_prompt
