@@ -6,6 +6,8 @@ too (zero-shot text towers, `storage_schemas.teacher_flops`), so both register i
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 
 import open_clip
@@ -13,3 +15,13 @@ import open_clip
 open_clip.add_model_config(os.path.join(os.path.dirname(__file__), "model_configs"))
 
 TINY_CLIP_ARCH = "samclip-tiny-clip"
+
+
+@contextlib.contextmanager
+def no_weights_warning():
+    """Silence open_clip's "No pretrained weights loaded" where a random init is intended."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)

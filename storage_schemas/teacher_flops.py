@@ -51,9 +51,9 @@ def _counted(fn) -> float:
 def clip_view_flops(arch: str, size: tuple[int, int]) -> float:
     import open_clip
 
-    import storage_schemas.clip_archs  # noqa: F401 (the project's own architectures)
+    from storage_schemas.clip_archs import no_weights_warning  # and the project's own architectures
 
-    with torch.device("meta"):
+    with torch.device("meta"), no_weights_warning():
         model = open_clip.create_model(arch, pretrained=None, device="meta")
         return _counted(lambda: model.encode_image(torch.zeros(1, 3, *size)))
 

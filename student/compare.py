@@ -240,10 +240,10 @@ def write_csv(path: str, points: list[Point], keys: list[str], metrics: list[str
             stats = [p.metric(m) for m in metrics]
             w.writerow([_value(p.values[k]) for k in keys] + [
                 len(p.runs), "/".join(sorted({r.status for r in p.runs})), max(r.steps for r in p.runs),
-                f"{statistics.mean(seconds):.1f}" if seconds else ""]
-                + [x for s in stats for x in ((f"{s[0]:.6g}", f"{s[1]:.6g}" if s[1] is not None else "") if s else ("", ""))]
+                statistics.mean(seconds) if seconds else ""]
+                + [x for s in stats for x in ((s[0], "" if s[1] is None else s[1]) if s else ("", ""))]
                 + [sum(c[k] for c in consumed) if None not in consumed else "" for k in CONSUMED]
-                + [f"{sum(saved):.6g}" if None not in saved else ""])
+                + [sum(saved) if None not in saved else ""])
 
 
 def plot_curves(path: str, points: list[Point], keys: list[str], metrics: list[str]) -> None:

@@ -147,3 +147,48 @@ def test_teacher_flops_match_a_count_by_hand():
     flops = teacher_flops({"arch": "samclip-tiny-clip", "preprocess": {"size": [224, 224]}}, {"arch": "tiny"})
     assert flops.sam_image > flops.sam_prompt > 0
     assert flops.of(3, 2, 5) == 3 * flops.clip_view + 2 * flops.sam_image + 5 * flops.sam_prompt
+
+
+def _fake_run(path: Path, lr: float, seed: int, top1: list[float], finished: bool = True) -> None:
+    """A run folder as student/train.py leaves it, without training: config, validations, export or checkpoint."""
+    config = yaml.safe_load(open(TINY))
+    config["stages"][0]["lr"], config["seed"], config["output_dir"] = lr, seed, str(path)
+    (path / "export").mkdir(parents=True)
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
+    rows = [{"stage": "probe", "step": 10 * i, "val/clip224_retrieval_top1": v, "val/clip224_chance": 0.05}
+            for i, v in enumerate(top1)]
+    rows.insert(1, {**rows[1], "val/clip224_retrieval_top1": -1.0})  # validated again after a resume: the last counts
+    (path / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    consumed = {"clip_views": 100, "sam_images": 0, "sam_prompts": 0}
+    teacher = {"arch": "samclip-tiny-clip", "preprocess": {"size": [224, 224]}}
+    if finished:
+        (path / "export" / "student.json").write_text(json.dumps(
+            {"global_step": 10 * (len(top1) - 1), "train_seconds": 12.0, "consumed": consumed, "clip_teacher": teacher,
+             "sam_teacher": None, "sam_multimask": False}))
+    else:
+        state = path / "checkpoints" / "step_00000010"
+        state.mkdir(parents=True)
+        (state / "trainer_state.json").write_text(json.dumps({"state": {"global_step": 10, "train_seconds": 5.0,
+                                                                        **consumed}}))
+
+
+def test_compare_gives_mean_and_std_over_seeds_and_reads_partial_runs(tmp_path, capsys):
+    from student import compare
+
+    _fake_run(tmp_path / "a0", 0.002, 0, [0.1, 0.4, 0.6])
+    _fake_run(tmp_path / "a1", 0.002, 1, [0.1, 0.3, 0.4])
+    _fake_run(tmp_path / "b0", 0.004, 0, [0.1, 0.2], finished=False)
+    (tmp_path / "b0" / "config.yaml").write_text((tmp_path / "b0" / "config.yaml").read_text().replace(
+        "store:\n  url: out/store", f"store:\n  url: {tmp_path / 'no-store'}"))
+    assert compare.main([str(tmp_path / n) for n in ("a0", "a1", "b0")] + ["--out", str(tmp_path / "cmp")]) == 0
+    out = capsys.readouterr()
+    header, _, row_a, row_b = out.out.split("\n\n")[0].splitlines()
+    assert header.split()[:2] == ["lr", "url"] and "chance" not in header
+    assert row_a.split()[0] == "0.002" and row_a.split()[2:5] == ["2", "finished", "20"]
+    assert "0.5000 +- 0.1414 (n=2)" in row_a
+    assert row_b.split()[0] == "0.004" and row_b.split()[2:5] == ["1", "partial", "10"] and "0.2000" in row_b
+    assert "its runs' teacher work is not counted" in out.err  # the partial run's store is not there
+    rows = list(csv.DictReader(open(tmp_path / "cmp" / "comparison.csv")))
+    assert rows[0]["clip_views"] == "200" and float(rows[0]["teacher_flops_saved"]) == 200 * clip_view_flops(
+        "samclip-tiny-clip", (224, 224))
+    assert rows[1]["teacher_flops_saved"] == "" and rows[1]["train_seconds"] == "5.0"

@@ -7,8 +7,6 @@ demo use open_clip's own classes and transforms with weights made by `pipeline.t
 """
 from __future__ import annotations
 
-import contextlib
-import logging
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -21,7 +19,7 @@ from storage_schemas.checkpoints import (
     describe_mismatch, fetch_checkpoint, is_path_like, load_state_dict_file, weights_sha256,
 )
 from pipeline.teachers.fingerprint import TeacherFingerprint
-from storage_schemas.clip_archs import TINY_CLIP_ARCH  # noqa: F401 (registers it with open_clip)
+from storage_schemas.clip_archs import TINY_CLIP_ARCH, no_weights_warning  # noqa: F401 (registers it)
 from storage_schemas.errors import CheckpointError, ConfigError
 
 
@@ -123,16 +121,6 @@ def _check_fits(arch: str, path: str) -> None:
     problem = describe_mismatch(model_sd, ckpt)
     if problem:
         raise CheckpointError(f"checkpoint '{path}' does not fit open_clip {arch}: {problem}")
-
-
-@contextlib.contextmanager
-def no_weights_warning():
-    """Silence open_clip's "No pretrained weights loaded" where a random init is intended."""
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(logging.NOTSET)
 
 
 def _first_line(e: BaseException) -> str:

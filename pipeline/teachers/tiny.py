@@ -16,7 +16,7 @@ import open_clip
 import torch
 from safetensors.torch import save_file
 
-from pipeline.teachers.clip_teacher import TINY_CLIP_ARCH, no_weights_warning
+from storage_schemas.clip_archs import TINY_CLIP_ARCH, no_weights_warning
 from storage_schemas.errors import run_cli
 from storage_schemas.sam_models import build_sam
 
