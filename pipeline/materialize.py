@@ -40,10 +40,28 @@ CLIP_BLOCK_BYTES = 16 * 1024 * 1024
 SAM_BLOCK_BYTES = 4 * 1024 * 1024
 
 
+VERBOSE_ENV = "SAMCLIP_RAY_VERBOSE"  # =1: Ray Data's own progress bars and execution logs come back
+
+
+def quiet_ray_data() -> None:
+    """The job shows its own bars and summary; Ray Data's per-operator progress (a block of lines
+    per update when stdout is a file) and its INFO lines about execution plans stay off unless
+    SAMCLIP_RAY_VERBOSE=1, for debugging a job."""
+    import ray.data
+
+    if os.environ.get(VERBOSE_ENV) == "1":
+        return
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
 def start_ray(cfg: JobConfig) -> bool:
     """Connect to RAY_ADDRESS's cluster or start a local one; True when the cluster has GPUs."""
     import ray
 
+    quiet_ray_data()
     if not ray.is_initialized():
         # A test's kill point must reach the teacher actors, also on a cluster's other nodes.
         env = {k: os.environ[k] for k in FAULT_ENVS if k in os.environ}

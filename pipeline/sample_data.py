@@ -20,7 +20,7 @@ import io
 import json
 import os
 import tarfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -228,13 +228,48 @@ def build_sample_corpus(out_dir: str, spec: CorpusSpec = CorpusSpec()) -> dict[s
     return counts
 
 
+CORPUS_RECORD = "corpus.json"  # the spec, the counts and every file's SHA-256, written last
+
+
+def corpus_files(out_dir: str) -> dict[str, str]:
+    """Relative path -> SHA-256 of every file of the corpus (the record apart)."""
+    out = {}
+    for root, _, names in os.walk(out_dir):
+        for name in names:
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, out_dir)
+            if rel != CORPUS_RECORD:
+                with open(path, "rb") as f:
+                    out[rel] = hashlib.sha256(f.read()).hexdigest()
+    return dict(sorted(out.items()))
+
+
+def recorded_counts(out_dir: str, spec: CorpusSpec) -> dict[str, int] | None:
+    """The counts of a corpus already in `out_dir` from `spec` with every file as written, else None."""
+    path = os.path.join(out_dir, CORPUS_RECORD)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        record = json.load(f)
+    if record.get("spec") != asdict(spec) or record.get("files") != corpus_files(out_dir):
+        return None
+    return record["counts"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.sample_data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    counts = build_sample_corpus(args.out_dir, CorpusSpec(seed=args.seed))
+    spec = CorpusSpec(seed=args.seed)
+    counts = recorded_counts(args.out_dir, spec)
+    if counts is not None:
+        print(f"sample corpus in {args.out_dir}: present and unchanged ({CORPUS_RECORD}): kept")
+        return 0
+    counts = build_sample_corpus(args.out_dir, spec)
+    with open(os.path.join(args.out_dir, CORPUS_RECORD), "w") as f:
+        json.dump({"spec": asdict(spec), "counts": counts, "files": corpus_files(args.out_dir)}, f, indent=1)
     print(f"sample corpus in {args.out_dir}: {counts['clip']} CLIP samples in "
           f"{CorpusSpec.clip_shards} shards (clip/), {counts['sam']} SA-1B images in "
           f"{CorpusSpec.sam_shards} shards (sam/); eval/: {counts['classify']} labelled images (classify/), "

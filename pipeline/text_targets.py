@@ -4,11 +4,16 @@ Writes `text/NAME.parquet`: the CLIP teacher's text embedding of each class name
 prompt templates and renormalised, exactly as `open_clip.build_zero_shot_classifier` builds its
 zero-shot head, so evaluation never needs the teacher. Class names are open_clip's ImageNet-1k
 names or a file with one name per line; templates are the 80 OpenAI ones or the simple set.
-The teacher must be the one the store's CLIP manifest names, if the store has one.
+The teacher must be the one the store's CLIP manifest names, if the store has one. A table made
+from the same class names, templates and teacher weights is kept, not rebuilt.
 """
 from __future__ import annotations
 
 import argparse
+import io
+import json
+
+import pyarrow.parquet as pq
 
 from pipeline.config import load_job_config
 from pipeline.teachers import load_clip_teacher
@@ -19,6 +24,17 @@ from storage_schemas.manifest import differences, read_manifest
 from storage_schemas.storage import Storage
 from storage_schemas.tables import parquet_bytes
 from storage_schemas.typed_config import add_config_arguments
+
+
+def up_to_date(storage: Storage, rel: str, classnames: list[str], templates, weights_sha256: str) -> bool:
+    """Whether the table at `rel` was made from these class names, templates and teacher weights."""
+    if not storage.exists(rel):
+        return False
+    table = pq.read_table(io.BytesIO(storage.read_bytes(rel)), columns=["class_name"])
+    meta = table.schema.metadata or {}
+    texts = json.dumps([t("{}") if callable(t) else t for t in templates]).encode()
+    return (table.column("class_name").to_pylist() == classnames and meta.get(b"template_texts") == texts
+            and meta.get(b"teacher_weights_sha256") == weights_sha256.encode())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
                                    f"(teacher.{key}: store has {a!r}, job has {b!r}); text embeddings must "
                                    "come from the same teacher")
     templates = template_set(args.templates)
+    if up_to_date(storage, layout.text_path(args.name), classnames, templates, teacher.fingerprint.weights_sha256):
+        print(f"text/{args.name}.parquet: up to date (the same {len(classnames)} classes, templates and teacher "
+              f"weights): kept")
+        return 0
     table = text_table(class_text_embeddings(teacher.model, teacher.tokenizer, classnames, templates), classnames,
                        args.templates, templates, {"teacher_arch": teacher.fingerprint.arch,
                                                    "teacher_weights_sha256": teacher.fingerprint.weights_sha256})

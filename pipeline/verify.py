@@ -48,12 +48,18 @@ class KindResult:
 
 
 def choose(store: TargetStore, kind: str, n: int, seed: int) -> list[tuple[CommitRecord, int]]:
-    """n (unit, row) draws: a unit uniformly among the committed ones, then a stored sample in it."""
+    """n distinct (unit, row) draws (all stored samples where there are fewer): a unit uniformly
+    among the committed ones, then a stored sample in it, a draw already made drawn again."""
     records = [r for r in store.commits(kind) if r.n_stored > 0]
-    out = []
-    for i in range(n if records else 0):
+    n = min(n, sum(r.n_stored for r in records))
+    out, seen, i = [], set(), 0
+    while len(out) < n:
         record = records[stable_hash64("verify-unit", seed, kind, i) % len(records)]
-        out.append((record, stable_hash64("verify-sample", seed, kind, i) % record.n_stored))
+        row = stable_hash64("verify-sample", seed, kind, i) % record.n_stored
+        if (record.unit, row) not in seen:
+            seen.add((record.unit, row))
+            out.append((record, row))
+        i += 1
     return out
 
 

@@ -25,4 +25,4 @@ python -m student.evaluate sam-agreement --export "$EXPORT"
 python -m student.visualize --export "$EXPORT" --data out/sample/eval/voc --text sample --out out/pictures/semseg
 python -m student.inspect_store out/store --out out/pictures/store
 echo "metrics: out/eval/*.json; pictures: out/pictures/semseg (student), out/pictures/store (cached targets);"
-echo "sweep: out/sweeps/tiny_lambda/comparison.{md,csv,png}"
+echo "sweep: out/sweeps/tiny_lambda/comparison.{md,csv,png}; curves: tensorboard --logdir out/train/tensorboard"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from storage_schemas.console import format_table
 from storage_schemas.errors import run_cli
 from storage_schemas.store import open_store
 
@@ -22,11 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     kinds = [k for k in summary if k != "url"]
     if not kinds:
         print("  (no manifest yet: nothing materialized)")
-    for kind in kinds:
-        s = summary[kind]
-        print(f"  {kind}: teacher {s['teacher']}, policy {s['policy_hash']}, {s['units']} units, "
-              f"{s['samples_stored']}/{s['samples_in']} samples stored, {s['samples_errors']} in errors, "
-              f"rows {s['rows']}, {s['bytes'] / 1e6:.2f} MB")
+    else:
+        rows = [[kind, s["teacher"], s["policy_hash"], str(s["units"]), f"{s['samples_stored']}/{s['samples_in']}",
+                 str(s["samples_errors"]), ", ".join(f"{k} {v:,}" for k, v in sorted(s["rows"].items())),
+                 f"{s['bytes'] / 1e6:.2f} MB"] for kind, s in ((k, summary[k]) for k in kinds)]
+        print(format_table(["kind", "teacher", "policy", "units", "samples stored", "in errors", "table rows",
+                            "size"], rows, indent="  "))
     texts = store.text_names()
     if texts:
         print(f"  text tables: {', '.join(texts)}")

@@ -78,6 +78,9 @@ def differences(stored: dict, new: dict, prefix: str = "") -> list[tuple[str, An
 
 
 def _short(v: Any) -> str:
+    """A value for a one-line message: strings bare (a hash cut to 12 characters), others as JSON."""
+    if isinstance(v, str):
+        return v if len(v) <= 40 else v[:12] + "..."
     s = canonical_json(v)
     return s if len(s) <= 40 else s[:37] + "..."
 

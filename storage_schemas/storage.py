@@ -173,10 +173,9 @@ class Storage:
         except StoreError:
             raise
         except Exception as e:  # any filesystem's "cannot reach": one line, not a traceback
-            raise StoreError(
-                f"store URL '{self.url}' cannot be reached ({type(e).__name__}: {e}); "
-                "expected an existing directory or bucket you can write to"
-            ) from None
+            wanted = "a directory or bucket you can write to" if create else "an existing store you can read"
+            raise StoreError(f"store URL '{self.url}' cannot be reached ({type(e).__name__}: {e}); expected {wanted}") \
+                from None
 
     def exists(self, rel: str) -> bool:
         return self._retrying("exists", rel, lambda: self.fs.exists(self.full(rel)))

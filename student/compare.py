@@ -29,12 +29,13 @@ from typing import Any
 
 import yaml
 
+from storage_schemas.console import format_table
 from storage_schemas.errors import ConfigError, StoreError, run_cli
 from storage_schemas.teacher_flops import TeacherFlops, teacher_flops
 from student.config import RUN_CONFIG, flat_config
+from student.run_dir import CHECKPOINTS, EXPORT_META, STATE_FILE, VALIDATION_FILE, checkpoint_names
 from student.sweep import SWEEP_FILE, short_keys
 
-VALIDATION_FILE = "validation.jsonl"
 CONSUMED = ("clip_views", "sam_images", "sam_prompts")
 
 
@@ -82,11 +83,8 @@ def read_validation(path: str) -> list[dict[str, Any]]:
 
 
 def latest_state(run_dir: str) -> dict[str, Any] | None:
-    ckpts = os.path.join(run_dir, "checkpoints")
-    names = sorted(d for d in os.listdir(ckpts) if d.startswith("step_") and not d.endswith(".tmp")) \
-        if os.path.isdir(ckpts) else []
-    for name in reversed(names):
-        path = os.path.join(ckpts, name, "trainer_state.json")
+    for name in reversed(checkpoint_names(run_dir)):
+        path = os.path.join(run_dir, CHECKPOINTS, name, STATE_FILE)
         if os.path.isfile(path):
             with open(path) as f:
                 return json.load(f)["state"]
@@ -114,7 +112,7 @@ def read_run(path: str, name: str) -> RunResult:
     with open(config_path) as f:
         config = flat_config(yaml.safe_load(f) or {})
     validation = read_validation(os.path.join(path, VALIDATION_FILE))
-    meta_path = os.path.join(path, "export", "student.json")
+    meta_path = os.path.join(path, EXPORT_META)
     if os.path.isfile(meta_path):
         with open(meta_path) as f:
             meta = json.load(f)
@@ -215,13 +213,6 @@ def _value(v: Any) -> str:
     return v if isinstance(v, str) else json.dumps(v)
 
 
-def print_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def markdown(header: list[str], rows: list[list[str]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
@@ -295,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = metric_names(runs)
     points = points_of(runs, keys)
     header, rows = table(points, keys, metrics)
-    print(print_table(header, rows))
+    print(format_table(header, rows))
     saved = [r.saved_flops for r in runs]
     consumed = [r.consumed for r in runs if r.consumed is not None]
     totals = {k: sum(c[k] for c in consumed) for k in CONSUMED}

@@ -96,6 +96,9 @@ class SegmentationSet:
 
     def __init__(self, root: str, skipped: list[dict], split: str = "val", classes: str | None = None):
         self.root, self.skipped = root, skipped
+        if not os.path.isdir(root):
+            raise ConfigError(f"data '{root}': no such folder (expected a Pascal-VOC-style folder holding "
+                              f"JPEGImages/ and SegmentationClass/)")
         for sub in ("JPEGImages", "SegmentationClass"):
             if not os.path.isdir(os.path.join(root, sub)):
                 raise ConfigError(f"data '{root}': no {sub}/ folder (expected a Pascal-VOC-style layout)")

@@ -36,11 +36,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from storage_schemas.errors import ConfigError, run_cli
 from storage_schemas.typed_config import FieldError, load_config
-from student.config import RUN_CONFIG, config_record, flat_config, load_train_config
+from student.config import config_record, load_train_config
+from student.run_dir import config_difference, run_status
 
 TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
 SWEEP_FILE = "sweep.json"
@@ -143,29 +142,12 @@ def expand(grid: dict[str, list[str]], seeds: int, base_seed: int, output: str, 
     return runs
 
 
-def run_state(run: Run) -> str:
-    """'finished' (it has its export), 'partial' (a checkpoint) or 'new'."""
-    if os.path.isfile(os.path.join(run.output_dir, "export", "student.json")):
-        return "finished"
-    ckpts = os.path.join(run.output_dir, "checkpoints")
-    if os.path.isdir(ckpts) and any(d.startswith("step_") and not d.endswith(".tmp") for d in os.listdir(ckpts)):
-        return "partial"
-    return "new"
-
-
 def check_run_folder(run: Run, record: dict[str, Any]) -> None:
     """A folder that already holds a run must hold this point's config."""
-    path = os.path.join(run.output_dir, RUN_CONFIG)
-    if not os.path.isfile(path):
-        return
-    with open(path) as f:
-        was = flat_config(yaml.safe_load(f) or {})
-    now = flat_config(record)
-    diff = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
+    diff = config_difference(run.output_dir, record)
     if diff:
-        k = diff[0]
-        raise ConfigError(f"{run.output_dir} holds a run of another config ({k}: {was.get(k)!r} there, "
-                          f"{now.get(k)!r} now); remove it or sweep into another OUTPUT")
+        raise ConfigError(f"{run.output_dir} holds a run of another config ({diff}); remove it or sweep into "
+                          f"another OUTPUT")
 
 
 def launch_line(launcher: list[str], base: str, run: Run, resume: bool) -> list[str]:
@@ -219,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as e:
             raise ConfigError(f"run {run.name}: {e}") from None
         check_run_folder(run, config_record(cfg))
-        states[run.name] = run_state(run)
+        states[run.name] = run_status(run.output_dir)
     if args.print_only:
         for run in runs:
             launcher = [*shlex.split(args.launch), os.path.relpath(TRAIN_SCRIPT)]

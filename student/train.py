@@ -4,8 +4,10 @@
     torchrun --nproc_per_node 2 student/train.py --config student/configs/tiny.yaml --set store.url=out/store
 
 Reads targets and images through `student.data`, trains the stages of the config (see
-`student.trainer`), logs to OUTPUT/tensorboard, checkpoints to OUTPUT/checkpoints and exports
-the student to OUTPUT/export at the end.
+`student.trainer`), logs to OUTPUT/tensorboard and OUTPUT/validation.jsonl, checkpoints to
+OUTPUT/checkpoints and exports the student to OUTPUT/export at the end. Run again into the same
+OUTPUT, a run of the same config that finished is skipped and one that stopped is resumed; a
+folder holding a run of another config is refused (one folder, one run's logs).
 """
 from __future__ import annotations
 
@@ -16,10 +18,11 @@ import os
 import torch
 import yaml
 
-from storage_schemas.errors import StoreError, run_cli
+from storage_schemas.errors import ConfigError, StoreError, run_cli
 from storage_schemas.store import open_store
 from student.config import RUN_CONFIG, TrainConfig, config_record, flat_config, load_train_config
 from student.export import build_student, export_student
+from student.run_dir import CHECKPOINTS, STATE_FILE, checkpoint_names, config_difference, run_status
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,9 +41,37 @@ def flat_hparams(cfg: TrainConfig) -> dict[str, str | int | float | bool]:
             for k, v in flat_config(config_record(cfg)).items()}
 
 
+def earlier_run(cfg: TrainConfig, resume: str | None) -> str | None:
+    """What an earlier run in OUTPUT means for this one, said in one line: "skip" (it finished with
+    this config), "latest" (it stopped with this config: resume it) or `resume` as given. A folder
+    holding a run of another config is refused, so two runs' logs never mix."""
+    out = cfg.output_dir
+    if resume not in (None, "latest") and not os.path.isfile(os.path.join(resume, STATE_FILE)):
+        raise ConfigError(f"--resume {resume}: no checkpoint there (expected 'latest' or a step_N folder under "
+                          f"OUTPUT/{CHECKPOINTS} holding {STATE_FILE})")
+    if resume is not None:
+        return resume
+    diff = config_difference(out, config_record(cfg))
+    if diff:
+        raise ConfigError(f"{out} holds a run of another config ({diff}); use another output_dir, or "
+                          f"--resume latest to continue that run with this config")
+    status = run_status(out)
+    if status == "finished":
+        print(f"{out}: finished before with this config (its export is in {out}/export): skipped; "
+              f"delete {out} to train it again")
+        return "skip"
+    if status == "partial":
+        print(f"{out}: a run of this config stopped at {checkpoint_names(out)[-1]}: resuming it")
+        return "latest"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = load_train_config(args.config, args.overrides)
+    resume = earlier_run(cfg, args.resume)
+    if resume == "skip":
+        return 0
     from accelerate import Accelerator
 
     from student.trainer import Trainer
@@ -66,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         accelerator.print("student parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
     accelerator.init_trackers("tensorboard", config=flat_hparams(cfg))
     trainer = Trainer(cfg, accelerator, store, model, multimask)
-    state = trainer.run(args.resume)
+    state = trainer.run(resume)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         paths = export_student(model, cfg.model, embed_dim, os.path.join(cfg.output_dir, "export"),

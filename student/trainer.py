@@ -42,12 +42,11 @@ from student.batches import ClipBatchMaker, SamBatchMaker, Stream, target_logits
 from student.config import StageConfig, TrainConfig
 from student.epoch_plan import batch_sizes
 from student.pieces import split_filter, unit_pieces
+from student.run_dir import CHECKPOINTS, STATE_FILE, VALIDATION_FILE, checkpoint_names
 from student.losses import clip_loss, sam_loss
 from student.model import SamClip
 from student.validation import clip_metrics, load_clip_held_out, load_sam_held_out, sam_metrics
 
-CHECKPOINTS = "checkpoints"
-STATE_FILE = "trainer_state.json"
 
 
 @dataclass
@@ -158,11 +157,8 @@ class Trainer:
         return os.path.join(self.cfg.output_dir, CHECKPOINTS)
 
     def checkpoints(self) -> list[str]:
-        """Completed checkpoint directories, oldest first (a `.tmp` one was cut short)."""
-        if not os.path.isdir(self.checkpoint_root):
-            return []
-        return [os.path.join(self.checkpoint_root, d) for d in sorted(os.listdir(self.checkpoint_root))
-                if d.startswith("step_") and not d.endswith(".tmp")]
+        """Completed checkpoint directories, oldest first."""
+        return [os.path.join(self.checkpoint_root, d) for d in checkpoint_names(self.cfg.output_dir)]
 
     def latest_checkpoint(self) -> str | None:
         return (self.checkpoints() or [None])[-1]
@@ -217,6 +213,10 @@ class Trainer:
                 warning = plan_shape_warning(self.state, path, self.accelerator.num_processes, self.cfg.data.streams)
                 if warning:
                     self.accelerator.print(warning)
+        validations = os.path.join(self.cfg.output_dir, VALIDATION_FILE)
+        if saved is None and self.accelerator.is_main_process and os.path.isfile(validations):
+            os.remove(validations)  # an attempt that stopped before its first checkpoint: it starts over
+            self.accelerator.print(f"starting over: {validations} of an attempt without a checkpoint replaced")
         self.state.world_size, self.state.streams = self.accelerator.num_processes, self.cfg.data.streams
         while self.state.stage < len(self.cfg.stages):
             self.run_stage(self.cfg.stages[self.state.stage], saved)
@@ -349,7 +349,7 @@ class Trainer:
             acc.log(metrics, step=self.state.global_step)
             summary = ", ".join(f"{k[4:]}={v:.4f}" for k, v in sorted(metrics.items()) if not k.endswith("chance"))
             acc.print(f"[{stage} step {self.state.global_step}] {summary}")
-            with open(os.path.join(self.cfg.output_dir, "validation.jsonl"), "a") as f:
+            with open(os.path.join(self.cfg.output_dir, VALIDATION_FILE), "a") as f:
                 f.write(json.dumps({"stage": stage, "step": self.state.global_step, **metrics}) + "\n")
         acc.wait_for_everyone()
         return metrics

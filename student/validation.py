@@ -1,7 +1,8 @@
 """Held-out validation: what the student learned, measured in ways random teachers cannot flatter.
 
-CLIP side (NOTES.md: a random CLIP tower maps every image near one direction, so plain cosine
-flatters a student that outputs the mean):
+CLIP side (a random CLIP tower maps different images to similar directions: over 48 real photos
+a random ViT-B-32 gives a mean pairwise cosine of 0.63, -0.01 after subtracting the mean
+embedding, so plain cosine flatters a student that outputs the mean):
 - retrieval top-1: does the student's embedding of a held-out image find that image's teacher
   embedding among all held-out ones? Chance is 1/N.
 - centred cosine: cosine after subtracting the held-out set's mean teacher embedding (an unbiased

@@ -103,7 +103,8 @@ def test_rerun_skips_committed_units(clip_store, sample_corpus, tiny_teachers, t
     assert report["units_skipped"] == 4 and report["units_done"] == 0
 
 
-def test_text_targets_equal_open_clip_zero_shot_classifier(clip_store, sample_corpus, tiny_teachers, tmp_path, teacher):
+def test_text_targets_equal_open_clip_zero_shot_classifier(clip_store, sample_corpus, tiny_teachers, tmp_path, teacher,
+                                                            capsys):
     from conftest import run_module
 
     job = write_clip_job(tmp_path / "job.yaml", clip_store, sample_corpus, tiny_teachers)
@@ -122,6 +123,16 @@ def test_text_targets_equal_open_clip_zero_shot_classifier(clip_store, sample_co
         manual = torch.nn.functional.normalize(torch.nn.functional.normalize(e, dim=-1).mean(0), dim=0)
     torch.testing.assert_close(got[1], manual, atol=1e-5, rtol=1e-5)
     assert table.schema.metadata[b"teacher_weights_sha256"].decode() == teacher.fingerprint.weights_sha256
+    # Run again: the same classes, templates and teacher keep the table; other classes rebuild it.
+    from pipeline.text_targets import main as text_targets
+
+    path = clip_store / "text" / "sample.parquet"
+    before = path.stat().st_mtime_ns
+    assert text_targets([str(job), "--name", "sample", "--classes", str(classes)]) == 0
+    assert "up to date" in capsys.readouterr().out and path.stat().st_mtime_ns == before
+    classes.write_text("cat\nrocket\n")
+    assert text_targets([str(job), "--name", "sample", "--classes", str(classes)]) == 0
+    assert open_store(str(clip_store)).read_text("sample").column("class_name").to_pylist() == ["cat", "rocket"]
 
 
 def test_read_rows_carry_the_encoded_image_and_little_else(sample_corpus, tmp_path):

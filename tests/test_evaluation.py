@@ -265,6 +265,8 @@ def test_bad_evaluation_arguments_stop_with_one_line(export, sample_corpus, tmp_
         (["zeroshot-cls", "--data", str(sample_corpus / "eval" / "classify")], "--text"),
         (["zeroshot-cls", "--data", str(tmp_path / "nowhere"), "--text", "sample"], "nowhere"),
         (["semseg", "--data", str(sample_corpus / "eval" / "classify"), "--text", "sample"], "JPEGImages"),
+        (["semseg", "--data", str(tmp_path / "no-voc"), "--text", "sample"],
+         "no-voc': no such folder (expected a Pascal-VOC-style folder"),
         (["semseg", "--data", str(sample_corpus / "eval" / "voc"), "--text", "imagenet"], "no text table 'imagenet'"),
         (["semseg", "--data", str(sample_corpus / "eval" / "voc"), "--text", "sample", "--split", "vall"],
          "split 'vall': no"),

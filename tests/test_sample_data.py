@@ -71,3 +71,16 @@ def test_corpus_is_deterministic(sample_corpus, tmp_path):
     build_sample_corpus(str(tmp_path), CorpusSpec(clip_shards=1, sam_shards=1))
     for rel in ["clip/00000.tar", "clip/00000.parquet", "clip/00000_stats.json", "sam/sa_000000.tar"]:
         assert (tmp_path / rel).read_bytes() == (sample_corpus / rel).read_bytes(), rel
+
+
+def test_a_rerun_keeps_an_unchanged_corpus_and_rebuilds_a_changed_one(tmp_path, capsys):
+    from pipeline.sample_data import main
+
+    assert main([str(tmp_path)]) == 0
+    tar = tmp_path / "clip" / "00000.tar"
+    before, original = tar.stat().st_mtime_ns, tar.read_bytes()
+    assert main([str(tmp_path)]) == 0
+    assert "present and unchanged" in capsys.readouterr().out and tar.stat().st_mtime_ns == before
+    tar.write_bytes(tar.read_bytes()[:-512])  # damaged: rebuilt byte for byte
+    assert main([str(tmp_path)]) == 0
+    assert "present and unchanged" not in capsys.readouterr().out and tar.read_bytes() == original

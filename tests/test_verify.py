@@ -40,6 +40,17 @@ def test_a_sound_store_agrees_with_its_teacher(train_store, tiny_teachers, tmp_p
     assert "ok: the teacher agrees with the store" in p.stdout
 
 
+def test_draws_are_distinct_samples_and_at_most_all_of_them(train_store):
+    from pipeline.verify import choose
+    from storage_schemas.store import open_store
+
+    store = open_store(str(train_store))
+    stored = sum(r.n_stored for r in store.commits("sam"))
+    for kind, n in (("clip", 8), ("sam", stored + 5)):
+        draws = [(r.unit, row) for r, row in choose(store, kind, n, seed=0)]
+        assert len(draws) == len(set(draws)) == min(n, sum(r.n_stored for r in store.commits(kind)))
+
+
 def test_tampered_targets_and_another_teacher_are_caught(train_store, tiny_teachers, tmp_path):
     store = tmp_path / "store"
     shutil.copytree(train_store, store)

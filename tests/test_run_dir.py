@@ -1,0 +1,51 @@
+"""Reruns into a run folder (student/train.py, student.run_dir): a finished run of the same config
+is skipped, a stopped one resumed, each said in one line; a folder holding another config's run is
+refused in one line naming the key, unless --resume says to continue it."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from storage_schemas.errors import ConfigError
+from student.config import RUN_CONFIG, config_record, load_train_config
+from student.run_dir import config_difference, run_status
+from student.train import earlier_run
+
+TINY = str(Path(__file__).resolve().parents[1] / "student" / "configs" / "tiny.yaml")
+
+
+def test_a_rerun_skips_a_finished_run_resumes_a_stopped_one_and_refuses_another_config(tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg = load_train_config(TINY, [f"output_dir={out}"])
+    assert run_status(str(out)) == "new" and earlier_run(cfg, None) is None
+    out.mkdir()
+    (out / RUN_CONFIG).write_text(yaml.safe_dump(config_record(cfg)))
+    assert earlier_run(cfg, None) is None  # a config but nothing else: it died before its first checkpoint
+    (out / "checkpoints" / "step_00000025").mkdir(parents=True)
+    (out / "checkpoints" / "step_00000050.tmp").mkdir()  # cut short: not a checkpoint
+    assert run_status(str(out)) == "partial" and earlier_run(cfg, None) == "latest"
+    assert capsys.readouterr().out.strip() == f"{out}: a run of this config stopped at step_00000025: resuming it"
+    (out / "export").mkdir()
+    (out / "export" / "student.json").write_text("{}")
+    assert run_status(str(out)) == "finished" and earlier_run(cfg, None) == "skip"
+    assert "finished before with this config" in capsys.readouterr().out
+
+    other = load_train_config(TINY, [f"output_dir={out}", "seed=3", "stages.0.lr=0.01"])
+    assert config_difference(str(out), config_record(other)) == "seed: 0 there, 3 now and 1 more key(s)"
+    with pytest.raises(ConfigError, match="holds a run of another config") as e:
+        earlier_run(other, None)
+    assert "\n" not in str(e.value)
+    assert earlier_run(other, "latest") == "latest"  # said explicitly: continue it with this config
+
+
+def test_a_folder_of_a_run_from_before_configs_were_recorded_is_another_config(tmp_path):
+    (tmp_path / "validation.jsonl").write_text('{"stage": "probe", "step": 0}\n')
+    assert "without config.yaml" in config_difference(str(tmp_path), {})
+
+
+def test_a_resume_path_without_a_checkpoint_is_one_line(tmp_path):
+    cfg = load_train_config(TINY, [f"output_dir={tmp_path}"])
+    with pytest.raises(ConfigError) as e:
+        earlier_run(cfg, str(tmp_path / "checkpoints" / "step_99999"))
+    assert str(e.value) == (f"--resume {tmp_path}/checkpoints/step_99999: no checkpoint there (expected 'latest' "
+                            f"or a step_N folder under OUTPUT/checkpoints holding trainer_state.json)")
