@@ -24,6 +24,8 @@ def test_a_teacher_actor_killed_after_writing_a_part_is_survived(tmp_path, sampl
                      env={"SAMCLIP_KILL_AT": "after_part_written@00001", "SAMCLIP_KILL_ONCE": str(marker)})
     assert run.returncode == 0, run.stderr[-3000:]
     assert marker.exists(), "the actor never reached the kill point"
+    # Quiet by default: the job's own bars and summary, none of Ray Data's progress or plan logs.
+    assert "Dataset" not in run.stdout + run.stderr and "Progress" not in run.stderr, run.stderr[-3000:]
     report = json.loads((tmp_path / "r.json").read_text())["reports"][0]
     # The killed attempt's part was written but never reported: removed once its unit committed.
     assert report["units_done"] == 4 and report["leftovers_removed"] >= 1, report
