@@ -2,8 +2,10 @@
 
     clip_<source>_<key>.png   the image with its K stored crop boxes (view index, f = flipped) and
                               each view rendered from its (crop, flip) at the teacher's size
-    sam_<source>_<key>.png    one tile per stored prompt: the teacher's mask (logit > 0, upsampled
-                              as SamPredictor does) over the image, with the prompt's box and points
+    sam_<source>_<key>.png    one tile per stored prompt: the teacher's mask (logit > 0, i.e.
+                              probability > 0.5, upsampled as SamPredictor does; outline and
+                              translucent fill) over the image, with the prompt's box and points,
+                              titled with the teacher's predicted IoU; a legend below
 
 The first N committed samples of each kind are drawn; the pixels are re-rendered from the input
 shards by the same code the teacher and the student use.
@@ -26,7 +28,8 @@ from storage_schemas.tables import PROMPT_STRUCTURES, STRUCTURE_PARTS
 from storage_schemas.views import render_view
 from student.data import iter_clip_unit, iter_sam_unit
 from student.inference import postprocess_masks
-from student.pictures import draw_crops, draw_prompt, fit_height, mask_overlay, sheet
+from student.pictures import (BACKGROUND_POINT, BOX_COLOR, FOREGROUND_POINT, MASK_COLOR, draw_crops, draw_prompt,
+                              fit_height, mask_overlay, sheet)
 
 
 def clip_sheet(sample, size: int) -> Image.Image:
@@ -37,6 +40,12 @@ def clip_sheet(sample, size: int) -> Image.Image:
               Image.fromarray(render_view(image, sample.crops[v], bool(sample.flips[v]), size)))
              for v in range(len(sample.crops))]
     return sheet([(f"{sample.identity.key}: {len(views)} crops", boxes), *views])
+
+
+# "pred. IoU" in a tile's title is the teacher's own estimate of its mask's IoU (SAM's IoU head; a
+# random head's can be negative), not a measured one.
+SAM_LEGEND = [("teacher mask, p > 0.5", MASK_COLOR), ("box prompt", BOX_COLOR),
+              ("point (foreground)", FOREGROUND_POINT), ("point (background)", BACKGROUND_POINT)]
 
 
 def sam_sheet(sample, prompts: int) -> Image.Image:
@@ -52,8 +61,8 @@ def sam_sheet(sample, prompts: int) -> Image.Image:
         has_box, has_points = STRUCTURE_PARTS[int(p.structure[i])]
         draw_prompt(tile, p.boxes[i] if has_box else None, p.points[i] if has_points else None,
                     p.labels[i] if has_points else None, scale)
-        tiles.append((f"{i}: {PROMPT_STRUCTURES[int(p.structure[i])]} iou {p.iou[i, m]:.2f}", tile))
-    return sheet(tiles)
+        tiles.append((f"{i}: {PROMPT_STRUCTURES[int(p.structure[i])]}, pred. IoU {p.iou[i, m]:.2f}", tile))
+    return sheet(tiles, SAM_LEGEND)
 
 
 def inspect(store: TargetStore, out: str, samples: int, prompts: int, size: int | None = None) -> list[str]:

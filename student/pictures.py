@@ -44,11 +44,23 @@ def overlay(image: Image.Image, colors: Image.Image, alpha: float = 0.55) -> Ima
     return Image.blend(image.convert("RGB"), colors.convert("RGB").resize(image.size, Image.Resampling.NEAREST), alpha)
 
 
-def mask_overlay(image: Image.Image, mask: np.ndarray, color: tuple[int, int, int] = (30, 144, 255),
-                 alpha: float = 0.5) -> Image.Image:
-    """mask: bool [H, W] -> the image with the mask tinted in `color`."""
+MASK_COLOR = (30, 144, 255)
+BOX_COLOR = (255, 215, 0)
+FOREGROUND_POINT, BACKGROUND_POINT = (0, 200, 0), (220, 0, 0)
+
+
+def mask_overlay(image: Image.Image, mask: np.ndarray, color: tuple[int, int, int] = MASK_COLOR,
+                 alpha: float = 0.4) -> Image.Image:
+    """mask: bool [H, W] -> the image with the mask as a mask: a translucent fill in `color` and its
+    outline (mask pixels with a 4-neighbour outside it) solid."""
     rgb = np.asarray(image.convert("RGB"), np.float32)
     rgb[mask] = (1 - alpha) * rgb[mask] + alpha * np.asarray(color, np.float32)
+    inner = mask.copy()
+    inner[1:, :] &= mask[:-1, :]
+    inner[:-1, :] &= mask[1:, :]
+    inner[:, 1:] &= mask[:, :-1]
+    inner[:, :-1] &= mask[:, 1:]
+    rgb[mask & ~inner] = color
     return Image.fromarray(rgb.round().astype(np.uint8))
 
 
@@ -59,15 +71,18 @@ def fit_height(image: Image.Image, height: int = TILE_HEIGHT) -> tuple[Image.Ima
 
 
 def draw_prompt(image: Image.Image, box: Sequence[float] | None = None, points: np.ndarray | None = None,
-                labels: np.ndarray | None = None, scale: float = 1.0, color=(255, 215, 0)) -> Image.Image:
-    """Box as a rectangle, points as dots (green foreground, red background), in image pixels x scale."""
+                labels: np.ndarray | None = None, scale: float = 1.0, color=BOX_COLOR,
+                point_color: tuple[int, int, int] | None = None) -> Image.Image:
+    """Box as a rectangle, points as dots (green foreground, red background, or all `point_color`:
+    the class a point prompts), in image pixels x scale."""
     draw = ImageDraw.Draw(image)
     if box is not None:
         draw.rectangle([v * scale for v in box], outline=color, width=2)
     if points is not None:
         for i, (x, y) in enumerate(np.asarray(points).reshape(-1, 2) * scale):
             fg = labels is None or int(np.asarray(labels).reshape(-1)[i]) == 1
-            draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(0, 200, 0) if fg else (220, 0, 0), outline=(0, 0, 0))
+            fill = point_color or (FOREGROUND_POINT if fg else BACKGROUND_POINT)
+            draw.ellipse([x - 5, y - 5, x + 5, y + 5], fill=fill, outline=(255, 255, 255), width=2)
     return image
 
 
@@ -85,8 +100,11 @@ def draw_crops(image: Image.Image, crops: np.ndarray, flips: np.ndarray) -> Imag
 
 
 def legend_items(names: Sequence[str], present: Sequence[int]) -> list[tuple[str, tuple[int, int, int]]]:
+    """A legend entry per class index present; the ignore label (255) as 'ignore (not scored)'."""
     colors = class_colors(len(names))
-    return [(names[i], tuple(int(c) for c in colors[i])) for i in sorted(set(int(p) for p in present)) if i < len(names)]
+    present = sorted(set(int(p) for p in present))
+    items = [(names[i], tuple(int(c) for c in colors[i])) for i in present if i < len(names)]
+    return items + ([("ignore (not scored)", IGNORE_COLOR)] if IGNORE_LABEL in present else [])
 
 
 def sheet(tiles: Sequence[tuple[str, Image.Image]], legend: Sequence[tuple[str, tuple[int, int, int]]] = (),

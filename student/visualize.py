@@ -21,7 +21,7 @@ from storage_schemas.tar_samples import IMAGE_EXTENSIONS
 from student.eval_data import SegmentationSet, decode_or_skip
 from student.evaluate import add_class_name_arguments, check_refine_arguments, class_names, export_meta
 from student.inference import SamClipPredictor
-from student.pictures import colorize, draw_prompt, fit_height, legend_items, overlay, sheet
+from student.pictures import class_colors, colorize, draw_prompt, fit_height, legend_items, overlay, sheet
 
 
 def segmentation_sheet(predictor: SamClipPredictor, image, classes, label: np.ndarray | None, threshold: float,
@@ -33,11 +33,11 @@ def segmentation_sheet(predictor: SamClipPredictor, image, classes, label: np.nd
         tiles.append(("ground truth", overlay(image, colorize(label, n))))
     tiles.append(("CLIP head (coarse)", overlay(image, colorize(seg.coarse_labels, n))))
     refined, scale = fit_height(overlay(image, colorize(seg.labels, n)))
-    for pts in seg.points.values():
-        draw_prompt(refined, points=pts, scale=scale)
-    tiles.append(("SAM head (refined)", refined))
-    present = [*np.unique(seg.labels), *np.unique(seg.coarse_labels),
-               *(np.unique(label[label != 255]) if label is not None else [])]
+    colors = class_colors(n)
+    for c, pts in seg.points.items():  # each class's point prompts in its colour
+        draw_prompt(refined, points=pts, scale=scale, point_color=tuple(int(v) for v in colors[c]))
+    tiles.append(("SAM head (refined; dots: point prompts)", refined))
+    present = [*np.unique(seg.labels), *np.unique(seg.coarse_labels), *(np.unique(label) if label is not None else [])]
     return sheet(tiles, legend_items(classes.names, present))
 
 
@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     classes = class_names(args, names, args.store or meta.get("store"), meta)
     os.makedirs(args.out, exist_ok=True)
     written = 0
-    for i, (key, image, label) in enumerate(tqdm(items, desc="pictures", unit="img", total=args.limit)):
+    total = min(args.limit, len(dataset)) if voc else None  # plain images: counted as they come
+    for i, (key, image, label) in enumerate(tqdm(items, desc="pictures", unit="img", total=total)):
         if i == args.limit:
             break
         page = segmentation_sheet(predictor, image, classes, label, args.threshold, args.points, seed=args.seed + i)

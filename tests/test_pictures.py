@@ -1,0 +1,28 @@
+"""Pictures that explain themselves: a mask drawn as a mask (outline + translucent fill), the
+ignore band in the legend, point prompts in the colour of the class they prompt."""
+import numpy as np
+from PIL import Image
+
+from student.pictures import (IGNORE_COLOR, MASK_COLOR, class_colors, draw_prompt, legend_items, mask_overlay)
+
+
+def test_a_mask_is_an_outline_and_a_translucent_fill():
+    image = Image.new("RGB", (20, 20), (100, 100, 100))
+    mask = np.zeros((20, 20), bool)
+    mask[5:15, 5:15] = True
+    out = np.asarray(mask_overlay(image, mask))
+    assert (out[5, 5:15] == MASK_COLOR).all() and (out[5:15, 14] == MASK_COLOR).all()  # the outline, solid
+    inside = out[10, 10]
+    assert not (inside == MASK_COLOR).all() and not (inside == 100).all()  # the fill: tinted, the photo through it
+    assert (out[0, 0] == 100).all() and (out[4, 10] == 100).all()  # outside: untouched
+
+
+def test_the_legend_names_the_ignore_band_and_points_take_their_class_colour():
+    names = ["background", "cat", "dog"]
+    assert legend_items(names, [0, 2, 255]) == [("background", (0, 0, 0)), ("dog", tuple(int(c) for c in
+                                                class_colors(3)[2])), ("ignore (not scored)", IGNORE_COLOR)]
+    assert [n for n, _ in legend_items(names, [1])] == ["cat"]
+    tile = Image.new("RGB", (40, 40), (0, 0, 0))
+    color = tuple(int(c) for c in class_colors(3)[2])
+    draw_prompt(tile, points=np.array([[20.0, 20.0]]), point_color=color)
+    assert tuple(np.asarray(tile)[20, 20]) == color
