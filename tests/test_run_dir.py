@@ -49,3 +49,23 @@ def test_a_resume_path_without_a_checkpoint_is_one_line(tmp_path):
         earlier_run(cfg, str(tmp_path / "checkpoints" / "step_99999"))
     assert str(e.value) == (f"--resume {tmp_path}/checkpoints/step_99999: no checkpoint there (expected 'latest' "
                             f"or a step_N folder under OUTPUT/checkpoints holding trainer_state.json)")
+
+
+@pytest.mark.slow
+def test_a_bad_key_is_one_line_alone_on_one_process_and_first_under_accelerate_launch():
+    import subprocess
+    import sys
+
+    repo = Path(TINY).parents[2]
+    args = ["student/train.py", "--config", TINY, "--set", "data.clip.batch_sise=8"]
+    message = "error: config key 'data.clip.batch_sise': unknown key"
+    plain = subprocess.run([sys.executable, *args], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 2 and plain.stderr.strip().startswith(message) and plain.stderr.count("\n") == 1
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    wrapped = subprocess.run([accelerate, "launch", "--num_processes", "1", *args], cwd=repo, capture_output=True,
+                             text=True, timeout=300)
+    # What the README says accelerate adds: the child's line first, then its own CalledProcessError.
+    lines = [x for x in wrapped.stderr.splitlines() if x.strip()]
+    first = next(i for i, x in enumerate(lines) if x.startswith("error: "))
+    assert wrapped.returncode == 1 and lines[first].startswith(message)
+    assert "CalledProcessError" in "\n".join(lines[first:]) and "Traceback" not in "\n".join(lines[:first])
