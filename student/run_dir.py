@@ -39,11 +39,12 @@ def run_status(output_dir: str) -> str:
 
 def config_difference(output_dir: str, record: dict[str, Any]) -> str | None:
     """How the config of the run in `output_dir` differs from `record` (config_record form):
-    None where they agree or the folder holds no run yet."""
+    None where they agree or the folder holds no run yet (no checkpoint, validation or export)."""
     path = os.path.join(output_dir, RUN_CONFIG)
+    if run_status(output_dir) == "new" and not os.path.isfile(os.path.join(output_dir, VALIDATION_FILE)):
+        return None  # nothing trained here yet (a start that stopped on bad input leaves config.yaml alone)
     if not os.path.isfile(path):
-        held = run_status(output_dir) != "new" or os.path.isfile(os.path.join(output_dir, VALIDATION_FILE))
-        return f"a run without {RUN_CONFIG} (from before runs recorded their config)" if held else None
+        return f"a run without {RUN_CONFIG} (from before runs recorded their config)"
     with open(path) as f:
         was = flat_config(yaml.safe_load(f) or {})
     now = flat_config(record)

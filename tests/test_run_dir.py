@@ -19,8 +19,10 @@ def test_a_rerun_skips_a_finished_run_resumes_a_stopped_one_and_refuses_another_
     cfg = load_train_config(TINY, [f"output_dir={out}"])
     assert run_status(str(out)) == "new" and earlier_run(cfg, None) is None
     out.mkdir()
+    other = load_train_config(TINY, [f"output_dir={out}", "seed=3", "stages.0.lr=0.01"])
+    (out / RUN_CONFIG).write_text(yaml.safe_dump(config_record(other)))
+    assert earlier_run(cfg, None) is None  # a start that stopped on bad input: nothing trained, no refusal
     (out / RUN_CONFIG).write_text(yaml.safe_dump(config_record(cfg)))
-    assert earlier_run(cfg, None) is None  # a config but nothing else: it died before its first checkpoint
     (out / "checkpoints" / "step_00000025").mkdir(parents=True)
     (out / "checkpoints" / "step_00000050.tmp").mkdir()  # cut short: not a checkpoint
     assert run_status(str(out)) == "partial" and earlier_run(cfg, None) == "latest"
@@ -30,7 +32,6 @@ def test_a_rerun_skips_a_finished_run_resumes_a_stopped_one_and_refuses_another_
     assert run_status(str(out)) == "finished" and earlier_run(cfg, None) == "skip"
     assert "finished before with this config" in capsys.readouterr().out
 
-    other = load_train_config(TINY, [f"output_dir={out}", "seed=3", "stages.0.lr=0.01"])
     assert config_difference(str(out), config_record(other)) == "seed: 0 there, 3 now and 1 more key(s)"
     with pytest.raises(ConfigError, match="holds a run of another config") as e:
         earlier_run(other, None)

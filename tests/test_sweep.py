@@ -124,6 +124,7 @@ def test_run_names_are_unique_and_readable_for_multi_key_grids(tmp_path, capsys)
     (out / "clip.batch_size=8,sam.batch_size=2,resolutions=224,seed=0").mkdir(parents=True)
     record = yaml.safe_load(open(TINY)) | {"seed": 5}
     (out / "clip.batch_size=8,sam.batch_size=2,resolutions=224,seed=0" / "config.yaml").write_text(yaml.safe_dump(record))
+    (out / "clip.batch_size=8,sam.batch_size=2,resolutions=224,seed=0" / "validation.jsonl").write_text("{}\n")
     with pytest.raises(ConfigError, match="holds a run of another config"):
         sweep.main(["--config", TINY, "--grid", "data.clip.batch_size=8,16", "--grid", "data.sam.batch_size=2,4",
                     "--grid", "data.clip.resolutions=[224],[224, 448]", "--seeds", "2", "--print", str(out)])
