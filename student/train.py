@@ -56,12 +56,13 @@ def earlier_run(cfg: TrainConfig, resume: str | None) -> str | None:
         raise ConfigError(f"{out} holds a run of another config ({diff}); use another output_dir, or "
                           f"--resume latest to continue that run with this config")
     status = run_status(out)
+    say = print if os.environ.get("RANK", "0") == "0" else (lambda *_: None)  # once, not once per process
     if status == "finished":
-        print(f"{out}: finished before with this config (its export is in {out}/export): skipped; "
+        say(f"{out}: finished before with this config (its export is in {out}/export): skipped; "
               f"delete {out} to train it again")
         return "skip"
     if status == "partial":
-        print(f"{out}: a run of this config stopped at {checkpoint_names(out)[-1]}: resuming it")
+        say(f"{out}: a run of this config stopped at {checkpoint_names(out)[-1]}: resuming it")
         return "latest"
     return None
 

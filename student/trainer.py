@@ -48,7 +48,6 @@ from student.model import SamClip
 from student.validation import clip_metrics, load_clip_held_out, load_sam_held_out, sam_metrics
 
 
-
 @dataclass
 class TrainState:
     stage: int = 0  # index into cfg.stages
