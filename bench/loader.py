@@ -129,13 +129,9 @@ def hand_off_time(maker, samples, batch: int, resolution: int) -> float:
     collated = maker.collate([maker.item(s, resolution, 0) for s in samples[:batch]])
     times = max(4, 2000 // batch)
     t = time.perf_counter()
-    for _ in make_loader_of(_Repeat(collated, times)):
+    for _ in make_loader(_Repeat(collated, times), workers=1):  # the trainer's DataLoader settings
         pass
     return (time.perf_counter() - t) / (times * batch)
-
-
-def make_loader_of(dataset) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=1, prefetch_factor=2)
 
 
 def run_loader(plan, maker, workers: int, log: str) -> tuple[float, int, list[list[str]], list]:

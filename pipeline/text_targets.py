@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 
 import pyarrow.parquet as pq
 
 from pipeline.config import load_job_config
 from pipeline.teachers import load_clip_teacher
 from storage_schemas import layout
-from storage_schemas.class_texts import TEMPLATE_SETS, class_text_embeddings, load_classnames, template_set, text_table
+from storage_schemas.class_texts import (TEMPLATE_SETS, class_text_embeddings, load_classnames, template_set,
+                                         template_texts, text_table)
 from storage_schemas.errors import ConfigError, ManifestMismatch, run_cli
 from storage_schemas.manifest import differences, read_manifest
 from storage_schemas.storage import Storage
@@ -32,8 +32,8 @@ def up_to_date(storage: Storage, rel: str, classnames: list[str], templates, wei
         return False
     table = pq.read_table(io.BytesIO(storage.read_bytes(rel)), columns=["class_name"])
     meta = table.schema.metadata or {}
-    texts = json.dumps([t("{}") if callable(t) else t for t in templates]).encode()
-    return (table.column("class_name").to_pylist() == classnames and meta.get(b"template_texts") == texts
+    return (table.column("class_name").to_pylist() == classnames
+            and meta.get(b"template_texts") == template_texts(templates).encode()
             and meta.get(b"teacher_weights_sha256") == weights_sha256.encode())
 
 

@@ -63,12 +63,17 @@ def class_text_embeddings(model: torch.nn.Module, tokenizer: Any, classnames: li
     return weights.T.float().cpu().numpy()
 
 
+def template_texts(templates: Sequence[Callable[[str], str]]) -> str:
+    """The templates as the table's metadata records them: JSON of each applied to "{}"."""
+    return json.dumps([t("{}") if callable(t) else t for t in templates])
+
+
 def text_table(embeddings: np.ndarray, classnames: list[str], templates_name: str,
                templates: Sequence[Callable[[str], str]], metadata: dict[str, str]) -> pa.Table:
     """embeddings: [C, D] -> the rows of `text/NAME.parquet`, with what made them in its metadata."""
     schema = text_embeddings_schema(embeddings.shape[1])
     meta = {**schema.metadata, b"templates": templates_name.encode(),
-            b"template_texts": json.dumps([t("{}") if callable(t) else t for t in templates]).encode(),
+            b"template_texts": template_texts(templates).encode(),
             **{k.encode(): v.encode() for k, v in metadata.items()}}
     table = pa.Table.from_arrays(
         [pa.array(np.arange(len(classnames), dtype=np.int32)), pa.array(classnames, pa.string()),

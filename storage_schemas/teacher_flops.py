@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from storage_schemas.manifest import Manifest
 from storage_schemas.sam_models import IMAGE_SIZE, build_sam
 
 
@@ -39,6 +40,12 @@ def teacher_flops(clip_teacher: dict[str, Any] | None, sam_teacher: dict[str, An
     clip = clip_view_flops(clip_teacher["arch"], tuple(clip_teacher["preprocess"]["size"])) if clip_teacher else 0.0
     sam = sam_flops(sam_teacher["arch"], multimask) if sam_teacher else (0.0, 0.0)
     return TeacherFlops(clip, *sam)
+
+
+def manifest_flops(clip: Manifest | None, sam: Manifest | None) -> TeacherFlops:
+    """From a store's CLIP and SAM manifests (either may be absent)."""
+    return teacher_flops(clip.must_match["teacher"] if clip else None, sam.must_match["teacher"] if sam else None,
+                         sam is not None and int(sam.must_match["policy"]["num_masks"]) == 3)
 
 
 def _counted(fn) -> float:

@@ -79,7 +79,7 @@ class BatchStream(IterableDataset):
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def make_loader(stream: BatchStream, workers: int) -> DataLoader:
+def make_loader(stream: IterableDataset, workers: int) -> DataLoader:
     """Batches come whole from the workers (batch_size=None), in plan order."""
     return DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=2 if workers else None,
                       persistent_workers=False, pin_memory=torch.cuda.is_available())

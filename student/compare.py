@@ -31,10 +31,10 @@ import yaml
 
 from storage_schemas.console import format_table
 from storage_schemas.errors import ConfigError, StoreError, run_cli
-from storage_schemas.teacher_flops import TeacherFlops, teacher_flops
+from storage_schemas.teacher_flops import TeacherFlops, manifest_flops, teacher_flops
 from student.config import RUN_CONFIG, flat_config
 from student.run_dir import CHECKPOINTS, EXPORT_META, STATE_FILE, VALIDATION_FILE, checkpoint_names
-from student.sweep import SWEEP_FILE, short_keys
+from student.sweep import SWEEP_FILE, as_text, short_keys
 
 CONSUMED = ("clip_views", "sam_images", "sam_prompts")
 
@@ -91,18 +91,16 @@ def latest_state(run_dir: str) -> dict[str, Any] | None:
     return None
 
 
-def store_teachers(config: dict[str, Any]) -> tuple[dict | None, dict | None, bool] | None:
-    """A partial run's teachers, from its store's manifests (None where the store cannot be read)."""
+def store_flops(config: dict[str, Any]) -> TeacherFlops | None:
+    """A partial run's teachers' FLOPs, from its store's manifests (None where it cannot be read)."""
     from storage_schemas.store import open_store
 
     try:
         store = open_store(config["store.url"])
-        clip, sam = store.manifest("clip"), store.manifest("sam")
+        return manifest_flops(store.manifest("clip"), store.manifest("sam"))
     except (StoreError, OSError) as e:
         print(f"warning: store {config['store.url']}: {e}; its runs' teacher work is not counted", file=sys.stderr)
         return None
-    multimask = sam is not None and int(sam.must_match["policy"]["num_masks"]) == 3
-    return (clip.must_match["teacher"] if clip else None, sam.must_match["teacher"] if sam else None, multimask)
 
 
 def read_run(path: str, name: str) -> RunResult:
@@ -123,9 +121,8 @@ def read_run(path: str, name: str) -> RunResult:
     state = latest_state(path)
     if state is None:
         return RunResult(name, path, config, validation, "not started", 0, None, None, None)
-    teachers = store_teachers(config)
     return RunResult(name, path, config, validation, "partial", int(state["global_step"]), state.get("train_seconds"),
-                     {k: int(state.get(k, 0)) for k in CONSUMED}, teacher_flops(*teachers) if teachers else None)
+                     {k: int(state.get(k, 0)) for k in CONSUMED}, store_flops(config))
 
 
 def collect(paths: list[str]) -> list[RunResult]:
@@ -155,6 +152,27 @@ def swept_keys(runs: list[RunResult]) -> list[str]:
 class Point:
     values: dict[str, Any]  # swept key -> value
     runs: list[RunResult]
+
+    @property
+    def status(self) -> str:
+        return "/".join(sorted({r.status for r in self.runs}))
+
+    @property
+    def seconds(self) -> float | None:
+        """The runs' mean training-loop wall time (None: none recorded)."""
+        xs = [r.seconds for r in self.runs if r.seconds is not None]
+        return statistics.mean(xs) if xs else None
+
+    @property
+    def consumed(self) -> dict[str, int] | None:
+        if any(r.consumed is None for r in self.runs):
+            return None
+        return {k: sum(r.consumed[k] for r in self.runs) for k in CONSUMED}
+
+    @property
+    def saved_flops(self) -> float | None:
+        saved = [r.saved_flops for r in self.runs]
+        return None if None in saved else sum(saved)
 
     def metric(self, key: str) -> tuple[float, float | None, int] | None:
         """(mean, std or None, n) of the runs' final values of `key`."""
@@ -198,19 +216,12 @@ def table(points: list[Point], keys: list[str], metrics: list[str]) -> tuple[lis
         ["teacher work saved"]
     rows = []
     for p in points:
-        statuses = sorted({r.status for r in p.runs})
         steps = sorted({r.steps for r in p.runs})
-        seconds = [r.seconds for r in p.runs if r.seconds is not None]
-        saved = [r.saved_flops for r in p.runs]
-        rows.append([_value(p.values[k]) for k in keys] + [
-            str(len(p.runs)), "/".join(statuses), str(steps[0]) if len(steps) == 1 else f"{steps[0]}-{steps[-1]}",
-            f"{statistics.mean(seconds):.0f} s" if seconds else "?"] + [format_metric(p.metric(m)) for m in metrics] + [
-            format_flops(sum(saved) if None not in saved else None)])
+        rows.append([as_text(p.values[k]) for k in keys] + [
+            str(len(p.runs)), p.status, str(steps[0]) if len(steps) == 1 else f"{steps[0]}-{steps[-1]}",
+            f"{p.seconds:.0f} s" if p.seconds is not None else "?"] + [format_metric(p.metric(m)) for m in metrics] + [
+            format_flops(p.saved_flops)])
     return header, rows
-
-
-def _value(v: Any) -> str:
-    return v if isinstance(v, str) else json.dumps(v)
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> str:
@@ -225,16 +236,13 @@ def write_csv(path: str, points: list[Point], keys: list[str], metrics: list[str
         w.writerow(keys + ["runs", "status", "steps", "train_seconds"]
                    + [f"{m}_{s}" for m in metrics for s in ("mean", "std")] + list(CONSUMED) + ["teacher_flops_saved"])
         for p in points:
-            seconds = [r.seconds for r in p.runs if r.seconds is not None]
-            consumed = [r.consumed for r in p.runs]
-            saved = [r.saved_flops for r in p.runs]
             stats = [p.metric(m) for m in metrics]
-            w.writerow([_value(p.values[k]) for k in keys] + [
-                len(p.runs), "/".join(sorted({r.status for r in p.runs})), max(r.steps for r in p.runs),
-                statistics.mean(seconds) if seconds else ""]
+            consumed = p.consumed
+            w.writerow([as_text(p.values[k]) for k in keys] + [
+                len(p.runs), p.status, max(r.steps for r in p.runs), "" if p.seconds is None else p.seconds]
                 + [x for s in stats for x in ((s[0], "" if s[1] is None else s[1]) if s else ("", ""))]
-                + [sum(c[k] for c in consumed) if None not in consumed else "" for k in CONSUMED]
-                + [sum(saved) if None not in saved else ""])
+                + [consumed[k] if consumed else "" for k in CONSUMED]
+                + ["" if p.saved_flops is None else p.saved_flops])
 
 
 def plot_curves(path: str, points: list[Point], keys: list[str], metrics: list[str]) -> None:
@@ -250,7 +258,7 @@ def plot_curves(path: str, points: list[Point], keys: list[str], metrics: list[s
     colours = plt.get_cmap("tab10")
     for ax, metric in zip(axes.flat, metrics):
         for i, p in enumerate(points):
-            label = ", ".join(f"{short[k]}={_value(p.values[k])}" for k in keys) or p.runs[0].name
+            label = ", ".join(f"{short[k]}={as_text(p.values[k])}" for k in keys) or p.runs[0].name
             for j, r in enumerate(p.runs):
                 xs = [row["step"] for row in r.validation if metric in row]
                 ys = [row[metric] for row in r.validation if metric in row]
