@@ -42,9 +42,10 @@ import torch
 from bench.counting_fs import counting_reads, read_log
 from bench.synthetic_store import write_clip_store, write_sam_store
 from storage_schemas.store import open_store
+from storage_schemas.unit_tar import unit_tar
 from student.batches import BatchStream, ClipBatchMaker, SamBatchMaker, make_loader
 from student.epoch_plan import plan_epoch
-from student.pieces import split_filter, unit_pieces, unit_tar
+from student.pieces import split_filter, unit_pieces
 from student.stream_reader import StreamReader
 
 STREAMS = 2  # divisible by every worker count benchmarked

@@ -6,6 +6,7 @@
     clip:    {teacher: {arch: ViT-L-14, pretrained: datacomp_xl_s13b_b90k}, views: 10, view_policy: {...}}
     sam:     {teacher: {model: vit_b, checkpoint: s3://.../sam_vit_b_01ec64.pth}, prompts: 64, precision: fp16}
     ray:     {teacher_actors: 8, gpus_per_actor: 1, cpus_per_actor: 8, batch_size: 256}
+    retrieval: {index: auto, nprobe: 64}   # pipeline.transfer_set's faiss index
 
 Load with `load_job_config(path, ["clip.views=4"])`; see storage_schemas.typed_config.
 """
@@ -154,6 +155,40 @@ class RayConfig:
                 raise FieldError(name, f"expected a positive number of CPUs, got {getattr(self, name)}")
 
 
+INDEX_KINDS = ("auto", "flat", "ivfpq")
+
+
+@dataclass
+class RetrievalConfig:
+    """Transfer-set retrieval (pipeline.transfer_set): the faiss index over the stored view embeddings."""
+
+    # flat: exact inner product over the fp16 vectors (faiss SQfp16: the stored values, lossless);
+    # ivfpq: inverted lists + 4-bit fast-scan PQ codes, candidates re-ranked with the stored
+    # embeddings; auto: flat while the vectors take at most flat_max_gb, else ivfpq; or any faiss
+    # index_factory string ("IVF4096,PQ128x4fs").
+    index: str = "auto"
+    flat_max_gb: float = 32.0
+    ivf_lists: int | None = None  # null: 4 x sqrt(vectors), a power of two, at least 39 vectors a list
+    pq_bytes: int = 64  # code bytes per vector: 2 x pq_bytes 4-bit sub-quantizers (at most D)
+    nprobe: int | None = None  # lists searched per query; null: ivf_lists / 16
+    train_vectors: int = 262_144  # vectors the IVF/PQ quantizers are trained on: whole units, seeded
+    rerank: int = 1000  # candidates per query an approximate index re-ranks exactly
+    query_batch: int = 256  # queries searched together: bounds the candidates held in memory
+
+    def validate(self) -> None:
+        if self.index not in INDEX_KINDS and "," not in self.index and not self.index.startswith(("SQ", "Flat")):
+            raise FieldError("index", f"expected one of {', '.join(INDEX_KINDS)} or a faiss index_factory string "
+                                      f"such as 'IVF4096,PQ128x4fs', got {self.index!r}")
+        for name in ("pq_bytes", "train_vectors", "rerank", "query_batch"):
+            if getattr(self, name) < 1:
+                raise FieldError(name, f"expected at least 1, got {getattr(self, name)}")
+        for name in ("ivf_lists", "nprobe"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise FieldError(name, f"expected at least 1 or null, got {getattr(self, name)}")
+        if self.flat_max_gb <= 0:
+            raise FieldError("flat_max_gb", f"expected a positive size, got {self.flat_max_gb}")
+
+
 @dataclass
 class JobConfig:
     store: StoreConfig
@@ -162,6 +197,7 @@ class JobConfig:
     clip: ClipConfig = field(default_factory=ClipConfig)
     sam: SamConfig = field(default_factory=SamConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     compute_dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     max_image_pixels: int = 178_956_970  # larger images are errors (decompression bombs): Pillow's own limit
 

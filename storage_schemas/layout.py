@@ -11,6 +11,9 @@
       _commits/KIND/SOURCE/UNIT.json           written last: what the unit holds, its parts
       _errors/KIND/SOURCE/UNIT.parquet         one row per input sample that could not be used
       _tar_index/KIND/SOURCE/SHARD.parquet     where each member of an input tar lies (storage_schemas.tar_index)
+      indexes/NAME/                            a faiss index over the CLIP view embeddings (pipeline.gallery_index)
+      queries/CHECKSUM.parquet                 a query set's teacher embeddings (pipeline.query_embeddings)
+      subsets/NAME.parquet, NAME.json, NAME.png  a transfer set (storage_schemas.subsets)
 
 A PART is what one teacher actor call wrote for one unit (`p0000128-3f9a1c2e`: its first sample
 index and the attempt's id). Stores of schema version 1 have one part per unit, stored as
@@ -25,6 +28,9 @@ COMMITS_DIR = "_commits"
 ERRORS_DIR = "_errors"
 TAR_INDEX_DIR = "_tar_index"
 TEXT_DIR = "text"
+INDEXES_DIR = "indexes"
+QUERIES_DIR = "queries"
+SUBSETS_DIR = "subsets"
 
 # Source and unit names become path components, so keep them to a safe alphabet.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -76,3 +82,15 @@ def errors_path(kind: str, source: str, unit: str) -> str:
 
 def text_path(name: str) -> str:
     return f"{TEXT_DIR}/{check_name('text table', name)}.parquet"
+
+
+def index_dir(name: str) -> str:
+    return f"{INDEXES_DIR}/{check_name('index', name)}"
+
+
+def query_path(checksum: str) -> str:
+    return f"{QUERIES_DIR}/{check_name('query set', checksum)}.parquet"
+
+
+def subset_path(name: str, suffix: str = ".parquet") -> str:
+    return f"{SUBSETS_DIR}/{check_name('subset', name)}{suffix}"

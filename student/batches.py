@@ -25,6 +25,7 @@ from storage_schemas.identity import SampleId
 from storage_schemas.mask_logits import decode_logits
 from storage_schemas.sam_tables import SamPrompts
 from storage_schemas.store import TargetStore
+from storage_schemas.subsets import Subset
 from storage_schemas.views import render_view
 from student.data import ClipSample, SamSample, choose_prompts
 from student.epoch_plan import EpochPlan, Piece, UnitPieces, plan_epoch
@@ -107,10 +108,15 @@ class ClipBatchMaker:
     storage_options: dict | None = None
     run: int = 16
     window: int = 512
+    subset: Subset | None = None  # a transfer set: its samples train on their retrieved views
+
+    @property
+    def read_gaps(self) -> bool:
+        return self.subset is None  # a subset's neighbours in the tar are mostly samples outside it
 
     def load_piece(self, record: CommitRecord, piece: Piece, epoch: int) -> ClipPieceTargets:
         return load_clip_piece(self.store, record, piece, self.keep,
-                               ViewChoice(self.seed, epoch, self.view_choice, self.views))
+                               ViewChoice(self.seed, epoch, self.view_choice, self.views, self.subset))
 
     def make(self, record: CommitRecord, t: ClipPieceTargets, i: int, data: bytes, epoch: int) -> ClipTrainSample:
         return ClipTrainSample(SampleId(record.source, record.shard, t.keys[i]), data, int(t.views[i]), t.crops[i],
@@ -138,6 +144,8 @@ class SamBatchMaker:
     storage_options: dict | None = None
     run: int = 1
     window: int = 4
+
+    read_gaps = True
 
     def __post_init__(self):
         manifest = self.store.manifest("sam")

@@ -54,6 +54,9 @@ class ClipDataConfig:
     view_choice: Literal["random", "cycle"] = "random"
     views: int | None = None  # use only the first N stored views (null: all K)
     sources: list[str] | None = None  # null: every CLIP source in the store
+    # A transfer set (subsets/NAME in the store, made by pipeline.transfer_set): train only on its
+    # samples, each on the view(s) it was retrieved through; view_choice and views do not apply.
+    subset: str | None = None
     # Reading (student.epoch_plan): runs of read_run consecutive samples of a unit, one ranged read
     # each, interleaved mix_window samples at a time across the stream's units.
     read_run: int = 16
@@ -67,6 +70,8 @@ class ClipDataConfig:
             raise FieldError("resolutions", f"expected multiples of 16 (the patch size), got {self.resolutions}")
         if self.views is not None and self.views < 1:
             raise FieldError("views", f"expected at least 1 or null, got {self.views}")
+        if self.subset is not None and self.views is not None:
+            raise FieldError("views", "a subset trains on the views it retrieved: leave views null with a subset")
 
 
 @dataclass

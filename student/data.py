@@ -33,9 +33,9 @@ from storage_schemas.sam_tables import SamPrompts
 from storage_schemas.sam_transforms import pad_image, sam_boxes, sam_input_image, sam_points
 from storage_schemas.store import TargetStore, table_files
 from storage_schemas.tar_index import read_spans
+from storage_schemas.unit_tar import check_input, unit_tar
 from student.epoch_plan import unit_id
-from student.pieces import (Keep, check_input, choose_view, load_sam_piece, read_whole, split_filter, unit_pieces,
-                            unit_tar)
+from student.pieces import Keep, choose_view, load_sam_piece, read_whole, split_filter, unit_pieces
 
 __all__ = ["ClipSample", "SamSample", "Keep", "check_input", "choose_prompts", "choose_view", "iter_clip_unit",
            "iter_sam_unit", "split_filter", "unit_id"]

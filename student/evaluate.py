@@ -27,9 +27,9 @@ import torch
 from tqdm import tqdm
 
 from storage_schemas.errors import ConfigError, StoreError, run_cli
+from storage_schemas.labelled_images import SegmentationSet, labelled_images
 from storage_schemas.store import open_store
 from student.data import split_filter
-from student.eval_data import SegmentationSet, labelled_images
 from student.export import STUDENT_META
 from student.inference import SamClipPredictor
 from student.metrics import IGNORE_LABEL, confusion_matrix, iou_per_class, mean_iou, topk_correct
@@ -219,9 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"{name}.json")
     with open(path, "w") as f:
-        json.dump({"task": name, "export": args.export, "data": args.data, "store": store_url, "metrics": result,
-                   "skipped": skipped}, f, indent=2)
+        json.dump({"task": name, "export": args.export, "data": args.data, "store": store_url,
+                   "subset": meta.get("subset"), "metrics": result, "skipped": skipped}, f, indent=2)
     print_table(name, result)
+    if meta.get("subset"):
+        s = meta["subset"]
+        print(f"  trained on subset '{s['name']}': {s['views']} views of {s['samples']} samples")
     for s in skipped[:5]:
         print(f"  skipped {s['key']}: {s['reason']} ({s['detail']})")
     print(f"wrote {path}")

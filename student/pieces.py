@@ -2,8 +2,8 @@
 
     keep = split_filter(0.01, "train")
     units = unit_pieces(store, record, keep)                           # main process: counts only
-    targets = load_clip_piece(store, record, units.pieces[0], keep, ViewChoice(0, epoch, "random", None))
-    tar = unit_tar(store, record, storage_options)                     # the stored tar index, input checked
+    targets = load_clip_piece(store, record, units.pieces[0], keep, ViewChoice(0, epoch, "random"))
+    tar = unit_tar(store, record, storage_options)   # storage_schemas.unit_tar: the stored tar index, input checked
     images = read_spans(storage_options, tar.image_spans(targets.positions, targets.keys))
 
 A piece is one part file of a unit (a teacher call's output, see storage_schemas.layout), or
@@ -14,7 +14,6 @@ no other member unless it lies in a gap too small to be worth another request.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -23,18 +22,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 
-from storage_schemas.commit import CommitRecord, input_change
+from storage_schemas.commit import CommitRecord
 from storage_schemas.errors import StoreError
 from storage_schemas.identity import SampleId, is_held_out, stable_hash64
 from storage_schemas.mask_logits import open_logits
 from storage_schemas.sam_tables import SamPrompts, prompts_by_image
-from storage_schemas.storage import Storage, stat_url
+from storage_schemas.storage import Storage
 from storage_schemas.store import TargetStore, table_files
-from storage_schemas.tar_index import TarIndex, read_tar_index, scan_tar_index
-from storage_schemas.tar_samples import IMAGE_EXTENSIONS
+from storage_schemas.subsets import Subset
 from student.epoch_plan import Piece, UnitPieces
-
-log = logging.getLogger(__name__)
 
 Keep = Callable[[SampleId], bool]
 
@@ -51,8 +47,10 @@ def index_table(record: CommitRecord) -> str:
     return "views" if record.kind == "clip" else "images"
 
 
-def unit_pieces(store: TargetStore, record: CommitRecord, keep: Keep) -> UnitPieces:
-    """The unit's pieces and their training-sample counts, from the key column of each part."""
+def unit_pieces(store: TargetStore, record: CommitRecord, keep: Keep,
+                items: Callable[[SampleId], int] | None = None) -> UnitPieces:
+    """The unit's pieces and their training-item counts (one per kept sample, or `items(sample)`:
+    a subset sample's retrieved views), from the key column of each part."""
     ranges = []  # (first sample, last sample, kept, part)
     for j, rel in enumerate(table_files(record, index_table(record))):
         if record.file(rel) is None:
@@ -63,7 +61,8 @@ def unit_pieces(store: TargetStore, record: CommitRecord, keep: Keep) -> UnitPie
         if not len(index):
             continue
         keys = t.column("key").take(pa.array(first)).to_pylist()
-        kept = sum(keep(SampleId(record.source, record.shard, k)) for k in keys)
+        ids = [SampleId(record.source, record.shard, k) for k in keys]
+        kept = sum((items(s) if items else 1) for s in ids if keep(s))
         ranges.append((int(index[0]), int(index[-1]), kept, j))
     pieces: list[tuple[int, int, list[int]]] = []  # (last sample, kept, parts)
     for lo, hi, kept, j in sorted(ranges):
@@ -88,12 +87,16 @@ class ViewChoice:
     epoch: int
     mode: Literal["random", "cycle"]
     views: int | None = None  # only the first N stored views (None: all)
+    subset: Subset | None = None  # a transfer set: each sample trains on its retrieved views, every epoch
 
     def usable(self, stored: int) -> int:
         return min(self.views or stored, stored)
 
-    def pick(self, sample: SampleId, stored: int) -> int:
-        return choose_view(self.seed, self.epoch, sample, self.usable(stored), self.mode)
+    def picks(self, sample: SampleId, stored: int) -> tuple[int, ...]:
+        """The views `sample` trains on this epoch: one drawn view, or its subset views."""
+        if self.subset is not None:
+            return self.subset.views_of(sample)
+        return (choose_view(self.seed, self.epoch, sample, self.usable(stored), self.mode),)
 
 
 def choose_view(seed: int, epoch: int, sample: SampleId, n_views: int, mode: Literal["random", "cycle"]) -> int:
@@ -105,7 +108,8 @@ def choose_view(seed: int, epoch: int, sample: SampleId, n_views: int, mode: Lit
 
 @dataclass
 class ClipPieceTargets:
-    """A piece's training samples in sample order, each with the one view it trains on."""
+    """A piece's training items in sample order: a sample with the one view it trains on (a subset
+    sample retrieved through several views is one item per view)."""
 
     positions: np.ndarray  # int32 [n], sample_index in the unit
     keys: list[str]  # [n]
@@ -142,7 +146,7 @@ def load_clip_piece(store: TargetStore, record: CommitRecord, piece: Piece, keep
         k, spans = _stored_views(pf)
         stored = k if stored is None else min(stored, k)
         usable = choice.usable(k)
-        wanted = {choice.epoch % usable} if choice.mode == "cycle" else set(range(usable))
+        wanted = {choice.epoch % usable} if choice.mode == "cycle" and choice.subset is None else set(range(usable))
         groups = [i for i, s in enumerate(spans) if s is None or any(s[0] <= v <= s[1] for v in wanted)]
         # Not pyarrow's thread pool: the loader's fetch threads already run pieces side by side
         # (one piece: 4.6 ms single-threaded, 7.5 ms on the pool, measured).
@@ -154,12 +158,15 @@ def load_clip_piece(store: TargetStore, record: CommitRecord, piece: Piece, keep
     keys = t.column("key").take(pa.array(first)).to_pylist()
     ids = [SampleId(record.source, record.shard, k) for k in keys]
     kept = np.array([keep(s) for s in ids], dtype=bool)
-    if int(kept.sum()) != piece.count:
-        raise StoreError(f"unit {record.source}/{record.unit} changed since the run began: a piece holds "
-                         f"{int(kept.sum())} training samples, {piece.count} when it was planned")
-    positions = positions[kept]
     ids = [s for s, k in zip(ids, kept) if k]
-    chosen = np.array([choice.pick(s, stored) for s in ids], dtype=np.int64)
+    picks = [choice.picks(s, stored) for s in ids]
+    if sum(map(len, picks)) != piece.count:
+        raise StoreError(f"unit {record.source}/{record.unit} changed since the run began: a piece holds "
+                         f"{sum(map(len, picks))} training items, {piece.count} when it was planned")
+    # One item per (sample, view) it trains on, in (sample, view) order.
+    positions = np.repeat(positions[kept], [len(p) for p in picks])
+    ids = [s for s, p in zip(ids, picks) for _ in p]
+    chosen = np.array([v for p in picks for v in p], dtype=np.int64)
     combo = index * stored + view
     order = np.argsort(combo, kind="stable")
     want = positions * stored + chosen
@@ -217,74 +224,3 @@ def load_sam_piece(store: TargetStore, record: CommitRecord, piece: Piece, keep:
         hw=np.array([(r[2], r[3]) for r in rows], dtype=np.int64).reshape(-1, 2), prompts=[r[4] for r in rows],
         arrays=arrays, where=np.array([(r[5], r[6]) for r in rows], dtype=np.int64).reshape(-1, 2),
         precision=precision)
-
-
-def check_input(record: CommitRecord, storage_options: dict | None = None) -> None:
-    """Refuse an input shard whose size or ETag differs from the one the unit was made from."""
-    ref = record.input
-    try:
-        size, etag = stat_url(ref.url, storage_options)
-    except FileNotFoundError:
-        raise StoreError(f"input {ref.url} of unit {record.source}/{record.unit} is gone") from None
-    change = input_change(ref, size, etag)
-    if change:
-        raise StoreError(f"input {ref.url} changed since unit {record.source}/{record.unit} was made ({change}); "
-                         "its targets no longer match it")
-
-
-@dataclass
-class UnitTar:
-    """Where each sample of a unit lies in its input tar: the image member of each."""
-
-    record: CommitRecord
-    positions: np.ndarray  # int64 [m], sample_index of every sample of the unit in the tar
-    keys: list[str]  # [m]
-    spans: np.ndarray  # int64 [m, 2], (offset, size) of its image member; size -1 without one
-
-    def image_spans(self, positions: np.ndarray, keys: list[str]) -> list[tuple[str, int, int]]:
-        """(url, offset, size) of each sample's image, checking that the tar has the stored key there."""
-        at = np.searchsorted(self.positions, positions)
-        out = []
-        for p, k, i in zip(positions.tolist(), keys, at.tolist()):
-            if i >= len(self.positions) or self.positions[i] != p or self.keys[i] != k:
-                found = self.keys[i] if i < len(self.positions) and self.positions[i] == p else "no sample"
-                raise StoreError(f"input {self.record.input.url} sample {self.record.input.sample_start + p} is "
-                                 f"'{found}', the targets of unit {self.record.source}/{self.record.unit} say '{k}'")
-            if self.spans[i, 1] < 0:
-                raise StoreError(f"input {self.record.input.url}: sample '{k}' has no image member")
-            out.append((self.record.input.url, int(self.spans[i, 0]), int(self.spans[i, 1])))
-        return out
-
-
-_scanned: set[str] = set()
-
-
-def unit_tar(store: TargetStore, record: CommitRecord, storage_options: dict | None = None) -> UnitTar:
-    """The unit's slice of its shard's tar index, after checking the input is the one it was made
-    from. A store without an index for the shard (made before indexes existed) gets one by a scan
-    of the tar, with a warning: run a materialize job over the shard once to store it."""
-    check_input(record, storage_options)
-    ref = record.input
-    index = read_tar_index(store.storage, record.kind, record.source, record.shard, ref.size, ref.etag)
-    if index is None:
-        if ref.url not in _scanned:
-            log.warning("%s: no tar index in the store; scanning the tar (a full read) to find its members", ref.url)
-            _scanned.add(ref.url)
-        index = scan_tar_index(ref.url, storage_options, ref.size, ref.etag)
-    return _unit_slice(index, record)
-
-
-def _unit_slice(index: TarIndex, record: CommitRecord) -> UnitTar:
-    start = record.input.sample_start
-    stop = record.input.sample_stop if record.input.sample_stop is not None else start + record.n_input
-    t = index.members(start, stop)
-    sample = t.column("sample_index").to_numpy().astype(np.int64) - start
-    ext = np.array(t.column("ext").to_pylist(), dtype=object)
-    rank = np.array([IMAGE_EXTENSIONS.index(e) if e in IMAGE_EXTENSIONS else len(IMAGE_EXTENSIONS) for e in ext])
-    offset, size = t.column("offset").to_numpy(), t.column("size").to_numpy()
-    order = np.lexsort((rank, sample))  # per sample, its first image member by the shared priority
-    positions, first = np.unique(sample[order], return_index=True)
-    best = order[first]
-    spans = np.stack([offset[best], np.where(rank[best] < len(IMAGE_EXTENSIONS), size[best], -1)], axis=1)
-    keys = t.column("key").take(pa.array(best)).to_pylist()
-    return UnitTar(record, positions, keys, spans.astype(np.int64).reshape(-1, 2))

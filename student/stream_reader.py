@@ -22,8 +22,8 @@ import numpy as np
 from storage_schemas.commit import CommitRecord
 from storage_schemas.store import TargetStore
 from storage_schemas.tar_index import read_spans
+from storage_schemas.unit_tar import unit_tar
 from student.epoch_plan import EpochPlan, Piece, stream_order
-from student.pieces import unit_tar
 
 READ_AHEAD = 2  # groups fetched ahead of the one being taken from
 FETCH_THREADS = 4  # per loader worker, shared by its streams
@@ -70,6 +70,23 @@ class SampleSource(Protocol):
 
     def make(self, record: CommitRecord, targets: Any, i: int, data: bytes, epoch: int) -> Any: ...
 
+    read_gaps: bool  # whether a run's reads go through samples between its own (see StreamReader._fetch)
+
+
+def adjacent_blocks(runs: list[Hashable], positions: list[int]) -> list[tuple]:
+    """Each run split into blocks of samples adjacent in the tar (positions p, p+1, ...; a sample
+    twice stays in one block): (run, block) per entry."""
+    out: list[tuple] = [()] * len(runs)
+    by_run: dict[Hashable, list[int]] = {}
+    for n, r in enumerate(runs):
+        by_run.setdefault(r, []).append(n)
+    for r, members in by_run.items():
+        unique = sorted(set(positions[n] for n in members))
+        block = {p: p - k for k, p in enumerate(unique)}  # constant along a run of consecutive positions
+        for n in members:
+            out[n] = (r, block[positions[n]])
+    return out
+
 
 class StreamReader:
     def __init__(self, plan: EpochPlan, stream: int, source: SampleSource, store: TargetStore,
@@ -111,8 +128,12 @@ class StreamReader:
             for n, span in zip(at, tars[u].image_spans(t.positions[ordinals], [t.keys[i] for i in ordinals])):
                 spans[n] = span
         # Only a run's own gaps (held-out or error samples) are read through: a run's neighbours in
-        # the tar are other runs, which later groups fetch.
-        images = read_spans(self.options, spans, [(u, j, i // self.run) for u, j, i in keys])
+        # the tar are other runs, which later groups fetch. A subset's runs skip other samples: they
+        # are cut where the tar holds a sample outside it.
+        runs = [(u, j, i // self.run) for u, j, i in keys]
+        if not self.source.read_gaps:
+            runs = adjacent_blocks(runs, [int(targets[(u, j)].positions[i]) for u, j, i in keys])
+        images = read_spans(self.options, spans, runs)
         out = [self.source.make(self.units[u].unit.record, targets[(u, j)], i, data, self.plan.epoch)
                for (u, j, i), data in zip(keys, images)]
         for u, j, _ in keys:

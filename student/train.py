@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "sam_teacher": sam_manifest.must_match["teacher"] if sam_manifest else None,
                                 "sam_multimask": multimask, "global_step": state.global_step,
                                 "held_out": cfg.data.held_out, "train_seconds": round(state.train_seconds, 1),
+                                "subset": trainer.subset_record(),
                                 "consumed": {"clip_views": state.clip_views, "sam_images": state.sam_images,
                                              "sam_prompts": state.sam_prompts}})
         accelerator.print(f"exported after {state.global_step} steps: " + ", ".join(paths.values()))

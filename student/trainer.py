@@ -35,12 +35,13 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
-from storage_schemas.errors import StoreError
+from storage_schemas.errors import ConfigError, StoreError
 from storage_schemas.faults import kill_point
 from storage_schemas.store import READ_THREADS, TargetStore
+from storage_schemas.subsets import Subset, read_subset
 from student.batches import ClipBatchMaker, SamBatchMaker, Stream, target_logits
 from student.config import StageConfig, TrainConfig
-from student.epoch_plan import batch_sizes
+from student.epoch_plan import UnitPieces, batch_sizes
 from student.pieces import split_filter, unit_pieces
 from student.run_dir import CHECKPOINTS, STATE_FILE, VALIDATION_FILE, checkpoint_names
 from student.losses import clip_loss, sam_loss
@@ -74,6 +75,30 @@ def plan_shape_warning(saved: TrainState, path: str, world_size: int, streams: i
                 f"is {world_size} x {streams}: it goes on from CLIP epoch {saved.clip_epoch} batch {saved.clip_batch}, "
                 "but its batches are not those of an uninterrupted run")
     return None
+
+
+def open_subset(store: TargetStore, name: str, held_out: float) -> Subset:
+    """The transfer set `name`, refused if made for another held-out split or from another teacher."""
+    subset = read_subset(store.storage, name)
+    made = subset.manifest["held_out"]
+    if made != held_out:
+        raise ConfigError(f"data.clip.subset: subset '{name}' was selected with held-out fraction {made}, this run "
+                          f"holds out {held_out} (data.held_out): its samples may be this run's validation samples; "
+                          f"remake it with --held-out {held_out}")
+    teacher = store.manifest("clip").must_match["teacher"]["weights_sha256"]
+    if subset.manifest["teacher"]["weights_sha256"] != teacher:
+        raise ConfigError(f"data.clip.subset: subset '{name}' was retrieved with another CLIP teacher than this "
+                          f"store's ({subset.manifest['teacher']['weights_sha256'][:12]} vs {teacher[:12]})")
+    return subset
+
+
+def check_subset_items(subset: Subset, units: list[UnitPieces]) -> None:
+    """Every view the subset names is in a committed unit (a unit redone since may lack some)."""
+    found = sum(u.count for u in units)
+    if found != len(subset):
+        raise StoreError(f"data.clip.subset: subset '{subset.name}' names {len(subset)} views, the store's committed "
+                         f"units hold {found} of them as training samples (units redone since it was made?); "
+                         "remake it with pipeline.transfer_set")
 
 
 def set_trainable(model: SamClip, stage: str) -> None:
@@ -123,6 +148,14 @@ class Trainer:
         self.train_keep, self.held_keep = split_filter(d.held_out, "train"), split_filter(d.held_out, "held_out")
         so = cfg.store.storage_options
         self.records = {"clip": store.commits("clip", d.clip.sources)}
+        self.subset = open_subset(store, d.clip.subset, d.held_out) if d.clip.subset else None
+        clip_keep, clip_items = self.train_keep, None
+        if self.subset is not None:
+            # Units without a subset sample are not read at all; in the others, only subset samples.
+            self.records["clip"] = [r for r in self.records["clip"] if (r.source, r.unit) in self.subset.units]
+            subset = self.subset
+            clip_keep = lambda s: bool(subset.views_of(s)) and self.train_keep(s)  # noqa: E731
+            clip_items = lambda s: len(subset.views_of(s))  # noqa: E731
         needs_sam = any(s.name == "joint" for s in cfg.stages)
         self.records["sam"] = store.commits("sam", d.sam.sources) if needs_sam else []
         for kind, records in self.records.items():
@@ -134,14 +167,17 @@ class Trainer:
         units = [None]
         if accelerator.is_main_process:
             with ThreadPoolExecutor(READ_THREADS) as pool:
-                units[0] = {k: list(pool.map(lambda r: unit_pieces(store, r, self.train_keep), rs))
+                units[0] = {k: list(pool.map(lambda r: unit_pieces(store, r, clip_keep, clip_items)
+                                             if k == "clip" else unit_pieces(store, r, self.train_keep), rs))
                             for k, rs in self.records.items()}
+            if self.subset is not None:
+                check_subset_items(self.subset, units[0]["clip"])
         if accelerator.num_processes > 1:
             broadcast_object_list(units)
         self.units = units[0]
         self.per_process = {kind: cfg.per_process_batch(kind, accelerator.num_processes) for kind in ("clip", "sam")}
-        self.makers = {"clip": ClipBatchMaker(store, self.train_keep, cfg.seed, d.clip.view_choice, d.clip.views, so,
-                                              d.clip.read_run, d.clip.mix_window)}
+        self.makers = {"clip": ClipBatchMaker(store, clip_keep, cfg.seed, d.clip.view_choice, d.clip.views, so,
+                                              d.clip.read_run, d.clip.mix_window, self.subset)}
         if needs_sam:
             self.makers["sam"] = SamBatchMaker(store, self.train_keep, cfg.seed, d.sam.prompts, so, d.sam.read_run,
                                                d.sam.mix_window)
@@ -149,6 +185,14 @@ class Trainer:
         self.held_sam = None
         self.consumed = [0, 0, 0]  # this process's CLIP views, SAM images, SAM prompts since the last checkpoint
         self.since = time.perf_counter()
+
+    def subset_record(self) -> dict[str, Any] | None:
+        """What student.json says of the transfer set trained on (None: the whole store)."""
+        if self.subset is None:
+            return None
+        m = self.subset.manifest
+        return {"name": self.subset.name, "views": len(self.subset), "samples": m["samples"],
+                "query_checksum": m["query"]["checksum"], "per_query": m["per_query"], "index": m["index"]["factory"]}
 
     # ---- checkpoints ----------------------------------------------------------------------
     @property

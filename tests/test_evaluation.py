@@ -10,20 +10,21 @@ import open_clip
 import pytest
 import skimage.data
 import torch
+from conftest import run_module, write_clip_job
 from PIL import Image
 from segment_anything import SamPredictor
 
-from conftest import run_module, write_clip_job
 from pipeline.config import ClipTeacherConfig, SamTeacherConfig
 from pipeline.sample_data import write_tar
 from pipeline.teachers import load_clip_teacher, load_sam_teacher
 from pipeline.teachers.tiny import TINY_CLIP_ARCH
 from pipeline.text_targets import main as text_targets
+from storage_schemas.labelled_images import SegmentationSet, labelled_images
 from storage_schemas.sam_transforms import pad_image, sam_input_image, sam_points
 from storage_schemas.store import open_store
 from student.config import ModelConfig
-from student.eval_data import SegmentationSet, labelled_images
-from student.evaluate import main as evaluate, zeroshot_classification
+from student.evaluate import main as evaluate
+from student.evaluate import zeroshot_classification
 from student.export import export_student
 from student.inference import SamClipPredictor, mask_prompt, refine_prompts
 from student.inspect_store import main as inspect_store

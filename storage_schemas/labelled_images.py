@@ -1,9 +1,13 @@
-"""Evaluation datasets: class folders and VOC-style sets on local disk, webdataset shards at any
-fsspec URL.
+"""Image sets read by both sides: class folders, plain image folders and VOC-style sets on local
+disk, webdataset shards at any fsspec URL. Evaluation reads labelled sets; `pipeline.transfer_set`
+reads query sets (labels optional) as encoded bytes, to embed them on the teacher's actors.
 
     names, samples = labelled_images("imagenet/val", skipped)          # ROOT/CLASS/*.jpg
     names, samples = labelled_images("val-{000..009}.tar", skipped, classes="names.txt")
     for key, image, label in samples: ...                               # PIL RGB, int
+
+    for image in encoded_images("queries/"): ...   # ROOT/CLASS/*.jpg, ROOT/*.jpg or shards
+        image.key, image.label, image.data          # label None without classes
 
     seg = SegmentationSet("VOC2012", skipped, split="val")              # JPEGImages/ + SegmentationClass/
     for key, image, label_map in seg: ...                               # PIL RGB, uint8 [H, W], 255 = ignore
@@ -15,7 +19,7 @@ pipeline's errors tables do; the evaluation reports the count.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import braceexpand
 import numpy as np
@@ -41,6 +45,52 @@ def decode_or_skip(data: bytes, key: str, skipped: list[dict]) -> Image.Image | 
         return None
 
 
+class EncodedImage(NamedTuple):
+    key: str  # CLASS/NAME in a class-folder tree, NAME in a plain folder, SHARD/KEY in shards
+    label: int | None  # class index (folder order or the shard's class member), None without classes
+    data: bytes  # the file as stored
+
+
+def _is_image(name: str) -> bool:
+    return name.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS
+
+
+def class_folders(root: str) -> list[str]:
+    return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+
+
+def encoded_images(spec: str, storage_options: dict[str, Any] | None = None,
+                   class_field: str = "cls") -> Iterator[EncodedImage]:
+    """Every image of a class-folder tree (labels in folder order), a plain folder of images (no
+    labels) or webdataset shards (`spec` ends in .tar, brace patterns allowed; the `class_field`
+    member is the label where present), in a stable order, undecoded."""
+    if spec.endswith(".tar"):
+        yield from _shard_images(spec, class_field, storage_options)
+        return
+    if not os.path.isdir(spec):
+        raise ConfigError(f"data '{spec}': expected a folder of images, one with a sub-folder per class, "
+                          f"or .tar shards")
+    folders = class_folders(spec)
+    for label, folder in (list(enumerate(folders)) if folders else [(None, "")]):
+        where = os.path.join(spec, folder)
+        for name in sorted(os.listdir(where)):
+            if _is_image(name):
+                with open(os.path.join(where, name), "rb") as f:
+                    yield EncodedImage(f"{folder}/{name}" if folder else name, label, f.read())
+
+
+def _shard_images(pattern: str, class_field: str, storage_options: dict[str, Any] | None) -> Iterator[EncodedImage]:
+    for url in braceexpand.braceexpand(pattern):
+        shard = url.rsplit("/", 1)[-1][: -len(".tar")]
+        for sample in iter_tar_samples(url, storage_options):
+            image = sample.image()
+            if image is None:
+                raise ConfigError(f"{url}: sample '{sample.key}' has no image member (has: {', '.join(sample.members)})")
+            label = sample.members.get(class_field)
+            yield EncodedImage(f"{shard}/{sample.key}", int(label.decode().strip()) if label is not None else None,
+                               image[1])
+
+
 def labelled_images(spec: str, skipped: list[dict], classes: str | None = None, class_field: str = "cls",
                     storage_options: dict[str, Any] | None = None) -> tuple[list[str], Iterator[LabelledSample]]:
     """Class names and (key, image, label) samples of an image-folder tree or of webdataset shards.
@@ -53,40 +103,27 @@ def labelled_images(spec: str, skipped: list[dict], classes: str | None = None, 
     if spec.endswith(".tar"):
         if classes is None:
             raise ConfigError(f"--classes is needed with webdataset shards ('{spec}'): a file naming label 0, 1, ...")
-        return load_classnames(classes), _shard_samples(spec, class_field, storage_options, skipped)
-    if not os.path.isdir(spec):
-        raise ConfigError(f"data '{spec}': expected a folder with one sub-folder per class, or .tar shards")
-    folders = sorted(d for d in os.listdir(spec) if os.path.isdir(os.path.join(spec, d)))
-    if not folders:
-        raise ConfigError(f"data '{spec}': no class sub-folders")
-    names = folders if classes is None else load_classnames(classes)
-    if len(names) != len(folders):
-        raise ConfigError(f"--classes '{classes}' names {len(names)} classes, '{spec}' has {len(folders)} folders")
-    return names, _folder_samples(spec, folders, skipped)
+        names = load_classnames(classes)
+    else:
+        if not os.path.isdir(spec):
+            raise ConfigError(f"data '{spec}': expected a folder with one sub-folder per class, or .tar shards")
+        folders = class_folders(spec)
+        if not folders:
+            raise ConfigError(f"data '{spec}': no class sub-folders")
+        names = folders if classes is None else load_classnames(classes)
+        if len(names) != len(folders):
+            raise ConfigError(f"--classes '{classes}' names {len(names)} classes, '{spec}' has {len(folders)} folders")
+    return names, _decoded(spec, class_field, storage_options, skipped)
 
 
-def _folder_samples(root: str, folders: list[str], skipped: list[dict]) -> Iterator[LabelledSample]:
-    for label, folder in enumerate(folders):
-        for name in sorted(os.listdir(os.path.join(root, folder))):
-            if name.rsplit(".", 1)[-1].lower() not in IMAGE_EXTENSIONS:
-                continue
-            with open(os.path.join(root, folder, name), "rb") as f:
-                image = decode_or_skip(f.read(), f"{folder}/{name}", skipped)
-            if image is not None:
-                yield f"{folder}/{name}", image, label
-
-
-def _shard_samples(pattern: str, class_field: str, storage_options: dict[str, Any] | None,
-                   skipped: list[dict]) -> Iterator[LabelledSample]:
-    for url in braceexpand.braceexpand(pattern):
-        for sample in iter_tar_samples(url, storage_options):
-            image = sample.image()
-            if image is None or class_field not in sample.members:
-                raise ConfigError(f"{url}: sample '{sample.key}' has no image or no '{class_field}' member "
-                                  f"(has: {', '.join(sample.members)})")
-            decoded = decode_or_skip(image[1], f"{url}:{sample.key}", skipped)
-            if decoded is not None:
-                yield sample.key, decoded, int(sample.members[class_field].decode().strip())
+def _decoded(spec: str, class_field: str, storage_options: dict[str, Any] | None,
+             skipped: list[dict]) -> Iterator[LabelledSample]:
+    for item in encoded_images(spec, storage_options, class_field):
+        if item.label is None:
+            raise ConfigError(f"{spec}: sample '{item.key}' has no '{class_field}' member")
+        decoded = decode_or_skip(item.data, item.key, skipped)
+        if decoded is not None:
+            yield item.key, decoded, item.label
 
 
 class SegmentationSet:
