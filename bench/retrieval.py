@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import faiss  # noqa: E402
 
 from pipeline.config import RetrievalConfig  # noqa: E402
-from pipeline.gallery_index import index_factory, new_index, search, set_nprobe  # noqa: E402
+from pipeline.gallery_index import index_factory, new_index, search, set_nprobe, vector_scores  # noqa: E402
 from storage_schemas.typed_config import load_config  # noqa: E402
 
 
@@ -65,7 +65,7 @@ def measure(name: str, factory: str, gallery: np.ndarray, queries: np.ndarray, c
     build_s = time.perf_counter() - t0
     nprobe = set_nprobe(index, cfg.nprobe)
     t0 = time.perf_counter()
-    _, rows = search(index, queries, k, cfg.rerank, lambda ids: gallery[ids], cfg.query_batch)
+    _, rows = search(index, queries, k, cfg.rerank, vector_scores(lambda ids: gallery[ids]), cfg.query_batch)
     search_s = time.perf_counter() - t0
     return {"index": name, "factory": factory, "nprobe": nprobe, "train_s": train_s, "build_s": build_s,
             "bytes_per_vector": faiss.serialize_index(index).nbytes / len(gallery),

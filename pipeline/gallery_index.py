@@ -95,42 +95,50 @@ def is_exact(index: faiss.Index) -> bool:
     return isinstance(index, faiss.IndexScalarQuantizer) and index.sq.qtype == faiss.ScalarQuantizer.QT_fp16
 
 
-def exact_order(queries: np.ndarray, rows: np.ndarray, vectors: Callable[[np.ndarray], np.ndarray],
-                k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Candidates `rows` [q, c] (-1: none) scored exactly against `queries` [q, D] with `vectors(ids)`
-    (float16 or float32 [n, D]), best k kept by (similarity descending, row ascending)."""
-    ids = np.unique(rows[rows >= 0])
-    table = np.asarray(vectors(ids), np.float32) if len(ids) else np.zeros((1, queries.shape[1]), np.float32)
-    at = np.searchsorted(ids, np.maximum(rows, 0)) if len(ids) else np.zeros_like(rows)
-    q32 = queries.astype(np.float32)
-    # Query by query: a [q, c, D] gather of all candidates at once would be GBs at c = 1000.
-    sims = np.stack([table[at[i]] @ q32[i] for i in range(len(rows))]) if len(rows) else np.zeros(rows.shape, np.float32)
+Score = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (queries [q, D], rows [q, c]) -> exact sims [q, c]
+
+
+def vector_scores(vectors: Callable[[np.ndarray], np.ndarray], chunk: int = 64) -> Score:
+    """Exact scores from `vectors(ids)` (sorted unique rows -> float16/32 [n, D]) of vectors in
+    memory, `chunk` queries' candidates at a time (all of a 1000-query search at c = 1000 would be
+    GBs of float32)."""
+    def score(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        out = np.zeros(rows.shape, np.float32)
+        for a in range(0, len(rows), chunk):
+            r = rows[a:a + chunk]
+            ids = np.unique(r[r >= 0])
+            if len(ids):
+                table = np.asarray(vectors(ids), np.float32)
+                at = np.searchsorted(ids, np.maximum(r, 0))
+                out[a:a + chunk] = np.einsum("qcd,qd->qc", table[at], queries[a:a + chunk])
+        return out
+    return score
+
+
+def best_k(sims: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of candidates `rows` [q, c] (-1: none) by (similarity descending, row ascending)
+    -> sims float32 [q, k] (NaN where none), rows int64 [q, k] (-1)."""
     sims = np.where(rows >= 0, sims, -np.inf).astype(np.float32)
     order = np.lexsort((np.where(rows >= 0, rows, np.iinfo(np.int64).max), -sims), axis=1)[:, :k]
     best_rows = np.take_along_axis(rows, order, 1)
     best = np.take_along_axis(sims, order, 1)
-    return np.where(best_rows >= 0, best, np.float32("nan")), best_rows
+    pad = ((0, 0), (0, k - best_rows.shape[1]))
+    return (np.pad(np.where(best_rows >= 0, best, np.nan), pad, constant_values=np.nan).astype(np.float32),
+            np.pad(best_rows, pad, constant_values=-1))
 
 
-def search(index: faiss.Index, queries: np.ndarray, n: int, rerank: int,
-           vectors: Callable[[np.ndarray], np.ndarray], batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def search(index: faiss.Index, queries: np.ndarray, n: int, rerank: int, score: Score,
+           batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """The n best rows per query: faiss's max(n, rerank) candidates (n + FLAT_MARGIN for an exact
-    index) re-scored exactly -> sims float32 [q, n] (NaN where none), rows int64 [q, n] (-1)."""
+    index), `batch` queries at a time, then all of them scored exactly in one `score` call (a
+    store's part files are read once, not once per batch) -> sims float32 [q, n], rows int64 [q, n]."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     depth = min(index.ntotal, n + FLAT_MARGIN if is_exact(index) else max(n, rerank))
-    sims, rows = [], []
-    for a in range(0, len(queries), batch):
-        q = queries[a:a + batch]
-        if depth == 0:
-            sims.append(np.full((len(q), n), np.nan, np.float32))
-            rows.append(np.full((len(q), n), -1, np.int64))
-            continue
-        _, cand = index.search(q, depth)
-        s, r = exact_order(q, cand.astype(np.int64), vectors, n)
-        pad = n - r.shape[1]
-        sims.append(np.pad(s, ((0, 0), (0, pad)), constant_values=np.nan))
-        rows.append(np.pad(r, ((0, 0), (0, pad)), constant_values=-1))
-    return np.concatenate(sims), np.concatenate(rows)
+    if depth == 0 or not len(queries):
+        return np.full((len(queries), n), np.nan, np.float32), np.full((len(queries), n), -1, np.int64)
+    rows = np.concatenate([index.search(queries[a:a + batch], depth)[1] for a in range(0, len(queries), batch)])
+    rows = rows.astype(np.int64)
+    return best_k(score(queries, rows), rows, n)
 
 
 def part_views(store: TargetStore, rel: str, views0: bool) -> pa.Table:
@@ -164,22 +172,27 @@ class Gallery:
     def units(self) -> list[dict]:
         return self.meta["units"]
 
-    def vectors(self, ids: np.ndarray) -> np.ndarray:
-        """fp16 embeddings of index rows `ids` (sorted, unique): from the index when it holds them
-        exactly, else read from their part files (one read per part)."""
+    def score(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Exact similarities of candidates `rows` [q, c]: from the index when it holds the fp16
+        values exactly, else from the stored embeddings, each part file holding a candidate read once."""
         if is_exact(self.index):
-            return self.index.reconstruct_batch(ids.astype(np.int64)).astype(np.float16)
-        out = np.zeros((len(ids), self.meta["dim"]), np.float16)
-        r = self.rows[ids]
-        for (u, p) in sorted(set(zip(r["unit"].tolist(), r["part"].tolist()))):
-            here = np.flatnonzero((r["unit"] == u) & (r["part"] == p))
+            return vector_scores(lambda ids: self.index.reconstruct_batch(ids))(queries, rows)
+        sims = np.zeros(rows.shape, np.float32)
+        q_of, c_of = np.nonzero(rows >= 0)
+        r = self.rows[rows[q_of, c_of]]
+        part = r["unit"].astype(np.int64) << 32 | r["part"].astype(np.int64)
+        order = np.argsort(part, kind="stable")
+        bounds = np.flatnonzero(np.diff(part[order])) + 1
+        for group in np.split(order, bounds):
+            u, p = int(r["unit"][group[0]]), int(r["part"][group[0]])
             emb = embeddings_of(part_views(self.store, self.units[u]["parts"][p], self.meta["views"] == [0]))
-            out[here] = emb[r["row"][here]]
-        return out
+            vec = emb[r["row"][group]].astype(np.float32)
+            sims[q_of[group], c_of[group]] = np.einsum("nd,nd->n", vec, queries[q_of[group]])
+        return sims
 
     def search(self, queries: np.ndarray, n: int, cfg: RetrievalConfig) -> tuple[np.ndarray, np.ndarray]:
         set_nprobe(self.index, cfg.nprobe)
-        return search(self.index, queries, n, cfg.rerank, self.vectors, cfg.query_batch)
+        return search(self.index, queries, n, cfg.rerank, self.score, cfg.query_batch)
 
     def describe(self, ids: np.ndarray) -> pa.Table:
         """source, shard, unit, key, sample_index, view (and `row`) of index rows `ids`."""

@@ -14,7 +14,7 @@ from PIL import Image
 
 from bench.retrieval import clustered_vectors, recall_at
 from pipeline.config import RetrievalConfig
-from pipeline.gallery_index import index_factory, new_index, open_gallery, search, set_nprobe
+from pipeline.gallery_index import index_factory, new_index, open_gallery, search, set_nprobe, vector_scores
 from pipeline.transfer_select import select_balanced
 from storage_schemas.identity import SampleId, is_held_out
 from storage_schemas.store import open_store
@@ -83,7 +83,7 @@ def test_ivfpq_reaches_recall_0_9_at_64_byte_codes_and_a_sixteenth_of_the_lists(
     index.train(gallery[np.random.default_rng(0).choice(len(gallery), cfg.train_vectors, replace=False)].astype(np.float32))
     index.add(gallery.astype(np.float32))
     assert set_nprobe(index, None) == 16
-    _, rows = search(index, queries, 10, cfg.rerank, lambda ids: gallery[ids])
+    _, rows = search(index, queries, 10, cfg.rerank, vector_scores(lambda ids: gallery[ids]))
     assert recall_at(rows, truth) >= 0.9
 
 
