@@ -172,7 +172,7 @@ class RetrievalConfig:
     pq_bytes: int = 64  # code bytes per vector: 2 x pq_bytes 4-bit sub-quantizers (at most D)
     nprobe: int | None = None  # lists searched per query; null: ivf_lists / 16
     train_vectors: int = 262_144  # vectors the IVF/PQ quantizers are trained on: whole units, seeded
-    rerank: int = 1000  # candidates per query an approximate index re-ranks exactly
+    rerank: int = 2000  # candidates per query an approximate index re-ranks exactly (bench/retrieval.py)
     query_batch: int = 256  # queries searched together: bounds the candidates held in memory
 
     def validate(self) -> None:

@@ -16,6 +16,11 @@ python student/train.py --config student/configs/tiny.yaml
 # An ablation against the same store: the joint stage without and with the SAM loss, side by side.
 python -m student.sweep --sweep student/configs/sweeps/tiny_lambda.yaml out/sweeps/tiny_lambda
 python -m student.compare out/sweeps/tiny_lambda
+# A transfer set retrieved from the store's crops for a small target set (the classification images),
+# and a short probe run on it alone.
+python -m pipeline.transfer_set jobs/sample.yaml --query out/sample/eval/classify --per-query 3 --name classify --held-out 0.2
+python student/train.py --config student/configs/tiny.yaml --set data.clip.subset=classify \
+  --set output_dir=out/train-subset --set "stages=[{name: probe, epochs: 2, lr: 0.002, warmup_steps: 2}]"
 # Evaluate the student it trained on the sample evaluation sets, then draw what it and the store hold.
 EXPORT=out/train/export
 python -m student.evaluate zeroshot-cls --export "$EXPORT" --data out/sample/eval/classify --text sample
@@ -26,3 +31,4 @@ python -m student.visualize --export "$EXPORT" --data out/sample/eval/voc --text
 python -m student.inspect_store out/store --out out/pictures/store
 echo "metrics: out/eval/*.json; pictures: out/pictures/semseg (student), out/pictures/store (cached targets);"
 echo "sweep: out/sweeps/tiny_lambda/comparison.{md,csv,png}; curves: tensorboard --logdir out/train/tensorboard"
+echo "transfer set: out/store/subsets/classify.{parquet,json,png} (the .png: each query beside the crops it retrieved)"

@@ -149,34 +149,35 @@ class Trainer:
         so = cfg.store.storage_options
         self.records = {"clip": store.commits("clip", d.clip.sources)}
         self.subset = open_subset(store, d.clip.subset, d.held_out) if d.clip.subset else None
-        clip_keep, clip_items = self.train_keep, None
-        if self.subset is not None:
-            # Units without a subset sample are not read at all; in the others, only subset samples.
-            self.records["clip"] = [r for r in self.records["clip"] if (r.source, r.unit) in self.subset.units]
-            subset = self.subset
-            clip_keep = lambda s: bool(subset.views_of(s)) and self.train_keep(s)  # noqa: E731
-            clip_items = lambda s: len(subset.views_of(s))  # noqa: E731
         needs_sam = any(s.name == "joint" for s in cfg.stages)
         self.records["sam"] = store.commits("sam", d.sam.sources) if needs_sam else []
         for kind, records in self.records.items():
             if not records and (kind == "clip" or needs_sam):
                 raise StoreError(f"store {store.url} has no committed {kind} units to train on")
+        # What each kind trains on; validation draws from every unit's held-out samples either way.
+        train = {kind: (records, self.train_keep, None) for kind, records in self.records.items()}
+        if self.subset is not None:
+            # Units without a subset sample are not read at all; in the others, only subset samples,
+            # each once per retrieved view.
+            subset = self.subset
+            train["clip"] = ([r for r in self.records["clip"] if (r.source, r.unit) in subset.units],
+                             lambda s: bool(subset.views_of(s)) and self.train_keep(s),
+                             lambda s: len(subset.views_of(s)))
         # Each unit's pieces and training-sample counts: the key column of each part, read once for
         # the run by the main process and sent to the others (not once per process: 64 ranks x
         # ~160k part files of Merged-41M would be 10M requests at start).
         units = [None]
         if accelerator.is_main_process:
             with ThreadPoolExecutor(READ_THREADS) as pool:
-                units[0] = {k: list(pool.map(lambda r: unit_pieces(store, r, clip_keep, clip_items)
-                                             if k == "clip" else unit_pieces(store, r, self.train_keep), rs))
-                            for k, rs in self.records.items()}
+                units[0] = {k: list(pool.map(lambda r: unit_pieces(store, r, keep, items), rs))
+                            for k, (rs, keep, items) in train.items()}
             if self.subset is not None:
                 check_subset_items(self.subset, units[0]["clip"])
         if accelerator.num_processes > 1:
             broadcast_object_list(units)
         self.units = units[0]
         self.per_process = {kind: cfg.per_process_batch(kind, accelerator.num_processes) for kind in ("clip", "sam")}
-        self.makers = {"clip": ClipBatchMaker(store, clip_keep, cfg.seed, d.clip.view_choice, d.clip.views, so,
+        self.makers = {"clip": ClipBatchMaker(store, train["clip"][1], cfg.seed, d.clip.view_choice, d.clip.views, so,
                                               d.clip.read_run, d.clip.mix_window, self.subset)}
         if needs_sam:
             self.makers["sam"] = SamBatchMaker(store, self.train_keep, cfg.seed, d.sam.prompts, so, d.sam.read_run,
