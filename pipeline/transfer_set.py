@@ -8,9 +8,11 @@ store's cached view embeddings are searched with faiss (`pipeline.gallery_index`
 IVF/PQ re-ranked with the stored embeddings, per `retrieval:` in CONFIG; kept under
 `ROOT/indexes/`), and every query gets the same number of views (`pipeline.transfer_select`).
 Samples of the held-out split at `--held-out` (the trainer's `data.held_out`, 0.01 by default) are
-never selected; `--exclude` removes every gallery image with a view at cosine >= T (0.95: a crop of
-the same photograph, measured on the sample corpus) to an image of that set, so a student is not
-trained on its test images.
+never selected; `--exclude` removes every gallery image with a view at cosine >= T to an image of
+that set, so a student is not trained on its test images. T = 0.95 by default: the usual
+near-duplicate threshold for CLIP image embeddings (re-encodes, resizes and small crops of one
+photograph score above it); it is not measured here, where the teachers are random, so check it
+for a real teacher on a few known duplicates.
 
 Writes `subsets/NAME.parquet` (`storage_schemas.subsets`), `subsets/NAME.json` (query set checksum,
 index, K, held-out fraction, teacher fingerprint, shortfalls) and `subsets/NAME.png`, a contact

@@ -164,6 +164,7 @@ def subset_store(clip_store, sample_corpus, tiny_teachers, tmp_path_factory, ray
     for i, photo in enumerate(sorted((sample_corpus / "eval" / "classify").iterdir())[:3]):
         shutil.copy(sorted(photo.iterdir())[0], queries / f"eval-{i}.jpg")
     (queries / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    shutil.copytree(sample_corpus / "eval" / "classify", root / "classify")  # an evaluation set
     excluded = root / "exclude"
     excluded.mkdir()
     shard, key = train_keys[-1]
@@ -298,3 +299,13 @@ def test_training_on_a_subset_records_it_and_refuses_another_held_out_split(subs
     assert meta["subset"]["name"] == "pets" and meta["subset"]["views"] == len(subset) == 25
     assert meta["subset"]["query_checksum"] == subset.manifest["query"]["checksum"]
     assert 0 < meta["consumed"]["clip_views"] <= len(subset)  # one epoch of the subset, not of the store
+
+    from student.evaluate import main as evaluate
+
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said):
+        assert evaluate(["zeroshot-cls", "--export", str(out / "export"), "--data", str(subset_store["queries"].parent /
+                         "classify"), "--text-tower", "samclip-tiny-clip", "--text-pretrained", tiny_teachers["clip"],
+                         "--out", str(tmp_path / "eval")]) == 0
+    assert "trained on subset 'pets': 25 views" in said.getvalue()
+    assert json.loads((tmp_path / "eval" / "zeroshot-cls.json").read_text())["subset"]["name"] == "pets"
