@@ -173,7 +173,9 @@ class RetrievalConfig:
     nprobe: int | None = None  # lists searched per query; null: ivf_lists / 16
     train_vectors: int = 262_144  # vectors the IVF/PQ quantizers are trained on: whole units, seeded
     rerank: int = 2000  # candidates per query an approximate index re-ranks exactly (bench/retrieval.py)
-    query_batch: int = 256  # queries searched together: bounds the candidates held in memory
+    # Queries faiss searches together; the candidates of all queries are then scored in one pass
+    # over the part files (~40 bytes a candidate: 10k queries x 2000 = 0.8 GB).
+    query_batch: int = 256
 
     def validate(self) -> None:
         if self.index not in INDEX_KINDS and "," not in self.index and not self.index.startswith(("SQ", "Flat")):

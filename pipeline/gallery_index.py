@@ -20,22 +20,27 @@ Files, `index.json` written last (a reader that finds it finds the rest):
     indexes/NAME/rows.parquet   one row per vector: unit (into index.json's units), part, row (in the
                                 part's table as `part_views` reads it), sample_index, view
     indexes/NAME/index.json     factory, dim, vectors, views, units [{source, shard, unit, attempt_id, parts}]
-NAME says what the index holds (`allviews-SQfp16`, `view0-IVF1024_PQ128x4fs`). A unit the index
-covers that is no longer committed as the attempt it read (a job redid it) makes the index stale:
-refused, `--rebuild-index` makes it again. Units committed since it was built are added to it,
-without retraining. `validate --gc` never touches `indexes/`.
+NAME says what the index holds (`allviews-SQfp16`, `view0-IVF1024_PQ128x4fs`); index.json
+records the settings that built it (`build`), and the same settings find it again even where the
+store has grown enough for auto-sized lists to differ. A unit the index covers that is no longer
+committed as the attempt it read (a job redid it) makes the index stale: refused,
+`--rebuild-index` makes it again. Units committed since it was built are added to it, without
+retraining. `validate --gc` never touches `indexes/`. Saving and loading hold the index two to
+three times over (faiss's serialized bytes, then the upload or the parsed index).
 """
 from __future__ import annotations
 
 import io
 import json
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import faiss
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
@@ -160,6 +165,14 @@ def unit_entry(record: CommitRecord) -> dict:
             "parts": [p for p in table_files(record, "views") if record.file(p) is not None]}
 
 
+def by_part(rows: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(unit, part, positions into `rows`) for each part file that rows [n] of ROW_FIELDS fall in."""
+    part = rows["unit"].astype(np.int64) << 32 | rows["part"].astype(np.int64)
+    order = np.argsort(part, kind="stable")
+    for group in np.split(order, np.flatnonzero(np.diff(part[order])) + 1) if len(order) else []:
+        yield int(rows["unit"][group[0]]), int(rows["part"][group[0]]), group
+
+
 @dataclass
 class Gallery:
     store: TargetStore
@@ -167,27 +180,30 @@ class Gallery:
     index: faiss.Index
     rows: np.ndarray  # structured [n] of ROW_FIELDS
     meta: dict  # index.json
+    keys: dict[int, str] = field(default_factory=dict)  # sample keys of rows a search read, by row
 
     @property
     def units(self) -> list[dict]:
         return self.meta["units"]
 
+    def _part(self, u: int, p: int) -> pa.Table:
+        return part_views(self.store, self.units[u]["parts"][p], self.meta["views"] == [0])
+
     def score(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Exact similarities of candidates `rows` [q, c]: from the index when it holds the fp16
-        values exactly, else from the stored embeddings, each part file holding a candidate read once."""
+        values exactly, else from the stored embeddings, each part file holding a candidate read
+        once (their keys kept for `describe`)."""
         if is_exact(self.index):
             return vector_scores(lambda ids: self.index.reconstruct_batch(ids))(queries, rows)
         sims = np.zeros(rows.shape, np.float32)
         q_of, c_of = np.nonzero(rows >= 0)
-        r = self.rows[rows[q_of, c_of]]
-        part = r["unit"].astype(np.int64) << 32 | r["part"].astype(np.int64)
-        order = np.argsort(part, kind="stable")
-        bounds = np.flatnonzero(np.diff(part[order])) + 1
-        for group in np.split(order, bounds):
-            u, p = int(r["unit"][group[0]]), int(r["part"][group[0]])
-            emb = embeddings_of(part_views(self.store, self.units[u]["parts"][p], self.meta["views"] == [0]))
-            vec = emb[r["row"][group]].astype(np.float32)
+        ids = rows[q_of, c_of]
+        for u, p, group in by_part(self.rows[ids]):
+            t = self._part(u, p)
+            at = self.rows["row"][ids[group]]
+            vec = embeddings_of(t)[at].astype(np.float32)
             sims[q_of[group], c_of[group]] = np.einsum("nd,nd->n", vec, queries[q_of[group]])
+            self.keys.update(zip(ids[group].tolist(), t.column("key").take(pa.array(at)).to_pylist()))
         return sims
 
     def search(self, queries: np.ndarray, n: int, cfg: RetrievalConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -195,18 +211,24 @@ class Gallery:
         return search(self.index, queries, n, cfg.rerank, self.score, cfg.query_batch)
 
     def describe(self, ids: np.ndarray) -> pa.Table:
-        """source, shard, unit, key, sample_index, view (and `row`) of index rows `ids`."""
+        """source, shard, unit, key, sample_index, view (and `row`) of index rows `ids`; keys a
+        search already read are not read again, the others from their parts' key column."""
+        ids = np.asarray(ids, np.int64)
         r = self.rows[ids]
-        keys = np.empty(len(ids), dtype=object)
-        for (u, p) in sorted(set(zip(r["unit"].tolist(), r["part"].tolist()))):
-            here = np.flatnonzero((r["unit"] == u) & (r["part"] == p))
-            part_keys = part_views(self.store, self.units[u]["parts"][p], self.meta["views"] == [0]).column("key")
-            keys[here] = part_keys.take(pa.array(r["row"][here])).to_pylist()
+        missing = np.array([i not in self.keys for i in ids.tolist()], bool)
+        for u, p, group in by_part(r[missing]):
+            rel = self.units[u]["parts"][p]
+            with self.store.storage.fs.open(self.store.storage.full(rel), "rb") as f:
+                t = pq.read_table(pa.BufferReader(f.read()), columns=["key", "view"])
+            if self.meta["views"] == [0]:
+                t = t.filter(pc.equal(t.column("view"), 0))
+            at = r["row"][missing][group]
+            self.keys.update(zip(ids[missing][group].tolist(), t.column("key").take(pa.array(at)).to_pylist()))
         units = self.units
-        return pa.table({"row": pa.array(np.asarray(ids, np.int64)),
+        return pa.table({"row": pa.array(ids),
                          "source": [units[u]["source"] for u in r["unit"]],
                          "shard": [units[u]["shard"] for u in r["unit"]],
-                         "unit": [units[u]["unit"] for u in r["unit"]], "key": keys.tolist(),
+                         "unit": [units[u]["unit"] for u in r["unit"]], "key": [self.keys[i] for i in ids.tolist()],
                          "sample_index": pa.array(r["sample_index"]), "view": pa.array(r["view"])})
 
 
@@ -271,8 +293,8 @@ def load_gallery(store: TargetStore, name: str) -> Gallery | None:
     index = faiss.deserialize_index(np.frombuffer(storage.read_bytes(f"{base}/index.faiss"), np.uint8))
     t = pq.read_table(io.BytesIO(storage.read_bytes(f"{base}/rows.parquet")))
     rows = np.zeros(t.num_rows, dtype=ROW_FIELDS)
-    for field, _ in ROW_FIELDS:
-        rows[field] = t.column(field).to_numpy()
+    for column, _ in ROW_FIELDS:
+        rows[column] = t.column(column).to_numpy()
     if index.ntotal != len(rows) or meta["vectors"] != len(rows):
         raise StoreError(f"{storage.url_of(base)}: index holds {index.ntotal} vectors, its rows table "
                          f"{len(rows)}: damaged; rebuild it with --rebuild-index")
@@ -283,6 +305,25 @@ def stale_units(gallery: Gallery, records: list[CommitRecord]) -> list[str]:
     """Units the index covers that are not committed now as the attempt it read."""
     now = {(r.source, r.unit): r.attempt_id for r in records}
     return [f"{u['source']}/{u['unit']}" for u in gallery.units if now.get((u["source"], u["unit"])) != u["attempt_id"]]
+
+
+# The settings that make an index (not nprobe, rerank, query_batch: those only search it).
+BUILD_KEYS = ("index", "flat_max_gb", "ivf_lists", "pq_bytes", "train_vectors")
+
+
+def family(factory: str) -> str:
+    """A factory string without its list count: an auto-sized IVF index stays itself as the store grows."""
+    return re.sub(r"IVF\d+", "IVF", factory)
+
+
+def existing_indexes(store: TargetStore, views0: bool) -> list[tuple[str, dict]]:
+    """(name, index.json) of the store's indexes over the same views."""
+    prefix = f"{layout.INDEXES_DIR}/{index_name('', views0)}"
+    out = []
+    for rel in store.storage.list_files(layout.INDEXES_DIR):
+        if rel.startswith(prefix) and rel.endswith("/index.json"):
+            out.append((rel.split("/")[1], json.loads(store.storage.read_bytes(rel))))
+    return sorted(out)
 
 
 def open_gallery(store: TargetStore, cfg: RetrievalConfig, views0: bool, rebuild: bool = False,
@@ -298,7 +339,11 @@ def open_gallery(store: TargetStore, cfg: RetrievalConfig, views0: bool, rebuild
     views = [0] if views0 else list(range(int(manifest.must_match["policy"]["views"])))
     vectors = sum(r.n_stored for r in records) * len(views)
     factory = index_factory(cfg, vectors, dim)
+    build = {k: getattr(cfg, k) for k in BUILD_KEYS}
     name = index_name(factory, views0)
+    if not rebuild:  # the index these settings built before, though its auto-sized lists may differ now
+        name = next((n for n, meta in existing_indexes(store, views0)
+                     if meta.get("build") == build and family(meta["factory"]) == family(factory)), name)
     gallery = None if rebuild else load_gallery(store, name)
     if gallery is not None:
         stale = stale_units(gallery, records)
@@ -323,7 +368,7 @@ def open_gallery(store: TargetStore, cfg: RetrievalConfig, views0: bool, rebuild
         index.train(sample)
         trained_on = len(sample)
     meta = {"factory": factory, "dim": dim, "views": views, "metric": "inner_product", "vectors": 0, "units": [],
-            "trained_on": trained_on}
+            "trained_on": trained_on, "build": build}
     gallery = Gallery(store, name, index, np.zeros(0, dtype=ROW_FIELDS), meta)
     _add_units(gallery, entries, views0)
     save_gallery(gallery)

@@ -14,7 +14,9 @@ its similarity is at least `min_similarity`, and the query has no other view of 
 (near-duplicate suppression: a query's views are crops of distinct images; two queries may take
 different crops of one image). A query whose list runs out before it is full, with every entry a
 real row above the threshold, may be filled by a longer list: `needs_more` says so, and the caller
-searches deeper. With lists that deep, the result is the one full lists would give.
+searches deeper. With lists that deep, the result is the one full lists would give (from an exact
+index; an IVF index's lists also end where its probed lists do, and a query short for that reason
+is reported short, like one short of similar images).
 """
 from __future__ import annotations
 
@@ -61,7 +63,7 @@ def select_balanced(sims: np.ndarray, rows: np.ndarray, images: np.ndarray, ok: 
         picked.append(i)
     picked_a = np.array(picked, dtype=np.int64)
     query = (picked_a // c).astype(np.int32)
-    by_query = np.lexsort((picked_a, query))  # picked in similarity order: rank is the order within a query
+    by_query = np.argsort(query, kind="stable")  # a query's picks in the order taken: its rank
     query, picked_a = query[by_query], picked_a[by_query]
     starts = np.searchsorted(query, np.arange(n_q))
     rank = (np.arange(len(query)) - starts[query]).astype(np.int32)

@@ -85,8 +85,8 @@ def embedded(cfg: JobConfig, store, must_match: dict, spec: str, what: str) -> t
 
 
 def excluded_images(gallery: Gallery, vectors: np.ndarray, threshold: float, cfg: JobConfig) -> set[SampleId]:
-    """Gallery images with a view at cosine >= threshold to any of `vectors`, searched deeper until
-    every list ends below it."""
+    """Gallery images with an indexed view at cosine >= threshold to any of `vectors`, searched
+    deeper until every list ends below it (or ends: an IVF index's probed lists bound it)."""
     depth = 16
     while True:
         sims, rows = gallery.search(vectors, min(depth, gallery.index.ntotal), cfg.retrieval)

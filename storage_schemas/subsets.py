@@ -12,6 +12,7 @@ A sample retrieved through two views has two rows and trains on both.
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 from dataclasses import dataclass
@@ -39,26 +40,48 @@ SUBSET_SCHEMA = pa.schema([
 ])
 
 
+SHARDS_CACHED = 256  # shards' {key: views} lookups a Subset keeps built (the trainer reads a few at a time)
+
+
 @dataclass
 class Subset:
     name: str
-    table: pa.Table  # SUBSET_SCHEMA rows
+    table: pa.Table  # SUBSET_SCHEMA rows, sorted by (source, shard, key, view)
     manifest: dict[str, Any]
 
     def __post_init__(self):
-        self._views: dict[SampleId, tuple[int, ...]] = {}
-        cols = [self.table.column(c).to_pylist() for c in ("source", "shard", "key", "view")]
-        for source, shard, key, view in zip(*cols):
-            sample = SampleId(source, shard, key)
-            self._views[sample] = tuple(sorted((*self._views.get(sample, ()), int(view))))
-        self.units = set(zip(self.table.column("source").to_pylist(), self.table.column("unit").to_pylist()))
+        self.table = self.table.sort_by([(c, "ascending") for c in ("source", "shard", "key", "view")])
+        source, shard = (self.table.column(c).to_pylist() for c in ("source", "shard"))
+        # Row ranges per shard, and per-shard lookups built on demand: a subset of 10M rows never
+        # becomes 10M Python objects in every loader worker.
+        self._ranges: dict[tuple[str, str], tuple[int, int]] = {}
+        for i, k in enumerate(zip(source, shard)):
+            lo, _ = self._ranges.get(k, (i, i))
+            self._ranges[k] = (lo, i + 1)
+        self.units = set(zip(source, self.table.column("unit").to_pylist()))
+        self._shard_views = functools.lru_cache(SHARDS_CACHED)(self._build_shard)
+
+    def _build_shard(self, source: str, shard: str) -> dict[str, tuple[int, ...]]:
+        lo, hi = self._ranges.get((source, shard), (0, 0))
+        rows = self.table.slice(lo, hi - lo)
+        out: dict[str, tuple[int, ...]] = {}
+        for key, view in zip(rows.column("key").to_pylist(), rows.column("view").to_pylist()):
+            out[key] = (*out.get(key, ()), int(view))
+        return out
 
     def views_of(self, sample: SampleId) -> tuple[int, ...]:
         """The stored views `sample` trains on, ascending; () for a sample not in the subset."""
-        return self._views.get(sample, ())
+        return self._shard_views(sample.source, sample.shard).get(sample.key, ())
 
     def __len__(self) -> int:
         return self.table.num_rows
+
+    def __getstate__(self) -> dict:
+        return {"name": self.name, "table": self.table, "manifest": self.manifest}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.__post_init__()
 
 
 def write_subset(storage: Storage, name: str, table: pa.Table, manifest: dict[str, Any]) -> None:

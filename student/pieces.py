@@ -146,7 +146,11 @@ def load_clip_piece(store: TargetStore, record: CommitRecord, piece: Piece, keep
         k, spans = _stored_views(pf)
         stored = k if stored is None else min(stored, k)
         usable = choice.usable(k)
-        wanted = {choice.epoch % usable} if choice.mode == "cycle" and choice.subset is None else set(range(usable))
+        if choice.subset is not None:  # the views this part's subset samples were retrieved through
+            keys = pf.read_row_group(0, columns=["key"], use_threads=False).column("key").to_pylist()
+            wanted = {v for key in keys for v in choice.subset.views_of(SampleId(record.source, record.shard, key))}
+        else:
+            wanted = {choice.epoch % usable} if choice.mode == "cycle" else set(range(usable))
         groups = [i for i, s in enumerate(spans) if s is None or any(s[0] <= v <= s[1] for v in wanted)]
         # Not pyarrow's thread pool: the loader's fetch threads already run pieces side by side
         # (one piece: 4.6 ms single-threaded, 7.5 ms on the pool, measured).

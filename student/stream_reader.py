@@ -130,9 +130,10 @@ class StreamReader:
         # Only a run's own gaps (held-out or error samples) are read through: a run's neighbours in
         # the tar are other runs, which later groups fetch. A subset's runs skip other samples: they
         # are cut where the tar holds a sample outside it.
-        runs = [(u, j, i // self.run) for u, j, i in keys]
-        if not self.source.read_gaps:
-            runs = adjacent_blocks(runs, [int(targets[(u, j)].positions[i]) for u, j, i in keys])
+        if self.source.read_gaps:
+            runs = [(u, j, i // self.run) for u, j, i in keys]
+        else:  # by adjacency alone, so that two items of one sample (two views) share a read
+            runs = adjacent_blocks([(u, j) for u, j, _ in keys], [int(targets[(u, j)].positions[i]) for u, j, i in keys])
         images = read_spans(self.options, spans, runs)
         out = [self.source.make(self.units[u].unit.record, targets[(u, j)], i, data, self.plan.epoch)
                for (u, j, i), data in zip(keys, images)]

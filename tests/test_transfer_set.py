@@ -106,6 +106,18 @@ def test_an_index_is_extended_by_new_units_refused_when_stale_and_left_alone_by_
     q = np.eye(extended.meta["dim"], dtype=np.float32)[:5]
     assert found_ids(extended, extended.search(q, 20, cfg)[1]) == found_ids(fresh, fresh.search(q, 20, cfg)[1])
 
+    # An IVF index with auto-sized lists (300 vectors: 7 lists; 400 would size 10) is extended, not rebuilt.
+    ivf = RetrievalConfig(index="ivfpq", pq_bytes=8, rerank=400)
+    commits[-1].unlink()
+    small = open_gallery(store, ivf, views0=False, say=quiet)
+    commits[-1].write_bytes(held)
+    said.clear()
+    grown = open_gallery(store, ivf, views0=False, say=said.append)
+    assert small.meta["factory"] == grown.meta["factory"] == "IVF7,PQ16x4fs" and "extended by 1 unit" in said[0]
+    assert grown.index.ntotal == 400 and grown.meta["trained_on"] == 300
+    none = np.full((2, 5), -1, np.int64)  # no candidate at all: nothing to read, nothing to score
+    assert (grown.score(q[:2], none) == 0).all()
+
     report = validate(Storage(str(store_copy)))
     assert report.problems == [] and not [p for p in report.orphans if p.startswith("indexes/")]
 
@@ -138,6 +150,31 @@ def test_query_balanced_selection_rule():
     assert deeper.needs_more.tolist() == [True, True, True]
     gone = select_balanced(sims[:, :2], np.array([[5, -1], [5, 3], [8, 9]]), images[:, :2], ok[:, :2], per_query=2)
     assert gone.needs_more.tolist() == [False, False, True]  # query 0's list is the whole gallery
+
+
+def test_deeper_searches_give_what_full_candidate_lists_give(store_copy, monkeypatch):
+    import argparse
+
+    import pipeline.transfer_set as transfer_set
+    from pipeline.config import JobConfig
+    from storage_schemas.store import StoreConfig
+
+    store = open_store(str(store_copy))
+    cfg = JobConfig(store=StoreConfig(str(store_copy)), sources=[], retrieval=RetrievalConfig(index="flat"))
+    gallery = open_gallery(store, cfg.retrieval, views0=False, say=quiet)
+    _, emb = stored_views(store)
+    queries = emb[::37][:8].astype(np.float32)  # stored views as queries: their neighbourhoods overlap
+    args = argparse.Namespace(per_query=30, held_out=HELD_OUT, min_similarity=None)
+    monkeypatch.setattr(transfer_set, "FIRST_DEPTH", 1)  # lists of 30 first: several queries run out
+    depths = []
+    search = gallery.search
+    monkeypatch.setattr(gallery, "search", lambda q, n, c: depths.append(n) or search(q, n, c))
+    chosen, _ = transfer_set.select(gallery, queries, args, set(), cfg)
+    assert len(depths) > 1, "the test never searched deeper"
+    monkeypatch.setattr(transfer_set, "FIRST_DEPTH", 1000)  # every list the whole gallery at once
+    full, _ = transfer_set.select(gallery, queries, args, set(), cfg)
+    assert chosen.row.tolist() == full.row.tolist() and chosen.query.tolist() == full.query.tolist()
+    assert (chosen.short == 0).all()
 
 
 def _gallery_image(corpus, shard: str, key: str) -> bytes:
@@ -288,7 +325,8 @@ def test_training_on_a_subset_records_it_and_refuses_another_held_out_split(subs
     args = [sys.executable, "student/train.py", "--config", "student/configs/tiny.yaml",
             "--set", f"store.url={subset_store['store']}", "--set", f"output_dir={out}",
             "--set", f"model.sam_checkpoint={tiny_teachers['sam']}", "--set", "data.clip.subset=pets",
-            "--set", "stages=[{name: probe, epochs: 1, warmup_steps: 1}]", "--set", "val_every=1000"]
+            "--set", "stages=[{name: probe, epochs: 1, warmup_steps: 1}]", "--set", "val_every=1000",
+            "--set", "log_batches=true"]
     p = subprocess.run([*args, "--set", "data.held_out=0.1"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0, p.stderr
     assert "subset 'pets' was selected with held-out fraction 0.2, this run holds out 0.1" in p.stderr
@@ -298,7 +336,10 @@ def test_training_on_a_subset_records_it_and_refuses_another_held_out_split(subs
     subset = read_subset(open_store(str(subset_store["store"])).storage, "pets")
     assert meta["subset"]["name"] == "pets" and meta["subset"]["views"] == len(subset) == 25
     assert meta["subset"]["query_checksum"] == subset.manifest["query"]["checksum"]
-    assert 0 < meta["consumed"]["clip_views"] <= len(subset)  # one epoch of the subset, not of the store
+    trained = [i for line in (out / "batches" / "rank0.jsonl").read_text().splitlines() for i in json.loads(line)["clip"]]
+    items = {f"{r['source']}/{r['shard']}/{r['key']}#{r['view']}" for r in subset.table.to_pylist()}
+    assert len(trained) == len(set(trained)) == meta["consumed"]["clip_views"] >= len(subset) // 2
+    assert set(trained) <= items  # one epoch of the subset's retrieved views, and nothing else
 
     from student.evaluate import main as evaluate
 
