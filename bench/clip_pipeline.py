@@ -29,8 +29,8 @@ from bench.compare import print_pipeline_vs_bare, run_jobs
 from pipeline.clip_targets import ClipTeacherStage
 from pipeline.config import ClipTeacherConfig
 from pipeline.sample_data import build_sample_corpus
-from storage_schemas.decode import decode_image, draft_side_for
 from storage_schemas.clip_views_table import ClipViews, views_parquet
+from storage_schemas.decode import decode_image, draft_side_for
 from storage_schemas.store import open_store
 from storage_schemas.views import render_view
 

@@ -36,16 +36,16 @@ import torch
 import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-from pipeline.config import ClipTeacherConfig, SamTeacherConfig
 from bench.synthetic_store import write_clip_store, write_sam_store
+from pipeline.config import ClipTeacherConfig, SamTeacherConfig
 from pipeline.teachers import load_clip_teacher, load_sam_teacher
 from storage_schemas.sam_models import build_sam
 from storage_schemas.store import open_store
 from student.batches import ClipBatchMaker, SamBatchMaker, Stream, target_logits
 from student.config import LossConfig
-from student.pieces import split_filter, unit_pieces
 from student.losses import clip_loss, sam_loss
 from student.model import SamClip
+from student.pieces import split_filter, unit_pieces
 
 
 def stream(store, kind: str, maker, size: int, batch: int, workers: int) -> Stream:

@@ -21,10 +21,10 @@ from tqdm import tqdm
 from pipeline.clip_targets import ClipTeacherStage, RenderSpec, read_clip_shard
 from pipeline.config import JobConfig, load_job_config
 from pipeline.plan import JobPlan, KindPlan, make_plan
+from pipeline.read_plan import read_tasks
 from pipeline.report import JobReport
 from pipeline.sam_targets import PromptSpec, SamTeacherStage, read_sam_shard
 from pipeline.unit_commit import commit_unit, remove_leftovers, remove_part_files, remove_pending_leftovers
-from pipeline.read_plan import read_tasks
 from pipeline.units import END, PART, TEACHER_FAILED, UNIT_FAILED, ShardTask, UnitCollector, committed_parts
 from storage_schemas.errors import ConfigError, run_cli
 from storage_schemas.faults import FAULT_ENVS, kill_point

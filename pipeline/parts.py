@@ -24,8 +24,7 @@ from __future__ import annotations
 import json
 import traceback
 import uuid
-from dataclasses import asdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -35,7 +34,6 @@ from storage_schemas import layout
 from storage_schemas.faults import kill_point
 from storage_schemas.identity import SampleId
 from storage_schemas.storage import FileEntry, Storage, StorageFailure
-
 
 
 @dataclass

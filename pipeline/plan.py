@@ -19,11 +19,10 @@ from pipeline.sources import InputShard, expand_source
 from pipeline.teachers import load_clip_teacher, load_sam_teacher
 from storage_schemas.commit import CommitRecord
 from storage_schemas.errors import run_cli
-from storage_schemas.typed_config import add_config_arguments
 from storage_schemas.manifest import Manifest, check_compatible, read_manifest
 from storage_schemas.storage import Storage
 from storage_schemas.store import TargetStore
-
+from storage_schemas.typed_config import add_config_arguments
 
 # Samples per unit for a source whose config leaves `unit_size` unset, in a store that has no unit
 # of it yet. A driver crash redoes the teacher work of the units open at that moment: about one per

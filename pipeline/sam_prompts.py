@@ -19,7 +19,6 @@ from storage_schemas.decode import DecodeError
 from storage_schemas.tables import PROMPT_STRUCTURES, STRUCTURE_PARTS
 
 
-
 @dataclass
 class Prompt:
     annotation_id: int

@@ -17,8 +17,14 @@ import pyarrow.parquet as pq
 from pipeline.config import load_job_config
 from pipeline.teachers import load_clip_teacher
 from storage_schemas import layout
-from storage_schemas.class_texts import (TEMPLATE_SETS, class_text_embeddings, load_classnames, template_set,
-                                         template_texts, text_table)
+from storage_schemas.class_texts import (
+    TEMPLATE_SETS,
+    class_text_embeddings,
+    load_classnames,
+    template_set,
+    template_texts,
+    text_table,
+)
 from storage_schemas.errors import ConfigError, ManifestMismatch, run_cli
 from storage_schemas.manifest import differences, read_manifest
 from storage_schemas.storage import Storage

@@ -29,7 +29,12 @@ from storage_schemas.errors import ConfigError, StoreError
 from storage_schemas.layout import unit_name
 from storage_schemas.storage import FileEntry, Storage
 from storage_schemas.tar_index import (
-    TarIndex, index_rows, iter_indexed_samples, make_tar_index, read_tar_index, write_tar_index,
+    TarIndex,
+    index_rows,
+    iter_indexed_samples,
+    make_tar_index,
+    read_tar_index,
+    write_tar_index,
 )
 from storage_schemas.tar_samples import TarSample, iter_tar_samples
 

@@ -29,9 +29,9 @@ from storage_schemas.decode import decode_image, draft_side_for
 from storage_schemas.errors import ManifestMismatch, StoreError, run_cli
 from storage_schemas.identity import stable_hash64
 from storage_schemas.mask_logits import UINT8_MAX_PROB_ERROR, decode_logits
+from storage_schemas.sam_tables import prompts_by_image
 from storage_schemas.sam_transforms import pad_image, sam_input_image
 from storage_schemas.store import TargetStore, open_store
-from storage_schemas.sam_tables import prompts_by_image
 from storage_schemas.tar_samples import iter_tar_samples
 from storage_schemas.views import render_view, view_hash
 

@@ -28,8 +28,17 @@ from storage_schemas.tables import PROMPT_STRUCTURES, STRUCTURE_PARTS
 from storage_schemas.views import render_view
 from student.data import iter_clip_unit, iter_sam_unit
 from student.inference import postprocess_masks
-from student.pictures import (BACKGROUND_POINT, BOX_COLOR, FOREGROUND_POINT, MASK_COLOR, draw_crops, draw_prompt,
-                              fit_height, mask_overlay, sheet)
+from student.pictures import (
+    BACKGROUND_POINT,
+    BOX_COLOR,
+    FOREGROUND_POINT,
+    MASK_COLOR,
+    draw_crops,
+    draw_prompt,
+    fit_height,
+    mask_overlay,
+    sheet,
+)
 
 
 def clip_sheet(sample, size: int) -> Image.Image:

@@ -204,7 +204,9 @@ class SamClip(nn.Module):
         return x * inside[:, None].to(x.dtype)
 
     def parameter_counts(self) -> dict[str, int]:
-        count = lambda *mods: sum(p.numel() for m in mods for p in m.parameters())
+        def count(*mods: nn.Module) -> int:
+            return sum(p.numel() for m in mods for p in m.parameters())
+
         return {
             "backbone": count(self.patch_embed, self.blocks) + self.pos_embed.numel(),
             "clip_head": count(self.clip_head),

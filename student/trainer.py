@@ -42,10 +42,10 @@ from storage_schemas.subsets import Subset, read_subset
 from student.batches import ClipBatchMaker, SamBatchMaker, Stream, target_logits
 from student.config import StageConfig, TrainConfig
 from student.epoch_plan import UnitPieces, batch_sizes
-from student.pieces import split_filter, unit_pieces
-from student.run_dir import CHECKPOINTS, STATE_FILE, VALIDATION_FILE, checkpoint_names
 from student.losses import clip_loss, sam_loss
 from student.model import SamClip
+from student.pieces import split_filter, unit_pieces
+from student.run_dir import CHECKPOINTS, STATE_FILE, VALIDATION_FILE, checkpoint_names
 from student.validation import clip_metrics, load_clip_held_out, load_sam_held_out, sam_metrics
 
 

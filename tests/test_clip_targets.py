@@ -6,6 +6,7 @@ import open_clip
 import pytest
 import torch
 
+from conftest import write_clip_job
 from pipeline.config import ClipTeacherConfig
 from pipeline.materialize import main as materialize
 from pipeline.teachers import load_clip_teacher
@@ -14,7 +15,6 @@ from storage_schemas.decode import decode_image, draft_side_for
 from storage_schemas.errors import ManifestMismatch
 from storage_schemas.store import open_store
 from storage_schemas.views import render_view, view_hash
-from conftest import write_clip_job
 
 
 def tar_images(corpus, shard: str) -> dict[str, bytes]:

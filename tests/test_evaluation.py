@@ -10,10 +10,10 @@ import open_clip
 import pytest
 import skimage.data
 import torch
-from conftest import run_module, write_clip_job
 from PIL import Image
 from segment_anything import SamPredictor
 
+from conftest import run_module, write_clip_job
 from pipeline.config import ClipTeacherConfig, SamTeacherConfig
 from pipeline.sample_data import write_tar
 from pipeline.teachers import load_clip_teacher, load_sam_teacher

@@ -84,7 +84,9 @@ def test_views_match_the_golden_table(golden, clip_store):
     new = sorted_views(open_store(str(clip_store)).read_table("clip", "views"))
     golden = sorted_views(golden)
 
-    ids = lambda t: list(zip(*(t.column(c).to_pylist() for c in ("source", "shard", "key", "view"))))
+    def ids(t):
+        return list(zip(*(t.column(c).to_pylist() for c in ("source", "shard", "key", "view"))))
+
     new_ids, golden_ids = ids(new), ids(golden)
     if new_ids != golden_ids:
         missing, extra = set(golden_ids) - set(new_ids), set(new_ids) - set(golden_ids)

@@ -3,7 +3,7 @@ ignore band in the legend, point prompts in the colour of the class they prompt.
 import numpy as np
 from PIL import Image
 
-from student.pictures import (IGNORE_COLOR, MASK_COLOR, class_colors, draw_prompt, legend_items, mask_overlay)
+from student.pictures import IGNORE_COLOR, MASK_COLOR, class_colors, draw_prompt, legend_items, mask_overlay
 
 
 def test_a_mask_is_an_outline_and_a_translucent_fill():

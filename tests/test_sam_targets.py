@@ -17,6 +17,7 @@ from storage_schemas.decode import decode_image
 from storage_schemas.mask_logits import UINT8_MAX_PROB_ERROR, decode_logits
 from storage_schemas.store import open_store
 
+
 def sa1b_members(corpus, shard):
     with tarfile.open(corpus / "sam" / f"{shard}.tar") as tar:
         return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
@@ -97,7 +98,9 @@ def test_uint8_encoding_stays_within_its_documented_error(stored, sample_corpus,
                         tiny_teachers, precision="uint8_sigmoid")
     assert materialize([str(job)]) == 0
     u8 = open_store(str(tmp_path / "store"))
-    sig = lambda x: 1 / (1 + np.exp(-x.astype(np.float64)))
+    def sig(x):
+        return 1 / (1 + np.exp(-x.astype(np.float64)))
+
     worst = 0.0
     for c in u8.commits("sam"):
         arr = u8.open_logits(c)

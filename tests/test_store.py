@@ -4,27 +4,32 @@ import json
 import shutil
 
 import numpy as np
-import torch
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from pipeline.config import ClipTeacherConfig, load_job_config
 from pipeline.manifests import clip_manifest
 from pipeline.teachers import load_clip_teacher
 from pipeline.teachers.clip_teacher import TINY_CLIP_ARCH
 from storage_schemas import layout
+from storage_schemas.clip_views_table import clip_views_schema
 from storage_schemas.commit import CommitRecord, InputRef, read_commit, write_commit
 from storage_schemas.errors import ManifestMismatch, StoreError
 from storage_schemas.manifest import Manifest, ensure_manifest
-from storage_schemas.clip_views_table import clip_views_schema
 from storage_schemas.mask_logits import (
-    UINT8_MAX_PROB_ERROR, FP16_MAX_PROB_ERROR, decode_logits, encode_logits, fill_value, logits_group_objects,
+    FP16_MAX_PROB_ERROR,
+    UINT8_MAX_PROB_ERROR,
+    decode_logits,
+    encode_logits,
+    fill_value,
+    logits_group_objects,
     open_logits,
 )
+from storage_schemas.sam_tables import SAM_IMAGES_SCHEMA, sam_prompts_schema
 from storage_schemas.storage import Storage
 from storage_schemas.store import open_store
-from storage_schemas.sam_tables import SAM_IMAGES_SCHEMA, sam_prompts_schema
 from storage_schemas.tables import ERRORS_SCHEMA, parquet_bytes, text_embeddings_schema
 
 D = 64
@@ -107,7 +112,9 @@ def test_mask_logits_round_trip_through_zarr(tmp_path, precision):
     decoded = decode_logits(back[:], precision)
     # The trainer decodes the stored bytes on its device: the same values, NaN fill included.
     np.testing.assert_array_equal(decode_logits(torch.from_numpy(back[:]), precision).numpy(), decoded)
-    sig = lambda x: 1 / (1 + np.exp(-x.astype(np.float64)))
+    def sig(x):
+        return 1 / (1 + np.exp(-x.astype(np.float64)))
+
     bound = UINT8_MAX_PROB_ERROR if precision == "uint8_sigmoid" else FP16_MAX_PROB_ERROR
     for i in range(n):
         err = np.abs(sig(decoded[i, : n_prompts[i]]) - sig(logits[i, : n_prompts[i]])).max()

@@ -6,7 +6,11 @@ import pytest
 from storage_schemas.layout import tar_index_path
 from storage_schemas.storage import Storage
 from storage_schemas.tar_index import (
-    index_rows, iter_indexed_samples, make_tar_index, read_tar_index, write_tar_index,
+    index_rows,
+    iter_indexed_samples,
+    make_tar_index,
+    read_tar_index,
+    write_tar_index,
 )
 from storage_schemas.tar_samples import iter_tar_samples
 

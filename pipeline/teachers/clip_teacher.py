@@ -15,10 +15,14 @@ import open_clip
 import torch
 
 from pipeline.config import ClipTeacherConfig
-from storage_schemas.checkpoints import (
-    describe_mismatch, fetch_checkpoint, is_path_like, load_state_dict_file, weights_sha256,
-)
 from pipeline.teachers.fingerprint import TeacherFingerprint
+from storage_schemas.checkpoints import (
+    describe_mismatch,
+    fetch_checkpoint,
+    is_path_like,
+    load_state_dict_file,
+    weights_sha256,
+)
 from storage_schemas.clip_archs import TINY_CLIP_ARCH, no_weights_warning  # noqa: F401 (registers it)
 from storage_schemas.errors import CheckpointError, ConfigError
 

@@ -11,8 +11,8 @@ from typing import Any
 from segment_anything.modeling import Sam
 
 from pipeline.config import SamTeacherConfig
-from storage_schemas.checkpoints import weights_sha256
 from pipeline.teachers.fingerprint import TeacherFingerprint
+from storage_schemas.checkpoints import weights_sha256
 from storage_schemas.mask_logits import LOW_RES
 from storage_schemas.sam_models import IMAGE_SIZE, SAM_ARCHS, load_sam
 

@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
     import pyarrow.parquet as pq
+
     from conftest import write_clip_job  # the job the session fixture `clip_store` runs
     from pipeline.sample_data import build_sample_corpus
     from pipeline.teachers.tiny import write_tiny_teachers
