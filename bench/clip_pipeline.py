@@ -12,6 +12,7 @@ bare:     the same teacher (random init, same seed), the same batches of uint8 v
 bytes:    stored bytes per view: Parquet of the bench store (D of --arch), and of a synthetic
           D=768 table (ViT-L/14) built by the pipeline's own table code; the fp16 floor is 2 x D.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,7 +49,9 @@ def main() -> None:
     n_shards = max(1, min(4, args.samples // 25))
     job = {
         "store": {"url": f"{work}/store"},
-        "sources": [{"name": "bench", "kind": "clip", "shards": f"{work}/corpus/clip/{{00000..{n_shards - 1:05d}}}.tar"}],
+        "sources": [
+            {"name": "bench", "kind": "clip", "shards": f"{work}/corpus/clip/{{00000..{n_shards - 1:05d}}}.tar"}
+        ],
         "clip": {"teacher": {"arch": args.arch, "pretrained": None, "init_seed": 0}, "views": args.views},
         "ray": {"num_cpus": 2, "teacher_actors": 1, "cpus_per_actor": 1, "batch_size": args.batch},
     }
@@ -59,17 +62,21 @@ def main() -> None:
     images = {}
     for shard in range(n_shards):
         with tarfile.open(f"{work}/corpus/clip/{shard:05d}.tar") as tar:
-            images |= {(f"{shard:05d}", m.name[:-4]): tar.extractfile(m).read()
-                       for m in tar.getmembers() if m.name.endswith(".jpg")}
+            images |= {
+                (f"{shard:05d}", m.name[:-4]): tar.extractfile(m).read()
+                for m in tar.getmembers()
+                if m.name.endswith(".jpg")
+            }
     decoded = {k: decode_image(v, draft_side=draft_side_for(224)).image for k, v in images.items()}
     pixels = np.stack([render_view(decoded[(r["shard"], r["key"])], r["crop"], r["flip"], 224) for r in rows])
-    stage = ClipTeacherStage(ClipTeacherConfig(arch=args.arch, pretrained=None, init_seed=0), None, store.storage,
-                             "fp32", threads=1)
+    stage = ClipTeacherStage(
+        ClipTeacherConfig(arch=args.arch, pretrained=None, init_seed=0), None, store.storage, "fp32", threads=1
+    )
     per_batch = args.batch * args.views
     stage.embed(pixels[:per_batch])  # warm-up, as the actor's first batch is in the pipeline figure
     t0 = time.perf_counter()
     for i in range(0, len(pixels), per_batch):
-        stage.embed(pixels[i:i + per_batch])
+        stage.embed(pixels[i : i + per_batch])
     bare_rate = len(pixels) / (time.perf_counter() - t0)
 
     d = store.manifest("clip").must_match["teacher"]["output"]["embed_dim"]
@@ -81,11 +88,15 @@ def main() -> None:
     views.embeddings = (synth / np.linalg.norm(synth, axis=-1, keepdims=True)).astype(np.float16)
     synth_bytes = len(views_parquet(views, "bench", first.shard))
 
-    print(f"teacher {args.arch} (random init), K={args.views}, {len(rows)} views, batch {args.batch} samples "
-          f"({per_batch} views), 1 torch thread, local Ray with 2 CPUs")
+    print(
+        f"teacher {args.arch} (random init), K={args.views}, {len(rows)} views, batch {args.batch} samples "
+        f"({per_batch} views), 1 torch thread, local Ray with 2 CPUs"
+    )
     print_pipeline_vs_bare(reports, steady, "views", bare_rate)
-    print(f"  bytes per view     {store_bytes / len(rows):8.1f} at D={d} (fp16 floor {2 * d}); "
-          f"{synth_bytes / (first.n_stored * args.views):.1f} at D=768 (floor 1536)")
+    print(
+        f"  bytes per view     {store_bytes / len(rows):8.1f} at D={d} (fp16 floor {2 * d}); "
+        f"{synth_bytes / (first.n_stored * args.views):.1f} at D=768 (floor 1536)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """The pipeline-against-bare-teacher lines both pipeline benchmarks print."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,11 @@ def steady_rate(store_root: str, kind: str, table: str) -> float | None:
     batch) is behind by then, and the driver's lag in receiving blocks does not enter. None with
     fewer than 3 parts."""
     store = open_store(store_root)
-    parts = sorted((os.path.getmtime(store.storage.full(rel)), pq.read_metadata(store.storage.full(rel)).num_rows)
-                   for record in store.commits(kind) for rel in table_files(record, table))
+    parts = sorted(
+        (os.path.getmtime(store.storage.full(rel)), pq.read_metadata(store.storage.full(rel)).num_rows)
+        for record in store.commits(kind)
+        for rel in table_files(record, table)
+    )
     if len(parts) < 3:
         return None
     return sum(n for _, n in parts[1:]) / (parts[-1][0] - parts[0][0])
@@ -51,8 +55,12 @@ def print_pipeline_vs_bare(reports: list[dict], steady: list[float | None], rows
         print("  pipeline, steady window            n/a  (fewer than 3 parts in a run: use more input)")
     else:
         rate = statistics.median(steady)
-        print(f"  pipeline, steady window       {rate:9.3f} {rows}/s  (median of {len(reports)} runs: "
-              f"{', '.join(f'{s:.3f}' for s in steady)})")
+        print(
+            f"  pipeline, steady window       {rate:9.3f} {rows}/s  (median of {len(reports)} runs: "
+            f"{', '.join(f'{s:.3f}' for s in steady)})"
+        )
         print(f"  pipeline / bare, steady       {rate / bare_rate:9.3f}")
-    print(f"  pipeline, dataset start to end {whole:8.3f} {rows}/s  (start-up "
-          f"{statistics.median(r['first_target_seconds'] for r in reports):.1f} s to the first target)")
+    print(
+        f"  pipeline, dataset start to end {whole:8.3f} {rows}/s  (start-up "
+        f"{statistics.median(r['first_target_seconds'] for r in reports):.1f} s to the first target)"
+    )

@@ -5,6 +5,7 @@ loader benchmark (bench/loader.py) and of the data-path accounting test.
         ...                             # forked loader workers inherit it and log too
     reads = read_log(log_path)          # [(pid, path, offset, nbytes)]
 """
+
 import contextlib
 import os
 

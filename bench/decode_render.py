@@ -10,6 +10,7 @@ ours:     storage_schemas.decode_image once per sample (JPEG draft for the 224 p
 Two image sets: the sample corpus (<= 512 px, as img2dataset often resizes) and web-size photos
 (about 1600 x 1200, as YFCC-15M or unresized crawls hold). One process, one torch thread.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,9 +63,14 @@ def web_jpegs(n: int = 40) -> list[bytes]:
 
 def baseline(jpegs: list[bytes], views: int) -> None:
     _, _, preprocess_val = open_clip.create_model_and_transforms("ViT-B-16", pretrained=None, device="meta")
-    rrc = T.Compose([T.RandomResizedCrop(SIZE, scale=SCALE, ratio=RATIO, interpolation=T.InterpolationMode.BICUBIC),
-                     T.RandomHorizontalFlip(), T.ToTensor(),
-                     T.Normalize(open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)])
+    rrc = T.Compose(
+        [
+            T.RandomResizedCrop(SIZE, scale=SCALE, ratio=RATIO, interpolation=T.InterpolationMode.BICUBIC),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD),
+        ]
+    )
     for data in jpegs:
         for v in range(views):
             img = Image.open(io.BytesIO(data)).convert("RGB")

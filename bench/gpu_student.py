@@ -13,6 +13,7 @@ loaders: the same step pulling every batch from the trainer's Stream (student.ba
          the ratio to memory (target >= 0.95); the smallest W that reaches it is what one GPU needs.
 --tiny:  the tiny SAM config on CPU with a small store: checks the script, measures nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,8 +86,9 @@ def main() -> None:
         for b in stream:
             yield b["images"].to(device, non_blocking=True), b["targets"].to(device, non_blocking=True)
 
-    first = next(Stream("clip", pieces, ClipBatchMaker(store, keep, 0, "random", None), {224: args.batch}, 0, 1, 0,
-                        STREAMS, 0))
+    first = next(
+        Stream("clip", pieces, ClipBatchMaker(store, keep, 0, "random", None), {224: args.batch}, 0, 1, 0, STREAMS, 0)
+    )
     fixed = first["images"].to(device), F.normalize(first["targets"], dim=-1).to(device)
 
     def repeat():
@@ -94,19 +96,24 @@ def main() -> None:
             yield fixed
 
     memory = rate(repeat(), steps)
-    print(f"memory: {memory:8.1f} images/s per GPU (ViT-B student, {args.batch} images at 224 px, "
-          f"{'bf16' if cuda else 'fp32'})")
+    print(
+        f"memory: {memory:8.1f} images/s per GPU (ViT-B student, {args.batch} images at 224 px, "
+        f"{'bf16' if cuda else 'fp32'})"
+    )
     need = None
     for w in [w for w in args.workers if STREAMS % w == 0]:
-        stream = Stream("clip", pieces, ClipBatchMaker(store, keep, 0, "random", None), {224: args.batch}, 0, 1, 0,
-                        STREAMS, w)
+        stream = Stream(
+            "clip", pieces, ClipBatchMaker(store, keep, 0, "random", None), {224: args.batch}, 0, 1, 0, STREAMS, w
+        )
         if len(stream.plan.batches) < steps + 5:
             raise SystemExit(f"the store gives {len(stream.plan.batches)} batches an epoch; raise its size")
         live = rate(from_stream(stream), steps)
         print(f"loaders, {w:2d} workers: {live:8.1f} images/s per GPU = {live / memory:.3f} of memory")
         if need is None and live >= 0.95 * memory:
             need = w
-    print(f"workers one GPU needs (>= 0.95 of memory): {need if need is not None else 'more than ' + str(max(args.workers))}")
+    print(
+        f"workers one GPU needs (>= 0.95 of memory): {need if need is not None else 'more than ' + str(max(args.workers))}"
+    )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ busy:   the GPU's utilisation sampled every 100 ms (NVML through torch.cuda.util
         pynvml is installed), mean over the stage's run; and stage rate / bare rate.
 --tiny: the tiny registry configs on CPU, a few seconds each: checks the script, measures nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,6 +64,7 @@ class BusyMeter:
                     self.samples.append(float(torch.cuda.utilization()))
                 except Exception:  # no pynvml or no GPU: the figure is n/a
                     return
+
         if torch.cuda.is_available():
             threading.Thread(target=sample, daemon=True).start()
         return self
@@ -81,15 +83,21 @@ def sync() -> None:
 
 
 def rows_of(kind: str, url: str, storage: Storage) -> list[dict]:
-    task = shard_task(InputShard("bench", kind, url, os.path.basename(url)[:-4], os.path.getsize(url), None, {}, None),
-                      [], storage, write_index=False)
+    task = shard_task(
+        InputShard("bench", kind, url, os.path.basename(url)[:-4], os.path.getsize(url), None, {}, None),
+        [],
+        storage,
+        write_index=False,
+    )
     return [r for r in (read_clip_shard if kind == "clip" else read_sam_shard)(task) if r["status"] == OK]
 
 
 def as_batch(rows: list[dict]) -> dict[str, np.ndarray]:
     """Rows as Ray's numpy batch format gives them to an actor."""
-    return {c: np.array([r[c] for r in rows], dtype=object if isinstance(rows[0][c], (bytes, str)) else None)
-            for c in rows[0]}
+    return {
+        c: np.array([r[c] for r in rows], dtype=object if isinstance(rows[0][c], (bytes, str)) else None)
+        for c in rows[0]
+    }
 
 
 def run_for(seconds: float, calls: int, fn) -> tuple[int, float]:
@@ -99,6 +107,7 @@ def run_for(seconds: float, calls: int, fn) -> tuple[int, float]:
     def loop():
         while time.perf_counter() - t0 < seconds:
             done.append(fn())
+
     with ThreadPoolExecutor(calls) as pool:
         for f in [pool.submit(loop) for _ in range(calls)]:
             f.result()
@@ -110,11 +119,16 @@ def bench_clip(args, corpus: str, out: str, dtype: str) -> None:
     arch = "samclip-tiny-clip" if args.tiny else "ViT-L-14"
     teacher = ClipTeacherConfig(arch=arch, pretrained=None, init_seed=0)
     k = 10
-    stage = ClipTeacherStage(teacher, None, Storage(out), dtype, threads=args.render_threads,
-                             render_threads=args.render_threads)
+    stage = ClipTeacherStage(
+        teacher, None, Storage(out), dtype, threads=args.render_threads, render_threads=args.render_threads
+    )
     spec = stage.spec = RenderSpec.of(stage.teacher.fingerprint.preprocess, 0, k, ViewPolicy(), DEFAULT_MAX_PIXELS)
-    rows = [r for shard in sorted(os.listdir(f"{corpus}/clip")) if shard.endswith(".tar")
-            for r in rows_of("clip", f"{corpus}/clip/{shard}", stage.storage)]
+    rows = [
+        r
+        for shard in sorted(os.listdir(f"{corpus}/clip"))
+        if shard.endswith(".tar")
+        for r in rows_of("clip", f"{corpus}/clip/{shard}", stage.storage)
+    ]
     batch = as_batch([rows[i % len(rows)] for i in range(args.clip_batch)])
     stage(batch)  # warm-up: cuDNN/cuBLAS plans, the pinned buffers
     with BusyMeter() as busy:
@@ -124,10 +138,14 @@ def bench_clip(args, corpus: str, out: str, dtype: str) -> None:
     stage.embed_async(views)
     n, seconds = run_for(args.seconds, 1, lambda: (stage.embed_async(views), sync(), len(views))[2])
     bare_rate = n / seconds
-    print(f"CLIP {arch} random init, {dtype}, K={k}, batch {args.clip_batch} samples, {args.render_threads} render threads")
+    print(
+        f"CLIP {arch} random init, {dtype}, K={k}, batch {args.clip_batch} samples, {args.render_threads} render threads"
+    )
     print(f"  bare teacher       {bare_rate:10.1f} views/s")
-    print(f"  teacher stage      {stage_rate:10.1f} views/s = {stage_rate / k:.1f} samples/s "
-          f"({stage_rate / bare_rate:.3f} of bare); GPU busy {fmt(busy.mean)}")
+    print(
+        f"  teacher stage      {stage_rate:10.1f} views/s = {stage_rate / k:.1f} samples/s "
+        f"({stage_rate / bare_rate:.3f} of bare); GPU busy {fmt(busy.mean)}"
+    )
 
 
 def bench_sam(args, corpus: str, out: str, dtype: str) -> None:
@@ -135,8 +153,12 @@ def bench_sam(args, corpus: str, out: str, dtype: str) -> None:
     cfg = SamConfig(teacher=SamTeacherConfig(model=model), prompts=64)
     spec = PromptSpec(0, cfg, DEFAULT_MAX_PIXELS)
     stage = SamTeacherStage(spec, Storage(out), dtype, threads=args.render_threads, render_threads=args.render_threads)
-    rows = [r for shard in sorted(os.listdir(f"{corpus}/sam")) if shard.endswith(".tar")
-            for r in rows_of("sam", f"{corpus}/sam/{shard}", stage.storage)]
+    rows = [
+        r
+        for shard in sorted(os.listdir(f"{corpus}/sam"))
+        if shard.endswith(".tar")
+        for r in rows_of("sam", f"{corpus}/sam/{shard}", stage.storage)
+    ]
     per_batch = 4
     batch = as_batch([rows[i % len(rows)] for i in range(per_batch)])
     stage(batch)
@@ -153,6 +175,7 @@ def bench_sam(args, corpus: str, out: str, dtype: str) -> None:
         stage.predict_image_device(*(p[k] for k in KEYS), int(p["n_prompts"]))
         sync()
         return 1
+
     one()
     n, seconds = run_for(args.seconds, 1, one)
     bare_rate = n / seconds
@@ -163,10 +186,14 @@ def bench_sam(args, corpus: str, out: str, dtype: str) -> None:
     prep_ms = (time.perf_counter() - t0) / 5 * 1e3
     print(f"SAM {model} random init, {dtype}, P=64, 1 round, {per_batch} images a batch")
     print(f"  bare teacher       {bare_rate:10.2f} images/s")
-    print(f"  teacher stage      {stage_rate:10.2f} images/s ({stage_rate / bare_rate:.3f} of bare); "
-          f"GPU busy {fmt(busy.mean)}")
-    print(f"  decode + resize of a 2250x1500 JPEG: {prep_ms:.1f} ms on one thread "
-          f"({1e3 / prep_ms:.1f} images/s per pool thread)")
+    print(
+        f"  teacher stage      {stage_rate:10.2f} images/s ({stage_rate / bare_rate:.3f} of bare); "
+        f"GPU busy {fmt(busy.mean)}"
+    )
+    print(
+        f"  decode + resize of a 2250x1500 JPEG: {prep_ms:.1f} ms on one thread "
+        f"({1e3 / prep_ms:.1f} images/s per pool thread)"
+    )
 
 
 def fmt(percent: float | None) -> str:

@@ -23,6 +23,7 @@ which a batch draws 32. For each setting (CLIP at 224, 448 and 1024 px, SAM at 1
 Two cores here: with W = 2 the workers also share them with the main process and their fetch
 threads, which the floor does not; the absolute rates mean something only on the training nodes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -170,8 +171,10 @@ def bench(name: str, store_root: str, maker_of, resolution: int, workers: list[i
             floors[w].append(parallel_floor(maker, samples, resolution, max(1, w)))
             rate, read, ids, reads = run_loader(plan, maker, w, f"{tmp}/reads-{w}.tsv")
             rates[w].append(rate)
-    print(f"\n{name}: {plan.samples} samples in {len(plan.batches)} batches of {sizes[resolution]}; fetching alone "
-          f"(pieces, tar ranges{', logits' if kind == 'sam' else ''}, 2 threads) {1 / fetch:.0f} samples/s")
+    print(
+        f"\n{name}: {plan.samples} samples in {len(plan.batches)} batches of {sizes[resolution]}; fetching alone "
+        f"(pieces, tar ranges{', logits' if kind == 'sam' else ''}, 2 threads) {1 / fetch:.0f} samples/s"
+    )
     trained = {i.split("#")[0] for b in ids for i in b}
     tars = tar_span_bytes(store, plan, trained)
     indexes = sum(r[3] for r in reads if "/_tar_index/" in r[1])
@@ -180,16 +183,22 @@ def bench(name: str, store_root: str, maker_of, resolution: int, workers: list[i
     units_per = [len(Counter(i.split("/")[1] for i in b)) for b in ids if len(b) == sizes[resolution]]
     for w in workers:
         rate, floor = statistics.median(rates[w]), statistics.median(floors[w])
-        print(f"  workers {w}: {rate:7.1f} images/s per worker, floor {floor:6.1f} (decode + render, {max(1, w)} "
-              f"process(es) at once) -> {rate / floor:.3f} of the floor (runs "
-              f"{', '.join(f'{r / f:.3f}' for r, f in zip(rates[w], floors[w]))})")
+        print(
+            f"  workers {w}: {rate:7.1f} images/s per worker, floor {floor:6.1f} (decode + render, {max(1, w)} "
+            f"process(es) at once) -> {rate / floor:.3f} of the floor (runs "
+            f"{', '.join(f'{r / f:.3f}' for r, f in zip(rates[w], floors[w]))})"
+        )
     hand_off = statistics.median(hand_off_time(maker, samples, sizes[resolution], resolution) for _ in range(ROUNDS))
-    print(f"  hand-off to the trainer alone (DataLoader shared memory, 1 worker): {hand_off * 1e3:.2f} ms/sample "
-          f"= {hand_off * statistics.median(floors[workers[0]]):.3f} of a sample's floor time")
-    print(f"  read {read / n / 1e3:.1f} kB/sample = {read / budget:.3f} of the budget ({tars / n / 1e3:.1f} kB of the "
-          f"samples' tar bytes + {parts / n / 1e3:.1f} kB targets + {indexes / n / 1e3:.2f} kB index) and "
-          f"{read / (images_of(store, plan, trained) + parts + indexes):.3f} of images + targets + index (the same "
-          f"for every worker count); units per batch min {min(units_per)}, mean {statistics.mean(units_per):.1f}")
+    print(
+        f"  hand-off to the trainer alone (DataLoader shared memory, 1 worker): {hand_off * 1e3:.2f} ms/sample "
+        f"= {hand_off * statistics.median(floors[workers[0]]):.3f} of a sample's floor time"
+    )
+    print(
+        f"  read {read / n / 1e3:.1f} kB/sample = {read / budget:.3f} of the budget ({tars / n / 1e3:.1f} kB of the "
+        f"samples' tar bytes + {parts / n / 1e3:.1f} kB targets + {indexes / n / 1e3:.2f} kB index) and "
+        f"{read / (images_of(store, plan, trained) + parts + indexes):.3f} of images + targets + index (the same "
+        f"for every worker count); units per batch min {min(units_per)}, mean {statistics.mean(units_per):.1f}"
+    )
 
 
 def main() -> None:
@@ -207,14 +216,17 @@ def main() -> None:
         if "clip" in args.kinds:
             clip = write_clip_store(f"{tmp}/clip", args.clip_units, args.clip_samples, part=64, views=10, dim=768)
         if "sam" in args.kinds:
-            sam = write_sam_store(f"{tmp}/sam", args.sam_units, args.sam_images, part=4, prompts=64,
-                                  precision="uint8_sigmoid")
+            sam = write_sam_store(
+                f"{tmp}/sam", args.sam_units, args.sam_images, part=4, prompts=64, precision="uint8_sigmoid"
+            )
         print(f"corpus written in {time.perf_counter() - t:.0f} s")
         for res in (224, 448, 1024) if "clip" in args.kinds else ():
             bench(f"CLIP {res} px", clip, lambda s, k: ClipBatchMaker(s, k, 0, "random", None), res, args.workers, tmp)
         if "sam" in args.kinds:
-            bench("SAM 1024 px, 32 of 64 prompts", sam, lambda s, k: SamBatchMaker(s, k, 0, 32), 1024, args.workers,
-                  tmp)
+            bench(
+                "SAM 1024 px, 32 of 64 prompts", sam, lambda s, k: SamBatchMaker(s, k, 0, 32), 1024, args.workers, tmp
+            )
+
 
 if __name__ == "__main__":
     main()

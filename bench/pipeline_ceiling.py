@@ -26,6 +26,7 @@ Targets (issues): job >= 1.2x one process; driver CPU <= 20 us and traffic <= 64
 a largest unit's commit <= 1.5x a smallest's; object-store bytes <= 1.2x the encoded image. The driver's CPU is also given per second: Ray Data's
 executor loop polls at a rate of its own, whatever flows. Figures a job's report lacks print n/a.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,19 +68,31 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(pipeline.__file__)))
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle", "hubble_deep_field")
 SOURCE, ARCH, SEED = "bench", "samclip-tiny-clip", 0
 STAGES = ("read", "actor", "driver", "ray system")
-TARGETS = {"speedup": (">= 1.2", lambda v: v >= 1.2), "driver_us": ("<= 20", lambda v: v <= 20),
-           "driver_bytes": ("<= 64", lambda v: v <= 64), "commit_ratio": ("<= 1.5", lambda v: v <= 1.5),
-           "wire_ratio": ("<= 1.2", lambda v: v <= 1.2)}
-ROWS = [("samples/s, steady window", "rate", "{:.1f}"), ("  job / one process", "speedup", "{:.2f}"),
-        ("samples/s, dataset start to last commit", "rate_all", "{:.1f}"), ("steady window s", "steady", "{:.1f}"),
-        ("start-up s (launch to first target)", "startup", "{:.1f}"),
-        ("driver CPU us/sample", "driver_us", "{:.1f}"), ("  driver CPU ms per second", "driver_rate", "{:.1f}"),
-        ("driver bytes/sample", "driver_bytes", "{:.0f}"),
-        ("object-store bytes/sample (read rows)", "wire", "{:.0f}"), ("  encoded image bytes/sample", "jpeg", "{:.0f}"),
-        ("  object store / encoded image", "wire_ratio", "{:.3f}"),
-        ("commit latency s per unit (mean)", "commit", "{:.3f}"), ("  largest unit / smallest", "commit_ratio", "{:.2f}"),
-        ("peak driver RSS MiB", "rss", "{:.0f}"), ("  private (less shared pages)", "private", "{:.0f}"),
-        ("CPU s before the dataset's start", "startup_cpu", "{:.1f}")]
+TARGETS = {
+    "speedup": (">= 1.2", lambda v: v >= 1.2),
+    "driver_us": ("<= 20", lambda v: v <= 20),
+    "driver_bytes": ("<= 64", lambda v: v <= 64),
+    "commit_ratio": ("<= 1.5", lambda v: v <= 1.5),
+    "wire_ratio": ("<= 1.2", lambda v: v <= 1.2),
+}
+ROWS = [
+    ("samples/s, steady window", "rate", "{:.1f}"),
+    ("  job / one process", "speedup", "{:.2f}"),
+    ("samples/s, dataset start to last commit", "rate_all", "{:.1f}"),
+    ("steady window s", "steady", "{:.1f}"),
+    ("start-up s (launch to first target)", "startup", "{:.1f}"),
+    ("driver CPU us/sample", "driver_us", "{:.1f}"),
+    ("  driver CPU ms per second", "driver_rate", "{:.1f}"),
+    ("driver bytes/sample", "driver_bytes", "{:.0f}"),
+    ("object-store bytes/sample (read rows)", "wire", "{:.0f}"),
+    ("  encoded image bytes/sample", "jpeg", "{:.0f}"),
+    ("  object store / encoded image", "wire_ratio", "{:.3f}"),
+    ("commit latency s per unit (mean)", "commit", "{:.3f}"),
+    ("  largest unit / smallest", "commit_ratio", "{:.2f}"),
+    ("peak driver RSS MiB", "rss", "{:.0f}"),
+    ("  private (less shared pages)", "private", "{:.0f}"),
+    ("CPU s before the dataset's start", "startup_cpu", "{:.1f}"),
+]
 ROWS += [(f"CPU ms/sample {s}", f"cpu {s}", "{:.2f}") for s in STAGES + ("total",)]
 
 
@@ -93,7 +106,10 @@ def make_shards(work: str, samples: int, shard_samples: int) -> list[str]:
         if not os.path.exists(paths[-1]):
             photos = photos or [load_photo(name) for name in PHOTOS]
             rng = np.random.default_rng(shard)
-            with open(paths[-1] + ".part", "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            with (
+                open(paths[-1] + ".part", "wb") as f,
+                tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar,
+            ):
                 for i in range(start, min(samples, start + shard_samples)):
                     jpg = encode_jpeg(random_variant(photos[i % len(photos)], rng, (384, 512)), quality=90)
                     for name, data in ((f"{i:09d}.jpg", jpg), (f"{i:09d}.txt", f"photograph {i}".encode())):
@@ -145,7 +161,10 @@ class TreeWatch:
             self.last[key] = (now, times.user + times.system)
             self.titles[stage].add(name)
             if p.pid == self.root.pid:
-                self.peak_rss, self.peak_private = max(self.peak_rss, mem.rss), max(self.peak_private, mem.rss - mem.shared)
+                self.peak_rss, self.peak_private = (
+                    max(self.peak_rss, mem.rss),
+                    max(self.peak_private, mem.rss - mem.shared),
+                )
 
     def cpu_between(self, start: float, end: float) -> Counter:
         """CPU seconds per stage in [start, end], looks that straddle it prorated."""
@@ -164,10 +183,13 @@ def run_job(work: str, shards: list[str], unit_size: int, args) -> tuple[dict, T
     """One materialize run into a fresh store: (its clip report, the watch, launch time, report time)."""
     store, report_path = os.path.join(work, f"store-{unit_size}"), os.path.join(work, f"report-{unit_size}.json")
     shutil.rmtree(store, ignore_errors=True)
-    job = {"store": {"url": store}, "compute_dtype": "fp32",
-           "sources": [{"name": SOURCE, "kind": "clip", "shards": shards, "unit_size": unit_size}],
-           "clip": {"teacher": {"arch": ARCH, "pretrained": None, "init_seed": SEED}, "views": args.views},
-           "ray": {"num_cpus": 2, "teacher_actors": 1, "cpus_per_actor": 1, "batch_size": args.batch}}
+    job = {
+        "store": {"url": store},
+        "compute_dtype": "fp32",
+        "sources": [{"name": SOURCE, "kind": "clip", "shards": shards, "unit_size": unit_size}],
+        "clip": {"teacher": {"arch": ARCH, "pretrained": None, "init_seed": SEED}, "views": args.views},
+        "ray": {"num_cpus": 2, "teacher_actors": 1, "cpus_per_actor": 1, "batch_size": args.batch},
+    }
     job_path = os.path.join(work, f"job-{unit_size}.yaml")
     with open(job_path, "w") as f:
         yaml.safe_dump(job, f)
@@ -177,8 +199,13 @@ def run_job(work: str, shards: list[str], unit_size: int, args) -> tuple[dict, T
     cmd = [sys.executable, "-m", "pipeline.materialize", job_path, "--report", report_path]
     launched = time.time()
     with open(os.path.join(work, f"job-{unit_size}.log"), "w") as log:
-        proc = subprocess.Popen(cmd + [a for kv in args.overrides for a in ("--set", kv)], env=env, cwd=work,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd + [a for kv in args.overrides for a in ("--set", kv)],
+            env=env,
+            cwd=work,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         watch = TreeWatch(proc.pid)
         while proc.poll() is None:
             watch.look()
@@ -194,9 +221,15 @@ def job_figures(report: dict, watch: TreeWatch, launched: float, end: float, uni
     """The table's figures for one run; None where the report lacks a field."""
     n, seconds, first = report.get("samples"), report.get("seconds"), report.get("first_target_seconds")
     steady = seconds - first if seconds is not None and first is not None else None
-    figures = dict(rate=ratio(n, steady), rate_all=ratio(n, seconds), steady=steady,
-                   startup=end - steady - launched if steady else None, driver_bytes=ratio(report.get("driver_bytes"), n),
-                   rss=watch.peak_rss / 2**20, private=watch.peak_private / 2**20)
+    figures = dict(
+        rate=ratio(n, steady),
+        rate_all=ratio(n, seconds),
+        steady=steady,
+        startup=end - steady - launched if steady else None,
+        driver_bytes=ratio(report.get("driver_bytes"), n),
+        rss=watch.peak_rss / 2**20,
+        private=watch.peak_private / 2**20,
+    )
     commits = [s for k, s in report.get("commit_seconds") or [] if k == unit_size]
     figures["commit"] = sum(commits) / len(commits) if commits else None
     if seconds:
@@ -223,8 +256,16 @@ def rendered(url: str, spec: RenderSpec, unit_size: int):
     for sample in iter_tar_samples(url):
         pixels = np.zeros((spec.views, spec.size, spec.size, 3), np.uint8)
         r = render_sample(spec, SampleId(SOURCE, shard, sample.key), sample.image()[1], pixels)
-        yield dict(key=sample.key, sample_index=sample.index % unit_size, width=r.width, height=r.height,
-                   crops=r.crops, flips=r.flips, hashes=r.hashes, pixels=pixels)
+        yield dict(
+            key=sample.key,
+            sample_index=sample.index % unit_size,
+            width=r.width,
+            height=r.height,
+            crops=r.crops,
+            flips=r.flips,
+            hashes=r.hashes,
+            pixels=pixels,
+        )
 
 
 def one_process(work: str, shards: list[str], unit_size: int, args) -> dict:
@@ -232,25 +273,40 @@ def one_process(work: str, shards: list[str], unit_size: int, args) -> dict:
     out = os.path.join(work, "one-process")
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
-    stage = ClipTeacherStage(ClipTeacherConfig(arch=ARCH, pretrained=None, init_seed=SEED), None, Storage(out), "fp32",
-                             threads=1)
-    spec = stage.spec = RenderSpec.of(stage.teacher.fingerprint.preprocess, SEED, args.views, ViewPolicy(),
-                                      DEFAULT_MAX_PIXELS)
+    stage = ClipTeacherStage(
+        ClipTeacherConfig(arch=ARCH, pretrained=None, init_seed=SEED), None, Storage(out), "fp32", threads=1
+    )
+    spec = stage.spec = RenderSpec.of(
+        stage.teacher.fingerprint.preprocess, SEED, args.views, ViewPolicy(), DEFAULT_MAX_PIXELS
+    )
     dim = stage.teacher.embed_dim
     cpu0, t0, n = time.process_time(), time.perf_counter(), 0
     for url in shards:
         for unit, samples in enumerate(chunks(rendered(url, spec, unit_size), unit_size)):
-            emb = np.concatenate([stage.embed(np.concatenate([s.pop("pixels") for s in batch]))
-                                  for batch in chunks(samples, args.batch)]).reshape(len(samples), args.views, dim)
+            emb = np.concatenate(
+                [stage.embed(np.concatenate([s.pop("pixels") for s in batch])) for batch in chunks(samples, args.batch)]
+            ).reshape(len(samples), args.views, dim)
             column = lambda name, dtype=None: np.array([s[name] for s in samples], dtype)  # noqa: E731
-            views = ClipViews(column("sample_index", np.int32), [s["key"] for s in samples], column("width", np.int32),
-                              column("height", np.int32), column("crops"), column("flips"),
-                              column("hashes", object), emb)
+            views = ClipViews(
+                column("sample_index", np.int32),
+                [s["key"] for s in samples],
+                column("width", np.int32),
+                column("height", np.int32),
+                column("crops"),
+                column("flips"),
+                column("hashes", object),
+                emb,
+            )
             with open(os.path.join(out, f"{shard_name(url)}-{unit:05d}.parquet"), "wb") as f:
                 f.write(views_parquet(views, SOURCE, shard_name(url)))
             n += len(samples)
     seconds = time.perf_counter() - t0
-    return {"rate": n / seconds, "rate_all": n / seconds, "steady": seconds, "cpu total": (time.process_time() - cpu0) * 1e3 / n}
+    return {
+        "rate": n / seconds,
+        "rate_all": n / seconds,
+        "steady": seconds,
+        "cpu total": (time.process_time() - cpu0) * 1e3 / n,
+    }
 
 
 def wire_bytes(shards: list[str], unit_size: int) -> dict:
@@ -291,14 +347,25 @@ def main() -> None:
     parser.add_argument("--unit-sizes", type=int, nargs="+", default=[1000, 10000], help="one job run each")
     parser.add_argument("--views", type=int, default=10, help="K views per sample")
     parser.add_argument("--batch", type=int, default=32, help="samples per teacher batch")
-    parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "samclip-bench-ceiling"),
-                        help="shards (kept and reused), stores, job configs, logs, reports")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="a job config override, passed to every job run")
+    parser.add_argument(
+        "--work",
+        default=os.path.join(tempfile.gettempdir(), "samclip-bench-ceiling"),
+        help="shards (kept and reused), stores, job configs, logs, reports",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a job config override, passed to every job run",
+    )
     args = parser.parse_args()
     shards = make_shards(args.work, args.samples, args.shard_samples)
-    print(f"code {REPO}; {args.samples} samples in {len(shards)} shards, K={args.views}, teacher {ARCH} "
-          f"(random init, fp32), batch {args.batch} samples; job: local Ray with 2 CPUs; one process: 1 torch thread")
+    print(
+        f"code {REPO}; {args.samples} samples in {len(shards)} shards, K={args.views}, teacher {ARCH} "
+        f"(random init, fp32), batch {args.batch} samples; job: local Ray with 2 CPUs; one process: 1 torch thread"
+    )
     jobs, titles = {}, defaultdict(set)
     for u in sorted(args.unit_sizes):
         report, watch, launched, end = run_job(args.work, shards, u, args)

@@ -10,6 +10,7 @@ The exact index is the one `retrieval.index: flat` builds (SQfp16: the fp16 valu
 IVF/PQ is `pipeline.gallery_index.index_factory`'s default at this size, candidates re-ranked with
 the fp16 vectors (here in memory; in a store they are read from the part files).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,9 @@ from pipeline.gallery_index import index_factory, new_index, search, set_nprobe,
 from storage_schemas.typed_config import load_config  # noqa: E402
 
 
-def clustered_vectors(n: int, dim: int, seed: int, centroids: int = 300, spread: float = 0.6,
-                      queries: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def clustered_vectors(
+    n: int, dim: int, seed: int, centroids: int = 300, spread: float = 0.6, queries: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """(gallery float16 [n, dim], queries float32 [queries, dim]): unit vectors, each a centroid plus
     isotropic noise of norm ~`spread` (cosine ~0.86 to its centroid, ~0.74 between two of a
     cluster), renormalised; the gallery rounded to fp16 as the store keeps it."""
@@ -39,7 +41,9 @@ def clustered_vectors(n: int, dim: int, seed: int, centroids: int = 300, spread:
     c /= np.linalg.norm(c, axis=1, keepdims=True)
 
     def around(m: int) -> np.ndarray:
-        x = c[rng.integers(0, centroids, m)] + rng.standard_normal((m, dim)).astype(np.float32) * (spread / np.sqrt(dim))
+        x = c[rng.integers(0, centroids, m)] + rng.standard_normal((m, dim)).astype(np.float32) * (
+            spread / np.sqrt(dim)
+        )
         return x / np.linalg.norm(x, axis=1, keepdims=True)
 
     gallery = np.concatenate([around(min(65536, n - a)) for a in range(0, n, 65536)]).astype(np.float16)
@@ -50,27 +54,42 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f[f >= 0]) & set(t)) / len(t) for f, t in zip(found, truth)]))
 
 
-def measure(name: str, factory: str, gallery: np.ndarray, queries: np.ndarray, cfg: RetrievalConfig, k: int,
-            truth: np.ndarray | None) -> dict:
+def measure(
+    name: str,
+    factory: str,
+    gallery: np.ndarray,
+    queries: np.ndarray,
+    cfg: RetrievalConfig,
+    k: int,
+    truth: np.ndarray | None,
+) -> dict:
     dim = gallery.shape[1]
     t0 = time.perf_counter()
     index = new_index(factory, dim)
     if not index.is_trained:
         rng = np.random.default_rng(0)
-        index.train(gallery[rng.choice(len(gallery), min(len(gallery), cfg.train_vectors), replace=False)]
-                    .astype(np.float32))
+        index.train(
+            gallery[rng.choice(len(gallery), min(len(gallery), cfg.train_vectors), replace=False)].astype(np.float32)
+        )
     train_s = time.perf_counter() - t0
     for a in range(0, len(gallery), 65536):
-        index.add(gallery[a:a + 65536].astype(np.float32))
+        index.add(gallery[a : a + 65536].astype(np.float32))
     build_s = time.perf_counter() - t0
     nprobe = set_nprobe(index, cfg.nprobe)
     t0 = time.perf_counter()
     _, rows = search(index, queries, k, cfg.rerank, vector_scores(lambda ids: gallery[ids]), cfg.query_batch)
     search_s = time.perf_counter() - t0
-    return {"index": name, "factory": factory, "nprobe": nprobe, "train_s": train_s, "build_s": build_s,
-            "bytes_per_vector": faiss.serialize_index(index).nbytes / len(gallery),
-            "qps_per_core": len(queries) / search_s / faiss.omp_get_max_threads(), "rows": rows,
-            "recall@10": recall_at(rows, truth) if truth is not None else 1.0}
+    return {
+        "index": name,
+        "factory": factory,
+        "nprobe": nprobe,
+        "train_s": train_s,
+        "build_s": build_s,
+        "bytes_per_vector": faiss.serialize_index(index).nbytes / len(gallery),
+        "qps_per_core": len(queries) / search_s / faiss.omp_get_max_threads(),
+        "rows": rows,
+        "recall@10": recall_at(rows, truth) if truth is not None else 1.0,
+    }
 
 
 def main() -> None:
@@ -79,24 +98,42 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=768)
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="a retrieval: key for the IVF/PQ index (rerank=4000, pq_bytes=96, nprobe=512, ...)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a retrieval: key for the IVF/PQ index (rerank=4000, pq_bytes=96, nprobe=512, ...)",
+    )
     args = p.parse_args()
     gallery, queries = clustered_vectors(args.vectors, args.dim, args.seed, queries=args.queries)
     cfg = load_config(RetrievalConfig, None, args.overrides)
-    print(f"{args.vectors:,} vectors of D={args.dim} (fp16, {gallery.nbytes / 1e9:.2f} GB), {args.queries} queries, "
-          f"{faiss.omp_get_max_threads()} threads")
-    exact = measure("flat", index_factory(RetrievalConfig(index="flat"), args.vectors, args.dim), gallery, queries,
-                    cfg, 10, None)
+    print(
+        f"{args.vectors:,} vectors of D={args.dim} (fp16, {gallery.nbytes / 1e9:.2f} GB), {args.queries} queries, "
+        f"{faiss.omp_get_max_threads()} threads"
+    )
+    exact = measure(
+        "flat", index_factory(RetrievalConfig(index="flat"), args.vectors, args.dim), gallery, queries, cfg, 10, None
+    )
     ivf = replace(cfg, index="ivfpq") if cfg.index == "auto" else cfg
-    rows = [exact, measure("ivfpq", index_factory(ivf, args.vectors, args.dim), gallery, queries, ivf, 10, exact["rows"])]
-    print(f"{'index':6} {'factory':22} {'nprobe':>6} {'train s':>8} {'build s':>8} {'B/vector':>9} "
-          f"{'q/s/core':>9} {'recall@10':>9}")
+    rows = [
+        exact,
+        measure("ivfpq", index_factory(ivf, args.vectors, args.dim), gallery, queries, ivf, 10, exact["rows"]),
+    ]
+    print(
+        f"{'index':6} {'factory':22} {'nprobe':>6} {'train s':>8} {'build s':>8} {'B/vector':>9} "
+        f"{'q/s/core':>9} {'recall@10':>9}"
+    )
     for r in rows:
-        print(f"{r['index']:6} {r['factory']:22} {str(r['nprobe'] or '-'):>6} {r['train_s']:8.1f} {r['build_s']:8.1f} "
-              f"{r['bytes_per_vector']:9.1f} {r['qps_per_core']:9.1f} {r['recall@10']:9.3f}")
-    print(f"ivfpq / flat: memory {rows[1]['bytes_per_vector'] / rows[0]['bytes_per_vector']:.3f}, "
-          f"queries/s {rows[1]['qps_per_core'] / rows[0]['qps_per_core']:.1f}x")
+        print(
+            f"{r['index']:6} {r['factory']:22} {str(r['nprobe'] or '-'):>6} {r['train_s']:8.1f} {r['build_s']:8.1f} "
+            f"{r['bytes_per_vector']:9.1f} {r['qps_per_core']:9.1f} {r['recall@10']:9.3f}"
+        )
+    print(
+        f"ivfpq / flat: memory {rows[1]['bytes_per_vector'] / rows[0]['bytes_per_vector']:.3f}, "
+        f"queries/s {rows[1]['qps_per_core'] / rows[0]['qps_per_core']:.1f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ bytes:    one image's encoded logits (zstd 3 in the part's Zarr shard) per preci
           +-30 as SAM's logits saturate far from objects, plus N(0, 0.5) noise. Also the largest
           probability error of uint8_sigmoid against fp32.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,7 +83,8 @@ def main() -> None:
     build_sample_corpus(f"{work}/corpus", CorpusSpec(clip_shards=0, sam_shards=1, sam_per_shard=args.images))
     shard = f"{work}/corpus/sam/sa_000000.tar"
     job = {
-        "store": {"url": f"{work}/store"}, "compute_dtype": "fp32",
+        "store": {"url": f"{work}/store"},
+        "compute_dtype": "fp32",
         "sources": [{"name": "bench", "kind": "sam", "shards": shard, "unit_size": 0}],
         "sam": {"teacher": {"model": args.model, "checkpoint": None}, "prompts": args.prompts},
         "ray": {"num_cpus": 2, "teacher_actors": 1, "cpus_per_actor": 1, "sam_batch_size": 1},
@@ -94,32 +96,44 @@ def main() -> None:
     cfg = SamConfig(teacher=SamTeacherConfig(model=args.model), prompts=args.prompts)
     spec = PromptSpec(seed=0, sam=cfg, max_pixels=10**9)
     stage = SamTeacherStage(spec, Storage(f"{work}/stage"), "fp32", threads=1)
-    task = shard_task(InputShard("bench", "sam", shard, "sa_000000", os.path.getsize(shard), None, {}, None), [],
-                      stage.storage, write_index=False)
+    task = shard_task(
+        InputShard("bench", "sam", shard, "sa_000000", os.path.getsize(shard), None, {}, None),
+        [],
+        stage.storage,
+        write_index=False,
+    )
     rows = [r for r in read_sam_shard(task) if r["status"] == OK]
-    batches = [{c: np.array([r[c]], dtype=object if isinstance(r[c], (bytes, str)) else None) for c in r}
-               for r in rows]
+    batches = [{c: np.array([r[c]], dtype=object if isinstance(r[c], (bytes, str)) else None) for c in r} for r in rows]
     stage(batches[0])  # warm-up, as the actor's first batch is behind the pipeline's first target
     t0 = time.perf_counter()
     for b in batches:
         stage(b)
     stage_rate = len(batches) / (time.perf_counter() - t0)
 
-    prepared = [prepare_image(spec, SampleId("bench", "sa_000000", r["key"]), r["image"], r["annotation"])
-                for r in rows]
+    prepared = [
+        prepare_image(spec, SampleId("bench", "sa_000000", r["key"]), r["image"], r["annotation"]) for r in rows
+    ]
     stage.predict_image(*(prepared[0][k] for k in KEYS), prepared[0]["n_prompts"])
     t0 = time.perf_counter()
     for p in prepared:
         stage.predict_image(*(p[k] for k in KEYS), p["n_prompts"])
     bare_rate = len(prepared) / (time.perf_counter() - t0)
 
-    full = SamTeacherStage(PromptSpec(0, SamConfig(teacher=cfg.teacher, prompts=64), 10**9), Storage(work), "fp32",
-                           threads=torch.get_num_threads())
+    full = SamTeacherStage(
+        PromptSpec(0, SamConfig(teacher=cfg.teacher, prompts=64), 10**9),
+        Storage(work),
+        "fp32",
+        threads=torch.get_num_threads(),
+    )
     rng = np.random.default_rng(0)
-    sizes = {(kind, p, prec): [] for kind in ("random", "sam-like") for p in (32, 64) for prec in ("fp16", "uint8_sigmoid")}
+    sizes = {
+        (kind, p, prec): [] for kind in ("random", "sam-like") for p in (32, 64) for prec in ("fp16", "uint8_sigmoid")
+    }
     worst = 0.0
     for sample in iter_tar_samples(shard):
-        p = prepare_image(full.spec, SampleId("bench", "sa_000000", sample.key), sample.image()[1], sample.members["json"])
+        p = prepare_image(
+            full.spec, SampleId("bench", "sa_000000", sample.key), sample.image()[1], sample.members["json"]
+        )
         random_logits = np.nan_to_num(full.predict_image(*(p[k] for k in KEYS), p["n_prompts"])[0])
         like = sam_like_logits(sample.members["json"], 64, rng)
         for (kind, n, prec), out in sizes.items():
@@ -129,14 +143,18 @@ def main() -> None:
             sig = lambda x: 1 / (1 + np.exp(-x.astype(np.float64)))  # noqa: E731
             worst = max(worst, float(np.abs(sig(q) - sig(logits)).max()))
 
-    print(f"SAM {args.model} (random init), {len(rows)} images, P={args.prompts}, 1 torch thread, local Ray with 2 CPUs")
+    print(
+        f"SAM {args.model} (random init), {len(rows)} images, P={args.prompts}, 1 torch thread, local Ray with 2 CPUs"
+    )
     print_pipeline_vs_bare(reports, steady, "images", bare_rate)
     print(f"  teacher stage, no Ray          {stage_rate:8.3f} images/s, {stage_rate / bare_rate:.3f} of bare")
     print(f"  objects written per image      {objects:8.2f}  ({len(commits)} units; one Zarr shard per part)")
     for (kind, p, prec), out in sizes.items():
         raw = p * 256 * 256 * (2 if prec == "fp16" else 1)
-        print(f"  bytes/image {kind:<8} P={p:<3} {prec:<14} {statistics.mean(out) / 1024:9.1f} KiB "
-              f"(raw {raw / 1024:.0f} KiB)")
+        print(
+            f"  bytes/image {kind:<8} P={p:<3} {prec:<14} {statistics.mean(out) / 1024:9.1f} KiB "
+            f"(raw {raw / 1024:.0f} KiB)"
+        )
     print(f"  uint8_sigmoid max probability error {worst:.5f} (documented bound {0.5 / 255:.5f})")
 
 

@@ -20,6 +20,7 @@ Student and teachers at full size with random weights (CPU is fine: only ratios 
 The step's CLIP targets are random unit vectors of the teacher's width (the demo store's tiny
 teacher has D = 64); they cost the same to use.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,9 @@ from student.pieces import split_filter, unit_pieces
 def stream(store, kind: str, maker, size: int, batch: int, workers: int) -> Stream:
     """The trainer's stream for one process (endless, epoch after epoch)."""
     units = [unit_pieces(store, r, maker.keep) for r in store.commits(kind)]
-    return Stream(kind, units, maker, {size: batch}, seed=0, world_size=1, rank=0, streams=max(1, workers),
-                  workers=workers)
+    return Stream(
+        kind, units, maker, {size: batch}, seed=0, world_size=1, rank=0, streams=max(1, workers), workers=workers
+    )
 
 
 def main() -> None:
@@ -80,15 +82,21 @@ def main() -> None:
     student.prompt_encoder.requires_grad_(False)
     opt = torch.optim.AdamW([q for q in student.parameters() if q.requires_grad], lr=1e-5)
     loss_cfg = LossConfig()
-    clip_stream = stream(store, "clip", ClipBatchMaker(store, keep, 0, "random", None), 224, args.clip_batch, args.workers)
+    clip_stream = stream(
+        store, "clip", ClipBatchMaker(store, keep, 0, "random", None), 224, args.clip_batch, args.workers
+    )
     sam_stream = stream(store, "sam", SamBatchMaker(store, keep, 0, args.prompts), 1024, args.sam_images, args.workers)
     in_memory = (next(clip_stream), next(sam_stream))
 
     def step(cb, sb) -> None:
         targets = F.normalize(torch.randn(len(cb["images"]), embed_dim), dim=-1)
-        out = student(clip_images=cb["images"], sam_images=sb["images"], sam_input_hw=sb["input_hw"], prompts=sb["prompts"])
-        loss = clip_loss(out["clip"], targets) + 10 * sam_loss(out["masks"], out["iou"], target_logits(sb, "cpu"),
-                                                                 sb["target_iou"], loss_cfg)["total"]
+        out = student(
+            clip_images=cb["images"], sam_images=sb["images"], sam_input_hw=sb["input_hw"], prompts=sb["prompts"]
+        )
+        loss = (
+            clip_loss(out["clip"], targets)
+            + 10 * sam_loss(out["masks"], out["iou"], target_logits(sb, "cpu"), sb["target_iou"], loss_cfg)["total"]
+        )
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -108,7 +116,9 @@ def main() -> None:
                 box = pr.boxes[j] if code != 1 else None
                 pts = (pr.points[j], pr.labels[j]) if code != 0 else None
                 sparse, dense = sam_teacher.prompt_encoder(points=pts, boxes=box, masks=None)
-                sam_teacher.mask_decoder(emb[b:b + 1], sam_teacher.prompt_encoder.get_dense_pe(), sparse, dense, False)
+                sam_teacher.mask_decoder(
+                    emb[b : b + 1], sam_teacher.prompt_encoder.get_dense_pe(), sparse, dense, False
+                )
 
     def timed(fn, repeats: int) -> float:
         fn()  # warm-up
@@ -138,18 +148,24 @@ def main() -> None:
     t = time.perf_counter()
     sam_images = sum(len(b["images"]) for b in islice(sam_stream, n_batches))
     sam_rate = sam_images / (time.perf_counter() - t)
-    print(f"student {args.arch}, CLIP teacher {args.clip_teacher} (D={embed_dim}), SAM teacher vit_b; "
-          f"batch: {args.clip_batch} CLIP images at 224 px + {args.sam_images} SAM image(s) x {args.prompts} prompts; "
-          f"{torch.get_num_threads()} torch threads")
+    print(
+        f"student {args.arch}, CLIP teacher {args.clip_teacher} (D={embed_dim}), SAM teacher vit_b; "
+        f"batch: {args.clip_batch} CLIP images at 224 px + {args.sam_images} SAM image(s) x {args.prompts} prompts; "
+        f"{torch.get_num_threads()} torch threads"
+    )
     print(f"  cached step (data in memory)   {cached:8.2f} s")
     print(f"  online step (teachers + step)  {online:8.2f} s")
     print(f"  cached / online                {cached / online:8.3f}")
-    print(f"  cached step, live loaders      {live:8.2f} s   ({live / cached:.3f} of in-memory; goal <= 1.05), "
-          f"of which waiting for the batch {wait:.3f} s")
+    print(
+        f"  cached step, live loaders      {live:8.2f} s   ({live / cached:.3f} of in-memory; goal <= 1.05), "
+        f"of which waiting for the batch {wait:.3f} s"
+    )
     step_clip, step_sam = args.clip_batch / cached, args.sam_images / cached
-    print(f"  loader supply, {args.workers} worker(s) each: CLIP {clip_rate:7.1f} images/s vs {step_clip:.2f} consumed "
-          f"({clip_rate / step_clip:.0f}x); SAM {sam_rate:6.2f} images/s vs {step_sam:.3f} consumed "
-          f"({sam_rate / step_sam:.0f}x)")
+    print(
+        f"  loader supply, {args.workers} worker(s) each: CLIP {clip_rate:7.1f} images/s vs {step_clip:.2f} consumed "
+        f"({clip_rate / step_clip:.0f}x); SAM {sam_rate:6.2f} images/s vs {step_sam:.3f} consumed "
+        f"({sam_rate / step_sam:.0f}x)"
+    )
 
 
 if __name__ == "__main__":

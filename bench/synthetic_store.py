@@ -10,6 +10,7 @@ random but shaped as the real ones: unit-norm fp16 embeddings for K stored views
 SAM prompts with box-shaped, smooth fp16 logits. Every unit is a whole shard, committed with its
 tar index, so the trainer's data path reads it exactly as it reads a materialized store.
 """
+
 from __future__ import annotations
 
 import io
@@ -44,7 +45,7 @@ def _photo(rng: np.random.Generator, photos: list[np.ndarray], short: tuple[int,
     side = int(rng.integers(short[0], short[1] + 1))
     size = (int(side * aspect), side) if rng.random() < 0.5 else (side, int(side * aspect))
     out = io.BytesIO()
-    Image.fromarray(img[y:y + ch, x:x + cw]).resize(size, Image.BILINEAR).save(out, "JPEG", quality=90)
+    Image.fromarray(img[y : y + ch, x : x + cw]).resize(size, Image.BILINEAR).save(out, "JPEG", quality=90)
     return out.getvalue()
 
 
@@ -57,41 +58,87 @@ def _write_shard(path: str, samples: list[dict[str, bytes]]) -> None:
                 tar.addfile(info, io.BytesIO(data))
 
 
-def _commit(storage: Storage, kind: str, shard: str, tar: str, n: int, parts: list[tuple[str, list]],
-            rows: dict[str, int], manifest: Manifest) -> None:
+def _commit(
+    storage: Storage,
+    kind: str,
+    shard: str,
+    tar: str,
+    n: int,
+    parts: list[tuple[str, list]],
+    rows: dict[str, int],
+    manifest: Manifest,
+) -> None:
     size = os.path.getsize(tar)
     write_tar_index(storage, kind, SOURCE, shard, scan_tar_index(tar, None, size, None))
-    write_commit(storage, CommitRecord(
-        kind=kind, source=SOURCE, shard=shard, unit=shard, input=InputRef(tar, size, None, 0, None, n, 0),
-        n_input=n, n_stored=n, n_errors=0, rows={**rows, "errors": 0}, files=[f for _, fs in parts for f in fs],
-        policy_hash=manifest.policy_hash, parts=[name for name, _ in parts]))
+    write_commit(
+        storage,
+        CommitRecord(
+            kind=kind,
+            source=SOURCE,
+            shard=shard,
+            unit=shard,
+            input=InputRef(tar, size, None, 0, None, n, 0),
+            n_input=n,
+            n_stored=n,
+            n_errors=0,
+            rows={**rows, "errors": 0},
+            files=[f for _, fs in parts for f in fs],
+            policy_hash=manifest.policy_hash,
+            parts=[name for name, _ in parts],
+        ),
+    )
 
 
 def _manifest(kind: str, teacher: dict, policy: dict, precision: str) -> Manifest:
     return Manifest.build(kind, {"arch": "synthetic", **teacher}, "fp16", policy, precision)
 
 
-def write_clip_store(root: str, units: int = 8, samples: int = 256, part: int = 64, views: int = 10,
-                     dim: int = 768, short: tuple[int, int] = (384, 512), seed: int = 0) -> str:
+def write_clip_store(
+    root: str,
+    units: int = 8,
+    samples: int = 256,
+    part: int = 64,
+    views: int = 10,
+    dim: int = 768,
+    short: tuple[int, int] = (384, 512),
+    seed: int = 0,
+) -> str:
     """`units` shards of `samples` CLIP samples under root/corpus, their targets under root/store."""
     rng = np.random.default_rng(seed)
     photos = [load_photo(name) for name, _ in PHOTOS]
     os.makedirs(f"{root}/corpus/clip", exist_ok=True)
     storage = Storage(f"{root}/store")
     storage.check_reachable(create=True)
-    manifest = ensure_manifest(storage, _manifest("clip", {"output": {"embed_dim": dim},
-                                                           "preprocess": {"size": [224, 224]}},
-                                                  {"seed": seed, "views": views}, "fp16"))
+    manifest = ensure_manifest(
+        storage,
+        _manifest(
+            "clip",
+            {"output": {"embed_dim": dim}, "preprocess": {"size": [224, 224]}},
+            {"seed": seed, "views": views},
+            "fp16",
+        ),
+    )
     for u in range(units):
         shard = f"{u:05d}"
         members, sizes = [], []
         for i in range(samples):
             jpg = _photo(rng, photos, short, rng.uniform(1.0, 1.5))
             sizes.append(Image.open(io.BytesIO(jpg)).size)
-            members.append({"jpg": jpg, "txt": f"a photograph, sample {i} of shard {shard}".encode(),
-                            "json": json.dumps({"key": f"{i:09d}", "status": "success", "width": sizes[-1][0],
-                                                "height": sizes[-1][1], "url": f"https://example.com/{u}/{i}.jpg"
-                                                }).encode()})
+            members.append(
+                {
+                    "jpg": jpg,
+                    "txt": f"a photograph, sample {i} of shard {shard}".encode(),
+                    "json": json.dumps(
+                        {
+                            "key": f"{i:09d}",
+                            "status": "success",
+                            "width": sizes[-1][0],
+                            "height": sizes[-1][1],
+                            "url": f"https://example.com/{u}/{i}.jpg",
+                        }
+                    ).encode(),
+                }
+            )
         tar = f"{root}/corpus/clip/{shard}.tar"
         _write_shard(tar, members)
         parts = []
@@ -101,14 +148,27 @@ def write_clip_store(root: str, units: int = 8, samples: int = 256, part: int = 
             crops = np.concatenate([lo, lo + rng.uniform(0.5, 0.6, (n, views, 2)).astype(np.float32)], axis=2)
             emb = rng.normal(size=(n, views, dim)).astype(np.float32)
             emb /= np.linalg.norm(emb, axis=2, keepdims=True)
-            v = ClipViews(np.arange(first, first + n, dtype=np.int32), [f"{i:09d}" for i in range(first, first + n)],
-                          np.array([s[0] for s in sizes[first:first + n]], np.int32),
-                          np.array([s[1] for s in sizes[first:first + n]], np.int32), crops,
-                          rng.random((n, views)) < 0.5, np.full((n, views), "0" * 16, dtype=object),
-                          emb.astype(np.float16))
+            v = ClipViews(
+                np.arange(first, first + n, dtype=np.int32),
+                [f"{i:09d}" for i in range(first, first + n)],
+                np.array([s[0] for s in sizes[first : first + n]], np.int32),
+                np.array([s[1] for s in sizes[first : first + n]], np.int32),
+                crops,
+                rng.random((n, views)) < 0.5,
+                np.full((n, views), "0" * 16, dtype=object),
+                emb.astype(np.float16),
+            )
             name = layout.part_name(first, "synth000")
-            parts.append((name, [storage.write_bytes(layout.part_path("clip", SOURCE, shard, name),
-                                                     views_parquet(v, SOURCE, shard))]))
+            parts.append(
+                (
+                    name,
+                    [
+                        storage.write_bytes(
+                            layout.part_path("clip", SOURCE, shard, name), views_parquet(v, SOURCE, shard)
+                        )
+                    ],
+                )
+            )
         _commit(storage, "clip", shard, tar, samples, parts, {"views": samples * views}, manifest)
     return f"{root}/store"
 
@@ -126,9 +186,18 @@ def _sam_logits(rng: np.random.Generator, boxes: np.ndarray, hw: tuple[int, int]
     return out
 
 
-def write_sam_store(root: str, units: int = 2, images: int = 8, part: int = 4, prompts: int = 32, masks: int = 1,
-                    short: tuple[int, int] = (1400, 1600), json_bytes: int = 400_000, seed: int = 0,
-                    precision: str = "fp16") -> str:
+def write_sam_store(
+    root: str,
+    units: int = 2,
+    images: int = 8,
+    part: int = 4,
+    prompts: int = 32,
+    masks: int = 1,
+    short: tuple[int, int] = (1400, 1600),
+    json_bytes: int = 400_000,
+    seed: int = 0,
+    precision: str = "fp16",
+) -> str:
     """`units` SA-1B-like shards of `images` images under root/corpus, SAM targets under root/store
     (`prompts` per image, logits stored in `precision`)."""
     rng = np.random.default_rng(seed)
@@ -137,9 +206,15 @@ def write_sam_store(root: str, units: int = 2, images: int = 8, part: int = 4, p
     storage = Storage(f"{root}/store")
     storage.check_reachable(create=True)
     points = 1
-    manifest = ensure_manifest(storage, _manifest("sam", {}, {"seed": seed, "prompts": prompts, "rounds": 1,
-                                                              "points_per_prompt": points, "num_masks": masks},
-                                                  precision))
+    manifest = ensure_manifest(
+        storage,
+        _manifest(
+            "sam",
+            {},
+            {"seed": seed, "prompts": prompts, "rounds": 1, "points_per_prompt": points, "num_masks": masks},
+            precision,
+        ),
+    )
     for u in range(units):
         shard = f"sa_{u:06d}"
         members, hws = [], []
@@ -147,8 +222,9 @@ def write_sam_store(root: str, units: int = 2, images: int = 8, part: int = 4, p
             jpg = _photo(rng, photos, short, 1.5)
             w, h = Image.open(io.BytesIO(jpg)).size
             hws.append((h, w))
-            members.append({"jpg": jpg, "json": json.dumps({"image": {"width": w, "height": h},
-                                                            "pad": "x" * json_bytes}).encode()})
+            members.append(
+                {"jpg": jpg, "json": json.dumps({"image": {"width": w, "height": h}, "pad": "x" * json_bytes}).encode()}
+            )
         tar = f"{root}/corpus/sam/{shard}.tar"
         _write_shard(tar, members)
         parts = []
@@ -157,24 +233,40 @@ def write_sam_store(root: str, units: int = 2, images: int = 8, part: int = 4, p
             for i in range(first, min(first + part, images)):
                 h, w = hws[i]
                 x0, y0 = rng.uniform(0, w * 0.6, prompts), rng.uniform(0, h * 0.6, prompts)
-                boxes = np.stack([x0, y0, x0 + rng.uniform(50, w * 0.4, prompts),
-                                  y0 + rng.uniform(50, h * 0.4, prompts)], 1).astype(np.float32)
+                boxes = np.stack(
+                    [x0, y0, x0 + rng.uniform(50, w * 0.4, prompts), y0 + rng.uniform(50, h * 0.4, prompts)], 1
+                ).astype(np.float32)
                 centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], 1)
                 stored.append(encode_logits(_sam_logits(rng, boxes, (h, w), masks), precision))
-                samples.append({"key": f"{i:09d}", "sample_index": i, "n_prompts": prompts,
-                                "structure": np.full(prompts, 2), "annotation_id": np.arange(prompts),
-                                "boxes": boxes, "points": centres[:, None, :].astype(np.float32),
-                                "labels": np.ones((prompts, points), np.int64),
-                                "iou": rng.uniform(0.7, 1.0, (prompts, masks)).astype(np.float32),
-                                "original_hw": (h, w), "n_annotations": prompts, "skipped": "{}"})
+                samples.append(
+                    {
+                        "key": f"{i:09d}",
+                        "sample_index": i,
+                        "n_prompts": prompts,
+                        "structure": np.full(prompts, 2),
+                        "annotation_id": np.arange(prompts),
+                        "boxes": boxes,
+                        "points": centres[:, None, :].astype(np.float32),
+                        "labels": np.ones((prompts, points), np.int64),
+                        "iou": rng.uniform(0.7, 1.0, (prompts, masks)).astype(np.float32),
+                        "original_hw": (h, w),
+                        "n_annotations": prompts,
+                        "skipped": "{}",
+                    }
+                )
             name = layout.part_name(first, "synth000")
             rel = layout.part_path("sam", SOURCE, shard, name, "")
             table = prompts_table(SOURCE, shard, samples, prompts, 1, points, masks)
-            files = [storage.write_bytes(rel + TABLE_SUFFIX[("sam", "prompts")], parquet_bytes(table)),
-                     storage.write_bytes(rel + TABLE_SUFFIX[("sam", "images")],
-                                         parquet_bytes(images_table(SOURCE, shard, samples)))]
-            files += [storage.write_bytes(f"{rel}{TABLE_SUFFIX[('sam', 'logits')]}/{key}", data)
-                      for key, data in sorted(logits_group_objects(np.stack(stored), precision).items())]
+            files = [
+                storage.write_bytes(rel + TABLE_SUFFIX[("sam", "prompts")], parquet_bytes(table)),
+                storage.write_bytes(
+                    rel + TABLE_SUFFIX[("sam", "images")], parquet_bytes(images_table(SOURCE, shard, samples))
+                ),
+            ]
+            files += [
+                storage.write_bytes(f"{rel}{TABLE_SUFFIX[('sam', 'logits')]}/{key}", data)
+                for key, data in sorted(logits_group_objects(np.stack(stored), precision).items())
+            ]
             parts.append((name, files))
         _commit(storage, "sam", shard, tar, images, parts, {"prompts": images * prompts, "images": images}, manifest)
     return f"{root}/store"

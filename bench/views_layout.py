@@ -12,6 +12,7 @@ the pipeline's own crops/flips/hashes columns, in memory (no disk in the timings
               store's): reading view v of every sample.
 Figures are MB/s of embedding bytes and ratios measured side by side in this run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,16 @@ def synthetic(n: int, k: int, d: int) -> ClipViews:
     e /= np.linalg.norm(e, axis=-1, keepdims=True)
     crops = np.tile(np.array([0.1, 0.1, 0.9, 0.9], np.float32), (n, k, 1))
     hashes = np.array([[f"{rng.integers(1 << 62):016x}" for _ in range(k)] for _ in range(n)], dtype=object)
-    return ClipViews(np.arange(n, dtype=np.int32), [f"{i:09d}" for i in range(n)], np.full(n, 480, np.int32),
-                     np.full(n, 384, np.int32), crops, rng.random((n, k)) < 0.5, hashes, e.astype(np.float16))
+    return ClipViews(
+        np.arange(n, dtype=np.int32),
+        [f"{i:09d}" for i in range(n)],
+        np.full(n, 480, np.int32),
+        np.full(n, 384, np.int32),
+        crops,
+        rng.random((n, k)) < 0.5,
+        hashes,
+        e.astype(np.float16),
+    )
 
 
 def timed(fn, repeat: int = 3) -> tuple[float, object]:
@@ -65,8 +74,9 @@ def main() -> None:
     mb = views.embeddings.nbytes / 1e6
     flat = np.asarray(table.column("embedding").combine_chunks().values, np.float16)
     as_binary = pa.Array.from_buffers(pa.binary(2 * args.dim), table.num_rows, [None, pa.py_buffer(flat.tobytes())])
-    binary = table.set_column(table.schema.get_field_index("embedding"),
-                              pa.field("embedding", pa.binary(2 * args.dim)), as_binary)
+    binary = table.set_column(
+        table.schema.get_field_index("embedding"), pa.field("embedding", pa.binary(2 * args.dim)), as_binary
+    )
     plain = [f.name for f in table.schema if f.name != "embedding"]
     print(f"{args.samples} samples x {args.views} views x D={args.dim}: {mb:.0f} MB of fp16 embeddings")
     print(f"  {'embedding encoding':<44} {'write MB/s':>10} {'read MB/s':>10} {'file MB':>8}")
@@ -78,16 +88,21 @@ def main() -> None:
         t_write, data = timed(lambda: write(tbl, **opts), repeat=1)
         t_read, _ = timed(lambda: pq.read_table(io.BytesIO(data)))
         print(f"  {name:<44} {mb / t_write:>10.0f} {mb / t_read:>10.0f} {len(data) / 1e6:>8.1f}")
-    sample_major = write(table.sort_by([("sample_index", "ascending"), ("view", "ascending")]),
-                         use_dictionary=plain, write_statistics=plain)
+    sample_major = write(
+        table.sort_by([("sample_index", "ascending"), ("view", "ascending")]),
+        use_dictionary=plain,
+        write_statistics=plain,
+    )
     view_major = views_parquet(views, "bench", "00000")
     t_all, _ = timed(lambda: pq.read_table(io.BytesIO(view_major)))
     t_one_sm, one_sm = timed(lambda: read_view(io.BytesIO(sample_major), 3))
     t_one_vm, one_vm = timed(lambda: read_view(io.BytesIO(view_major), 3))
     assert one_sm.num_rows == one_vm.num_rows == args.samples
-    print(f"  read view 3 of every sample: sample-major {t_one_sm * 1e3:.0f} ms, view-major (the store's) "
-          f"{t_one_vm * 1e3:.0f} ms, all {args.views} views {t_all * 1e3:.0f} ms; "
-          f"view-major one view is {t_all / t_one_vm:.1f}x cheaper than reading all")
+    print(
+        f"  read view 3 of every sample: sample-major {t_one_sm * 1e3:.0f} ms, view-major (the store's) "
+        f"{t_one_vm * 1e3:.0f} ms, all {args.views} views {t_all * 1e3:.0f} ms; "
+        f"view-major one view is {t_all / t_one_vm:.1f}x cheaper than reading all"
+    )
 
 
 if __name__ == "__main__":

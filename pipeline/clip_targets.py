@@ -15,6 +15,7 @@ yields its samples one at a time; each unit ends with an `end` row carrying its 
 driver commits a unit once its parts and errors cover that many distinct samples, dropping a part
 that overlaps one already accepted because Ray re-runs a batch whose worker died.
 """
+
 from __future__ import annotations
 
 import threading
@@ -62,15 +63,24 @@ class RenderSpec:
     @classmethod
     def of(cls, preprocess: dict, seed: int, views: int, policy: ViewPolicy, max_pixels: int) -> "RenderSpec":
         """Views by `policy` at a teacher's preprocessing (its fingerprint's `preprocess`)."""
-        return cls(seed=seed, views=views, size=preprocess["size"][0], interpolation=preprocess["interpolation"],
-                   resize_mode=preprocess["resize_mode"], scale=tuple(policy.scale), ratio=tuple(policy.ratio),
-                   flip=policy.flip, max_pixels=max_pixels)
+        return cls(
+            seed=seed,
+            views=views,
+            size=preprocess["size"][0],
+            interpolation=preprocess["interpolation"],
+            resize_mode=preprocess["resize_mode"],
+            scale=tuple(policy.scale),
+            ratio=tuple(policy.ratio),
+            flip=policy.flip,
+            max_pixels=max_pixels,
+        )
 
     @classmethod
     def of_job(cls, cfg: JobConfig, must_match: dict) -> "RenderSpec":
         """The job's views with its teacher's preprocessing (from the CLIP manifest's must-match fields)."""
-        return cls.of(must_match["teacher"]["preprocess"], cfg.seed, cfg.clip.views, cfg.clip.view_policy,
-                      cfg.max_image_pixels)
+        return cls.of(
+            must_match["teacher"]["preprocess"], cfg.seed, cfg.clip.views, cfg.clip.view_policy, cfg.max_image_pixels
+        )
 
 
 @dataclass
@@ -90,8 +100,11 @@ def read_clip_shard(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
 def ship_image(row: dict[str, Any], sample: TarSample) -> dict[str, Any]:
     image = sample.image()
     if image is None:
-        row.update(status=ERROR, reason="missing_image",
-                   detail=f"no member with an image extension among {sample.member_names()}")
+        row.update(
+            status=ERROR,
+            reason="missing_image",
+            detail=f"no member with an image extension among {sample.member_names()}",
+        )
     else:
         row["image"] = image[1]
     return row
@@ -101,8 +114,9 @@ def render_sample(spec: RenderSpec, sample: SampleId, data: bytes, out: np.ndarr
     """Decode once and render the K views into out: uint8 [K, S, S, 3]. Raises DecodeError."""
     decoded = decode_image(data, spec.max_pixels, spec.draft_side)
     w, h = decoded.image.size
-    views = sample_views(spec.seed, sample, w, h, spec.views, spec.size, spec.scale, spec.ratio, spec.flip,
-                         spec.resize_mode)
+    views = sample_views(
+        spec.seed, sample, w, h, spec.views, spec.size, spec.scale, spec.ratio, spec.flip, spec.resize_mode
+    )
     crops, flips, hashes = np.zeros((spec.views, 4), np.float32), np.zeros(spec.views, bool), []
     for v in views:
         out[v.index] = render_view(decoded.image, v.crop, v.flip, spec.size, spec.interpolation)
@@ -128,8 +142,15 @@ class ClipTeacherStage:
     Views travel to the device as uint8 (4x less than float) and are normalised there.
     """
 
-    def __init__(self, teacher_cfg: ClipTeacherConfig, spec: RenderSpec | None, storage: Storage, compute_dtype: str,
-                 threads: int, render_threads: int | None = None):
+    def __init__(
+        self,
+        teacher_cfg: ClipTeacherConfig,
+        spec: RenderSpec | None,
+        storage: Storage,
+        compute_dtype: str,
+        threads: int,
+        render_threads: int | None = None,
+    ):
         """spec: the views to render; None for a stage that only embeds given pixels (`embed`), or
         whose caller sets it once the teacher's preprocessing is known (`RenderSpec.of`)."""
         from pipeline.teachers import load_clip_teacher
@@ -165,8 +186,9 @@ class ClipTeacherStage:
         k, s = self.spec.views, self.spec.size
         buffer = getattr(self.buffers, "views", None)
         if buffer is None or len(buffer) < n:
-            buffer = self.buffers.views = torch.empty((n, k, s, s, 3), dtype=torch.uint8,
-                                                      pin_memory=self.device == "cuda")
+            buffer = self.buffers.views = torch.empty(
+                (n, k, s, s, 3), dtype=torch.uint8, pin_memory=self.device == "cuda"
+            )
         return buffer[:n]
 
     def render_and_embed(self, rows: dict[str, np.ndarray]) -> tuple[dict[int, RenderedSample], np.ndarray, dict]:
@@ -176,8 +198,10 @@ class ClipTeacherStage:
         n, k = len(rows["key"]), self.spec.views
         pixels = self.views_buffer(n)
         out = pixels.numpy()
-        futures = [self.pool.submit(render_sample, self.spec, row_sample_id(rows, i), rows["image"][i], out[i])
-                   for i in range(n)]
+        futures = [
+            self.pool.submit(render_sample, self.spec, row_sample_id(rows, i), rows["image"][i], out[i])
+            for i in range(n)
+        ]
         rendered, failed, embedded = {}, {}, []
         chunk = max(1, CHUNK_VIEWS // k)
         try:
@@ -192,10 +216,11 @@ class ClipTeacherStage:
                             failed[i] = (e.reason, e.detail)
                     if good:
                         # Consecutive rows (no decode error in the chunk) are a view of the buffer, not a copy.
-                        views = pixels[good[0]:good[-1] + 1] if good[-1] - good[0] + 1 == len(good) else pixels[good]
+                        views = pixels[good[0] : good[-1] + 1] if good[-1] - good[0] + 1 == len(good) else pixels[good]
                         embedded.append(self.embed_async(views.reshape(-1, *views.shape[2:])))
-                emb = (torch.cat(embedded).cpu().numpy() if embedded
-                       else np.zeros((0, self.teacher.embed_dim), np.float16))
+                emb = (
+                    torch.cat(embedded).cpu().numpy() if embedded else np.zeros((0, self.teacher.embed_dim), np.float16)
+                )
         finally:
             wait(futures)  # no render may still write into the buffer the next batch reuses
         return rendered, emb.reshape(len(rendered), k, -1), failed
@@ -206,13 +231,20 @@ class ClipTeacherStage:
         if not rendered:
             return PartWritten([], {}, failed)
         keep = sorted(rendered)
-        views = ClipViews(rows["sample_index"][keep].astype(np.int32), [str(rows["key"][i]) for i in keep],
-                          np.array([rendered[i].width for i in keep], np.int32),
-                          np.array([rendered[i].height for i in keep], np.int32),
-                          np.stack([rendered[i].crops for i in keep]), np.stack([rendered[i].flips for i in keep]),
-                          np.array([rendered[i].hashes for i in keep], dtype=object), emb)
-        entry = self.storage.write_bytes(part_rel + TABLE_SUFFIX[("clip", "views")],
-                                         views_parquet(views, str(rows["source"][0]), str(rows["shard"][0])))
+        views = ClipViews(
+            rows["sample_index"][keep].astype(np.int32),
+            [str(rows["key"][i]) for i in keep],
+            np.array([rendered[i].width for i in keep], np.int32),
+            np.array([rendered[i].height for i in keep], np.int32),
+            np.stack([rendered[i].crops for i in keep]),
+            np.stack([rendered[i].flips for i in keep]),
+            np.array([rendered[i].hashes for i in keep], dtype=object),
+            emb,
+        )
+        entry = self.storage.write_bytes(
+            part_rel + TABLE_SUFFIX[("clip", "views")],
+            views_parquet(views, str(rows["source"][0]), str(rows["shard"][0])),
+        )
         return PartWritten([entry], {"views": len(keep) * self.spec.views}, failed)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

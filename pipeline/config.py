@@ -10,6 +10,7 @@
 
 Load with `load_job_config(path, ["clip.views=4"])`; see storage_schemas.typed_config.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -38,7 +39,9 @@ class SourceConfig:
         except ValueError as e:
             raise FieldError("name", str(e)) from None
         if self.unit_size is not None and self.unit_size < 0:
-            raise FieldError("unit_size", f"expected a number of samples, 0 (whole shards) or null, got {self.unit_size}")
+            raise FieldError(
+                "unit_size", f"expected a number of samples, 0 (whole shards) or null, got {self.unit_size}"
+            )
         if not self.shards:
             raise FieldError("shards", "expected at least one shard URL or pattern")
 
@@ -87,7 +90,9 @@ class SamTeacherConfig:
 
     def validate(self) -> None:
         if self.model not in SAM_ARCHS:
-            raise FieldError("model", f"unknown SAM architecture {self.model!r}; expected one of {', '.join(SAM_ARCHS)}")
+            raise FieldError(
+                "model", f"unknown SAM architecture {self.model!r}; expected one of {', '.join(SAM_ARCHS)}"
+            )
 
 
 @dataclass
@@ -179,8 +184,11 @@ class RetrievalConfig:
 
     def validate(self) -> None:
         if self.index not in INDEX_KINDS and "," not in self.index and not self.index.startswith(("SQ", "Flat")):
-            raise FieldError("index", f"expected one of {', '.join(INDEX_KINDS)} or a faiss index_factory string "
-                                      f"such as 'IVF4096,PQ128x4fs', got {self.index!r}")
+            raise FieldError(
+                "index",
+                f"expected one of {', '.join(INDEX_KINDS)} or a faiss index_factory string "
+                f"such as 'IVF4096,PQ128x4fs', got {self.index!r}",
+            )
         for name in ("pq_bytes", "train_vectors", "rerank", "query_batch"):
             if getattr(self, name) < 1:
                 raise FieldError(name, f"expected at least 1, got {getattr(self, name)}")

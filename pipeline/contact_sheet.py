@@ -6,6 +6,7 @@ A query is drawn by the view-0 rule; a retrieved crop is rendered from its store
 (`storage_schemas.views.render_view`) on its image, read by range through the shard's tar index,
 with its similarity under it.
 """
+
 from __future__ import annotations
 
 import io
@@ -39,26 +40,35 @@ def crop_tiles(store: TargetStore, chosen: pa.Table, storage_options: dict | Non
     records = {(r.source, r.unit): r for r in store.commits("clip")}
     out: list[np.ndarray | None] = [None] * chosen.num_rows
     rows = chosen.to_pylist()
-    for (source, unit) in sorted({(r["source"], r["unit"]) for r in rows}):
+    for source, unit in sorted({(r["source"], r["unit"]) for r in rows}):
         record = records[(source, unit)]
         here = [i for i, r in enumerate(rows) if (r["source"], r["unit"]) == (source, unit)]
         views = store.read_unit_table(record, "views", ["sample_index", "view", "crop", "flip"]).to_pylist()
         boxes = {(v["sample_index"], v["view"]): (v["crop"], v["flip"]) for v in views}
         positions = np.array([rows[i]["sample_index"] for i in here])
-        images = read_spans(storage_options, unit_tar(store, record, storage_options).image_spans(
-            positions, [rows[i]["key"] for i in here]))
+        images = read_spans(
+            storage_options,
+            unit_tar(store, record, storage_options).image_spans(positions, [rows[i]["key"] for i in here]),
+        )
         for i, data in zip(here, images):
             crop, flip = boxes[(rows[i]["sample_index"], rows[i]["view"])]
             out[i] = _render(data, crop, flip)
     return out
 
 
-def contact_sheet(store: TargetStore, queries: QuerySet, chosen: pa.Table, rows: int = 8, crops: int = 8,
-                  storage_options: dict | None = None) -> bytes:
+def contact_sheet(
+    store: TargetStore,
+    queries: QuerySet,
+    chosen: pa.Table,
+    rows: int = 8,
+    crops: int = 8,
+    storage_options: dict | None = None,
+) -> bytes:
     """The first `rows` queries that retrieved anything, each with its `crops` closest views."""
     qids = sorted(set(chosen.column("query_id").to_pylist()))[:rows]
-    shown = chosen.filter(pc.and_(pc.is_in(chosen.column("query_id"), pa.array(qids, pa.int32())),
-                                          pc.less(chosen.column("rank"), crops)))
+    shown = chosen.filter(
+        pc.and_(pc.is_in(chosen.column("query_id"), pa.array(qids, pa.int32())), pc.less(chosen.column("rank"), crops))
+    )
     tiles = crop_tiles(store, shown, storage_options)
     crops = min(crops, max(shown.column("rank").to_pylist(), default=0) + 1)
     cell = TILE + LABEL

@@ -28,6 +28,7 @@ committed as the attempt it read (a job redid it) makes the index stale: refused
 retraining. `validate --gc` never touches `indexes/`. Saving and loading hold the index two to
 three times over (faiss's serialized bytes, then the upload or the parsed index).
 """
+
 from __future__ import annotations
 
 import io
@@ -52,8 +53,7 @@ from storage_schemas.errors import ConfigError, StoreError
 from storage_schemas.identity import stable_hash64
 from storage_schemas.store import TargetStore, table_files
 
-ROW_FIELDS = [("unit", np.int32), ("part", np.int32), ("row", np.int32), ("sample_index", np.int32),
-              ("view", np.int16)]
+ROW_FIELDS = [("unit", np.int32), ("part", np.int32), ("row", np.int32), ("sample_index", np.int32), ("view", np.int16)]
 FLAT_MARGIN = 8  # extra exact candidates of a flat index, so the k-th place's ties break by row
 
 
@@ -79,8 +79,9 @@ def new_index(factory: str, dim: int) -> faiss.Index:
     try:
         return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
-        raise ConfigError(f"retrieval.index: faiss cannot build {factory!r} at D={dim} "
-                          f"({str(e).strip().splitlines()[-1]})") from None
+        raise ConfigError(
+            f"retrieval.index: faiss cannot build {factory!r} at D={dim} ({str(e).strip().splitlines()[-1]})"
+        ) from None
 
 
 def set_nprobe(index: faiss.Index, nprobe: int | None) -> int | None:
@@ -107,16 +108,18 @@ def vector_scores(vectors: Callable[[np.ndarray], np.ndarray], chunk: int = 64) 
     """Exact scores from `vectors(ids)` (sorted unique rows -> float16/32 [n, D]) of vectors in
     memory, `chunk` queries' candidates at a time (all of a 1000-query search at c = 1000 would be
     GBs of float32)."""
+
     def score(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
         out = np.zeros(rows.shape, np.float32)
         for a in range(0, len(rows), chunk):
-            r = rows[a:a + chunk]
+            r = rows[a : a + chunk]
             ids = np.unique(r[r >= 0])
             if len(ids):
                 table = np.asarray(vectors(ids), np.float32)
                 at = np.searchsorted(ids, np.maximum(r, 0))
-                out[a:a + chunk] = np.einsum("qcd,qd->qc", table[at], queries[a:a + chunk])
+                out[a : a + chunk] = np.einsum("qcd,qd->qc", table[at], queries[a : a + chunk])
         return out
+
     return score
 
 
@@ -128,12 +131,15 @@ def best_k(sims: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.n
     best_rows = np.take_along_axis(rows, order, 1)
     best = np.take_along_axis(sims, order, 1)
     pad = ((0, 0), (0, k - best_rows.shape[1]))
-    return (np.pad(np.where(best_rows >= 0, best, np.nan), pad, constant_values=np.nan).astype(np.float32),
-            np.pad(best_rows, pad, constant_values=-1))
+    return (
+        np.pad(np.where(best_rows >= 0, best, np.nan), pad, constant_values=np.nan).astype(np.float32),
+        np.pad(best_rows, pad, constant_values=-1),
+    )
 
 
-def search(index: faiss.Index, queries: np.ndarray, n: int, rerank: int, score: Score,
-           batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def search(
+    index: faiss.Index, queries: np.ndarray, n: int, rerank: int, score: Score, batch: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
     """The n best rows per query: faiss's max(n, rerank) candidates (n + FLAT_MARGIN for an exact
     index), `batch` queries at a time, then all of them scored exactly in one `score` call (a
     store's part files are read once, not once per batch) -> sims float32 [q, n], rows int64 [q, n]."""
@@ -141,7 +147,7 @@ def search(index: faiss.Index, queries: np.ndarray, n: int, rerank: int, score: 
     depth = min(index.ntotal, n + FLAT_MARGIN if is_exact(index) else max(n, rerank))
     if depth == 0 or not len(queries):
         return np.full((len(queries), n), np.nan, np.float32), np.full((len(queries), n), -1, np.int64)
-    rows = np.concatenate([index.search(queries[a:a + batch], depth)[1] for a in range(0, len(queries), batch)])
+    rows = np.concatenate([index.search(queries[a : a + batch], depth)[1] for a in range(0, len(queries), batch)])
     rows = rows.astype(np.int64)
     return best_k(score(queries, rows), rows, n)
 
@@ -161,8 +167,13 @@ def embeddings_of(table: pa.Table) -> np.ndarray:
 
 
 def unit_entry(record: CommitRecord) -> dict:
-    return {"source": record.source, "shard": record.shard, "unit": record.unit, "attempt_id": record.attempt_id,
-            "parts": [p for p in table_files(record, "views") if record.file(p) is not None]}
+    return {
+        "source": record.source,
+        "shard": record.shard,
+        "unit": record.unit,
+        "attempt_id": record.attempt_id,
+        "parts": [p for p in table_files(record, "views") if record.file(p) is not None],
+    }
 
 
 def by_part(rows: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
@@ -225,19 +236,26 @@ class Gallery:
             at = r["row"][missing][group]
             self.keys.update(zip(ids[missing][group].tolist(), t.column("key").take(pa.array(at)).to_pylist()))
         units = self.units
-        return pa.table({"row": pa.array(ids),
-                         "source": [units[u]["source"] for u in r["unit"]],
-                         "shard": [units[u]["shard"] for u in r["unit"]],
-                         "unit": [units[u]["unit"] for u in r["unit"]], "key": [self.keys[i] for i in ids.tolist()],
-                         "sample_index": pa.array(r["sample_index"]), "view": pa.array(r["view"])})
+        return pa.table(
+            {
+                "row": pa.array(ids),
+                "source": [units[u]["source"] for u in r["unit"]],
+                "shard": [units[u]["shard"] for u in r["unit"]],
+                "unit": [units[u]["unit"] for u in r["unit"]],
+                "key": [self.keys[i] for i in ids.tolist()],
+                "sample_index": pa.array(r["sample_index"]),
+                "view": pa.array(r["view"]),
+            }
+        )
 
 
 def index_name(factory: str, views0: bool) -> str:
     return f"{'view0' if views0 else 'allviews'}-{factory.replace(',', '_')}"
 
 
-def _unit_vectors(store: TargetStore, entries: list[dict], first: int, views0: bool
-                  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _unit_vectors(
+    store: TargetStore, entries: list[dict], first: int, views0: bool
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(float32 [n, D] embeddings, rows [n] of ROW_FIELDS) part by part: one part in memory at a time."""
     for u, entry in enumerate(entries, start=first):
         for p, rel in enumerate(entry["parts"]):
@@ -251,8 +269,9 @@ def _unit_vectors(store: TargetStore, entries: list[dict], first: int, views0: b
 
 def _training_sample(store: TargetStore, entries: list[dict], views0: bool, want: int) -> np.ndarray:
     """At least `want` vectors (or all) from whole units taken in a seeded order."""
-    order = sorted(range(len(entries)), key=lambda u: stable_hash64("index-train", entries[u]["source"],
-                                                                       entries[u]["unit"]))
+    order = sorted(
+        range(len(entries)), key=lambda u: stable_hash64("index-train", entries[u]["source"], entries[u]["unit"])
+    )
     got, n = [], 0
     for u in order:
         for emb, _ in _unit_vectors(store, [entries[u]], u, views0):
@@ -296,8 +315,10 @@ def load_gallery(store: TargetStore, name: str) -> Gallery | None:
     for column, _ in ROW_FIELDS:
         rows[column] = t.column(column).to_numpy()
     if index.ntotal != len(rows) or meta["vectors"] != len(rows):
-        raise StoreError(f"{storage.url_of(base)}: index holds {index.ntotal} vectors, its rows table "
-                         f"{len(rows)}: damaged; rebuild it with --rebuild-index")
+        raise StoreError(
+            f"{storage.url_of(base)}: index holds {index.ntotal} vectors, its rows table "
+            f"{len(rows)}: damaged; rebuild it with --rebuild-index"
+        )
     return Gallery(store, name, index, rows, meta)
 
 
@@ -326,8 +347,9 @@ def existing_indexes(store: TargetStore, views0: bool) -> list[tuple[str, dict]]
     return sorted(out)
 
 
-def open_gallery(store: TargetStore, cfg: RetrievalConfig, views0: bool, rebuild: bool = False,
-                 say: Callable[[str], None] = print) -> Gallery:
+def open_gallery(
+    store: TargetStore, cfg: RetrievalConfig, views0: bool, rebuild: bool = False, say: Callable[[str], None] = print
+) -> Gallery:
     """The store's index for `cfg` and `views0`: loaded as is, extended by units committed since, or
     built by streaming every committed CLIP unit (bounded memory: one part, plus the IVF/PQ
     training sample). A stale index is refused unless `rebuild`."""
@@ -342,14 +364,22 @@ def open_gallery(store: TargetStore, cfg: RetrievalConfig, views0: bool, rebuild
     build = {k: getattr(cfg, k) for k in BUILD_KEYS}
     name = index_name(factory, views0)
     if not rebuild:  # the index these settings built before, though its auto-sized lists may differ now
-        name = next((n for n, meta in existing_indexes(store, views0)
-                     if meta.get("build") == build and family(meta["factory"]) == family(factory)), name)
+        name = next(
+            (
+                n
+                for n, meta in existing_indexes(store, views0)
+                if meta.get("build") == build and family(meta["factory"]) == family(factory)
+            ),
+            name,
+        )
     gallery = None if rebuild else load_gallery(store, name)
     if gallery is not None:
         stale = stale_units(gallery, records)
         if stale:
-            raise StoreError(f"index {name} is stale: {len(stale)} unit(s) it covers were redone since it was built "
-                             f"({', '.join(stale[:3])}); run again with --rebuild-index")
+            raise StoreError(
+                f"index {name} is stale: {len(stale)} unit(s) it covers were redone since it was built "
+                f"({', '.join(stale[:3])}); run again with --rebuild-index"
+            )
         covered = {(u["source"], u["unit"]) for u in gallery.units}
         new = [unit_entry(r) for r in records if (r.source, r.unit) not in covered]
         if not new:
@@ -357,8 +387,10 @@ def open_gallery(store: TargetStore, cfg: RetrievalConfig, views0: bool, rebuild
             return gallery
         _add_units(gallery, new, views0)
         save_gallery(gallery)
-        say(f"index {name}: extended by {len(new)} unit(s) committed since it was built, "
-            f"{gallery.meta['vectors']} vectors")
+        say(
+            f"index {name}: extended by {len(new)} unit(s) committed since it was built, "
+            f"{gallery.meta['vectors']} vectors"
+        )
         return gallery
     entries = [unit_entry(r) for r in records]
     index = new_index(factory, dim)
@@ -367,8 +399,16 @@ def open_gallery(store: TargetStore, cfg: RetrievalConfig, views0: bool, rebuild
         sample = _training_sample(store, entries, views0, cfg.train_vectors)
         index.train(sample)
         trained_on = len(sample)
-    meta = {"factory": factory, "dim": dim, "views": views, "metric": "inner_product", "vectors": 0, "units": [],
-            "trained_on": trained_on, "build": build}
+    meta = {
+        "factory": factory,
+        "dim": dim,
+        "views": views,
+        "metric": "inner_product",
+        "vectors": 0,
+        "units": [],
+        "trained_on": trained_on,
+        "build": build,
+    }
     gallery = Gallery(store, name, index, np.zeros(0, dtype=ROW_FIELDS), meta)
     _add_units(gallery, entries, views0)
     save_gallery(gallery)

@@ -1,4 +1,5 @@
 """The manifests a job writes, built from its config and its teachers' fingerprints."""
+
 from __future__ import annotations
 
 import socket
@@ -29,8 +30,9 @@ def clip_manifest(cfg: JobConfig, fingerprint: TeacherFingerprint, compute_dtype
         "view_policy": asdict(cfg.clip.view_policy),
         "max_image_pixels": cfg.max_image_pixels,
     }
-    return Manifest.build("clip", fingerprint.must_match(), compute_dtype, policy, "fp16",
-                          _recorded(fingerprint, device))
+    return Manifest.build(
+        "clip", fingerprint.must_match(), compute_dtype, policy, "fp16", _recorded(fingerprint, device)
+    )
 
 
 def sam_manifest(cfg: JobConfig, fingerprint: TeacherFingerprint, compute_dtype: str, device: str) -> Manifest:
@@ -45,5 +47,6 @@ def sam_manifest(cfg: JobConfig, fingerprint: TeacherFingerprint, compute_dtype:
         "rounds": s.rounds,
         "max_image_pixels": cfg.max_image_pixels,
     }
-    return Manifest.build("sam", fingerprint.must_match(), compute_dtype, policy, s.precision,
-                          _recorded(fingerprint, device))
+    return Manifest.build(
+        "sam", fingerprint.must_match(), compute_dtype, policy, s.precision, _recorded(fingerprint, device)
+    )

@@ -5,6 +5,7 @@ Without `RAY_ADDRESS` it starts a local Ray; with it (or under `ray job submit`)
 cluster. A rerun of the same command skips committed units and redoes the others. Exit status:
 0 when every unit committed, 1 when any failed (the summary names them), 2 for bad input.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,13 +72,19 @@ def start_ray(cfg: JobConfig) -> bool:
             ray.init(logging_level=logging.WARNING, runtime_env=runtime_env)
         else:
             # "local": always a fresh local Ray, never a stale one named by /tmp/ray/ray_current_cluster.
-            ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False,
-                     logging_level=logging.WARNING, runtime_env=runtime_env)
+            ray.init(
+                address="local",
+                num_cpus=cfg.ray.num_cpus,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                runtime_env=runtime_env,
+            )
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-def run_units(plan: JobPlan, kp: KindPlan, kind: str, build_dataset: Callable[[list[dict]], Any],
-              policy_hash: str) -> JobReport:
+def run_units(
+    plan: JobPlan, kp: KindPlan, kind: str, build_dataset: Callable[[list[dict]], Any], policy_hash: str
+) -> JobReport:
     """Stream the pending shards of one kind through `build_dataset(tasks)`, whose teacher actors
     write the parts, and commit every unit whose samples are all covered by parts or errors;
     shared by the CLIP and SAM sides. The driver sees metadata rows only (pipeline.parts)."""
@@ -106,7 +113,9 @@ def run_units(plan: JobPlan, kp: KindPlan, kind: str, build_dataset: Callable[[l
     def fail(unit_key: tuple[str, str], shard: str, reason: str, detail: str) -> None:
         finished.add(unit_key)
         collectors.pop(unit_key, None)
-        report.units_failed.append(dict(source=unit_key[0], shard=shard, unit=unit_key[1], reason=reason, detail=detail))
+        report.units_failed.append(
+            dict(source=unit_key[0], shard=shard, unit=unit_key[1], reason=reason, detail=detail)
+        )
 
     def read_failed(row: dict, shard_key: tuple[str, str]) -> None:
         """The read of a shard stopped in the row's unit: that unit and the shard's later ones fail;
@@ -119,12 +128,22 @@ def run_units(plan: JobPlan, kp: KindPlan, kind: str, build_dataset: Callable[[l
             if (key[0], c.shard.name) == shard_key and c.part_start > start:
                 fail(key, row["shard"], "shard_failed", f"its shard's read stopped in {row['unit']} ({what})")
         if shards[shard_key].unit_size:
-            report.units_failed.append(dict(source=row["source"], shard=row["shard"], unit=f"{row['shard']}.p*",
-                                            reason="shard_failed", detail=f"parts after {row['unit']} not read ({what})"))
+            report.units_failed.append(
+                dict(
+                    source=row["source"],
+                    shard=row["shard"],
+                    unit=f"{row['shard']}.p*",
+                    reason="shard_failed",
+                    detail=f"parts after {row['unit']} not read ({what})",
+                )
+            )
 
     t0 = time.time()
-    progress = tqdm(desc=f"{kind} units committed", unit="unit",
-                    total=None if any(t["unit_size"] and not t["read_parts"] for t in tasks) else len(tasks))
+    progress = tqdm(
+        desc=f"{kind} units committed",
+        unit="unit",
+        total=None if any(t["unit_size"] and not t["read_parts"] for t in tasks) else len(tasks),
+    )
     # prefetch_batches=0: with Ray's default of 1 a block is handed over only once the next has
     # arrived, which holds every commit back by a teacher batch.
     for batch in build_dataset(tasks).iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
@@ -181,24 +200,52 @@ def run_units(plan: JobPlan, kp: KindPlan, kind: str, build_dataset: Callable[[l
     # Batches lost for good (their actor died past the retries): units some rows of which never came,
     # and shards whose last units left no row at all.
     for (source, unit), c in collectors.items():
-        report.units_failed.append(dict(source=source, shard=c.shard.name, unit=unit, reason="incomplete",
-                                        detail=f"{len(c.covered | c.errors.keys())} of "
-                                               f"{c.n_in_unit if c.n_in_unit is not None else '?'} samples arrived"))
+        report.units_failed.append(
+            dict(
+                source=source,
+                shard=c.shard.name,
+                unit=unit,
+                reason="incomplete",
+                detail=f"{len(c.covered | c.errors.keys())} of "
+                f"{c.n_in_unit if c.n_in_unit is not None else '?'} samples arrived",
+            )
+        )
     for source, unit in by_range - finished - collectors.keys():
-        report.units_failed.append(dict(source=source, shard=unit.rsplit(".", 1)[0], unit=unit, reason="incomplete",
-                                        detail="no row of it arrived (batches lost past their retries)"))
+        report.units_failed.append(
+            dict(
+                source=source,
+                shard=unit.rsplit(".", 1)[0],
+                unit=unit,
+                reason="incomplete",
+                detail="no row of it arrived (batches lost past their retries)",
+            )
+        )
     for key in streamed - read_to_end - failed_at.keys():
         if not any((source, c.shard.name) == key for (source, _), c in collectors.items()):
             shard = shards[key]
-            report.units_failed.append(dict(
-                source=key[0], shard=key[1], unit=key[1] if not shard.unit_size else f"{key[1]}.p*",
-                reason="incomplete", detail="no row of its last units arrived (batches lost past their retries)"))
+            report.units_failed.append(
+                dict(
+                    source=key[0],
+                    shard=key[1],
+                    unit=key[1] if not shard.unit_size else f"{key[1]}.p*",
+                    reason="incomplete",
+                    detail="no row of its last units arrived (batches lost past their retries)",
+                )
+            )
     report.seconds = time.time() - t0
     return report
 
 
-def teacher_dataset(cfg: JobConfig, has_gpu: bool, tasks: list[dict], read_fn: Callable, stage: type,
-                    stage_kwargs: dict, batch_size: int, block_bytes: int):
+def teacher_dataset(
+    cfg: JobConfig,
+    has_gpu: bool,
+    tasks: list[dict],
+    read_fn: Callable,
+    stage: type,
+    stage_kwargs: dict,
+    batch_size: int,
+    block_bytes: int,
+):
     """read tasks -> flat_map(read_fn) on CPU tasks -> map_batches(stage) on a pool of teacher actors.
 
     At most `read_concurrency(cfg)` read tasks run at once: each holds a unit in flight, so memory
@@ -215,21 +262,34 @@ def teacher_dataset(cfg: JobConfig, has_gpu: bool, tasks: list[dict], read_fn: C
     ds.context.max_errored_blocks = -1
     # Rows are encoded images: small blocks reach the teachers while a shard is still being read.
     ds.context.target_max_block_size = block_bytes
-    ds = ds.flat_map(read_fn, num_cpus=cfg.ray.read_cpus,
-                     compute=ray.data.TaskPoolStrategy(size=min(len(tasks), read_concurrency(cfg))))
+    ds = ds.flat_map(
+        read_fn,
+        num_cpus=cfg.ray.read_cpus,
+        compute=ray.data.TaskPoolStrategy(size=min(len(tasks), read_concurrency(cfg))),
+    )
     gpus = cfg.ray.gpus_per_actor if cfg.ray.gpus_per_actor is not None else (1 if has_gpu else 0)
     with warnings.catch_warnings():
         # Ray 2.60 deprecates **ray_remote_args but names no parameter for max_restarts/max_task_retries.
         warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
         return ds.map_batches(
-            stage, fn_constructor_kwargs={**stage_kwargs, "storage": Storage(cfg.store.url, cfg.store.storage_options),
-                                          "threads": int(cfg.ray.cpus_per_actor),
-                                          "render_threads": cfg.ray.render_threads},
-            batch_size=batch_size, batch_format="numpy", num_cpus=cfg.ray.cpus_per_actor, num_gpus=gpus,
-            compute=ray.data.ActorPoolStrategy(size=cfg.ray.teacher_actors,
-                                               max_concurrent_calls_per_actor=cfg.ray.calls_per_actor,
-                                               enable_true_multi_threading=cfg.ray.calls_per_actor > 1),
-            max_restarts=-1, max_task_retries=cfg.ray.max_batch_retries,
+            stage,
+            fn_constructor_kwargs={
+                **stage_kwargs,
+                "storage": Storage(cfg.store.url, cfg.store.storage_options),
+                "threads": int(cfg.ray.cpus_per_actor),
+                "render_threads": cfg.ray.render_threads,
+            },
+            batch_size=batch_size,
+            batch_format="numpy",
+            num_cpus=cfg.ray.cpus_per_actor,
+            num_gpus=gpus,
+            compute=ray.data.ActorPoolStrategy(
+                size=cfg.ray.teacher_actors,
+                max_concurrent_calls_per_actor=cfg.ray.calls_per_actor,
+                enable_true_multi_threading=cfg.ray.calls_per_actor > 1,
+            ),
+            max_restarts=-1,
+            max_task_retries=cfg.ray.max_batch_retries,
         )
 
 
@@ -244,14 +304,23 @@ def run_clip(plan: JobPlan, kp: KindPlan, has_gpu: bool) -> JobReport:
     must = manifest.must_match
     pp = must["teacher"]["preprocess"]
     if pp["resize_mode"] not in RESIZE_MODES or pp["size"][0] != pp["size"][1]:
-        raise ConfigError(f"config key 'clip.teacher.arch': {cfg.clip.teacher.arch} preprocesses with resize_mode "
-                          f"{pp['resize_mode']!r} at {pp['size']}; expected a square size and one of {', '.join(RESIZE_MODES)}")
+        raise ConfigError(
+            f"config key 'clip.teacher.arch': {cfg.clip.teacher.arch} preprocesses with resize_mode "
+            f"{pp['resize_mode']!r} at {pp['size']}; expected a square size and one of {', '.join(RESIZE_MODES)}"
+        )
     spec = RenderSpec.of_job(cfg, must)
 
     def build_dataset(tasks: list[dict]):
-        return teacher_dataset(cfg, has_gpu, tasks, read_clip_shard, ClipTeacherStage,
-                               dict(teacher_cfg=cfg.clip.teacher, spec=spec, compute_dtype=must["compute_dtype"]),
-                               cfg.ray.batch_size, CLIP_BLOCK_BYTES)
+        return teacher_dataset(
+            cfg,
+            has_gpu,
+            tasks,
+            read_clip_shard,
+            ClipTeacherStage,
+            dict(teacher_cfg=cfg.clip.teacher, spec=spec, compute_dtype=must["compute_dtype"]),
+            cfg.ray.batch_size,
+            CLIP_BLOCK_BYTES,
+        )
 
     return run_units(plan, kp, "clip", build_dataset, manifest.policy_hash)
 
@@ -262,9 +331,16 @@ def run_sam(plan: JobPlan, kp: KindPlan, has_gpu: bool) -> JobReport:
     spec = PromptSpec(seed=cfg.seed, sam=cfg.sam, max_pixels=cfg.max_image_pixels)
 
     def build_dataset(tasks: list[dict]):
-        return teacher_dataset(cfg, has_gpu, tasks, read_sam_shard, SamTeacherStage,
-                               dict(spec=spec, compute_dtype=manifest.must_match["compute_dtype"]),
-                               cfg.ray.sam_batch_size, SAM_BLOCK_BYTES)
+        return teacher_dataset(
+            cfg,
+            has_gpu,
+            tasks,
+            read_sam_shard,
+            SamTeacherStage,
+            dict(spec=spec, compute_dtype=manifest.must_match["compute_dtype"]),
+            cfg.ray.sam_batch_size,
+            SAM_BLOCK_BYTES,
+        )
 
     return run_units(plan, kp, "sam", build_dataset, manifest.policy_hash)
 
@@ -279,8 +355,9 @@ def write_report(plan: JobPlan, reports: list[JobReport], local_path: str | None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.materialize", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.materialize", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_config_arguments(parser)
     parser.add_argument("--report", help="also write the summary JSON here")
     args = parser.parse_args(argv)

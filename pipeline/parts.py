@@ -19,6 +19,7 @@ Output columns (every row):
     part_rows                     JSON {table: rows}
 A part row's storage_retries: {operation: transient errors retried while writing it}.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,8 +64,9 @@ def new_part_name(first_sample: int) -> str:
     return layout.part_name(first_sample, uuid.uuid4().hex[:8])
 
 
-def teacher_batch_output(kind: str, batch: dict[str, np.ndarray], write_part: WritePart,
-                         storage: Storage) -> dict[str, np.ndarray]:
+def teacher_batch_output(
+    kind: str, batch: dict[str, np.ndarray], write_part: WritePart, storage: Storage
+) -> dict[str, np.ndarray]:
     """The metadata rows for one teacher batch, after writing one part per unit with `ok` rows
     through `storage` (whose retries are reported per part)."""
     status = batch["status"]
@@ -85,28 +87,56 @@ def teacher_batch_output(kind: str, batch: dict[str, np.ndarray], write_part: Wr
         retried = storage.thread_retries.copy()
         try:
             kill_point("teacher_batch", str(unit))
-            written = write_part({c: v[take] for c, v in batch.items()},
-                                 layout.part_path(kind, str(source), str(unit), part, ""))
+            written = write_part(
+                {c: v[take] for c, v in batch.items()}, layout.part_path(kind, str(source), str(unit), part, "")
+            )
         except Exception as e:  # this unit fails, the batch's other units and the job go on
             where = traceback.extract_tb(e.__traceback__)[-1]
             # The reason names the error; a storage failure's detail keeps its type (PermissionError ...).
-            reason, detail = (("storage_failed", f"{type(e).__name__}: {e}") if isinstance(e, StorageFailure)
-                              else (type(e).__name__, str(e)))
-            out.append({**first, "status": TEACHER_FAILED, "sample_index": -1, "key": "", "members": "[]",
-                        "reason": reason, "detail": f"{detail} (in {where.name}, {where.filename}:{where.lineno})"})
+            reason, detail = (
+                ("storage_failed", f"{type(e).__name__}: {e}")
+                if isinstance(e, StorageFailure)
+                else (type(e).__name__, str(e))
+            )
+            out.append(
+                {
+                    **first,
+                    "status": TEACHER_FAILED,
+                    "sample_index": -1,
+                    "key": "",
+                    "members": "[]",
+                    "reason": reason,
+                    "detail": f"{detail} (in {where.name}, {where.filename}:{where.lineno})",
+                }
+            )
             continue
         for j, (reason, detail) in sorted(written.failed.items()):
-            out.append({**{c: batch[c][rows[j]] for c in PROTOCOL_COLUMNS}, "status": ERROR, "reason": reason,
-                        "detail": detail})
+            out.append(
+                {
+                    **{c: batch[c][rows[j]] for c in PROTOCOL_COLUMNS},
+                    "status": ERROR,
+                    "reason": reason,
+                    "detail": detail,
+                }
+            )
         if not written.files:
             continue
         kill_point("after_part_written", str(unit))
         kept = np.delete(rows, list(written.failed))
-        out.append({**first, "status": PART, "sample_index": -1, "key": "", "members": "[]", "part": part,
-                    "part_samples": batch["sample_index"][kept].astype(np.int32).tobytes(),
-                    "part_files": json.dumps([asdict(f) for f in written.files]),
-                    "part_rows": json.dumps(written.rows),
-                    "storage_retries": json.dumps(dict(storage.thread_retries - retried))})
+        out.append(
+            {
+                **first,
+                "status": PART,
+                "sample_index": -1,
+                "key": "",
+                "members": "[]",
+                "part": part,
+                "part_samples": batch["sample_index"][kept].astype(np.int32).tobytes(),
+                "part_files": json.dumps([asdict(f) for f in written.files]),
+                "part_rows": json.dumps(written.rows),
+                "storage_retries": json.dumps(dict(storage.thread_retries - retried)),
+            }
+        )
     columns = {c: [r[c] for r in out] for c in PROTOCOL_COLUMNS}
     columns |= {c: [r.get(c, empty) for r in out] for c, empty in PART_COLUMNS.items()}
     return {c: np.asarray(v, dtype=object if c == "part_samples" else None) for c, v in columns.items()}

@@ -5,6 +5,7 @@ the teachers to fingerprint them, compares the fingerprints and policies with th
 manifests, and lists committed and pending units. Writes nothing but the store's root directory;
 a bad config, path, teacher or a store made under other must-match fields stops here with one line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,8 +81,9 @@ def make_plan(cfg: JobConfig, device: str | None = None) -> JobPlan:
     return JobPlan(cfg, storage, kinds)
 
 
-def resolve_unit_sizes(kind: str, shards: list[InputShard], committed: dict[str, list[CommitRecord]],
-                       sources: dict) -> list[InputShard]:
+def resolve_unit_sizes(
+    kind: str, shards: list[InputShard], committed: dict[str, list[CommitRecord]], sources: dict
+) -> list[InputShard]:
     """Fill in an unset `unit_size`: an existing store keeps the unit size its units of the source
     (the shard's own first) were cut with; a new source gets DEFAULT_UNIT_SIZE."""
     by_source: dict[str, int] = {}
@@ -106,23 +108,28 @@ def describe(plan: JobPlan) -> str:
         must = kp.manifest.must_match
         teacher = must["teacher"]
         state = "matches the store's" if kp.manifest_exists else "absent: the first commit creates it"
-        lines.append(f"  {kind}: teacher {teacher['arch']} (weights {teacher['weights_sha256'][:12]}), "
-                     f"compute {must['compute_dtype']}, policy {kp.manifest.policy_hash[:12]}; manifest {state}")
+        lines.append(
+            f"  {kind}: teacher {teacher['arch']} (weights {teacher['weights_sha256'][:12]}), "
+            f"compute {must['compute_dtype']}, policy {kp.manifest.policy_hash[:12]}; manifest {state}"
+        )
         for source in sorted({s.source for s in kp.shards}):
             shards = [s for s in kp.shards if s.source == source]
             done = sum(1 for s in shards if kp.committed[s.url])
             units = sum(len(kp.committed[s.url]) for s in shards)
             size = sum(s.size for s in shards)
             cut = sorted({s.unit_size or 0 for s in shards})
-            lines.append(f"    source {source}: {len(shards)} shards ({size / 1e6:.1f} MB), units of "
-                         f"{' / '.join(str(c) if c else 'a whole shard' for c in cut)} samples, "
-                         f"{done} with committed units ({units} units), {len(shards) - done} untouched")
+            lines.append(
+                f"    source {source}: {len(shards)} shards ({size / 1e6:.1f} MB), units of "
+                f"{' / '.join(str(c) if c else 'a whole shard' for c in cut)} samples, "
+                f"{done} with committed units ({units} units), {len(shards) - done} untouched"
+            )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.plan", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.plan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_config_arguments(parser)
     args = parser.parse_args(argv)
     print(describe(make_plan(load_job_config(args.config, args.overrides))))

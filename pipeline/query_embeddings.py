@@ -15,6 +15,7 @@ must-match fields and the job's teacher config) has one row per query image, `qu
 (null where it did not decode): a second run over the same images, with other K or thresholds,
 embeds nothing.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -66,18 +67,24 @@ def read_queries(spec: str, storage_options: dict[str, Any] | None = None) -> Qu
 
 
 def query_table_schema(dim: int) -> pa.Schema:
-    return pa.schema([
-        pa.field("query_id", pa.int32(), nullable=False), pa.field("key", pa.string(), nullable=False),
-        pa.field("label", pa.int32()), pa.field("reason", pa.string()), pa.field("detail", pa.string()),
-        pa.field("embedding", pa.list_(pa.float16(), dim)),
-    ])
+    return pa.schema(
+        [
+            pa.field("query_id", pa.int32(), nullable=False),
+            pa.field("key", pa.string(), nullable=False),
+            pa.field("label", pa.int32()),
+            pa.field("reason", pa.string()),
+            pa.field("detail", pa.string()),
+            pa.field("embedding", pa.list_(pa.float16(), dim)),
+        ]
+    )
 
 
 class QueryEmbedStage(ClipTeacherStage):
     """Ray actor UDF: query images (encoded bytes) -> view-0 embeddings, or the reason they failed."""
 
-    def __init__(self, teacher_cfg: ClipTeacherConfig, storage: Storage, compute_dtype: str, threads: int,
-                 max_pixels: int):
+    def __init__(
+        self, teacher_cfg: ClipTeacherConfig, storage: Storage, compute_dtype: str, threads: int, max_pixels: int
+    ):
         super().__init__(teacher_cfg, None, storage, compute_dtype, threads)
         self.spec = RenderSpec.of(self.teacher.fingerprint.preprocess, 0, 1, ViewPolicy(), max_pixels)
         self.teacher_json = json.dumps(self.teacher.fingerprint.must_match(), sort_keys=True)
@@ -88,10 +95,13 @@ class QueryEmbedStage(ClipTeacherStage):
         rendered, emb, failed = self.render_and_embed(rows)
         out = np.zeros((n, self.teacher.embed_dim), np.float16)
         out[sorted(rendered)] = emb[:, 0]
-        return {"query_id": batch["query_id"], "embedding": out,
-                "reason": np.array([failed.get(i, ("", ""))[0] for i in range(n)], dtype=object),
-                "detail": np.array([failed.get(i, ("", ""))[1] for i in range(n)], dtype=object),
-                "teacher": np.array([self.teacher_json] * n, dtype=object)}
+        return {
+            "query_id": batch["query_id"],
+            "embedding": out,
+            "reason": np.array([failed.get(i, ("", ""))[0] for i in range(n)], dtype=object),
+            "detail": np.array([failed.get(i, ("", ""))[1] for i in range(n)], dtype=object),
+            "teacher": np.array([self.teacher_json] * n, dtype=object),
+        }
 
 
 def cache_name(checksum: str, teacher_must_match: dict, teacher_cfg: ClipTeacherConfig) -> str:
@@ -114,26 +124,40 @@ def embed_on_actors(cfg: JobConfig, must_match: dict, queries: QuerySet) -> dict
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
         ds = ds.map_batches(
-            QueryEmbedStage, fn_constructor_kwargs={
-                "teacher_cfg": cfg.clip.teacher, "storage": Storage(cfg.store.url, cfg.store.storage_options),
-                "compute_dtype": must_match["compute_dtype"], "threads": int(cfg.ray.cpus_per_actor),
-                "max_pixels": cfg.max_image_pixels},
-            batch_size=cfg.ray.batch_size, batch_format="numpy", num_cpus=cfg.ray.cpus_per_actor, num_gpus=gpus,
-            compute=ray.data.ActorPoolStrategy(size=min(cfg.ray.teacher_actors, max(1, len(items) // cfg.ray.batch_size))))
+            QueryEmbedStage,
+            fn_constructor_kwargs={
+                "teacher_cfg": cfg.clip.teacher,
+                "storage": Storage(cfg.store.url, cfg.store.storage_options),
+                "compute_dtype": must_match["compute_dtype"],
+                "threads": int(cfg.ray.cpus_per_actor),
+                "max_pixels": cfg.max_image_pixels,
+            },
+            batch_size=cfg.ray.batch_size,
+            batch_format="numpy",
+            num_cpus=cfg.ray.cpus_per_actor,
+            num_gpus=gpus,
+            compute=ray.data.ActorPoolStrategy(
+                size=min(cfg.ray.teacher_actors, max(1, len(items) // cfg.ray.batch_size))
+            ),
+        )
     rows = ds.take_all()
     for r in rows[:1]:
         diffs = differences(must_match["teacher"], json.loads(r["teacher"]))
         if diffs:
             key, a, b = diffs[0]
-            raise ManifestMismatch(f"the job's CLIP teacher is not the store's (teacher.{key}: store has {a!r}, job "
-                                   f"has {b!r}); queries must be embedded by the teacher the gallery was")
+            raise ManifestMismatch(
+                f"the job's CLIP teacher is not the store's (teacher.{key}: store has {a!r}, job "
+                f"has {b!r}); queries must be embedded by the teacher the gallery was"
+            )
     rows.sort(key=lambda r: r["query_id"])
-    return {"embedding": np.stack([r["embedding"] for r in rows]) if rows else np.zeros((0, 1), np.float16),
-            "reason": [r["reason"] or None for r in rows], "detail": [r["detail"] or None for r in rows]}
+    return {
+        "embedding": np.stack([r["embedding"] for r in rows]) if rows else np.zeros((0, 1), np.float16),
+        "reason": [r["reason"] or None for r in rows],
+        "detail": [r["detail"] or None for r in rows],
+    }
 
 
-def query_embeddings(cfg: JobConfig, storage: Storage, must_match: dict, queries: QuerySet,
-                     say=print) -> pa.Table:
+def query_embeddings(cfg: JobConfig, storage: Storage, must_match: dict, queries: QuerySet, say=print) -> pa.Table:
     """The query set's cached embeddings table, embedding it first if the store has none."""
     rel = layout.query_path(cache_name(queries.checksum, must_match["teacher"], cfg.clip.teacher))
     if storage.exists(rel):
@@ -143,13 +167,19 @@ def query_embeddings(cfg: JobConfig, storage: Storage, must_match: dict, queries
     got = embed_on_actors(cfg, must_match, queries)
     dim = int(must_match["teacher"]["output"]["embed_dim"])
     emb = got["embedding"]
-    table = pa.table({
-        "query_id": pa.array(np.arange(len(queries), dtype=np.int32)), "key": queries.keys,
-        "label": pa.array(queries.labels, pa.int32()), "reason": pa.array(got["reason"], pa.string()),
-        "detail": pa.array(got["detail"], pa.string()),
-        "embedding": pa.array([None if reason else e for e, reason in zip(emb, got["reason"])],
-                              pa.list_(pa.float16(), dim)),
-    }, schema=query_table_schema(dim))
+    table = pa.table(
+        {
+            "query_id": pa.array(np.arange(len(queries), dtype=np.int32)),
+            "key": queries.keys,
+            "label": pa.array(queries.labels, pa.int32()),
+            "reason": pa.array(got["reason"], pa.string()),
+            "detail": pa.array(got["detail"], pa.string()),
+            "embedding": pa.array(
+                [None if reason else e for e, reason in zip(emb, got["reason"])], pa.list_(pa.float16(), dim)
+            ),
+        },
+        schema=query_table_schema(dim),
+    )
     storage.write_bytes(rel, parquet_bytes(table))
     return table
 

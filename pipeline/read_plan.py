@@ -6,6 +6,7 @@ crash reads what it redoes, and the parts of one large tar (SA-1B: ~11 parts of 
 in parallel. Any other shard is streamed by one task, which writes the index when it reaches
 the end. The planner lists each source's indexes once and reads those it needs concurrently.
 """
+
 from __future__ import annotations
 
 import math

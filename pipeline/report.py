@@ -1,4 +1,5 @@
 """The end-of-job summary: a table for people, the same figures as JSON for programs."""
+
 from __future__ import annotations
 
 import json
@@ -54,11 +55,15 @@ class JobReport:
             lines.append(f"  {name:<10} {n} ({self.rate(name):.1f}/s over {self.seconds:.1f} s)")
         for reason, n in sorted(self.errors_by_reason.items()):
             lines.append(f"  error      {reason}: {n}")
-        lines.append(f"  written    {self.bytes_written / 1e6:.2f} MB; first target after "
-                     f"{self.first_target_seconds:.1f} s")
+        lines.append(
+            f"  written    {self.bytes_written / 1e6:.2f} MB; first target after {self.first_target_seconds:.1f} s"
+        )
         if self.storage_retries:
-            lines.append(f"  storage    {sum(self.storage_retries.values())} transient errors retried ("
-                         + ", ".join(f"{op} {n}" for op, n in sorted(self.storage_retries.items())) + ")")
+            lines.append(
+                f"  storage    {sum(self.storage_retries.values())} transient errors retried ("
+                + ", ".join(f"{op} {n}" for op, n in sorted(self.storage_retries.items()))
+                + ")"
+            )
         if self.leftovers_removed:
             lines.append(f"  leftovers  {self.leftovers_removed} files of re-run or killed attempts removed")
         for note in self.shard_notes:

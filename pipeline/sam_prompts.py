@@ -5,6 +5,7 @@ Per image: P annotations (without replacement; fewer if fewer are usable), each 
 or both, by the configured mix. Annotations that cannot give a prompt (empty mask, zero-size box,
 malformed RLE, a mask of another size than the image) are counted per reason, not sample errors.
 """
+
 from __future__ import annotations
 
 import json
@@ -85,8 +86,9 @@ def sample_points(rng: np.random.Generator, rle: dict, n: int) -> np.ndarray:
     return np.stack([xs[pick] + 0.5, ys[pick] + 0.5], axis=1).astype(np.float32)
 
 
-def sample_prompts(rng: np.random.Generator, usable: list[tuple[dict, dict]], cfg: SamConfig,
-                   height: int, width: int) -> list[Prompt]:
+def sample_prompts(
+    rng: np.random.Generator, usable: list[tuple[dict, dict]], cfg: SamConfig, height: int, width: int
+) -> list[Prompt]:
     mix = np.array([cfg.mix.box, cfg.mix.points, cfg.mix.box_points], dtype=np.float64)
     chosen = rng.permutation(len(usable))[: cfg.prompts]
     structures = rng.choice(3, size=len(chosen), p=mix / mix.sum())

@@ -18,6 +18,7 @@ the Zarr encoding (zstd) and the PUTs of a part run outside the GPU lock, while 
 call (`ray.calls_per_actor`) has the GPU. The actor that made a part's logits is the only writer
 of its Zarr group: one shard object per part.
 """
+
 from __future__ import annotations
 
 import json
@@ -84,11 +85,19 @@ def prepare_image(spec: PromptSpec, sample: SampleId, image: bytes, annotation: 
     prompts = sample_prompts(rng, usable, spec.sam, h, w)
     resized = sam_input_image(rgb)
     p, n = spec.sam.prompts, spec.sam.points_per_prompt
-    out = {"image": pad_image(resized), "input_hw": np.array(resized.shape[:2], np.int32),
-           "original_hw": np.array([h, w], np.int32), "n_prompts": len(prompts), "n_annotations": len(anns),
-           "skipped": json.dumps(dict(skipped)), "structure": np.full(p, -1, np.int8),
-           "annotation_id": np.zeros(p, np.int64), "boxes": np.zeros((p, 4), np.float32),
-           "points": np.zeros((p, n, 2), np.float32), "labels": np.zeros((p, n), np.int8)}
+    out = {
+        "image": pad_image(resized),
+        "input_hw": np.array(resized.shape[:2], np.int32),
+        "original_hw": np.array([h, w], np.int32),
+        "n_prompts": len(prompts),
+        "n_annotations": len(anns),
+        "skipped": json.dumps(dict(skipped)),
+        "structure": np.full(p, -1, np.int8),
+        "annotation_id": np.zeros(p, np.int64),
+        "boxes": np.zeros((p, 4), np.float32),
+        "points": np.zeros((p, n, 2), np.float32),
+        "labels": np.zeros((p, n), np.int8),
+    }
     for i, prompt in enumerate(prompts):
         out["structure"][i] = PROMPT_STRUCTURES.index(prompt.structure)
         out["annotation_id"][i] = prompt.annotation_id
@@ -102,8 +111,9 @@ def prepare_image(spec: PromptSpec, sample: SampleId, image: bytes, annotation: 
 class SamTeacherStage:
     """Ray actor UDF: loads SAM once; per image one encoder pass, the decoder per prompt structure."""
 
-    def __init__(self, spec: PromptSpec, storage: Storage, compute_dtype: str, threads: int,
-                 render_threads: int | None = None):
+    def __init__(
+        self, spec: PromptSpec, storage: Storage, compute_dtype: str, threads: int, render_threads: int | None = None
+    ):
         from pipeline.teachers import load_sam_teacher
 
         torch.set_num_threads(max(1, threads))
@@ -117,8 +127,9 @@ class SamTeacherStage:
         self.gpu = threading.Lock()  # one call on the device at a time; the other compresses and writes
 
     @torch.no_grad()
-    def predict_image_device(self, image: np.ndarray, input_hw, original_hw, structure, boxes, points, labels,
-                             n_prompts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict_image_device(
+        self, image: np.ndarray, input_hw, original_hw, structure, boxes, points, labels, n_prompts: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> logits float32 [P * rounds, M, 256, 256] (NaN beyond n_prompts), iou float32 [P * rounds, M],
         both on the device."""
         cfg, sam, dev = self.cfg, self.sam, self.device
@@ -144,8 +155,10 @@ class SamTeacherStage:
                 for r in range(cfg.rounds):
                     sparse, dense = sam.prompt_encoder(points=pts, boxes=box_t, masks=mask_input)
                     low, pred_iou = sam.mask_decoder(
-                        image_embeddings=embedding, image_pe=sam.prompt_encoder.get_dense_pe(),
-                        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                        image_embeddings=embedding,
+                        image_pe=sam.prompt_encoder.get_dense_pe(),
+                        sparse_prompt_embeddings=sparse,
+                        dense_prompt_embeddings=dense,
                         multimask_output=cfg.multimask,
                     )
                     slot = torch.as_tensor(r * cfg.prompts + idx, device=dev)
@@ -165,15 +178,17 @@ class SamTeacherStage:
         cfg = self.cfg
         stored = encode_logits(logits.nan_to_num(0.0), cfg.precision)
         for r in range(cfg.rounds):
-            stored[r * cfg.prompts + n_prompts:(r + 1) * cfg.prompts] = torch.as_tensor(fill_value(cfg.precision))
+            stored[r * cfg.prompts + n_prompts : (r + 1) * cfg.prompts] = torch.as_tensor(fill_value(cfg.precision))
         return stored
 
     def write_part(self, rows: dict[str, np.ndarray], part_rel: str) -> PartWritten:
         """Prepare one unit's ok rows on the pool, run the teacher on those that decoded, write the
         part: prompts, images, logits."""
         n = len(rows["key"])
-        futures = [self.pool.submit(prepare_image, self.spec, row_sample_id(rows, i), rows["image"][i],
-                                    rows["annotation"][i]) for i in range(n)]
+        futures = [
+            self.pool.submit(prepare_image, self.spec, row_sample_id(rows, i), rows["image"][i], rows["annotation"][i])
+            for i in range(n)
+        ]
         samples, stored, failed = [], [], {}
         try:
             with self.gpu:
@@ -183,9 +198,16 @@ class SamTeacherStage:
                     except DecodeError as e:
                         failed[i] = (e.reason, e.detail)
                         continue
-                    logits, iou = self.predict_image_device(s["image"], s["input_hw"], s["original_hw"],
-                                                            s["structure"], s["boxes"], s["points"], s["labels"],
-                                                            int(s["n_prompts"]))
+                    logits, iou = self.predict_image_device(
+                        s["image"],
+                        s["input_hw"],
+                        s["original_hw"],
+                        s["structure"],
+                        s["boxes"],
+                        s["points"],
+                        s["labels"],
+                        int(s["n_prompts"]),
+                    )
                     stored.append(self.stored_logits(logits, int(s["n_prompts"])))
                     del s["image"]
                     samples.append({**{c: rows[c][i] for c in ("key", "sample_index")}, **s, "iou": iou})
@@ -199,11 +221,16 @@ class SamTeacherStage:
         cfg, m = self.cfg, num_masks(self.cfg.multimask)
         source, shard = str(rows["source"][0]), str(rows["shard"][0])
         prompts = prompts_table(source, shard, samples, cfg.prompts, cfg.rounds, cfg.points_per_prompt, m)
-        files = [self.storage.write_bytes(part_rel + TABLE_SUFFIX[("sam", "prompts")], parquet_bytes(prompts)),
-                 self.storage.write_bytes(part_rel + TABLE_SUFFIX[("sam", "images")],
-                                          parquet_bytes(images_table(source, shard, samples)))]
-        files += [self.storage.write_bytes(f"{part_rel}{TABLE_SUFFIX[('sam', 'logits')]}/{key}", data)
-                  for key, data in sorted(logits_group_objects(host, cfg.precision).items())]
+        files = [
+            self.storage.write_bytes(part_rel + TABLE_SUFFIX[("sam", "prompts")], parquet_bytes(prompts)),
+            self.storage.write_bytes(
+                part_rel + TABLE_SUFFIX[("sam", "images")], parquet_bytes(images_table(source, shard, samples))
+            ),
+        ]
+        files += [
+            self.storage.write_bytes(f"{part_rel}{TABLE_SUFFIX[('sam', 'logits')]}/{key}", data)
+            for key, data in sorted(logits_group_objects(host, cfg.precision).items())
+        ]
         return PartWritten(files, {"prompts": prompts.num_rows, "images": len(samples)}, failed)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

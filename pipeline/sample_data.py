@@ -12,6 +12,7 @@ segmentation algorithm (Felzenszwalb's graph segmentation at two scales, so mask
 multi-granularity masks do), with bbox, area, point_coords, predicted_iou, stability_score and
 crop_box filled in as SA-1B does. The same arguments give byte-identical files.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,16 +36,38 @@ from storage_schemas.errors import run_cli
 
 # (skimage.data function, caption noun); grayscale and RGBA photos are converted to RGB.
 PHOTOS = [
-    ("astronaut", "astronaut"), ("chelsea", "cat"), ("coffee", "cup of coffee"), ("rocket", "rocket"),
-    ("hubble_deep_field", "galaxy field"), ("immunohistochemistry", "tissue sample"),
-    ("stereo_motorcycle", "motorcycle"), ("retina", "retina"), ("colorwheel", "color wheel"),
-    ("logo", "logo"), ("camera", "cameraman"), ("coins", "coins"), ("moon", "moon surface"),
-    ("page", "page of text"), ("clock", "clock"), ("brick", "brick wall"), ("grass", "grass"),
-    ("gravel", "gravel"), ("cell", "cell"), ("text", "text"),
+    ("astronaut", "astronaut"),
+    ("chelsea", "cat"),
+    ("coffee", "cup of coffee"),
+    ("rocket", "rocket"),
+    ("hubble_deep_field", "galaxy field"),
+    ("immunohistochemistry", "tissue sample"),
+    ("stereo_motorcycle", "motorcycle"),
+    ("retina", "retina"),
+    ("colorwheel", "color wheel"),
+    ("logo", "logo"),
+    ("camera", "cameraman"),
+    ("coins", "coins"),
+    ("moon", "moon surface"),
+    ("page", "page of text"),
+    ("clock", "clock"),
+    ("brick", "brick wall"),
+    ("grass", "grass"),
+    ("gravel", "gravel"),
+    ("cell", "cell"),
+    ("text", "text"),
 ]
 # Colour photographs with objects worth segmenting, for the SA-1B side.
-SAM_PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle", "immunohistochemistry",
-              "colorwheel", "hubble_deep_field"]
+SAM_PHOTOS = [
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "stereo_motorcycle",
+    "immunohistochemistry",
+    "colorwheel",
+    "hubble_deep_field",
+]
 
 
 @dataclass(frozen=True)
@@ -83,7 +106,7 @@ def random_variant(img: np.ndarray, rng: np.random.Generator, longest: tuple[int
     ch = int(min(h, max(8, round(np.sqrt(area / aspect)))))
     x0 = int(rng.integers(0, w - cw + 1))
     y0 = int(rng.integers(0, h - ch + 1))
-    crop = img[y0:y0 + ch, x0:x0 + cw]
+    crop = img[y0 : y0 + ch, x0 : x0 + cw]
     if rng.random() < 0.5:
         crop = crop[:, ::-1]
     side = int(rng.integers(longest[0], longest[1] + 1))
@@ -108,8 +131,9 @@ def write_tar(path: str, members: list[tuple[str, bytes]]) -> None:
     os.replace(path + ".part", path)
 
 
-def write_clip_shard(out_dir: str, shard: int, spec: CorpusSpec, rng: np.random.Generator,
-                     photos: dict[str, np.ndarray]) -> int:
+def write_clip_shard(
+    out_dir: str, shard: int, spec: CorpusSpec, rng: np.random.Generator, photos: dict[str, np.ndarray]
+) -> int:
     members, rows = [], []
     n_total = spec.clip_per_shard + spec.failed_per_shard
     failed_at = set(rng.choice(n_total, size=spec.failed_per_shard, replace=False).tolist())
@@ -118,42 +142,84 @@ def write_clip_shard(out_dir: str, shard: int, spec: CorpusSpec, rng: np.random.
         name, noun = PHOTOS[int(rng.integers(len(PHOTOS)))]
         url = f"https://example.org/sample/{name}/{key}.jpg"
         if i in failed_at:
-            rows.append(dict(key=key, url=url, caption=None, status="failed_to_download",
-                             error_message="HTTP Error 404: Not Found", width=None, height=None,
-                             original_width=None, original_height=None, exif=None, sha256=None))
+            rows.append(
+                dict(
+                    key=key,
+                    url=url,
+                    caption=None,
+                    status="failed_to_download",
+                    error_message="HTTP Error 404: Not Found",
+                    width=None,
+                    height=None,
+                    original_width=None,
+                    original_height=None,
+                    exif=None,
+                    sha256=None,
+                )
+            )
             continue
         img = random_variant(photos[name], rng, longest=(96, 512))
         jpg = encode_jpeg(img, quality=int(rng.integers(75, 96)))
         caption = f"a photo of the {noun}"
         h, w = img.shape[:2]
-        meta = dict(key=key, url=url, caption=caption, status="success", error_message=None,
-                    width=w, height=h, original_width=w, original_height=h, exif="{}",
-                    sha256=hashlib.sha256(jpg).hexdigest())
+        meta = dict(
+            key=key,
+            url=url,
+            caption=caption,
+            status="success",
+            error_message=None,
+            width=w,
+            height=h,
+            original_width=w,
+            original_height=h,
+            exif="{}",
+            sha256=hashlib.sha256(jpg).hexdigest(),
+        )
         rows.append(meta)
-        members += [(f"{key}.jpg", jpg), (f"{key}.txt", caption.encode()),
-                    (f"{key}.json", json.dumps(meta, sort_keys=True).encode())]
+        members += [
+            (f"{key}.jpg", jpg),
+            (f"{key}.txt", caption.encode()),
+            (f"{key}.json", json.dumps(meta, sort_keys=True).encode()),
+        ]
     stem = os.path.join(out_dir, f"{shard:05d}")
     write_tar(stem + ".tar", members)
     pq.write_table(pa.Table.from_pylist(rows, schema=IMG2DATASET_SCHEMA), stem + ".parquet")
     n_ok = n_total - spec.failed_per_shard
-    stats = {"count": n_total, "successes": n_ok, "failed_to_download": spec.failed_per_shard,
-             "failed_to_resize": 0, "duration": 0.0, "start_time": 0.0, "end_time": 0.0,
-             "status_dict": {"success": n_ok, "HTTP Error 404: Not Found": spec.failed_per_shard}}
+    stats = {
+        "count": n_total,
+        "successes": n_ok,
+        "failed_to_download": spec.failed_per_shard,
+        "failed_to_resize": 0,
+        "duration": 0.0,
+        "start_time": 0.0,
+        "end_time": 0.0,
+        "status_dict": {"success": n_ok, "HTTP Error 404: Not Found": spec.failed_per_shard},
+    }
     with open(stem + "_stats.json", "w") as f:
         json.dump(stats, f, indent=4, sort_keys=True)
     return n_ok
 
 
-IMG2DATASET_SCHEMA = pa.schema([
-    ("key", pa.string()), ("url", pa.string()), ("caption", pa.string()), ("status", pa.string()),
-    ("error_message", pa.string()), ("width", pa.int64()), ("height", pa.int64()),
-    ("original_width", pa.int64()), ("original_height", pa.int64()), ("exif", pa.string()),
-    ("sha256", pa.string()),
-])
+IMG2DATASET_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("url", pa.string()),
+        ("caption", pa.string()),
+        ("status", pa.string()),
+        ("error_message", pa.string()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("original_width", pa.int64()),
+        ("original_height", pa.int64()),
+        ("exif", pa.string()),
+        ("sha256", pa.string()),
+    ]
+)
 
 
-def sa1b_annotations(img: np.ndarray, rng: np.random.Generator, first_id: int,
-                     max_annotations: int = 100) -> list[dict]:
+def sa1b_annotations(
+    img: np.ndarray, rng: np.random.Generator, first_id: int, max_annotations: int = 100
+) -> list[dict]:
     """SA-1B-style annotations from Felzenszwalb segments at a fine and a coarse scale."""
     h, w = img.shape[:2]
     masks = []
@@ -169,21 +235,24 @@ def sa1b_annotations(img: np.ndarray, rng: np.random.Generator, first_id: int,
         rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
         ys, xs = np.nonzero(m)
         j = int(rng.integers(len(xs)))
-        anns.append({
-            "id": first_id + len(anns),
-            "segmentation": {"size": [h, w], "counts": rle["counts"].decode("ascii")},
-            "area": int(mask_utils.area(rle)),
-            "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-            "predicted_iou": round(float(rng.uniform(0.86, 1.02)), 6),
-            "point_coords": [[float(xs[j]) + 0.5, float(ys[j]) + 0.5]],
-            "stability_score": round(float(rng.uniform(0.92, 1.0)), 6),
-            "crop_box": [0.0, 0.0, float(w), float(h)],
-        })
+        anns.append(
+            {
+                "id": first_id + len(anns),
+                "segmentation": {"size": [h, w], "counts": rle["counts"].decode("ascii")},
+                "area": int(mask_utils.area(rle)),
+                "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                "predicted_iou": round(float(rng.uniform(0.86, 1.02)), 6),
+                "point_coords": [[float(xs[j]) + 0.5, float(ys[j]) + 0.5]],
+                "stability_score": round(float(rng.uniform(0.92, 1.0)), 6),
+                "crop_box": [0.0, 0.0, float(w), float(h)],
+            }
+        )
     return anns
 
 
-def write_sam_shard(out_dir: str, shard: int, spec: CorpusSpec, rng: np.random.Generator,
-                    photos: dict[str, np.ndarray]) -> int:
+def write_sam_shard(
+    out_dir: str, shard: int, spec: CorpusSpec, rng: np.random.Generator, photos: dict[str, np.ndarray]
+) -> int:
     members = []
     for i in range(spec.sam_per_shard):
         image_id = 1 + shard * spec.sam_per_shard + i
@@ -191,16 +260,21 @@ def write_sam_shard(out_dir: str, shard: int, spec: CorpusSpec, rng: np.random.G
         img = random_variant(photos[name], rng, longest=(320, 640))
         anns = sa1b_annotations(img, rng, first_id=image_id * 1000)
         h, w = img.shape[:2]
-        doc = {"image": {"image_id": image_id, "width": w, "height": h, "file_name": f"sa_{image_id}.jpg"},
-               "annotations": anns}
-        members += [(f"sa_{image_id}.jpg", encode_jpeg(img, quality=90)),
-                    (f"sa_{image_id}.json", json.dumps(doc).encode())]
+        doc = {
+            "image": {"image_id": image_id, "width": w, "height": h, "file_name": f"sa_{image_id}.jpg"},
+            "annotations": anns,
+        }
+        members += [
+            (f"sa_{image_id}.jpg", encode_jpeg(img, quality=90)),
+            (f"sa_{image_id}.json", json.dumps(doc).encode()),
+        ]
     write_tar(os.path.join(out_dir, f"sa_{shard:06d}.tar"), members)
     return spec.sam_per_shard
 
 
-def write_classification_set(out_dir: str, spec: CorpusSpec, rng: np.random.Generator,
-                             photos: dict[str, np.ndarray]) -> int:
+def write_classification_set(
+    out_dir: str, spec: CorpusSpec, rng: np.random.Generator, photos: dict[str, np.ndarray]
+) -> int:
     """OUT/NOUN/N.jpg: random crops of each photograph, one folder per caption noun."""
     for name, noun in PHOTOS:
         os.makedirs(os.path.join(out_dir, noun), exist_ok=True)
@@ -221,10 +295,12 @@ def build_sample_corpus(out_dir: str, spec: CorpusSpec = CorpusSpec()) -> dict[s
         counts["clip"] += write_clip_shard(clip_dir, shard, spec, np.random.default_rng([spec.seed, 1, shard]), photos)
     for shard in range(spec.sam_shards):
         counts["sam"] += write_sam_shard(sam_dir, shard, spec, np.random.default_rng([spec.seed, 2, shard]), photos)
-    counts["classify"] = write_classification_set(os.path.join(out_dir, "eval", "classify"), spec,
-                                                  np.random.default_rng([spec.seed, 3]), photos)
-    counts["semseg"] = write_segmentation_set(os.path.join(out_dir, "eval", "voc"), photos,
-                                              np.random.default_rng([spec.seed, 4]))
+    counts["classify"] = write_classification_set(
+        os.path.join(out_dir, "eval", "classify"), spec, np.random.default_rng([spec.seed, 3]), photos
+    )
+    counts["semseg"] = write_segmentation_set(
+        os.path.join(out_dir, "eval", "voc"), photos, np.random.default_rng([spec.seed, 4])
+    )
     return counts
 
 
@@ -257,8 +333,9 @@ def recorded_counts(out_dir: str, spec: CorpusSpec) -> dict[str, int] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.sample_data", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.sample_data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("out_dir")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -270,10 +347,12 @@ def main(argv: list[str] | None = None) -> int:
     counts = build_sample_corpus(args.out_dir, spec)
     with open(os.path.join(args.out_dir, CORPUS_RECORD), "w") as f:
         json.dump({"spec": asdict(spec), "counts": counts, "files": corpus_files(args.out_dir)}, f, indent=1)
-    print(f"sample corpus in {args.out_dir}: {counts['clip']} CLIP samples in "
-          f"{CorpusSpec.clip_shards} shards (clip/), {counts['sam']} SA-1B images in "
-          f"{CorpusSpec.sam_shards} shards (sam/); eval/: {counts['classify']} labelled images (classify/), "
-          f"{counts['semseg']} segmentation images (voc/)")
+    print(
+        f"sample corpus in {args.out_dir}: {counts['clip']} CLIP samples in "
+        f"{CorpusSpec.clip_shards} shards (clip/), {counts['sam']} SA-1B images in "
+        f"{CorpusSpec.sam_shards} shards (sam/); eval/: {counts['classify']} labelled images (classify/), "
+        f"{counts['semseg']} segmentation images (voc/)"
+    )
     return 0
 
 

@@ -8,6 +8,7 @@
 Every class name is one of jobs/sample_classes.txt, so the store's `sample` text table covers them.
 The figures these sets give with random teachers say the code runs, not that the student is good.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 BACKGROUNDS = [("grass", "grass"), ("brick", "brick wall"), ("gravel", "gravel")]
-OBJECTS = [("astronaut", "astronaut"), ("chelsea", "cat"), ("coffee", "cup of coffee"), ("rocket", "rocket"),
-           ("stereo_motorcycle", "motorcycle")]
+OBJECTS = [
+    ("astronaut", "astronaut"),
+    ("chelsea", "cat"),
+    ("coffee", "cup of coffee"),
+    ("rocket", "rocket"),
+    ("stereo_motorcycle", "motorcycle"),
+]
 IGNORE = 255
 BORDER = 3
 SEG_IMAGES = 6
@@ -32,8 +38,13 @@ def _texture(photo: np.ndarray, rng: np.random.Generator) -> Image.Image:
     return im.crop((x0, y0, x0 + w, y0 + h))
 
 
-def composite(background: np.ndarray, objects: list[np.ndarray], classes: list[int], background_class: int,
-              rng: np.random.Generator) -> tuple[Image.Image, np.ndarray]:
+def composite(
+    background: np.ndarray,
+    objects: list[np.ndarray],
+    classes: list[int],
+    background_class: int,
+    rng: np.random.Generator,
+) -> tuple[Image.Image, np.ndarray]:
     """Objects pasted as ellipses on a texture -> (image, uint8 label map [H, W])."""
     image = _texture(background, rng)
     label = np.full((SEG_SIZE[1], SEG_SIZE[0]), background_class, np.uint8)
@@ -46,7 +57,7 @@ def composite(background: np.ndarray, objects: list[np.ndarray], classes: list[i
         image.paste(obj, (x0, y0), mask)
         ring = Image.new("L", (ow, oh), 0)
         ImageDraw.Draw(ring).ellipse([0, 0, ow - 1, oh - 1], outline=255, width=BORDER)
-        region = label[y0:y0 + oh, x0:x0 + ow]  # a view: writes go into `label`
+        region = label[y0 : y0 + oh, x0 : x0 + ow]  # a view: writes go into `label`
         region[np.asarray(mask) > 0] = cls
         region[np.asarray(ring) > 0] = IGNORE
     return image, label
@@ -60,8 +71,13 @@ def write_segmentation_set(out_dir: str, photos: dict[str, np.ndarray], rng: np.
     for i in range(SEG_IMAGES):
         bg = i % len(BACKGROUNDS)
         picks = rng.choice(len(OBJECTS), size=1 + i % 2, replace=False)
-        image, label = composite(photos[BACKGROUNDS[bg][0]], [photos[OBJECTS[k][0]] for k in picks],
-                                 [len(BACKGROUNDS) + int(k) for k in picks], bg, rng)
+        image, label = composite(
+            photos[BACKGROUNDS[bg][0]],
+            [photos[OBJECTS[k][0]] for k in picks],
+            [len(BACKGROUNDS) + int(k) for k in picks],
+            bg,
+            rng,
+        )
         id_ = f"sample_{i:03d}"
         image.save(os.path.join(out_dir, "JPEGImages", f"{id_}.jpg"), quality=92)
         Image.fromarray(label, mode="L").save(os.path.join(out_dir, "SegmentationClass", f"{id_}.png"))

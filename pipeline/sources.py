@@ -5,6 +5,7 @@ that each exists (a missing shard is a config error, reported before any work st
 its size and, on object stores, its ETag: the commit record keeps both, and the student refuses a
 shard that changed since.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,15 @@ class InputShard:
     unit_size: int | None  # samples per unit; None: the whole shard is one unit
 
     def ref(self, start: int, stop: int, shard_samples: int | None) -> InputRef:
-        return InputRef(url=self.url, size=self.size, etag=self.etag, sample_start=start, sample_stop=stop,
-                        shard_samples=shard_samples, unit_size=self.unit_size or 0)
+        return InputRef(
+            url=self.url,
+            size=self.size,
+            etag=self.etag,
+            sample_start=start,
+            sample_stop=stop,
+            shard_samples=shard_samples,
+            unit_size=self.unit_size or 0,
+        )
 
 
 def shard_name(url: str) -> str:
@@ -70,8 +78,10 @@ def expand_source(index: int, source: SourceConfig) -> list[InputShard]:
         except ValueError as e:
             raise ConfigError(f"config key '{key}': {e}") from None
         if name in names:
-            raise ConfigError(f"config key '{key}': '{url}' and '{names[name]}' have the same shard name "
-                              f"'{name}'; shard names are part of sample identity within a source")
+            raise ConfigError(
+                f"config key '{key}': '{url}' and '{names[name]}' have the same shard name "
+                f"'{name}'; shard names are part of sample identity within a source"
+            )
         names[name] = url
 
     def stat(url: str) -> tuple[int, str | None]:
@@ -84,8 +94,10 @@ def expand_source(index: int, source: SourceConfig) -> list[InputShard]:
 
     with ThreadPoolExecutor(STAT_THREADS) as pool:
         stats = list(pool.map(stat, urls))
-    return [InputShard(source.name, source.kind, url, shard_name(url), size, etag, source.storage_options,
-                       source.unit_size) for url, (size, etag) in zip(urls, stats)]
+    return [
+        InputShard(source.name, source.kind, url, shard_name(url), size, etag, source.storage_options, source.unit_size)
+        for url, (size, etag) in zip(urls, stats)
+    ]
 
 
 def sidecar_success_counts(tar_url: str, storage_options: dict[str, Any] | None = None) -> dict[str, int]:

@@ -7,6 +7,7 @@ names or a file with one name per line; templates are the 80 OpenAI ones or the 
 The teacher must be the one the store's CLIP manifest names, if the store has one. A table made
 from the same class names, templates and teacher weights is kept, not rebuilt.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,14 +39,19 @@ def up_to_date(storage: Storage, rel: str, classnames: list[str], templates, wei
         return False
     table = pq.read_table(io.BytesIO(storage.read_bytes(rel)), columns=["class_name"])
     meta = table.schema.metadata or {}
-    return (table.column("class_name").to_pylist() == classnames
-            and meta.get(b"template_texts") == template_texts(templates).encode()
-            and meta.get(b"teacher_weights_sha256") == weights_sha256.encode())
+    return (
+        table.column("class_name").to_pylist() == classnames
+        and meta.get(b"template_texts") == template_texts(templates).encode()
+        and meta.get(b"teacher_weights_sha256") == weights_sha256.encode()
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.text_targets", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.text_targets",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_config_arguments(parser, "job config YAML: its store and clip.teacher are used")
     parser.add_argument("--name", required=True, help="table name: writes text/NAME.parquet")
     parser.add_argument("--classes", default="imagenet", help="'imagenet' or a file with one class name per line")
@@ -65,20 +71,30 @@ def main(argv: list[str] | None = None) -> int:
         diffs = differences(manifest.must_match["teacher"], teacher.fingerprint.must_match())
         if diffs:
             key, a, b = diffs[0]
-            raise ManifestMismatch(f"store {storage.url}: the CLIP targets come from another teacher "
-                                   f"(teacher.{key}: store has {a!r}, job has {b!r}); text embeddings must "
-                                   "come from the same teacher")
+            raise ManifestMismatch(
+                f"store {storage.url}: the CLIP targets come from another teacher "
+                f"(teacher.{key}: store has {a!r}, job has {b!r}); text embeddings must "
+                "come from the same teacher"
+            )
     templates = template_set(args.templates)
     if up_to_date(storage, layout.text_path(args.name), classnames, templates, teacher.fingerprint.weights_sha256):
-        print(f"text/{args.name}.parquet: up to date (the same {len(classnames)} classes, templates and teacher "
-              f"weights): kept")
+        print(
+            f"text/{args.name}.parquet: up to date (the same {len(classnames)} classes, templates and teacher "
+            f"weights): kept"
+        )
         return 0
-    table = text_table(class_text_embeddings(teacher.model, teacher.tokenizer, classnames, templates), classnames,
-                       args.templates, templates, {"teacher_arch": teacher.fingerprint.arch,
-                                                   "teacher_weights_sha256": teacher.fingerprint.weights_sha256})
+    table = text_table(
+        class_text_embeddings(teacher.model, teacher.tokenizer, classnames, templates),
+        classnames,
+        args.templates,
+        templates,
+        {"teacher_arch": teacher.fingerprint.arch, "teacher_weights_sha256": teacher.fingerprint.weights_sha256},
+    )
     entry = storage.write_bytes(layout.text_path(args.name), parquet_bytes(table))
-    print(f"text/{args.name}.parquet: {len(classnames)} classes x {len(templates)} templates, "
-          f"D={table.schema.field('embedding').type.list_size}, {entry.size / 1e3:.1f} kB")
+    print(
+        f"text/{args.name}.parquet: {len(classnames)} classes x {len(templates)} templates, "
+        f"D={table.schema.field('embedding').type.list_size}, {entry.size / 1e3:.1f} kB"
+    )
     return 0
 
 

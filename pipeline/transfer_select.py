@@ -18,6 +18,7 @@ searches deeper. With lists that deep, the result is the one full lists would gi
 index; an IVF index's lists also end where its probed lists do, and a query short for that reason
 is reported short, like one short of similar images).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,8 +36,14 @@ class Selection:
     needs_more: np.ndarray  # bool [q]
 
 
-def select_balanced(sims: np.ndarray, rows: np.ndarray, images: np.ndarray, ok: np.ndarray, per_query: int,
-                    min_similarity: float | None = None) -> Selection:
+def select_balanced(
+    sims: np.ndarray,
+    rows: np.ndarray,
+    images: np.ndarray,
+    ok: np.ndarray,
+    per_query: int,
+    min_similarity: float | None = None,
+) -> Selection:
     """sims float32 [q, c] (NaN: no candidate), rows int64 [q, c] (-1), images int64 [q, c] (the
     candidate's image), ok bool [q, c]; see the module docstring for the rule."""
     n_q, c = rows.shape
@@ -68,5 +75,11 @@ def select_balanced(sims: np.ndarray, rows: np.ndarray, images: np.ndarray, ok: 
     starts = np.searchsorted(query, np.arange(n_q))
     rank = (np.arange(len(query)) - starts[query]).astype(np.int32)
     full_list = real.all(axis=1) & (s[:, -1] >= floor) if c else np.zeros(n_q, bool)
-    return Selection(query, flat_rows[picked_a].astype(np.int64), flat_s[picked_a].astype(np.float32), rank,
-                     per_query - count, (count < per_query) & full_list)
+    return Selection(
+        query,
+        flat_rows[picked_a].astype(np.int64),
+        flat_s[picked_a].astype(np.float32),
+        rank,
+        per_query - count,
+        (count < per_query) & full_list,
+    )

@@ -18,6 +18,7 @@ Writes `subsets/NAME.parquet` (`storage_schemas.subsets`), `subsets/NAME.json` (
 index, K, held-out fraction, teacher fingerprint, shortfalls) and `subsets/NAME.png`, a contact
 sheet. Train on it with `--set data.clip.subset=NAME`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,20 +46,42 @@ FIRST_DEPTH = 4  # candidates searched per wanted view at first; x4 each time a 
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pipeline.transfer_set", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.transfer_set",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_config_arguments(p, "job config YAML: its store, clip.teacher, ray and retrieval sections are used")
-    p.add_argument("--query", required=True, metavar="DATA", help="query images: class folders, a folder, or .tar shards")
+    p.add_argument(
+        "--query", required=True, metavar="DATA", help="query images: class folders, a folder, or .tar shards"
+    )
     p.add_argument("--per-query", type=int, required=True, metavar="K", help="views selected per query image")
     p.add_argument("--name", required=True, help="writes subsets/NAME.parquet, .json and .png")
-    p.add_argument("--held-out", type=float, default=0.01, metavar="F",
-                   help="held-out fraction of the run that will train on it (never selected; default 0.01)")
-    p.add_argument("--views", type=int, choices=[0], default=None,
-                   help="search only the canonical view 0 (default: every stored view, i.e. crops)")
+    p.add_argument(
+        "--held-out",
+        type=float,
+        default=0.01,
+        metavar="F",
+        help="held-out fraction of the run that will train on it (never selected; default 0.01)",
+    )
+    p.add_argument(
+        "--views",
+        type=int,
+        choices=[0],
+        default=None,
+        help="search only the canonical view 0 (default: every stored view, i.e. crops)",
+    )
     p.add_argument("--min-similarity", type=float, default=None, metavar="S", help="select no view below cosine S")
-    p.add_argument("--exclude", default=None, metavar="DATA", help="an evaluation set whose near-duplicates are removed")
-    p.add_argument("--exclude-similarity", type=float, default=EXCLUDE_SIMILARITY, metavar="T",
-                   help=f"cosine at which a gallery image is a near-duplicate (default {EXCLUDE_SIMILARITY})")
+    p.add_argument(
+        "--exclude", default=None, metavar="DATA", help="an evaluation set whose near-duplicates are removed"
+    )
+    p.add_argument(
+        "--exclude-similarity",
+        type=float,
+        default=EXCLUDE_SIMILARITY,
+        metavar="T",
+        help=f"cosine at which a gallery image is a near-duplicate (default {EXCLUDE_SIMILARITY})",
+    )
     p.add_argument("--rebuild-index", action="store_true", help="build the index again (a stale one is refused)")
     args = p.parse_args(argv)
     if args.per_query < 1:
@@ -98,8 +121,9 @@ def excluded_images(gallery: Gallery, vectors: np.ndarray, threshold: float, cfg
     return {SampleId(r["source"], r["shard"], r["key"]) for r in found}
 
 
-def select(gallery: Gallery, vectors: np.ndarray, args: argparse.Namespace, excluded: set[SampleId],
-           cfg: JobConfig) -> tuple[Selection, pa.Table]:
+def select(
+    gallery: Gallery, vectors: np.ndarray, args: argparse.Namespace, excluded: set[SampleId], cfg: JobConfig
+) -> tuple[Selection, pa.Table]:
     """Query-balanced selection over candidate lists made deeper until no query runs out."""
     depth = FIRST_DEPTH * args.per_query
     while True:
@@ -112,9 +136,14 @@ def select(gallery: Gallery, vectors: np.ndarray, args: argparse.Namespace, excl
         r = gallery.rows[ids]
         image = r["unit"].astype(np.int64) << 32 | r["sample_index"].astype(np.int64)
         at = np.searchsorted(ids, np.maximum(rows, 0))
-        chosen = select_balanced(sims, rows, np.where(rows >= 0, image[at] if len(ids) else 0, -1),
-                                 (rows >= 0) & (usable[at] if len(ids) else False), args.per_query,
-                                 args.min_similarity)
+        chosen = select_balanced(
+            sims,
+            rows,
+            np.where(rows >= 0, image[at] if len(ids) else 0, -1),
+            (rows >= 0) & (usable[at] if len(ids) else False),
+            args.per_query,
+            args.min_similarity,
+        )
         if not chosen.needs_more.any() or n >= gallery.index.ntotal:
             return chosen, found
         depth *= 4
@@ -123,11 +152,19 @@ def select(gallery: Gallery, vectors: np.ndarray, args: argparse.Namespace, excl
 def subset_table(chosen: Selection, found: pa.Table, query_ids: np.ndarray) -> pa.Table:
     at = np.searchsorted(found.column("row").to_numpy(), chosen.row)
     meta = found.take(pa.array(at))
-    return pa.table({
-        "source": meta.column("source"), "shard": meta.column("shard"), "unit": meta.column("unit"),
-        "key": meta.column("key"), "sample_index": meta.column("sample_index"), "view": meta.column("view"),
-        "query_id": pa.array(query_ids[chosen.query].astype(np.int32)), "similarity": pa.array(chosen.similarity),
-        "rank": pa.array(chosen.rank)})
+    return pa.table(
+        {
+            "source": meta.column("source"),
+            "shard": meta.column("shard"),
+            "unit": meta.column("unit"),
+            "key": meta.column("key"),
+            "sample_index": meta.column("sample_index"),
+            "view": meta.column("view"),
+            "query_id": pa.array(query_ids[chosen.query].astype(np.int32)),
+            "similarity": pa.array(chosen.similarity),
+            "rank": pa.array(chosen.rank),
+        }
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,32 +184,67 @@ def main(argv: list[str] | None = None) -> int:
     if args.exclude:
         ex_set, _, ex_vectors = embedded(cfg, store, must, args.exclude, "exclude")
         excluded = excluded_images(gallery, ex_vectors, args.exclude_similarity, cfg) if len(ex_vectors) else set()
-        exclude_info = {"spec": args.exclude, "checksum": ex_set.checksum, "images": len(ex_set),
-                        "similarity": args.exclude_similarity, "gallery_images_removed": len(excluded)}
+        exclude_info = {
+            "spec": args.exclude,
+            "checksum": ex_set.checksum,
+            "images": len(ex_set),
+            "similarity": args.exclude_similarity,
+            "gallery_images_removed": len(excluded),
+        }
     chosen, found = select(gallery, vectors, args, excluded, cfg)
     table = subset_table(chosen, found, query_ids)
     short = {queries.keys[q]: int(n) for q, n in zip(query_ids, chosen.short) if n}
     failed = [queries.keys[i] for i in sorted(set(range(len(queries))) - set(query_ids.tolist()))]
     teacher = must["teacher"]
     subset_manifest = {
-        "name": args.name, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "query": {"spec": args.query, "checksum": queries.checksum, "images": len(queries),
-                  "embedded": len(query_ids), "failed": failed},
-        "per_query": args.per_query, "held_out": args.held_out, "min_similarity": args.min_similarity,
-        "views": gallery.meta["views"], "exclude": exclude_info,
-        "index": {"name": gallery.name, "factory": gallery.meta["factory"], "vectors": gallery.meta["vectors"],
-                  "units": len(gallery.units), "nprobe": cfg.retrieval.nprobe, "rerank": cfg.retrieval.rerank},
+        "name": args.name,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "query": {
+            "spec": args.query,
+            "checksum": queries.checksum,
+            "images": len(queries),
+            "embedded": len(query_ids),
+            "failed": failed,
+        },
+        "per_query": args.per_query,
+        "held_out": args.held_out,
+        "min_similarity": args.min_similarity,
+        "views": gallery.meta["views"],
+        "exclude": exclude_info,
+        "index": {
+            "name": gallery.name,
+            "factory": gallery.meta["factory"],
+            "vectors": gallery.meta["vectors"],
+            "units": len(gallery.units),
+            "nprobe": cfg.retrieval.nprobe,
+            "rerank": cfg.retrieval.rerank,
+        },
         "teacher": {"arch": teacher["arch"], "weights_sha256": teacher["weights_sha256"]},
-        "rows": table.num_rows, "samples": len(set(zip(*(table.column(c).to_pylist() for c in ("source", "shard", "key"))))),
+        "rows": table.num_rows,
+        "samples": len(set(zip(*(table.column(c).to_pylist() for c in ("source", "shard", "key"))))),
         "short": short,
     }
     write_subset(store.storage, args.name, table, subset_manifest)
-    store.storage.write_bytes(layout.subset_path(args.name, ".png"), contact_sheet(
-        store, queries, table, storage_options=cfg.store.storage_options))
+    store.storage.write_bytes(
+        layout.subset_path(args.name, ".png"),
+        contact_sheet(store, queries, table, storage_options=cfg.store.storage_options),
+    )
     sims = table.column("similarity").to_numpy()
-    print(format_table(["subset", "queries", "views", "samples", "short", "similarity min/median"], [[
-        args.name, f"{len(query_ids)}/{len(queries)}", str(table.num_rows), str(subset_manifest["samples"]),
-        str(sum(short.values())), f"{sims.min():.3f} / {np.median(sims):.3f}" if len(sims) else "-"]]))
+    print(
+        format_table(
+            ["subset", "queries", "views", "samples", "short", "similarity min/median"],
+            [
+                [
+                    args.name,
+                    f"{len(query_ids)}/{len(queries)}",
+                    str(table.num_rows),
+                    str(subset_manifest["samples"]),
+                    str(sum(short.values())),
+                    f"{sims.min():.3f} / {np.median(sims):.3f}" if len(sims) else "-",
+                ]
+            ],
+        )
+    )
     for key, n in list(short.items())[:10]:
         print(f"  query {key}: {n} of {args.per_query} views short (min similarity or gallery too small)")
     print(f"wrote {store.storage.url_of(layout.subset_path(args.name))} (+ .json, contact sheet .png)")

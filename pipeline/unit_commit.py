@@ -9,6 +9,7 @@ exists the unit does not count, so a crash anywhere before it leaves at most fil
 a part that no record lists (a dropped duplicate, an attempt killed after writing) is removed
 after the unit commits, and `python -m pipeline.validate --gc` removes any that remain.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,9 +39,17 @@ def commit_unit(storage: Storage, kind: str, c: UnitCollector, policy_hash: str)
         table = pa.Table.from_pylist(errors, schema=ERRORS_SCHEMA)
         files.append(storage.write_bytes(layout.errors_path(kind, c.shard.source, c.unit), parquet_bytes(table)))
     record = CommitRecord(
-        kind=kind, source=c.shard.source, shard=c.shard.name, unit=c.unit, input=c.input_ref(),
-        n_input=c.n_in_unit, n_stored=len(c.covered), n_errors=len(errors),
-        rows={**c.rows(), "errors": len(errors)}, files=files, policy_hash=policy_hash,
+        kind=kind,
+        source=c.shard.source,
+        shard=c.shard.name,
+        unit=c.unit,
+        input=c.input_ref(),
+        n_input=c.n_in_unit,
+        n_stored=len(c.covered),
+        n_errors=len(errors),
+        rows={**c.rows(), "errors": len(errors)},
+        files=files,
+        policy_hash=policy_hash,
         parts=[p.name for p in parts],
     )
     kill_point("after_data_before_commit")
@@ -63,8 +72,9 @@ def remove_quietly(storage: Storage, paths: list[str]) -> int:
             storage.remove(rel)
             removed += 1
         except (StorageFailure, OSError) as e:
-            log.warning("%s: not removed (%s); `python -m pipeline.validate --gc` removes it later",
-                        storage.url_of(rel), e)
+            log.warning(
+                "%s: not removed (%s); `python -m pipeline.validate --gc` removes it later", storage.url_of(rel), e
+            )
     return removed
 
 
@@ -74,8 +84,13 @@ def remove_leftovers(storage: Storage, record: CommitRecord) -> int:
     try:
         paths = unit_paths(storage, record.kind, record.source, record.unit)
     except (StorageFailure, OSError) as e:
-        log.warning("unit %s/%s/%s: leftovers not listed (%s); `validate --gc` removes them later",
-                    record.kind, record.source, record.unit, e)
+        log.warning(
+            "unit %s/%s/%s: leftovers not listed (%s); `validate --gc` removes them later",
+            record.kind,
+            record.source,
+            record.unit,
+            e,
+        )
         return 0
     return remove_quietly(storage, [p for p in paths if p not in keep])
 
@@ -85,8 +100,9 @@ def remove_part_files(storage: Storage, row: dict) -> int:
     return remove_quietly(storage, [f["path"] for f in json.loads(row["part_files"])])
 
 
-def remove_pending_leftovers(storage: Storage, kind: str, shards: list[InputShard],
-                             committed: set[tuple[str, str]]) -> list[str]:
+def remove_pending_leftovers(
+    storage: Storage, kind: str, shards: list[InputShard], committed: set[tuple[str, str]]
+) -> list[str]:
     """Before a run: remove the files of this job's units that have no record (earlier attempts).
 
     A file belongs to a unit by its path: `KIND/SOURCE/UNIT/...` or `_errors/KIND/SOURCE/UNIT.parquet`,
@@ -99,8 +115,7 @@ def remove_pending_leftovers(storage: Storage, kind: str, shards: list[InputShar
     sources = sorted({s.source for s in shards})
 
     def listing(source: str) -> list[str]:
-        return (storage.list_files(f"{kind}/{source}")
-                + storage.list_files(f"{layout.ERRORS_DIR}/{kind}/{source}"))
+        return storage.list_files(f"{kind}/{source}") + storage.list_files(f"{layout.ERRORS_DIR}/{kind}/{source}")
 
     def pending(rel: str, source: str) -> bool:
         head = rel.split("/")
@@ -114,7 +129,8 @@ def remove_pending_leftovers(storage: Storage, kind: str, shards: list[InputShar
         return (source, unit) in whole or ((source, shard) in parted and part.isdigit())
 
     with ThreadPoolExecutor(READ_THREADS) as pool:
-        stale = [rel for source, files in zip(sources, pool.map(listing, sources))
-                 for rel in files if pending(rel, source)]
+        stale = [
+            rel for source, files in zip(sources, pool.map(listing, sources)) for rel in files if pending(rel, source)
+        ]
         list(pool.map(storage.remove, stale))
     return stale

@@ -12,6 +12,7 @@ Row protocol (one Ray row per sample into the teacher stage, every kind):
 plus the kind's own columns (pixels, prompts ...) on the way in; on the way out the teacher
 stage replaces `ok` rows by `part` rows (pipeline.parts).
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,21 @@ log = logging.getLogger(__name__)
 
 OK, ERROR, END, UNIT_FAILED = "ok", "error", "end", "unit_failed"
 PART, TEACHER_FAILED = "part", "teacher_failed"
-PROTOCOL_COLUMNS = ("source", "shard", "unit", "part_start", "status", "sample_index", "key", "members",
-                    "reason", "detail", "n_in_unit", "shard_samples", "storage_retries")
+PROTOCOL_COLUMNS = (
+    "source",
+    "shard",
+    "unit",
+    "part_start",
+    "status",
+    "sample_index",
+    "key",
+    "members",
+    "reason",
+    "detail",
+    "n_in_unit",
+    "shard_samples",
+    "storage_retries",
+)
 
 
 @dataclass(frozen=True)
@@ -71,10 +85,21 @@ class ShardTask:
         return unit_name(self.shard, part if self.unit_size else None)
 
     def base_row(self, status: str, part: int) -> dict[str, Any]:
-        return {"source": self.source, "shard": self.shard, "unit": self.unit_of(part),
-                "part_start": part * self.unit_size, "status": status, "sample_index": -1, "key": "",
-                "members": "[]", "reason": "", "detail": "", "n_in_unit": 0, "shard_samples": -1,
-                "storage_retries": "{}"}
+        return {
+            "source": self.source,
+            "shard": self.shard,
+            "unit": self.unit_of(part),
+            "part_start": part * self.unit_size,
+            "status": status,
+            "sample_index": -1,
+            "key": "",
+            "members": "[]",
+            "reason": "",
+            "detail": "",
+            "n_in_unit": 0,
+            "shard_samples": -1,
+            "storage_retries": "{}",
+        }
 
     def pending(self, part: int) -> bool:
         return part in self.read_parts if self.read_parts is not None else part not in self.skip_parts
@@ -95,11 +120,14 @@ def committed_parts(shard: InputShard, committed: list[CommitRecord]) -> list[in
             raise ConfigError(
                 f"source '{shard.source}': shard {shard.name} was committed with unit_size "
                 f"{_unit_size_text(r.input.unit_size)}, this job has {_unit_size_text(shard.unit_size)}; "
-                "keep the store's unit_size (or leave it unset)")
+                "keep the store's unit_size (or leave it unset)"
+            )
         change = input_change(r.input, shard.size, shard.etag)
         if change:
-            raise StoreError(f"input {shard.url} changed since unit {r.unit} was committed ({change}); "
-                             "restore it, or write to a new store")
+            raise StoreError(
+                f"input {shard.url} changed since unit {r.unit} was committed ({change}); "
+                "restore it, or write to a new store"
+            )
     if not shard.unit_size:
         return None if committed else []
     done = {r.input.sample_start // shard.unit_size for r in committed}
@@ -113,13 +141,25 @@ def _unit_size_text(unit_size: int | None) -> str:
     return str(unit_size) if unit_size else "0 (whole shards)"
 
 
-def shard_task(shard: InputShard, skip_parts: list[int], store: Storage, write_index: bool,
-               read_parts: list[int] | None = None) -> dict[str, Any]:
+def shard_task(
+    shard: InputShard, skip_parts: list[int], store: Storage, write_index: bool, read_parts: list[int] | None = None
+) -> dict[str, Any]:
     """A read task's row: the shard streamed (skipping `skip_parts`; with `write_index`, writing
     its tar index into `store` at the end), or `read_parts` by range through that index."""
-    return ShardTask(shard.source, shard.name, shard.url, json.dumps(shard.storage_options),
-                     shard.unit_size or 0, skip_parts, shard.kind, shard.size, shard.etag,
-                     json.dumps([store.url, store.storage_options]), write_index, read_parts).__dict__
+    return ShardTask(
+        shard.source,
+        shard.name,
+        shard.url,
+        json.dumps(shard.storage_options),
+        shard.unit_size or 0,
+        skip_parts,
+        shard.kind,
+        shard.size,
+        shard.etag,
+        json.dumps([store.url, store.storage_options]),
+        write_index,
+        read_parts,
+    ).__dict__
 
 
 BlankFn = Callable[[ShardTask, str, int], dict[str, Any]]  # (task, status, part): an empty row of the kind
@@ -127,8 +167,12 @@ BlankFn = Callable[[ShardTask, str, int], dict[str, Any]]  # (task, status, part
 SampleFn = Callable[[dict[str, Any], TarSample], dict[str, Any]]
 
 
-def read_shard(row: dict[str, Any], make_sample: SampleFn, columns: dict[str, Any],
-               end_note: Callable[[ShardTask, dict, int], str] | None = None) -> Iterator[dict[str, Any]]:
+def read_shard(
+    row: dict[str, Any],
+    make_sample: SampleFn,
+    columns: dict[str, Any],
+    end_note: Callable[[ShardTask, dict, int], str] | None = None,
+) -> Iterator[dict[str, Any]]:
     """One read task: a row per sample of each pending unit, an `end` row per unit with its
     count, or a `unit_failed` row if a unit cannot be read to its end. columns: the kind's own
     columns with their empty values, on every row (Ray's blocks need one schema)."""
@@ -153,13 +197,15 @@ def read_shard(row: dict[str, Any], make_sample: SampleFn, columns: dict[str, An
 
 def _sample_row(task: ShardTask, part: int, sample: TarSample, blank: BlankFn, make_sample: SampleFn) -> dict:
     row = blank(task, OK, part)
-    row.update(sample_index=sample.index - part * task.unit_size, key=sample.key,
-               members=json.dumps(sample.member_names()))
+    row.update(
+        sample_index=sample.index - part * task.unit_size, key=sample.key, members=json.dumps(sample.member_names())
+    )
     return make_sample(row, sample)
 
 
-def _read_part(task: ShardTask, options: dict, index: TarIndex, part: int, make_sample: SampleFn, blank: BlankFn,
-               end_note) -> Iterator[dict[str, Any]]:
+def _read_part(
+    task: ShardTask, options: dict, index: TarIndex, part: int, make_sample: SampleFn, blank: BlankFn, end_note
+) -> Iterator[dict[str, Any]]:
     """One part by range: its samples, then its end row (which knows the shard's count)."""
     start = part * task.unit_size
     stop = min(start + task.unit_size, index.n_samples)
@@ -183,8 +229,9 @@ def _failed_row(task: ShardTask, part: int, e: Exception, blank: BlankFn) -> dic
     return failed
 
 
-def _stream_shard(task: ShardTask, options: dict, make_sample: SampleFn, blank: BlankFn,
-                  end_note) -> Iterator[dict[str, Any]]:
+def _stream_shard(
+    task: ShardTask, options: dict, make_sample: SampleFn, blank: BlankFn, end_note
+) -> Iterator[dict[str, Any]]:
     """The shard from its start. Samples of parts not pending are counted, not read. Read to
     its end, the shard's tar index is written where the task says so."""
     part, count, total = 0, 0, 0
@@ -216,8 +263,9 @@ def _stream_shard(task: ShardTask, options: dict, make_sample: SampleFn, blank: 
     if task.write_index:
         store = task.store()
         try:
-            write_tar_index(store, task.kind, task.source, task.shard,
-                            make_tar_index(task.url, task.size, task.etag, index_rows_))
+            write_tar_index(
+                store, task.kind, task.source, task.shard, make_tar_index(task.url, task.size, task.etag, index_rows_)
+            )
         except Exception as e:  # the targets do not need it: later reads stream the shard instead
             note = f"tar index not written ({type(e).__name__}: {e})"
         retried = dict(store.retries)
@@ -261,10 +309,16 @@ class UnitCollector:
             self.n_in_unit, self.note = int(row["n_in_unit"]), str(row["detail"])
             self.shard_samples = int(row["shard_samples"]) if row["shard_samples"] >= 0 else None
         elif row["status"] == PART:
-            part = Part(str(row["part"]), np.frombuffer(row["part_samples"], np.int32),
-                        [FileEntry(**f) for f in json.loads(row["part_files"])], json.loads(row["part_rows"]))
+            part = Part(
+                str(row["part"]),
+                np.frombuffer(row["part_samples"], np.int32),
+                [FileEntry(**f) for f in json.loads(row["part_files"])],
+                json.loads(row["part_rows"]),
+            )
             samples = set(part.samples.tolist())
-            if not samples & self.covered and not samples & self.errors.keys():  # else dropped: its files go after the commit
+            if (
+                not samples & self.covered and not samples & self.errors.keys()
+            ):  # else dropped: its files go after the commit
                 self.parts.append(part)
                 self.covered |= samples
         elif row["status"] == ERROR and int(row["sample_index"]) not in self.covered:
@@ -286,9 +340,20 @@ class UnitCollector:
 
     def error_rows(self, kind: str) -> list[dict]:
         """Rows of the errors table (storage_schemas.tables.ERRORS_SCHEMA)."""
-        return [dict(kind=kind, source=self.shard.source, shard=self.shard.name, unit=self.unit,
-                     key=str(e["key"]), sample_index=int(e["sample_index"]), members=json.loads(str(e["members"])),
-                     reason=str(e["reason"]), detail=str(e["detail"])) for _, e in sorted(self.errors.items())]
+        return [
+            dict(
+                kind=kind,
+                source=self.shard.source,
+                shard=self.shard.name,
+                unit=self.unit,
+                key=str(e["key"]),
+                sample_index=int(e["sample_index"]),
+                members=json.loads(str(e["members"])),
+                reason=str(e["reason"]),
+                detail=str(e["detail"]),
+            )
+            for _, e in sorted(self.errors.items())
+        ]
 
     def input_ref(self):
         return self.shard.ref(self.part_start, self.part_start + self.n_in_unit, self.shard_samples)

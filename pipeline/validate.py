@@ -16,6 +16,7 @@ attempt in flight has not written its record yet.
 
 Exit status 0 when no problem is found, 1 otherwise, with one line per problem naming the file.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,16 +53,27 @@ class Report:
         self.problems.append((where, what))
 
     def to_dict(self) -> dict:
-        return {"ok": not self.problems, "units": self.units, "files": self.files, "bytes": self.bytes,
-                "problems": [{"path": p, "problem": w} for p, w in self.problems], "orphans": self.orphans,
-                "removed": self.removed}
+        return {
+            "ok": not self.problems,
+            "units": self.units,
+            "files": self.files,
+            "bytes": self.bytes,
+            "problems": [{"path": p, "problem": w} for p, w in self.problems],
+            "orphans": self.orphans,
+            "removed": self.removed,
+        }
 
 
 def check_files(storage: Storage, record: CommitRecord, hashes: bool) -> list[tuple[str, str]]:
     out = []
     for entry in record.files:
         if not storage.exists(entry.path):
-            out.append((entry.path, f"missing: listed by the commit record of unit {record.kind}/{record.source}/{record.unit}"))
+            out.append(
+                (
+                    entry.path,
+                    f"missing: listed by the commit record of unit {record.kind}/{record.source}/{record.unit}",
+                )
+            )
             continue
         if hashes:
             actual = storage.file_entry(entry.path)
@@ -110,8 +122,13 @@ def check_counts_and_content(storage: Storage, record: CommitRecord, manifest: M
         """Stored samples and errors: disjoint, and together every sample of the unit once."""
         both = set(stored.tolist()) & error_index
         if both or set(stored.tolist()) | error_index != set(range(record.n_input)):
-            out.append((where, f"stored samples and errors do not cover samples 0..{record.n_input - 1} once "
-                               f"({len(both)} in both)"))
+            out.append(
+                (
+                    where,
+                    f"stored samples and errors do not cover samples 0..{record.n_input - 1} once "
+                    f"({len(both)} in both)",
+                )
+            )
 
     mm = manifest.must_match
     if record.kind == "clip":
@@ -124,8 +141,13 @@ def check_counts_and_content(storage: Storage, record: CommitRecord, manifest: M
         coverage(rel, index)
         samples = len(np.unique(index))
         if views.num_rows != rows.get("views") or samples != record.n_stored or views.num_rows != samples * k:
-            out.append((rel, f"{views.num_rows} rows over {samples} samples; the commit record says "
-                             f"{rows.get('views')} rows, {record.n_stored} samples, {k} views each"))
+            out.append(
+                (
+                    rel,
+                    f"{views.num_rows} rows over {samples} samples; the commit record says "
+                    f"{rows.get('views')} rows, {record.n_stored} samples, {k} views each",
+                )
+            )
         emb = views.column("embedding").combine_chunks()
         if emb.type.list_size != width:
             out.append((rel, f"embeddings of width {emb.type.list_size}, the manifest says {width}"))
@@ -145,8 +167,13 @@ def check_counts_and_content(storage: Storage, record: CommitRecord, manifest: M
         out.append((rel, f"{n_images} image rows, the commit record says {record.n_stored} stored images"))
     rel_p, prompts = _table(storage, record, "prompts", ["sample_index", "slot"])
     if (0 if prompts is None else prompts.num_rows) != rows.get("prompts", 0):
-        out.append((rel_p, f"{0 if prompts is None else prompts.num_rows} prompt rows, the commit record says "
-                           f"{rows.get('prompts', 0)}"))
+        out.append(
+            (
+                rel_p,
+                f"{0 if prompts is None else prompts.num_rows} prompt rows, the commit record says "
+                f"{rows.get('prompts', 0)}",
+            )
+        )
     if images is None or prompts is None:
         return out
     policy = mm["policy"]
@@ -158,7 +185,9 @@ def check_counts_and_content(storage: Storage, record: CommitRecord, manifest: M
         return out + [(groups[0], f"logits array cannot be opened ({type(e).__name__}: {e})")]
     for rel, a, n in zip(groups, array.arrays, array.part_sizes):
         if tuple(a.shape) != (n, *trailing):
-            return out + [(rel, f"logits shape {tuple(a.shape)}, expected {(n, *trailing)} (its images table has {n} rows)")]
+            return out + [
+                (rel, f"logits shape {tuple(a.shape)}, expected {(n, *trailing)} (its images table has {n} rows)")
+            ]
     images = images.sort_by("sample_index")  # the image axis of the unit's logits is in sample order
     index = images.column("sample_index").to_numpy()
     p_index, p_slot = prompts.column("sample_index").to_numpy(), prompts.column("slot").to_numpy()
@@ -171,7 +200,9 @@ def check_counts_and_content(storage: Storage, record: CommitRecord, manifest: M
             out.append((rel_z, f"image {n}: chunk cannot be read ({type(e).__name__}: {e})"))
             continue
         if not np.isfinite(logits).all():
-            out.append((rel_z, f"image {n}: {int((~np.isfinite(logits)).sum())} logits in prompted slots are not finite"))
+            out.append(
+                (rel_z, f"image {n}: {int((~np.isfinite(logits)).sum())} logits in prompted slots are not finite")
+            )
     return out
 
 
@@ -199,9 +230,12 @@ def validate(storage: Storage, hashes: bool = True, workers: int = 8) -> Report:
                 record = CommitRecord.from_json(storage.read_bytes(rel))
             except (ValueError, KeyError, TypeError) as e:
                 report.add(rel, f"commit record does not parse ({type(e).__name__}: {e}); its unit's files are kept")
-                source, _, unit = rel[len(f"{layout.COMMITS_DIR}/{kind}/"):-len(".json")].partition("/")
-                kept += [layout.unit_data_path(kind, source, unit, "."), layout.unit_dir(kind, source, unit) + "/",
-                         layout.errors_path(kind, source, unit)]
+                source, _, unit = rel[len(f"{layout.COMMITS_DIR}/{kind}/") : -len(".json")].partition("/")
+                kept += [
+                    layout.unit_data_path(kind, source, unit, "."),
+                    layout.unit_dir(kind, source, unit) + "/",
+                    layout.errors_path(kind, source, unit),
+                ]
                 continue
             if record.path != rel:
                 report.add(rel, f"commit record of {record.kind}/{record.source}/{record.unit} at the wrong path")
@@ -218,8 +252,9 @@ def validate(storage: Storage, hashes: bool = True, workers: int = 8) -> Report:
                 return found + [(e.rel, str(e))]
 
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            for record, found in zip(records, tqdm(pool.map(check, records), total=len(records),
-                                                   desc=f"{kind} units checked", unit="unit")):
+            for record, found in zip(
+                records, tqdm(pool.map(check, records), total=len(records), desc=f"{kind} units checked", unit="unit")
+            ):
                 report.units += 1
                 report.files += len(record.files)
                 report.bytes += sum(f.size for f in record.files)
@@ -230,8 +265,9 @@ def validate(storage: Storage, hashes: bool = True, workers: int = 8) -> Report:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.validate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.validate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("root", help="the store's URL (credentials from the environment)")
     parser.add_argument("--sizes-only", action="store_true", help="compare sizes, not checksums (no full read)")
     parser.add_argument("--gc", action="store_true", help="delete files no commit record lists")
@@ -245,14 +281,19 @@ def main(argv: list[str] | None = None) -> int:
         for rel in report.orphans:
             storage.remove(rel)
             report.removed.append(rel)
-    print(f"store {storage.url}: {report.units} units, {report.files} files, {report.bytes / 1e6:.2f} MB checked"
-          f"{' (sizes only)' if args.sizes_only else ''}")
+    print(
+        f"store {storage.url}: {report.units} units, {report.files} files, {report.bytes / 1e6:.2f} MB checked"
+        f"{' (sizes only)' if args.sizes_only else ''}"
+    )
     for rel, what in report.problems:
         print(f"  PROBLEM {rel}: {what}")
     verb = "removed" if args.gc else "not listed by any commit record (--gc removes them)"
     if report.orphans:
-        print(f"  {len(report.orphans)} files {verb}: " + ", ".join(report.orphans[:5])
-              + (" ..." if len(report.orphans) > 5 else ""))
+        print(
+            f"  {len(report.orphans)} files {verb}: "
+            + ", ".join(report.orphans[:5])
+            + (" ..." if len(report.orphans) > 5 else "")
+        )
     print("ok: no problem found" if not report.problems else f"{len(report.problems)} problems")
     if args.json:
         with open(args.json, "w") as f:

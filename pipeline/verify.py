@@ -11,6 +11,7 @@ from the input shards the commit records name, and runs the teacher of JOB.yaml 
 The teacher must be the store's: its weights' sha256 must equal the manifest's. Exit 0 when every
 figure is within tolerance (--min-cosine, --max-logit-diff), 1 otherwise; 2 for bad input.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,14 +79,17 @@ def read_samples(record: CommitRecord, indices: set[int], storage_options: dict)
 def check_teacher(store: TargetStore, kind: str, fingerprint_sha: str) -> None:
     want = store.manifest(kind).must_match["teacher"]["weights_sha256"]
     if want != fingerprint_sha:
-        raise ManifestMismatch(f"store {store.url}: the {kind} targets come from weights {want[:12]}..., the config's "
-                               f"teacher has {fingerprint_sha[:12]}...; verify needs the store's own teacher")
+        raise ManifestMismatch(
+            f"store {store.url}: the {kind} targets come from weights {want[:12]}..., the config's "
+            f"teacher has {fingerprint_sha[:12]}...; verify needs the store's own teacher"
+        )
 
 
 def verify_clip(store: TargetStore, cfg: JobConfig, draws, min_cosine: float) -> KindResult:
     must = store.manifest("clip").must_match
-    stage = ClipTeacherStage(cfg.clip.teacher, RenderSpec.of_job(cfg, must), store.storage, must["compute_dtype"],
-                             torch.get_num_threads())
+    stage = ClipTeacherStage(
+        cfg.clip.teacher, RenderSpec.of_job(cfg, must), store.storage, must["compute_dtype"], torch.get_num_threads()
+    )
     check_teacher(store, "clip", stage.teacher.fingerprint.weights_sha256)
     pp = must["teacher"]["preprocess"]
     size, interpolation = int(pp["size"][0]), pp["interpolation"]
@@ -97,8 +101,9 @@ def verify_clip(store: TargetStore, cfg: JobConfig, draws, min_cosine: float) ->
         images = read_samples(record, set(wanted), cfg.store.storage_options)
         for sample_index, n in wanted.items():
             decoded = decode_image(images[sample_index], must["policy"]["max_image_pixels"], draft_side_for(size)).image
-            pixels = np.stack([render_view(decoded, c, f, size, interpolation)
-                               for c, f in zip(views.crops[n], views.flips[n])])
+            pixels = np.stack(
+                [render_view(decoded, c, f, size, interpolation) for c, f in zip(views.crops[n], views.flips[n])]
+            )
             hashes = [view_hash(p) for p in pixels]
             got = stage.embed(pixels).astype(np.float32)
             want = views.embeddings[n].astype(np.float32)
@@ -116,8 +121,12 @@ def verify_clip(store: TargetStore, cfg: JobConfig, draws, min_cosine: float) ->
 
 def verify_sam(store: TargetStore, cfg: JobConfig, draws, max_logit_diff: float) -> KindResult:
     must = store.manifest("sam").must_match
-    stage = SamTeacherStage(PromptSpec(cfg.seed, cfg.sam, cfg.max_image_pixels), store.storage, must["compute_dtype"],
-                            torch.get_num_threads())
+    stage = SamTeacherStage(
+        PromptSpec(cfg.seed, cfg.sam, cfg.max_image_pixels),
+        store.storage,
+        must["compute_dtype"],
+        torch.get_num_threads(),
+    )
     check_teacher(store, "sam", stage.teacher.fingerprint.weights_sha256)
     policy, precision = must["policy"], must["precision"]
     result = KindResult()
@@ -135,8 +144,16 @@ def verify_sam(store: TargetStore, cfg: JobConfig, draws, max_logit_diff: float)
             rgb = np.asarray(decode_image(data[sample_index], policy["max_image_pixels"]).image)
             resized = sam_input_image(rgb)
             p = prompts[sample_index]
-            logits, _ = stage.predict_image(pad_image(resized), resized.shape[:2], rgb.shape[:2], p.structure, p.boxes,
-                                            p.points, p.labels, n_prompts)
+            logits, _ = stage.predict_image(
+                pad_image(resized),
+                resized.shape[:2],
+                rgb.shape[:2],
+                p.structure,
+                p.boxes,
+                p.points,
+                p.labels,
+                n_prompts,
+            )
             slots = [r * int(policy["prompts"]) + p for r in range(int(policy["rounds"])) for p in range(n_prompts)]
             stored = decode_logits(array[row][slots], precision)
             got = logits[slots]
@@ -153,12 +170,21 @@ def verify_sam(store: TargetStore, cfg: JobConfig, draws, max_logit_diff: float)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.verify", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.verify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("root", help="the store's URL")
-    parser.add_argument("--config", required=True, help="job config YAML naming the teachers (its store is replaced by ROOT)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key (repeatable)")
+    parser.add_argument(
+        "--config", required=True, help="job config YAML naming the teachers (its store is replaced by ROOT)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable)",
+    )
     parser.add_argument("--sample", type=int, default=8, help="samples of each kind to recompute")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-cosine", type=float, default=0.999, help="CLIP: worst cosine accepted")

@@ -1,4 +1,5 @@
 """`python -m storage_schemas ROOT`: what a store holds, per kind (committed units only)."""
+
 from __future__ import annotations
 
 import argparse
@@ -24,11 +25,26 @@ def main(argv: list[str] | None = None) -> int:
     if not kinds:
         print("  (no manifest yet: nothing materialized)")
     else:
-        rows = [[kind, s["teacher"], s["policy_hash"], str(s["units"]), f"{s['samples_stored']}/{s['samples_in']}",
-                 str(s["samples_errors"]), ", ".join(f"{k} {v:,}" for k, v in sorted(s["rows"].items())),
-                 f"{s['bytes'] / 1e6:.2f} MB"] for kind, s in ((k, summary[k]) for k in kinds)]
-        print(format_table(["kind", "teacher", "policy", "units", "samples stored", "in errors", "table rows",
-                            "size"], rows, indent="  "))
+        rows = [
+            [
+                kind,
+                s["teacher"],
+                s["policy_hash"],
+                str(s["units"]),
+                f"{s['samples_stored']}/{s['samples_in']}",
+                str(s["samples_errors"]),
+                ", ".join(f"{k} {v:,}" for k, v in sorted(s["rows"].items())),
+                f"{s['bytes'] / 1e6:.2f} MB",
+            ]
+            for kind, s in ((k, summary[k]) for k in kinds)
+        ]
+        print(
+            format_table(
+                ["kind", "teacher", "policy", "units", "samples stored", "in errors", "table rows", "size"],
+                rows,
+                indent="  ",
+            )
+        )
     texts = store.text_names()
     if texts:
         print(f"  text tables: {', '.join(texts)}")

@@ -1,4 +1,5 @@
 """Checkpoint files: fetching from any fsspec URL, loading on CPU safely, checksums, mismatches."""
+
 from __future__ import annotations
 
 import hashlib
@@ -22,7 +23,7 @@ def is_path_like(spec: str) -> bool:
 def fetch_checkpoint(url: str, storage_options: dict[str, Any] | None = None) -> str:
     """A local path for `url`: local paths as they are, remote files copied once into a cache."""
     if "://" not in url or url.startswith("file://"):
-        path = url[len("file://"):] if url.startswith("file://") else url
+        path = url[len("file://") :] if url.startswith("file://") else url
         if not os.path.isfile(path):
             raise CheckpointError(f"checkpoint file '{path}' not found")
         return path
@@ -32,8 +33,9 @@ def fetch_checkpoint(url: str, storage_options: dict[str, Any] | None = None) ->
         info = fs.info(path)
         # Keyed by what the object is now, so a checkpoint replaced under the same URL is fetched again.
         version = [url, info.get("size"), info.get("ETag") or info.get("etag") or info.get("mtime")]
-        local = os.path.join(cache, hashlib.sha256(repr(version).encode()).hexdigest()[:16],
-                             os.path.basename(url.rstrip("/")))
+        local = os.path.join(
+            cache, hashlib.sha256(repr(version).encode()).hexdigest()[:16], os.path.basename(url.rstrip("/"))
+        )
         if os.path.isfile(local):
             return local
         os.makedirs(os.path.dirname(local), exist_ok=True)
@@ -82,8 +84,10 @@ def describe_mismatch(model_sd: dict[str, torch.Tensor], ckpt_sd: dict[str, torc
     parts = []
     if shapes:
         k = shapes[0]
-        parts.append(f"{len(shapes)} shape mismatches (e.g. {k}: checkpoint {list(ckpt_sd[k].shape)}, "
-                     f"model {list(model_sd[k].shape)})")
+        parts.append(
+            f"{len(shapes)} shape mismatches (e.g. {k}: checkpoint {list(ckpt_sd[k].shape)}, "
+            f"model {list(model_sd[k].shape)})"
+        )
     if missing:
         parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
     if unexpected:

@@ -9,6 +9,7 @@ teacher (`pipeline.text_targets`); evaluation reads them back, or builds them fr
 it was given and caches them in the same format. open_clip is imported only when a tower is used,
 so reading a table never pulls in a CLIP model.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,10 @@ def template_set(name: str) -> Sequence[Callable[[str], str]]:
     """open_clip's prompt templates: the 80 OpenAI ones or the simple set."""
     from open_clip import zero_shot_metadata
 
-    sets = {"openai": zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES,
-            "simple": zero_shot_metadata.SIMPLE_IMAGENET_TEMPLATES}
+    sets = {
+        "openai": zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES,
+        "simple": zero_shot_metadata.SIMPLE_IMAGENET_TEMPLATES,
+    }
     if name not in sets:
         raise ConfigError(f"templates '{name}': expected one of {', '.join(TEMPLATE_SETS)}")
     return sets[name]
@@ -51,15 +54,16 @@ def load_classnames(spec: str) -> list[str]:
     return names
 
 
-def class_text_embeddings(model: torch.nn.Module, tokenizer: Any, classnames: list[str],
-                          templates: Sequence[Callable[[str], str]]) -> np.ndarray:
+def class_text_embeddings(
+    model: torch.nn.Module, tokenizer: Any, classnames: list[str], templates: Sequence[Callable[[str], str]]
+) -> np.ndarray:
     """[C, D] float32, L2-normalised: open_clip's zero-shot classifier, transposed."""
     import open_clip
 
     with torch.no_grad():
-        weights = open_clip.build_zero_shot_classifier(model, tokenizer, classnames, templates,
-                                                       num_classes_per_batch=10,
-                                                       device=next(model.parameters()).device)
+        weights = open_clip.build_zero_shot_classifier(
+            model, tokenizer, classnames, templates, num_classes_per_batch=10, device=next(model.parameters()).device
+        )
     return weights.T.float().cpu().numpy()
 
 
@@ -68,17 +72,29 @@ def template_texts(templates: Sequence[Callable[[str], str]]) -> str:
     return json.dumps([t("{}") if callable(t) else t for t in templates])
 
 
-def text_table(embeddings: np.ndarray, classnames: list[str], templates_name: str,
-               templates: Sequence[Callable[[str], str]], metadata: dict[str, str]) -> pa.Table:
+def text_table(
+    embeddings: np.ndarray,
+    classnames: list[str],
+    templates_name: str,
+    templates: Sequence[Callable[[str], str]],
+    metadata: dict[str, str],
+) -> pa.Table:
     """embeddings: [C, D] -> the rows of `text/NAME.parquet`, with what made them in its metadata."""
     schema = text_embeddings_schema(embeddings.shape[1])
-    meta = {**schema.metadata, b"templates": templates_name.encode(),
-            b"template_texts": template_texts(templates).encode(),
-            **{k.encode(): v.encode() for k, v in metadata.items()}}
+    meta = {
+        **schema.metadata,
+        b"templates": templates_name.encode(),
+        b"template_texts": template_texts(templates).encode(),
+        **{k.encode(): v.encode() for k, v in metadata.items()},
+    }
     table = pa.Table.from_arrays(
-        [pa.array(np.arange(len(classnames), dtype=np.int32)), pa.array(classnames, pa.string()),
-         pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(embeddings, np.float32).reshape(-1)),
-                                           type=schema.field("embedding").type)],
+        [
+            pa.array(np.arange(len(classnames), dtype=np.int32)),
+            pa.array(classnames, pa.string()),
+            pa.FixedSizeListArray.from_arrays(
+                pa.array(np.ascontiguousarray(embeddings, np.float32).reshape(-1)), type=schema.field("embedding").type
+            ),
+        ],
         schema=schema,
     )
     return table.replace_schema_metadata(meta)

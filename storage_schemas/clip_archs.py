@@ -4,6 +4,7 @@
 CLIP teacher from it (`pipeline.teachers.tiny` writes its weights), and the student side names it
 too (zero-shot text towers, `storage_schemas.teacher_flops`), so both register it from here.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -7,6 +7,7 @@ a part of a shard), the policy hash of the manifest in force and an attempt id. 
 record that does not parse counts as absent, so a half-written one (impossible with atomic writes,
 but cheap to guard) means "not committed".
 """
+
 from __future__ import annotations
 
 import json
@@ -105,6 +106,5 @@ def read_commit(storage: Storage, kind: str, source: str, unit: str) -> CommitRe
     try:
         return CommitRecord.from_json(data)
     except (ValueError, KeyError, TypeError) as e:
-        log.warning("%s: commit record does not parse (%s); the unit counts as not committed",
-                    storage.url_of(rel), e)
+        log.warning("%s: commit record does not parse (%s); the unit counts as not committed", storage.url_of(rel), e)
         return None

@@ -1,4 +1,5 @@
 """Plain-text tables for the commands' summaries (a store's contents, a comparison of runs)."""
+
 from __future__ import annotations
 
 

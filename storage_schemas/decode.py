@@ -16,6 +16,7 @@
 `width`/`height` stored with a view are the EXIF-corrected size at full resolution
 (`DecodedImage.full_size`); crops are normalised to the image, so they hold at any draft scale.
 """
+
 from __future__ import annotations
 
 import io

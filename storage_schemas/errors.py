@@ -4,6 +4,7 @@ Anything raised as `UserError` is a problem with the user's input (a config key,
 checkpoint, a store): the command prints it as one line naming the thing and what was expected,
 and exits non-zero. Anything else is a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 import sys

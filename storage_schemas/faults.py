@@ -13,6 +13,7 @@ by unit), `after_part_written` (in a teacher actor: a part's files are written, 
 not reached the driver; scoped by unit), `after_data_before_commit` (on the driver: a unit's parts
 and errors are written, its commit record is not).
 """
+
 from __future__ import annotations
 
 import os

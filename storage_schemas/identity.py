@@ -4,6 +4,7 @@ A sample is identified by (source, shard, key): img2dataset keys such as `000000
 across datasets, so the key alone is not an identity. Python's `hash()` changes from process to
 process, so everything here is blake2b over a canonical byte string.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -16,6 +16,7 @@ Images decode by the store's rule (`storage_schemas.decode`: EXIF orientation, R
 does not decode is skipped and recorded in `skipped` as {"key", "reason", "detail"}, as the
 pipeline's errors tables do; the evaluation reports the count.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,9 +31,29 @@ from storage_schemas.decode import DecodeError, decode_image
 from storage_schemas.errors import ConfigError
 from storage_schemas.tar_samples import IMAGE_EXTENSIONS, iter_tar_samples
 
-VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-               "dining table", "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train",
-               "tv monitor"]
+VOC_CLASSES = [
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "dining table",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "potted plant",
+    "sheep",
+    "sofa",
+    "train",
+    "tv monitor",
+]
 LabelledSample = tuple[str, Image.Image, int]
 
 
@@ -59,8 +80,9 @@ def class_folders(root: str) -> list[str]:
     return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
 
 
-def encoded_images(spec: str, storage_options: dict[str, Any] | None = None,
-                   class_field: str = "cls") -> Iterator[EncodedImage]:
+def encoded_images(
+    spec: str, storage_options: dict[str, Any] | None = None, class_field: str = "cls"
+) -> Iterator[EncodedImage]:
     """Every image of a class-folder tree (labels in folder order), a plain folder of images (no
     labels) or webdataset shards (`spec` ends in .tar, brace patterns allowed; the `class_field`
     member is the label where present), in a stable order, undecoded."""
@@ -68,10 +90,11 @@ def encoded_images(spec: str, storage_options: dict[str, Any] | None = None,
         yield from _shard_images(spec, class_field, storage_options)
         return
     if not os.path.isdir(spec):
-        raise ConfigError(f"data '{spec}': expected a folder of images, one with a sub-folder per class, "
-                          f"or .tar shards")
+        raise ConfigError(
+            f"data '{spec}': expected a folder of images, one with a sub-folder per class, or .tar shards"
+        )
     folders = class_folders(spec)
-    for label, folder in (list(enumerate(folders)) if folders else [(None, "")]):
+    for label, folder in list(enumerate(folders)) if folders else [(None, "")]:
         where = os.path.join(spec, folder)
         for name in sorted(os.listdir(where)):
             if _is_image(name):
@@ -85,14 +108,22 @@ def _shard_images(pattern: str, class_field: str, storage_options: dict[str, Any
         for sample in iter_tar_samples(url, storage_options):
             image = sample.image()
             if image is None:
-                raise ConfigError(f"{url}: sample '{sample.key}' has no image member (has: {', '.join(sample.members)})")
+                raise ConfigError(
+                    f"{url}: sample '{sample.key}' has no image member (has: {', '.join(sample.members)})"
+                )
             label = sample.members.get(class_field)
-            yield EncodedImage(f"{shard}/{sample.key}", int(label.decode().strip()) if label is not None else None,
-                               image[1])
+            yield EncodedImage(
+                f"{shard}/{sample.key}", int(label.decode().strip()) if label is not None else None, image[1]
+            )
 
 
-def labelled_images(spec: str, skipped: list[dict], classes: str | None = None, class_field: str = "cls",
-                    storage_options: dict[str, Any] | None = None) -> tuple[list[str], Iterator[LabelledSample]]:
+def labelled_images(
+    spec: str,
+    skipped: list[dict],
+    classes: str | None = None,
+    class_field: str = "cls",
+    storage_options: dict[str, Any] | None = None,
+) -> tuple[list[str], Iterator[LabelledSample]]:
     """Class names and (key, image, label) samples of an image-folder tree or of webdataset shards.
 
     Folder: one sub-folder per class, sorted by name (ImageFolder's order); the class names are the
@@ -116,8 +147,9 @@ def labelled_images(spec: str, skipped: list[dict], classes: str | None = None, 
     return names, _decoded(spec, class_field, storage_options, skipped)
 
 
-def _decoded(spec: str, class_field: str, storage_options: dict[str, Any] | None,
-             skipped: list[dict]) -> Iterator[LabelledSample]:
+def _decoded(
+    spec: str, class_field: str, storage_options: dict[str, Any] | None, skipped: list[dict]
+) -> Iterator[LabelledSample]:
     for item in encoded_images(spec, storage_options, class_field):
         if item.label is None:
             raise ConfigError(f"{spec}: sample '{item.key}' has no '{class_field}' member")
@@ -134,8 +166,10 @@ class SegmentationSet:
     def __init__(self, root: str, skipped: list[dict], split: str = "val", classes: str | None = None):
         self.root, self.skipped = root, skipped
         if not os.path.isdir(root):
-            raise ConfigError(f"data '{root}': no such folder (expected a Pascal-VOC-style folder holding "
-                              f"JPEGImages/ and SegmentationClass/)")
+            raise ConfigError(
+                f"data '{root}': no such folder (expected a Pascal-VOC-style folder holding "
+                f"JPEGImages/ and SegmentationClass/)"
+            )
         for sub in ("JPEGImages", "SegmentationClass"):
             if not os.path.isdir(os.path.join(root, sub)):
                 raise ConfigError(f"data '{root}': no {sub}/ folder (expected a Pascal-VOC-style layout)")
@@ -150,8 +184,11 @@ class SegmentationSet:
         else:  # no split listings at all: every labelled image
             self.ids = sorted(n[:-4] for n in os.listdir(os.path.join(root, "SegmentationClass")) if n.endswith(".png"))
         default = os.path.join(root, "classes.txt")
-        self.classnames = load_classnames(classes) if classes else (
-            load_classnames(default) if os.path.isfile(default) else list(VOC_CLASSES))
+        self.classnames = (
+            load_classnames(classes)
+            if classes
+            else (load_classnames(default) if os.path.isfile(default) else list(VOC_CLASSES))
+        )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -160,13 +197,17 @@ class SegmentationSet:
         path = os.path.join(self.root, "SegmentationClass", f"{id_}.png")
         with Image.open(path) as im:
             if im.mode not in ("P", "L"):
-                raise ConfigError(f"{path}: label maps must be palette or greyscale PNGs of class indices, not {im.mode}")
+                raise ConfigError(
+                    f"{path}: label maps must be palette or greyscale PNGs of class indices, not {im.mode}"
+                )
             return np.asarray(im)
 
     def __iter__(self) -> Iterator[tuple[str, Image.Image, np.ndarray]]:
         for id_ in self.ids:
-            paths = [os.path.join(self.root, "JPEGImages", f"{id_}.jpg"),
-                     os.path.join(self.root, "SegmentationClass", f"{id_}.png")]
+            paths = [
+                os.path.join(self.root, "JPEGImages", f"{id_}.jpg"),
+                os.path.join(self.root, "SegmentationClass", f"{id_}.png"),
+            ]
             missing = [p for p in paths if not os.path.isfile(p)]
             if missing:
                 self.skipped.append({"key": id_, "reason": "missing_file", "detail": ", ".join(missing)})

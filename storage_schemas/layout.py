@@ -19,6 +19,7 @@ A PART is what one teacher actor call wrote for one unit (`p0000128-3f9a1c2e`: i
 index and the attempt's id). Stores of schema version 1 have one part per unit, stored as
 `KIND/SOURCE/UNIT{suffix}` without the unit folder (`unit_data_path`).
 """
+
 from __future__ import annotations
 
 import re

@@ -9,6 +9,7 @@ knowing (library versions, device, host, creation time).
 The policy hash, sha256 of the canonical JSON of `must_match`, is copied into every commit
 record, so a record made under another manifest is recognisable on its own.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -34,8 +35,9 @@ class Manifest:
     recorded: dict[str, Any] = field(default_factory=dict)
 
     @staticmethod
-    def build(kind: str, teacher: dict, compute_dtype: str, policy: dict, precision: str,
-              recorded: dict | None = None) -> "Manifest":
+    def build(
+        kind: str, teacher: dict, compute_dtype: str, policy: dict, precision: str, recorded: dict | None = None
+    ) -> "Manifest":
         """Assemble a manifest from its parts; `teacher` is `TeacherFingerprint.must_match()`."""
         must = {
             "schema_version": SCHEMA_VERSION,
@@ -53,9 +55,14 @@ class Manifest:
 
     def to_json(self) -> str:
         return json.dumps(
-            {"kind": self.kind, "policy_hash": self.policy_hash, "must_match": self.must_match,
-             "recorded": self.recorded},
-            indent=2, sort_keys=True,
+            {
+                "kind": self.kind,
+                "policy_hash": self.policy_hash,
+                "must_match": self.must_match,
+                "recorded": self.recorded,
+            },
+            indent=2,
+            sort_keys=True,
         )
 
     @staticmethod
@@ -122,7 +129,8 @@ def check_compatible(store_url: str, stored: Manifest, job: Manifest) -> None:
         raise ManifestMismatch(
             f"store {store_url} ({job.kind}) has schema version {version}; this version of the pipeline writes "
             f"version {job.must_match['schema_version']} and does not add units to older stores (they stay "
-            "readable): write these targets to a new store URL")
+            "readable): write these targets to a new store URL"
+        )
     diffs = differences(stored.must_match, job.must_match)
     if diffs:
         shown = "; ".join(f"{k}: store has {_short(a)}, job has {_short(b)}" for k, a, b in diffs[:4])

@@ -14,6 +14,7 @@ Encodings (the `precision` of the SAM manifest):
     uint8_sigmoid  round(255 * sigmoid(logit)); fill 0. Decoded to the logit of q/255 clipped to
                    [0.5/255, 1 - 0.5/255], so the probability error is <= 0.5/255 (UINT8_MAX_PROB_ERROR).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -85,7 +86,8 @@ def zarr_store(storage: Storage, rel: str, read_only: bool = False):
     if storage.is_local:
         return zarr.storage.LocalStore(storage.full(rel), read_only=read_only)
     return zarr.storage.FsspecStore.from_url(
-        storage.url_of(rel), storage_options={**storage.storage_options, "asynchronous": True},
+        storage.url_of(rel),
+        storage_options={**storage.storage_options, "asynchronous": True},
         read_only=read_only,
     )
 
@@ -106,10 +108,15 @@ def logits_group_objects(stored: np.ndarray, precision: str) -> dict[str, bytes]
     n, slots, masks = stored.shape[:3]
     group = zarr.open_group(zarr.storage.MemoryStore(store_dict=backing), mode="w")
     arr = group.create_array(
-        "logits", shape=stored.shape, chunks=(1, slots, masks, LOW_RES, LOW_RES),
-        shards=(max(1, n), slots, masks, LOW_RES, LOW_RES), dtype=storage_dtype(precision),
-        fill_value=fill_value(precision), compressors=zarr.codecs.ZstdCodec(level=3),
-        dimension_names=("image", "slot", "mask", "y", "x"), attributes={"precision": precision},
+        "logits",
+        shape=stored.shape,
+        chunks=(1, slots, masks, LOW_RES, LOW_RES),
+        shards=(max(1, n), slots, masks, LOW_RES, LOW_RES),
+        dtype=storage_dtype(precision),
+        fill_value=fill_value(precision),
+        compressors=zarr.codecs.ZstdCodec(level=3),
+        dimension_names=("image", "slot", "mask", "y", "x"),
+        attributes={"precision": precision},
         config={"write_empty_chunks": True},  # an all-fill image still gets its chunk
     )
     if n:

@@ -6,6 +6,7 @@ random-initialised teacher file the tests and the demo make). `vit_b`, `vit_l` a
 SAM's published configurations; `tiny` keeps SAM's geometry (1024 px input, 64x64 embedding grid,
 256x256 low-res masks) with small widths so that tests run on a CPU in seconds.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,8 +43,17 @@ SAM_ARCHS: dict[str, SamArch] = {
     "vit_b": SamArch(768, 12, 12, (2, 5, 8, 11)),
     "vit_l": SamArch(1024, 24, 16, (5, 11, 17, 23)),
     "vit_h": SamArch(1280, 32, 16, (7, 15, 23, 31)),
-    "tiny": SamArch(32, 2, 2, (1,), prompt_embed_dim=32, decoder_mlp_dim=64, decoder_num_heads=2,
-                    iou_head_hidden_dim=32, mask_in_chans=4),
+    "tiny": SamArch(
+        32,
+        2,
+        2,
+        (1,),
+        prompt_embed_dim=32,
+        decoder_mlp_dim=64,
+        decoder_num_heads=2,
+        iou_head_hidden_dim=32,
+        mask_in_chans=4,
+    ),
 }
 
 
@@ -92,8 +102,9 @@ def build_sam(name: str) -> Sam:
     return sam.eval()
 
 
-def load_sam(name: str, checkpoint: str | None, storage_options: dict[str, Any] | None = None,
-             init_seed: int = 0) -> Sam:
+def load_sam(
+    name: str, checkpoint: str | None, storage_options: dict[str, Any] | None = None, init_seed: int = 0
+) -> Sam:
     """SAM `name` with `checkpoint` (path or fsspec URL) loaded on CPU, or random from `init_seed`."""
     torch.manual_seed(init_seed)  # only matters for a random init
     sam = build_sam(name)

@@ -8,6 +8,7 @@ A part's prompts table has one row per (image, prompt, round), its images table 
 stored image; row r of the images table is image r of the part's logits array
 (storage_schemas/mask_logits.py). The trainer and `pipeline.verify` read prompts back as arrays.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,9 @@ SAM_IMAGES_SCHEMA = pa.schema(
 )
 
 
-def prompts_table(source: str, shard: str, samples: list[dict], prompts: int, rounds: int, points_per_prompt: int,
-                  masks: int) -> pa.Table:
+def prompts_table(
+    source: str, shard: str, samples: list[dict], prompts: int, rounds: int, points_per_prompt: int, masks: int
+) -> pa.Table:
     """One row per (image, prompt, round), prompts in original-image pixels.
 
     samples: per image, as the SAM read stage and teacher leave them: key, sample_index,
@@ -70,25 +72,48 @@ def prompts_table(source: str, shard: str, samples: list[dict], prompts: int, ro
                 has_box, has_points = STRUCTURE_PARTS[code]
                 n = points_per_prompt if has_points else 0
                 slot = r * prompts + p
-                rows.append(dict(
-                    source=source, shard=shard, key=str(s["key"]), sample_index=int(s["sample_index"]),
-                    prompt=p, round=r, slot=slot, structure=PROMPT_STRUCTURES[code],
-                    annotation_id=int(s["annotation_id"][p]), box=s["boxes"][p].tolist() if has_box else None,
-                    point_coords=s["points"][p, :n].tolist(), point_labels=s["labels"][p, :n].tolist(),
-                    iou=s["iou"][slot].tolist(),
-                ))
+                rows.append(
+                    dict(
+                        source=source,
+                        shard=shard,
+                        key=str(s["key"]),
+                        sample_index=int(s["sample_index"]),
+                        prompt=p,
+                        round=r,
+                        slot=slot,
+                        structure=PROMPT_STRUCTURES[code],
+                        annotation_id=int(s["annotation_id"][p]),
+                        box=s["boxes"][p].tolist() if has_box else None,
+                        point_coords=s["points"][p, :n].tolist(),
+                        point_labels=s["labels"][p, :n].tolist(),
+                        iou=s["iou"][slot].tolist(),
+                    )
+                )
     return pa.Table.from_pylist(rows, schema=sam_prompts_schema(masks))
 
 
 def images_table(source: str, shard: str, samples: list[dict]) -> pa.Table:
     """One row per stored image. samples: key, sample_index, original_hw (h, w), n_annotations,
     n_prompts, skipped (JSON {reason: count})."""
-    return pa.Table.from_pylist([dict(
-        source=source, shard=shard, key=str(s["key"]), sample_index=int(s["sample_index"]),
-        width=int(s["original_hw"][1]), height=int(s["original_hw"][0]), n_annotations=int(s["n_annotations"]),
-        n_prompts=int(s["n_prompts"]),
-        skipped_annotations=[{"reason": k, "count": v} for k, v in sorted(json.loads(str(s["skipped"])).items())],
-    ) for s in samples], schema=SAM_IMAGES_SCHEMA)
+    return pa.Table.from_pylist(
+        [
+            dict(
+                source=source,
+                shard=shard,
+                key=str(s["key"]),
+                sample_index=int(s["sample_index"]),
+                width=int(s["original_hw"][1]),
+                height=int(s["original_hw"][0]),
+                n_annotations=int(s["n_annotations"]),
+                n_prompts=int(s["n_prompts"]),
+                skipped_annotations=[
+                    {"reason": k, "count": v} for k, v in sorted(json.loads(str(s["skipped"])).items())
+                ],
+            )
+            for s in samples
+        ],
+        schema=SAM_IMAGES_SCHEMA,
+    )
 
 
 @dataclass
@@ -104,11 +129,15 @@ class SamPrompts:
 
 def prompts_by_image(table: pa.Table, points_per_prompt: int) -> dict[int, SamPrompts]:
     """The prompts table's round-0 rows as arrays, split per image (column-wise, no per-row Python)."""
-    t = table.filter(pc.equal(table.column("round"), 0)).sort_by([("sample_index", "ascending"), ("prompt", "ascending")])
+    t = table.filter(pc.equal(table.column("round"), 0)).sort_by(
+        [("sample_index", "ascending"), ("prompt", "ascending")]
+    )
     n, k = t.num_rows, points_per_prompt
     structure = pc.index_in(t.column("structure"), value_set=pa.array(PROMPT_STRUCTURES)).to_numpy().astype(np.int64)
     box = t.column("box").combine_chunks()
-    boxes = np.array(box.values, np.float32).reshape(n, 4)  # a copy, written below; fixed-size lists keep slots for nulls
+    boxes = np.array(box.values, np.float32).reshape(
+        n, 4
+    )  # a copy, written below; fixed-size lists keep slots for nulls
     boxes[box.is_null().to_numpy(zero_copy_only=False)] = 0.0
     # A prompt has no points (a box alone) or exactly points_per_prompt of them.
     has_points = pc.list_value_length(t.column("point_coords")).to_numpy(zero_copy_only=False) > 0
@@ -121,5 +150,7 @@ def prompts_by_image(table: pa.Table, points_per_prompt: int) -> dict[int, SamPr
     image = t.column("sample_index").to_numpy()
     starts = np.flatnonzero(np.r_[True, image[1:] != image[:-1]])
     ends = np.r_[starts[1:], n]
-    return {int(image[a]): SamPrompts(structure[a:b], boxes[a:b], points[a:b], labels[a:b], ious[a:b])
-            for a, b in zip(starts, ends)}
+    return {
+        int(image[a]): SamPrompts(structure[a:b], boxes[a:b], points[a:b], labels[a:b], ious[a:b])
+        for a, b in zip(starts, ends)
+    }

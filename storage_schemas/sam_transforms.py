@@ -8,6 +8,7 @@ Normalisation and bottom-right padding to 1024 x 1024 are `Sam.preprocess` (norm
 with zeros), applied on the model's device. The transforms are segment_anything's own
 `ResizeLongestSide`, so the targets and the student see SamPredictor's inputs to the pixel.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -11,6 +11,7 @@ logged and counted in `Storage.retries`, which the job reports. An error that st
 permanent one, raises `StorageFailure` naming the operation and the path; "not found" stays a
 `FileNotFoundError`, which callers use to mean absent.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -106,8 +107,16 @@ class Storage:
                     raise StorageFailure(op, self.url_of(rel), e, attempt) from e
                 delay = min(self.retry.max_delay, self.retry.base_delay * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
                 self._count_retry(op)
-                log.warning("%s %s: %s: %s; retry %d of %d in %.1f s", op, self.url_of(rel), type(e).__name__, e,
-                            attempt, self.retry.attempts - 1, delay)
+                log.warning(
+                    "%s %s: %s: %s; retry %d of %d in %.1f s",
+                    op,
+                    self.url_of(rel),
+                    type(e).__name__,
+                    e,
+                    attempt,
+                    self.retry.attempts - 1,
+                    delay,
+                )
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
@@ -174,8 +183,9 @@ class Storage:
             raise
         except Exception as e:  # any filesystem's "cannot reach": one line, not a traceback
             wanted = "a directory or bucket you can write to" if create else "an existing store you can read"
-            raise StoreError(f"store URL '{self.url}' cannot be reached ({type(e).__name__}: {e}); expected {wanted}") \
-                from None
+            raise StoreError(
+                f"store URL '{self.url}' cannot be reached ({type(e).__name__}: {e}); expected {wanted}"
+            ) from None
 
     def exists(self, rel: str) -> bool:
         return self._retrying("exists", rel, lambda: self.fs.exists(self.full(rel)))
@@ -246,7 +256,7 @@ class Storage:
         out = []
         for p in self._retrying("list", rel_dir, lambda: self.fs.find(base)):
             p = p.rstrip("/")
-            out.append(p[len(root):] if p.startswith(root) else p)
+            out.append(p[len(root) :] if p.startswith(root) else p)
         return sorted(out)
 
     def remove(self, rel: str) -> None:

@@ -10,6 +10,7 @@ A unit is one or more parts (schema version 2) or one file per table (version 1)
 here reads both. A file that no commit record lists (a leftover of a killed attempt) is never
 returned.
 """
+
 from __future__ import annotations
 
 import logging
@@ -82,7 +83,7 @@ class TargetStore:
 
     def sources(self, kind: str) -> list[str]:
         prefix = f"{layout.COMMITS_DIR}/{kind}"
-        return sorted({p[len(prefix) + 1:].split("/", 1)[0] for p in self.storage.list_files(prefix)})
+        return sorted({p[len(prefix) + 1 :].split("/", 1)[0] for p in self.storage.list_files(prefix)})
 
     def commits(self, kind: str, sources: Iterable[str] | None = None) -> list[CommitRecord]:
         """Committed units of `kind` (sorted by source, unit) whose policy matches the manifest."""
@@ -93,7 +94,7 @@ class TargetStore:
         wanted = set(sources) if sources is not None else None
         names = []
         for rel in self.storage.list_files(prefix.rstrip("/")):
-            source, _, unit = rel[len(prefix):-len(".json")].partition("/")
+            source, _, unit = rel[len(prefix) : -len(".json")].partition("/")
             if rel.endswith(".json") and (wanted is None or source in wanted):
                 names.append((rel, source, unit))
         with ThreadPoolExecutor(READ_THREADS) as pool:
@@ -103,8 +104,7 @@ class TargetStore:
             if record is None:
                 continue
             if record.policy_hash != manifest.policy_hash:
-                log.warning("%s: made under another policy than the manifest's; ignored",
-                            self.storage.url_of(rel))
+                log.warning("%s: made under another policy than the manifest's; ignored", self.storage.url_of(rel))
                 continue
             out.append(record)
         return out
@@ -118,8 +118,12 @@ class TargetStore:
 
     def committed_files(self, kind: str, table: str) -> list[str]:
         """Full URLs of `table`'s files over every committed unit (only those that hold rows)."""
-        return [self.storage.url_of(rel) for record in self.commits(kind)
-                for rel in table_files(record, table) if listed(record, rel)]
+        return [
+            self.storage.url_of(rel)
+            for record in self.commits(kind)
+            for rel in table_files(record, table)
+            if listed(record, rel)
+        ]
 
     def read_unit_table(self, record: CommitRecord, table: str, columns: list[str] | None = None) -> pa.Table | None:
         """One unit's table over its parts, part after part (parts in the order of their first
@@ -150,13 +154,18 @@ class TargetStore:
         return UnitLogits(arrays, indexes)
 
     def text_names(self) -> list[str]:
-        return [p.rsplit("/", 1)[1][: -len(".parquet")]
-                for p in self.storage.list_files(layout.TEXT_DIR) if p.endswith(".parquet")]
+        return [
+            p.rsplit("/", 1)[1][: -len(".parquet")]
+            for p in self.storage.list_files(layout.TEXT_DIR)
+            if p.endswith(".parquet")
+        ]
 
     def read_text(self, name: str) -> pa.Table:
         rel = layout.text_path(name)
         if not self.storage.exists(rel):
-            raise StoreError(f"store {self.url} has no text table '{name}' (has: {', '.join(self.text_names()) or 'none'})")
+            raise StoreError(
+                f"store {self.url} has no text table '{name}' (has: {', '.join(self.text_names()) or 'none'})"
+            )
         with self.storage.fs.open(self.storage.full(rel), "rb") as f:
             return pq.read_table(f)
 

@@ -10,6 +10,7 @@ is committed), `view` (the stored view retrieved), `query_id` (its row in the qu
 (float32 cosine between the two teacher embeddings), `rank` (0 = the query's closest selected view).
 A sample retrieved through two views has two rows and trains on both.
 """
+
 from __future__ import annotations
 
 import functools
@@ -27,17 +28,19 @@ from storage_schemas.identity import SampleId
 from storage_schemas.storage import Storage
 from storage_schemas.tables import parquet_bytes
 
-SUBSET_SCHEMA = pa.schema([
-    pa.field("source", pa.string(), nullable=False),
-    pa.field("shard", pa.string(), nullable=False),
-    pa.field("unit", pa.string(), nullable=False),
-    pa.field("key", pa.string(), nullable=False),
-    pa.field("sample_index", pa.int32(), nullable=False),
-    pa.field("view", pa.int16(), nullable=False),
-    pa.field("query_id", pa.int32(), nullable=False),
-    pa.field("similarity", pa.float32(), nullable=False),
-    pa.field("rank", pa.int32(), nullable=False),
-])
+SUBSET_SCHEMA = pa.schema(
+    [
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("unit", pa.string(), nullable=False),
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("sample_index", pa.int32(), nullable=False),
+        pa.field("view", pa.int16(), nullable=False),
+        pa.field("query_id", pa.int32(), nullable=False),
+        pa.field("similarity", pa.float32(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),
+    ]
+)
 
 
 SHARDS_CACHED = 256  # shards' {key: views} lookups a Subset keeps built (the trainer reads a few at a time)
@@ -91,15 +94,18 @@ def write_subset(storage: Storage, name: str, table: pa.Table, manifest: dict[st
 
 
 def subset_names(storage: Storage) -> list[str]:
-    return sorted(p.rsplit("/", 1)[1][:-len(".json")] for p in storage.list_files(layout.SUBSETS_DIR)
-                  if p.endswith(".json"))
+    return sorted(
+        p.rsplit("/", 1)[1][: -len(".json")] for p in storage.list_files(layout.SUBSETS_DIR) if p.endswith(".json")
+    )
 
 
 def read_subset(storage: Storage, name: str) -> Subset:
     rel = layout.subset_path(name, ".json")
     if not storage.exists(rel):
-        raise StoreError(f"store {storage.url} has no subset '{name}' (has: {', '.join(subset_names(storage)) or 'none'}; "
-                         "python -m pipeline.transfer_set makes them)")
+        raise StoreError(
+            f"store {storage.url} has no subset '{name}' (has: {', '.join(subset_names(storage)) or 'none'}; "
+            "python -m pipeline.transfer_set makes them)"
+        )
     manifest = json.loads(storage.read_bytes(rel))
     table = pq.read_table(io.BytesIO(storage.read_bytes(layout.subset_path(name))))
     return Subset(name, table, manifest)

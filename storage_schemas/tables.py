@@ -5,6 +5,7 @@ the kind's manifest; a reader gets them from there. Every table starts with the 
 (source, shard, key) and the sample's position in its unit (`sample_index`), so rows of the
 Parquet tables, the errors table and the Zarr arrays line up without lookups.
 """
+
 from __future__ import annotations
 
 import pyarrow as pa
@@ -20,6 +21,7 @@ IDENTITY_FIELDS = [
     pa.field("key", pa.string(), nullable=False),
     pa.field("sample_index", pa.int32(), nullable=False),  # position in the unit: 0..n_in_unit-1
 ]
+
 
 def list_of(item: pa.DataType, size: int = -1) -> pa.DataType:
     """A list type whose item is named "element", as Parquet names it, so schemas round-trip exactly."""

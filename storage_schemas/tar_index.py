@@ -17,6 +17,7 @@ index (a pure function of the tar, so writing it twice is harmless); later reads
 
 A store made before tar indexes existed has none: `scan_tar_index` builds one by streaming the tar.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,13 +34,15 @@ from storage_schemas.storage import Storage
 from storage_schemas.tables import parquet_bytes
 from storage_schemas.tar_samples import TarSample, iter_tar_samples
 
-TAR_INDEX_SCHEMA = pa.schema([
-    pa.field("sample_index", pa.int32(), nullable=False),
-    pa.field("key", pa.string(), nullable=False),
-    pa.field("ext", pa.string(), nullable=False),
-    pa.field("offset", pa.int64(), nullable=False),
-    pa.field("size", pa.int64(), nullable=False),
-])
+TAR_INDEX_SCHEMA = pa.schema(
+    [
+        pa.field("sample_index", pa.int32(), nullable=False),
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("ext", pa.string(), nullable=False),
+        pa.field("offset", pa.int64(), nullable=False),
+        pa.field("size", pa.int64(), nullable=False),
+    ]
+)
 READ_BLOCK = 1 << 22  # bytes per ranged request: adjacent members come in one GET
 # Scattered reads (the student's): a gap up to HOLE_BYTES between wanted members is read through
 # rather than paid for with another request (an S3 GET costs ~20-50 ms, 64 KiB ~0.5 ms at
@@ -87,8 +90,9 @@ def write_tar_index(storage: Storage, kind: str, source: str, shard: str, index:
     storage.write_bytes(tar_index_path(kind, source, shard), index.to_parquet())
 
 
-def read_tar_index(storage: Storage, kind: str, source: str, shard: str, size: int,
-                   etag: str | None) -> TarIndex | None:
+def read_tar_index(
+    storage: Storage, kind: str, source: str, shard: str, size: int, etag: str | None
+) -> TarIndex | None:
     """The stored index of a shard, or None when there is none or it describes another version
     of the tar (size or ETag differ)."""
     rel = tar_index_path(kind, source, shard)
@@ -120,8 +124,9 @@ def coalesce(spans: np.ndarray, hole: int = HOLE_BYTES, max_request: int = MAX_R
     return requests
 
 
-def read_spans(storage_options: dict[str, Any] | None, spans: list[tuple[str, int, int]],
-               runs: list[Any] | None = None) -> list[bytes]:
+def read_spans(
+    storage_options: dict[str, Any] | None, spans: list[tuple[str, int, int]], runs: list[Any] | None = None
+) -> list[bytes]:
     """The bytes of each (url, offset, size) span, in the order given. Spans of one file and one
     run (`runs[i]`, if given: spans of different runs are never merged, so a gap is only read
     through when the caller knows nothing in it is wanted later) are fetched with the ranged
@@ -140,8 +145,11 @@ def read_spans(storage_options: dict[str, Any] | None, spans: list[tuple[str, in
         for url, path, items in files:
             items = sorted(items, key=lambda i: spans[i][1])
             plan.append((url, path, coalesce(np.array([spans[i][1:] for i in items], dtype=np.int64)), items))
-        blobs = fs.cat_ranges([p for _, p, rs, _ in plan for _ in rs], [a for *_, rs, _ in plan for a, _ in rs],
-                              [b for *_, rs, _ in plan for _, b in rs])
+        blobs = fs.cat_ranges(
+            [p for _, p, rs, _ in plan for _ in rs],
+            [a for *_, rs, _ in plan for a, _ in rs],
+            [b for *_, rs, _ in plan for _, b in rs],
+        )
         at = 0
         for url, _, requests, items in plan:
             r = 0
@@ -152,17 +160,20 @@ def read_spans(storage_options: dict[str, Any] | None, spans: list[tuple[str, in
                 blob, start = blobs[at + r], requests[r][0]
                 if isinstance(blob, Exception):
                     raise blob
-                data = blob[offset - start: offset - start + size]
+                data = blob[offset - start : offset - start + size]
                 if len(data) != size:
-                    raise ValueError(f"{url} ends at {start + len(blob)}, inside the member the index puts at "
-                                     f"bytes {offset}-{offset + size}: truncated?")
+                    raise ValueError(
+                        f"{url} ends at {start + len(blob)}, inside the member the index puts at "
+                        f"bytes {offset}-{offset + size}: truncated?"
+                    )
                 out[i] = bytes(data)
             at += len(requests)
     return out
 
 
-def iter_indexed_samples(url: str, storage_options: dict[str, Any] | None, index: TarIndex, start: int,
-                         stop: int) -> Iterator[TarSample]:
+def iter_indexed_samples(
+    url: str, storage_options: dict[str, Any] | None, index: TarIndex, start: int, stop: int
+) -> Iterator[TarSample]:
     """Samples [start, stop) of the tar at `url`, read from their offsets: one forward pass over
     that byte range in READ_BLOCK requests, nothing before it."""
     members = index.members(start, stop).to_pylist()
@@ -179,8 +190,10 @@ def iter_indexed_samples(url: str, storage_options: dict[str, Any] | None, index
             f.seek(m["offset"])
             data = f.read(m["size"])
             if len(data) != m["size"]:
-                raise ValueError(f"{url} ends at {m['offset'] + len(data)}, inside member {m['key']}.{m['ext']} "
-                                 f"(the index says {m['size']} bytes at {m['offset']}): truncated?")
+                raise ValueError(
+                    f"{url} ends at {m['offset'] + len(data)}, inside member {m['key']}.{m['ext']} "
+                    f"(the index says {m['size']} bytes at {m['offset']}): truncated?"
+                )
             current.members[m["ext"]] = data
             current.spans[m["ext"]] = (m["offset"], m["size"])
         yield current

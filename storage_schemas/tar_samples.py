@@ -7,6 +7,7 @@ Members are grouped into samples the webdataset way: consecutive members sharing
 base name before its first dot (`000420017.jpg`, `000420017.json` -> key `000420017`;
 `sa_223750.jpg` + `sa_223750.json` -> `sa_223750`).
 """
+
 from __future__ import annotations
 
 import os
@@ -43,8 +44,9 @@ def split_member_name(name: str) -> tuple[str, str]:
     return (f"{directory}/{stem}" if directory else stem), ext.lower()
 
 
-def iter_tar_samples(url: str, storage_options: dict[str, Any] | None = None,
-                     want: Callable[[int], bool] | None = None) -> Iterator[TarSample]:
+def iter_tar_samples(
+    url: str, storage_options: dict[str, Any] | None = None, want: Callable[[int], bool] | None = None
+) -> Iterator[TarSample]:
     """Every sample of the tar at `url`, read as a stream.
 
     Samples for which `want(index)` is False are still yielded (so they are counted), with no
@@ -73,7 +75,8 @@ def iter_tar_samples(url: str, storage_options: dict[str, Any] | None = None,
         # A stream read ends quietly where a cut tar ends: insist on the end-of-archive marker,
         # or the last samples would go missing without a word.
         if tar.offset + 2 * tarfile.BLOCKSIZE > size:
-            raise ValueError(f"{url} ends without its end-of-archive marker after {tar.offset} of {size} "
-                             "bytes: truncated?")
+            raise ValueError(
+                f"{url} ends without its end-of-archive marker after {tar.offset} of {size} bytes: truncated?"
+            )
         if current is not None:
             yield current

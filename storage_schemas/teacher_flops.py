@@ -10,6 +10,7 @@ teachers' own classes built on the meta device: exact for any architecture the m
 no weights needed, under a second even for ViT-H. Online distillation would run the CLIP teacher
 once per view a student consumes, and SAM's encoder once per image and its decoder once per prompt.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,8 +35,9 @@ class TeacherFlops:
         return views * self.clip_view + sam_images * self.sam_image + sam_prompts * self.sam_prompt
 
 
-def teacher_flops(clip_teacher: dict[str, Any] | None, sam_teacher: dict[str, Any] | None,
-                  multimask: bool = False) -> TeacherFlops:
+def teacher_flops(
+    clip_teacher: dict[str, Any] | None, sam_teacher: dict[str, Any] | None, multimask: bool = False
+) -> TeacherFlops:
     """From the teachers' fingerprints; `multimask`: the SAM policy's num_masks is 3."""
     clip = clip_view_flops(clip_teacher["arch"], tuple(clip_teacher["preprocess"]["size"])) if clip_teacher else 0.0
     sam = sam_flops(sam_teacher["arch"], multimask) if sam_teacher else (0.0, 0.0)
@@ -44,8 +46,11 @@ def teacher_flops(clip_teacher: dict[str, Any] | None, sam_teacher: dict[str, An
 
 def manifest_flops(clip: Manifest | None, sam: Manifest | None) -> TeacherFlops:
     """From a store's CLIP and SAM manifests (either may be absent)."""
-    return teacher_flops(clip.must_match["teacher"] if clip else None, sam.must_match["teacher"] if sam else None,
-                         sam is not None and int(sam.must_match["policy"]["num_masks"]) == 3)
+    return teacher_flops(
+        clip.must_match["teacher"] if clip else None,
+        sam.must_match["teacher"] if sam else None,
+        sam is not None and int(sam.must_match["policy"]["num_masks"]) == 3,
+    )
 
 
 def _counted(fn) -> float:
@@ -75,7 +80,12 @@ def sam_flops(arch: str, multimask: bool) -> tuple[float, float]:
 
         def decode() -> None:
             sparse, dense = sam.prompt_encoder(points=None, boxes=torch.zeros(1, 4), masks=None)
-            sam.mask_decoder(image_embeddings=embedding, image_pe=sam.prompt_encoder.get_dense_pe(),
-                             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask)
+            sam.mask_decoder(
+                image_embeddings=embedding,
+                image_pe=sam.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+            )
 
         return encoder, _counted(decode)

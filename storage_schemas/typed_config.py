@@ -9,6 +9,7 @@ Overrides take dotted keys (list indices are numbers) and YAML-typed values (`4`
 `[1, 2]` a list, `null` None). A dataclass may define `validate(self)` that raises
 `FieldError(field, what_was_expected)`; the loader reports it under the full dotted key.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,14 @@ def load_config(cls: type[T], path: str | os.PathLike | None, overrides: list[st
 def add_config_arguments(parser: argparse.ArgumentParser, what: str = "job config YAML (see jobs/)") -> None:
     """The CONFIG positional and repeatable `--set KEY=VALUE` every command takes."""
     parser.add_argument("config", help=what)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key: dotted keys, list indices, YAML values (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key: dotted keys, list indices, YAML values (repeatable)",
+    )
 
 
 def apply_override(raw: dict, item: str) -> dict:
@@ -185,9 +192,7 @@ def _convert_dataclass(cls: Any, value: Any, path: str) -> Any:
     prefix = f"{path}." if path else ""
     unknown = [k for k in value if k not in fields]
     if unknown:
-        raise ConfigError(
-            f"config key '{prefix}{unknown[0]}': unknown key; expected one of {', '.join(fields)}"
-        )
+        raise ConfigError(f"config key '{prefix}{unknown[0]}': unknown key; expected one of {', '.join(fields)}")
     kwargs = {}
     for name, f in fields.items():
         if name in value:

@@ -5,6 +5,7 @@ contact sheets read images this way.
     tar = unit_tar(store, record, storage_options)
     images = read_spans(storage_options, tar.image_spans(positions, keys))   # storage_schemas.tar_index
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,8 +33,10 @@ def check_input(record: CommitRecord, storage_options: dict | None = None) -> No
         raise StoreError(f"input {ref.url} of unit {record.source}/{record.unit} is gone") from None
     change = input_change(ref, size, etag)
     if change:
-        raise StoreError(f"input {ref.url} changed since unit {record.source}/{record.unit} was made ({change}); "
-                         "its targets no longer match it")
+        raise StoreError(
+            f"input {ref.url} changed since unit {record.source}/{record.unit} was made ({change}); "
+            "its targets no longer match it"
+        )
 
 
 @dataclass
@@ -52,8 +55,10 @@ class UnitTar:
         for p, k, i in zip(positions.tolist(), keys, at.tolist()):
             if i >= len(self.positions) or self.positions[i] != p or self.keys[i] != k:
                 found = self.keys[i] if i < len(self.positions) and self.positions[i] == p else "no sample"
-                raise StoreError(f"input {self.record.input.url} sample {self.record.input.sample_start + p} is "
-                                 f"'{found}', the targets of unit {self.record.source}/{self.record.unit} say '{k}'")
+                raise StoreError(
+                    f"input {self.record.input.url} sample {self.record.input.sample_start + p} is "
+                    f"'{found}', the targets of unit {self.record.source}/{self.record.unit} say '{k}'"
+                )
             if self.spans[i, 1] < 0:
                 raise StoreError(f"input {self.record.input.url}: sample '{k}' has no image member")
             out.append((self.record.input.url, int(self.spans[i, 0]), int(self.spans[i, 1])))

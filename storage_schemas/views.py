@@ -14,6 +14,7 @@ with a sub-pixel box, so that
 
 Crops are rounded to float32 before rendering, because float32 is what the store keeps.
 """
+
 from __future__ import annotations
 
 import math
@@ -46,7 +47,9 @@ def as_float32(box) -> tuple[float, float, float, float]:
 RESIZE_MODES = ("shortest", "squash")  # open_clip's; "longest" pads, which is no crop
 
 
-def canonical_crop(width: int, height: int, size: int, resize_mode: str = "shortest") -> tuple[float, float, float, float]:
+def canonical_crop(
+    width: int, height: int, size: int, resize_mode: str = "shortest"
+) -> tuple[float, float, float, float]:
     """The box that open_clip's preprocess_val keeps.
 
     shortest: shortest side to `size`, centre crop; mirrors torchvision (Resize(size) gives the
@@ -66,8 +69,9 @@ def canonical_crop(width: int, height: int, size: int, resize_mode: str = "short
     return as_float32((left / new_w, top / new_h, (left + size) / new_w, (top + size) / new_h))
 
 
-def random_crop(rng: np.random.Generator, width: int, height: int,
-                scale: tuple[float, float], ratio: tuple[float, float]) -> tuple[float, float, float, float]:
+def random_crop(
+    rng: np.random.Generator, width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float]
+) -> tuple[float, float, float, float]:
     """torchvision RandomResizedCrop.get_params with a numpy RNG, as a normalised box."""
     area = width * height
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
@@ -92,9 +96,18 @@ def random_crop(rng: np.random.Generator, width: int, height: int,
     return as_float32((x0 / width, y0 / height, (x0 + w) / width, (y0 + h) / height))
 
 
-def sample_views(store_seed: int, sample: SampleId, width: int, height: int, n_views: int, size: int,
-                 scale: tuple[float, float], ratio: tuple[float, float], flip: bool,
-                 resize_mode: str = "shortest") -> list[View]:
+def sample_views(
+    store_seed: int,
+    sample: SampleId,
+    width: int,
+    height: int,
+    n_views: int,
+    size: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    flip: bool,
+    resize_mode: str = "shortest",
+) -> list[View]:
     """The K views of one sample: view 0 canonical, the rest random from their own seeds.
 
     `width`, `height`: the decoded image's size (the frame crops are normalised to).

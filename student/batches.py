@@ -10,6 +10,7 @@ of the rank is read once an epoch, by one worker, and the sequence of batches is
 whatever W is. A resumed epoch starts at `start_batch`: each stream skips the samples of its
 earlier batches unread.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -71,8 +72,17 @@ class BatchStream(IterableDataset):
                 s = plan.stream_of(b)
                 if s not in readers:
                     done = sum(plan.batches[e][1] for e in plan.stream_batches(s) if e < self.start)
-                    readers[s] = StreamReader(plan, s, self.maker, self.maker.store, self.maker.storage_options,
-                                              self.maker.run, self.maker.window, done, pool)
+                    readers[s] = StreamReader(
+                        plan,
+                        s,
+                        self.maker,
+                        self.maker.store,
+                        self.maker.storage_options,
+                        self.maker.run,
+                        self.maker.window,
+                        done,
+                        pool,
+                    )
                 res, n = plan.batches[b]
                 items = [self.maker.item(x, res, plan.epoch) for x in readers[s].take(n)]
                 yield {**self.maker.collate(items), "batch": b, "resolution": res}
@@ -82,8 +92,14 @@ class BatchStream(IterableDataset):
 
 def make_loader(stream: IterableDataset, workers: int) -> DataLoader:
     """Batches come whole from the workers (batch_size=None), in plan order."""
-    return DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=2 if workers else None,
-                      persistent_workers=False, pin_memory=torch.cuda.is_available())
+    return DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=workers,
+        prefetch_factor=2 if workers else None,
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+    )
 
 
 @dataclass
@@ -115,22 +131,39 @@ class ClipBatchMaker:
         return self.subset is None  # a subset's neighbours in the tar are mostly samples outside it
 
     def load_piece(self, record: CommitRecord, piece: Piece, epoch: int) -> ClipPieceTargets:
-        return load_clip_piece(self.store, record, piece, self.keep,
-                               ViewChoice(self.seed, epoch, self.view_choice, self.views, self.subset))
+        return load_clip_piece(
+            self.store,
+            record,
+            piece,
+            self.keep,
+            ViewChoice(self.seed, epoch, self.view_choice, self.views, self.subset),
+        )
 
     def make(self, record: CommitRecord, t: ClipPieceTargets, i: int, data: bytes, epoch: int) -> ClipTrainSample:
-        return ClipTrainSample(SampleId(record.source, record.shard, t.keys[i]), data, int(t.views[i]), t.crops[i],
-                               bool(t.flips[i]), t.embeddings[i])
+        return ClipTrainSample(
+            SampleId(record.source, record.shard, t.keys[i]),
+            data,
+            int(t.views[i]),
+            t.crops[i],
+            bool(t.flips[i]),
+            t.embeddings[i],
+        )
 
     def item(self, sample: ClipTrainSample, resolution: int, epoch: int) -> dict[str, Any]:
         image = ClipSample.decode(sample.data, resolution)
         pixels = render_view(image, sample.crop, sample.flip, resolution)
-        return {"image": pixels, "target": torch.tensor(sample.embedding),
-                "id": "/".join(sample.identity) + f"#{sample.view}"}
+        return {
+            "image": pixels,
+            "target": torch.tensor(sample.embedding),
+            "id": "/".join(sample.identity) + f"#{sample.view}",
+        }
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"images": stack_images([i["image"] for i in items]),
-                "targets": torch.stack([i["target"] for i in items]).float(), "ids": [i["id"] for i in items]}
+        return {
+            "images": stack_images([i["image"] for i in items]),
+            "targets": torch.stack([i["target"] for i in items]).float(),
+            "ids": [i["id"] for i in items],
+        }
 
 
 @dataclass
@@ -162,8 +195,15 @@ class SamBatchMaker:
         chosen = choose_prompts(self.seed, epoch, identity, len(p.structure), self.prompts)
         stored = t.stored_logits(i)[chosen]
         subset = SamPrompts(p.structure[chosen], p.boxes[chosen], p.points[chosen], p.labels[chosen], p.iou[chosen])
-        return SamSample(identity, int(t.positions[i]), data, (int(t.hw[i, 0]), int(t.hw[i, 1])), subset,
-                         lambda: stored, self.precision)
+        return SamSample(
+            identity,
+            int(t.positions[i]),
+            data,
+            (int(t.hw[i, 0]), int(t.hw[i, 1])),
+            subset,
+            lambda: stored,
+            self.precision,
+        )
 
     def item(self, sample: SamSample, resolution: int, epoch: int) -> dict[str, Any]:
         return sam_item(sample, np.arange(len(sample.prompts.structure)))  # make() drew the epoch's prompts
@@ -182,11 +222,18 @@ def stack_images(images: list[np.ndarray]) -> torch.Tensor:
 def sam_item(sample: SamSample, chosen: np.ndarray) -> dict[str, Any]:
     image, hw = sample.sam_input()
     boxes, points = sample.prompts_1024(chosen)
-    return {"image": image, "input_hw": torch.tensor(hw),
-            "structure": torch.from_numpy(sample.prompts.structure[chosen]), "boxes": torch.from_numpy(boxes),
-            "points": torch.from_numpy(points), "labels": torch.from_numpy(sample.prompts.labels[chosen]),
-            "stored_logits": torch.from_numpy(sample.stored_logits()[chosen]), "logits_precision": sample.precision,
-            "target_iou": torch.from_numpy(sample.prompts.iou[chosen]), "id": "/".join(sample.identity)}
+    return {
+        "image": image,
+        "input_hw": torch.tensor(hw),
+        "structure": torch.from_numpy(sample.prompts.structure[chosen]),
+        "boxes": torch.from_numpy(boxes),
+        "points": torch.from_numpy(points),
+        "labels": torch.from_numpy(sample.prompts.labels[chosen]),
+        "stored_logits": torch.from_numpy(sample.stored_logits()[chosen]),
+        "logits_precision": sample.precision,
+        "target_iou": torch.from_numpy(sample.prompts.iou[chosen]),
+        "id": "/".join(sample.identity),
+    }
 
 
 def collate_sam(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -195,10 +242,15 @@ def collate_sam(items: list[dict[str, Any]]) -> dict[str, Any]:
     them), target_iou [N, M]."""
     cat = lambda key: torch.cat([i[key] for i in items])  # noqa: E731
     index = torch.cat([torch.full((len(i["structure"]),), b, dtype=torch.long) for b, i in enumerate(items)])
-    return {"images": stack_images([i["image"] for i in items]), "input_hw": torch.stack([i["input_hw"] for i in items]),
-            "prompts": PromptBatch(index, cat("structure"), cat("boxes"), cat("points"), cat("labels")),
-            "stored_logits": cat("stored_logits"), "logits_precision": items[0]["logits_precision"],
-            "target_iou": cat("target_iou"), "ids": [i["id"] for i in items]}
+    return {
+        "images": stack_images([i["image"] for i in items]),
+        "input_hw": torch.stack([i["input_hw"] for i in items]),
+        "prompts": PromptBatch(index, cat("structure"), cat("boxes"), cat("points"), cat("labels")),
+        "stored_logits": cat("stored_logits"),
+        "logits_precision": items[0]["logits_precision"],
+        "target_iou": cat("target_iou"),
+        "ids": [i["id"] for i in items],
+    }
 
 
 def target_logits(batch: dict[str, Any], device: torch.device | str) -> torch.Tensor:
@@ -213,8 +265,20 @@ class Stream:
     """One rank's endless sequence of batches of one kind, epoch after epoch, from a data position
     (epoch, batch); `epoch` and `batch` always name the next batch it gives."""
 
-    def __init__(self, kind: str, units: list[UnitPieces], maker: BatchMaker, sizes: dict[int, int], seed: int,
-                 world_size: int, rank: int, streams: int, workers: int, epoch: int = 0, batch: int = 0):
+    def __init__(
+        self,
+        kind: str,
+        units: list[UnitPieces],
+        maker: BatchMaker,
+        sizes: dict[int, int],
+        seed: int,
+        world_size: int,
+        rank: int,
+        streams: int,
+        workers: int,
+        epoch: int = 0,
+        batch: int = 0,
+    ):
         self.kind, self.units, self.maker, self.sizes = kind, units, maker, sizes
         self.seed, self.world_size, self.rank, self.streams, self.workers = seed, world_size, rank, streams, workers
         self.epoch, self.batch = epoch, batch
@@ -233,9 +297,11 @@ class Stream:
                 return
             self.epoch, self.batch = self.epoch + 1, 0
             self.plan = self._plan(self.epoch)
-        raise StoreError(f"{self.kind}: {sum(u.count for u in self.units)} training samples over {self.world_size} "
-                         f"process(es) x {self.streams} streams make no batch of {min(self.sizes.values())} in "
-                         f"{MAX_EMPTY_EPOCHS} epochs; lower data.{self.kind}.batch_size or data.streams, or add data")
+        raise StoreError(
+            f"{self.kind}: {sum(u.count for u in self.units)} training samples over {self.world_size} "
+            f"process(es) x {self.streams} streams make no batch of {min(self.sizes.values())} in "
+            f"{MAX_EMPTY_EPOCHS} epochs; lower data.{self.kind}.batch_size or data.streams, or add data"
+        )
 
     def __iter__(self) -> "Stream":
         return self

@@ -16,6 +16,7 @@ processes by the trainer) times the teachers' forward FLOPs (`storage_schemas.te
 the architectures in the store's manifests) - what online distillation would have spent running
 the teachers on the same batches. The store's own cost was paid once, for every run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,8 +76,9 @@ def read_validation(path: str) -> list[dict[str, Any]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                print(f"warning: {path} line {n} is not JSON (a run killed while writing it?); left out",
-                      file=sys.stderr)
+                print(
+                    f"warning: {path} line {n} is not JSON (a run killed while writing it?); left out", file=sys.stderr
+                )
                 continue
             rows[(row.get("stage", ""), int(row["step"]))] = row
     return sorted(rows.values(), key=lambda r: r["step"])
@@ -116,13 +118,31 @@ def read_run(path: str, name: str) -> RunResult:
             meta = json.load(f)
         consumed = meta.get("consumed")
         teachers = (meta.get("clip_teacher"), meta.get("sam_teacher"), bool(meta.get("sam_multimask")))
-        return RunResult(name, path, config, validation, "finished", int(meta["global_step"]),
-                         meta.get("train_seconds"), consumed, teacher_flops(*teachers))
+        return RunResult(
+            name,
+            path,
+            config,
+            validation,
+            "finished",
+            int(meta["global_step"]),
+            meta.get("train_seconds"),
+            consumed,
+            teacher_flops(*teachers),
+        )
     state = latest_state(path)
     if state is None:
         return RunResult(name, path, config, validation, "not started", 0, None, None, None)
-    return RunResult(name, path, config, validation, "partial", int(state["global_step"]), state.get("train_seconds"),
-                     {k: int(state.get(k, 0)) for k in CONSUMED}, store_flops(config))
+    return RunResult(
+        name,
+        path,
+        config,
+        validation,
+        "partial",
+        int(state["global_step"]),
+        state.get("train_seconds"),
+        {k: int(state.get(k, 0)) for k in CONSUMED},
+        store_flops(config),
+    )
 
 
 def collect(paths: list[str]) -> list[RunResult]:
@@ -212,15 +232,26 @@ def format_metric(m: tuple[float, float | None, int] | None) -> str:
 
 def table(points: list[Point], keys: list[str], metrics: list[str]) -> tuple[list[str], list[list[str]]]:
     short = short_keys(keys)
-    header = [short[k] for k in keys] + ["runs", "status", "steps", "wall"] + [m[4:] for m in metrics] + \
-        ["teacher work saved"]
+    header = (
+        [short[k] for k in keys]
+        + ["runs", "status", "steps", "wall"]
+        + [m[4:] for m in metrics]
+        + ["teacher work saved"]
+    )
     rows = []
     for p in points:
         steps = sorted({r.steps for r in p.runs})
-        rows.append([as_text(p.values[k]) for k in keys] + [
-            str(len(p.runs)), p.status, str(steps[0]) if len(steps) == 1 else f"{steps[0]}-{steps[-1]}",
-            f"{p.seconds:.0f} s" if p.seconds is not None else "?"] + [format_metric(p.metric(m)) for m in metrics] + [
-            format_flops(p.saved_flops)])
+        rows.append(
+            [as_text(p.values[k]) for k in keys]
+            + [
+                str(len(p.runs)),
+                p.status,
+                str(steps[0]) if len(steps) == 1 else f"{steps[0]}-{steps[-1]}",
+                f"{p.seconds:.0f} s" if p.seconds is not None else "?",
+            ]
+            + [format_metric(p.metric(m)) for m in metrics]
+            + [format_flops(p.saved_flops)]
+        )
     return header, rows
 
 
@@ -233,16 +264,23 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
 def write_csv(path: str, points: list[Point], keys: list[str], metrics: list[str]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(keys + ["runs", "status", "steps", "train_seconds"]
-                   + [f"{m}_{s}" for m in metrics for s in ("mean", "std")] + list(CONSUMED) + ["teacher_flops_saved"])
+        w.writerow(
+            keys
+            + ["runs", "status", "steps", "train_seconds"]
+            + [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
+            + list(CONSUMED)
+            + ["teacher_flops_saved"]
+        )
         for p in points:
             stats = [p.metric(m) for m in metrics]
             consumed = p.consumed
-            w.writerow([as_text(p.values[k]) for k in keys] + [
-                len(p.runs), p.status, max(r.steps for r in p.runs), "" if p.seconds is None else p.seconds]
+            w.writerow(
+                [as_text(p.values[k]) for k in keys]
+                + [len(p.runs), p.status, max(r.steps for r in p.runs), "" if p.seconds is None else p.seconds]
                 + [x for s in stats for x in ((s[0], "" if s[1] is None else s[1]) if s else ("", ""))]
                 + [consumed[k] if consumed else "" for k in CONSUMED]
-                + ["" if p.saved_flops is None else p.saved_flops])
+                + ["" if p.saved_flops is None else p.saved_flops]
+            )
 
 
 def plot_curves(path: str, points: list[Point], keys: list[str], metrics: list[str]) -> None:
@@ -262,18 +300,31 @@ def plot_curves(path: str, points: list[Point], keys: list[str], metrics: list[s
             for j, r in enumerate(p.runs):
                 xs = [row["step"] for row in r.validation if metric in row]
                 ys = [row[metric] for row in r.validation if metric in row]
-                ax.plot(xs, ys, marker=".", color=colours(i % 10), alpha=0.9 if len(p.runs) == 1 else 0.6,
-                        label=label if j == 0 else None)
+                ax.plot(
+                    xs,
+                    ys,
+                    marker=".",
+                    color=colours(i % 10),
+                    alpha=0.9 if len(p.runs) == 1 else 0.6,
+                    label=label if j == 0 else None,
+                )
         first = points[0].runs[0].validation
         for a, b in zip(first, first[1:]):  # stage boundaries of the first run
             if a.get("stage") != b.get("stage"):
                 ax.axvline(b["step"], color="0.6", linestyle=":", linewidth=1)
-                ax.text(b["step"], 1.0, f" {b['stage']}", transform=ax.get_xaxis_transform(), va="top",
-                        fontsize=7, color="0.4")
+                ax.text(
+                    b["step"],
+                    1.0,
+                    f" {b['stage']}",
+                    transform=ax.get_xaxis_transform(),
+                    va="top",
+                    fontsize=7,
+                    color="0.4",
+                )
         ax.set_title(metric[4:] if metric.startswith("val/") else metric, fontsize=10)
         ax.set_xlabel("optimiser step")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(metrics):]:
+    for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     if handles:
@@ -284,8 +335,11 @@ def plot_curves(path: str, points: list[Point], keys: list[str], metrics: list[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m student.compare", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m student.compare",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("runs", nargs="+", metavar="RUN_OR_SWEEP_DIR")
     p.add_argument("--out", help="where comparison.{csv,md,png} go (default: the first folder given)")
     args = p.parse_args(argv)
@@ -298,10 +352,13 @@ def main(argv: list[str] | None = None) -> int:
     saved = [r.saved_flops for r in runs]
     consumed = [r.consumed for r in runs if r.consumed is not None]
     totals = {k: sum(c[k] for c in consumed) for k in CONSUMED}
-    print(f"\nteacher work the store saved over {len(runs)} run(s): "
-          f"{format_flops(sum(s for s in saved if s is not None))} ({totals['clip_views']:,} CLIP views, "
-          f"{totals['sam_images']:,} SAM images, {totals['sam_prompts']:,} SAM prompts"
-          + (f"; {saved.count(None)} run(s) not counted" if None in saved else "") + ")")
+    print(
+        f"\nteacher work the store saved over {len(runs)} run(s): "
+        f"{format_flops(sum(s for s in saved if s is not None))} ({totals['clip_views']:,} CLIP views, "
+        f"{totals['sam_images']:,} SAM images, {totals['sam_prompts']:,} SAM prompts"
+        + (f"; {saved.count(None)} run(s) not counted" if None in saved else "")
+        + ")"
+    )
     out = args.out or args.runs[0]
     os.makedirs(out, exist_ok=True)
     write_csv(os.path.join(out, "comparison.csv"), points, keys, metrics)

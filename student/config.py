@@ -11,6 +11,7 @@ same run on 1 or 32 GPUs; the trainer divides them. Every ablation of the paper 
 against the same store: `stages.1.lambda_sam`, `data.clip.views`, `data.sam.prompts`,
 `model.pooling`, `data.clip.resolutions`, `loss.focal`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -183,8 +184,10 @@ class TrainConfig:
         total = getattr(self.data, kind).batch_size
         parts = processes * self.grad_accum
         if total % parts:
-            raise ConfigError(f"data.{kind}.batch_size: {total} does not split over {processes} "
-                              f"processes x {self.grad_accum} accumulation steps; use a multiple of {parts}")
+            raise ConfigError(
+                f"data.{kind}.batch_size: {total} does not split over {processes} "
+                f"processes x {self.grad_accum} accumulation steps; use a multiple of {parts}"
+            )
         return total // parts
 
 
@@ -198,6 +201,7 @@ RUN_CONFIG = "config.yaml"  # OUTPUT/config.yaml: the resolved config a run was 
 def config_record(cfg: TrainConfig) -> dict[str, Any]:
     """The config as a run records it: plain data, storage options left out (they may hold
     credentials, which must never reach a log or a file next to the run)."""
+
     def strip(v: Any) -> Any:
         if isinstance(v, dict):
             return {k: strip(x) for k, x in v.items() if k != "storage_options"}
@@ -212,8 +216,13 @@ def flat_config(record: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
 
     def walk(prefix: str, v: Any) -> None:
-        items = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, list) and v and all(
-            isinstance(x, dict) for x in v) else None
+        items = (
+            v.items()
+            if isinstance(v, dict)
+            else enumerate(v)
+            if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)
+            else None
+        )
         if items is None:
             out[prefix] = v
             return

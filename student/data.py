@@ -14,6 +14,7 @@ size and ETag are checked against the commit record and each sample's key agains
 Views are rendered by `storage_schemas.views.render_view` from the decode rule of
 `storage_schemas.decode`: at the teacher's size they are the teacher's pixels (`pixel_hash` says so).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -37,8 +38,18 @@ from storage_schemas.unit_tar import check_input, unit_tar
 from student.epoch_plan import unit_id
 from student.pieces import Keep, choose_view, load_sam_piece, read_whole, split_filter, unit_pieces
 
-__all__ = ["ClipSample", "SamSample", "Keep", "check_input", "choose_prompts", "choose_view", "iter_clip_unit",
-           "iter_sam_unit", "split_filter", "unit_id"]
+__all__ = [
+    "ClipSample",
+    "SamSample",
+    "Keep",
+    "check_input",
+    "choose_prompts",
+    "choose_view",
+    "iter_clip_unit",
+    "iter_sam_unit",
+    "split_filter",
+    "unit_id",
+]
 
 
 def _everything(_: SampleId) -> bool:
@@ -65,8 +76,13 @@ class ClipSample:
         return self.decode(self.data, size, self.max_pixels)
 
 
-def iter_clip_unit(store: TargetStore, record: CommitRecord, keep: Keep | None = None,
-                   storage_options: dict | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[ClipSample]:
+def iter_clip_unit(
+    store: TargetStore,
+    record: CommitRecord,
+    keep: Keep | None = None,
+    storage_options: dict | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Iterator[ClipSample]:
     """The stored samples of one committed CLIP unit (those `keep` accepts), in order."""
     keep = keep or _everything
     tar = None
@@ -80,8 +96,16 @@ def iter_clip_unit(store: TargetStore, record: CommitRecord, keep: Keep | None =
         tar = tar or unit_tar(store, record, storage_options)
         images = read_spans(storage_options, tar.image_spans(v.sample_index[rows], [v.keys[n] for n in rows]))
         for n, data in zip(rows, images):
-            yield ClipSample(SampleId(record.source, record.shard, v.keys[n]), int(v.sample_index[n]), data,
-                             v.crops[n], v.flips[n], list(v.pixel_hashes[n]), v.embeddings[n], max_pixels)
+            yield ClipSample(
+                SampleId(record.source, record.shard, v.keys[n]),
+                int(v.sample_index[n]),
+                data,
+                v.crops[n],
+                v.flips[n],
+                list(v.pixel_hashes[n]),
+                v.embeddings[n],
+                max_pixels,
+            )
 
 
 @dataclass
@@ -115,8 +139,13 @@ class SamSample:
         return boxes, points
 
 
-def iter_sam_unit(store: TargetStore, record: CommitRecord, keep: Keep | None = None,
-                  storage_options: dict | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[SamSample]:
+def iter_sam_unit(
+    store: TargetStore,
+    record: CommitRecord,
+    keep: Keep | None = None,
+    storage_options: dict | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Iterator[SamSample]:
     """The stored images of one committed SAM unit (those `keep` accepts), in order."""
     keep = keep or _everything
     manifest = store.manifest("sam")
@@ -129,9 +158,16 @@ def iter_sam_unit(store: TargetStore, record: CommitRecord, keep: Keep | None = 
         tar = tar or unit_tar(store, record, storage_options)
         images = read_spans(storage_options, tar.image_spans(t.positions, t.keys))
         for i, data in enumerate(images):
-            yield SamSample(SampleId(record.source, record.shard, t.keys[i]), int(t.positions[i]), data,
-                            (int(t.hw[i, 0]), int(t.hw[i, 1])), t.prompts[i], lambda t=t, i=i: t.stored_logits(i),
-                            precision, max_pixels)
+            yield SamSample(
+                SampleId(record.source, record.shard, t.keys[i]),
+                int(t.positions[i]),
+                data,
+                (int(t.hw[i, 0]), int(t.hw[i, 1])),
+                t.prompts[i],
+                lambda t=t, i=i: t.stored_logits(i),
+                precision,
+                max_pixels,
+            )
 
 
 def choose_prompts(seed: int, epoch: int, sample: SampleId, n_stored: int, n: int) -> np.ndarray:

@@ -30,6 +30,7 @@ samples row by row (sample i of every run, the runs in a seeded order): neighbou
 from different runs, so a batch of B samples draws from about min(B, units of the stream, runs of a
 group) units. A reader holds one group's images and one piece per unit at a time.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -110,8 +111,9 @@ def deal_slots(units: list[UnitPieces], slots: int, seed: int, epoch: int) -> li
     order = sorted(units, key=lambda u: stable_hash64("unit-order", seed, epoch, *unit_id(u.record)))
     laid: list[tuple[UnitPieces, int]] = []
     for u in order:
-        pieces = sorted(range(len(u.pieces)), key=lambda j: stable_hash64("piece-order", seed, epoch,
-                                                                            *unit_id(u.record), j))
+        pieces = sorted(
+            range(len(u.pieces)), key=lambda j: stable_hash64("piece-order", seed, epoch, *unit_id(u.record), j)
+        )
         laid += [(u, j) for j in pieces if u.pieces[j].count]
     total = sum(u.pieces[j].count for u, j in laid)
     per_slot = total / slots if total else 1.0
@@ -128,12 +130,22 @@ def deal_slots(units: list[UnitPieces], slots: int, seed: int, epoch: int) -> li
     return [[SlotUnit(u, tuple(js)) for u, js in slot] for slot in out]
 
 
-def plan_epoch(units: list[UnitPieces], world_size: int, rank: int, streams: int, seed: int, epoch: int,
-               sizes: dict[int, int], tag: str) -> EpochPlan:
+def plan_epoch(
+    units: list[UnitPieces],
+    world_size: int,
+    rank: int,
+    streams: int,
+    seed: int,
+    epoch: int,
+    sizes: dict[int, int],
+    tag: str,
+) -> EpochPlan:
     pieces = sum(1 for u in units for p in u.pieces if p.count)
     if pieces < world_size * streams:
-        raise StoreError(f"{tag}: {sum(u.count for u in units)} training samples in {pieces} pieces cannot feed "
-                         f"{world_size} process(es) x {streams} streams; lower data.streams")
+        raise StoreError(
+            f"{tag}: {sum(u.count for u in units)} training samples in {pieces} pieces cannot feed "
+            f"{world_size} process(es) x {streams} streams; lower data.streams"
+        )
     slots = deal_slots(units, world_size * streams, seed, epoch)
     loads = np.array([sum(su.count for su in slot) for slot in slots]).reshape(world_size, streams)
     # Stream s of every rank stops where its smallest one does. With few pieces, each a large part
@@ -151,7 +163,7 @@ def plan_epoch(units: list[UnitPieces], world_size: int, rank: int, streams: int
             break  # the rest of each slot is left for later epochs (the deal changes every epoch)
         batches.append((res, sizes[res]))
         used[s] += sizes[res]
-    return EpochPlan(tag, seed, epoch, rank, slots[rank * streams:(rank + 1) * streams], batches)
+    return EpochPlan(tag, seed, epoch, rank, slots[rank * streams : (rank + 1) * streams], batches)
 
 
 @dataclass(frozen=True)
@@ -190,7 +202,7 @@ def stream_order(plan: EpochPlan, stream: int, run: int, window: int) -> StreamO
     per_group = max(1, window // run)
     unit, piece, ordinal, group_start = [], [], [], [0]
     for g, first in enumerate(range(0, len(runs), per_group)):
-        group = runs[first:first + per_group]
+        group = runs[first : first + per_group]
         slot = _rng("group-order", *key, plan.rank, stream, g).permutation(len(group))  # run k's place in a row
         lengths = np.array([r[3] for r in group])
         row = np.concatenate([np.arange(n) for n in lengths])

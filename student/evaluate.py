@@ -14,6 +14,7 @@ Class-name embeddings come from the store's text table (--text NAME; the store d
 the student trained on) or from an open_clip text tower (--text-tower ARCH --text-pretrained FILE,
 cached under --text-cache). Each task writes OUT/TASK.json and prints a short table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,13 +75,16 @@ def class_names(args: argparse.Namespace, names: list[str], store_url: str | Non
         classes = StoreText(open_store(store_url), args.text)(names)
     teacher = meta.get("clip_teacher", {}).get("weights_sha256")
     if teacher and classes.teacher_weights_sha256 and teacher != classes.teacher_weights_sha256:
-        raise ConfigError(f"the class embeddings come from CLIP weights {classes.teacher_weights_sha256[:12]}..., "
-                          f"the student was distilled from {teacher[:12]}...; use that teacher's text tower")
+        raise ConfigError(
+            f"the class embeddings come from CLIP weights {classes.teacher_weights_sha256[:12]}..., "
+            f"the student was distilled from {teacher[:12]}...; use that teacher's text tower"
+        )
     return classes
 
 
-def zeroshot_classification(predictor: SamClipPredictor, classes: ClassNames, samples, size: int,
-                            batch_size: int = 32) -> dict[str, Any]:
+def zeroshot_classification(
+    predictor: SamClipPredictor, classes: ClassNames, samples, size: int, batch_size: int = 32
+) -> dict[str, Any]:
     """samples: (key, image, label) -> top-1/top-5 over them, and top-1 per class."""
     hits, n = {1: 0, 5: 0}, 0
     per_class = np.zeros((len(classes.names), 2), np.int64)  # [correct, seen]
@@ -109,20 +113,34 @@ def zeroshot_classification(predictor: SamClipPredictor, classes: ClassNames, sa
         flush(images, labels)
     if n == 0:
         raise ConfigError("the labelled set has no images")
-    return {"top1": hits[1] / n, "top5": hits[5] / n, "images": n, "size": size,
-            "per_class_top1": {c: (int(r[0]) / int(r[1]) if r[1] else None) for c, r in zip(classes.names, per_class)}}
+    return {
+        "top1": hits[1] / n,
+        "top5": hits[5] / n,
+        "images": n,
+        "size": size,
+        "per_class_top1": {c: (int(r[0]) / int(r[1]) if r[1] else None) for c, r in zip(classes.names, per_class)},
+    }
 
 
-def semantic_segmentation(predictor: SamClipPredictor, classes: ClassNames, dataset: SegmentationSet,
-                          refine: bool, threshold: float, points: int, seed: int) -> dict[str, Any]:
+def semantic_segmentation(
+    predictor: SamClipPredictor,
+    classes: ClassNames,
+    dataset: SegmentationSet,
+    refine: bool,
+    threshold: float,
+    points: int,
+    seed: int,
+) -> dict[str, Any]:
     """seed: the refinement's point draws use seed + the image's position in the set."""
     c = len(classes.names)
     conf, coarse_conf = np.zeros((c, c), np.int64), np.zeros((c, c), np.int64)
     images = 0
     for i, (key, image, label) in enumerate(tqdm(dataset, desc="semseg" + (" --refine" if refine else ""), unit="img")):
         if label[label != IGNORE_LABEL].max(initial=0) >= c:
-            raise ConfigError(f"{key}: label value {int(label[label != IGNORE_LABEL].max())} but only {c} class names "
-                              f"({dataset.root}/classes.txt or --classes)")
+            raise ConfigError(
+                f"{key}: label value {int(label[label != IGNORE_LABEL].max())} but only {c} class names "
+                f"({dataset.root}/classes.txt or --classes)"
+            )
         seg = predictor.segment(image, classes, refine=refine, threshold=threshold, max_points=points, seed=seed + i)
         conf += confusion_matrix(seg.labels, label, c)
         coarse_conf += confusion_matrix(seg.coarse_labels, label, c)
@@ -130,29 +148,41 @@ def semantic_segmentation(predictor: SamClipPredictor, classes: ClassNames, data
     if images == 0:
         raise ConfigError("the segmentation set has no usable images")
     iou = iou_per_class(conf)
-    out = {"miou": mean_iou(conf), "images": images, "resolution": 1024 if refine else 448,
-           "per_class_iou": {name: (None if np.isnan(v) else float(v)) for name, v in zip(classes.names, iou)},
-           "pixel_accuracy": float(np.trace(conf) / max(conf.sum(), 1))}
+    out = {
+        "miou": mean_iou(conf),
+        "images": images,
+        "resolution": 1024 if refine else 448,
+        "per_class_iou": {name: (None if np.isnan(v) else float(v)) for name, v in zip(classes.names, iou)},
+        "pixel_accuracy": float(np.trace(conf) / max(conf.sum(), 1)),
+    }
     if refine:
         out.update({"miou_clip_head_only": mean_iou(coarse_conf), "threshold": threshold, "max_points": points})
     return out
 
 
-def sam_agreement(predictor: SamClipPredictor, store_url: str, held_out: float, images: int, seed: int) -> dict[str, Any]:
+def sam_agreement(
+    predictor: SamClipPredictor, store_url: str, held_out: float, images: int, seed: int
+) -> dict[str, Any]:
     store = open_store(store_url)
     manifest = store.manifest("sam")
     if manifest is None:
         raise StoreError(f"store {store.url} has no SAM targets (no sam/_manifest.json)")
     multimask = int(manifest.must_match["policy"]["num_masks"]) == 3
-    held = load_sam_held_out(store, store.commits("sam"), split_filter(held_out, "held_out"), images,
-                             prompts=1 << 30, seed=seed)  # every stored prompt
+    held = load_sam_held_out(
+        store, store.commits("sam"), split_filter(held_out, "held_out"), images, prompts=1 << 30, seed=seed
+    )  # every stored prompt
     if not held:
         raise StoreError(f"store {store.url}: no held-out SAM image at held-out fraction {held_out}")
     metrics = sam_metrics(predictor.model, held, multimask, predictor.device)
     # Per mask, in the stored 256 x 256 low-res frame (padding included), not a semantic mIoU.
-    return {"mask_iou": metrics["mask_iou"], "logit_corr": metrics["logit_corr"], "soft_iou": metrics["soft_iou"],
-            "images": len(held), "masks": sum(b["stored_logits"].shape[0] * b["stored_logits"].shape[1] for b in held),
-            "held_out": held_out}
+    return {
+        "mask_iou": metrics["mask_iou"],
+        "logit_corr": metrics["logit_corr"],
+        "soft_iou": metrics["soft_iou"],
+        "images": len(held),
+        "masks": sum(b["stored_logits"].shape[0] * b["stored_logits"].shape[1] for b in held),
+        "held_out": held_out,
+    }
 
 
 def check_refine_arguments(threshold: float, points: int) -> None:
@@ -171,12 +201,17 @@ def print_table(task: str, result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m student.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m student.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("task", choices=TASKS)
-    parser.add_argument("--export", required=True, help="the student's export folder (student.safetensors + student.json)")
+    parser.add_argument(
+        "--export", required=True, help="the student's export folder (student.safetensors + student.json)"
+    )
     parser.add_argument("--data", help="zeroshot-cls: class folders or .tar shards; semseg: a VOC-style root")
-    parser.add_argument("--classes", help="class names, one per line (default: folder names / the set's classes.txt / VOC's)")
+    parser.add_argument(
+        "--classes", help="class names, one per line (default: folder names / the set's classes.txt / VOC's)"
+    )
     parser.add_argument("--class-field", default="cls", help="webdataset member holding the integer label")
     parser.add_argument("--split", default="val", help="semseg: ImageSets/Segmentation/SPLIT.txt")
     parser.add_argument("--size", type=int, default=224, help="zeroshot-cls input size (paper: 336)")
@@ -205,8 +240,15 @@ def main(argv: list[str] | None = None) -> int:
     elif args.task == "semseg":
         dataset = SegmentationSet(args.data, skipped, args.split, args.classes)
         check_refine_arguments(args.threshold, args.points)
-        result = semantic_segmentation(predictor, class_names(args, dataset.classnames, store_url, meta), dataset,
-                                       args.refine, args.threshold, args.points, args.seed)
+        result = semantic_segmentation(
+            predictor,
+            class_names(args, dataset.classnames, store_url, meta),
+            dataset,
+            args.refine,
+            args.threshold,
+            args.points,
+            args.seed,
+        )
         name = "semseg-refine" if args.refine else "semseg"
     else:
         if not store_url:
@@ -219,8 +261,19 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"{name}.json")
     with open(path, "w") as f:
-        json.dump({"task": name, "export": args.export, "data": args.data, "store": store_url,
-                   "subset": meta.get("subset"), "metrics": result, "skipped": skipped}, f, indent=2)
+        json.dump(
+            {
+                "task": name,
+                "export": args.export,
+                "data": args.data,
+                "store": store_url,
+                "subset": meta.get("subset"),
+                "metrics": result,
+                "skipped": skipped,
+            },
+            f,
+            indent=2,
+        )
     print_table(name, result)
     if meta.get("subset"):
         s = meta["subset"]

@@ -9,6 +9,7 @@
 state dict that `segment_anything.sam_model_registry["vit_b"](checkpoint=...)` loads, so SAM
 users can drop the student in.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,19 +37,28 @@ def build_student(cfg: ModelConfig, embed_dim: int, storage_options: dict[str, A
 
 def sam_state_dict(model: SamClip) -> dict[str, torch.Tensor]:
     """The student's SAM path under `segment_anything.modeling.Sam`'s parameter names."""
-    parts = {"image_encoder.patch_embed": model.patch_embed, "image_encoder.blocks": model.blocks,
-             "image_encoder.neck": model.neck, "prompt_encoder": model.prompt_encoder,
-             "mask_decoder": model.mask_decoder}
+    parts = {
+        "image_encoder.patch_embed": model.patch_embed,
+        "image_encoder.blocks": model.blocks,
+        "image_encoder.neck": model.neck,
+        "prompt_encoder": model.prompt_encoder,
+        "mask_decoder": model.mask_decoder,
+    }
     out = {f"{prefix}.{k}": v.detach() for prefix, m in parts.items() for k, v in m.state_dict().items()}
     out["image_encoder.pos_embed"] = model.pos_embed.detach()
     return out
 
 
-def export_student(model: SamClip, cfg: ModelConfig, embed_dim: int, out_dir: str, extra: dict | None = None) -> dict[str, str]:
+def export_student(
+    model: SamClip, cfg: ModelConfig, embed_dim: int, out_dir: str, extra: dict | None = None
+) -> dict[str, str]:
     """Write the student's weights, its description and its SAM path; returns the file paths."""
     os.makedirs(out_dir, exist_ok=True)
-    paths = {"student": os.path.join(out_dir, STUDENT_WEIGHTS), "meta": os.path.join(out_dir, STUDENT_META),
-             "sam": os.path.join(out_dir, f"sam_{cfg.sam_arch}.pth")}
+    paths = {
+        "student": os.path.join(out_dir, STUDENT_WEIGHTS),
+        "meta": os.path.join(out_dir, STUDENT_META),
+        "sam": os.path.join(out_dir, f"sam_{cfg.sam_arch}.pth"),
+    }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, paths["student"])
     meta = {"model": {**asdict(cfg), "sam_checkpoint": None}, "embed_dim": embed_dim, **(extra or {})}

@@ -13,6 +13,7 @@ Images are RGB (PIL or uint8 [H, W, 3]); boxes and points are in their pixels, a
 at their size. CLIP-side inputs are rendered by `storage_schemas.views.render_view` (what the
 student trained on); SAM-side inputs are exactly `SamPredictor`'s (`storage_schemas.sam_transforms`).
 """
+
 from __future__ import annotations
 
 import math
@@ -57,13 +58,14 @@ def postprocess_masks(low_res: torch.Tensor, input_hw: tuple[int, int], original
     return F.interpolate(x, original_hw, mode="bilinear", align_corners=False)
 
 
-def upsampled_argmax(scores: torch.Tensor, upsample: Callable[[torch.Tensor], torch.Tensor],
-                     chunk: int = 16) -> np.ndarray:
+def upsampled_argmax(
+    scores: torch.Tensor, upsample: Callable[[torch.Tensor], torch.Tensor], chunk: int = 16
+) -> np.ndarray:
     """argmax over classes of upsample(scores) without holding every class at full size:
     scores [C, h, w] -> int64 [H, W], `chunk` classes at a time."""
     best_value, best = None, None
     for start in range(0, scores.shape[0], chunk):
-        up = upsample(scores[start:start + chunk])
+        up = upsample(scores[start : start + chunk])
         value, index = up.max(dim=0)
         if best is None:
             best_value, best = value, index
@@ -74,8 +76,9 @@ def upsampled_argmax(scores: torch.Tensor, upsample: Callable[[torch.Tensor], to
     return best.numpy()
 
 
-def refine_prompts(probs: torch.Tensor, input_hw: tuple[int, int], threshold: float, max_points: int,
-                   seed: int) -> dict[int, np.ndarray]:
+def refine_prompts(
+    probs: torch.Tensor, input_hw: tuple[int, int], threshold: float, max_points: int, seed: int
+) -> dict[int, np.ndarray]:
     """Point prompts from the CLIP head's probabilities probs: [C, 64, 64] over the 1024 frame.
 
     Per class with a patch above `threshold` whose centre lies inside the image: 1..`max_points`
@@ -142,16 +145,18 @@ class Segmentation:
 
 
 class SamClipPredictor:
-    def __init__(self, model: SamClip, device: str | torch.device = "cpu",
-                 text: Callable[[list[str]], ClassNames] | None = None):
+    def __init__(
+        self, model: SamClip, device: str | torch.device = "cpu", text: Callable[[list[str]], ClassNames] | None = None
+    ):
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.text = text
         self._class_names: dict[tuple[str, ...], ClassNames] = {}
 
     @classmethod
-    def load(cls, export_dir: str, device: str = "cpu",
-             text: Callable[[list[str]], ClassNames] | None = None) -> "SamClipPredictor":
+    def load(
+        cls, export_dir: str, device: str = "cpu", text: Callable[[list[str]], ClassNames] | None = None
+    ) -> "SamClipPredictor":
         return cls(load_student(export_dir, device), device, text)
 
     def class_names(self, classes: Classes) -> ClassNames:
@@ -160,8 +165,10 @@ class SamClipPredictor:
         key = tuple(classes)
         if key not in self._class_names:
             if self.text is None:
-                raise ValueError("class names need a text source: SamClipPredictor(..., text=StoreText(...) or "
-                                 "TextTower(...)), or pass a ClassNames")
+                raise ValueError(
+                    "class names need a text source: SamClipPredictor(..., text=StoreText(...) or "
+                    "TextTower(...)), or pass a ClassNames"
+                )
             self._class_names[key] = self.text(list(key))
         return self._class_names[key]
 
@@ -177,7 +184,7 @@ class SamClipPredictor:
         out = []
         for i in range(0, len(images), batch_size):
             views = []
-            for im in map(as_pil, images[i:i + batch_size]):
+            for im in map(as_pil, images[i : i + batch_size]):
                 views.append(render_view(im, canonical_crop(im.width, im.height, size), False, size))
             out.append(self.model.clip_embed(self._pixels(views)).float().cpu())
         return torch.cat(out)
@@ -195,8 +202,15 @@ class SamClipPredictor:
         return self.class_names(classes).logits(dense).permute(2, 0, 1)
 
     @torch.no_grad()
-    def segment(self, image: ImageLike, classes: Classes, refine: bool = False, threshold: float = 0.5,
-                max_points: int = 3, seed: int = 0) -> Segmentation:
+    def segment(
+        self,
+        image: ImageLike,
+        classes: Classes,
+        refine: bool = False,
+        threshold: float = 0.5,
+        max_points: int = 3,
+        seed: int = 0,
+    ) -> Segmentation:
         """Zero-shot semantic segmentation at the image's size.
 
         refine=False: 448 px, CLIP head only (the paper's section 4.2 protocol).
@@ -217,8 +231,10 @@ class SamClipPredictor:
             return Segmentation(coarse, coarse, {})
         resized = sam_input_image(np.asarray(im))
         input_hw = resized.shape[:2]
-        x = self.model.sam_preprocess(torch.from_numpy(pad_image(resized)).permute(2, 0, 1)[None].to(self.device),
-                                      torch.tensor([input_hw], device=self.device))
+        x = self.model.sam_preprocess(
+            torch.from_numpy(pad_image(resized)).permute(2, 0, 1)[None].to(self.device),
+            torch.tensor([input_hw], device=self.device),
+        )
         tokens = self.model.backbone(x)  # the one backbone pass
         scores = classes.logits(self.model.clip_dense(x, tokens)[0].float().cpu()).permute(2, 0, 1)  # [C, 64, 64]
         coarse = upsampled_argmax(scores, lambda x: postprocess_masks(x[None], input_hw, hw)[0])
@@ -234,19 +250,30 @@ class SamClipPredictor:
             rows = [i for i, c in enumerate(cls_ids) if len(prompts[c]) == k]
             ids = [cls_ids[i] for i in rows]
             n = len(ids)
-            batch = PromptBatch(torch.zeros(n, dtype=torch.long), torch.full((n,), POINTS), torch.zeros(n, 4),
-                                torch.from_numpy(np.stack([prompts[c] for c in ids])),
-                                torch.ones(n, k, dtype=torch.long)).to(self.device)
-            low, _ = self.model.decode_prompts(embedding, batch, False, mask_prompt(probs[ids], input_hw).to(self.device))
+            batch = PromptBatch(
+                torch.zeros(n, dtype=torch.long),
+                torch.full((n,), POINTS),
+                torch.zeros(n, 4),
+                torch.from_numpy(np.stack([prompts[c] for c in ids])),
+                torch.ones(n, k, dtype=torch.long),
+            ).to(self.device)
+            low, _ = self.model.decode_prompts(
+                embedding, batch, False, mask_prompt(probs[ids], input_hw).to(self.device)
+            )
             logits[rows] = postprocess_masks(low.cpu(), input_hw, hw)[:, 0]
         labels_map = np.asarray(cls_ids)[logits.argmax(dim=0).numpy()]
         to_image = np.array([hw[1] / input_hw[1], hw[0] / input_hw[0]], np.float32)
         return Segmentation(labels_map, coarse, {c: prompts[c] * to_image for c in cls_ids})
 
     @torch.no_grad()
-    def segment_prompts(self, image: ImageLike, boxes: np.ndarray | None = None, points: np.ndarray | None = None,
-                        labels: np.ndarray | None = None, multimask: bool = False
-                        ) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    def segment_prompts(
+        self,
+        image: ImageLike,
+        boxes: np.ndarray | None = None,
+        points: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        multimask: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
         """The SAM head, as `SamPredictor.predict` batched over prompts.
 
         boxes: [N, 4] x0, y0, x1, y1; points: [N, n, 2] x, y; labels: [N, n] (1 foreground,
@@ -267,9 +294,12 @@ class SamClipPredictor:
             lab = torch.from_numpy(lab_arr)
         structure = 2 if boxes is not None and points is not None else (0 if boxes is not None else 1)
         batch = PromptBatch(torch.zeros(n, dtype=torch.long), torch.full((n,), structure), b, p, lab).to(self.device)
-        out = self.model(sam_images=torch.from_numpy(pad_image(resized)).permute(2, 0, 1)[None].to(self.device),
-                         sam_input_hw=torch.tensor([resized.shape[:2]], device=self.device), prompts=batch,
-                         multimask=multimask)
+        out = self.model(
+            sam_images=torch.from_numpy(pad_image(resized)).permute(2, 0, 1)[None].to(self.device),
+            sam_input_hw=torch.tensor([resized.shape[:2]], device=self.device),
+            prompts=batch,
+            multimask=multimask,
+        )
         low = out["masks"].float().cpu()
         masks = postprocess_masks(low, resized.shape[:2], hw) > 0.0
         return masks.numpy(), out["iou"].float().cpu().numpy(), low

@@ -10,6 +10,7 @@
 The first N committed samples of each kind are drawn; the pixels are re-rendered from the input
 shards by the same code the teacher and the student use.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,16 +46,24 @@ def clip_sheet(sample, size: int) -> Image.Image:
     image = sample.image(size)
     boxes, _ = fit_height(image)
     draw_crops(boxes, sample.crops, sample.flips)
-    views = [(f"view {v}{' (flip)' if sample.flips[v] else ''}",
-              Image.fromarray(render_view(image, sample.crops[v], bool(sample.flips[v]), size)))
-             for v in range(len(sample.crops))]
+    views = [
+        (
+            f"view {v}{' (flip)' if sample.flips[v] else ''}",
+            Image.fromarray(render_view(image, sample.crops[v], bool(sample.flips[v]), size)),
+        )
+        for v in range(len(sample.crops))
+    ]
     return sheet([(f"{sample.identity.key}: {len(views)} crops", boxes), *views])
 
 
 # "pred. IoU" in a tile's title is the teacher's own estimate of its mask's IoU (SAM's IoU head; a
 # random head's can be negative), not a measured one.
-SAM_LEGEND = [("teacher mask, p > 0.5", MASK_COLOR), ("box prompt", BOX_COLOR),
-              ("point (foreground)", FOREGROUND_POINT), ("point (background)", BACKGROUND_POINT)]
+SAM_LEGEND = [
+    ("teacher mask, p > 0.5", MASK_COLOR),
+    ("box prompt", BOX_COLOR),
+    ("point (foreground)", FOREGROUND_POINT),
+    ("point (background)", BACKGROUND_POINT),
+]
 
 
 def sam_sheet(sample, prompts: int) -> Image.Image:
@@ -68,8 +77,13 @@ def sam_sheet(sample, prompts: int) -> Image.Image:
         m = int(p.iou[i].argmax())  # the mask SamPredictor would rank first
         tile, scale = fit_height(mask_overlay(image, masks[i, m].numpy()))
         has_box, has_points = STRUCTURE_PARTS[int(p.structure[i])]
-        draw_prompt(tile, p.boxes[i] if has_box else None, p.points[i] if has_points else None,
-                    p.labels[i] if has_points else None, scale)
+        draw_prompt(
+            tile,
+            p.boxes[i] if has_box else None,
+            p.points[i] if has_points else None,
+            p.labels[i] if has_points else None,
+            scale,
+        )
         tiles.append((f"{i}: {PROMPT_STRUCTURES[int(p.structure[i])]}, pred. IoU {p.iou[i, m]:.2f}", tile))
     return sheet(tiles, SAM_LEGEND)
 
@@ -82,12 +96,18 @@ def inspect(store: TargetStore, out: str, samples: int, prompts: int, size: int 
     if size is None and manifest is not None:
         size = int(manifest.must_match["teacher"]["preprocess"]["size"][0])
     os.makedirs(out, exist_ok=True)
-    clip = (s for r in store.commits("clip") for s in iter_clip_unit(store, r, storage_options=store.storage.storage_options))
+    clip = (
+        s
+        for r in store.commits("clip")
+        for s in iter_clip_unit(store, r, storage_options=store.storage.storage_options)
+    )
     for s in islice(clip, samples):
         path = os.path.join(out, f"clip_{s.identity.source}_{s.identity.key}.png")
         clip_sheet(s, size).save(path)
         written.append(path)
-    sam = (s for r in store.commits("sam") for s in iter_sam_unit(store, r, storage_options=store.storage.storage_options))
+    sam = (
+        s for r in store.commits("sam") for s in iter_sam_unit(store, r, storage_options=store.storage.storage_options)
+    )
     for s in islice(sam, samples):
         path = os.path.join(out, f"sam_{s.identity.source}_{s.identity.key}.png")
         sam_sheet(s, prompts).save(path)
@@ -96,8 +116,11 @@ def inspect(store: TargetStore, out: str, samples: int, prompts: int, size: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m student.inspect_store", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m student.inspect_store",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("root", help="the target store's URL")
     parser.add_argument("--samples", type=int, default=3, help="samples of each kind")
     parser.add_argument("--prompts", type=int, default=6, help="prompts drawn per SAM image")

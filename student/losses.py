@@ -1,4 +1,5 @@
 """Distillation losses (paper section 3): cosine on the CLIP side, focal + dice (+ IoU MSE) on the SAM side."""
+
 from __future__ import annotations
 
 import torch
@@ -43,13 +44,16 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return 1.0 - (2 * (p * t).sum(-1) + 1.0) / ((p * p).sum(-1) + (t * t).sum(-1) + 1.0)
 
 
-def sam_loss(logits: torch.Tensor, iou: torch.Tensor, teacher_logits: torch.Tensor, teacher_iou: torch.Tensor,
-             cfg: LossConfig) -> dict[str, torch.Tensor]:
+def sam_loss(
+    logits: torch.Tensor, iou: torch.Tensor, teacher_logits: torch.Tensor, teacher_iou: torch.Tensor, cfg: LossConfig
+) -> dict[str, torch.Tensor]:
     """logits: [N, M, 256, 256] student low-res; teacher_*: the cached targets. -> the total and its parts."""
     logits, teacher_logits = logits.float(), teacher_logits.float()
     targets = mask_targets(teacher_logits, cfg.targets)
-    parts = {"focal": focal_loss(logits, targets, cfg.focal_gamma, cfg.focal_alpha).mean(),
-             "dice": dice_loss(logits, targets).mean(),
-             "iou": F.mse_loss(iou.float(), teacher_iou.float())}
+    parts = {
+        "focal": focal_loss(logits, targets, cfg.focal_gamma, cfg.focal_alpha).mean(),
+        "dice": dice_loss(logits, targets).mean(),
+        "iou": F.mse_loss(iou.float(), teacher_iou.float()),
+    }
     parts["total"] = cfg.focal * parts["focal"] + cfg.dice * parts["dice"] + cfg.iou * parts["iou"]
     return parts

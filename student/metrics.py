@@ -5,6 +5,7 @@ matrix accumulated over the whole dataset, pixels labelled `ignore` (255: VOC's 
 left out, IoU_c = TP / (TP + FP + FN) per class, and the mean over the classes that occur in the
 labels or the predictions of the dataset (a class absent from both has no IoU, not 0 or 1).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,7 +19,7 @@ def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...]
     kmax = min(max(ks), logits.shape[1])
     pred = logits.topk(kmax, dim=1).indices  # [B, kmax]
     hit = pred == target[:, None]
-    return {k: int(hit[:, :min(k, kmax)].any(dim=1).sum()) for k in ks}
+    return {k: int(hit[:, : min(k, kmax)].any(dim=1).sum()) for k in ks}
 
 
 def confusion_matrix(pred: np.ndarray, label: np.ndarray, n_classes: int, ignore: int = IGNORE_LABEL) -> np.ndarray:
@@ -28,8 +29,10 @@ def confusion_matrix(pred: np.ndarray, label: np.ndarray, n_classes: int, ignore
     keep = label != ignore
     lab, prd = label[keep].astype(np.int64), pred[keep].astype(np.int64)
     if lab.size and (lab.max() >= n_classes or lab.min() < 0):
-        raise ValueError(f"label values {sorted(set(np.unique(lab)) - set(range(n_classes)))} are not classes "
-                         f"0..{n_classes - 1} nor the ignore label {ignore}")
+        raise ValueError(
+            f"label values {sorted(set(np.unique(lab)) - set(range(n_classes)))} are not classes "
+            f"0..{n_classes - 1} nor the ignore label {ignore}"
+        )
     return np.bincount(lab * n_classes + prd, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 

@@ -15,6 +15,7 @@
   The same LayerNorm + MLP per token gives dense features.
 - SAM head: SAM's neck and mask decoder; SAM's prompt encoder is kept frozen.
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,23 +36,32 @@ def resample_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.
     """pos_embed: [1, H, W, C] -> [1, h, w, C], bicubic with antialiasing (as timm's SAM port)."""
     if tuple(pos_embed.shape[1:3]) == tuple(grid):
         return pos_embed
-    x = F.interpolate(pos_embed.permute(0, 3, 1, 2).float(), size=grid, mode="bicubic", antialias=True,
-                      align_corners=False)
+    x = F.interpolate(
+        pos_embed.permute(0, 3, 1, 2).float(), size=grid, mode="bicubic", antialias=True, align_corners=False
+    )
     return x.permute(0, 2, 3, 1).to(pos_embed.dtype)
 
 
 class ClipHead(nn.Module):
     """Transformer blocks (copies of the backbone's last block), pooling, LayerNorm, 2-hidden-layer MLP."""
 
-    def __init__(self, last_block: nn.Module, width: int, embed_dim: int, depth: int = 3,
-                 pooling: Literal["max", "avg"] = "max", mlp_hidden: int = 1024):
+    def __init__(
+        self,
+        last_block: nn.Module,
+        width: int,
+        embed_dim: int,
+        depth: int = 3,
+        pooling: Literal["max", "avg"] = "max",
+        mlp_hidden: int = 1024,
+    ):
         super().__init__()
         self.blocks = nn.ModuleList(copy.deepcopy(last_block) for _ in range(depth))
         self.pooling = pooling
         hidden = mlp_hidden
         self.norm = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
-                                 nn.Linear(hidden, embed_dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, embed_dim)
+        )
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, h, w, C] backbone tokens -> [B, h, w, C] after the head's blocks."""
@@ -88,8 +98,9 @@ class PromptBatch:
         return PromptBatch(*(t.to(device) for t in dataclasses.astuple(self)))
 
 
-def _predict_masks(dec: MaskDecoder, src: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
-                   dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _predict_masks(
+    dec: MaskDecoder, src: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`MaskDecoder.predict_masks` with one image embedding per prompt (src: [N, C, h, w])
     instead of one image for all prompts. -> masks [N, 1 + 3, 4h, 4w], IoU [N, 1 + 3]."""
     tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
@@ -98,17 +109,25 @@ def _predict_masks(dec: MaskDecoder, src: torch.Tensor, image_pe: torch.Tensor, 
     pos_src = image_pe.expand(src.shape[0], -1, -1, -1)
     b, c, h, w = src.shape
     hs, src = dec.transformer(src, pos_src, tokens)
-    iou_token_out, mask_tokens_out = hs[:, 0, :], hs[:, 1:(1 + dec.num_mask_tokens), :]
+    iou_token_out, mask_tokens_out = hs[:, 0, :], hs[:, 1 : (1 + dec.num_mask_tokens), :]
     upscaled = dec.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
-    hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1)
+    hyper_in = torch.stack(
+        [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1
+    )
     b, c, h, w = upscaled.shape
     masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
     return masks, dec.iou_prediction_head(iou_token_out)
 
 
 class SamClip(nn.Module):
-    def __init__(self, sam: Sam, embed_dim: int, head_depth: int = 3, pooling: Literal["max", "avg"] = "max",
-                 mlp_hidden: int = 1024):
+    def __init__(
+        self,
+        sam: Sam,
+        embed_dim: int,
+        head_depth: int = 3,
+        pooling: Literal["max", "avg"] = "max",
+        mlp_hidden: int = 1024,
+    ):
         super().__init__()
         enc = sam.image_encoder
         self.patch_embed, self.pos_embed, self.blocks = enc.patch_embed, enc.pos_embed, enc.blocks
@@ -146,8 +165,13 @@ class SamClip(nn.Module):
         tokens = self.backbone(x) if tokens is None else tokens
         return self.neck(tokens.permute(0, 3, 1, 2))
 
-    def decode_prompts(self, embeddings: torch.Tensor, prompts: PromptBatch, multimask: bool = False,
-                       mask_inputs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode_prompts(
+        self,
+        embeddings: torch.Tensor,
+        prompts: PromptBatch,
+        multimask: bool = False,
+        mask_inputs: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Batched decoding: N prompts over B images in one decoder call per prompt structure.
 
         embeddings: [B, C, 64, 64] -> low-res logits [N, M, 256, 256] and IoU [N, M], M = 3 with
@@ -166,16 +190,22 @@ class SamClip(nn.Module):
             sparse, dense = self.prompt_encoder(
                 points=(prompts.points[idx], prompts.labels[idx]) if has_points else None,
                 boxes=prompts.boxes[idx] if has_box else None,
-                masks=mask_inputs[idx] if mask_inputs is not None else None)
+                masks=mask_inputs[idx] if mask_inputs is not None else None,
+            )
             masks, pred = _predict_masks(dec, embeddings[prompts.image_index[idx]], image_pe, sparse, dense)
             keep = slice(1, None) if multimask else slice(0, 1)
             low = low.index_copy(0, idx, masks[:, keep].to(low.dtype))
             iou = iou.index_copy(0, idx, pred[:, keep].to(iou.dtype))
         return low, iou
 
-    def forward(self, clip_images: torch.Tensor | None = None, sam_images: torch.Tensor | None = None,
-                sam_input_hw: torch.Tensor | None = None, prompts: PromptBatch | None = None,
-                multimask: bool = False) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        clip_images: torch.Tensor | None = None,
+        sam_images: torch.Tensor | None = None,
+        sam_input_hw: torch.Tensor | None = None,
+        prompts: PromptBatch | None = None,
+        multimask: bool = False,
+    ) -> dict[str, torch.Tensor]:
         """One call for both tasks, so that DDP sees every trained parameter in one forward.
 
         clip_images: uint8 [B, 3, S, S] -> "clip" [B, D]; sam_images: uint8 [B', 3, 1024, 1024]

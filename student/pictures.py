@@ -1,10 +1,11 @@
 """Drawing for the pictures people check targets and predictions by (Pillow only).
 
-    tile = overlay(image, colorize(labels), alpha=0.55)        # class colours over the photo
-    draw_prompt(tile, box=[x0, y0, x1, y1], points=pts, labels=lab, scale=s)
-    page = sheet([("image", im), ("CLIP head", tile)], legend_items(names, present))
-    page.save("out.png")
+tile = overlay(image, colorize(labels), alpha=0.55)        # class colours over the photo
+draw_prompt(tile, box=[x0, y0, x1, y1], points=pts, labels=lab, scale=s)
+page = sheet([("image", im), ("CLIP head", tile)], legend_items(names, present))
+page.save("out.png")
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -49,8 +50,9 @@ BOX_COLOR = (255, 215, 0)
 FOREGROUND_POINT, BACKGROUND_POINT = (0, 200, 0), (220, 0, 0)
 
 
-def mask_overlay(image: Image.Image, mask: np.ndarray, color: tuple[int, int, int] = MASK_COLOR,
-                 alpha: float = 0.4) -> Image.Image:
+def mask_overlay(
+    image: Image.Image, mask: np.ndarray, color: tuple[int, int, int] = MASK_COLOR, alpha: float = 0.4
+) -> Image.Image:
     """mask: bool [H, W] -> the image with the mask as a mask: a translucent fill in `color` and its
     outline (mask pixels with a 4-neighbour outside it) solid."""
     rgb = np.asarray(image.convert("RGB"), np.float32)
@@ -70,9 +72,15 @@ def fit_height(image: Image.Image, height: int = TILE_HEIGHT) -> tuple[Image.Ima
     return image.resize((max(1, round(image.width * scale)), height), Image.Resampling.BILINEAR), scale
 
 
-def draw_prompt(image: Image.Image, box: Sequence[float] | None = None, points: np.ndarray | None = None,
-                labels: np.ndarray | None = None, scale: float = 1.0, color=BOX_COLOR,
-                point_color: tuple[int, int, int] | None = None) -> Image.Image:
+def draw_prompt(
+    image: Image.Image,
+    box: Sequence[float] | None = None,
+    points: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    scale: float = 1.0,
+    color=BOX_COLOR,
+    point_color: tuple[int, int, int] | None = None,
+) -> Image.Image:
     """Box as a rectangle, points as dots (green foreground, red background, or all `point_color`:
     the class a point prompts), in image pixels x scale."""
     draw = ImageDraw.Draw(image)
@@ -94,8 +102,12 @@ def draw_crops(image: Image.Image, crops: np.ndarray, flips: np.ndarray) -> Imag
     for v, (crop, flip) in enumerate(zip(crops, flips)):
         box = [crop[0] * w, crop[1] * h, crop[2] * w - 1, crop[3] * h - 1]
         draw.rectangle(box, outline=tuple(int(c) for c in colors[v]), width=2)
-        draw.text((box[0] + 3, box[1] + 2), f"{v}{'f' if flip else ''}", fill=tuple(int(c) for c in colors[v]),
-                  font=ImageFont.load_default())
+        draw.text(
+            (box[0] + 3, box[1] + 2),
+            f"{v}{'f' if flip else ''}",
+            fill=tuple(int(c) for c in colors[v]),
+            font=ImageFont.load_default(),
+        )
     return image
 
 
@@ -107,8 +119,11 @@ def legend_items(names: Sequence[str], present: Sequence[int]) -> list[tuple[str
     return items + ([("ignore (not scored)", IGNORE_COLOR)] if IGNORE_LABEL in present else [])
 
 
-def sheet(tiles: Sequence[tuple[str, Image.Image]], legend: Sequence[tuple[str, tuple[int, int, int]]] = (),
-          height: int = TILE_HEIGHT) -> Image.Image:
+def sheet(
+    tiles: Sequence[tuple[str, Image.Image]],
+    legend: Sequence[tuple[str, tuple[int, int, int]]] = (),
+    height: int = TILE_HEIGHT,
+) -> Image.Image:
     """Tiles side by side at one height with a title above each, and a colour legend below."""
     font = ImageFont.load_default()
     scaled = [fit_height(t, height)[0] if t.height != height else t for _, t in tiles]

@@ -12,6 +12,7 @@ request, and only the columns and views a training sample needs are decoded from
 read by byte range from the shard's tar index (`storage_schemas.tar_index`): nothing before them,
 no other member unless it lies in a gap too small to be worth another request.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -47,8 +48,9 @@ def index_table(record: CommitRecord) -> str:
     return "views" if record.kind == "clip" else "images"
 
 
-def unit_pieces(store: TargetStore, record: CommitRecord, keep: Keep,
-                items: Callable[[SampleId], int] | None = None) -> UnitPieces:
+def unit_pieces(
+    store: TargetStore, record: CommitRecord, keep: Keep, items: Callable[[SampleId], int] | None = None
+) -> UnitPieces:
     """The unit's pieces and their training-item counts (one per kept sample, or `items(sample)`:
     a subset sample's retrieved views), from the key column of each part."""
     ranges = []  # (first sample, last sample, kept, part)
@@ -135,8 +137,9 @@ def _stored_views(pf: pq.ParquetFile) -> tuple[int, list[tuple[int, int] | None]
     return int(pf.read(columns=["view"]).column("view").to_numpy().max()) + 1, spans
 
 
-def load_clip_piece(store: TargetStore, record: CommitRecord, piece: Piece, keep: Keep,
-                    choice: ViewChoice) -> ClipPieceTargets:
+def load_clip_piece(
+    store: TargetStore, record: CommitRecord, piece: Piece, keep: Keep, choice: ViewChoice
+) -> ClipPieceTargets:
     """Decodes only the columns a training sample needs, from the row groups (one per view) of the
     views it may use this epoch, and keeps only each sample's chosen view."""
     files = table_files(record, "views")
@@ -165,8 +168,10 @@ def load_clip_piece(store: TargetStore, record: CommitRecord, piece: Piece, keep
     ids = [s for s, k in zip(ids, kept) if k]
     picks = [choice.picks(s, stored) for s in ids]
     if sum(map(len, picks)) != piece.count:
-        raise StoreError(f"unit {record.source}/{record.unit} changed since the run began: a piece holds "
-                         f"{sum(map(len, picks))} training items, {piece.count} when it was planned")
+        raise StoreError(
+            f"unit {record.source}/{record.unit} changed since the run began: a piece holds "
+            f"{sum(map(len, picks))} training items, {piece.count} when it was planned"
+        )
     # One item per (sample, view) it trains on, in (sample, view) order.
     positions = np.repeat(positions[kept], [len(p) for p in picks])
     ids = [s for s, p in zip(ids, picks) for _ in p]
@@ -180,7 +185,9 @@ def load_clip_piece(store: TargetStore, record: CommitRecord, piece: Piece, keep
     crop = t.column("crop").combine_chunks()
     emb = t.column("embedding").combine_chunks()
     return ClipPieceTargets(
-        positions=positions.astype(np.int32), keys=[s.key for s in ids], views=chosen.astype(np.int16),
+        positions=positions.astype(np.int32),
+        keys=[s.key for s in ids],
+        views=chosen.astype(np.int16),
         crops=np.asarray(crop.values, np.float32).reshape(-1, 4)[rows],
         flips=t.column("flip").to_numpy(zero_copy_only=False)[rows],
         embeddings=np.asarray(emb.values, np.float16).reshape(-1, emb.type.list_size)[rows],
@@ -203,28 +210,37 @@ class SamPieceTargets:
         """[P, M, 256, 256] in the storage dtype of `precision`: the teacher's round-0 logits of
         image i (one chunk read); `mask_logits.decode_logits` gives float32."""
         a, row = self.where[i]
-        return self.arrays[a][int(row), :len(self.prompts[i].structure)]
+        return self.arrays[a][int(row), : len(self.prompts[i].structure)]
 
 
-def load_sam_piece(store: TargetStore, record: CommitRecord, piece: Piece, keep: Keep, precision: str,
-                   points_per_prompt: int) -> SamPieceTargets:
+def load_sam_piece(
+    store: TargetStore, record: CommitRecord, piece: Piece, keep: Keep, precision: str, points_per_prompt: int
+) -> SamPieceTargets:
     images, prompts, logits = (table_files(record, t) for t in ("images", "prompts", "logits"))
     rows, arrays = [], []
     for a, j in enumerate(piece.parts):
-        t = pq.read_table(read_whole(store.storage, images[j]), columns=["sample_index", "key", "height", "width"],
-                          use_threads=False)
-        by_image = prompts_by_image(pq.read_table(read_whole(store.storage, prompts[j]), use_threads=False),
-                                    points_per_prompt)
+        t = pq.read_table(
+            read_whole(store.storage, images[j]), columns=["sample_index", "key", "height", "width"], use_threads=False
+        )
+        by_image = prompts_by_image(
+            pq.read_table(read_whole(store.storage, prompts[j]), use_threads=False), points_per_prompt
+        )
         arrays.append(open_logits(store.storage, logits[j]))
         for r, (index, key, h, w) in enumerate(zip(*(t.column(c).to_pylist() for c in t.column_names))):
             if keep(SampleId(record.source, record.shard, key)):
                 rows.append((index, key, h, w, by_image[index], a, r))
     rows.sort(key=lambda x: x[0])
     if len(rows) != piece.count:
-        raise StoreError(f"unit {record.source}/{record.unit} changed since the run began: a piece holds "
-                         f"{len(rows)} training images, {piece.count} when it was planned")
+        raise StoreError(
+            f"unit {record.source}/{record.unit} changed since the run began: a piece holds "
+            f"{len(rows)} training images, {piece.count} when it was planned"
+        )
     return SamPieceTargets(
-        positions=np.array([r[0] for r in rows], dtype=np.int32), keys=[r[1] for r in rows],
-        hw=np.array([(r[2], r[3]) for r in rows], dtype=np.int64).reshape(-1, 2), prompts=[r[4] for r in rows],
-        arrays=arrays, where=np.array([(r[5], r[6]) for r in rows], dtype=np.int64).reshape(-1, 2),
-        precision=precision)
+        positions=np.array([r[0] for r in rows], dtype=np.int32),
+        keys=[r[1] for r in rows],
+        hw=np.array([(r[2], r[3]) for r in rows], dtype=np.int64).reshape(-1, 2),
+        prompts=[r[4] for r in rows],
+        arrays=arrays,
+        where=np.array([(r[5], r[6]) for r in rows], dtype=np.int64).reshape(-1, 2),
+        precision=precision,
+    )

@@ -8,6 +8,7 @@ completed checkpoint, new otherwise. `config.yaml` is the config the run was sta
 (student/train.py writes it), compared key by key; a folder with checkpoints or validations but no
 config.yaml is from before runs recorded it, and counts as another config.
 """
+
 from __future__ import annotations
 
 import os

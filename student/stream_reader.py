@@ -10,6 +10,7 @@ taken from, so the worker's decode and render never wait on storage when the sto
 Pieces and tar slices are loaded once and dropped after the last sample that needs them is
 fetched; a reader started mid-epoch (a resume) fetches nothing before its start.
 """
+
 from __future__ import annotations
 
 import threading
@@ -89,8 +90,18 @@ def adjacent_blocks(runs: list[Hashable], positions: list[int]) -> list[tuple]:
 
 
 class StreamReader:
-    def __init__(self, plan: EpochPlan, stream: int, source: SampleSource, store: TargetStore,
-                 storage_options: dict | None, run: int, window: int, start: int, pool: ThreadPoolExecutor):
+    def __init__(
+        self,
+        plan: EpochPlan,
+        stream: int,
+        source: SampleSource,
+        store: TargetStore,
+        storage_options: dict | None,
+        run: int,
+        window: int,
+        start: int,
+        pool: ThreadPoolExecutor,
+    ):
         self.plan, self.source, self.store, self.options, self.pool = plan, source, store, storage_options, pool
         self.run = run
         self.units = plan.streams[stream]
@@ -99,7 +110,9 @@ class StreamReader:
         self.start = self.pos = start
         o = self.order
         live = slice(start, self.end)
-        self.pieces: SharedLoads = SharedLoads(self._load_piece, Counter(zip(o.unit[live].tolist(), o.piece[live].tolist())))
+        self.pieces: SharedLoads = SharedLoads(
+            self._load_piece, Counter(zip(o.unit[live].tolist(), o.piece[live].tolist()))
+        )
         self.tars: SharedLoads = SharedLoads(self._load_tar, Counter(o.unit[live].tolist()))
         self.groups: dict[int, Future] = {}
 
@@ -133,10 +146,14 @@ class StreamReader:
         if self.source.read_gaps:
             runs = [(u, j, i // self.run) for u, j, i in keys]
         else:  # by adjacency alone, so that two items of one sample (two views) share a read
-            runs = adjacent_blocks([(u, j) for u, j, _ in keys], [int(targets[(u, j)].positions[i]) for u, j, i in keys])
+            runs = adjacent_blocks(
+                [(u, j) for u, j, _ in keys], [int(targets[(u, j)].positions[i]) for u, j, i in keys]
+            )
         images = read_spans(self.options, spans, runs)
-        out = [self.source.make(self.units[u].unit.record, targets[(u, j)], i, data, self.plan.epoch)
-               for (u, j, i), data in zip(keys, images)]
+        out = [
+            self.source.make(self.units[u].unit.record, targets[(u, j)], i, data, self.plan.epoch)
+            for (u, j, i), data in zip(keys, images)
+        ]
         for u, j, _ in keys:
             self.pieces.used((u, j))
             self.tars.used(u)
@@ -159,7 +176,7 @@ class StreamReader:
             lo, hi = self._bounds(g)
             samples = self.groups[g].result()
             take = min(n - len(out), hi - self.pos)
-            out += samples[self.pos - lo:self.pos - lo + take]
+            out += samples[self.pos - lo : self.pos - lo + take]
             self.pos += take
             if self.pos >= hi:
                 del self.groups[g]

@@ -23,6 +23,7 @@ in config.yaml). Run again, the sweep skips a run that has its export and resume
 checkpoint (`--resume latest`); a folder that holds a run of another config stops it in one line.
 OUTPUT/sweep.json records the grid and the runs for `student.compare`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -133,12 +134,20 @@ def expand(grid: dict[str, list[str]], seeds: int, base_seed: int, output: str, 
             seed_set = [f"seed={base_seed + i}"] if seeds > 1 else []
             name = ",".join(filter(None, [label, f"seed={base_seed + i}" if seeds > 1 else ""])) or "base"
             if name in seen:
-                raise ConfigError(f"grid values {seen[name]} and {values} both make run name '{name}'; "
-                                  f"write the values differently")
+                raise ConfigError(
+                    f"grid values {seen[name]} and {values} both make run name '{name}'; write the values differently"
+                )
             seen[name] = values
             out = os.path.join(output, name)
-            runs.append(Run(name, values, base_seed + i, fixed + [f"{k}={v}" for k, v in values.items()] + seed_set
-                            + [f"output_dir={out}"], out))
+            runs.append(
+                Run(
+                    name,
+                    values,
+                    base_seed + i,
+                    fixed + [f"{k}={v}" for k, v in values.items()] + seed_set + [f"output_dir={out}"],
+                    out,
+                )
+            )
     return runs
 
 
@@ -146,29 +155,49 @@ def check_run_folder(run: Run, record: dict[str, Any]) -> None:
     """A folder that already holds a run must hold this point's config."""
     diff = config_difference(run.output_dir, record)
     if diff:
-        raise ConfigError(f"{run.output_dir} holds a run of another config ({diff}); remove it or sweep into "
-                          f"another OUTPUT")
+        raise ConfigError(
+            f"{run.output_dir} holds a run of another config ({diff}); remove it or sweep into another OUTPUT"
+        )
 
 
 def launch_line(launcher: list[str], base: str, run: Run, resume: bool) -> list[str]:
-    return [*launcher, "--config", base,
-            *itertools.chain.from_iterable(("--set", o) for o in run.overrides), *(["--resume", "latest"] if resume else [])]
+    return [
+        *launcher,
+        "--config",
+        base,
+        *itertools.chain.from_iterable(("--set", o) for o in run.overrides),
+        *(["--resume", "latest"] if resume else []),
+    ]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m student.sweep", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m student.sweep",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("output", metavar="OUTPUT", help="folder of the sweep: one run folder per point")
     p.add_argument("--sweep", help="sweep YAML (student/configs/sweeps/): base, grid, seeds, overrides")
     p.add_argument("--config", help="the base training config (instead of the sweep file's base)")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="a swept key (repeatable)")
     p.add_argument("--seeds", type=int, help="runs per point, seeds base seed + 0..N-1 (default 1)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key in every run (repeatable)")
-    p.add_argument("--print", dest="print_only", action="store_true",
-                   help="print each run's launch line instead of running it")
-    p.add_argument("--launch", default="accelerate launch", metavar="CMD",
-                   help="what --print puts before student/train.py (default: %(default)s)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key in every run (repeatable)",
+    )
+    p.add_argument(
+        "--print", dest="print_only", action="store_true", help="print each run's launch line instead of running it"
+    )
+    p.add_argument(
+        "--launch",
+        default="accelerate launch",
+        metavar="CMD",
+        help="what --print puts before student/train.py (default: %(default)s)",
+    )
     return p.parse_args(argv)
 
 
@@ -209,8 +238,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     os.makedirs(output, exist_ok=True)
     with open(os.path.join(output, SWEEP_FILE), "w") as f:
-        json.dump({"base": sweep.base, "grid": sweep.grid, "seeds": sweep.seeds, "overrides": sweep.overrides,
-                   "runs": [{"name": r.name, "values": r.values, "seed": r.seed} for r in runs]}, f, indent=2)
+        json.dump(
+            {
+                "base": sweep.base,
+                "grid": sweep.grid,
+                "seeds": sweep.seeds,
+                "overrides": sweep.overrides,
+                "runs": [{"name": r.name, "values": r.values, "seed": r.seed} for r in runs],
+            },
+            f,
+            indent=2,
+        )
     done = []
     for i, run in enumerate(runs, 1):
         state = states[run.name]
@@ -218,12 +256,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{i}/{len(runs)}] {run.name}: finished before, skipped")
             done.append((run.name, "skipped"))
             continue
-        print(f"[{i}/{len(runs)}] {run.name}: {'resuming' if state == 'partial' else 'training'} into {run.output_dir}",
-              flush=True)
+        print(
+            f"[{i}/{len(runs)}] {run.name}: {'resuming' if state == 'partial' else 'training'} into {run.output_dir}",
+            flush=True,
+        )
         code = subprocess.call(launch_line([sys.executable, TRAIN_SCRIPT], sweep.base, run, state == "partial"))
         if code != 0:
-            print(f"sweep stopped: run {run.name} exited with {code}; run the sweep again to resume it "
-                  f"(finished runs are skipped)", file=sys.stderr)
+            print(
+                f"sweep stopped: run {run.name} exited with {code}; run the sweep again to resume it "
+                f"(finished runs are skipped)",
+                file=sys.stderr,
+            )
             return 1
         done.append((run.name, "resumed" if state == "partial" else "trained"))
     print(f"sweep {output}: " + ", ".join(f"{name} {what}" for name, what in done))

@@ -9,6 +9,7 @@ OUTPUT/checkpoints and exports the student to OUTPUT/export at the end. Run agai
 OUTPUT, a run of the same config that finished is skipped and one that stopped is resumed; a
 folder holding a run of another config is refused (one folder, one run's logs).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,17 +29,29 @@ from student.run_dir import CHECKPOINTS, STATE_FILE, checkpoint_names, config_di
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="student/train.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="training config YAML (see student/configs/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key: dotted keys, list indices, YAML values (repeatable)")
-    p.add_argument("--resume", default=None, metavar="latest|PATH",
-                   help="continue from the newest checkpoint under OUTPUT/checkpoints, or from PATH")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key: dotted keys, list indices, YAML values (repeatable)",
+    )
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="latest|PATH",
+        help="continue from the newest checkpoint under OUTPUT/checkpoints, or from PATH",
+    )
     return p.parse_args(argv)
 
 
 def flat_hparams(cfg: TrainConfig) -> dict[str, str | int | float | bool]:
     """The config as TensorBoard hparams accept it: flat keys, scalar values."""
-    return {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
-            for k, v in flat_config(config_record(cfg)).items()}
+    return {
+        k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+        for k, v in flat_config(config_record(cfg)).items()
+    }
 
 
 def earlier_run(cfg: TrainConfig, resume: str | None) -> str | None:
@@ -47,19 +60,25 @@ def earlier_run(cfg: TrainConfig, resume: str | None) -> str | None:
     holding a run of another config is refused, so two runs' logs never mix."""
     out = cfg.output_dir
     if resume not in (None, "latest") and not os.path.isfile(os.path.join(resume, STATE_FILE)):
-        raise ConfigError(f"--resume {resume}: no checkpoint there (expected 'latest' or a step_N folder under "
-                          f"OUTPUT/{CHECKPOINTS} holding {STATE_FILE})")
+        raise ConfigError(
+            f"--resume {resume}: no checkpoint there (expected 'latest' or a step_N folder under "
+            f"OUTPUT/{CHECKPOINTS} holding {STATE_FILE})"
+        )
     if resume is not None:
         return resume
     diff = config_difference(out, config_record(cfg))
     if diff:
-        raise ConfigError(f"{out} holds a run of another config ({diff}); use another output_dir, or "
-                          f"--resume latest to continue that run with this config")
+        raise ConfigError(
+            f"{out} holds a run of another config ({diff}); use another output_dir, or "
+            f"--resume latest to continue that run with this config"
+        )
     status = run_status(out)
     say = print if os.environ.get("RANK", "0") == "0" else (lambda *_: None)  # once, not once per process
     if status == "finished":
-        say(f"{out}: finished before with this config (its export is in {out}/export): skipped; "
-              f"delete {out} to train it again")
+        say(
+            f"{out}: finished before with this config (its export is in {out}/export): skipped; "
+            f"delete {out} to train it again"
+        )
         return "skip"
     if status == "partial":
         say(f"{out}: a run of this config stopped at {checkpoint_names(out)[-1]}: resuming it")
@@ -80,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     mixed = cfg.mixed_precision if cfg.mixed_precision != "auto" else ("bf16" if torch.cuda.is_available() else "no")
     # cpu=True where there is no GPU: torchrun or `accelerate launch --multi_gpu` processes then join
     # one gloo group (MULTI_CPU) instead of each training alone.
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed, log_with="tensorboard",
-                              project_dir=cfg.output_dir)
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(), mixed_precision=mixed, log_with="tensorboard", project_dir=cfg.output_dir
+    )
     store = open_store(cfg.store.url, cfg.store.storage_options)
     clip_manifest = store.manifest("clip")
     if clip_manifest is None:
@@ -101,14 +121,27 @@ def main(argv: list[str] | None = None) -> int:
     state = trainer.run(resume)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        paths = export_student(model, cfg.model, embed_dim, os.path.join(cfg.output_dir, "export"),
-                               {"store": store.url, "clip_teacher": clip_manifest.must_match["teacher"],
-                                "sam_teacher": sam_manifest.must_match["teacher"] if sam_manifest else None,
-                                "sam_multimask": multimask, "global_step": state.global_step,
-                                "held_out": cfg.data.held_out, "train_seconds": round(state.train_seconds, 1),
-                                "subset": trainer.subset_record(),
-                                "consumed": {"clip_views": state.clip_views, "sam_images": state.sam_images,
-                                             "sam_prompts": state.sam_prompts}})
+        paths = export_student(
+            model,
+            cfg.model,
+            embed_dim,
+            os.path.join(cfg.output_dir, "export"),
+            {
+                "store": store.url,
+                "clip_teacher": clip_manifest.must_match["teacher"],
+                "sam_teacher": sam_manifest.must_match["teacher"] if sam_manifest else None,
+                "sam_multimask": multimask,
+                "global_step": state.global_step,
+                "held_out": cfg.data.held_out,
+                "train_seconds": round(state.train_seconds, 1),
+                "subset": trainer.subset_record(),
+                "consumed": {
+                    "clip_views": state.clip_views,
+                    "sam_images": state.sam_images,
+                    "sam_prompts": state.sam_prompts,
+                },
+            },
+        )
         accelerator.print(f"exported after {state.global_step} steps: " + ", ".join(paths.values()))
     accelerator.end_training()
     return 0

@@ -18,6 +18,7 @@ function of (seed, epoch, batch, world size, streams), so a resumed run sees the
 a resume with another world size or stream count keeps the position but says, in one line, that
 its batches are not those of an uninterrupted run.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,9 +72,11 @@ class TrainState:
 def plan_shape_warning(saved: TrainState, path: str, world_size: int, streams: int) -> str | None:
     """One line when a resume changes the plan's shape: the data position is kept, the batches change."""
     if saved.world_size and (saved.world_size, saved.streams) != (world_size, streams):
-        return (f"warning: {path} was trained as {saved.world_size} process(es) x {saved.streams} streams, this run "
-                f"is {world_size} x {streams}: it goes on from CLIP epoch {saved.clip_epoch} batch {saved.clip_batch}, "
-                "but its batches are not those of an uninterrupted run")
+        return (
+            f"warning: {path} was trained as {saved.world_size} process(es) x {saved.streams} streams, this run "
+            f"is {world_size} x {streams}: it goes on from CLIP epoch {saved.clip_epoch} batch {saved.clip_batch}, "
+            "but its batches are not those of an uninterrupted run"
+        )
     return None
 
 
@@ -82,13 +85,17 @@ def open_subset(store: TargetStore, name: str, held_out: float) -> Subset:
     subset = read_subset(store.storage, name)
     made = subset.manifest["held_out"]
     if made != held_out:
-        raise ConfigError(f"data.clip.subset: subset '{name}' was selected with held-out fraction {made}, this run "
-                          f"holds out {held_out} (data.held_out): its samples may be this run's validation samples; "
-                          f"remake it with --held-out {held_out}")
+        raise ConfigError(
+            f"data.clip.subset: subset '{name}' was selected with held-out fraction {made}, this run "
+            f"holds out {held_out} (data.held_out): its samples may be this run's validation samples; "
+            f"remake it with --held-out {held_out}"
+        )
     teacher = store.manifest("clip").must_match["teacher"]["weights_sha256"]
     if subset.manifest["teacher"]["weights_sha256"] != teacher:
-        raise ConfigError(f"data.clip.subset: subset '{name}' was retrieved with another CLIP teacher than this "
-                          f"store's ({subset.manifest['teacher']['weights_sha256'][:12]} vs {teacher[:12]})")
+        raise ConfigError(
+            f"data.clip.subset: subset '{name}' was retrieved with another CLIP teacher than this "
+            f"store's ({subset.manifest['teacher']['weights_sha256'][:12]} vs {teacher[:12]})"
+        )
     return subset
 
 
@@ -96,9 +103,11 @@ def check_subset_items(subset: Subset, units: list[UnitPieces]) -> None:
     """Every view the subset names is in a committed unit (a unit redone since may lack some)."""
     found = sum(u.count for u in units)
     if found != len(subset):
-        raise StoreError(f"data.clip.subset: subset '{subset.name}' names {len(subset)} views, the store's committed "
-                         f"units hold {found} of them as training samples (units redone since it was made?); "
-                         "remake it with pipeline.transfer_set")
+        raise StoreError(
+            f"data.clip.subset: subset '{subset.name}' names {len(subset)} views, the store's committed "
+            f"units hold {found} of them as training samples (units redone since it was made?); "
+            "remake it with pipeline.transfer_set"
+        )
 
 
 def set_trainable(model: SamClip, stage: str) -> None:
@@ -124,22 +133,25 @@ def param_groups(model: SamClip, stage: StageConfig) -> list[dict[str, Any]]:
             scale = stage.backbone_lr_mult
         decay = p.ndim >= 2 and "pos_embed" not in name and "rel_pos" not in name
         groups.setdefault((scale, decay), []).append(p)
-    return [{"params": ps, "lr": lr * scale, "weight_decay": stage.weight_decay if decay else 0.0}
-            for (scale, decay), ps in groups.items()]
+    return [
+        {"params": ps, "lr": lr * scale, "weight_decay": stage.weight_decay if decay else 0.0}
+        for (scale, decay), ps in groups.items()
+    ]
 
 
 def warmup_cosine(warmup: int, total: int):
     """Linear warmup to 1, cosine to 0 at `total` steps: the LambdaLR factor of step s."""
+
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
     return factor
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, accelerator: Accelerator, store: TargetStore, model: SamClip,
-                 multimask: bool):
+    def __init__(self, cfg: TrainConfig, accelerator: Accelerator, store: TargetStore, model: SamClip, multimask: bool):
         self.cfg, self.accelerator, self.store, self.model = cfg, accelerator, store, model
         self.multimask = multimask
         self.device = accelerator.device
@@ -160,28 +172,44 @@ class Trainer:
             # Units without a subset sample are not read at all; in the others, only subset samples,
             # each once per retrieved view.
             subset = self.subset
-            train["clip"] = ([r for r in self.records["clip"] if (r.source, r.unit) in subset.units],
-                             lambda s: bool(subset.views_of(s)) and self.train_keep(s),
-                             lambda s: len(subset.views_of(s)))
+            train["clip"] = (
+                [r for r in self.records["clip"] if (r.source, r.unit) in subset.units],
+                lambda s: bool(subset.views_of(s)) and self.train_keep(s),
+                lambda s: len(subset.views_of(s)),
+            )
         # Each unit's pieces and training-sample counts: the key column of each part, read once for
         # the run by the main process and sent to the others (not once per process: 64 ranks x
         # ~160k part files of Merged-41M would be 10M requests at start).
         units = [None]
         if accelerator.is_main_process:
             with ThreadPoolExecutor(READ_THREADS) as pool:
-                units[0] = {k: list(pool.map(lambda r: unit_pieces(store, r, keep, items), rs))
-                            for k, (rs, keep, items) in train.items()}
+                units[0] = {
+                    k: list(pool.map(lambda r: unit_pieces(store, r, keep, items), rs))
+                    for k, (rs, keep, items) in train.items()
+                }
             if self.subset is not None:
                 check_subset_items(self.subset, units[0]["clip"])
         if accelerator.num_processes > 1:
             broadcast_object_list(units)
         self.units = units[0]
         self.per_process = {kind: cfg.per_process_batch(kind, accelerator.num_processes) for kind in ("clip", "sam")}
-        self.makers = {"clip": ClipBatchMaker(store, train["clip"][1], cfg.seed, d.clip.view_choice, d.clip.views, so,
-                                              d.clip.read_run, d.clip.mix_window, self.subset)}
+        self.makers = {
+            "clip": ClipBatchMaker(
+                store,
+                train["clip"][1],
+                cfg.seed,
+                d.clip.view_choice,
+                d.clip.views,
+                so,
+                d.clip.read_run,
+                d.clip.mix_window,
+                self.subset,
+            )
+        }
         if needs_sam:
-            self.makers["sam"] = SamBatchMaker(store, self.train_keep, cfg.seed, d.sam.prompts, so, d.sam.read_run,
-                                               d.sam.mix_window)
+            self.makers["sam"] = SamBatchMaker(
+                store, self.train_keep, cfg.seed, d.sam.prompts, so, d.sam.read_run, d.sam.mix_window
+            )
         self.held_clip: dict[int, Any] = {}
         self.held_sam = None
         self.consumed = [0, 0, 0]  # this process's CLIP views, SAM images, SAM prompts since the last checkpoint
@@ -192,8 +220,14 @@ class Trainer:
         if self.subset is None:
             return None
         m = self.subset.manifest
-        return {"name": self.subset.name, "views": len(self.subset), "samples": m["samples"],
-                "query_checksum": m["query"]["checksum"], "per_query": m["per_query"], "index": m["index"]["factory"]}
+        return {
+            "name": self.subset.name,
+            "views": len(self.subset),
+            "samples": m["samples"],
+            "query_checksum": m["query"]["checksum"],
+            "per_query": m["per_query"],
+            "index": m["index"]["factory"],
+        }
 
     # ---- checkpoints ----------------------------------------------------------------------
     @property
@@ -223,7 +257,7 @@ class Trainer:
             if os.path.isdir(final):
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            for old in self.checkpoints()[:-self.cfg.keep_checkpoints]:
+            for old in self.checkpoints()[: -self.cfg.keep_checkpoints]:
                 shutil.rmtree(old)
         acc.wait_for_everyone()
 
@@ -231,8 +265,9 @@ class Trainer:
         """Fold every process's counts since the last checkpoint into the state (a collective)."""
         total = self.accelerator.reduce(torch.tensor(self.consumed, dtype=torch.long, device=self.device), "sum")
         st = self.state
-        st.clip_views, st.sam_images, st.sam_prompts = (a + int(b) for a, b in
-                                                        zip((st.clip_views, st.sam_images, st.sam_prompts), total))
+        st.clip_views, st.sam_images, st.sam_prompts = (
+            a + int(b) for a, b in zip((st.clip_views, st.sam_images, st.sam_prompts), total)
+        )
         now = time.perf_counter()
         st.train_seconds += now - self.since
         self.consumed, self.since = [0, 0, 0], now
@@ -253,7 +288,9 @@ class Trainer:
             else:
                 saved = (path, self.read_checkpoint_state(path))
                 self.state = TrainState(**saved[1]["state"])
-                self.accelerator.print(f"resuming from {path} (stage {self.state.stage}, step {self.state.global_step})")
+                self.accelerator.print(
+                    f"resuming from {path} (stage {self.state.stage}, step {self.state.global_step})"
+                )
                 warning = plan_shape_warning(self.state, path, self.accelerator.num_processes, self.cfg.data.streams)
                 if warning:
                     self.accelerator.print(warning)
@@ -265,14 +302,32 @@ class Trainer:
         while self.state.stage < len(self.cfg.stages):
             self.run_stage(self.cfg.stages[self.state.stage], saved)
             saved = None
-            self.state = replace(self.state, stage=self.state.stage + 1, stage_step=0, clip_epoch=0, clip_batch=0,
-                                 sam_epoch=0, sam_batch=0)
+            self.state = replace(
+                self.state,
+                stage=self.state.stage + 1,
+                stage_step=0,
+                clip_epoch=0,
+                clip_batch=0,
+                sam_epoch=0,
+                sam_batch=0,
+            )
         return self.state
 
     def stream(self, kind: str, sizes: dict[int, int], epoch: int = 0, batch: int = 0) -> Stream:
         acc, d = self.accelerator, self.cfg.data
-        return Stream(kind, self.units[kind], self.makers[kind], sizes, self.cfg.seed, acc.num_processes,
-                      acc.process_index, d.streams, d.workers, epoch, batch)
+        return Stream(
+            kind,
+            self.units[kind],
+            self.makers[kind],
+            sizes,
+            self.cfg.seed,
+            acc.num_processes,
+            acc.process_index,
+            d.streams,
+            d.workers,
+            epoch,
+            batch,
+        )
 
     def stage_steps(self, stage: StageConfig, clip_sizes: dict[int, int]) -> tuple[int, int]:
         """(schedule length, stop step) in optimiser steps, from the epoch-0 plan's batch count."""
@@ -298,9 +353,11 @@ class Trainer:
         clip = self.stream("clip", clip_sizes, st.clip_epoch, st.clip_batch)
         sam = self.stream("sam", {1024: self.per_process["sam"]}, st.sam_epoch, st.sam_batch) if joint else None
         self.load_held_out(min(resolutions), joint)
-        acc.print(f"stage {stage.name}: {stop} of {total} scheduled steps; per process and micro-batch: CLIP "
-                  f"{clip_sizes} (px: images), SAM {self.per_process['sam'] if joint else 0} images x "
-                  f"{cfg.data.sam.prompts} prompts; trainable {sum(p.numel() for p in self.model.parameters() if p.requires_grad):,}")
+        acc.print(
+            f"stage {stage.name}: {stop} of {total} scheduled steps; per process and micro-batch: CLIP "
+            f"{clip_sizes} (px: images), SAM {self.per_process['sam'] if joint else 0} images x "
+            f"{cfg.data.sam.prompts} prompts; trainable {sum(p.numel() for p in self.model.parameters() if p.requires_grad):,}"
+        )
         bar = tqdm(total=stop, initial=st.stage_step, desc=stage.name, disable=not acc.is_local_main_process)
         if st.stage_step == 0:
             self.validate(ddp_model, stage.name)  # the starting point every later figure compares with
@@ -313,16 +370,23 @@ class Trainer:
                 sb = next(sam) if sam is not None else None
                 last = micro == cfg.grad_accum - 1
                 with acc.no_sync(ddp_model) if not last else nullcontext(), acc.autocast():
-                    out = ddp_model(clip_images=cb["images"].to(self.device),
-                                    sam_images=None if sb is None else sb["images"].to(self.device),
-                                    sam_input_hw=None if sb is None else sb["input_hw"].to(self.device),
-                                    prompts=None if sb is None else sb["prompts"].to(self.device),
-                                    multimask=self.multimask)
+                    out = ddp_model(
+                        clip_images=cb["images"].to(self.device),
+                        sam_images=None if sb is None else sb["images"].to(self.device),
+                        sam_input_hw=None if sb is None else sb["input_hw"].to(self.device),
+                        prompts=None if sb is None else sb["prompts"].to(self.device),
+                        multimask=self.multimask,
+                    )
                     parts = {"clip": clip_loss(out["clip"], cb["targets"].to(self.device))}
                     loss = parts["clip"]
                     if sb is not None:
-                        s = sam_loss(out["masks"], out["iou"], target_logits(sb, self.device),
-                                     sb["target_iou"].to(self.device), cfg.loss)
+                        s = sam_loss(
+                            out["masks"],
+                            out["iou"],
+                            target_logits(sb, self.device),
+                            sb["target_iou"].to(self.device),
+                            cfg.loss,
+                        )
                         parts.update({f"sam_{k}": v for k, v in s.items()})
                         loss = loss + stage.lambda_sam * s["total"]
                     acc.backward(loss / cfg.grad_accum)
@@ -368,11 +432,13 @@ class Trainer:
             return
         d, so = self.cfg.data, self.cfg.store.storage_options
         if resolution not in self.held_clip:
-            self.held_clip[resolution] = load_clip_held_out(self.store, self.records["clip"], self.held_keep,
-                                                            d.val_clip_samples, resolution, so)
+            self.held_clip[resolution] = load_clip_held_out(
+                self.store, self.records["clip"], self.held_keep, d.val_clip_samples, resolution, so
+            )
         if with_sam and self.held_sam is None:
-            self.held_sam = load_sam_held_out(self.store, self.records["sam"], self.held_keep, d.val_sam_images,
-                                              d.sam.prompts, self.cfg.seed, so)
+            self.held_sam = load_sam_held_out(
+                self.store, self.records["sam"], self.held_keep, d.val_sam_images, d.sam.prompts, self.cfg.seed, so
+            )
 
     def validate(self, ddp_model, stage: str) -> dict[str, float]:
         """On the main process only, with the unwrapped model (no collective inside)."""
@@ -387,8 +453,12 @@ class Trainer:
                         for k, v in clip_metrics(model, held, 64, self.device).items():
                             metrics[f"val/clip{res}_{k}"] = v
                 if self.held_sam:
-                    metrics.update({f"val/sam_{k}": v for k, v in sam_metrics(model, self.held_sam, self.multimask,
-                                                                               self.device).items()})
+                    metrics.update(
+                        {
+                            f"val/sam_{k}": v
+                            for k, v in sam_metrics(model, self.held_sam, self.multimask, self.device).items()
+                        }
+                    )
             model.train()
             acc.log(metrics, step=self.state.global_step)
             summary = ", ".join(f"{k[4:]}={v:.4f}" for k, v in sorted(metrics.items()) if not k.endswith("chance"))
@@ -404,6 +474,18 @@ class Trainer:
         path = os.path.join(self.cfg.output_dir, "batches", f"rank{self.accelerator.process_index}.jsonl")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "a") as f:
-            f.write(json.dumps({"stage": stage.name, "step": self.state.global_step + 1, "micro": micro,
-                                "world_size": self.accelerator.num_processes, "resolution": cb["resolution"],
-                                "clip": cb["ids"], "sam": sb["ids"] if sb else [], "loss": loss}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "stage": stage.name,
+                        "step": self.state.global_step + 1,
+                        "micro": micro,
+                        "world_size": self.accelerator.num_processes,
+                        "resolution": cb["resolution"],
+                        "clip": cb["ids"],
+                        "sam": sb["ids"] if sb else [],
+                        "loss": loss,
+                    }
+                )
+                + "\n"
+            )

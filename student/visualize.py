@@ -5,6 +5,7 @@ segmentation | the SAM-refined segmentation with the point prompts it was given,
 class colours with a legend of the classes shown. Both segmentations come from one backbone pass
 at 1024 px (`SamClipPredictor.segment(refine=True)`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,9 @@ from student.inference import SamClipPredictor
 from student.pictures import class_colors, colorize, draw_prompt, fit_height, legend_items, overlay, sheet
 
 
-def segmentation_sheet(predictor: SamClipPredictor, image, classes, label: np.ndarray | None, threshold: float,
-                       points: int, seed: int) -> Image.Image:
+def segmentation_sheet(
+    predictor: SamClipPredictor, image, classes, label: np.ndarray | None, threshold: float, points: int, seed: int
+) -> Image.Image:
     seg = predictor.segment(image, classes, refine=True, threshold=threshold, max_points=points, seed=seed)
     n = len(classes.names)
     tiles = [("image", image)]
@@ -46,7 +48,9 @@ def images_of(paths: list[str], skipped: list[dict]):
     files = []
     for p in paths:
         if os.path.isdir(p):
-            files += [os.path.join(p, f) for f in sorted(os.listdir(p)) if f.rsplit('.', 1)[-1].lower() in IMAGE_EXTENSIONS]
+            files += [
+                os.path.join(p, f) for f in sorted(os.listdir(p)) if f.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS
+            ]
         elif os.path.isfile(p):
             files.append(p)
         else:
@@ -59,8 +63,9 @@ def images_of(paths: list[str], skipped: list[dict]):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m student.visualize", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m student.visualize", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--export", required=True, help="the student's export folder")
     parser.add_argument("--data", nargs="+", required=True, help="a VOC-style root, or image files / folders")
     parser.add_argument("--classes", help="class names, one per line (default: the VOC-style set's)")

@@ -10,6 +10,7 @@ no CLIP model. Where a text tower is at hand (the teacher's checkpoint), embeddi
 names are computed once and cached in the same Parquet format, keyed by the tower's weights and
 the names and templates.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -50,8 +51,10 @@ class ClassNames:
         row = {n: i for i, n in enumerate(stored)}
         missing = [n for n in names if n not in row]
         if missing:
-            raise ConfigError(f"{what} has no embedding for class names {missing[:5]} "
-                              f"({len(missing)} missing; it has {len(stored)} names)")
+            raise ConfigError(
+                f"{what} has no embedding for class names {missing[:5]} "
+                f"({len(missing)} missing; it has {len(stored)} names)"
+            )
         return cls(list(names), torch.from_numpy(weights[[row[n] for n in names]].copy()), sha)
 
     @classmethod
@@ -102,8 +105,13 @@ class TextTower:
         emb = class_text_embeddings(self.model, self.tokenizer, names, self.templates)
         if path:
             os.makedirs(self.cache_dir, exist_ok=True)
-            table = text_table(emb, names, self.templates_name, self.templates,
-                               {"teacher_arch": self.arch, "teacher_weights_sha256": self.digest})
+            table = text_table(
+                emb,
+                names,
+                self.templates_name,
+                self.templates,
+                {"teacher_arch": self.arch, "teacher_weights_sha256": self.digest},
+            )
             pq.write_table(table, path + ".tmp")
             os.replace(path + ".tmp", path)
         return ClassNames(names, torch.from_numpy(emb), self.digest)

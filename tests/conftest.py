@@ -1,4 +1,5 @@
 """Session-wide fixtures: the sample corpus and tiny teachers are built once per test session."""
+
 from __future__ import annotations
 
 import os
@@ -39,15 +40,15 @@ def job_yaml(tmp_path, sample_corpus, tiny_teachers):
     def make(store: str | None = None, extra: str = "") -> Path:
         path = tmp_path / "job.yaml"
         path.write_text(f"""
-store: {{url: "{store or tmp_path / 'store'}"}}
+store: {{url: "{store or tmp_path / "store"}"}}
 sources:
   - {{name: sample, kind: clip, shards: "{sample_corpus}/clip/{{00000..00003}}.tar"}}
   - {{name: sa1b-sample, kind: sam, shards: "{sample_corpus}/sam/sa_{{000000..000001}}.tar", unit_size: 4}}
 clip:
-  teacher: {{arch: samclip-tiny-clip, pretrained: "{tiny_teachers['clip']}"}}
+  teacher: {{arch: samclip-tiny-clip, pretrained: "{tiny_teachers["clip"]}"}}
   views: 4
 sam:
-  teacher: {{model: tiny, checkpoint: "{tiny_teachers['sam']}"}}
+  teacher: {{model: tiny, checkpoint: "{tiny_teachers["sam"]}"}}
   prompts: 16
 {extra}""")
         return path
@@ -58,7 +59,11 @@ sam:
 def run_module(module: str, *args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run `python -m module args...` from the repository root, capturing output."""
     return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )
 
@@ -91,8 +96,12 @@ def s3_endpoint() -> str:
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    os.environ.update(AWS_ACCESS_KEY_ID="samclip-test-key", AWS_SECRET_ACCESS_KEY=S3_SECRET,
-                      AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=endpoint)
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="samclip-test-key",
+        AWS_SECRET_ACCESS_KEY=S3_SECRET,
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=endpoint,
+    )
     yield endpoint
     server.stop()
 
@@ -115,21 +124,47 @@ def ray_cluster(s3_endpoint):
     # --block keeps the head in the foreground: terminating it stops exactly this cluster, not
     # whatever other Ray the machine runs (as `ray stop` would). The dashboard (loopback only)
     # takes `ray job submit`; `python` in a job's entrypoint is this environment's.
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           # Workers import the test-only flaky:// filesystem (tests/flaky_fs.py) from here.
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))}
-    head = subprocess.Popen([ray_bin, "start", "--head", "--block", "--num-cpus", "2", "--num-gpus", "0",
-                             "--port", str(port), "--node-ip-address", "127.0.0.1", "--include-dashboard", "true",
-                             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
-                             "--disable-usage-stats"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        # Workers import the test-only flaky:// filesystem (tests/flaky_fs.py) from here.
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")])),
+    }
+    head = subprocess.Popen(
+        [
+            ray_bin,
+            "start",
+            "--head",
+            "--block",
+            "--num-cpus",
+            "2",
+            "--num-gpus",
+            "0",
+            "--port",
+            str(port),
+            "--node-ip-address",
+            "127.0.0.1",
+            "--include-dashboard",
+            "true",
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(dashboard_port),
+            "--disable-usage-stats",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     address = f"127.0.0.1:{port}"
     RAY_DASHBOARD["url"] = f"http://127.0.0.1:{dashboard_port}"
     deadline = time.time() + 120
     while True:
         try:
             # Workers of this process's jobs register the test-only flaky:// filesystem.
-            ray.init(address=address, logging_level="WARNING",
-                     runtime_env={"worker_process_setup_hook": "flaky_fs.register"})
+            ray.init(
+                address=address, logging_level="WARNING", runtime_env={"worker_process_setup_hook": "flaky_fs.register"}
+            )
             break
         except ConnectionError:
             if time.time() > deadline or head.poll() is not None:
@@ -196,7 +231,9 @@ def sam_store(tmp_path_factory, sample_corpus, tiny_teachers, ray_cluster) -> Pa
     from pipeline.materialize import main
 
     root = tmp_path_factory.mktemp("sam-store")
-    job = write_sam_job(root / "job.yaml", root / "store", f"{sample_corpus}/sam/sa_{{000000..000001}}.tar", tiny_teachers)
+    job = write_sam_job(
+        root / "job.yaml", root / "store", f"{sample_corpus}/sam/sa_{{000000..000001}}.tar", tiny_teachers
+    )
     assert main([str(job)]) == 0
     return root / "store"
 

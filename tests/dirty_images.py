@@ -1,4 +1,5 @@
 """The dirty inputs real corpora hold, made in memory: (name, extension, bytes, expected reason or None)."""
+
 from __future__ import annotations
 
 import io

@@ -3,6 +3,7 @@
 Registered with fsspec on import, and in every Ray worker of the test session by the session
 fixture's `worker_process_setup_hook` (teacher actors write parts through it too).
 """
+
 import fsspec
 from fsspec.implementations.dirfs import DirFileSystem
 from fsspec.implementations.local import LocalFileSystem

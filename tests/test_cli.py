@@ -1,4 +1,5 @@
 """Command lines: the plan command on the sample job, and one-line errors for bad input."""
+
 import pytest
 
 from conftest import run_module
@@ -14,17 +15,27 @@ def test_plan_lists_pending_units_and_writes_nothing(job_yaml, tmp_path):
     assert list((tmp_path / "store").iterdir()) == []
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["clip.teacher.arch=ViT-Q-14"], "config key 'clip.teacher.arch': unknown open_clip architecture 'ViT-Q-14'"),
-    (["clip.teacher.arch=ViT-B-32"], "does not fit open_clip ViT-B-32: "),
-    (["sam.teacher.model=vit_b"], "does not fit SAM vit_b: "),
-    (["sources.0.shards=/nonexistent/00000.tar"], "config key 'sources.0.shards': shard '/nonexistent/00000.tar' not found"),
-    (["sam.teacher.checkpoint=/nonexistent/sam.pth"], "checkpoint file '/nonexistent/sam.pth' not found"),
-    (["store.url=s3://no-such-bucket/store",
-      "store.storage_options={client_kwargs: {endpoint_url: 'http://127.0.0.1:9'}, config_kwargs: {retries: {max_attempts: 1}}}"],
-     "store URL 's3://no-such-bucket/store' cannot be reached"),
-    (["clip.views=four"], "config key 'clip.views': expected int, got 'four'"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["clip.teacher.arch=ViT-Q-14"], "config key 'clip.teacher.arch': unknown open_clip architecture 'ViT-Q-14'"),
+        (["clip.teacher.arch=ViT-B-32"], "does not fit open_clip ViT-B-32: "),
+        (["sam.teacher.model=vit_b"], "does not fit SAM vit_b: "),
+        (
+            ["sources.0.shards=/nonexistent/00000.tar"],
+            "config key 'sources.0.shards': shard '/nonexistent/00000.tar' not found",
+        ),
+        (["sam.teacher.checkpoint=/nonexistent/sam.pth"], "checkpoint file '/nonexistent/sam.pth' not found"),
+        (
+            [
+                "store.url=s3://no-such-bucket/store",
+                "store.storage_options={client_kwargs: {endpoint_url: 'http://127.0.0.1:9'}, config_kwargs: {retries: {max_attempts: 1}}}",
+            ],
+            "store URL 's3://no-such-bucket/store' cannot be reached",
+        ),
+        (["clip.views=four"], "config key 'clip.views': expected int, got 'four'"),
+    ],
+)
 def test_bad_input_is_one_line_and_nonzero(job_yaml, overrides, message):
     args = [str(job_yaml())] + [a for o in overrides for a in ("--set", o)]
     result = run_module("pipeline.plan", *args, env={"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"})
@@ -48,8 +59,9 @@ def test_second_job_with_other_views_is_refused(job_yaml, tmp_path):
     from storage_schemas.storage import Storage
 
     cfg = load_job_config(str(job_yaml()))
-    ensure_manifest(Storage(cfg.store.url), clip_manifest(cfg, load_clip_teacher(cfg.clip.teacher).fingerprint,
-                                                          "fp32", "cpu"))
+    ensure_manifest(
+        Storage(cfg.store.url), clip_manifest(cfg, load_clip_teacher(cfg.clip.teacher).fingerprint, "fp32", "cpu")
+    )
     ok = run_module("pipeline.plan", str(job_yaml()))
     assert ok.returncode == 0 and "manifest matches the store's" in ok.stdout
     refused = run_module("pipeline.plan", str(job_yaml()), "--set", "clip.views=6")

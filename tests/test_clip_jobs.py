@@ -1,4 +1,5 @@
 """Materialize jobs under dirty input and crashes: every sample exactly once in the store or errors."""
+
 import io
 import json
 import signal
@@ -17,15 +18,14 @@ from pipeline.plan import DEFAULT_UNIT_SIZE
 from storage_schemas.store import open_store
 
 
-def clip_job(tmp_path, teachers, source: str, shards: str, views: int, unit_size: int | None = None,
-             extra: str = ""):
+def clip_job(tmp_path, teachers, source: str, shards: str, views: int, unit_size: int | None = None, extra: str = ""):
     """A one-source CLIP job writing to tmp_path/store."""
     job = tmp_path / "job.yaml"
     unit = f", unit_size: {unit_size}" if unit_size is not None else ""
     job.write_text(f"""
-store: {{url: "{tmp_path / 'store'}"}}
+store: {{url: "{tmp_path / "store"}"}}
 sources: [{{name: {source}, kind: clip, shards: "{shards}"{unit}}}]
-clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{teachers['clip']}"}}, views: {views}}}
+clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{teachers["clip"]}"}}, views: {views}}}
 {extra}
 """)
     return job
@@ -37,7 +37,11 @@ def assert_exactly_once_in(store_path, keys: set[str], views: int = 1) -> None:
 
 
 def committed(store_path) -> dict:
-    return {c.unit: c.attempt_id for c in open_store(str(store_path)).commits("clip")} if (store_path / "clip").exists() else {}
+    return (
+        {c.unit: c.attempt_id for c in open_store(str(store_path)).commits("clip")}
+        if (store_path / "clip").exists()
+        else {}
+    )
 
 
 @pytest.mark.slow
@@ -71,13 +75,21 @@ def test_kill_from_outside_at_a_random_time_then_rerun(tmp_path, sample_corpus, 
     """
     views = 32
     store = tmp_path / "store"
-    job = clip_job(tmp_path, tiny_teachers, "sample", f"{sample_corpus}/clip/{{00000..00003}}.tar", views,
-                   unit_size=0, extra="ray: {batch_size: 8}")
+    job = clip_job(
+        tmp_path,
+        tiny_teachers,
+        "sample",
+        f"{sample_corpus}/clip/{{00000..00003}}.tar",
+        views,
+        unit_size=0,
+        extra="ray: {batch_size: 8}",
+    )
     extra_delay = np.random.default_rng(int(time.time())).uniform(0.0, 0.5)
     log = tmp_path / "killed.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline.materialize", str(job)], cwd=REPO,
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.materialize", str(job)], cwd=REPO, stdout=out, stderr=subprocess.STDOUT
+        )
     t0, seen, timeline = time.time(), 0, []
     try:
         while proc.poll() is None and time.time() - t0 < 240:
@@ -97,8 +109,10 @@ def test_kill_from_outside_at_a_random_time_then_rerun(tmp_path, sample_corpus, 
             proc.kill()
     before = committed(store)
     state = f"extra delay {extra_delay:.2f} s, commits seen (s, n) {timeline}, {len(before)} committed at the kill"
-    assert not finished_first, (f"the job ended (exit {proc.returncode}) before the kill, so nothing was killed "
-                                f"mid-job; the partial-commit window is too short: {state}\n{log.read_text()[-2000:]}")
+    assert not finished_first, (
+        f"the job ended (exit {proc.returncode}) before the kill, so nothing was killed "
+        f"mid-job; the partial-commit window is too short: {state}\n{log.read_text()[-2000:]}"
+    )
     assert proc.returncode == -signal.SIGKILL
     assert 1 <= len(before) < 4, f"the kill must land with some units committed and not all: {state}"
     rerun = run_module("pipeline.materialize", str(job))
@@ -136,8 +150,13 @@ def test_dirty_shard_stores_the_good_and_records_the_bad(dirty_shard, tmp_path, 
     sizes = {r["key"]: (r["width"], r["height"]) for r in views}
     assert sizes["exif"] == (20, 40) and sizes["one"] == (1, 1) and sizes["wide"] == (500, 10)
     report = json.loads((tmp_path / "report.json").read_text())["reports"][0]
-    assert report["errors_by_reason"] == {"truncated": 1, "empty": 1, "not_an_image": 1, "decompression_bomb": 1,
-                                          "missing_image": 1}
+    assert report["errors_by_reason"] == {
+        "truncated": 1,
+        "empty": 1,
+        "not_an_image": 1,
+        "decompression_bomb": 1,
+        "missing_image": 1,
+    }
 
 
 def test_img2dataset_count_mismatch_is_reported(tmp_path, sample_corpus, tiny_teachers, ray_cluster):
@@ -160,10 +179,15 @@ def test_unit_size_cuts_a_shard_into_parts(tmp_path, sample_corpus, tiny_teacher
     assert materialize([str(job)]) == 0
     commits = open_store(str(tmp_path / "store")).commits("clip")
     assert [(c.unit, c.input.sample_start, c.input.sample_stop, c.n_input) for c in commits] == [
-        ("00001.p000", 0, 10, 10), ("00001.p001", 10, 20, 10), ("00001.p002", 20, 25, 5)]
+        ("00001.p000", 0, 10, 10),
+        ("00001.p001", 10, 20, 10),
+        ("00001.p002", 20, 25, 5),
+    ]
     assert commits[-1].input.shard_samples == 25
     views = open_store(str(tmp_path / "store")).read_table("clip", "views")
-    assert views.num_rows == 25 and sorted(set(views.column("key").to_pylist())) == sorted(shard_keys(sample_corpus, "00001"))
+    assert views.num_rows == 25 and sorted(set(views.column("key").to_pylist())) == sorted(
+        shard_keys(sample_corpus, "00001")
+    )
     assert (tmp_path / "store" / "_tar_index" / "clip" / "s" / "00001.parquet").exists()
 
 
@@ -218,8 +242,9 @@ def test_a_truncated_shard_fails_alone_and_the_job_exits_nonzero(tmp_path, sampl
     assert [c.unit for c in open_store(str(tmp_path / "store")).commits("clip")] == ["00000"]
 
 
-def test_a_truncated_shard_cut_in_parts_commits_the_parts_before_the_cut(tmp_path, sample_corpus, tiny_teachers,
-                                                                          ray_cluster):
+def test_a_truncated_shard_cut_in_parts_commits_the_parts_before_the_cut(
+    tmp_path, sample_corpus, tiny_teachers, ray_cluster
+):
     import shutil
 
     shard = tmp_path / "00001.tar"

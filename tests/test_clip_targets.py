@@ -1,4 +1,5 @@
 """CLIP targets: equality with open_clip, exact replay, exactly-once, refusal of other policies."""
+
 import tarfile
 
 import numpy as np
@@ -46,7 +47,9 @@ def test_view0_equals_open_clip_preprocess_val(views, teacher, sample_corpus):
         # preprocess_val's pixels, but for the crop box's rounding to float32 (as stored)
         assert diff.max() <= 6.5 and diff.mean() < 0.5, (r["key"], diff.max(), diff.mean())
         with torch.no_grad():
-            want = torch.nn.functional.normalize(teacher.model.encode_image(teacher.preprocess_val(decoded)[None]), dim=-1)[0]
+            want = torch.nn.functional.normalize(
+                teacher.model.encode_image(teacher.preprocess_val(decoded)[None]), dim=-1
+            )[0]
         got = torch.tensor(np.asarray(r["embedding"], np.float32))
         assert torch.dot(want, got).item() > 0.999, r["key"]
         assert abs(got.norm().item() - 1) < 2e-3
@@ -99,12 +102,14 @@ def test_rerun_skips_committed_units(clip_store, sample_corpus, tiny_teachers, t
     after = {c.unit: c.attempt_id for c in open_store(str(clip_store)).commits("clip")}
     assert after == before
     import json
+
     report = json.loads((tmp_path / "report.json").read_text())["reports"][0]
     assert report["units_skipped"] == 4 and report["units_done"] == 0
 
 
-def test_text_targets_equal_open_clip_zero_shot_classifier(clip_store, sample_corpus, tiny_teachers, tmp_path, teacher,
-                                                            capsys):
+def test_text_targets_equal_open_clip_zero_shot_classifier(
+    clip_store, sample_corpus, tiny_teachers, tmp_path, teacher, capsys
+):
     from conftest import run_module
 
     job = write_clip_job(tmp_path / "job.yaml", clip_store, sample_corpus, tiny_teachers)
@@ -115,8 +120,9 @@ def test_text_targets_equal_open_clip_zero_shot_classifier(clip_store, sample_co
     table = open_store(str(clip_store)).read_text("sample")
     assert table.column("class_name").to_pylist() == ["cat", "rocket", "cup of coffee"]
     got = torch.tensor(np.asarray(table.column("embedding").to_pylist(), np.float32))
-    want = open_clip.build_zero_shot_classifier(teacher.model, teacher.tokenizer, ["cat", "rocket", "cup of coffee"],
-                                                open_clip.OPENAI_IMAGENET_TEMPLATES).T
+    want = open_clip.build_zero_shot_classifier(
+        teacher.model, teacher.tokenizer, ["cat", "rocket", "cup of coffee"], open_clip.OPENAI_IMAGENET_TEMPLATES
+    ).T
     torch.testing.assert_close(got, want)
     with torch.no_grad():  # and by hand: mean of normalised template embeddings, renormalised
         e = teacher.model.encode_text(teacher.tokenizer([t("rocket") for t in open_clip.OPENAI_IMAGENET_TEMPLATES]))

@@ -1,4 +1,5 @@
 """Configs: YAML + --set overrides into typed dataclasses, with errors naming the key."""
+
 from dataclasses import dataclass, field
 
 import pytest
@@ -10,10 +11,17 @@ from storage_schemas.typed_config import apply_override, load_config
 
 def test_overrides_take_dotted_keys_list_indices_and_yaml_types(job_yaml):
     path = job_yaml()
-    cfg = load_job_config(str(path), [
-        "clip.views=7", "sources.0.name=cc3m", "sam.multimask=true", "store.storage_options.anon=false",
-        "clip.view_policy.scale=[0.5, 1]", "sam.teacher.checkpoint=null",
-    ])
+    cfg = load_job_config(
+        str(path),
+        [
+            "clip.views=7",
+            "sources.0.name=cc3m",
+            "sam.multimask=true",
+            "store.storage_options.anon=false",
+            "clip.view_policy.scale=[0.5, 1]",
+            "sam.teacher.checkpoint=null",
+        ],
+    )
     assert isinstance(cfg, JobConfig)
     assert cfg.clip.views == 7 and cfg.sources[0].name == "cc3m" and cfg.sam.multimask is True
     assert cfg.store.storage_options == {"anon": False}
@@ -27,19 +35,22 @@ def test_defaults_are_the_papers_teachers():
     assert cfg.sam.teacher.model == "vit_b" and cfg.sam.prompts == 64
 
 
-@pytest.mark.parametrize("override, message", [
-    ("clip.viewz=3", "config key 'clip.viewz': unknown key; expected one of teacher, views, view_policy"),
-    ("clip.views=abc", "config key 'clip.views': expected int, got 'abc'"),
-    ("clip.views=0", "config key 'clip.views': expected at least 1 view per sample, got 0"),
-    ("sam.precision=int4", "config key 'sam.precision': expected one of fp16, uint8_sigmoid, got 'int4'"),
-    ("sam.teacher.model=vit_q", "config key 'sam.teacher.model': unknown SAM architecture 'vit_q'"),
-    ("sources.1.kind=audio", "config key 'sources.1.kind': expected one of 'clip', 'sam', got 'audio'"),
-    ("sources.5.name=x", "override 'sources.5.name': 'sources.5' needs a list index below 2"),
-    ("sources.0.name=../evil", "config key 'sources.0.name': source name '../evil'"),
-    ("compute_dtype=fp8", "config key 'compute_dtype': expected one of 'auto', 'fp32', 'bf16', 'fp16'"),
-    ("clip.view_policy.scale=[0.9, 0.1]", "config key 'clip.view_policy.scale': expected [low, high]"),
-    ("seed", "override 'seed': expected KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("clip.viewz=3", "config key 'clip.viewz': unknown key; expected one of teacher, views, view_policy"),
+        ("clip.views=abc", "config key 'clip.views': expected int, got 'abc'"),
+        ("clip.views=0", "config key 'clip.views': expected at least 1 view per sample, got 0"),
+        ("sam.precision=int4", "config key 'sam.precision': expected one of fp16, uint8_sigmoid, got 'int4'"),
+        ("sam.teacher.model=vit_q", "config key 'sam.teacher.model': unknown SAM architecture 'vit_q'"),
+        ("sources.1.kind=audio", "config key 'sources.1.kind': expected one of 'clip', 'sam', got 'audio'"),
+        ("sources.5.name=x", "override 'sources.5.name': 'sources.5' needs a list index below 2"),
+        ("sources.0.name=../evil", "config key 'sources.0.name': source name '../evil'"),
+        ("compute_dtype=fp8", "config key 'compute_dtype': expected one of 'auto', 'fp32', 'bf16', 'fp16'"),
+        ("clip.view_policy.scale=[0.9, 0.1]", "config key 'clip.view_policy.scale': expected [low, high]"),
+        ("seed", "override 'seed': expected KEY=VALUE"),
+    ],
+)
 def test_bad_values_name_the_key(job_yaml, override, message):
     with pytest.raises(ConfigError) as e:
         load_job_config(str(job_yaml()), [override])
@@ -70,8 +81,7 @@ def test_nested_dataclasses_lists_and_optionals(tmp_path):
         inner: Inner = field(default_factory=Inner)
         weights: dict[str, float] = field(default_factory=dict)
 
-    cfg = load_config(Outer, None, ["inners=[{size: 448}, {}]", "inners.1.name=b", "weights.clip=1",
-                                    "inner.size=1024"])
+    cfg = load_config(Outer, None, ["inners=[{size: 448}, {}]", "inners.1.name=b", "weights.clip=1", "inner.size=1024"])
     assert cfg.inners == [Inner(448, None), Inner(224, "b")] and cfg.weights == {"clip": 1.0}
     assert cfg.inner.size == 1024
     with pytest.raises(ConfigError, match=r"config key 'inners.0.size': expected int, got 1.5"):

@@ -38,8 +38,13 @@ def test_exif_orientation_is_applied():
 
 
 def test_cmyk_palette_webp_and_extreme_shapes_decode_to_rgb():
-    for name, size in [("cmyk", (451, 300)), ("palette", (451, 300)), ("webp", (451, 300)), ("one", (1, 1)),
-                       ("wide", (500, 10))]:
+    for name, size in [
+        ("cmyk", (451, 300)),
+        ("palette", (451, 300)),
+        ("webp", (451, 300)),
+        ("one", (1, 1)),
+        ("wide", (500, 10)),
+    ]:
         img = decode_image(SAMPLES[name][0]).image
         assert img.mode == "RGB" and img.size == size, name
     cmyk = np.asarray(decode_image(SAMPLES["cmyk"][0]).image).astype(int)
@@ -62,7 +67,7 @@ def test_a_truncated_png_or_corrupt_exif_is_an_error_not_a_crash():
     assert e.value.reason in ("truncated", "bad_image")
     jpeg = SAMPLES["exif"][0]
     start = jpeg.index(b"Exif\x00\x00")
-    broken = jpeg[:start + 10] + b"\xff" * 16 + jpeg[start + 26:]  # garble the EXIF IFD
+    broken = jpeg[: start + 10] + b"\xff" * 16 + jpeg[start + 26 :]  # garble the EXIF IFD
     try:
         decoded = decode_image(broken)
         assert decoded.image.mode == "RGB"

@@ -1,6 +1,7 @@
 """Evaluation and inference: zero-shot classification equal to open_clip's, mIoU by hand, the
 SAM head equal to SamPredictor (mask prompts included), one backbone pass for the refinement, and
 the evaluate / visualize / inspect commands on the sample sets."""
+
 import json
 import shutil
 from pathlib import Path
@@ -62,21 +63,30 @@ def export(tiny_sam, eval_store, tmp_path_factory) -> Path:
     """An untrained student (the tiny SAM plus a random CLIP head), exported as training exports it."""
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("export")
-    export_student(SamClip(tiny_sam, embed_dim=64, mlp_hidden=128), ModelConfig(sam_arch="tiny", mlp_hidden=128), 64,
-                   str(out), {"store": str(eval_store), "held_out": 0.2})
+    export_student(
+        SamClip(tiny_sam, embed_dim=64, mlp_hidden=128),
+        ModelConfig(sam_arch="tiny", mlp_hidden=128),
+        64,
+        str(out),
+        {"store": str(eval_store), "held_out": 0.2},
+    )
     return out
 
 
-def test_classifier_from_the_store_and_from_a_text_tower_equal_open_clips(clip_teacher, tiny_sam, eval_store,
-                                                                         tiny_teachers, tmp_path):
+def test_classifier_from_the_store_and_from_a_text_tower_equal_open_clips(
+    clip_teacher, tiny_sam, eval_store, tiny_teachers, tmp_path
+):
     names = ["cat", "rocket", "grass", "cup of coffee"]
-    want = open_clip.build_zero_shot_classifier(clip_teacher.model, clip_teacher.tokenizer, names,
-                                                open_clip.OPENAI_IMAGENET_TEMPLATES).T
+    want = open_clip.build_zero_shot_classifier(
+        clip_teacher.model, clip_teacher.tokenizer, names, open_clip.OPENAI_IMAGENET_TEMPLATES
+    ).T
     got = ClassNames.from_store(open_store(str(eval_store)), "sample", names)
     assert got.names == names
     torch.testing.assert_close(got.weights, want)
     cache = tmp_path / "cache"
-    torch.testing.assert_close(TextTower(TINY_CLIP_ARCH, tiny_teachers["clip"], cache_dir=str(cache))(names).weights, want)
+    torch.testing.assert_close(
+        TextTower(TINY_CLIP_ARCH, tiny_teachers["clip"], cache_dir=str(cache))(names).weights, want
+    )
     (cached,) = cache.iterdir()
     stamp = cached.stat().st_mtime_ns
     again = TextTower(TINY_CLIP_ARCH, tiny_teachers["clip"], cache_dir=str(cache))(names)  # read from the cache
@@ -104,16 +114,18 @@ class TeacherTower:
         return torch.nn.functional.normalize(self.teacher.model.encode_image(x), dim=-1)
 
 
-def test_teacher_tower_in_place_of_the_student_scores_as_open_clips_zero_shot_eval(clip_teacher, eval_store,
-                                                                                    sample_corpus):
+def test_teacher_tower_in_place_of_the_student_scores_as_open_clips_zero_shot_eval(
+    clip_teacher, eval_store, sample_corpus
+):
     names, samples = labelled_images(str(sample_corpus / "eval" / "classify"), [])
     samples = list(samples)
     classes = ClassNames.from_store(open_store(str(eval_store)), "sample", names)
     tower = TeacherTower(clip_teacher)
     got = zeroshot_classification(tower, classes, iter(samples), 224, batch_size=16)
     # open_clip_train.zero_shot.run: logits = 100 * features @ classifier, top-k over the set.
-    classifier = open_clip.build_zero_shot_classifier(clip_teacher.model, clip_teacher.tokenizer, names,
-                                                      open_clip.OPENAI_IMAGENET_TEMPLATES)
+    classifier = open_clip.build_zero_shot_classifier(
+        clip_teacher.model, clip_teacher.tokenizer, names, open_clip.OPENAI_IMAGENET_TEMPLATES
+    )
     with torch.no_grad():
         features = clip_teacher.model.encode_image(torch.stack([tower.preprocess(im) for _, im, _ in samples]))
     logits = 100.0 * torch.nn.functional.normalize(features, dim=-1) @ classifier
@@ -160,14 +172,21 @@ def test_sam_head_with_boxes_points_and_mask_prompts_equals_sam_predictor(tiny_s
     mask_input = torch.randn(1, 1, 256, 256) * 4
     resized = sam_input_image(image)
     model = predictor.model
-    batch = PromptBatch(torch.zeros(1, dtype=torch.long), torch.ones(1, dtype=torch.long), torch.zeros(1, 4),
-                        torch.from_numpy(sam_points(pts, image.shape[:2])).float(), torch.ones(1, 2, dtype=torch.long))
+    batch = PromptBatch(
+        torch.zeros(1, dtype=torch.long),
+        torch.ones(1, dtype=torch.long),
+        torch.zeros(1, 4),
+        torch.from_numpy(sam_points(pts, image.shape[:2])).float(),
+        torch.ones(1, 2, dtype=torch.long),
+    )
     with torch.no_grad():
-        x = model.sam_preprocess(torch.from_numpy(pad_image(resized)).permute(2, 0, 1)[None],
-                                 torch.tensor([resized.shape[:2]]))
+        x = model.sam_preprocess(
+            torch.from_numpy(pad_image(resized)).permute(2, 0, 1)[None], torch.tensor([resized.shape[:2]])
+        )
         out = model.decode_prompts(model.sam_embed(x), batch, False, mask_input)
-    _, want_iou, want_low = reference.predict(point_coords=pts[0], point_labels=np.ones(2),
-                                              mask_input=mask_input[0].numpy(), multimask_output=False)
+    _, want_iou, want_low = reference.predict(
+        point_coords=pts[0], point_labels=np.ones(2), mask_input=mask_input[0].numpy(), multimask_output=False
+    )
     np.testing.assert_allclose(out[0][0].numpy(), want_low, atol=2e-3, rtol=1e-4)
     np.testing.assert_allclose(out[1][0].numpy(), want_iou, atol=1e-4)
 
@@ -217,12 +236,31 @@ def test_evaluate_visualize_and_inspect_on_the_sample_sets(export, eval_store, s
     # The same images as webdataset shards with a class field give the same figures.
     names = sorted(p.name for p in (sample_corpus / "eval" / "classify").iterdir())
     (tmp_path / "names.txt").write_text("\n".join(names) + "\n")
-    members = [(f"{i:04d}.{ext}", data) for i, (c, f) in enumerate(
-        (c, f) for c in range(len(names)) for f in sorted((sample_corpus / "eval" / "classify" / names[c]).iterdir()))
-        for ext, data in (("jpg", f.read_bytes()), ("cls", str(c).encode()))]
+    members = [
+        (f"{i:04d}.{ext}", data)
+        for i, (c, f) in enumerate(
+            (c, f)
+            for c in range(len(names))
+            for f in sorted((sample_corpus / "eval" / "classify" / names[c]).iterdir())
+        )
+        for ext, data in (("jpg", f.read_bytes()), ("cls", str(c).encode()))
+    ]
     write_tar(str(tmp_path / "val-000.tar"), members)
-    assert evaluate(["zeroshot-cls", "--data", str(tmp_path / "val-{000..000}.tar"), "--classes",
-                     str(tmp_path / "names.txt"), *common, "--out", str(tmp_path / "wds")]) == 0
+    assert (
+        evaluate(
+            [
+                "zeroshot-cls",
+                "--data",
+                str(tmp_path / "val-{000..000}.tar"),
+                "--classes",
+                str(tmp_path / "names.txt"),
+                *common,
+                "--out",
+                str(tmp_path / "wds"),
+            ]
+        )
+        == 0
+    )
     wds = json.loads((tmp_path / "wds" / "zeroshot-cls.json").read_text())["metrics"]
     assert (wds["images"], wds["top1"], wds["top5"]) == (60, cls["metrics"]["top1"], cls["metrics"]["top5"])
 
@@ -248,8 +286,23 @@ def test_evaluate_visualize_and_inspect_on_the_sample_sets(export, eval_store, s
     assert "miou" in capsys.readouterr().out
 
     pictures = tmp_path / "pictures"
-    assert visualize(["--export", str(export), "--data", voc, "--text", "sample", "--limit", "2",
-                      "--out", str(pictures / "semseg")]) == 0
+    assert (
+        visualize(
+            [
+                "--export",
+                str(export),
+                "--data",
+                voc,
+                "--text",
+                "sample",
+                "--limit",
+                "2",
+                "--out",
+                str(pictures / "semseg"),
+            ]
+        )
+        == 0
+    )
     assert inspect_store([str(eval_store), "--samples", "2", "--out", str(pictures / "store")]) == 0
     semseg = sorted((pictures / "semseg").iterdir())
     store = sorted(p.name for p in (pictures / "store").iterdir())
@@ -266,17 +319,35 @@ def test_bad_evaluation_arguments_stop_with_one_line(export, sample_corpus, tmp_
         (["zeroshot-cls", "--data", str(sample_corpus / "eval" / "classify")], "--text"),
         (["zeroshot-cls", "--data", str(tmp_path / "nowhere"), "--text", "sample"], "nowhere"),
         (["semseg", "--data", str(sample_corpus / "eval" / "classify"), "--text", "sample"], "JPEGImages"),
-        (["semseg", "--data", str(tmp_path / "no-voc"), "--text", "sample"],
-         "no-voc': no such folder (expected a Pascal-VOC-style folder"),
+        (
+            ["semseg", "--data", str(tmp_path / "no-voc"), "--text", "sample"],
+            "no-voc': no such folder (expected a Pascal-VOC-style folder",
+        ),
         (["semseg", "--data", str(sample_corpus / "eval" / "voc"), "--text", "imagenet"], "no text table 'imagenet'"),
-        (["semseg", "--data", str(sample_corpus / "eval" / "voc"), "--text", "sample", "--split", "vall"],
-         "split 'vall': no"),
-        (["semseg", "--refine", "--data", str(sample_corpus / "eval" / "voc"), "--text", "sample", "--points", "0"],
-         "--points: expected at least 1"),
-        (["semseg", "--data", str(sample_corpus / "eval" / "voc"), "--text", "sample", "--classes", str(few)],
-         "label value"),
-        (["zeroshot-cls", "--data", str(sample_corpus / "eval" / "classify"), "--text", "sample", "--templates",
-          "simple"], "--templates applies to --text-tower"),
+        (
+            ["semseg", "--data", str(sample_corpus / "eval" / "voc"), "--text", "sample", "--split", "vall"],
+            "split 'vall': no",
+        ),
+        (
+            ["semseg", "--refine", "--data", str(sample_corpus / "eval" / "voc"), "--text", "sample", "--points", "0"],
+            "--points: expected at least 1",
+        ),
+        (
+            ["semseg", "--data", str(sample_corpus / "eval" / "voc"), "--text", "sample", "--classes", str(few)],
+            "label value",
+        ),
+        (
+            [
+                "zeroshot-cls",
+                "--data",
+                str(sample_corpus / "eval" / "classify"),
+                "--text",
+                "sample",
+                "--templates",
+                "simple",
+            ],
+            "--templates applies to --text-tower",
+        ),
     ]
     for args, message in cases:
         p = run_module("student.evaluate", *args, "--export", str(export), "--out", str(tmp_path / "out"))
@@ -310,13 +381,20 @@ def test_segment_prompts_with_points_matches_sam_predictor_and_checks_shapes(tin
     for box in (None, boxes):
         _, iou, low = predictor.segment_prompts(image, boxes=box, points=points, labels=labels, multimask=True)
         for i in range(2):
-            _, want_iou, want_low = reference.predict(point_coords=points[i], point_labels=labels[i],
-                                                      box=None if box is None else box[i], multimask_output=True)
+            _, want_iou, want_low = reference.predict(
+                point_coords=points[i],
+                point_labels=labels[i],
+                box=None if box is None else box[i],
+                multimask_output=True,
+            )
             np.testing.assert_allclose(low[i].numpy(), want_low, atol=2e-3, rtol=1e-4)
             np.testing.assert_allclose(iou[i], want_iou, atol=1e-4)
-    for kwargs, message in [({"points": points[0]}, "points: expected \\[N, n, 2\\]"),
-                            ({"boxes": boxes[:1], "points": points}, "1 and 2 prompts"),
-                            ({"points": points, "labels": labels[:, :1]}, "labels: expected shape"),
-                            ({"boxes": [1, 2, 3, 4]}, "boxes: expected \\[N, 4\\]"), ({}, "needs boxes, points")]:
+    for kwargs, message in [
+        ({"points": points[0]}, "points: expected \\[N, n, 2\\]"),
+        ({"boxes": boxes[:1], "points": points}, "1 and 2 prompts"),
+        ({"points": points, "labels": labels[:, :1]}, "labels: expected shape"),
+        ({"boxes": [1, 2, 3, 4]}, "boxes: expected \\[N, 4\\]"),
+        ({}, "needs boxes, points"),
+    ]:
         with pytest.raises(ValueError, match=message):
             predictor.segment_prompts(image, **kwargs)

@@ -4,6 +4,7 @@ Same inputs (sample corpus, tiny teacher, K=4): the same rows, crops, flips and 
 bit, embeddings within 1 fp16 ULP. A change to view sampling, rendering or decoding shows up as a
 crop or hash difference; a change to the teacher's numerics as an embedding difference.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -45,6 +46,7 @@ def fp16_ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     The sign-magnitude bit patterns are mapped onto a monotonic integer line: non-negative values
     keep their bits, negative ones go to -(bits & 0x7fff), so adjacent floats differ by 1, across
     zero too."""
+
     def ordered(x):
         bits = np.ascontiguousarray(x, dtype=np.float16).view(np.uint16).astype(np.int32)
         return np.where(bits & 0x8000, -(bits & 0x7FFF), bits)
@@ -62,7 +64,9 @@ def test_fp16_ulp_distance():
     assert fp16_ulp_distance(np.array([one]), np.array([np.nextafter(one, np.float16(2))]))[0] == 1
     assert fp16_ulp_distance(np.array([one]), np.array([np.nextafter(one, np.float16(0))]))[0] == 1
     tiny = np.float16(2.0**-24)  # the smallest subnormal: +tiny, +0, -tiny are one step apart each
-    assert fp16_ulp_distance(np.array([tiny, -tiny, np.float16(0)]), np.array([-tiny, np.float16(-0.0), np.float16(-0.0)])).tolist() == [2, 1, 0]
+    assert fp16_ulp_distance(
+        np.array([tiny, -tiny, np.float16(0)]), np.array([-tiny, np.float16(-0.0), np.float16(-0.0)])
+    ).tolist() == [2, 1, 0]
     x = np.float16(-0.3)
     assert fp16_ulp_distance(np.array([x]), np.array([x + 3 * np.spacing(x)]))[0] == 3
 
@@ -76,8 +80,10 @@ def test_the_session_inputs_are_the_goldens(golden, sample_corpus, tiny_teachers
     """Otherwise the comparison below says nothing about the code: the corpus or teacher changed."""
     made_from = json.loads(golden.schema.metadata[b"golden.inputs"])
     now = _maker.input_hashes(Path(sample_corpus), Path(tiny_teachers["clip"]))
-    assert now == made_from, ("the sample corpus or the tiny CLIP teacher is not what the golden was made from; "
-                              "if that is intended, regenerate it (tests/data/README.md)")
+    assert now == made_from, (
+        "the sample corpus or the tiny CLIP teacher is not what the golden was made from; "
+        "if that is intended, regenerate it (tests/data/README.md)"
+    )
 
 
 def test_views_match_the_golden_table(golden, clip_store):
@@ -90,8 +96,10 @@ def test_views_match_the_golden_table(golden, clip_store):
     new_ids, golden_ids = ids(new), ids(golden)
     if new_ids != golden_ids:
         missing, extra = set(golden_ids) - set(new_ids), set(new_ids) - set(golden_ids)
-        pytest.fail(f"rows differ from the golden: the store has {len(new_ids)}, the golden {len(golden_ids)}; "
-                    f"{len(missing)} missing from the store (e.g. {sorted(missing)[:3]}), {len(extra)} not in the golden (e.g. {sorted(extra)[:3]})")
+        pytest.fail(
+            f"rows differ from the golden: the store has {len(new_ids)}, the golden {len(golden_ids)}; "
+            f"{len(missing)} missing from the store (e.g. {sorted(missing)[:3]}), {len(extra)} not in the golden (e.g. {sorted(extra)[:3]})"
+        )
     n = len(golden_ids)
 
     problems = []
@@ -99,14 +107,18 @@ def test_views_match_the_golden_table(golden, clip_store):
     bad = np.flatnonzero((crop_new.view(np.uint32) != crop_golden.view(np.uint32)).any(axis=1))
     if len(bad):
         worst = np.abs(crop_new[bad] - crop_golden[bad]).max()
-        problems.append(f"crop not bit-identical in {len(bad)}/{n} rows (max |diff| {worst:.3g}; e.g. "
-                        f"{row_names(golden, bad[:3])}: store {crop_new[bad[0]].tolist()}, golden {crop_golden[bad[0]].tolist()})")
+        problems.append(
+            f"crop not bit-identical in {len(bad)}/{n} rows (max |diff| {worst:.3g}; e.g. "
+            f"{row_names(golden, bad[:3])}: store {crop_new[bad[0]].tolist()}, golden {crop_golden[bad[0]].tolist()})"
+        )
     for column in ("flip", "pixel_hash"):
         a, b = new.column(column).to_pylist(), golden.column(column).to_pylist()
         bad = [i for i in range(n) if a[i] != b[i]]
         if bad:
-            problems.append(f"{column} differs in {len(bad)}/{n} rows (e.g. {row_names(golden, bad[:3])}: "
-                            f"store {a[bad[0]]!r}, golden {b[bad[0]]!r})")
+            problems.append(
+                f"{column} differs in {len(bad)}/{n} rows (e.g. {row_names(golden, bad[:3])}: "
+                f"store {a[bad[0]]!r}, golden {b[bad[0]]!r})"
+            )
 
     emb_new, emb_golden = matrix(new, "embedding", np.float16), matrix(golden, "embedding", np.float16)
     if emb_new.shape != emb_golden.shape:
@@ -121,5 +133,6 @@ def test_views_match_the_golden_table(golden, clip_store):
                 f"embedding more than {MAX_ULP} fp16 ULP from the golden in {len(bad)}/{n} rows "
                 f"({int((ulps > MAX_ULP).sum())} values); worst {int(ulps[r, c])} ULP at {row_names(golden, [r])[0]}"
                 f"[{c}]: store {float(emb_new[r, c])!r}, golden {float(emb_golden[r, c])!r}; "
-                f"max |diff| {np.abs(emb_new.astype(np.float32) - emb_golden.astype(np.float32)).max():.3g}")
+                f"max |diff| {np.abs(emb_new.astype(np.float32) - emb_golden.astype(np.float32)).max():.3g}"
+            )
     assert not problems, "views differ from tests/data/golden_views.parquet:\n  " + "\n  ".join(problems)

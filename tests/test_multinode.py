@@ -6,6 +6,7 @@ The head (no CPUs: it hosts only the driver) and two worker nodes are `ray start
 the blocks in its object store. Ray re-runs what was lost on the other node; parts written twice
 are dropped by the driver. The job itself must exit 0 with every sample stored exactly once.
 """
+
 import json
 import os
 import secrets
@@ -29,14 +30,40 @@ def start_node(env: dict, temp_dir: Path, *args: str) -> subprocess.Popen:
     """A `ray start --block` node on 127.0.0.1 with ports of its own: nodes on one address that
     pick theirs at random can collide (a raylet then dies on "bind: Address already in use")."""
     ray_bin = str(Path(sys.executable).with_name("ray"))
-    ports = ["--node-manager-port", "--object-manager-port", "--metrics-export-port", "--runtime-env-agent-port",
-             "--dashboard-agent-grpc-port", "--dashboard-agent-listen-port"]
+    ports = [
+        "--node-manager-port",
+        "--object-manager-port",
+        "--metrics-export-port",
+        "--runtime-env-agent-port",
+        "--dashboard-agent-grpc-port",
+        "--dashboard-agent-listen-port",
+    ]
     low = _free_port()
-    return subprocess.Popen([ray_bin, "start", "--block", "--node-ip-address", "127.0.0.1", "--num-gpus", "0",
-                             "--object-store-memory", str(300 * 1024**2), "--disable-usage-stats",
-                             "--temp-dir", str(temp_dir), *[a for p in ports for a in (p, str(_free_port()))],
-                             "--min-worker-port", str(low), "--max-worker-port", str(low + 40), *args],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [
+            ray_bin,
+            "start",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--num-gpus",
+            "0",
+            "--object-store-memory",
+            str(300 * 1024**2),
+            "--disable-usage-stats",
+            "--temp-dir",
+            str(temp_dir),
+            *[a for p in ports for a in (p, str(_free_port()))],
+            "--min-worker-port",
+            str(low),
+            "--max-worker-port",
+            str(low + 40),
+            *args,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def kill_tree(proc: subprocess.Popen) -> None:
@@ -54,7 +81,9 @@ def wait_for_cpus(env: dict, cpus: int, head: subprocess.Popen) -> None:
     probe = f"import ray, sys; ray.init(); sys.exit(0 if ray.cluster_resources().get('CPU', 0) >= {cpus} else 1)"
     deadline = time.time() + 180
     while (p := subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)).returncode:
-        assert time.time() < deadline and head.poll() is None, f"the cluster did not reach {cpus} CPUs: {p.stderr[-2000:]}"
+        assert time.time() < deadline and head.poll() is None, (
+            f"the cluster did not reach {cpus} CPUs: {p.stderr[-2000:]}"
+        )
         time.sleep(2)
 
 
@@ -64,8 +93,12 @@ def three_nodes():
     temp_dir = Path(tempfile.mkdtemp(prefix="ray-"))
     port = _free_port()
     # `ray start --head` turns token authentication on: one token for the nodes, the probes and the job.
-    env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": f"127.0.0.1:{port}",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+    }
     head = start_node(env, temp_dir, "--head", "--port", str(port), "--num-cpus", "0", "--include-dashboard", "false")
     workers = []
     try:
@@ -88,12 +121,17 @@ def test_a_worker_node_killed_mid_job_is_survived(three_nodes, tmp_path, sample_
     job.write_text(f"""
 store: {{url: "{store}"}}
 sources: [{{name: sample, kind: clip, shards: "{sample_corpus}/clip/{{00000..00003}}.tar", unit_size: 5}}]
-clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{tiny_teachers['clip']}"}}, views: 4}}
+clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{tiny_teachers["clip"]}"}}, views: 4}}
 ray: {{teacher_actors: 2, batch_size: 4}}
 """)
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.materialize", str(job), "--report", str(tmp_path / "r.json")],
-                            cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.materialize", str(job), "--report", str(tmp_path / "r.json")],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     commits = store / "_commits" / "clip" / "sample"
     deadline = time.time() + 300
     while not (commits.exists() and any(commits.iterdir())):
@@ -109,8 +147,9 @@ ray: {{teacher_actors: 2, batch_size: 4}}
     assert report["units_done"] == UNITS and not report["units_failed"], report
     s = open_store(str(store))
     views = s.read_table("clip", "views")
-    keys = list(zip(views.column("shard").to_pylist(), views.column("key").to_pylist(),
-                    views.column("view").to_pylist()))
+    keys = list(
+        zip(views.column("shard").to_pylist(), views.column("key").to_pylist(), views.column("view").to_pylist())
+    )
     assert len(keys) == len(set(keys)) == 100 * 4
     assert sum(c.n_input for c in s.commits("clip")) == 100
     assert_sound(store)

@@ -1,6 +1,7 @@
 """S3 everywhere, against a real S3-protocol server on loopback (moto, started by conftest):
 the pipeline reads shards and teachers from s3:// and writes the store there, the trainer and the
 evaluation read it back, and the credentials and endpoint never reach a log, a store or an output."""
+
 import os
 import subprocess
 import sys
@@ -57,7 +58,9 @@ def assert_no_secret(where: str, text: str | bytes, endpoint: str) -> None:
         assert needle.encode() not in data, f"{needle!r} leaked into {where}"
 
 
-def test_pipeline_trainer_and_evaluation_on_s3(s3_inputs, s3_endpoint, tiny_teachers, clip_store, ray_cluster, tmp_path):
+def test_pipeline_trainer_and_evaluation_on_s3(
+    s3_inputs, s3_endpoint, tiny_teachers, clip_store, ray_cluster, tmp_path
+):
     job = s3_job(tmp_path / "job.yaml", tiny_teachers)
     outputs = []
     p = run_module("pipeline.materialize", str(job), env={"SAMCLIP_CACHE": str(tmp_path / "cache")}, timeout=600)
@@ -69,29 +72,63 @@ def test_pipeline_trainer_and_evaluation_on_s3(s3_inputs, s3_endpoint, tiny_teac
     records = store.commits("clip")
     assert all(r.input.url.startswith(f"s3://{BUCKET}/") and r.input.etag for r in records)
     # Same inputs, same teacher: the targets equal those of the local session store.
-    got = store.read_table("clip", "views").sort_by([("shard", "ascending"), ("key", "ascending"), ("view", "ascending")])
-    want = open_store(str(clip_store)).read_table("clip", "views").sort_by(
-        [("shard", "ascending"), ("key", "ascending"), ("view", "ascending")])
+    got = store.read_table("clip", "views").sort_by(
+        [("shard", "ascending"), ("key", "ascending"), ("view", "ascending")]
+    )
+    want = (
+        open_store(str(clip_store))
+        .read_table("clip", "views")
+        .sort_by([("shard", "ascending"), ("key", "ascending"), ("view", "ascending")])
+    )
     assert got.column("pixel_hash").to_pylist() == want.column("pixel_hash").to_pylist()
-    np.testing.assert_allclose(np.asarray(got.column("embedding").to_pylist(), np.float32),
-                               np.asarray(want.column("embedding").to_pylist(), np.float32), atol=2e-3)
-    p = run_module("pipeline.text_targets", str(job), "--name", "sample", "--classes", "jobs/sample_classes.txt",
-                   env={"SAMCLIP_CACHE": str(tmp_path / "cache")})
+    np.testing.assert_allclose(
+        np.asarray(got.column("embedding").to_pylist(), np.float32),
+        np.asarray(want.column("embedding").to_pylist(), np.float32),
+        atol=2e-3,
+    )
+    p = run_module(
+        "pipeline.text_targets",
+        str(job),
+        "--name",
+        "sample",
+        "--classes",
+        "jobs/sample_classes.txt",
+        env={"SAMCLIP_CACHE": str(tmp_path / "cache")},
+    )
     outputs.append(p)
     assert p.returncode == 0, p.stderr[-3000:]
 
     # The trainer streams units and shards from S3 (a forked loader worker included).
     out = tmp_path / "train"
-    p = subprocess.run([sys.executable, "student/train.py", "--config", "student/configs/tiny.yaml",
-                        "--set", f"store.url={STORE}", "--set", f"output_dir={out}",
-                        "--set", f"model.sam_checkpoint=s3://{BUCKET}/teachers/{Path(tiny_teachers['sam']).name}",
-                        "--set", "data.workers=1", "--set", "stages=[{name: probe, epochs: 1, lr: 0.002, max_steps: 3}, "
-                        "{name: joint, epochs: 1, lr: 0.0004, max_steps: 2}]"],
-                       cwd=REPO, capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "OMP_NUM_THREADS": "1", "SAMCLIP_CACHE": str(tmp_path / "cache")})
+    p = subprocess.run(
+        [
+            sys.executable,
+            "student/train.py",
+            "--config",
+            "student/configs/tiny.yaml",
+            "--set",
+            f"store.url={STORE}",
+            "--set",
+            f"output_dir={out}",
+            "--set",
+            f"model.sam_checkpoint=s3://{BUCKET}/teachers/{Path(tiny_teachers['sam']).name}",
+            "--set",
+            "data.workers=1",
+            "--set",
+            "stages=[{name: probe, epochs: 1, lr: 0.002, max_steps: 3}, "
+            "{name: joint, epochs: 1, lr: 0.0004, max_steps: 2}]",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "SAMCLIP_CACHE": str(tmp_path / "cache")},
+    )
     outputs.append(p)
     assert p.returncode == 0, p.stderr[-3000:]
-    p = run_module("student.evaluate", "sam-agreement", "--export", str(out / "export"), "--out", str(tmp_path / "eval"))
+    p = run_module(
+        "student.evaluate", "sam-agreement", "--export", str(out / "export"), "--out", str(tmp_path / "eval")
+    )
     outputs.append(p)
     assert p.returncode == 0 and "mask_iou" in p.stdout, p.stderr[-3000:]
 
@@ -105,18 +142,35 @@ def test_pipeline_trainer_and_evaluation_on_s3(s3_inputs, s3_endpoint, tiny_teac
 
 
 def test_credentials_from_the_config_alone_are_used_and_never_printed(s3_inputs, s3_endpoint, tiny_teachers, tmp_path):
-    options = ('{key: samclip-test-key, secret: "' + S3_SECRET + '", client_kwargs: {endpoint_url: "'
-               + s3_endpoint + '", region_name: us-east-1}}')
+    options = (
+        '{key: samclip-test-key, secret: "'
+        + S3_SECRET
+        + '", client_kwargs: {endpoint_url: "'
+        + s3_endpoint
+        + '", region_name: us-east-1}}'
+    )
     job = s3_job(tmp_path / "job.yaml", tiny_teachers, options)
     bare = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    p = subprocess.run([sys.executable, "-m", "pipeline.plan", str(job)], cwd=REPO, capture_output=True, text=True,
-                       timeout=300, env={**bare, "SAMCLIP_CACHE": str(tmp_path / "cache")})
+    p = subprocess.run(
+        [sys.executable, "-m", "pipeline.plan", str(job)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**bare, "SAMCLIP_CACHE": str(tmp_path / "cache")},
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert_no_secret("pipeline.plan's output", p.stdout + p.stderr, s3_endpoint)
     # A wrong endpoint stops with one line that names the store, not the credentials.
     bad = s3_job(tmp_path / "bad.yaml", tiny_teachers, options.replace(s3_endpoint, "http://127.0.0.1:9"))
-    p = subprocess.run([sys.executable, "-m", "pipeline.plan", str(bad)], cwd=REPO, capture_output=True, text=True,
-                       timeout=300, env=bare)
+    p = subprocess.run(
+        [sys.executable, "-m", "pipeline.plan", str(bad)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=bare,
+    )
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert S3_SECRET not in p.stderr
 
@@ -125,8 +179,9 @@ def test_training_hyperparameters_logged_to_tensorboard_leave_storage_options_ou
     from student.config import load_train_config
     from student.train import flat_hparams
 
-    cfg = load_train_config(str(REPO / "student" / "configs" / "tiny.yaml"),
-                            ['store.storage_options={key: k, secret: "' + S3_SECRET + '"}'])
+    cfg = load_train_config(
+        str(REPO / "student" / "configs" / "tiny.yaml"), ['store.storage_options={key: k, secret: "' + S3_SECRET + '"}']
+    )
     assert cfg.store.storage_options["secret"] == S3_SECRET
     hparams = flat_hparams(cfg)
     assert "store.url" in hparams and not any("storage_options" in k for k in hparams)

@@ -4,6 +4,7 @@ Each test runs `python -m pipeline.materialize` as a subprocess on the session's
 variables reach the teacher actors through the job's runtime environment) over the four sample
 shards, batch 8: four parts per unit.
 """
+
 import json
 
 import numpy as np
@@ -20,8 +21,13 @@ def test_a_teacher_actor_killed_after_writing_a_part_is_survived(tmp_path, sampl
     store = tmp_path / "store"
     job = write_clip_job(tmp_path / "job.yaml", store, sample_corpus, tiny_teachers)
     marker = tmp_path / "killed"
-    run = run_module("pipeline.materialize", str(job), "--report", str(tmp_path / "r.json"),
-                     env={"SAMCLIP_KILL_AT": "after_part_written@00001", "SAMCLIP_KILL_ONCE": str(marker)})
+    run = run_module(
+        "pipeline.materialize",
+        str(job),
+        "--report",
+        str(tmp_path / "r.json"),
+        env={"SAMCLIP_KILL_AT": "after_part_written@00001", "SAMCLIP_KILL_ONCE": str(marker)},
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert marker.exists(), "the actor never reached the kill point"
     # Quiet by default: the job's own bars and summary, none of Ray Data's progress or plan logs.
@@ -35,8 +41,13 @@ def test_a_teacher_actor_killed_after_writing_a_part_is_survived(tmp_path, sampl
 def test_an_exception_in_one_batch_fails_its_unit_only(tmp_path, sample_corpus, tiny_teachers, ray_cluster):
     store = tmp_path / "store"
     job = write_clip_job(tmp_path / "job.yaml", store, sample_corpus, tiny_teachers)
-    run = run_module("pipeline.materialize", str(job), "--report", str(tmp_path / "r.json"),
-                     env={"SAMCLIP_RAISE_AT": "teacher_batch@00002"})
+    run = run_module(
+        "pipeline.materialize",
+        str(job),
+        "--report",
+        str(tmp_path / "r.json"),
+        env={"SAMCLIP_RAISE_AT": "teacher_batch@00002"},
+    )
     assert run.returncode == 1, run.stderr[-3000:]
     report = json.loads((tmp_path / "r.json").read_text())["reports"][0]
     assert [(f["unit"], f["reason"]) for f in report["units_failed"]] == [("00002", "InjectedFault")]
@@ -50,8 +61,15 @@ def test_an_exception_in_one_batch_fails_its_unit_only(tmp_path, sample_corpus, 
 def test_a_batch_that_kills_its_actor_every_time_fails_its_unit(tmp_path, sample_corpus, tiny_teachers, ray_cluster):
     store = tmp_path / "store"
     job = write_clip_job(tmp_path / "job.yaml", store, sample_corpus, tiny_teachers)
-    run = run_module("pipeline.materialize", str(job), "--set", "ray.max_batch_retries=1",
-                     "--report", str(tmp_path / "r.json"), env={"SAMCLIP_KILL_AT": "teacher_batch@00003"})
+    run = run_module(
+        "pipeline.materialize",
+        str(job),
+        "--set",
+        "ray.max_batch_retries=1",
+        "--report",
+        str(tmp_path / "r.json"),
+        env={"SAMCLIP_KILL_AT": "teacher_batch@00003"},
+    )
     assert run.returncode == 1, run.stderr[-3000:]
     report = json.loads((tmp_path / "r.json").read_text())["reports"][0]
     failed = {f["unit"]: f["reason"] for f in report["units_failed"]}
@@ -59,7 +77,9 @@ def test_a_batch_that_kills_its_actor_every_time_fails_its_unit(tmp_path, sample
     assert "00003" in failed and set(failed.values()) == {"incomplete"}, report
     assert sorted(committed_units(store) + list(failed)) == ["00000", "00001", "00002", "00003"] and len(failed) < 4
     rerun = run_module("pipeline.materialize", str(job))
-    assert rerun.returncode == 0 and f"{len(failed)} done, {4 - len(failed)} skipped" in rerun.stdout, rerun.stderr[-3000:]
+    assert rerun.returncode == 0 and f"{len(failed)} done, {4 - len(failed)} skipped" in rerun.stdout, rerun.stderr[
+        -3000:
+    ]
     assert_exactly_once(store, sample_corpus)
 
 
@@ -72,9 +92,13 @@ def test_a_collector_counts_each_sample_once():
     c = UnitCollector(shard, "00000", 0)
 
     def part(name, samples):
-        return {"status": PART, "part": name, "part_samples": np.asarray(samples, np.int32).tobytes(),
-                "part_files": json.dumps([{"path": f"clip/s/00000/{name}.parquet", "size": 1, "sha256": "0"}]),
-                "part_rows": json.dumps({"views": len(samples)})}
+        return {
+            "status": PART,
+            "part": name,
+            "part_samples": np.asarray(samples, np.int32).tobytes(),
+            "part_files": json.dumps([{"path": f"clip/s/00000/{name}.parquet", "size": 1, "sha256": "0"}]),
+            "part_rows": json.dumps({"views": len(samples)}),
+        }
 
     c.add(part("a", [0, 1, 2]))
     c.add(part("a2", [2, 3]))  # overlaps a: dropped whole, sample 3 not covered by it

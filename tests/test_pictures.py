@@ -1,5 +1,6 @@
 """Pictures that explain themselves: a mask drawn as a mask (outline + translucent fill), the
 ignore band in the legend, point prompts in the colour of the class they prompt."""
+
 import numpy as np
 from PIL import Image
 
@@ -19,8 +20,11 @@ def test_a_mask_is_an_outline_and_a_translucent_fill():
 
 def test_the_legend_names_the_ignore_band_and_points_take_their_class_colour():
     names = ["background", "cat", "dog"]
-    assert legend_items(names, [0, 2, 255]) == [("background", (0, 0, 0)), ("dog", tuple(int(c) for c in
-                                                class_colors(3)[2])), ("ignore (not scored)", IGNORE_COLOR)]
+    assert legend_items(names, [0, 2, 255]) == [
+        ("background", (0, 0, 0)),
+        ("dog", tuple(int(c) for c in class_colors(3)[2])),
+        ("ignore (not scored)", IGNORE_COLOR),
+    ]
     assert [n for n, _ in legend_items(names, [1])] == ["cat"]
     tile = Image.new("RGB", (40, 40), (0, 0, 0))
     color = tuple(int(c) for c in class_colors(3)[2])

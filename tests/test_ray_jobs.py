@@ -2,6 +2,7 @@
 training configs keep the paper's global batch, and the sample job runs through `ray job submit`
 on a real Ray head (loopback, token authentication: the session head of conftest, stopped at the
 session's end)."""
+
 import os
 import shlex
 import subprocess
@@ -26,9 +27,17 @@ def load(rel: str) -> dict:
 
 def test_every_job_yaml_parses_and_names_the_commands_the_tests_run():
     files = sorted(p.relative_to(JOBS).as_posix() for p in JOBS.rglob("*.yaml"))
-    assert {"sample.yaml", "merged41m.yaml", "ray/runtime_env.yaml", "ray/sample.job.yaml", "ray/merged41m.job.yaml",
-            "ray/cluster-aws.yaml", "kuberay/rayjob-merged41m.yaml", "accelerate/1node-8gpu.yaml",
-            "accelerate/4node-8gpu.yaml"} <= set(files)
+    assert {
+        "sample.yaml",
+        "merged41m.yaml",
+        "ray/runtime_env.yaml",
+        "ray/sample.job.yaml",
+        "ray/merged41m.job.yaml",
+        "ray/cluster-aws.yaml",
+        "kuberay/rayjob-merged41m.yaml",
+        "accelerate/1node-8gpu.yaml",
+        "accelerate/4node-8gpu.yaml",
+    } <= set(files)
     for rel in files:
         assert isinstance(load(rel), dict), rel
     # Job configs are valid pipeline configs (typed, checked; no store is contacted).
@@ -61,8 +70,9 @@ def test_every_job_yaml_parses_and_names_the_commands_the_tests_run():
     assert "-- python -m pipeline.materialize jobs/sample.yaml" in docs
 
 
-@pytest.mark.parametrize("rel, processes, clip, sam", [("accelerate/1node-8gpu.yaml", 8, 256, 4),
-                                                       ("accelerate/4node-8gpu.yaml", 32, 64, 1)])
+@pytest.mark.parametrize(
+    "rel, processes, clip, sam", [("accelerate/1node-8gpu.yaml", 8, 256, 4), ("accelerate/4node-8gpu.yaml", 32, 64, 1)]
+)
 def test_multi_node_training_configs_keep_the_papers_global_batch(rel, processes, clip, sam):
     acc = load(rel)
     assert acc["distributed_type"] == "MULTI_GPU" and acc["num_processes"] == acc["num_machines"] * 8 == processes
@@ -82,20 +92,44 @@ def test_sample_job_through_ray_job_submit(sample_corpus, tiny_teachers, ray_clu
     store = tmp_path / "store"
     # The entrypoint as the YAML gives it; --set points jobs/sample.yaml's relative paths at the
     # test's corpus and teachers (the uploaded working directory carries no data).
-    overrides = [f"store.url={store}", f"sources.0.shards={sample_corpus}/clip/{{00000..00003}}.tar",
-                 f"sources.1.shards={sample_corpus}/sam/sa_{{000000..000001}}.tar",
-                 f"clip.teacher.pretrained={tiny_teachers['clip']}", f"sam.teacher.checkpoint={tiny_teachers['sam']}"]
+    overrides = [
+        f"store.url={store}",
+        f"sources.0.shards={sample_corpus}/clip/{{00000..00003}}.tar",
+        f"sources.1.shards={sample_corpus}/sam/sa_{{000000..000001}}.tar",
+        f"clip.teacher.pretrained={tiny_teachers['clip']}",
+        f"sam.teacher.checkpoint={tiny_teachers['sam']}",
+    ]
     entrypoint = spec["entrypoint"] + "".join(f" --set {shlex.quote(o)}" for o in overrides)
     ray_bin = str(Path(sys.executable).with_name("ray"))
-    p = subprocess.run([ray_bin, "job", "submit", "--address", RAY_DASHBOARD["url"], "--runtime-env",
-                        spec["runtime_env"], "--submission-id", f"sample-{tmp_path.name}", "--", *shlex.split(entrypoint)],
-                       cwd=REPO, capture_output=True, text=True, timeout=900,
-                       env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    p = subprocess.run(
+        [
+            ray_bin,
+            "job",
+            "submit",
+            "--address",
+            RAY_DASHBOARD["url"],
+            "--runtime-env",
+            spec["runtime_env"],
+            "--submission-id",
+            f"sample-{tmp_path.name}",
+            "--",
+            *shlex.split(entrypoint),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+    )
     assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-3000:])
     assert "succeeded" in p.stdout and "clip targets" in p.stdout and "sam targets" in p.stdout
     summary = open_store(str(store)).summary()
     assert summary["clip"]["samples_stored"] + summary["clip"]["samples_errors"] == 100
     assert summary["sam"]["units"] == 4 and summary["sam"]["samples_stored"] == 12
-    status = subprocess.run([ray_bin, "job", "status", "--address", RAY_DASHBOARD["url"], f"sample-{tmp_path.name}"],
-                            capture_output=True, text=True, timeout=60)
+    status = subprocess.run(
+        [ray_bin, "job", "status", "--address", RAY_DASHBOARD["url"], f"sample-{tmp_path.name}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert f"Job 'sample-{tmp_path.name}' succeeded" in status.stdout, status.stdout + status.stderr

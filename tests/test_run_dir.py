@@ -1,6 +1,7 @@
 """Reruns into a run folder (student/train.py, student.run_dir): a finished run of the same config
 is skipped, a stopped one resumed, each said in one line; a folder holding another config's run is
 refused in one line naming the key, unless --resume says to continue it."""
+
 from pathlib import Path
 
 import pytest
@@ -48,8 +49,10 @@ def test_a_resume_path_without_a_checkpoint_is_one_line(tmp_path):
     cfg = load_train_config(TINY, [f"output_dir={tmp_path}"])
     with pytest.raises(ConfigError) as e:
         earlier_run(cfg, str(tmp_path / "checkpoints" / "step_99999"))
-    assert str(e.value) == (f"--resume {tmp_path}/checkpoints/step_99999: no checkpoint there (expected 'latest' "
-                            f"or a step_N folder under OUTPUT/checkpoints holding trainer_state.json)")
+    assert str(e.value) == (
+        f"--resume {tmp_path}/checkpoints/step_99999: no checkpoint there (expected 'latest' "
+        f"or a step_N folder under OUTPUT/checkpoints holding trainer_state.json)"
+    )
 
 
 @pytest.mark.slow
@@ -63,8 +66,9 @@ def test_a_bad_key_is_one_line_alone_on_one_process_and_first_under_accelerate_l
     plain = subprocess.run([sys.executable, *args], cwd=repo, capture_output=True, text=True, timeout=300)
     assert plain.returncode == 2 and plain.stderr.strip().startswith(message) and plain.stderr.count("\n") == 1
     accelerate = str(Path(sys.executable).with_name("accelerate"))
-    wrapped = subprocess.run([accelerate, "launch", "--num_processes", "1", *args], cwd=repo, capture_output=True,
-                             text=True, timeout=300)
+    wrapped = subprocess.run(
+        [accelerate, "launch", "--num_processes", "1", *args], cwd=repo, capture_output=True, text=True, timeout=300
+    )
     # What the README says accelerate adds: the child's line first, then its own CalledProcessError.
     lines = [x for x in wrapped.stderr.splitlines() if x.strip()]
     first = next(i for i, x in enumerate(lines) if x.startswith("error: "))

@@ -1,4 +1,5 @@
 """SAM targets: equality with SamPredictor, the compact encoding's error, errors and exactly-once."""
+
 import io
 import json
 import signal
@@ -94,10 +95,16 @@ def test_prompts_come_from_the_annotations(stored, sample_corpus):
 
 def test_uint8_encoding_stays_within_its_documented_error(stored, sample_corpus, tiny_teachers, tmp_path):
     store, _, fp16_logits = stored
-    job = write_sam_job(tmp_path / "job.yaml", tmp_path / "store", f"{sample_corpus}/sam/sa_000001.tar",
-                        tiny_teachers, precision="uint8_sigmoid")
+    job = write_sam_job(
+        tmp_path / "job.yaml",
+        tmp_path / "store",
+        f"{sample_corpus}/sam/sa_000001.tar",
+        tiny_teachers,
+        precision="uint8_sigmoid",
+    )
     assert materialize([str(job)]) == 0
     u8 = open_store(str(tmp_path / "store"))
+
     def sig(x):
         return 1 / (1 + np.exp(-x.astype(np.float64)))
 
@@ -123,17 +130,26 @@ def dirty_sa1b_tar(path, corpus):
     partly_bad = json.loads(members["sa_2.json"])
     partly_bad["annotations"][0]["segmentation"]["counts"] = 17  # malformed
     partly_bad["annotations"][1]["bbox"] = [5.0, 5.0, 0.0, 3.0]  # zero-size box
-    empty = {"size": [doc["image"]["height"], doc["image"]["width"]],
-             "counts": mask_utils.encode(np.zeros((doc["image"]["height"], doc["image"]["width"]), np.uint8, order="F"))["counts"].decode()}
+    empty = {
+        "size": [doc["image"]["height"], doc["image"]["width"]],
+        "counts": mask_utils.encode(np.zeros((doc["image"]["height"], doc["image"]["width"]), np.uint8, order="F"))[
+            "counts"
+        ].decode(),
+    }
     useless = dict(doc, annotations=[dict(a, segmentation=empty) for a in doc["annotations"][:3]])
     entries = [
-        ("sa_1.jpg", members["sa_1.jpg"]), ("sa_1.json", members["sa_1.json"]),    # good
-        ("sa_2.jpg", members["sa_2.jpg"]), ("sa_2.json", json.dumps(partly_bad).encode()),  # good, 2 skipped
-        ("sa_3.jpg", members["sa_3.jpg"]),                                         # no json
-        ("sa_4.json", members["sa_4.json"]),                                       # no image
-        ("sa_5.jpg", members["sa_5.jpg"]), ("sa_5.json", b'{"image": {"width": 3'),  # bad json
-        ("sa_6.jpg", members["sa_6.jpg"][:2000]), ("sa_6.json", members["sa_6.json"]),  # truncated image
-        ("sa_7.jpg", members["sa_1.jpg"]), ("sa_7.json", json.dumps(useless).encode()),  # no usable annotation
+        ("sa_1.jpg", members["sa_1.jpg"]),
+        ("sa_1.json", members["sa_1.json"]),  # good
+        ("sa_2.jpg", members["sa_2.jpg"]),
+        ("sa_2.json", json.dumps(partly_bad).encode()),  # good, 2 skipped
+        ("sa_3.jpg", members["sa_3.jpg"]),  # no json
+        ("sa_4.json", members["sa_4.json"]),  # no image
+        ("sa_5.jpg", members["sa_5.jpg"]),
+        ("sa_5.json", b'{"image": {"width": 3'),  # bad json
+        ("sa_6.jpg", members["sa_6.jpg"][:2000]),
+        ("sa_6.json", members["sa_6.json"]),  # truncated image
+        ("sa_7.jpg", members["sa_1.jpg"]),
+        ("sa_7.json", json.dumps(useless).encode()),  # no usable annotation
     ]
     with tarfile.open(path, "w") as tar:
         for name, data in entries:
@@ -142,15 +158,22 @@ def dirty_sa1b_tar(path, corpus):
             tar.addfile(info, io.BytesIO(data))
 
 
-def test_bad_samples_are_errors_and_skipped_annotations_are_counted(tmp_path, sample_corpus, tiny_teachers, ray_cluster):
+def test_bad_samples_are_errors_and_skipped_annotations_are_counted(
+    tmp_path, sample_corpus, tiny_teachers, ray_cluster
+):
     dirty_sa1b_tar(tmp_path / "sa_000009.tar", sample_corpus)
     job = write_sam_job(tmp_path / "job.yaml", tmp_path / "store", tmp_path / "sa_000009.tar", tiny_teachers)
     assert materialize([str(job), "--set", "sources.0.unit_size=100"]) == 0
     store = open_store(str(tmp_path / "store"))
     (commit,) = store.commits("sam")
     errors = {r["key"]: r["reason"] for r in store.read_table("sam", "errors").to_pylist()}
-    assert errors == {"sa_3": "missing_json", "sa_4": "missing_image", "sa_5": "bad_json", "sa_6": "truncated",
-                      "sa_7": "no_usable_annotation"}
+    assert errors == {
+        "sa_3": "missing_json",
+        "sa_4": "missing_image",
+        "sa_5": "bad_json",
+        "sa_6": "truncated",
+        "sa_7": "no_usable_annotation",
+    }
     images = {r["key"]: r for r in store.read_table("sam", "images").to_pylist()}
     assert set(images) == {"sa_1", "sa_2"} and commit.n_input == 7 and commit.n_stored == 2
     skipped = {s["reason"]: s["count"] for s in images["sa_2"]["skipped_annotations"]}

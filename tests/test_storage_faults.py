@@ -2,6 +2,7 @@
 (`flaky_fs.py`, registered in every Ray worker of the session):
 transient errors are retried with backoff and reported, not fatal; a permanent one fails its unit
 clearly while the job commits the others and exits 1; a rerun then completes the store."""
+
 import json
 
 import pytest
@@ -19,7 +20,7 @@ store: {{url: "flaky://store", storage_options: {{{options}}}}}
 sources:
   - {{name: sample, kind: clip, shards: "{corpus}/clip/{{00000..00003}}.tar"}}
 clip:
-  teacher: {{arch: samclip-tiny-clip, pretrained: "{teachers['clip']}"}}
+  teacher: {{arch: samclip-tiny-clip, pretrained: "{teachers["clip"]}"}}
   views: 2
 ray: {{batch_size: 8}}
 """)
@@ -43,7 +44,9 @@ def test_transient_errors_are_retried_and_reported(sample_corpus, tiny_teachers,
     assert p.returncode == 0, p.stdout
 
 
-def test_a_permanent_error_fails_its_unit_and_the_rest_commit(sample_corpus, tiny_teachers, ray_cluster, tmp_path, capsys):
+def test_a_permanent_error_fails_its_unit_and_the_rest_commit(
+    sample_corpus, tiny_teachers, ray_cluster, tmp_path, capsys
+):
     (tmp_path / "base" / "store").mkdir(parents=True)
     job = flaky_job(tmp_path / "job.yaml", sample_corpus, tiny_teachers, tmp_path / "base", deny="clip/sample/00002")
     assert materialize([job, "--report", str(tmp_path / "report.json")]) == 1

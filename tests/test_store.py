@@ -1,5 +1,6 @@
 """The target-store contract: schemas round-trip through Parquet and Zarr, only committed units are
 read, and a job with different must-match fields is refused with the field named."""
+
 import json
 import shutil
 
@@ -41,34 +42,100 @@ def clip_rows(n_samples: int, views: int, shard: str) -> list[dict]:
     for i in range(n_samples):
         for v in range(views):
             e = rng.normal(size=D).astype(np.float32)
-            rows.append(dict(source="sample", shard=shard, key=f"{shard}{i:04d}", sample_index=i, view=v,
-                             width=320, height=240, crop=[0.1, 0.0, 0.9, 1.0], flip=bool(v % 2),
-                             pixel_hash="0123456789abcdef", embedding=(e / np.linalg.norm(e)).astype(np.float16)))
+            rows.append(
+                dict(
+                    source="sample",
+                    shard=shard,
+                    key=f"{shard}{i:04d}",
+                    sample_index=i,
+                    view=v,
+                    width=320,
+                    height=240,
+                    crop=[0.1, 0.0, 0.9, 1.0],
+                    flip=bool(v % 2),
+                    pixel_hash="0123456789abcdef",
+                    embedding=(e / np.linalg.norm(e)).astype(np.float16),
+                )
+            )
     return rows
 
 
 def sample_tables() -> dict[str, tuple[pa.Schema, list[dict]]]:
     return {
         "views": (clip_views_schema(D), clip_rows(2, 3, "00000")),
-        "prompts": (sam_prompts_schema(1), [
-            dict(source="sa1b", shard="sa_000000", key="sa_1", sample_index=0, prompt=0, round=0, slot=0,
-                 structure="box", annotation_id=1000, box=[1.0, 2.0, 30.5, 40.0], point_coords=[],
-                 point_labels=[], iou=[0.9]),
-            dict(source="sa1b", shard="sa_000000", key="sa_1", sample_index=0, prompt=1, round=0, slot=1,
-                 structure="points", annotation_id=1001, box=None, point_coords=[[3.5, 4.5], [5.0, 6.0]],
-                 point_labels=[1, 0], iou=[0.7]),
-        ]),
-        "images": (SAM_IMAGES_SCHEMA, [
-            dict(source="sa1b", shard="sa_000000", key="sa_1", sample_index=0, width=640, height=480,
-                 n_annotations=90, n_prompts=2, skipped_annotations=[{"reason": "empty_mask", "count": 3}]),
-        ]),
-        "errors": (ERRORS_SCHEMA, [
-            dict(kind="clip", source="sample", shard="00000", unit="00000", key="000000007", sample_index=7,
-                 members=["000000007.jpg", "000000007.json"], reason="truncated", detail="image file is truncated"),
-        ]),
-        "text": (text_embeddings_schema(D), [
-            dict(class_index=0, class_name="cat", embedding=np.ones(D, np.float32) / 8.0),
-        ]),
+        "prompts": (
+            sam_prompts_schema(1),
+            [
+                dict(
+                    source="sa1b",
+                    shard="sa_000000",
+                    key="sa_1",
+                    sample_index=0,
+                    prompt=0,
+                    round=0,
+                    slot=0,
+                    structure="box",
+                    annotation_id=1000,
+                    box=[1.0, 2.0, 30.5, 40.0],
+                    point_coords=[],
+                    point_labels=[],
+                    iou=[0.9],
+                ),
+                dict(
+                    source="sa1b",
+                    shard="sa_000000",
+                    key="sa_1",
+                    sample_index=0,
+                    prompt=1,
+                    round=0,
+                    slot=1,
+                    structure="points",
+                    annotation_id=1001,
+                    box=None,
+                    point_coords=[[3.5, 4.5], [5.0, 6.0]],
+                    point_labels=[1, 0],
+                    iou=[0.7],
+                ),
+            ],
+        ),
+        "images": (
+            SAM_IMAGES_SCHEMA,
+            [
+                dict(
+                    source="sa1b",
+                    shard="sa_000000",
+                    key="sa_1",
+                    sample_index=0,
+                    width=640,
+                    height=480,
+                    n_annotations=90,
+                    n_prompts=2,
+                    skipped_annotations=[{"reason": "empty_mask", "count": 3}],
+                ),
+            ],
+        ),
+        "errors": (
+            ERRORS_SCHEMA,
+            [
+                dict(
+                    kind="clip",
+                    source="sample",
+                    shard="00000",
+                    unit="00000",
+                    key="000000007",
+                    sample_index=7,
+                    members=["000000007.jpg", "000000007.json"],
+                    reason="truncated",
+                    detail="image file is truncated",
+                ),
+            ],
+        ),
+        "text": (
+            text_embeddings_schema(D),
+            [
+                dict(class_index=0, class_name="cat", embedding=np.ones(D, np.float32) / 8.0),
+            ],
+        ),
     }
 
 
@@ -112,6 +179,7 @@ def test_mask_logits_round_trip_through_zarr(tmp_path, precision):
     decoded = decode_logits(back[:], precision)
     # The trainer decodes the stored bytes on its device: the same values, NaN fill included.
     np.testing.assert_array_equal(decode_logits(torch.from_numpy(back[:]), precision).numpy(), decoded)
+
     def sig(x):
         return 1 / (1 + np.exp(-x.astype(np.float64)))
 
@@ -121,24 +189,44 @@ def test_mask_logits_round_trip_through_zarr(tmp_path, precision):
         assert err <= bound + 1e-7, (precision, err, bound)
         assert err > bound / 4, "the bound should be close to what happens, not loose"
         if precision == "fp16":
-            assert np.isnan(decoded[i, n_prompts[i]:]).all()
+            assert np.isnan(decoded[i, n_prompts[i] :]).all()
         else:
-            assert (back[i, n_prompts[i]:] == 0).all()
+            assert (back[i, n_prompts[i] :] == 0).all()
 
 
 def test_commit_record_round_trip_and_unparseable_records(tmp_path):
     storage = Storage(str(tmp_path))
-    record = CommitRecord(kind="clip", source="sample", shard="00000", unit="00000",
-                          input=InputRef(url="s3://b/00000.tar", size=123, etag="abc"),
-                          n_input=10, n_stored=9, n_errors=1, rows={"views": 36, "errors": 1},
-                          files=[storage.write_bytes("clip/sample/00000.parquet", b"x")], policy_hash="p" * 64)
+    record = CommitRecord(
+        kind="clip",
+        source="sample",
+        shard="00000",
+        unit="00000",
+        input=InputRef(url="s3://b/00000.tar", size=123, etag="abc"),
+        n_input=10,
+        n_stored=9,
+        n_errors=1,
+        rows={"views": 36, "errors": 1},
+        files=[storage.write_bytes("clip/sample/00000.parquet", b"x")],
+        policy_hash="p" * 64,
+    )
     write_commit(storage, record)
     assert read_commit(storage, "clip", "sample", "00000") == record
     (tmp_path / layout.commit_path("clip", "sample", "00001")).write_text('{"kind": "clip", "sou')
     assert read_commit(storage, "clip", "sample", "00001") is None
     with pytest.raises(ValueError, match="9 stored \\+ 0 errors != 10 input"):
-        CommitRecord(kind="clip", source="s", shard="u", unit="u", input=InputRef("u", 1), n_input=10,
-                     n_stored=9, n_errors=0, rows={}, files=[], policy_hash="p")
+        CommitRecord(
+            kind="clip",
+            source="s",
+            shard="u",
+            unit="u",
+            input=InputRef("u", 1),
+            n_input=10,
+            n_stored=9,
+            n_errors=0,
+            rows={},
+            files=[],
+            policy_hash="p",
+        )
 
 
 PART = "p0000000-0000test"
@@ -146,13 +234,28 @@ PART = "p0000000-0000test"
 
 def write_clip_unit(storage: Storage, manifest: Manifest, shard: str, commit: bool) -> None:
     rows = clip_rows(3, 2, shard)
-    entry = storage.write_bytes(layout.part_path("clip", "sample", shard, PART),
-                                parquet_bytes(pa.Table.from_pylist(rows, schema=clip_views_schema(D))))
+    entry = storage.write_bytes(
+        layout.part_path("clip", "sample", shard, PART),
+        parquet_bytes(pa.Table.from_pylist(rows, schema=clip_views_schema(D))),
+    )
     if commit:
-        write_commit(storage, CommitRecord(kind="clip", source="sample", shard=shard, unit=shard,
-                                           input=InputRef(f"/data/{shard}.tar", 100), n_input=3, n_stored=3,
-                                           n_errors=0, rows={"views": len(rows)}, files=[entry],
-                                           policy_hash=manifest.policy_hash, parts=[PART]))
+        write_commit(
+            storage,
+            CommitRecord(
+                kind="clip",
+                source="sample",
+                shard=shard,
+                unit=shard,
+                input=InputRef(f"/data/{shard}.tar", 100),
+                n_input=3,
+                n_stored=3,
+                n_errors=0,
+                rows={"views": len(rows)},
+                files=[entry],
+                policy_hash=manifest.policy_hash,
+                parts=[PART],
+            ),
+        )
 
 
 @pytest.fixture(scope="module")
@@ -184,11 +287,17 @@ def test_mismatched_fingerprint_or_policy_is_refused_naming_the_field(tmp_path, 
     storage = Storage(str(tmp_path / "store"))
     first = ensure_manifest(storage, clip_manifest(cfg, tiny_clip_fingerprint, "fp32", "cpu"))
     again = ensure_manifest(storage, clip_manifest(cfg, tiny_clip_fingerprint, "fp32", "host-b"))
-    assert again == first and json.loads((tmp_path / "store/clip/_manifest.json").read_text())["recorded"]["device"] == "cpu"
+    assert (
+        again == first
+        and json.loads((tmp_path / "store/clip/_manifest.json").read_text())["recorded"]["device"] == "cpu"
+    )
 
     other_weights = load_clip_teacher(ClipTeacherConfig(arch=TINY_CLIP_ARCH, pretrained=None, init_seed=7)).fingerprint
-    with pytest.raises(ManifestMismatch, match=r"teacher.weights_sha256: store has 778f[0-9a-f]{8}\.\.\., job has "
-                                               r"[0-9a-f]{12}\.\.\.; write these targets to a new store"):
+    with pytest.raises(
+        ManifestMismatch,
+        match=r"teacher.weights_sha256: store has 778f[0-9a-f]{8}\.\.\., job has "
+        r"[0-9a-f]{12}\.\.\.; write these targets to a new store",
+    ):
         ensure_manifest(storage, clip_manifest(cfg, other_weights, "fp32", "cpu"))
     k8 = load_job_config(str(job_yaml()), ["clip.views=8"])
     with pytest.raises(ManifestMismatch, match=r"policy.views: store has 4, job has 8"):
@@ -225,5 +334,6 @@ def test_an_all_fill_chunk_is_still_written(tmp_path):
     probe = open_logits(storage, "probe.zarr")
     assert probe.fill_value == 255
     back = probe[:]
-    assert np.array_equal(back, saturated), \
+    assert np.array_equal(back, saturated), (
         f"images whose chunks read as the fill value: {[i for i in range(2) if (back[i] == 255).all()]}"
+    )

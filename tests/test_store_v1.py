@@ -13,6 +13,7 @@ readable everywhere, and jobs refuse to add units to them.
 Its records name the inputs as CORPUS/..., replaced here by the session's sample corpus (built
 byte-identically).
 """
+
 import shutil
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def test_adding_units_to_a_schema_1_store_is_refused(store_v1, tmp_path, sample_
     job.write_text(f"""
 store: {{url: "{store_v1}"}}
 sources: [{{name: sample, kind: clip, shards: "{sample_corpus}/clip/00001.tar"}}]
-clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{tiny_teachers['clip']}"}}, views: 2}}
+clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{tiny_teachers["clip"]}"}}, views: 2}}
 """)
     with pytest.raises(ManifestMismatch, match="has schema version 1; .* write these targets to a new store URL"):
         materialize([str(job)])

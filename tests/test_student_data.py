@@ -1,6 +1,7 @@
 """The student's data: the stored samples with the teacher's pixels, refusal of changed inputs, the
 epoch plan (disjoint slots, equal steps, batches independent of the worker count, exact resume),
 mixing, and the bytes a rank reads in an epoch against a budget written term by term."""
+
 import os
 import shutil
 
@@ -27,7 +28,9 @@ def test_units_read_whole_give_every_sample_and_the_teachers_pixels(clip_store):
     seen = 0
     for record in store.commits("clip"):
         samples = list(iter_clip_unit(store, record))
-        assert len(samples) == record.n_stored and [s.sample_index for s in samples] == sorted(s.sample_index for s in samples)
+        assert len(samples) == record.n_stored and [s.sample_index for s in samples] == sorted(
+            s.sample_index for s in samples
+        )
         for s in samples[::3]:
             for v in range(4):
                 assert view_hash(render_view(s.image(224), s.crops[v], bool(s.flips[v]), 224)) == s.pixel_hashes[v]
@@ -86,9 +89,11 @@ def test_sam_units_give_the_stored_logits_and_prompts(sam_store):
     for record in store.commits("sam"):
         array = store.open_logits(record)
         for s in iter_sam_unit(store, record):
-            rows = sorted((r for r in prompts if r["key"] == s.identity.key and r["round"] == 0), key=lambda r: r["prompt"])
+            rows = sorted(
+                (r for r in prompts if r["key"] == s.identity.key and r["round"] == 0), key=lambda r: r["prompt"]
+            )
             assert len(s.prompts.structure) == len(rows) and len(rows) > 0
-            np.testing.assert_array_equal(s.logits(), decode_logits(array[s.sample_index, :len(rows)], "fp16"))
+            np.testing.assert_array_equal(s.logits(), decode_logits(array[s.sample_index, : len(rows)], "fp16"))
             np.testing.assert_allclose(s.prompts.iou, [r["iou"] for r in rows])
             chosen = choose_prompts(0, 0, s.identity, len(rows), 5)
             assert len(chosen) == min(5, len(rows)) and list(chosen) == sorted(set(chosen.tolist()))
@@ -98,7 +103,7 @@ def test_sam_units_give_the_stored_logits_and_prompts(sam_store):
                 if rows[i]["box"] is not None:
                     np.testing.assert_allclose(b, sam_boxes(np.array([rows[i]["box"]]), s.original_hw)[0], rtol=1e-6)
             image, hw = s.sam_input()
-            assert image.shape == (1024, 1024, 3) and max(hw) == 1024 and not image[hw[0]:, :].any()
+            assert image.shape == (1024, 1024, 3) and max(hw) == 1024 and not image[hw[0] :, :].any()
             n += 1
     assert n == sum(r.n_stored for r in store.commits("sam"))
 
@@ -135,8 +140,9 @@ def _ids(loader):
 
 def _clip_plan(store, keep, streams=2, epoch=0, world=1, rank=0, sizes=None):
     units = [unit_pieces(store, r, keep) for r in store.commits("clip")]
-    return plan_epoch(units, world, rank, streams, seed=0, epoch=epoch, sizes=sizes or batch_sizes(8, [64, 128]),
-                      tag="clip")
+    return plan_epoch(
+        units, world, rank, streams, seed=0, epoch=epoch, sizes=sizes or batch_sizes(8, [64, 128]), tag="clip"
+    )
 
 
 def test_batch_order_is_the_plans_for_any_worker_count_and_resumes_mid_epoch(clip_store):
@@ -189,8 +195,20 @@ def synthetic_units(n_units: int, samples: int, piece: int):
     from student.epoch_plan import Piece, UnitPieces
 
     def record(u):
-        return CommitRecord("clip", "synthetic", f"{u:05d}", f"{u:05d}", InputRef(f"/x/{u:05d}.tar", 1), samples,
-                            samples, 0, {}, [], "p")
+        return CommitRecord(
+            "clip",
+            "synthetic",
+            f"{u:05d}",
+            f"{u:05d}",
+            InputRef(f"/x/{u:05d}.tar", 1),
+            samples,
+            samples,
+            0,
+            {},
+            [],
+            "p",
+        )
+
     return [UnitPieces(record(u), tuple(Piece((j,), piece) for j in range(samples // piece))) for u in range(n_units)]
 
 
@@ -216,7 +234,7 @@ def test_a_64_unit_store_gives_batches_of_at_least_16_units():
         order = stream_order(plan, s, run=2, window=64)
         uid = np.array([plan.streams[s][u].unit.record.unit for u in order.unit])
         n = plan.stream_samples(s)
-        per_batch = [len(set(uid[a:a + 32])) for a in range(0, n, 32)]
+        per_batch = [len(set(uid[a : a + 32])) for a in range(0, n, 32)]
         assert len(plan.streams[s]) == 32 and len(per_batch) >= 190 and min(per_batch) >= 16, min(per_batch)
         picked = set(zip(order.unit.tolist(), order.piece.tolist(), order.ordinal.tolist()))
         assert len(picked) == len(order) == sum(su.count for su in plan.streams[s])  # each sample once
@@ -238,7 +256,7 @@ def test_sam_batches_collate_prompts_over_images(sam_store):
     for b, key in enumerate(batch["ids"]):
         s = stored[SampleId(*key.split("/"))]
         chosen = choose_prompts(0, 0, s.identity, len(s.prompts.structure), 3)
-        np.testing.assert_array_equal(target_logits(batch, "cpu")[3 * b:3 * b + 3].numpy(), s.logits()[chosen])
+        np.testing.assert_array_equal(target_logits(batch, "cpu")[3 * b : 3 * b + 3].numpy(), s.logits()[chosen])
 
 
 def _union(ranges):
@@ -293,8 +311,19 @@ def test_a_rank_reads_what_it_trains_on_once_against_a_budget_term_by_term(clip_
         for _, path, at, n in reads:
             if n:
                 by_path.setdefault(path, []).append((at, n))
-        terms = dict.fromkeys(["trained images", "trained .txt/.json", "tar headers", "targets (part files)",
-                               "tar indexes", "held out", "error samples", "not trained this epoch"], 0)
+        terms = dict.fromkeys(
+            [
+                "trained images",
+                "trained .txt/.json",
+                "tar headers",
+                "targets (part files)",
+                "tar indexes",
+                "held out",
+                "error samples",
+                "not trained this epoch",
+            ],
+            0,
+        )
         for path, ranges in by_path.items():
             total, overlap = _union(ranges)
             assert not overlap, (f"{path} read twice", sorted(ranges), [r for r in reads if r[1] == path])

@@ -1,4 +1,5 @@
 """The SAM-CLIP student model: shapes at every resolution, the SAM path equal to SAM's own."""
+
 import numpy as np
 import pytest
 import skimage.data
@@ -41,8 +42,14 @@ def test_batched_decoding_over_images_and_mixed_prompts_equals_sam_predictor(tin
     u8 = torch.stack([torch.from_numpy(pad_image(sam_input_image(im))).permute(2, 0, 1) for im in images])
     hw = torch.tensor([sam_input_image(im).shape[:2] for im in images])
     # (image, structure, box, points): boxes, points and box+points over both images, interleaved.
-    prompts = [(0, 0, [40, 30, 300, 250], None), (1, 1, None, [[200, 150], [40, 60]]), (0, 2, [100, 50, 200, 150], [[150, 100], [120, 90]]),
-               (1, 0, [10, 10, 500, 300], None), (0, 1, None, [[60, 70], [250, 200]]), (1, 2, [0, 0, 50, 80], [[20, 30], [25, 40]])]
+    prompts = [
+        (0, 0, [40, 30, 300, 250], None),
+        (1, 1, None, [[200, 150], [40, 60]]),
+        (0, 2, [100, 50, 200, 150], [[150, 100], [120, 90]]),
+        (1, 0, [10, 10, 500, 300], None),
+        (0, 1, None, [[60, 70], [250, 200]]),
+        (1, 2, [0, 0, 50, 80], [[20, 30], [25, 40]]),
+    ]
     boxes = torch.zeros(len(prompts), 4)
     points = torch.zeros(len(prompts), 2, 2)
     for i, (b, _, box, pts) in enumerate(prompts):
@@ -51,8 +58,13 @@ def test_batched_decoding_over_images_and_mixed_prompts_equals_sam_predictor(tin
             boxes[i] = torch.as_tensor(sam_boxes(np.array([box]), size)[0])
         if pts is not None:
             points[i] = torch.as_tensor(sam_points(np.array(pts), size))
-    batch = PromptBatch(torch.tensor([p[0] for p in prompts]), torch.tensor([p[1] for p in prompts]), boxes, points,
-                        torch.ones(len(prompts), 2, dtype=torch.int))
+    batch = PromptBatch(
+        torch.tensor([p[0] for p in prompts]),
+        torch.tensor([p[1] for p in prompts]),
+        boxes,
+        points,
+        torch.ones(len(prompts), 2, dtype=torch.int),
+    )
     for multimask in (False, True):
         with torch.no_grad():
             out = model(sam_images=u8, sam_input_hw=hw, prompts=batch, multimask=multimask)
@@ -62,8 +74,12 @@ def test_batched_decoding_over_images_and_mixed_prompts_equals_sam_predictor(tin
         for i, (b, _, box, pts) in enumerate(prompts):
             predictor.set_image(images[b])
             _, want_iou, want_low = predictor.predict(
-                box=None if box is None else np.array(box), point_coords=None if pts is None else np.array(pts),
-                point_labels=None if pts is None else np.ones(2), multimask_output=multimask, return_logits=True)
+                box=None if box is None else np.array(box),
+                point_coords=None if pts is None else np.array(pts),
+                point_labels=None if pts is None else np.ones(2),
+                multimask_output=multimask,
+                return_logits=True,
+            )
             # The tiny teacher's logits spread like SAM's (|x| up to ~15): float32 rounding of
             # a gather instead of repeat_interleave stays far below 1e-3 of that.
             np.testing.assert_allclose(out["masks"][i].numpy(), want_low, atol=2e-3, rtol=1e-4)

@@ -7,6 +7,7 @@
 - rehearsal: joint training with lambda = 10 keeps the SAM head's agreement with the cached
   teacher masks much closer to its start than lambda = 0, while CLIP retrieval keeps improving.
 """
+
 import json
 import os
 import signal
@@ -24,28 +25,48 @@ TINY = str(REPO / "student" / "configs" / "tiny.yaml")
 PROBE = "{name: probe, epochs: 20, lr: 0.002, warmup_steps: 5, max_steps: %d}"
 # Joint at a learning rate high enough that 30 steps move the backbone visibly (the paper's 4e-6 on
 # the backbone needs its 16 epochs of 41M images); the SAM head at 0.1x, as the paper's ratio.
-JOINT = ("{name: joint, epochs: 20, lr: 0.001, backbone_lr_mult: 0.5, sam_head_lr_mult: 0.1, warmup_steps: 3, "
-         "lambda_sam: %s, max_steps: %d}")
+JOINT = (
+    "{name: joint, epochs: 20, lr: 0.001, backbone_lr_mult: 0.5, sam_head_lr_mult: 0.1, warmup_steps: 3, "
+    "lambda_sam: %s, max_steps: %d}"
+)
 
 pytestmark = pytest.mark.slow
 
 
 def train_args(store: Path, out: Path, stages: list[str], *extra: str) -> list[str]:
-    return ["--config", TINY, "--set", f"store.url={store}", "--set", f"output_dir={out}",
-            "--set", f"model.sam_checkpoint={os.environ['TINY_SAM']}", "--set", f"stages=[{', '.join(stages)}]",
-            *[x for e in extra for x in ("--set", e)]]
+    return [
+        "--config",
+        TINY,
+        "--set",
+        f"store.url={store}",
+        "--set",
+        f"output_dir={out}",
+        "--set",
+        f"model.sam_checkpoint={os.environ['TINY_SAM']}",
+        "--set",
+        f"stages=[{', '.join(stages)}]",
+        *[x for e in extra for x in ("--set", e)],
+    ]
 
 
 def run(cmd: list[str], env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                       env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    p = subprocess.run(
+        cmd,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
     return p
 
 
 def train_without_teachers(args: list[str], out: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     report = out.parent / f"{out.name}-imports.json"
     report.unlink(missing_ok=True)
-    p = run([sys.executable, "tests/train_without_teachers.py", *args], {"NO_TEACHER_REPORT": str(report), **(env or {})})
+    p = run(
+        [sys.executable, "tests/train_without_teachers.py", *args], {"NO_TEACHER_REPORT": str(report), **(env or {})}
+    )
     if p.returncode != -signal.SIGKILL:  # a killed process writes no report
         assert json.loads(report.read_text())["imported"] == [], "the trainer imported a teacher module"
     return p
@@ -74,9 +95,19 @@ def test_two_processes_see_disjoint_data_and_take_equal_steps(train_store, tmp_p
         port = s.getsockname()[1]
     out = tmp_path / "run"
     accelerate = str(Path(sys.executable).with_name("accelerate"))
-    p = run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(port),
-             "student/train.py", *train_args(train_store, out, [PROBE % 9, JOINT % ("10.0", 3)], "log_batches=true",
-                                                 "data.workers=2")])
+    p = run(
+        [
+            accelerate,
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            str(port),
+            "student/train.py",
+            *train_args(train_store, out, [PROBE % 9, JOINT % ("10.0", 3)], "log_batches=true", "data.workers=2"),
+        ]
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     ranks = [batches(out, r) for r in range(2)]
     assert all(rec["world_size"] == 2 for b in ranks for rec in b.values())
@@ -118,8 +149,13 @@ def test_killed_run_resumes_at_the_same_step_and_batch_without_any_teacher(train
 @pytest.fixture(scope="module")
 def probed(train_store, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("probe") / "run"
-    p = run([sys.executable, "student/train.py", *train_args(train_store, out, [PROBE % 100], "val_every=100",
-                                                             "keep_checkpoints=4")])
+    p = run(
+        [
+            sys.executable,
+            "student/train.py",
+            *train_args(train_store, out, [PROBE % 100], "val_every=100", "keep_checkpoints=4"),
+        ]
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     return out
 
@@ -141,10 +177,24 @@ def test_rehearsal_keeps_the_sam_head_close_to_the_teacher_while_clip_improves(p
     runs = {}
     for lam in ("10.0", "0.0"):  # side by side: one core each
         out = tmp_path / f"lambda{lam}"
-        cmd = [sys.executable, "student/train.py", *train_args(train_store, out, [PROBE % 25, JOINT % (lam, 30)],
-                                                                "val_every=100"), "--resume", str(checkpoint)]
-        runs[lam] = (out, subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                           env={**os.environ, "OMP_NUM_THREADS": "1"}))
+        cmd = [
+            sys.executable,
+            "student/train.py",
+            *train_args(train_store, out, [PROBE % 25, JOINT % (lam, 30)], "val_every=100"),
+            "--resume",
+            str(checkpoint),
+        ]
+        runs[lam] = (
+            out,
+            subprocess.Popen(
+                cmd,
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+            ),
+        )
     result = {}
     for lam, (out, proc) in runs.items():
         _, err = proc.communicate(timeout=300)
@@ -171,7 +221,13 @@ def test_bad_training_configs_stop_with_one_line(train_store, tmp_path):
         (["store.url=" + str(tmp_path / "nowhere")], "nowhere"),
     ]
     for overrides, message in cases:
-        p = run([sys.executable, "student/train.py", *train_args(train_store, tmp_path / "run", [PROBE % 2]),
-                 *[x for o in overrides for x in ("--set", o)]])
+        p = run(
+            [
+                sys.executable,
+                "student/train.py",
+                *train_args(train_store, tmp_path / "run", [PROBE % 2]),
+                *[x for o in overrides for x in ("--set", o)],
+            ]
+        )
         assert p.returncode == 2 and message in p.stderr, (overrides, p.stderr[-2000:])
         assert len(p.stderr.strip().splitlines()) == 1, p.stderr

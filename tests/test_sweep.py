@@ -8,6 +8,7 @@
 - bad grid keys or values stop with one line before any run starts; run names stay unique and
   readable for multi-key grids; a run folder of another config is refused.
 """
+
 import csv
 import json
 import os
@@ -26,13 +27,21 @@ from student import sweep
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "student" / "configs" / "tiny.yaml")
-STAGES = ("stages=[{name: probe, epochs: 20, warmup_steps: 1, max_steps: 3}, "
-          "{name: joint, epochs: 20, lr: 0.0004, warmup_steps: 1, max_steps: 2}]")
+STAGES = (
+    "stages=[{name: probe, epochs: 20, warmup_steps: 1, max_steps: 3}, "
+    "{name: joint, epochs: 20, lr: 0.0004, warmup_steps: 1, max_steps: 2}]"
+)
 
 
 def run_sweep(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "student.sweep", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "student.sweep", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
 
 
 def logged(run_dir: Path) -> dict[int, dict]:
@@ -43,9 +52,27 @@ def logged(run_dir: Path) -> dict[int, dict]:
 @pytest.mark.slow
 def test_a_sweep_trains_resumes_after_a_kill_skips_when_done_and_compares(train_store, tiny_teachers, tmp_path):
     out = tmp_path / "sweep"
-    args = ["--config", TINY, "--grid", "stages.0.lr=0.002,0.004", "--set", f"store.url={train_store}",
-            "--set", f"model.sam_checkpoint={tiny_teachers['sam']}", "--set", STAGES, "--set", "ckpt_every=3",
-            "--set", "val_every=2", "--set", "log_batches=true", "--set", "data.workers=0", str(out)]
+    args = [
+        "--config",
+        TINY,
+        "--grid",
+        "stages.0.lr=0.002,0.004",
+        "--set",
+        f"store.url={train_store}",
+        "--set",
+        f"model.sam_checkpoint={tiny_teachers['sam']}",
+        "--set",
+        STAGES,
+        "--set",
+        "ckpt_every=3",
+        "--set",
+        "val_every=2",
+        "--set",
+        "log_batches=true",
+        "--set",
+        "data.workers=0",
+        str(out),
+    ]
     # Killed at step 4 (joint's first): the first run's checkpoint is step 3, the sweep stops there.
     p = run_sweep(*args, env={"SAMCLIP_KILL_AT": "train_step:4"})
     assert p.returncode == 1 and "sweep stopped: run lr=0.002 exited with -9" in p.stderr, p.stderr[-2000:]
@@ -65,8 +92,9 @@ def test_a_sweep_trains_resumes_after_a_kill_skips_when_done_and_compares(train_
     assert p.stdout.count("finished before, skipped") == 2
     assert (out / "lr=0.002" / "batches" / "rank0.jsonl").read_text() == before
 
-    p = subprocess.run([sys.executable, "-m", "student.compare", str(out)], cwd=REPO, capture_output=True, text=True,
-                       timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "student.compare", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     header, rule, *rows = p.stdout.split("\n\n")[0].splitlines()
     assert header.split()[0] == "lr" and [r.split()[0] for r in rows] == ["0.002", "0.004"]
@@ -93,13 +121,15 @@ def test_a_sweep_trains_resumes_after_a_kill_skips_when_done_and_compares(train_
 
 def test_bad_grid_keys_and_values_stop_in_one_line_before_any_run(tmp_path):
     out = tmp_path / "sweep"
-    cases = {("--grid", "stages.0.lr_typo=1,2"): "config key 'stages.0.lr_typo': unknown key",
-             ("--grid", "stages.0.lr=0.1,fast"): "run lr=fast: config key 'stages.0.lr': expected float or null, got 'fast'",
-             ("--grid", "stages.9.lr=0.1"): "'stages.9' needs a list index below 3",
-             ("--grid", "stages.0.lr"): "--grid 'stages.0.lr': expected KEY=V1,V2",
-             ("--grid", "data.clip.resolutions=[224,448"): "expected comma-separated YAML values",
-             ("--grid", "model.sam_checkpoint=x/y,x y"): "both make run name 'sam_checkpoint=x-y'",
-             ("--grid", "seed=1,2", "--seeds", "2"): "give seeds one way"}
+    cases = {
+        ("--grid", "stages.0.lr_typo=1,2"): "config key 'stages.0.lr_typo': unknown key",
+        ("--grid", "stages.0.lr=0.1,fast"): "run lr=fast: config key 'stages.0.lr': expected float or null, got 'fast'",
+        ("--grid", "stages.9.lr=0.1"): "'stages.9' needs a list index below 3",
+        ("--grid", "stages.0.lr"): "--grid 'stages.0.lr': expected KEY=V1,V2",
+        ("--grid", "data.clip.resolutions=[224,448"): "expected comma-separated YAML values",
+        ("--grid", "model.sam_checkpoint=x/y,x y"): "both make run name 'sam_checkpoint=x-y'",
+        ("--grid", "seed=1,2", "--seeds", "2"): "give seeds one way",
+    }
     for extra, message in cases.items():
         with pytest.raises(ConfigError) as e:
             sweep.main(["--config", TINY, *extra, str(out)])
@@ -111,8 +141,25 @@ def test_bad_grid_keys_and_values_stop_in_one_line_before_any_run(tmp_path):
 
 def test_run_names_are_unique_and_readable_for_multi_key_grids(tmp_path, capsys):
     out = tmp_path / "sweep"
-    assert sweep.main(["--config", TINY, "--grid", "data.clip.batch_size=8,16", "--grid", "data.sam.batch_size=2,4",
-                       "--grid", "data.clip.resolutions=[224],[224, 448]", "--seeds", "2", "--print", str(out)]) == 0
+    assert (
+        sweep.main(
+            [
+                "--config",
+                TINY,
+                "--grid",
+                "data.clip.batch_size=8,16",
+                "--grid",
+                "data.sam.batch_size=2,4",
+                "--grid",
+                "data.clip.resolutions=[224],[224, 448]",
+                "--seeds",
+                "2",
+                "--print",
+                str(out),
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     dirs = [line.split("output_dir=")[1].strip("'") for line in lines]
     assert len(lines) == 16 and len(set(dirs)) == 16 and all(line.startswith("accelerate launch ") for line in lines)
@@ -122,11 +169,27 @@ def test_run_names_are_unique_and_readable_for_multi_key_grids(tmp_path, capsys)
     # A run folder that holds a run of another config is refused, naming the key that differs.
     (out / "clip.batch_size=8,sam.batch_size=2,resolutions=224,seed=0").mkdir(parents=True)
     record = yaml.safe_load(open(TINY)) | {"seed": 5}
-    (out / "clip.batch_size=8,sam.batch_size=2,resolutions=224,seed=0" / "config.yaml").write_text(yaml.safe_dump(record))
+    (out / "clip.batch_size=8,sam.batch_size=2,resolutions=224,seed=0" / "config.yaml").write_text(
+        yaml.safe_dump(record)
+    )
     (out / "clip.batch_size=8,sam.batch_size=2,resolutions=224,seed=0" / "validation.jsonl").write_text("{}\n")
     with pytest.raises(ConfigError, match="holds a run of another config"):
-        sweep.main(["--config", TINY, "--grid", "data.clip.batch_size=8,16", "--grid", "data.sam.batch_size=2,4",
-                    "--grid", "data.clip.resolutions=[224],[224, 448]", "--seeds", "2", "--print", str(out)])
+        sweep.main(
+            [
+                "--config",
+                TINY,
+                "--grid",
+                "data.clip.batch_size=8,16",
+                "--grid",
+                "data.sam.batch_size=2,4",
+                "--grid",
+                "data.clip.resolutions=[224],[224, 448]",
+                "--seeds",
+                "2",
+                "--print",
+                str(out),
+            ]
+        )
 
 
 @pytest.mark.parametrize("name", sorted(os.listdir(REPO / "student" / "configs" / "sweeps")))
@@ -155,21 +218,33 @@ def _fake_run(path: Path, lr: float, seed: int, top1: list[float], finished: boo
     config["stages"][0]["lr"], config["seed"], config["output_dir"] = lr, seed, str(path)
     (path / "export").mkdir(parents=True)
     (path / "config.yaml").write_text(yaml.safe_dump(config))
-    rows = [{"stage": "probe", "step": 10 * i, "val/clip224_retrieval_top1": v, "val/clip224_chance": 0.05}
-            for i, v in enumerate(top1)]
+    rows = [
+        {"stage": "probe", "step": 10 * i, "val/clip224_retrieval_top1": v, "val/clip224_chance": 0.05}
+        for i, v in enumerate(top1)
+    ]
     rows.insert(1, {**rows[1], "val/clip224_retrieval_top1": -1.0})  # validated again after a resume: the last counts
     (path / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     consumed = {"clip_views": 100, "sam_images": 0, "sam_prompts": 0}
     teacher = {"arch": "samclip-tiny-clip", "preprocess": {"size": [224, 224]}}
     if finished:
-        (path / "export" / "student.json").write_text(json.dumps(
-            {"global_step": 10 * (len(top1) - 1), "train_seconds": 12.0, "consumed": consumed, "clip_teacher": teacher,
-             "sam_teacher": None, "sam_multimask": False}))
+        (path / "export" / "student.json").write_text(
+            json.dumps(
+                {
+                    "global_step": 10 * (len(top1) - 1),
+                    "train_seconds": 12.0,
+                    "consumed": consumed,
+                    "clip_teacher": teacher,
+                    "sam_teacher": None,
+                    "sam_multimask": False,
+                }
+            )
+        )
     else:
         state = path / "checkpoints" / "step_00000010"
         state.mkdir(parents=True)
-        (state / "trainer_state.json").write_text(json.dumps({"state": {"global_step": 10, "train_seconds": 5.0,
-                                                                        **consumed}}))
+        (state / "trainer_state.json").write_text(
+            json.dumps({"state": {"global_step": 10, "train_seconds": 5.0, **consumed}})
+        )
 
 
 def test_compare_gives_mean_and_std_over_seeds_and_reads_partial_runs(tmp_path, capsys):
@@ -178,8 +253,11 @@ def test_compare_gives_mean_and_std_over_seeds_and_reads_partial_runs(tmp_path, 
     _fake_run(tmp_path / "a0", 0.002, 0, [0.1, 0.4, 0.6])
     _fake_run(tmp_path / "a1", 0.002, 1, [0.1, 0.3, 0.4])
     _fake_run(tmp_path / "b0", 0.004, 0, [0.1, 0.2], finished=False)
-    (tmp_path / "b0" / "config.yaml").write_text((tmp_path / "b0" / "config.yaml").read_text().replace(
-        "store:\n  url: out/store", f"store:\n  url: {tmp_path / 'no-store'}"))
+    (tmp_path / "b0" / "config.yaml").write_text(
+        (tmp_path / "b0" / "config.yaml")
+        .read_text()
+        .replace("store:\n  url: out/store", f"store:\n  url: {tmp_path / 'no-store'}")
+    )
     assert compare.main([str(tmp_path / n) for n in ("a0", "a1", "b0")] + ["--out", str(tmp_path / "cmp")]) == 0
     out = capsys.readouterr()
     header, _, row_a, row_b = out.out.split("\n\n")[0].splitlines()
@@ -190,5 +268,6 @@ def test_compare_gives_mean_and_std_over_seeds_and_reads_partial_runs(tmp_path, 
     assert "its runs' teacher work is not counted" in out.err  # the partial run's store is not there
     rows = list(csv.DictReader(open(tmp_path / "cmp" / "comparison.csv")))
     assert rows[0]["clip_views"] == "200" and float(rows[0]["teacher_flops_saved"]) == 200 * clip_view_flops(
-        "samclip-tiny-clip", (224, 224))
+        "samclip-tiny-clip", (224, 224)
+    )
     assert rows[1]["teacher_flops_saved"] == "" and rows[1]["train_seconds"] == "5.0"

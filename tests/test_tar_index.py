@@ -1,4 +1,5 @@
 """Tar indexes: offsets that match the tar, ranged reads equal to the stream, stale ones refused."""
+
 import tarfile
 
 import pytest

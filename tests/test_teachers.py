@@ -1,4 +1,5 @@
 """Teacher loaders: a checkpoint saved and loaded back gives identical outputs; bad ones fail clearly."""
+
 import fsspec
 import numpy as np
 import open_clip
@@ -66,8 +67,7 @@ def test_sam_checkpoint_round_trip_gives_identical_outputs(tiny_teachers, photo)
     for sam in (reference, teacher.sam):
         predictor = SamPredictor(sam)
         predictor.set_image(image)
-        outputs.append(predictor.predict(box=np.array([50, 40, 300, 260]), multimask_output=False,
-                                         return_logits=True))
+        outputs.append(predictor.predict(box=np.array([50, 40, 300, 260]), multimask_output=False, return_logits=True))
     for got, want in zip(outputs[1], outputs[0]):
         np.testing.assert_array_equal(got, want)
     assert outputs[0][2].shape == (1, 256, 256)

@@ -1,5 +1,6 @@
 """Transfer sets: retrieval against brute force and at IVF/PQ scale, query-balanced selection, the
 CLI on the sample store, and training on a subset (reads and trained views)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -58,9 +59,11 @@ def test_retrieval_equals_a_brute_force_numpy_top_k_for_flat_and_ivfpq(store_cop
     top = np.take_along_axis(sims, order, 1)
     assert (np.diff(np.sort(sims, axis=1)[:, ::-1][:, :11], axis=1) < 0).all(), "ties: the order would be arbitrary"
     expected = [[ids[i] for i in q] for q in order]
-    for cfg in (RetrievalConfig(index="flat"),
-                # Every list searched and every vector re-ranked: the approximate path must give exactly this.
-                RetrievalConfig(index="ivfpq", ivf_lists=4, nprobe=4, pq_bytes=8, rerank=400)):
+    for cfg in (
+        RetrievalConfig(index="flat"),
+        # Every list searched and every vector re-ranked: the approximate path must give exactly this.
+        RetrievalConfig(index="ivfpq", ivf_lists=4, nprobe=4, pq_bytes=8, rerank=400),
+    ):
         gallery = open_gallery(store, cfg, views0=False, say=quiet)
         got_sims, rows = gallery.search(queries, 10, cfg)
         assert found_ids(gallery, rows) == expected, cfg.index
@@ -80,7 +83,9 @@ def test_ivfpq_reaches_recall_0_9_at_64_byte_codes_and_a_sixteenth_of_the_lists(
     factory = index_factory(cfg, len(gallery), 128)
     assert factory == "IVF256,PQ64x4fs"  # 64 sub-quantizers x 4 bits = 32 bytes a vector
     index = new_index(factory, 128)
-    index.train(gallery[np.random.default_rng(0).choice(len(gallery), cfg.train_vectors, replace=False)].astype(np.float32))
+    index.train(
+        gallery[np.random.default_rng(0).choice(len(gallery), cfg.train_vectors, replace=False)].astype(np.float32)
+    )
     index.add(gallery.astype(np.float32))
     assert set_nprobe(index, None) == 16
     _, rows = search(index, queries, 10, cfg.rerank, vector_scores(lambda ids: gallery[ids]))
@@ -125,6 +130,7 @@ def test_an_index_is_extended_by_new_units_refused_when_stale_and_left_alone_by_
     record["attempt_id"] = "0" * 32  # the unit redone by a later job
     commits[-1].write_text(json.dumps(record))
     from storage_schemas.errors import StoreError
+
     with pytest.raises(StoreError, match="stale: 1 unit.*--rebuild-index"):
         open_gallery(store, cfg, views0=False, say=quiet)
 
@@ -191,8 +197,13 @@ def subset_store(clip_store, sample_corpus, tiny_teachers, tmp_path_factory, ray
     store = root / "store"
     shutil.copytree(clip_store, store)
     gallery = open_store(str(store)).read_table("clip", "views").to_pylist()
-    train_keys = sorted({(r["shard"], r["key"]) for r in gallery
-                         if r["view"] == 0 and not is_held_out(SampleId(r["source"], r["shard"], r["key"]), HELD_OUT)})
+    train_keys = sorted(
+        {
+            (r["shard"], r["key"])
+            for r in gallery
+            if r["view"] == 0 and not is_held_out(SampleId(r["source"], r["shard"], r["key"]), HELD_OUT)
+        }
+    )
     queries = root / "queries"
     queries.mkdir()
     as_query = train_keys[:2]
@@ -207,8 +218,11 @@ def subset_store(clip_store, sample_corpus, tiny_teachers, tmp_path_factory, ray
     shard, key = train_keys[-1]
     (excluded / "test-image.jpg").write_bytes(_gallery_image(sample_corpus, shard, key))
     job = root / "job.yaml"
-    job.write_text(f'store: {{url: "{store}"}}\nsources: []\nclip:\n  teacher: {{arch: samclip-tiny-clip, '
-                   f'pretrained: "{tiny_teachers["clip"]}"}}\n  views: 4\nray: {{batch_size: 4}}\n')
+    job.write_text(
+        f'store: {{url: "{store}"}}\nsources: []\nclip:\n  teacher: {{arch: samclip-tiny-clip, '
+        f'pretrained: "{tiny_teachers["clip"]}"}}\n  views: 4\nray: {{batch_size: 4}}\n'
+    )
+
     def run(*extra: str) -> str:
         said = io.StringIO()
         with contextlib.redirect_stdout(said):
@@ -217,8 +231,16 @@ def subset_store(clip_store, sample_corpus, tiny_teachers, tmp_path_factory, ray
 
     # The tiny random teacher puts most views above 0.95 of each other: only the image itself is excluded here.
     out = run("--per-query", "5", "--name", "pets", "--exclude", str(excluded), "--exclude-similarity", "0.9995")
-    return {"store": store, "job": job, "queries": queries, "as_query": as_query, "excluded": (shard, key),
-            "root": root, "run": run, "out": out}
+    return {
+        "store": store,
+        "job": job,
+        "queries": queries,
+        "as_query": as_query,
+        "excluded": (shard, key),
+        "root": root,
+        "run": run,
+        "out": out,
+    }
 
 
 def test_the_cli_selects_k_per_query_without_held_out_excluded_or_repeated_views(subset_store):
@@ -262,8 +284,19 @@ def test_a_teacher_other_than_the_stores_is_refused(subset_store, tmp_path):
 
     other = write_tiny_teachers(str(tmp_path / "other"), seed=1)["clip"]
     with pytest.raises(ManifestMismatch, match="teacher.weights_sha256"):
-        main([str(subset_store["job"]), "--query", str(subset_store["root"] / "exclude"), "--per-query", "1", "--name", "other",
-              "--set", f"clip.teacher.pretrained={other}"])
+        main(
+            [
+                str(subset_store["job"]),
+                "--query",
+                str(subset_store["root"] / "exclude"),
+                "--per-query",
+                "1",
+                "--name",
+                "other",
+                "--set",
+                f"clip.teacher.pretrained={other}",
+            ]
+        )
 
 
 def test_a_subset_run_reads_only_subset_samples_and_trains_on_their_retrieved_views(subset_store, tmp_path):
@@ -302,8 +335,9 @@ def test_a_subset_run_reads_only_subset_samples_and_trains_on_their_retrieved_vi
     members = {}
     for r in records:
         with tarfile.open(r.input.url) as tar:
-            members[r.input.url] = [(m.name.split(".")[0], m.offset, m.offset_data + -(-m.size // 512) * 512)
-                                    for m in tar.getmembers()]
+            members[r.input.url] = [
+                (m.name.split(".")[0], m.offset, m.offset_data + -(-m.size // 512) * 512) for m in tar.getmembers()
+            ]
     in_subset = {(r["shard"], r["key"]) for r in subset.table.to_pylist()}
     shard_of = {r.input.url: r.shard for r in records}
     tar_reads = [(p, a, n) for _, p, a, n in read_log(log) if p in members and n]
@@ -322,11 +356,26 @@ def test_training_on_a_subset_records_it_and_refuses_another_held_out_split(subs
     from conftest import REPO
 
     out = tmp_path / "run"
-    args = [sys.executable, "student/train.py", "--config", "student/configs/tiny.yaml",
-            "--set", f"store.url={subset_store['store']}", "--set", f"output_dir={out}",
-            "--set", f"model.sam_checkpoint={tiny_teachers['sam']}", "--set", "data.clip.subset=pets",
-            "--set", "stages=[{name: probe, epochs: 1, warmup_steps: 1}]", "--set", "val_every=1000",
-            "--set", "log_batches=true"]
+    args = [
+        sys.executable,
+        "student/train.py",
+        "--config",
+        "student/configs/tiny.yaml",
+        "--set",
+        f"store.url={subset_store['store']}",
+        "--set",
+        f"output_dir={out}",
+        "--set",
+        f"model.sam_checkpoint={tiny_teachers['sam']}",
+        "--set",
+        "data.clip.subset=pets",
+        "--set",
+        "stages=[{name: probe, epochs: 1, warmup_steps: 1}]",
+        "--set",
+        "val_every=1000",
+        "--set",
+        "log_batches=true",
+    ]
     p = subprocess.run([*args, "--set", "data.held_out=0.1"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0, p.stderr
     assert "subset 'pets' was selected with held-out fraction 0.2, this run holds out 0.1" in p.stderr
@@ -336,7 +385,9 @@ def test_training_on_a_subset_records_it_and_refuses_another_held_out_split(subs
     subset = read_subset(open_store(str(subset_store["store"])).storage, "pets")
     assert meta["subset"]["name"] == "pets" and meta["subset"]["views"] == len(subset) == 25
     assert meta["subset"]["query_checksum"] == subset.manifest["query"]["checksum"]
-    trained = [i for line in (out / "batches" / "rank0.jsonl").read_text().splitlines() for i in json.loads(line)["clip"]]
+    trained = [
+        i for line in (out / "batches" / "rank0.jsonl").read_text().splitlines() for i in json.loads(line)["clip"]
+    ]
     items = {f"{r['source']}/{r['shard']}/{r['key']}#{r['view']}" for r in subset.table.to_pylist()}
     assert len(trained) == len(set(trained)) == meta["consumed"]["clip_views"] >= len(subset) // 2
     assert set(trained) <= items  # one epoch of the subset's retrieved views, and nothing else
@@ -345,8 +396,23 @@ def test_training_on_a_subset_records_it_and_refuses_another_held_out_split(subs
 
     said = io.StringIO()
     with contextlib.redirect_stdout(said):
-        assert evaluate(["zeroshot-cls", "--export", str(out / "export"), "--data", str(subset_store["queries"].parent /
-                         "classify"), "--text-tower", "samclip-tiny-clip", "--text-pretrained", tiny_teachers["clip"],
-                         "--out", str(tmp_path / "eval")]) == 0
+        assert (
+            evaluate(
+                [
+                    "zeroshot-cls",
+                    "--export",
+                    str(out / "export"),
+                    "--data",
+                    str(subset_store["queries"].parent / "classify"),
+                    "--text-tower",
+                    "samclip-tiny-clip",
+                    "--text-pretrained",
+                    tiny_teachers["clip"],
+                    "--out",
+                    str(tmp_path / "eval"),
+                ]
+            )
+            == 0
+        )
     assert "trained on subset 'pets': 25 views" in said.getvalue()
     assert json.loads((tmp_path / "eval" / "zeroshot-cls.json").read_text())["subset"]["name"] == "pets"

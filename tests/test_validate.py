@@ -1,5 +1,6 @@
 """`python -m pipeline.validate`: a sound store passes; each kind of damage is reported by name;
 `--gc` removes what no commit record lists."""
+
 import json
 import shutil
 from pathlib import Path

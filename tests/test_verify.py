@@ -1,5 +1,6 @@
 """`python -m pipeline.verify`: the teacher, re-run from scratch on random committed samples, agrees
 with a sound store and catches a tampered one; another teacher is refused."""
+
 import json
 import shutil
 
@@ -18,8 +19,8 @@ def job(tmp_path, teachers, store) -> str:
     path.write_text(f"""
 store: {{url: "{store}"}}
 sources: [{{name: sample, kind: clip, shards: "unused.tar"}}]
-clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{teachers['clip']}"}}, views: 4}}
-sam: {{teacher: {{model: tiny, checkpoint: "{teachers['sam']}"}}, prompts: 16, rounds: 2}}
+clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{teachers["clip"]}"}}, views: 4}}
+sam: {{teacher: {{model: tiny, checkpoint: "{teachers["sam"]}"}}, prompts: 16, rounds: 2}}
 """)
     return str(path)
 
@@ -64,8 +65,14 @@ def test_tampered_targets_and_another_teacher_are_caught(train_store, tiny_teach
     assert len(figures["clip"]["mismatched"]) == 3 and "MISMATCH clip sample/" in p.stdout
     assert figures["sam"]["mismatched"] == []
     # A teacher with other weights is not the store's: refused with one line naming the weights.
-    p, _ = verify(store, job(tmp_path, tiny_teachers, store), "--set", "clip.teacher.pretrained=null",
-                  "--set", "clip.teacher.init_seed=1")
+    p, _ = verify(
+        store,
+        job(tmp_path, tiny_teachers, store),
+        "--set",
+        "clip.teacher.pretrained=null",
+        "--set",
+        "clip.teacher.init_seed=1",
+    )
     last = p.stderr.strip().splitlines()[-1]  # (open_clip warns first that the weights are random)
     assert p.returncode == 2 and last.startswith("error: ") and "verify needs the store's own teacher" in last
     assert "Traceback" not in p.stderr

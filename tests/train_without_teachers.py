@@ -5,6 +5,7 @@ and SAM's own forward, SamPredictor and the pipeline's teacher loaders raise if 
 
 At exit it writes which of the blocked modules were imported to $NO_TEACHER_REPORT.
 """
+
 import json
 import os
 import sys
@@ -29,5 +30,13 @@ try:
     run_cli(main)
 finally:
     with open(os.environ["NO_TEACHER_REPORT"], "w") as f:
-        json.dump({"imported": sorted(m for m in ("open_clip", "pipeline.teachers", "pipeline.materialize")
-                                      if sys.modules.get(m) is not None)}, f)
+        json.dump(
+            {
+                "imported": sorted(
+                    m
+                    for m in ("open_clip", "pipeline.teachers", "pipeline.materialize")
+                    if sys.modules.get(m) is not None
+                )
+            },
+            f,
+        )

@@ -1,4 +1,5 @@
 """Frozen teachers: OpenCLIP (CLIP side) and SAM (SAM side), with their fingerprints."""
+
 from pipeline.teachers.clip_teacher import ClipTeacher, load_clip_teacher
 from pipeline.teachers.sam_teacher import SamTeacher, load_sam_teacher
 

@@ -5,6 +5,7 @@ checkpoint path or fsspec URL, or a seeded random init. The tiny architecture
 `samclip-tiny-clip` (storage_schemas/model_configs/) is registered with open_clip on import, so tests and the
 demo use open_clip's own classes and transforms with weights made by `pipeline.teachers.tiny`.
 """
+
 from __future__ import annotations
 
 import re
@@ -44,8 +45,9 @@ class ClipTeacher:
         return torch.nn.functional.normalize(self.model.encode_image(pixels).float(), dim=-1)
 
 
-def load_clip_teacher(cfg: ClipTeacherConfig, storage_options: dict[str, Any] | None = None,
-                      device: str = "cpu") -> ClipTeacher:
+def load_clip_teacher(
+    cfg: ClipTeacherConfig, storage_options: dict[str, Any] | None = None, device: str = "cpu"
+) -> ClipTeacher:
     """Build the teacher named by `cfg`; one-line `UserError`s for a bad name, tag or file."""
     known = open_clip.list_models()
     if cfg.arch not in known:
@@ -71,9 +73,7 @@ def load_clip_teacher(cfg: ClipTeacherConfig, storage_options: dict[str, Any] | 
             )
         pretrained = weights = cfg.pretrained
     try:
-        model, _, preprocess_val = open_clip.create_model_and_transforms(
-            cfg.arch, pretrained=pretrained, device=device
-        )
+        model, _, preprocess_val = open_clip.create_model_and_transforms(cfg.arch, pretrained=pretrained, device=device)
     except RuntimeError as e:
         if "state_dict" in str(e):
             raise CheckpointError(f"checkpoint '{weights}' does not fit {cfg.arch}: {_first_line(e)}") from None
@@ -101,8 +101,11 @@ def load_clip_teacher(cfg: ClipTeacherConfig, storage_options: dict[str, Any] | 
             "interpolation": pp["interpolation"],
             "resize_mode": pp["resize_mode"],
         },
-        output={"embed_dim": int(model.text_projection.shape[1] if model.text_projection is not None
-                                 else model.visual.output_dim)},
+        output={
+            "embed_dim": int(
+                model.text_projection.shape[1] if model.text_projection is not None else model.visual.output_dim
+            )
+        },
         weights=weights,
     )
     return ClipTeacher(model, preprocess_val, open_clip.get_tokenizer(cfg.arch), fingerprint)
@@ -116,7 +119,7 @@ def _check_fits(arch: str, path: str) -> None:
     """
     ckpt = load_state_dict_file(path)
     if next(iter(ckpt), "").startswith("module."):
-        ckpt = {k[len("module."):]: v for k, v in ckpt.items()}
+        ckpt = {k[len("module.") :]: v for k, v in ckpt.items()}
     with no_weights_warning():
         skeleton = open_clip.create_model(arch, pretrained=None, device="meta")  # shapes only, no memory
     fixed_by_open_clip = ("positional_embedding", "logit_scale", "logit_bias", "position_ids")

@@ -1,4 +1,5 @@
 """What identifies a teacher's outputs: recorded in the manifest, compared on every job."""
+
 from __future__ import annotations
 
 import platform

@@ -3,6 +3,7 @@
 `segment_anything.build_sam*` call `torch.load` without `map_location` or `weights_only`, so the
 model is built empty from `storage_schemas.sam_models` and the checkpoint loaded here.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,8 +24,9 @@ class SamTeacher:
     fingerprint: TeacherFingerprint
 
 
-def load_sam_teacher(cfg: SamTeacherConfig, storage_options: dict[str, Any] | None = None,
-                     device: str = "cpu") -> SamTeacher:
+def load_sam_teacher(
+    cfg: SamTeacherConfig, storage_options: dict[str, Any] | None = None, device: str = "cpu"
+) -> SamTeacher:
     sam = load_sam(cfg.model, cfg.checkpoint, storage_options, cfg.init_seed)
     weights = cfg.checkpoint if cfg.checkpoint is not None else f"random(seed={cfg.init_seed})"
     sam.to(device).eval().requires_grad_(False)

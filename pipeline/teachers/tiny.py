@@ -7,6 +7,7 @@ widths), random-initialised from a fixed seed and saved in the formats the real 
     OUT_DIR/tiny-sam.pth            SAM state dict          (sam.teacher.checkpoint)
 The same seed gives byte-identical files.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,11 @@ def write_tiny_teachers(out_dir: str, seed: int = 0) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.teachers.tiny", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.teachers.tiny",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("out_dir")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

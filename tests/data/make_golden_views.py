@@ -11,6 +11,7 @@ It builds the corpus and the tiny teachers in a temporary directory, runs
 sha256 of its inputs (the four shards, the teacher's weights) and the code's commit in the file's
 metadata, so that a failing golden test can tell changed inputs from changed outputs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,9 +63,13 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
         subprocess.run([sys.executable, "-m", "pipeline.materialize", str(job)], cwd=repo, env=env, check=True)
         table = open_store(str(tmp / "store")).read_table("clip", "views").select(COLUMNS).sort_by(SORT_KEYS)
-        commit = subprocess.run(["git", "-C", str(repo), "describe", "--always", "--dirty", "--abbrev=40"],
-                                capture_output=True, text=True).stdout.strip()
-        meta = {"golden.commit": commit, "golden.inputs": json.dumps(input_hashes(tmp / "sample", Path(teachers["clip"])))}
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "describe", "--always", "--dirty", "--abbrev=40"], capture_output=True, text=True
+        ).stdout.strip()
+        meta = {
+            "golden.commit": commit,
+            "golden.inputs": json.dumps(input_hashes(tmp / "sample", Path(teachers["clip"]))),
+        }
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **{k: v.encode() for k, v in meta.items()}})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, args.out, compression="zstd", compression_level=19)
