@@ -111,9 +111,8 @@ def main() -> None:
         print(f"loaders, {w:2d} workers: {live:8.1f} images/s per GPU = {live / memory:.3f} of memory")
         if need is None and live >= 0.95 * memory:
             need = w
-    print(
-        f"workers one GPU needs (>= 0.95 of memory): {need if need is not None else 'more than ' + str(max(args.workers))}"
-    )
+    needed = need if need is not None else f"more than {max(args.workers)}"
+    print(f"workers one GPU needs (>= 0.95 of memory): {needed}")
 
 
 if __name__ == "__main__":

@@ -139,7 +139,8 @@ def bench_clip(args, corpus: str, out: str, dtype: str) -> None:
     n, seconds = run_for(args.seconds, 1, lambda: (stage.embed_async(views), sync(), len(views))[2])
     bare_rate = n / seconds
     print(
-        f"CLIP {arch} random init, {dtype}, K={k}, batch {args.clip_batch} samples, {args.render_threads} render threads"
+        f"CLIP {arch} random init, {dtype}, K={k}, batch {args.clip_batch} samples, "
+        f"{args.render_threads} render threads"
     )
     print(f"  bare teacher       {bare_rate:10.1f} views/s")
     print(

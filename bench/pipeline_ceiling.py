@@ -8,23 +8,25 @@ inputs:  webdataset shards of JPEGs (longest side 384-512 px, quality 90) cut at
          scikit-image photographs, written once under --work and reused.
 teacher: open_clip `samclip-tiny-clip` (2 layers, width 64, patch 32), random init, fp32 on CPU.
 job:     `python -m pipeline.materialize` on a local Ray of 2 CPUs (read tasks, one teacher actor
-         that decodes and renders on a thread of its own) once per unit size, each into a fresh store. From its report: samples/s over the
-         steady window (first target to last commit; start-up apart) and from the dataset's start,
-         driver bytes per sample, mean commit latency. Every 0.5 s psutil books the CPU of each
-         process under the job's (a local Ray's daemons and workers are its descendants) since the
-         last look to the stage its title names now, as Ray reuses workers: `ray::...FlatMap...`
-         read, `ray::MapWorker(...)` actor (decode, render, teacher, part writer), the job's process driver (Ray Data's executor
-         runs there), the rest (daemons, idle workers, Ray's actors) ray system. CPU per sample from
-         the dataset's start to the last commit: the read task runs ahead of the first target, so
-         the steady window would miss part of its work. Peak driver RSS over the run.
+         that decodes and renders on a thread of its own) once per unit size, each into a fresh
+         store. From its report: samples/s over the steady window (first target to last commit;
+         start-up apart) and from the dataset's start, driver bytes per sample, mean commit latency.
+         Every 0.5 s psutil books the CPU of each process under the job's (a local Ray's daemons and
+         workers are its descendants) since the last look to the stage its title names now, as Ray
+         reuses workers: `ray::...FlatMap...` read, `ray::MapWorker(...)` actor (decode, render,
+         teacher, part writer), the job's process driver (Ray Data's executor runs there), the rest
+         (daemons, idle workers, Ray's actors) ray system. CPU per sample from the dataset's start
+         to the last commit: the read task runs ahead of the first target, so the steady window
+         would miss part of its work. Peak driver RSS over the run.
 one process: iter_tar_samples, render_sample (decode_image, sample_views, render_view, view_hash),
          ClipTeacherStage.embed per batch (1 torch thread), one views file per unit of the smallest
          size (storage_schemas.clip_views_table); from the first sample to the last file.
 object store: the read stage's rows for these shards, made by its own code in this process, as
          Arrow tables of 256 rows (what Ray's blocks hold), against the JPEG bytes they carry.
 Targets (issues): job >= 1.2x one process; driver CPU <= 20 us and traffic <= 64 bytes per sample;
-a largest unit's commit <= 1.5x a smallest's; object-store bytes <= 1.2x the encoded image. The driver's CPU is also given per second: Ray Data's
-executor loop polls at a rate of its own, whatever flows. Figures a job's report lacks print n/a.
+a largest unit's commit <= 1.5x a smallest's; object-store bytes <= 1.2x the encoded image. The
+driver's CPU is also given per second: Ray Data's executor loop polls at a rate of its own,
+whatever flows. Figures a job's report lacks print n/a.
 """
 
 from __future__ import annotations

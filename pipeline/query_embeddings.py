@@ -11,9 +11,9 @@ the store's (fingerprint, weights included) stops the run; a query that does not
 with its reason, and the rest go on.
 
 The cache (`queries/NAME.parquet`, NAME a hash of the query set's checksum, the store teacher's
-must-match fields and the job's teacher config) has one row per query image, `query_id, key, label, reason, detail, embedding`
-(null where it did not decode): a second run over the same images, with other K or thresholds,
-embeds nothing.
+must-match fields and the job's teacher config) has one row per query image, `query_id, key,
+label, reason, detail, embedding` (null where it did not decode): a second run over the same
+images, with other K or thresholds, embeds nothing.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ Checks, per kind, everything a reader relies on:
   - content: embeddings finite and unit norm (fp16 tolerance), logits finite in every slot a
     prompt occupies.
 Files under the store that no record lists (leftovers of killed attempts; readers never see them)
-are listed as orphans; `--gc` deletes them (never the files of a unit whose record is damaged). Run `--gc` only while no job writes to the store: an
-attempt in flight has not written its record yet.
+are listed as orphans; `--gc` deletes them (never the files of a unit whose record is damaged).
+Run `--gc` only while no job writes to the store: an attempt in flight has not written its record yet.
 
 Exit status 0 when no problem is found, 1 otherwise, with one line per problem naming the file.
 """

@@ -3,9 +3,9 @@
 A record lists every file of the unit with size and sha256, its parts (schema version 2: the part
 files teacher actors wrote, disjoint sample sets that together with the errors cover the unit),
 the row counts, the input it was made from (URL, size, ETag on object stores, the sample range for
-a part of a shard), the policy hash of the manifest in force and an attempt id. Readers consider a unit only through its record; a
-record that does not parse counts as absent, so a half-written one (impossible with atomic writes,
-but cheap to guard) means "not committed".
+a part of a shard), the policy hash of the manifest in force and an attempt id. Readers consider
+a unit only through its record; a record that does not parse counts as absent, so a half-written
+one (impossible with atomic writes, but cheap to guard) means "not committed".
 """
 
 from __future__ import annotations

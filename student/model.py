@@ -175,8 +175,9 @@ class SamClip(nn.Module):
         """Batched decoding: N prompts over B images in one decoder call per prompt structure.
 
         embeddings: [B, C, 64, 64] -> low-res logits [N, M, 256, 256] and IoU [N, M], M = 3 with
-        `multimask` else 1. mask_inputs: optional [N, 1, 256, 256] logits, SAM's mask prompt. SAM's `predict_masks` repeats one image's embedding per prompt, so it
-        takes one image per call; here each prompt gathers its own image's embedding instead.
+        `multimask` else 1. mask_inputs: optional [N, 1, 256, 256] logits, SAM's mask prompt.
+        SAM's `predict_masks` repeats one image's embedding per prompt, so it takes one image per
+        call; here each prompt gathers its own image's embedding instead.
         Prompts of different structure are never padded into one call (that changes the logits).
         """
         n, m = len(prompts.image_index), num_masks(multimask)
@@ -232,6 +233,9 @@ class SamClip(nn.Module):
         cols = torch.arange(x.shape[-1], device=x.device)
         inside = (rows[None, :, None] < input_hw[:, 0, None, None]) & (cols[None, None, :] < input_hw[:, 1, None, None])
         return x * inside[:, None].to(x.dtype)
+
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def parameter_counts(self) -> dict[str, int]:
         def count(*mods: nn.Module) -> int:

@@ -356,7 +356,7 @@ class Trainer:
         acc.print(
             f"stage {stage.name}: {stop} of {total} scheduled steps; per process and micro-batch: CLIP "
             f"{clip_sizes} (px: images), SAM {self.per_process['sam'] if joint else 0} images x "
-            f"{cfg.data.sam.prompts} prompts; trainable {sum(p.numel() for p in self.model.parameters() if p.requires_grad):,}"
+            f"{cfg.data.sam.prompts} prompts; trainable {self.model.trainable_parameters():,}"
         )
         bar = tqdm(total=stop, initial=st.stage_step, desc=stage.name, disable=not acc.is_local_main_process)
         if st.stage_step == 0:

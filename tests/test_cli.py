@@ -29,7 +29,8 @@ def test_plan_lists_pending_units_and_writes_nothing(job_yaml, tmp_path):
         (
             [
                 "store.url=s3://no-such-bucket/store",
-                "store.storage_options={client_kwargs: {endpoint_url: 'http://127.0.0.1:9'}, config_kwargs: {retries: {max_attempts: 1}}}",
+                "store.storage_options={client_kwargs: {endpoint_url: 'http://127.0.0.1:9'}, "
+                "config_kwargs: {retries: {max_attempts: 1}}}",
             ],
             "store URL 's3://no-such-bucket/store' cannot be reached",
         ),

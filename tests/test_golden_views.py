@@ -98,7 +98,8 @@ def test_views_match_the_golden_table(golden, clip_store):
         missing, extra = set(golden_ids) - set(new_ids), set(new_ids) - set(golden_ids)
         pytest.fail(
             f"rows differ from the golden: the store has {len(new_ids)}, the golden {len(golden_ids)}; "
-            f"{len(missing)} missing from the store (e.g. {sorted(missing)[:3]}), {len(extra)} not in the golden (e.g. {sorted(extra)[:3]})"
+            f"{len(missing)} missing from the store (e.g. {sorted(missing)[:3]}), "
+            f"{len(extra)} not in the golden (e.g. {sorted(extra)[:3]})"
         )
     n = len(golden_ids)
 

@@ -37,7 +37,8 @@ def s3_job(path: Path, tiny_teachers: dict, storage_options: str = "{}") -> Path
     path.write_text(f"""
 store: {{url: "{STORE}", storage_options: {storage_options}}}
 sources:
-  - {{name: sample, kind: clip, shards: "s3://{BUCKET}/sample/clip/{{00000..00003}}.tar", storage_options: {storage_options}}}
+  - {{name: sample, kind: clip, shards: "s3://{BUCKET}/sample/clip/{{00000..00003}}.tar",
+      storage_options: {storage_options}}}
   - {{name: sa1b, kind: sam, shards: "s3://{BUCKET}/sample/sam/sa_{{000000..000001}}.tar", unit_size: 4,
       storage_options: {storage_options}}}
 clip:
