@@ -65,6 +65,7 @@ from storage_schemas.decode import DEFAULT_MAX_PIXELS
 from storage_schemas.identity import SampleId
 from storage_schemas.storage import Storage
 from storage_schemas.tar_samples import iter_tar_samples
+from storage_schemas.typed_config import add_set_argument
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(pipeline.__file__)))
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle", "hubble_deep_field")
@@ -354,14 +355,7 @@ def main() -> None:
         default=os.path.join(tempfile.gettempdir(), "samclip-bench-ceiling"),
         help="shards (kept and reused), stores, job configs, logs, reports",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a job config override, passed to every job run",
-    )
+    add_set_argument(parser, "a job config override, passed to every job run")
     args = parser.parse_args()
     shards = make_shards(args.work, args.samples, args.shard_samples)
     print(

@@ -27,7 +27,7 @@ import faiss  # noqa: E402
 
 from pipeline.config import RetrievalConfig  # noqa: E402
 from pipeline.gallery_index import index_factory, new_index, search, set_nprobe, vector_scores  # noqa: E402
-from storage_schemas.typed_config import load_config  # noqa: E402
+from storage_schemas.typed_config import add_set_argument, load_config  # noqa: E402
 
 
 def clustered_vectors(
@@ -98,14 +98,7 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=768)
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a retrieval: key for the IVF/PQ index (rerank=4000, pq_bytes=96, nprobe=512, ...)",
-    )
+    add_set_argument(p, "a retrieval: key for the IVF/PQ index (rerank=4000, pq_bytes=96, nprobe=512, ...)")
     args = p.parse_args()
     gallery, queries = clustered_vectors(args.vectors, args.dim, args.seed, queries=args.queries)
     cfg = load_config(RetrievalConfig, None, args.overrides)

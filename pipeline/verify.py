@@ -34,6 +34,7 @@ from storage_schemas.sam_tables import prompts_by_image
 from storage_schemas.sam_transforms import pad_image, sam_input_image
 from storage_schemas.store import TargetStore, open_store
 from storage_schemas.tar_samples import iter_tar_samples
+from storage_schemas.typed_config import add_set_argument
 from storage_schemas.views import render_view, view_hash
 
 
@@ -177,14 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--config", required=True, help="job config YAML naming the teachers (its store is replaced by ROOT)"
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key (repeatable)",
-    )
+    add_set_argument(parser)
     parser.add_argument("--sample", type=int, default=8, help="samples of each kind to recompute")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-cosine", type=float, default=0.999, help="CLIP: worst cosine accepted")

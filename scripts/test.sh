@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 source scripts/setup_env.sh
 ruff check .
 ruff format --check .
-lint-imports --no-cache
+lint-imports --no-cache --no-logo
 exec python -m pytest tests "$@"

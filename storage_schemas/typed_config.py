@@ -54,17 +54,18 @@ def load_config(cls: type[T], path: str | os.PathLike | None, overrides: list[st
     return from_dict(cls, raw)
 
 
+OVERRIDE_HELP = "override a config key: dotted keys, list indices, YAML values (repeatable)"
+
+
+def add_set_argument(parser: argparse.ArgumentParser, help: str = OVERRIDE_HELP) -> None:
+    """The repeatable `--set KEY=VALUE` (into `args.overrides`) every command with a config takes."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, what: str = "job config YAML (see jobs/)") -> None:
-    """The CONFIG positional and repeatable `--set KEY=VALUE` every command takes."""
+    """The CONFIG positional and `--set`."""
     parser.add_argument("config", help=what)
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key: dotted keys, list indices, YAML values (repeatable)",
-    )
+    add_set_argument(parser)
 
 
 def apply_override(raw: dict, item: str) -> dict:

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from storage_schemas.errors import ConfigError, run_cli
-from storage_schemas.typed_config import FieldError, load_config
+from storage_schemas.typed_config import FieldError, add_set_argument, load_config
 from student.config import config_record, load_train_config
 from student.run_dir import config_difference, run_status
 
@@ -181,14 +181,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", help="the base training config (instead of the sweep file's base)")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="a swept key (repeatable)")
     p.add_argument("--seeds", type=int, help="runs per point, seeds base seed + 0..N-1 (default 1)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key in every run (repeatable)",
-    )
+    add_set_argument(p, "override a config key in every run (repeatable)")
     p.add_argument(
         "--print", dest="print_only", action="store_true", help="print each run's launch line instead of running it"
     )

@@ -21,6 +21,7 @@ import yaml
 
 from storage_schemas.errors import ConfigError, StoreError, run_cli
 from storage_schemas.store import open_store
+from storage_schemas.typed_config import add_set_argument
 from student.config import RUN_CONFIG, TrainConfig, config_record, flat_config, load_train_config
 from student.export import build_student, export_student
 from student.run_dir import CHECKPOINTS, STATE_FILE, checkpoint_names, config_difference, run_status
@@ -29,14 +30,7 @@ from student.run_dir import CHECKPOINTS, STATE_FILE, checkpoint_names, config_di
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="student/train.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="training config YAML (see student/configs/)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key: dotted keys, list indices, YAML values (repeatable)",
-    )
+    add_set_argument(p)
     p.add_argument(
         "--resume",
         default=None,
