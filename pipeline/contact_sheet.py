@@ -28,10 +28,10 @@ LABEL = 14  # pixels under a tile for its caption
 GAP = 12  # between a query and its crops
 
 
-def _render(data: bytes, crop, flip: bool) -> np.ndarray:
+def _render(data: bytes, crop, flip: bool, resize_mode: str = "shortest") -> np.ndarray:
     image = decode_image(data, draft_side=draft_side_for(TILE)).image
     if crop is None:
-        crop = canonical_crop(image.width, image.height, TILE)
+        crop = canonical_crop(image.width, image.height, TILE, resize_mode)
     return render_view(image, crop, flip, TILE)
 
 
@@ -65,6 +65,7 @@ def contact_sheet(
     storage_options: dict | None = None,
 ) -> bytes:
     """The first `rows` queries that retrieved anything, each with its `crops` closest views."""
+    resize_mode = store.manifest("clip").must_match["teacher"]["preprocess"]["resize_mode"]  # the view-0 rule
     qids = sorted(set(chosen.column("query_id").to_pylist()))[:rows]
     shown = chosen.filter(
         pc.and_(pc.is_in(chosen.column("query_id"), pa.array(qids, pa.int32())), pc.less(chosen.column("rank"), crops))
@@ -77,7 +78,7 @@ def contact_sheet(
     info = shown.select(["query_id", "rank", "similarity"]).to_pylist()
     for y, q in enumerate(qids):
         try:
-            query = _render(queries.data[q], None, False)
+            query = _render(queries.data[q], None, False, resize_mode)
             sheet.paste(Image.fromarray(query), (0, y * cell))
         except DecodeError as e:
             draw.text((4, y * cell + TILE // 2), e.reason, fill="red")

@@ -41,7 +41,6 @@ from typing import Callable, Iterator
 import faiss
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
@@ -152,12 +151,13 @@ def search(
     return best_k(score(queries, rows), rows, n)
 
 
-def part_views(store: TargetStore, rel: str, views0: bool) -> pa.Table:
-    """A views part's rows as the index numbers them (`sample_index, key, view, embedding`; view 0 only
-    with views0)."""
-    columns = ["sample_index", "key", "view", "embedding"]
-    with store.storage.fs.open(store.storage.full(rel), "rb") as f:
-        data = pa.BufferReader(f.read())
+PART_COLUMNS = ["sample_index", "key", "view", "embedding"]
+
+
+def part_views(store: TargetStore, rel: str, views0: bool, columns: list[str] = PART_COLUMNS) -> pa.Table:
+    """A views part's rows as the index numbers them (view 0 only with views0), read in one request
+    (the store's retried read), only `columns` decoded."""
+    data = pa.BufferReader(store.storage.read_bytes(rel))
     return read_view(data, 0).select(columns) if views0 else pq.read_table(data, columns=columns)
 
 
@@ -197,8 +197,8 @@ class Gallery:
     def units(self) -> list[dict]:
         return self.meta["units"]
 
-    def _part(self, u: int, p: int) -> pa.Table:
-        return part_views(self.store, self.units[u]["parts"][p], self.meta["views"] == [0])
+    def _part(self, u: int, p: int, columns: list[str] = PART_COLUMNS) -> pa.Table:
+        return part_views(self.store, self.units[u]["parts"][p], self.meta["views"] == [0], columns)
 
     def score(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Exact similarities of candidates `rows` [q, c]: from the index when it holds the fp16
@@ -228,11 +228,7 @@ class Gallery:
         r = self.rows[ids]
         missing = np.array([i not in self.keys for i in ids.tolist()], bool)
         for u, p, group in by_part(r[missing]):
-            rel = self.units[u]["parts"][p]
-            with self.store.storage.fs.open(self.store.storage.full(rel), "rb") as f:
-                t = pq.read_table(pa.BufferReader(f.read()), columns=["key", "view"])
-            if self.meta["views"] == [0]:
-                t = t.filter(pc.equal(t.column("view"), 0))
+            t = self._part(u, p, ["key"])
             at = r["row"][missing][group]
             self.keys.update(zip(ids[missing][group].tolist(), t.column("key").take(pa.array(at)).to_pylist()))
         units = self.units

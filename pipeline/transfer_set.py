@@ -132,7 +132,9 @@ def select(
         ids = np.unique(rows[rows >= 0])
         found = gallery.describe(ids)
         samples = [SampleId(*v) for v in zip(*(found.column(c).to_pylist() for c in ("source", "shard", "key")))]
-        usable = np.array([not is_held_out(s, args.held_out) and s not in excluded for s in samples], bool)
+        # Per sample, not per view: a sample's K views share its split.
+        ok = {s: not is_held_out(s, args.held_out) and s not in excluded for s in set(samples)}
+        usable = np.array([ok[s] for s in samples], bool)
         r = gallery.rows[ids]
         image = r["unit"].astype(np.int64) << 32 | r["sample_index"].astype(np.int64)
         at = np.searchsorted(ids, np.maximum(rows, 0))

@@ -141,25 +141,10 @@ def test_bad_grid_keys_and_values_stop_in_one_line_before_any_run(tmp_path):
 
 def test_run_names_are_unique_and_readable_for_multi_key_grids(tmp_path, capsys):
     out = tmp_path / "sweep"
-    assert (
-        sweep.main(
-            [
-                "--config",
-                TINY,
-                "--grid",
-                "data.clip.batch_size=8,16",
-                "--grid",
-                "data.sam.batch_size=2,4",
-                "--grid",
-                "data.clip.resolutions=[224],[224, 448]",
-                "--seeds",
-                "2",
-                "--print",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    grid = ["--grid", "data.clip.batch_size=8,16", "--grid", "data.sam.batch_size=2,4"]
+    grid += ["--grid", "data.clip.resolutions=[224],[224, 448]"]
+    args = ["--config", TINY, *grid, "--seeds", "2", "--print", str(out)]
+    assert sweep.main(args) == 0
     lines = capsys.readouterr().out.splitlines()
     dirs = [line.split("output_dir=")[1].strip("'") for line in lines]
     assert len(lines) == 16 and len(set(dirs)) == 16 and all(line.startswith("accelerate launch ") for line in lines)
@@ -174,22 +159,7 @@ def test_run_names_are_unique_and_readable_for_multi_key_grids(tmp_path, capsys)
     )
     (out / "clip.batch_size=8,sam.batch_size=2,resolutions=224,seed=0" / "validation.jsonl").write_text("{}\n")
     with pytest.raises(ConfigError, match="holds a run of another config"):
-        sweep.main(
-            [
-                "--config",
-                TINY,
-                "--grid",
-                "data.clip.batch_size=8,16",
-                "--grid",
-                "data.sam.batch_size=2,4",
-                "--grid",
-                "data.clip.resolutions=[224],[224, 448]",
-                "--seeds",
-                "2",
-                "--print",
-                str(out),
-            ]
-        )
+        sweep.main(args)
 
 
 @pytest.mark.parametrize("name", sorted(os.listdir(REPO / "student" / "configs" / "sweeps")))
