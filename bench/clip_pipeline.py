@@ -30,10 +30,10 @@ from bench.compare import print_pipeline_vs_bare, run_jobs
 from pipeline.clip_targets import ClipTeacherStage
 from pipeline.config import ClipTeacherConfig
 from pipeline.sample_data import build_sample_corpus
-from storage_schemas.clip_views_table import ClipViews, views_parquet
-from storage_schemas.decode import decode_image, draft_side_for
+from storage_schemas.pixels.decode import decode_image, draft_side_for
+from storage_schemas.pixels.views import render_view
 from storage_schemas.store import open_store
-from storage_schemas.views import render_view
+from storage_schemas.store.clip_views import ClipViews, views_parquet
 
 
 def main() -> None:

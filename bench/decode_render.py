@@ -30,9 +30,9 @@ from PIL import Image
 from torchvision import transforms as T
 
 from pipeline.sample_data import PHOTOS, build_sample_corpus, load_photo
-from storage_schemas.decode import decode_image, draft_side_for
-from storage_schemas.identity import SampleId
-from storage_schemas.views import render_view, sample_views
+from storage_schemas.pixels.decode import decode_image, draft_side_for
+from storage_schemas.pixels.views import render_view, sample_views
+from storage_schemas.store.identity import SampleId
 
 SIZE = 224
 SCALE, RATIO = (0.35, 1.0), (3 / 4, 4 / 3)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.synthetic_store import write_clip_store
-from storage_schemas.sam_models import build_sam
+from storage_schemas.models.sam_models import build_sam
 from storage_schemas.store import open_store
 from student.batches import ClipBatchMaker, Stream
 from student.losses import clip_loss

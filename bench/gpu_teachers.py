@@ -42,10 +42,10 @@ from pipeline.sam_targets import PromptSpec, SamTeacherStage, prepare_image, rea
 from pipeline.sample_data import CorpusSpec, build_sample_corpus, encode_jpeg, load_photo, random_variant
 from pipeline.sources import InputShard
 from pipeline.units import OK, shard_task
-from storage_schemas.decode import DEFAULT_MAX_PIXELS, decode_image
-from storage_schemas.identity import SampleId
-from storage_schemas.sam_transforms import sam_input_image
-from storage_schemas.storage import Storage
+from storage_schemas.pixels.decode import DEFAULT_MAX_PIXELS, decode_image
+from storage_schemas.pixels.sam_transforms import sam_input_image
+from storage_schemas.store.identity import SampleId
+from storage_schemas.store.root import StoreRoot
 
 KEYS = ("image", "input_hw", "original_hw", "structure", "boxes", "points", "labels")
 
@@ -82,7 +82,7 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def rows_of(kind: str, url: str, storage: Storage) -> list[dict]:
+def rows_of(kind: str, url: str, storage: StoreRoot) -> list[dict]:
     task = shard_task(
         InputShard("bench", kind, url, os.path.basename(url)[:-4], os.path.getsize(url), None, {}, None),
         [],
@@ -120,7 +120,7 @@ def bench_clip(args, corpus: str, out: str, dtype: str) -> None:
     teacher = ClipTeacherConfig(arch=arch, pretrained=None, init_seed=0)
     k = 10
     stage = ClipTeacherStage(
-        teacher, None, Storage(out), dtype, threads=args.render_threads, render_threads=args.render_threads
+        teacher, None, StoreRoot(out), dtype, threads=args.render_threads, render_threads=args.render_threads
     )
     spec = stage.spec = RenderSpec.of(stage.teacher.fingerprint.preprocess, 0, k, ViewPolicy(), DEFAULT_MAX_PIXELS)
     rows = [
@@ -153,7 +153,9 @@ def bench_sam(args, corpus: str, out: str, dtype: str) -> None:
     model = "tiny" if args.tiny else "vit_h"
     cfg = SamConfig(teacher=SamTeacherConfig(model=model), prompts=64)
     spec = PromptSpec(0, cfg, DEFAULT_MAX_PIXELS)
-    stage = SamTeacherStage(spec, Storage(out), dtype, threads=args.render_threads, render_threads=args.render_threads)
+    stage = SamTeacherStage(
+        spec, StoreRoot(out), dtype, threads=args.render_threads, render_threads=args.render_threads
+    )
     rows = [
         r
         for shard in sorted(os.listdir(f"{corpus}/sam"))

@@ -43,7 +43,7 @@ import torch
 from bench.counting_fs import counting_reads, read_log
 from bench.synthetic_store import write_clip_store, write_sam_store
 from storage_schemas.store import open_store
-from storage_schemas.unit_tar import unit_tar
+from storage_schemas.store.unit_tar import unit_tar
 from student.batches import BatchStream, ClipBatchMaker, SamBatchMaker, make_loader
 from student.epoch_plan import plan_epoch
 from student.pieces import split_filter, unit_pieces
@@ -92,7 +92,7 @@ def parallel_floor(maker, samples, resolution: int, processes: int) -> float:
 
 def tar_span_bytes(store, plan, trained: set[str]) -> int:
     """The trained samples' bytes in their tars: every member with its header and padding."""
-    from storage_schemas.tar_index import read_tar_index
+    from storage_schemas.store.tar_index import read_tar_index
 
     total = 0
     records = {su.unit.record.unit: su.unit.record for st in plan.streams for su in st}

@@ -20,7 +20,7 @@ job:     `python -m pipeline.materialize` on a local Ray of 2 CPUs (read tasks, 
          would miss part of its work. Peak driver RSS over the run.
 one process: iter_tar_samples, render_sample (decode_image, sample_views, render_view, view_hash),
          ClipTeacherStage.embed per batch (1 torch thread), one views file per unit of the smallest
-         size (storage_schemas.clip_views_table); from the first sample to the last file.
+         size (storage_schemas.store.clip_views); from the first sample to the last file.
 object store: the read stage's rows for these shards, made by its own code in this process, as
          Arrow tables of 256 rows (what Ray's blocks hold), against the JPEG bytes they carry.
 Targets (issues): job >= 1.2x one process; driver CPU <= 20 us and traffic <= 64 bytes per sample;
@@ -60,12 +60,12 @@ from pipeline.config import ClipTeacherConfig, ViewPolicy
 from pipeline.sample_data import encode_jpeg, load_photo, random_variant
 from pipeline.sources import InputShard, shard_name
 from pipeline.units import shard_task
-from storage_schemas.clip_views_table import ClipViews, views_parquet
-from storage_schemas.decode import DEFAULT_MAX_PIXELS
-from storage_schemas.identity import SampleId
-from storage_schemas.storage import Storage
-from storage_schemas.tar_samples import iter_tar_samples
-from storage_schemas.typed_config import add_set_argument
+from storage_schemas.pixels.decode import DEFAULT_MAX_PIXELS
+from storage_schemas.pixels.tar_samples import iter_tar_samples
+from storage_schemas.plumbing.typed_config import add_set_argument
+from storage_schemas.store.clip_views import ClipViews, views_parquet
+from storage_schemas.store.identity import SampleId
+from storage_schemas.store.root import StoreRoot
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(pipeline.__file__)))
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle", "hubble_deep_field")
@@ -277,7 +277,7 @@ def one_process(work: str, shards: list[str], unit_size: int, args) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
     stage = ClipTeacherStage(
-        ClipTeacherConfig(arch=ARCH, pretrained=None, init_seed=SEED), None, Storage(out), "fp32", threads=1
+        ClipTeacherConfig(arch=ARCH, pretrained=None, init_seed=SEED), None, StoreRoot(out), "fp32", threads=1
     )
     spec = stage.spec = RenderSpec.of(
         stage.teacher.fingerprint.preprocess, SEED, args.views, ViewPolicy(), DEFAULT_MAX_PIXELS
@@ -314,7 +314,7 @@ def one_process(work: str, shards: list[str], unit_size: int, args) -> dict:
 
 def wire_bytes(shards: list[str], unit_size: int) -> dict:
     """Object-store bytes per sample of the read stage's rows, and the JPEG bytes they carry."""
-    storage = Storage(tempfile.mkdtemp(prefix="bench-wire-"))
+    storage = StoreRoot(tempfile.mkdtemp(prefix="bench-wire-"))
     rows_bytes = jpeg = n = 0
     for url in shards:
         shard = InputShard(SOURCE, "clip", url, shard_name(url), os.path.getsize(url), None, {}, unit_size)

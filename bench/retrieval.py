@@ -27,7 +27,7 @@ import faiss  # noqa: E402
 
 from pipeline.config import RetrievalConfig  # noqa: E402
 from pipeline.gallery_index import index_factory, new_index, search, set_nprobe, vector_scores  # noqa: E402
-from storage_schemas.typed_config import add_set_argument, load_config  # noqa: E402
+from storage_schemas.plumbing.typed_config import add_set_argument, load_config  # noqa: E402
 
 
 def clustered_vectors(

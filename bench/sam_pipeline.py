@@ -44,11 +44,11 @@ from pipeline.sam_targets import PromptSpec, SamTeacherStage, prepare_image, rea
 from pipeline.sample_data import CorpusSpec, build_sample_corpus
 from pipeline.sources import InputShard
 from pipeline.units import OK, shard_task
-from storage_schemas.identity import SampleId
-from storage_schemas.mask_logits import LOW_RES, decode_logits, encode_logits, logits_group_objects
-from storage_schemas.storage import Storage
+from storage_schemas.pixels.tar_samples import iter_tar_samples
 from storage_schemas.store import open_store
-from storage_schemas.tar_samples import iter_tar_samples
+from storage_schemas.store.identity import SampleId
+from storage_schemas.store.mask_logits import LOW_RES, decode_logits, encode_logits, logits_group_objects
+from storage_schemas.store.root import StoreRoot
 
 KEYS = ("image", "input_hw", "original_hw", "structure", "boxes", "points", "labels")
 
@@ -95,7 +95,7 @@ def main() -> None:
 
     cfg = SamConfig(teacher=SamTeacherConfig(model=args.model), prompts=args.prompts)
     spec = PromptSpec(seed=0, sam=cfg, max_pixels=10**9)
-    stage = SamTeacherStage(spec, Storage(f"{work}/stage"), "fp32", threads=1)
+    stage = SamTeacherStage(spec, StoreRoot(f"{work}/stage"), "fp32", threads=1)
     task = shard_task(
         InputShard("bench", "sam", shard, "sa_000000", os.path.getsize(shard), None, {}, None),
         [],
@@ -121,7 +121,7 @@ def main() -> None:
 
     full = SamTeacherStage(
         PromptSpec(0, SamConfig(teacher=cfg.teacher, prompts=64), 10**9),
-        Storage(work),
+        StoreRoot(work),
         "fp32",
         threads=torch.get_num_threads(),
     )

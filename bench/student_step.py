@@ -40,7 +40,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from bench.synthetic_store import write_clip_store, write_sam_store
 from pipeline.config import ClipTeacherConfig, SamTeacherConfig
 from pipeline.teachers import load_clip_teacher, load_sam_teacher
-from storage_schemas.sam_models import build_sam
+from storage_schemas.models.sam_models import build_sam
 from storage_schemas.store import open_store
 from student.batches import ClipBatchMaker, SamBatchMaker, Stream, target_logits
 from student.config import LossConfig

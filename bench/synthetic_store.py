@@ -22,16 +22,15 @@ import numpy as np
 from PIL import Image
 
 from pipeline.sample_data import PHOTOS, load_photo
-from storage_schemas import layout
-from storage_schemas.clip_views_table import ClipViews, views_parquet
-from storage_schemas.commit import CommitRecord, InputRef, write_commit
-from storage_schemas.manifest import Manifest, ensure_manifest
-from storage_schemas.mask_logits import encode_logits, logits_group_objects
-from storage_schemas.sam_tables import images_table, prompts_table
-from storage_schemas.storage import Storage
-from storage_schemas.store import TABLE_SUFFIX
-from storage_schemas.tables import parquet_bytes
-from storage_schemas.tar_index import scan_tar_index, write_tar_index
+from storage_schemas.store import TABLE_SUFFIX, layout
+from storage_schemas.store.clip_views import ClipViews, views_parquet
+from storage_schemas.store.commit import CommitRecord, InputRef, write_commit
+from storage_schemas.store.manifest import Manifest, ensure_manifest
+from storage_schemas.store.mask_logits import encode_logits, logits_group_objects
+from storage_schemas.store.root import StoreRoot
+from storage_schemas.store.sam_tables import images_table, prompts_table
+from storage_schemas.store.tables import parquet_bytes
+from storage_schemas.store.tar_index import scan_tar_index, write_tar_index
 
 SOURCE = "synthetic"
 
@@ -59,7 +58,7 @@ def _write_shard(path: str, samples: list[dict[str, bytes]]) -> None:
 
 
 def _commit(
-    storage: Storage,
+    storage: StoreRoot,
     kind: str,
     shard: str,
     tar: str,
@@ -107,7 +106,7 @@ def write_clip_store(
     rng = np.random.default_rng(seed)
     photos = [load_photo(name) for name, _ in PHOTOS]
     os.makedirs(f"{root}/corpus/clip", exist_ok=True)
-    storage = Storage(f"{root}/store")
+    storage = StoreRoot(f"{root}/store")
     storage.check_reachable(create=True)
     manifest = ensure_manifest(
         storage,
@@ -203,7 +202,7 @@ def write_sam_store(
     rng = np.random.default_rng(seed)
     photos = [load_photo(name) for name, _ in PHOTOS if load_photo(name).ndim == 3]
     os.makedirs(f"{root}/corpus/sam", exist_ok=True)
-    storage = Storage(f"{root}/store")
+    storage = StoreRoot(f"{root}/store")
     storage.check_reachable(create=True)
     points = 1
     manifest = ensure_manifest(

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage_schemas.clip_views_table import ClipViews, read_view, views_parquet
+from storage_schemas.store.clip_views import ClipViews, read_view, views_parquet
 
 
 def synthetic(n: int, k: int, d: int) -> ClipViews:

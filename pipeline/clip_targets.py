@@ -30,13 +30,13 @@ from pipeline.config import ClipTeacherConfig, JobConfig, ViewPolicy
 from pipeline.parts import PartWritten, row_sample_id, teacher_batch_output
 from pipeline.sources import sidecar_success_counts
 from pipeline.units import ERROR, ShardTask, read_shard
-from storage_schemas.clip_views_table import ClipViews, views_parquet
-from storage_schemas.decode import DecodeError, decode_image, draft_side_for
-from storage_schemas.identity import SampleId
-from storage_schemas.storage import Storage
+from storage_schemas.pixels.decode import DecodeError, decode_image, draft_side_for
+from storage_schemas.pixels.tar_samples import TarSample
+from storage_schemas.pixels.views import render_view, sample_views, view_hash
 from storage_schemas.store import TABLE_SUFFIX
-from storage_schemas.tar_samples import TarSample
-from storage_schemas.views import render_view, sample_views, view_hash
+from storage_schemas.store.clip_views import ClipViews, views_parquet
+from storage_schemas.store.identity import SampleId
+from storage_schemas.store.root import StoreRoot
 
 # Views per GPU launch: small enough that the first chunk starts the GPU early, large enough to fill it.
 CHUNK_VIEWS = 256
@@ -50,7 +50,7 @@ class RenderSpec:
     views: int
     size: int  # the teacher's input size
     interpolation: str
-    resize_mode: str  # the teacher's view-0 rule (storage_schemas.views.RESIZE_MODES)
+    resize_mode: str  # the teacher's view-0 rule (storage_schemas.pixels.views.RESIZE_MODES)
     scale: tuple[float, float]
     ratio: tuple[float, float]
     flip: bool
@@ -146,7 +146,7 @@ class ClipTeacherStage:
         self,
         teacher_cfg: ClipTeacherConfig,
         spec: RenderSpec | None,
-        storage: Storage,
+        storage: StoreRoot,
         compute_dtype: str,
         threads: int,
         render_threads: int | None = None,

@@ -8,7 +8,7 @@
     ray:     {teacher_actors: 8, gpus_per_actor: 1, cpus_per_actor: 8, batch_size: 256}
     retrieval: {index: auto, nprobe: 64}   # pipeline.transfer_set's faiss index
 
-Load with `load_job_config(path, ["clip.views=4"])`; see storage_schemas.typed_config.
+Load with `load_job_config(path, ["clip.views=4"])`; see storage_schemas.plumbing.typed_config.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from storage_schemas.layout import check_name
-from storage_schemas.mask_logits import PRECISIONS
-from storage_schemas.sam_models import SAM_ARCHS
+from storage_schemas.models.sam_models import SAM_ARCHS
+from storage_schemas.pixels.decode import check_max_pixels
+from storage_schemas.plumbing.typed_config import FieldError, load_config
 from storage_schemas.store import StoreConfig
-from storage_schemas.typed_config import FieldError, load_config
+from storage_schemas.store.layout import check_name
+from storage_schemas.store.mask_logits import PRECISIONS
 
 
 @dataclass
@@ -84,7 +85,7 @@ class ClipConfig:
 
 @dataclass
 class SamTeacherConfig:
-    model: str = "vit_b"  # a name in storage_schemas.sam_models.SAM_ARCHS
+    model: str = "vit_b"  # a name in storage_schemas.models.sam_models.SAM_ARCHS
     checkpoint: str | None = None  # local path or fsspec URL; null = random init (benchmarks only)
     init_seed: int = 0
 
@@ -115,7 +116,7 @@ class SamConfig:
     points_per_prompt: int = 1
     multimask: bool = False  # M = 3 outputs instead of 1
     rounds: int = 1  # 2 adds the mask-prompt round: round-0 logits fed back with the same box/points
-    precision: str = "fp16"  # see storage_schemas.mask_logits.PRECISIONS
+    precision: str = "fp16"  # see storage_schemas.store.mask_logits.PRECISIONS
 
     def validate(self) -> None:
         if self.prompts < 1:
@@ -215,6 +216,9 @@ class JobConfig:
         names = [(s.name, s.kind) for s in self.sources]
         if len(set(names)) != len(names):
             raise FieldError("sources", "two sources share a name and kind; names are part of sample identity")
+        problem = check_max_pixels(self.max_image_pixels)
+        if problem:
+            raise FieldError("max_image_pixels", problem)
 
 
 def load_job_config(path: str | None, overrides: list[str] = ()) -> JobConfig:

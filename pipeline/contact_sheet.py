@@ -3,7 +3,7 @@
     png = contact_sheet(store, queries, subset_table, rows=8, crops=8)    # PNG bytes
 
 A query is drawn by the view-0 rule; a retrieved crop is rendered from its stored crop box and flip
-(`storage_schemas.views.render_view`) on its image, read by range through the shard's tar index,
+(`storage_schemas.pixels.views.render_view`) on its image, read by range through the shard's tar index,
 with its similarity under it.
 """
 
@@ -17,11 +17,11 @@ import pyarrow.compute as pc
 from PIL import Image, ImageDraw
 
 from pipeline.query_embeddings import QuerySet
-from storage_schemas.decode import DecodeError, decode_image, draft_side_for
+from storage_schemas.pixels.decode import DecodeError, decode_image, draft_side_for
+from storage_schemas.pixels.views import canonical_crop, render_view
 from storage_schemas.store import TargetStore
-from storage_schemas.tar_index import read_spans
-from storage_schemas.unit_tar import unit_tar
-from storage_schemas.views import canonical_crop, render_view
+from storage_schemas.store.tar_index import read_spans
+from storage_schemas.store.unit_tar import unit_tar
 
 TILE = 112
 LABEL = 14  # pixels under a tile for its caption

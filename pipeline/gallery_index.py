@@ -45,12 +45,11 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from pipeline.config import RetrievalConfig
-from storage_schemas import layout
-from storage_schemas.clip_views_table import read_view
-from storage_schemas.commit import CommitRecord
-from storage_schemas.errors import ConfigError, StoreError
-from storage_schemas.identity import stable_hash64
-from storage_schemas.store import TargetStore, table_files
+from storage_schemas.plumbing.errors import ConfigError, StoreError
+from storage_schemas.store import TargetStore, layout, table_files
+from storage_schemas.store.clip_views import read_view
+from storage_schemas.store.commit import CommitRecord
+from storage_schemas.store.identity import stable_hash64
 
 ROW_FIELDS = [("unit", np.int32), ("part", np.int32), ("row", np.int32), ("sample_index", np.int32), ("view", np.int16)]
 FLAT_MARGIN = 8  # extra exact candidates of a flat index, so the k-th place's ties break by row

@@ -27,12 +27,12 @@ from pipeline.report import JobReport
 from pipeline.sam_targets import PromptSpec, SamTeacherStage, read_sam_shard
 from pipeline.unit_commit import commit_unit, remove_leftovers, remove_part_files, remove_pending_leftovers
 from pipeline.units import END, PART, TEACHER_FAILED, UNIT_FAILED, ShardTask, UnitCollector, committed_parts
-from storage_schemas.errors import ConfigError, run_cli
-from storage_schemas.faults import FAULT_ENVS, kill_point
-from storage_schemas.manifest import ensure_manifest
-from storage_schemas.storage import Storage, StorageFailure
-from storage_schemas.typed_config import add_config_arguments
-from storage_schemas.views import RESIZE_MODES
+from storage_schemas.pixels.views import RESIZE_MODES
+from storage_schemas.plumbing.errors import ConfigError, run_cli
+from storage_schemas.plumbing.faults import FAULT_ENVS, kill_point
+from storage_schemas.plumbing.typed_config import add_config_arguments
+from storage_schemas.store.manifest import ensure_manifest
+from storage_schemas.store.root import StorageFailure, StoreRoot
 
 READS_PER_ACTOR = 2  # read tasks per teacher actor: one can wait on storage while the other feeds it
 # Ray's default block target is 128 MiB: ~2,500 encoded CLIP images or ~100 SA-1B pairs that a
@@ -275,7 +275,7 @@ def teacher_dataset(
             stage,
             fn_constructor_kwargs={
                 **stage_kwargs,
-                "storage": Storage(cfg.store.url, cfg.store.storage_options),
+                "storage": StoreRoot(cfg.store.url, cfg.store.storage_options),
                 "threads": int(cfg.ray.cpus_per_actor),
                 "render_threads": cfg.ray.render_threads,
             },

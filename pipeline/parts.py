@@ -31,10 +31,10 @@ from typing import Callable
 import numpy as np
 
 from pipeline.units import ERROR, OK, PART, PROTOCOL_COLUMNS, TEACHER_FAILED
-from storage_schemas import layout
-from storage_schemas.faults import kill_point
-from storage_schemas.identity import SampleId
-from storage_schemas.storage import FileEntry, Storage, StorageFailure
+from storage_schemas.plumbing.faults import kill_point
+from storage_schemas.store import layout
+from storage_schemas.store.identity import SampleId
+from storage_schemas.store.root import FileEntry, StorageFailure, StoreRoot
 
 
 @dataclass
@@ -65,7 +65,7 @@ def new_part_name(first_sample: int) -> str:
 
 
 def teacher_batch_output(
-    kind: str, batch: dict[str, np.ndarray], write_part: WritePart, storage: Storage
+    kind: str, batch: dict[str, np.ndarray], write_part: WritePart, storage: StoreRoot
 ) -> dict[str, np.ndarray]:
     """The metadata rows for one teacher batch, after writing one part per unit with `ok` rows
     through `storage` (whose retries are reported per part)."""

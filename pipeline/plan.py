@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 import torch
 
 from pipeline.config import JobConfig, load_job_config
-from pipeline.manifests import clip_manifest, resolve_compute_dtype, sam_manifest
+from pipeline.job_manifests import clip_manifest, resolve_compute_dtype, sam_manifest
 from pipeline.sources import InputShard, expand_source
 from pipeline.teachers import load_clip_teacher, load_sam_teacher
-from storage_schemas.commit import CommitRecord
-from storage_schemas.errors import run_cli
-from storage_schemas.manifest import Manifest, check_compatible, read_manifest
-from storage_schemas.storage import Storage
+from storage_schemas.plumbing.errors import run_cli
+from storage_schemas.plumbing.typed_config import add_config_arguments
 from storage_schemas.store import TargetStore
-from storage_schemas.typed_config import add_config_arguments
+from storage_schemas.store.commit import CommitRecord
+from storage_schemas.store.manifest import Manifest, check_compatible, read_manifest
+from storage_schemas.store.root import StoreRoot
 
 # Samples per unit for a source whose config leaves `unit_size` unset, in a store that has no unit
 # of it yet. A driver crash redoes the teacher work of the units open at that moment: about one per
@@ -45,12 +45,12 @@ class KindPlan:
 @dataclass
 class JobPlan:
     config: JobConfig
-    storage: Storage
+    storage: StoreRoot
     kinds: dict[str, KindPlan]
 
 
 def make_plan(cfg: JobConfig, device: str | None = None) -> JobPlan:
-    storage = Storage(cfg.store.url, cfg.store.storage_options)
+    storage = StoreRoot(cfg.store.url, cfg.store.storage_options)
     storage.check_reachable(create=True)
     shards = [s for i, src in enumerate(cfg.sources) for s in expand_source(i, src)]
     has_gpu = torch.cuda.is_available() if device is None else device.startswith("cuda")

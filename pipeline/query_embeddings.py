@@ -3,7 +3,7 @@
     queries = read_queries("pets/train")                   # class folders, a plain folder or shards
     table = query_embeddings(cfg, storage, must_match, queries)   # queries/NAME.parquet, made once
 
-A query is rendered by the view-0 rule (`storage_schemas.views.canonical_crop`: the teacher's own
+A query is rendered by the view-0 rule (`storage_schemas.pixels.views.canonical_crop`: the teacher's own
 evaluation preprocessing) and embedded exactly as a gallery image's view 0 was, on the actors
 (`QueryEmbedStage`, GPU where the cluster has one), in the store's compute dtype: an image of the
 gallery used as a query gets its stored view-0 embedding back. An actor whose teacher differs from
@@ -32,12 +32,12 @@ import pyarrow.parquet as pq
 
 from pipeline.clip_targets import ClipTeacherStage, RenderSpec
 from pipeline.config import ClipTeacherConfig, JobConfig, ViewPolicy
-from storage_schemas import layout
-from storage_schemas.errors import ManifestMismatch
-from storage_schemas.labelled_images import encoded_images
-from storage_schemas.manifest import differences
-from storage_schemas.storage import Storage
-from storage_schemas.tables import parquet_bytes
+from storage_schemas.pixels.labelled_images import encoded_images
+from storage_schemas.plumbing.errors import ManifestMismatch
+from storage_schemas.store import layout
+from storage_schemas.store.manifest import differences
+from storage_schemas.store.root import StoreRoot
+from storage_schemas.store.tables import parquet_bytes
 
 QUERY_SOURCE = "query"  # the identity queries are rendered under (view 0 draws no randomness)
 
@@ -83,7 +83,7 @@ class QueryEmbedStage(ClipTeacherStage):
     """Ray actor UDF: query images (encoded bytes) -> view-0 embeddings, or the reason they failed."""
 
     def __init__(
-        self, teacher_cfg: ClipTeacherConfig, storage: Storage, compute_dtype: str, threads: int, max_pixels: int
+        self, teacher_cfg: ClipTeacherConfig, storage: StoreRoot, compute_dtype: str, threads: int, max_pixels: int
     ):
         super().__init__(teacher_cfg, None, storage, compute_dtype, threads)
         self.spec = RenderSpec.of(self.teacher.fingerprint.preprocess, 0, 1, ViewPolicy(), max_pixels)
@@ -127,7 +127,7 @@ def embed_on_actors(cfg: JobConfig, must_match: dict, queries: QuerySet) -> dict
             QueryEmbedStage,
             fn_constructor_kwargs={
                 "teacher_cfg": cfg.clip.teacher,
-                "storage": Storage(cfg.store.url, cfg.store.storage_options),
+                "storage": StoreRoot(cfg.store.url, cfg.store.storage_options),
                 "compute_dtype": must_match["compute_dtype"],
                 "threads": int(cfg.ray.cpus_per_actor),
                 "max_pixels": cfg.max_image_pixels,
@@ -157,7 +157,7 @@ def embed_on_actors(cfg: JobConfig, must_match: dict, queries: QuerySet) -> dict
     }
 
 
-def query_embeddings(cfg: JobConfig, storage: Storage, must_match: dict, queries: QuerySet, say=print) -> pa.Table:
+def query_embeddings(cfg: JobConfig, storage: StoreRoot, must_match: dict, queries: QuerySet, say=print) -> pa.Table:
     """The query set's cached embeddings table, embedding it first if the store has none."""
     rel = layout.query_path(cache_name(queries.checksum, must_match["teacher"], cfg.clip.teacher))
     if storage.exists(rel):

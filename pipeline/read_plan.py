@@ -15,14 +15,14 @@ from typing import Any
 
 from pipeline.sources import InputShard
 from pipeline.units import shard_task
-from storage_schemas.layout import TAR_INDEX_DIR
-from storage_schemas.storage import Storage
-from storage_schemas.tar_index import read_tar_index
+from storage_schemas.store.layout import TAR_INDEX_DIR
+from storage_schemas.store.root import StoreRoot
+from storage_schemas.store.tar_index import read_tar_index
 
 INDEX_READ_THREADS = 32
 
 
-def read_tasks(storage: Storage, kind: str, pending: list[tuple[InputShard, list[int]]]) -> list[dict[str, Any]]:
+def read_tasks(storage: StoreRoot, kind: str, pending: list[tuple[InputShard, list[int]]]) -> list[dict[str, Any]]:
     """pending: (shard, its committed parts) for every shard with work left -> read task rows."""
     listed: dict[str, set[str]] = {}
     for source in sorted({s.source for s, _ in pending}):

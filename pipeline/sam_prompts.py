@@ -16,8 +16,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from pipeline.config import SamConfig
-from storage_schemas.decode import DecodeError
-from storage_schemas.tables import PROMPT_STRUCTURES, STRUCTURE_PARTS
+from storage_schemas.store.tables import PROMPT_STRUCTURES, STRUCTURE_PARTS, SampleError
 
 
 @dataclass
@@ -29,8 +28,12 @@ class Prompt:
     labels: np.ndarray  # int8 [n], 1 = foreground
 
 
+class AnnotationError(SampleError):
+    """An SA-1B sample whose annotation JSON is unreadable or gives no usable prompt."""
+
+
 def parse_sa1b_json(data: bytes) -> tuple[dict, list[dict]]:
-    """(image info, annotations) of an SA-1B JSON, or DecodeError('bad_json')."""
+    """(image info, annotations) of an SA-1B JSON, or AnnotationError('bad_json')."""
     try:
         doc = json.loads(data)
         info, anns = doc["image"], doc["annotations"]
@@ -38,7 +41,7 @@ def parse_sa1b_json(data: bytes) -> tuple[dict, list[dict]]:
         if not isinstance(anns, list):
             raise TypeError("annotations is not a list")
     except (ValueError, KeyError, TypeError) as e:
-        raise DecodeError("bad_json", f"{type(e).__name__}: {e}") from None
+        raise AnnotationError("bad_json", f"{type(e).__name__}: {e}") from None
     return info, anns
 
 

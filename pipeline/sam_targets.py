@@ -32,17 +32,17 @@ import torch
 
 from pipeline.config import SamConfig
 from pipeline.parts import PartWritten, row_sample_id, teacher_batch_output
-from pipeline.sam_prompts import parse_sa1b_json, sample_prompts, usable_annotations
+from pipeline.sam_prompts import AnnotationError, parse_sa1b_json, sample_prompts, usable_annotations
 from pipeline.units import ERROR, read_shard
-from storage_schemas.decode import DecodeError, decode_image
-from storage_schemas.identity import SampleId, sample_seed
-from storage_schemas.mask_logits import LOW_RES, encode_logits, fill_value, logits_group_objects, num_masks
-from storage_schemas.sam_tables import images_table, prompts_table
-from storage_schemas.sam_transforms import pad_image, sam_boxes, sam_input_image, sam_points
-from storage_schemas.storage import Storage
+from storage_schemas.pixels.decode import decode_image
+from storage_schemas.pixels.sam_transforms import pad_image, sam_boxes, sam_input_image, sam_points
+from storage_schemas.pixels.tar_samples import TarSample
 from storage_schemas.store import TABLE_SUFFIX
-from storage_schemas.tables import PROMPT_STRUCTURES, STRUCTURE_PARTS, parquet_bytes
-from storage_schemas.tar_samples import TarSample
+from storage_schemas.store.identity import SampleId, sample_seed
+from storage_schemas.store.mask_logits import LOW_RES, encode_logits, fill_value, logits_group_objects, num_masks
+from storage_schemas.store.root import StoreRoot
+from storage_schemas.store.sam_tables import images_table, prompts_table
+from storage_schemas.store.tables import PROMPT_STRUCTURES, STRUCTURE_PARTS, SampleError, parquet_bytes
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def ship_pair(row: dict[str, Any], sample: TarSample) -> dict[str, Any]:
 
 
 def prepare_image(spec: PromptSpec, sample: SampleId, image: bytes, annotation: bytes) -> dict[str, Any]:
-    """Decode, sample prompts, resize for SAM. Raises DecodeError for an unusable sample.
+    """Decode, sample prompts, resize for SAM. Raises a SampleError (DecodeError, AnnotationError) if unusable.
     -> image uint8 [1024, 1024, 3] (padded), input_hw, original_hw int32 [2], n_prompts, n_annotations,
        skipped (JSON), structure int8 [P], annotation_id int64 [P], boxes float32 [P, 4],
        points float32 [P, N, 2], labels int8 [P, N] (P = sam.prompts, zero beyond n_prompts)."""
@@ -80,7 +80,7 @@ def prepare_image(spec: PromptSpec, sample: SampleId, image: bytes, annotation: 
     h, w = rgb.shape[:2]
     usable, skipped = usable_annotations(anns, h, w)
     if not usable:
-        raise DecodeError("no_usable_annotation", f"{len(anns)} annotations, skipped: {dict(skipped)}")
+        raise AnnotationError("no_usable_annotation", f"{len(anns)} annotations, skipped: {dict(skipped)}")
     rng = np.random.default_rng(sample_seed(spec.seed, sample, "prompts"))
     prompts = sample_prompts(rng, usable, spec.sam, h, w)
     resized = sam_input_image(rgb)
@@ -112,7 +112,7 @@ class SamTeacherStage:
     """Ray actor UDF: loads SAM once; per image one encoder pass, the decoder per prompt structure."""
 
     def __init__(
-        self, spec: PromptSpec, storage: Storage, compute_dtype: str, threads: int, render_threads: int | None = None
+        self, spec: PromptSpec, storage: StoreRoot, compute_dtype: str, threads: int, render_threads: int | None = None
     ):
         from pipeline.teachers import load_sam_teacher
 
@@ -195,7 +195,7 @@ class SamTeacherStage:
                 for i in range(n):
                     try:
                         s = futures[i].result()
-                    except DecodeError as e:
+                    except SampleError as e:
                         failed[i] = (e.reason, e.detail)
                         continue
                     logits, iou = self.predict_image_device(

@@ -32,7 +32,7 @@ from pycocotools import mask as mask_utils
 from skimage.segmentation import felzenszwalb
 
 from pipeline.sample_eval import write_segmentation_set
-from storage_schemas.errors import run_cli
+from storage_schemas.plumbing.errors import run_cli
 
 # (skimage.data function, caption noun); grayscale and RGBA photos are converted to RGB.
 PHOTOS = [

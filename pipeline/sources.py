@@ -18,9 +18,9 @@ import braceexpand
 import fsspec
 
 from pipeline.config import SourceConfig
-from storage_schemas.commit import InputRef
-from storage_schemas.errors import ConfigError
-from storage_schemas.storage import stat_url
+from storage_schemas.plumbing.errors import ConfigError
+from storage_schemas.store.commit import InputRef
+from storage_schemas.store.root import stat_url
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import load_job_config
 from pipeline.teachers import load_clip_teacher
-from storage_schemas import layout
-from storage_schemas.class_texts import (
+from storage_schemas.models.class_texts import (
     TEMPLATE_SETS,
     class_text_embeddings,
     load_classnames,
@@ -26,14 +25,15 @@ from storage_schemas.class_texts import (
     template_texts,
     text_table,
 )
-from storage_schemas.errors import ConfigError, ManifestMismatch, run_cli
-from storage_schemas.manifest import differences, read_manifest
-from storage_schemas.storage import Storage
-from storage_schemas.tables import parquet_bytes
-from storage_schemas.typed_config import add_config_arguments
+from storage_schemas.plumbing.errors import ConfigError, ManifestMismatch, run_cli
+from storage_schemas.plumbing.typed_config import add_config_arguments
+from storage_schemas.store import layout
+from storage_schemas.store.manifest import differences, read_manifest
+from storage_schemas.store.root import StoreRoot
+from storage_schemas.store.tables import parquet_bytes
 
 
-def up_to_date(storage: Storage, rel: str, classnames: list[str], templates, weights_sha256: str) -> bool:
+def up_to_date(storage: StoreRoot, rel: str, classnames: list[str], templates, weights_sha256: str) -> bool:
     """Whether the table at `rel` was made from these class names, templates and teacher weights."""
     if not storage.exists(rel):
         return False
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         raise ConfigError(f"--name: {e}") from None
     classnames = load_classnames(args.classes)
-    storage = Storage(cfg.store.url, cfg.store.storage_options)
+    storage = StoreRoot(cfg.store.url, cfg.store.storage_options)
     storage.check_reachable(create=True)
     teacher = load_clip_teacher(cfg.clip.teacher, cfg.store.storage_options)
     manifest = read_manifest(storage, "clip")

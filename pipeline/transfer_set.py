@@ -14,7 +14,7 @@ near-duplicate threshold for CLIP image embeddings (re-encodes, resizes and smal
 photograph score above it); it is not measured here, where the teachers are random, so check it
 for a real teacher on a few known duplicates.
 
-Writes `subsets/NAME.parquet` (`storage_schemas.subsets`), `subsets/NAME.json` (query set checksum,
+Writes `subsets/NAME.parquet` (`storage_schemas.store.subsets`), `subsets/NAME.json` (query set checksum,
 index, K, held-out fraction, teacher fingerprint, shortfalls) and `subsets/NAME.png`, a contact
 sheet. Train on it with `--set data.clip.subset=NAME`.
 """
@@ -33,13 +33,12 @@ from pipeline.contact_sheet import contact_sheet
 from pipeline.gallery_index import Gallery, open_gallery
 from pipeline.query_embeddings import QuerySet, embeddings_array, query_embeddings, read_queries
 from pipeline.transfer_select import Selection, select_balanced
-from storage_schemas import layout
-from storage_schemas.console import format_table
-from storage_schemas.errors import ConfigError, StoreError, run_cli
-from storage_schemas.identity import SampleId, is_held_out
-from storage_schemas.store import open_store
-from storage_schemas.subsets import write_subset
-from storage_schemas.typed_config import add_config_arguments
+from storage_schemas.plumbing.console import format_table
+from storage_schemas.plumbing.errors import ConfigError, StoreError, run_cli
+from storage_schemas.plumbing.typed_config import add_config_arguments
+from storage_schemas.store import layout, open_store
+from storage_schemas.store.identity import SampleId, is_held_out
+from storage_schemas.store.subsets import write_subset
 
 EXCLUDE_SIMILARITY = 0.95
 FIRST_DEPTH = 4  # candidates searched per wanted view at first; x4 each time a query runs out

@@ -20,17 +20,16 @@ import pyarrow as pa
 
 from pipeline.sources import InputShard
 from pipeline.units import UnitCollector
-from storage_schemas import layout
-from storage_schemas.commit import CommitRecord, write_commit
-from storage_schemas.faults import kill_point
-from storage_schemas.storage import Storage, StorageFailure
-from storage_schemas.store import READ_THREADS
-from storage_schemas.tables import ERRORS_SCHEMA, parquet_bytes
+from storage_schemas.plumbing.faults import kill_point
+from storage_schemas.store import READ_THREADS, layout
+from storage_schemas.store.commit import CommitRecord, write_commit
+from storage_schemas.store.root import StorageFailure, StoreRoot
+from storage_schemas.store.tables import ERRORS_SCHEMA, parquet_bytes
 
 log = logging.getLogger(__name__)
 
 
-def commit_unit(storage: Storage, kind: str, c: UnitCollector, policy_hash: str) -> CommitRecord:
+def commit_unit(storage: StoreRoot, kind: str, c: UnitCollector, policy_hash: str) -> CommitRecord:
     """Write the unit's errors table (if any) and, last, its commit record."""
     parts = c.ordered_parts()
     files = [f for p in parts for f in p.files]
@@ -57,13 +56,13 @@ def commit_unit(storage: Storage, kind: str, c: UnitCollector, policy_hash: str)
     return record
 
 
-def unit_paths(storage: Storage, kind: str, source: str, unit: str) -> list[str]:
+def unit_paths(storage: StoreRoot, kind: str, source: str, unit: str) -> list[str]:
     """Every file the unit may own: its part folder's files and its errors table."""
     errors = layout.errors_path(kind, source, unit)
     return storage.list_files(layout.unit_dir(kind, source, unit)) + ([errors] if storage.exists(errors) else [])
 
 
-def remove_quietly(storage: Storage, paths: list[str]) -> int:
+def remove_quietly(storage: StoreRoot, paths: list[str]) -> int:
     """Remove files no record lists; one that will not go stays for `validate --gc` (logged).
     Returns how many went."""
     removed = 0
@@ -78,7 +77,7 @@ def remove_quietly(storage: Storage, paths: list[str]) -> int:
     return removed
 
 
-def remove_leftovers(storage: Storage, record: CommitRecord) -> int:
+def remove_leftovers(storage: StoreRoot, record: CommitRecord) -> int:
     """Remove the unit's files its record does not list (dropped duplicates, killed attempts)."""
     keep = {f.path for f in record.files}
     try:
@@ -95,13 +94,13 @@ def remove_leftovers(storage: Storage, record: CommitRecord) -> int:
     return remove_quietly(storage, [p for p in paths if p not in keep])
 
 
-def remove_part_files(storage: Storage, row: dict) -> int:
+def remove_part_files(storage: StoreRoot, row: dict) -> int:
     """Remove the files of a part that reached the driver after its unit was committed without it."""
     return remove_quietly(storage, [f["path"] for f in json.loads(row["part_files"])])
 
 
 def remove_pending_leftovers(
-    storage: Storage, kind: str, shards: list[InputShard], committed: set[tuple[str, str]]
+    storage: StoreRoot, kind: str, shards: list[InputShard], committed: set[tuple[str, str]]
 ) -> list[str]:
     """Before a run: remove the files of this job's units that have no record (earlier attempts).
 

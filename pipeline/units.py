@@ -25,11 +25,12 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from pipeline.sources import InputShard
-from storage_schemas.commit import CommitRecord, input_change
-from storage_schemas.errors import ConfigError, StoreError
-from storage_schemas.layout import unit_name
-from storage_schemas.storage import FileEntry, Storage
-from storage_schemas.tar_index import (
+from storage_schemas.pixels.tar_samples import TarSample, iter_tar_samples
+from storage_schemas.plumbing.errors import ConfigError, StoreError
+from storage_schemas.store.commit import CommitRecord, input_change
+from storage_schemas.store.layout import unit_name
+from storage_schemas.store.root import FileEntry, StoreRoot
+from storage_schemas.store.tar_index import (
     TarIndex,
     index_rows,
     iter_indexed_samples,
@@ -37,7 +38,6 @@ from storage_schemas.tar_index import (
     read_tar_index,
     write_tar_index,
 )
-from storage_schemas.tar_samples import TarSample, iter_tar_samples
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +104,9 @@ class ShardTask:
     def pending(self, part: int) -> bool:
         return part in self.read_parts if self.read_parts is not None else part not in self.skip_parts
 
-    def store(self) -> Storage:
+    def store(self) -> StoreRoot:
         url, options = json.loads(self.store_json)
-        return Storage(url, options)
+        return StoreRoot(url, options)
 
 
 def committed_parts(shard: InputShard, committed: list[CommitRecord]) -> list[int] | None:
@@ -142,7 +142,7 @@ def _unit_size_text(unit_size: int | None) -> str:
 
 
 def shard_task(
-    shard: InputShard, skip_parts: list[int], store: Storage, write_index: bool, read_parts: list[int] | None = None
+    shard: InputShard, skip_parts: list[int], store: StoreRoot, write_index: bool, read_parts: list[int] | None = None
 ) -> dict[str, Any]:
     """A read task's row: the shard streamed (skipping `skip_parts`; with `write_index`, writing
     its tar index into `store` at the end), or `read_parts` by range through that index."""
@@ -339,7 +339,7 @@ class UnitCollector:
         return total
 
     def error_rows(self, kind: str) -> list[dict]:
-        """Rows of the errors table (storage_schemas.tables.ERRORS_SCHEMA)."""
+        """Rows of the errors table (storage_schemas.store.tables.ERRORS_SCHEMA)."""
         return [
             dict(
                 kind=kind,

@@ -29,19 +29,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from storage_schemas import layout
-from storage_schemas.commit import CommitRecord
-from storage_schemas.errors import StoreError, run_cli
-from storage_schemas.manifest import Manifest, read_manifest
-from storage_schemas.mask_logits import decode_logits
-from storage_schemas.storage import Storage
-from storage_schemas.store import TargetStore, table_files
+from storage_schemas.plumbing.errors import StoreError, run_cli
+from storage_schemas.store import TargetStore, layout, table_files
+from storage_schemas.store.commit import CommitRecord
+from storage_schemas.store.manifest import Manifest, read_manifest
+from storage_schemas.store.mask_logits import decode_logits
+from storage_schemas.store.root import StoreRoot
 
 NORM_TOLERANCE = 1e-2  # fp16 embeddings of unit vectors are within ~1e-3 of norm 1
 
 
 @dataclass
-class Report:
+class ValidationReport:
     problems: list[tuple[str, str]] = field(default_factory=list)  # (ROOT-relative path, what is wrong)
     units: int = 0
     files: int = 0
@@ -64,7 +63,7 @@ class Report:
         }
 
 
-def check_files(storage: Storage, record: CommitRecord, hashes: bool) -> list[tuple[str, str]]:
+def check_files(storage: StoreRoot, record: CommitRecord, hashes: bool) -> list[tuple[str, str]]:
     out = []
     for entry in record.files:
         if not storage.exists(entry.path):
@@ -93,7 +92,7 @@ class UnreadableTable(Exception):
         self.rel = rel
 
 
-def _table(storage: Storage, record: CommitRecord, table: str, columns: list[str] | None = None):
+def _table(storage: StoreRoot, record: CommitRecord, table: str, columns: list[str] | None = None):
     """(where, the unit's table over its listed parts or None); `where` names the first file."""
     rels = [rel for rel in table_files(record, table) if record.file(rel) is not None and storage.exists(rel)]
     where = rels[0] if rels else table_files(record, table)[0]
@@ -109,7 +108,7 @@ def _table(storage: Storage, record: CommitRecord, table: str, columns: list[str
     return where, pa.concat_tables(parts, promote_options="permissive")
 
 
-def check_counts_and_content(storage: Storage, record: CommitRecord, manifest: Manifest) -> list[tuple[str, str]]:
+def check_counts_and_content(storage: StoreRoot, record: CommitRecord, manifest: Manifest) -> list[tuple[str, str]]:
     out = []
     rows = dict(record.rows)
     rel, errors = _table(storage, record, "errors", ["sample_index"])
@@ -206,8 +205,8 @@ def check_counts_and_content(storage: Storage, record: CommitRecord, manifest: M
     return out
 
 
-def validate(storage: Storage, hashes: bool = True, workers: int = 8) -> Report:
-    report = Report()
+def validate(storage: StoreRoot, hashes: bool = True, workers: int = 8) -> ValidationReport:
+    report = ValidationReport()
     listed: set[str] = set()
     kept: list[str] = []  # path prefixes of units whose record is damaged: never orphans
     for kind in layout.KINDS:
@@ -274,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=8, help="units checked in parallel")
     parser.add_argument("--json", help="also write the report as JSON to this file")
     args = parser.parse_args(argv)
-    storage = Storage(args.root)
+    storage = StoreRoot(args.root)
     storage.check_reachable()
     report = validate(storage, hashes=not args.sizes_only, workers=args.workers)
     if args.gc:

@@ -1,15 +1,24 @@
 """The contract between the pipeline (which writes targets) and the student (which reads them).
 
-Table schemas, the manifest and commit records, the store reader, and the code both sides must
-agree on to the pixel. See storage_schemas/README.md for the layout.
+    store/      the store contract: layout, tables and codecs, commit records, manifests, the reader
+    pixels/     the pixel rules both sides agree on: tar streaming, decode, views, SAM transforms
+    models/     SAM architectures, open_clip configs, checkpoints, class texts, teacher FLOPs
+    plumbing/   typed configs, one-line user errors, console tables, fault points for tests
+
+See storage_schemas/README.md for the layout of a store and each module. Imports written before
+the regrouping (`storage_schemas.views`, `storage_schemas.decode`, ...) still work
+(`moved_modules.py`).
 """
 
-from storage_schemas.commit import CommitRecord, InputRef, read_commit, write_commit
-from storage_schemas.errors import ConfigError, ManifestMismatch, StoreError, UserError
-from storage_schemas.identity import SampleId, is_held_out, sample_seed, stable_hash64
-from storage_schemas.manifest import Manifest, ensure_manifest, read_manifest
-from storage_schemas.storage import FileEntry, Storage
+from storage_schemas import moved_modules
+from storage_schemas.plumbing.errors import ConfigError, ManifestMismatch, StoreError, UserError
 from storage_schemas.store import TargetStore, open_store
+from storage_schemas.store.commit import CommitRecord, InputRef, read_commit, write_commit
+from storage_schemas.store.identity import SampleId, is_held_out, sample_seed, stable_hash64
+from storage_schemas.store.manifest import Manifest, ensure_manifest, read_manifest
+from storage_schemas.store.root import FileEntry, Storage, StoreRoot
+
+moved_modules.install()
 
 __all__ = [
     "CommitRecord",
@@ -21,6 +30,7 @@ __all__ = [
     "SampleId",
     "Storage",
     "StoreError",
+    "StoreRoot",
     "TargetStore",
     "UserError",
     "ensure_manifest",

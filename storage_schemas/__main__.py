@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from storage_schemas.console import format_table
-from storage_schemas.errors import run_cli
+from storage_schemas.plumbing.console import format_table
+from storage_schemas.plumbing.errors import run_cli
 from storage_schemas.store import open_store
 
 

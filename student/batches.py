@@ -20,14 +20,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from storage_schemas.commit import CommitRecord
-from storage_schemas.errors import StoreError
-from storage_schemas.identity import SampleId
-from storage_schemas.mask_logits import decode_logits
-from storage_schemas.sam_tables import SamPrompts
+from storage_schemas.pixels.views import render_view
+from storage_schemas.plumbing.errors import StoreError
 from storage_schemas.store import TargetStore
-from storage_schemas.subsets import Subset
-from storage_schemas.views import render_view
+from storage_schemas.store.commit import CommitRecord
+from storage_schemas.store.identity import SampleId
+from storage_schemas.store.mask_logits import decode_logits
+from storage_schemas.store.sam_tables import SamPrompts
+from storage_schemas.store.subsets import Subset
 from student.data import ClipSample, SamSample, choose_prompts
 from student.epoch_plan import EpochPlan, Piece, UnitPieces, plan_epoch
 from student.model import PromptBatch

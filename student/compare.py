@@ -12,7 +12,7 @@ did not do. Writes the table as comparison.csv and comparison.md and the validat
 comparison.png (a panel per metric, a colour per point) into --out (default: the first folder).
 
 Teacher work saved: the CLIP views, SAM images and SAM prompts a run consumed (counted over all
-processes by the trainer) times the teachers' forward FLOPs (`storage_schemas.teacher_flops`, from
+processes by the trainer) times the teachers' forward FLOPs (`storage_schemas.models.teacher_flops`, from
 the architectures in the store's manifests) - what online distillation would have spent running
 the teachers on the same batches. The store's own cost was paid once, for every run.
 """
@@ -30,9 +30,9 @@ from typing import Any
 
 import yaml
 
-from storage_schemas.console import format_table
-from storage_schemas.errors import ConfigError, StoreError, run_cli
-from storage_schemas.teacher_flops import TeacherFlops, manifest_flops, teacher_flops
+from storage_schemas.models.teacher_flops import TeacherFlops, manifest_flops, teacher_flops
+from storage_schemas.plumbing.console import format_table
+from storage_schemas.plumbing.errors import ConfigError, StoreError, run_cli
 from student.config import RUN_CONFIG, flat_config
 from student.run_dir import CHECKPOINTS, EXPORT_META, STATE_FILE, VALIDATION_FILE, checkpoint_names
 from student.sweep import SWEEP_FILE, as_text, short_keys

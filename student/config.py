@@ -17,17 +17,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from storage_schemas.errors import ConfigError
-from storage_schemas.sam_models import SAM_ARCHS
+from storage_schemas.models.sam_models import SAM_ARCHS
+from storage_schemas.plumbing.errors import ConfigError
+from storage_schemas.plumbing.typed_config import FieldError, load_config, to_dict
 from storage_schemas.store import StoreConfig
-from storage_schemas.typed_config import FieldError, load_config, to_dict
 
 STAGES = ("probe", "joint", "resadapt")
 
 
 @dataclass
 class ModelConfig:
-    sam_arch: str = "vit_b"  # a key of storage_schemas.sam_models.SAM_ARCHS
+    sam_arch: str = "vit_b"  # a key of storage_schemas.models.sam_models.SAM_ARCHS
     # The paper initialises the student from SAM: a path or fsspec URL, or null for a random init.
     sam_checkpoint: str | None = "sam_vit_b_01ec64.pth"
     init_seed: int = 0  # random init (tiny configs) and the CLIP head's fresh LayerNorm + MLP

@@ -11,8 +11,8 @@
 The trainer reads the same pieces and images (student.pieces), one view per sample, through
 student.batches. Images are read by byte range through the shard's tar index, after the input's
 size and ETag are checked against the commit record and each sample's key against the stored rows.
-Views are rendered by `storage_schemas.views.render_view` from the decode rule of
-`storage_schemas.decode`: at the teacher's size they are the teacher's pixels (`pixel_hash` says so).
+Views are rendered by `storage_schemas.pixels.views.render_view` from the decode rule of
+`storage_schemas.pixels.decode`: at the teacher's size they are the teacher's pixels (`pixel_hash` says so).
 """
 
 from __future__ import annotations
@@ -25,16 +25,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from storage_schemas.clip_views_table import ClipViews
-from storage_schemas.commit import CommitRecord
-from storage_schemas.decode import DEFAULT_MAX_PIXELS, decode_image, draft_side_for
-from storage_schemas.identity import SampleId, stable_hash64
-from storage_schemas.mask_logits import decode_logits
-from storage_schemas.sam_tables import SamPrompts
-from storage_schemas.sam_transforms import pad_image, sam_boxes, sam_input_image, sam_points
+from storage_schemas.pixels.decode import DEFAULT_MAX_PIXELS, decode_image, draft_side_for
+from storage_schemas.pixels.sam_transforms import pad_image, sam_boxes, sam_input_image, sam_points
 from storage_schemas.store import TargetStore, table_files
-from storage_schemas.tar_index import read_spans
-from storage_schemas.unit_tar import check_input, unit_tar
+from storage_schemas.store.clip_views import ClipViews
+from storage_schemas.store.commit import CommitRecord
+from storage_schemas.store.identity import SampleId, stable_hash64
+from storage_schemas.store.mask_logits import decode_logits
+from storage_schemas.store.sam_tables import SamPrompts
+from storage_schemas.store.tar_index import read_spans
+from storage_schemas.store.unit_tar import check_input, unit_tar
 from student.epoch_plan import unit_id
 from student.pieces import Keep, choose_view, load_sam_piece, read_whole, split_filter, unit_pieces
 
@@ -116,7 +116,7 @@ class SamSample:
     original_hw: tuple[int, int]
     prompts: SamPrompts
     _stored_logits: Callable[[], np.ndarray] = field(repr=False)
-    precision: str  # of the stored logits (storage_schemas.mask_logits)
+    precision: str  # of the stored logits (storage_schemas.store.mask_logits)
     max_pixels: int = DEFAULT_MAX_PIXELS
 
     def sam_input(self) -> tuple[np.ndarray, tuple[int, int]]:

@@ -37,9 +37,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from storage_schemas.commit import CommitRecord
-from storage_schemas.errors import StoreError
-from storage_schemas.identity import stable_hash64
+from storage_schemas.plumbing.errors import StoreError
+from storage_schemas.store.commit import CommitRecord
+from storage_schemas.store.identity import stable_hash64
 
 
 def unit_id(record: CommitRecord) -> tuple[str, str, str]:

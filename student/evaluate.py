@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from storage_schemas.errors import ConfigError, StoreError, run_cli
-from storage_schemas.labelled_images import SegmentationSet, labelled_images
+from storage_schemas.pixels.labelled_images import SegmentationSet, labelled_images
+from storage_schemas.plumbing.errors import ConfigError, StoreError, run_cli
 from storage_schemas.store import open_store
 from student.data import split_filter
 from student.export import STUDENT_META

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from storage_schemas.errors import CheckpointError
-from storage_schemas.sam_models import load_sam
-from storage_schemas.typed_config import from_dict
+from storage_schemas.models.sam_models import load_sam
+from storage_schemas.plumbing.errors import CheckpointError
+from storage_schemas.plumbing.typed_config import from_dict
 from student.config import ModelConfig
 from student.model import SamClip
 

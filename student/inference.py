@@ -10,8 +10,8 @@ Class names are embedded by `text` (a store's text table, `StoreText`, or a text
 `TextTower`); a `ClassNames` can be passed instead of names.
 
 Images are RGB (PIL or uint8 [H, W, 3]); boxes and points are in their pixels, and masks come back
-at their size. CLIP-side inputs are rendered by `storage_schemas.views.render_view` (what the
-student trained on); SAM-side inputs are exactly `SamPredictor`'s (`storage_schemas.sam_transforms`).
+at their size. CLIP-side inputs are rendered by `storage_schemas.pixels.views.render_view` (what the
+student trained on); SAM-side inputs are exactly `SamPredictor`'s (`storage_schemas.pixels.sam_transforms`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from storage_schemas.sam_transforms import pad_image, sam_boxes, sam_input_image, sam_points
-from storage_schemas.tables import PROMPT_STRUCTURES
-from storage_schemas.views import canonical_crop, render_view
+from storage_schemas.pixels.sam_transforms import pad_image, sam_boxes, sam_input_image, sam_points
+from storage_schemas.pixels.views import canonical_crop, render_view
+from storage_schemas.store.tables import PROMPT_STRUCTURES
 from student.export import load_student
 from student.model import PromptBatch, SamClip
 from student.zero_shot import ClassNames

@@ -21,12 +21,12 @@ import torch
 from PIL import Image
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from storage_schemas.decode import decode_image
-from storage_schemas.errors import StoreError, run_cli
-from storage_schemas.sam_models import IMAGE_SIZE
+from storage_schemas.models.sam_models import IMAGE_SIZE
+from storage_schemas.pixels.decode import decode_image
+from storage_schemas.pixels.views import render_view
+from storage_schemas.plumbing.errors import StoreError, run_cli
 from storage_schemas.store import TargetStore, open_store
-from storage_schemas.tables import PROMPT_STRUCTURES, STRUCTURE_PARTS
-from storage_schemas.views import render_view
+from storage_schemas.store.tables import PROMPT_STRUCTURES, STRUCTURE_PARTS
 from student.data import iter_clip_unit, iter_sam_unit
 from student.inference import postprocess_masks
 from student.pictures import (

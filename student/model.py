@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from segment_anything.modeling import MaskDecoder, Sam
 from torch import nn
 
-from storage_schemas.mask_logits import num_masks
-from storage_schemas.tables import STRUCTURE_PARTS
+from storage_schemas.store.mask_logits import num_masks
+from storage_schemas.store.tables import STRUCTURE_PARTS
 
 
 def resample_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

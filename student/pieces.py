@@ -3,13 +3,13 @@
     keep = split_filter(0.01, "train")
     units = unit_pieces(store, record, keep)                           # main process: counts only
     targets = load_clip_piece(store, record, units.pieces[0], keep, ViewChoice(0, epoch, "random"))
-    tar = unit_tar(store, record, storage_options)   # storage_schemas.unit_tar: the stored tar index, input checked
+    tar = unit_tar(store, record, storage_options)   # store/unit_tar.py: the stored tar index, input checked
     images = read_spans(storage_options, tar.image_spans(targets.positions, targets.keys))
 
-A piece is one part file of a unit (a teacher call's output, see storage_schemas.layout), or
+A piece is one part file of a unit (a teacher call's output, see storage_schemas.store.layout), or
 several whose sample ranges overlap (a retried call). Each part file is read whole, in one
 request, and only the columns and views a training sample needs are decoded from it. Images are
-read by byte range from the shard's tar index (`storage_schemas.tar_index`): nothing before them,
+read by byte range from the shard's tar index (`storage_schemas.store.tar_index`): nothing before them,
 no other member unless it lies in a gap too small to be worth another request.
 """
 
@@ -23,21 +23,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 
-from storage_schemas.commit import CommitRecord
-from storage_schemas.errors import StoreError
-from storage_schemas.identity import SampleId, is_held_out, stable_hash64
-from storage_schemas.mask_logits import open_logits
-from storage_schemas.sam_tables import SamPrompts, prompts_by_image
-from storage_schemas.storage import Storage
+from storage_schemas.plumbing.errors import StoreError
 from storage_schemas.store import TargetStore, table_files
-from storage_schemas.subsets import Subset
+from storage_schemas.store.commit import CommitRecord
+from storage_schemas.store.identity import SampleId, is_held_out, stable_hash64
+from storage_schemas.store.mask_logits import open_logits
+from storage_schemas.store.root import StoreRoot
+from storage_schemas.store.sam_tables import SamPrompts, prompts_by_image
+from storage_schemas.store.subsets import Subset
 from student.epoch_plan import Piece, UnitPieces
 
 Keep = Callable[[SampleId], bool]
 
 
 def split_filter(fraction: float, split: Literal["train", "held_out"]) -> Keep:
-    """Samples of one split; the split is `storage_schemas.identity.is_held_out`, stable everywhere."""
+    """Samples of one split; the split is `storage_schemas.store.identity.is_held_out`, stable everywhere."""
     if split == "held_out":
         return lambda s: is_held_out(s, fraction)
     return lambda s: not is_held_out(s, fraction)
@@ -76,7 +76,7 @@ def unit_pieces(
     return UnitPieces(record, tuple(Piece(tuple(parts), n) for _, n, parts in pieces))
 
 
-def read_whole(storage: Storage, rel: str) -> pa.BufferReader:
+def read_whole(storage: StoreRoot, rel: str) -> pa.BufferReader:
     """A part file in one request: a Parquet reader then seeks in memory, not on the store."""
     return pa.BufferReader(storage.fs.cat_file(storage.full(rel)))
 

@@ -20,10 +20,10 @@ from typing import Any, Callable, Generic, Hashable, Protocol, TypeVar
 
 import numpy as np
 
-from storage_schemas.commit import CommitRecord
 from storage_schemas.store import TargetStore
-from storage_schemas.tar_index import read_spans
-from storage_schemas.unit_tar import unit_tar
+from storage_schemas.store.commit import CommitRecord
+from storage_schemas.store.tar_index import read_spans
+from storage_schemas.store.unit_tar import unit_tar
 from student.epoch_plan import EpochPlan, Piece, stream_order
 
 READ_AHEAD = 2  # groups fetched ahead of the one being taken from

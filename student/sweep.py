@@ -37,8 +37,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from storage_schemas.errors import ConfigError, run_cli
-from storage_schemas.typed_config import FieldError, add_set_argument, load_config
+from storage_schemas.plumbing.errors import ConfigError, run_cli
+from storage_schemas.plumbing.typed_config import FieldError, add_set_argument, load_config
 from student.config import config_record, load_train_config
 from student.run_dir import config_difference, run_status
 

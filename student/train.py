@@ -19,9 +19,9 @@ import os
 import torch
 import yaml
 
-from storage_schemas.errors import ConfigError, StoreError, run_cli
+from storage_schemas.plumbing.errors import ConfigError, StoreError, run_cli
+from storage_schemas.plumbing.typed_config import add_set_argument
 from storage_schemas.store import open_store
-from storage_schemas.typed_config import add_set_argument
 from student.config import RUN_CONFIG, TrainConfig, config_record, flat_config, load_train_config
 from student.export import build_student, export_student
 from student.run_dir import CHECKPOINTS, STATE_FILE, checkpoint_names, config_difference, run_status

@@ -36,10 +36,10 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
-from storage_schemas.errors import ConfigError, StoreError
-from storage_schemas.faults import kill_point
+from storage_schemas.plumbing.errors import ConfigError, StoreError
+from storage_schemas.plumbing.faults import kill_point
 from storage_schemas.store import READ_THREADS, TargetStore
-from storage_schemas.subsets import Subset, read_subset
+from storage_schemas.store.subsets import Subset, read_subset
 from student.batches import ClipBatchMaker, SamBatchMaker, Stream, target_logits
 from student.config import StageConfig, TrainConfig
 from student.epoch_plan import UnitPieces, batch_sizes

@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from storage_schemas.class_texts import load_classnames
-from storage_schemas.errors import ConfigError, run_cli
-from storage_schemas.labelled_images import SegmentationSet, decode_or_skip
-from storage_schemas.tar_samples import IMAGE_EXTENSIONS
+from storage_schemas.models.class_texts import load_classnames
+from storage_schemas.pixels.labelled_images import SegmentationSet, decode_or_skip
+from storage_schemas.pixels.tar_samples import IMAGE_EXTENSIONS
+from storage_schemas.plumbing.errors import ConfigError, run_cli
 from student.evaluate import add_class_name_arguments, check_refine_arguments, class_names, export_meta
 from student.inference import SamClipPredictor
 from student.pictures import class_colors, colorize, draw_prompt, fit_height, legend_items, overlay, sheet

@@ -23,9 +23,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from storage_schemas.checkpoints import fetch_checkpoint, weights_sha256
-from storage_schemas.class_texts import class_text_embeddings, template_set, text_table
-from storage_schemas.errors import ConfigError
+from storage_schemas.models.checkpoints import fetch_checkpoint, weights_sha256
+from storage_schemas.models.class_texts import class_text_embeddings, template_set, text_table
+from storage_schemas.plumbing.errors import ConfigError
 from storage_schemas.store import TargetStore
 
 # open_clip's zero-shot evaluation scales cosines by CLIP's learned logit scale, 100 at convergence.
@@ -86,7 +86,7 @@ class TextTower:
     def __init__(self, arch: str, pretrained: str, templates: str = "openai", cache_dir: str | None = None):
         import open_clip
 
-        import storage_schemas.clip_archs  # noqa: F401 (the project's own architectures)
+        import storage_schemas.models.clip_archs  # noqa: F401 (the project's own architectures)
 
         self.model = open_clip.create_model(arch, pretrained=fetch_checkpoint(pretrained)).eval()
         self.tokenizer = open_clip.get_tokenizer(arch)

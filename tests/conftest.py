@@ -252,9 +252,9 @@ def train_store(tmp_path_factory, clip_store, sam_store) -> Path:
 def assert_sound(store_path) -> None:
     """`pipeline.validate` finds no problem; the only unlisted files are temporaries of killed writes."""
     from pipeline.validate import validate
-    from storage_schemas.storage import Storage
+    from storage_schemas.store.root import StoreRoot
 
-    report = validate(Storage(str(store_path)))
+    report = validate(StoreRoot(str(store_path)))
     assert report.problems == [], report.problems
     assert all(".tmp-" in p for p in report.orphans), report.orphans
 

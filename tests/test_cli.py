@@ -54,14 +54,14 @@ def test_missing_config_file_is_one_line(tmp_path):
 
 def test_second_job_with_other_views_is_refused(job_yaml, tmp_path):
     from pipeline.config import load_job_config
-    from pipeline.manifests import clip_manifest
+    from pipeline.job_manifests import clip_manifest
     from pipeline.teachers import load_clip_teacher
-    from storage_schemas.manifest import ensure_manifest
-    from storage_schemas.storage import Storage
+    from storage_schemas.store.manifest import ensure_manifest
+    from storage_schemas.store.root import StoreRoot
 
     cfg = load_job_config(str(job_yaml()))
     ensure_manifest(
-        Storage(cfg.store.url), clip_manifest(cfg, load_clip_teacher(cfg.clip.teacher).fingerprint, "fp32", "cpu")
+        StoreRoot(cfg.store.url), clip_manifest(cfg, load_clip_teacher(cfg.clip.teacher).fingerprint, "fp32", "cpu")
     )
     ok = run_module("pipeline.plan", str(job_yaml()))
     assert ok.returncode == 0 and "manifest matches the store's" in ok.stdout

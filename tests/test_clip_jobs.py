@@ -264,7 +264,7 @@ def test_a_truncated_shard_cut_in_parts_commits_the_parts_before_the_cut(
 def test_a_changed_input_or_unit_size_is_refused_on_resume(tmp_path, sample_corpus, tiny_teachers, ray_cluster):
     import shutil
 
-    from storage_schemas.errors import ConfigError, StoreError
+    from storage_schemas.plumbing.errors import ConfigError, StoreError
 
     shard = tmp_path / "00001.tar"
     shutil.copy(sample_corpus / "clip" / "00001.tar", shard)

@@ -12,10 +12,10 @@ from pipeline.config import ClipTeacherConfig
 from pipeline.materialize import main as materialize
 from pipeline.teachers import load_clip_teacher
 from pipeline.teachers.clip_teacher import TINY_CLIP_ARCH
-from storage_schemas.decode import decode_image, draft_side_for
-from storage_schemas.errors import ManifestMismatch
+from storage_schemas.pixels.decode import decode_image, draft_side_for
+from storage_schemas.pixels.views import render_view, view_hash
+from storage_schemas.plumbing.errors import ManifestMismatch
 from storage_schemas.store import open_store
-from storage_schemas.views import render_view, view_hash
 
 
 def tar_images(corpus, shard: str) -> dict[str, bytes]:
@@ -151,11 +151,11 @@ def test_read_rows_carry_the_encoded_image_and_little_else(sample_corpus, tmp_pa
     from pipeline.clip_targets import read_clip_shard
     from pipeline.sources import InputShard
     from pipeline.units import shard_task
-    from storage_schemas.storage import Storage
+    from storage_schemas.store.root import StoreRoot
 
     url = str(sample_corpus / "clip" / "00001.tar")
     shard = InputShard("s", "clip", url, "00001", os.path.getsize(url), None, {}, None)
-    rows = list(read_clip_shard(shard_task(shard, [], Storage(str(tmp_path)), write_index=False)))
+    rows = list(read_clip_shard(shard_task(shard, [], StoreRoot(str(tmp_path)), write_index=False)))
     ok = [r for r in rows if r["status"] == "ok"]
     images = tar_images(sample_corpus, "00001")
     assert [r["image"] for r in ok] == [images[r["key"]] for r in ok] and len(ok) == 25

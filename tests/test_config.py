@@ -5,8 +5,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from pipeline.config import JobConfig, load_job_config
-from storage_schemas.errors import ConfigError
-from storage_schemas.typed_config import apply_override, load_config
+from storage_schemas.plumbing.errors import ConfigError
+from storage_schemas.plumbing.typed_config import apply_override, load_config
 
 
 def test_overrides_take_dotted_keys_list_indices_and_yaml_types(job_yaml):

@@ -1,11 +1,23 @@
 """The decode rule: dirty inputs decoded correctly or rejected with the right reason."""
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from dirty_images import MAX_PIXELS, dirty_samples, encode
-from storage_schemas.decode import BACKGROUND, DecodeError, decode_image, draft_side_for
+from pipeline.config import load_job_config
+from storage_schemas.pixels.decode import (
+    BACKGROUND,
+    DEFAULT_MAX_PIXELS,
+    DecodeError,
+    check_max_pixels,
+    decode_image,
+    draft_side_for,
+)
+from storage_schemas.plumbing.errors import ConfigError
 
 SAMPLES = {name: (data, reason) for name, _, data, reason in dirty_samples()}
 
@@ -60,23 +72,47 @@ def test_jpeg_draft_is_part_of_the_rule():
     assert decode_image(big, draft_side=draft_side_for(1024)).image.size == (2000, 1600)
 
 
-def test_a_truncated_png_or_corrupt_exif_is_an_error_not_a_crash():
+def test_a_truncated_png_is_truncated_and_a_corrupt_exif_block_is_ignored():
     png = encode(Image.new("RGB", (64, 48), (1, 2, 3)), "PNG")
     with pytest.raises(DecodeError) as e:
         decode_image(png[: len(png) // 2])
-    assert e.value.reason in ("truncated", "bad_image")
+    assert e.value.reason == "truncated"
     jpeg = SAMPLES["exif"][0]
     start = jpeg.index(b"Exif\x00\x00")
     broken = jpeg[: start + 10] + b"\xff" * 16 + jpeg[start + 26 :]  # garble the EXIF IFD
-    try:
+    with pytest.warns(UserWarning, match="Corrupt EXIF"):
         decoded = decode_image(broken)
-        assert decoded.image.mode == "RGB"
-    except DecodeError as err:
-        assert err.reason in ("bad_image", "truncated")
+    # Unreadable EXIF means no orientation: the stored pixels, not rotated (the intact file is 20x40).
+    assert decoded.image.mode == "RGB" and decoded.image.size == decoded.full_size == (40, 20)
 
 
-def test_limits_above_pillows_own_are_honoured():
-    big = encode(Image.new("L", (12000, 16000)), "PNG")  # 192M pixels: over Pillow's 179M error threshold
-    assert decode_image(big, max_pixels=200_000_000).image.size == (12000, 16000)
-    with pytest.raises(DecodeError, match="decompression_bomb"):
-        decode_image(big, max_pixels=100_000_000)
+def forged_png(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose header claims width x height: opens like a huge image, holds a few bytes."""
+    data = bytearray(encode(Image.new("L", (1, 1)), "PNG"))
+    ihdr = 8 + 4  # signature, then the IHDR chunk's length
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr : ihdr + 17])))
+    return bytes(data)
+
+
+def test_the_bomb_limit_is_read_from_the_header_and_pillows_global_is_left_alone():
+    before = Image.MAX_IMAGE_PIXELS
+    small = encode(Image.new("RGB", (60, 50)), "PNG")  # 3000 pixels
+    assert decode_image(small, max_pixels=3000).image.size == (60, 50)
+    with pytest.raises(DecodeError, match="60x50 = 3000 pixels > limit 2999") as e:
+        decode_image(small, max_pixels=2999)
+    assert e.value.reason == "decompression_bomb"
+    with pytest.raises(DecodeError) as e:  # 400M pixels claimed: over Pillow's own limit, refused unread
+        decode_image(forged_png(20_000, 20_000))
+    assert e.value.reason == "decompression_bomb" and "exceeds limit" in e.value.detail
+    with pytest.raises(DecodeError, match="decompression_bomb"):  # under Pillow's limit (it warns), over ours
+        with pytest.warns(Image.DecompressionBombWarning):
+            decode_image(forged_png(12_000, 10_000), max_pixels=100_000_000)
+    assert Image.MAX_IMAGE_PIXELS == before
+
+
+def test_a_limit_above_pillows_is_refused_in_one_line():
+    assert check_max_pixels(DEFAULT_MAX_PIXELS) is None
+    assert "exceeds Pillow's own limit of 178956970" in check_max_pixels(200_000_000)
+    with pytest.raises(ConfigError, match="'max_image_pixels': 200000000 exceeds Pillow's own limit"):
+        load_job_config(None, ["max_image_pixels=200000000", "store.url=/tmp/x", "sources=[]"])

@@ -20,8 +20,8 @@ from pipeline.sample_data import write_tar
 from pipeline.teachers import load_clip_teacher, load_sam_teacher
 from pipeline.teachers.tiny import TINY_CLIP_ARCH
 from pipeline.text_targets import main as text_targets
-from storage_schemas.labelled_images import SegmentationSet, labelled_images
-from storage_schemas.sam_transforms import pad_image, sam_input_image, sam_points
+from storage_schemas.pixels.labelled_images import SegmentationSet, labelled_images
+from storage_schemas.pixels.sam_transforms import pad_image, sam_input_image, sam_points
 from storage_schemas.store import open_store
 from student.config import ModelConfig
 from student.evaluate import main as evaluate

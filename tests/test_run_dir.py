@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from storage_schemas.errors import ConfigError
+from storage_schemas.plumbing.errors import ConfigError
 from student.config import RUN_CONFIG, config_record, load_train_config
 from student.run_dir import config_difference, run_status
 from student.train import earlier_run

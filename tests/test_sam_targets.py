@@ -14,9 +14,9 @@ from conftest import assert_sound, run_module, write_sam_job
 from pipeline.config import SamTeacherConfig
 from pipeline.materialize import main as materialize
 from pipeline.teachers import load_sam_teacher
-from storage_schemas.decode import decode_image
-from storage_schemas.mask_logits import UINT8_MAX_PROB_ERROR, decode_logits
+from storage_schemas.pixels.decode import decode_image
 from storage_schemas.store import open_store
+from storage_schemas.store.mask_logits import UINT8_MAX_PROB_ERROR, decode_logits
 
 
 def sa1b_members(corpus, shard):
@@ -206,7 +206,7 @@ def test_quantisation_on_the_device_is_the_stored_rule():
     """The teacher encodes logits where they are (torch); tools and tests use numpy: one rule."""
     import torch
 
-    from storage_schemas.mask_logits import encode_logits
+    from storage_schemas.store.mask_logits import encode_logits
 
     rng = np.random.default_rng(0)
     logits = (rng.normal(size=(4, 1, 256, 256)) * 8).astype(np.float32)

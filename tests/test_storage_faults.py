@@ -68,10 +68,10 @@ def test_a_permanent_error_fails_its_unit_and_the_rest_commit(
 
 @pytest.mark.parametrize("op", ["write", "read"])
 def test_an_error_that_stays_fails_with_the_operation_and_path_named(tmp_path, op):
-    from storage_schemas.storage import RetryPolicy, Storage, StorageFailure
+    from storage_schemas.store.root import RetryPolicy, StorageFailure, StoreRoot
 
     (tmp_path / "base" / "store").mkdir(parents=True)
-    storage = Storage("flaky://store", {"root": str(tmp_path / "base"), f"fail_{op}s": 100}, RetryPolicy(3, 0.001))
+    storage = StoreRoot("flaky://store", {"root": str(tmp_path / "base"), f"fail_{op}s": 100}, RetryPolicy(3, 0.001))
     with pytest.raises(StorageFailure, match=rf"{op} flaky://store/x.bin: ConnectionResetError.*after 3 attempts"):
         storage.write_bytes("x.bin", b"1") if op == "write" else storage.read_bytes("x.bin")
     assert storage.retries[op] == 2

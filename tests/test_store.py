@@ -11,15 +11,15 @@ import pytest
 import torch
 
 from pipeline.config import ClipTeacherConfig, load_job_config
-from pipeline.manifests import clip_manifest
+from pipeline.job_manifests import clip_manifest
 from pipeline.teachers import load_clip_teacher
 from pipeline.teachers.clip_teacher import TINY_CLIP_ARCH
-from storage_schemas import layout
-from storage_schemas.clip_views_table import clip_views_schema
-from storage_schemas.commit import CommitRecord, InputRef, read_commit, write_commit
-from storage_schemas.errors import ManifestMismatch, StoreError
-from storage_schemas.manifest import Manifest, ensure_manifest
-from storage_schemas.mask_logits import (
+from storage_schemas.plumbing.errors import ManifestMismatch, StoreError
+from storage_schemas.store import layout, open_store
+from storage_schemas.store.clip_views import clip_views_schema
+from storage_schemas.store.commit import CommitRecord, InputRef, read_commit, write_commit
+from storage_schemas.store.manifest import Manifest, ensure_manifest
+from storage_schemas.store.mask_logits import (
     FP16_MAX_PROB_ERROR,
     UINT8_MAX_PROB_ERROR,
     decode_logits,
@@ -28,10 +28,9 @@ from storage_schemas.mask_logits import (
     logits_group_objects,
     open_logits,
 )
-from storage_schemas.sam_tables import SAM_IMAGES_SCHEMA, sam_prompts_schema
-from storage_schemas.storage import Storage
-from storage_schemas.store import open_store
-from storage_schemas.tables import ERRORS_SCHEMA, parquet_bytes, text_embeddings_schema
+from storage_schemas.store.root import StoreRoot
+from storage_schemas.store.sam_tables import SAM_IMAGES_SCHEMA, sam_prompts_schema
+from storage_schemas.store.tables import ERRORS_SCHEMA, parquet_bytes, text_embeddings_schema
 
 D = 64
 
@@ -143,7 +142,7 @@ def sample_tables() -> dict[str, tuple[pa.Schema, list[dict]]]:
 def test_tables_round_trip_through_parquet(tmp_path, name):
     schema, rows = sample_tables()[name]
     table = pa.Table.from_pylist(rows, schema=schema)
-    storage = Storage(str(tmp_path))
+    storage = StoreRoot(str(tmp_path))
     entry = storage.write_bytes(f"t/{name}.parquet", parquet_bytes(table))
     back = pq.read_table(tmp_path / "t" / f"{name}.parquet")
     assert back.schema.equals(schema, check_metadata=True)
@@ -161,7 +160,7 @@ def test_embeddings_are_fixed_width_fp16():
 @pytest.mark.parametrize("precision", ["fp16", "uint8_sigmoid"])
 def test_mask_logits_round_trip_through_zarr(tmp_path, precision):
     rng = np.random.default_rng(1)
-    storage = Storage(str(tmp_path))
+    storage = StoreRoot(str(tmp_path))
     n, slots = 3, 4
     logits = (rng.normal(size=(n, slots, 1, 256, 256)) * 8).astype(np.float32)
     logits[:, :, :, :2, :2] = [[-60.0, 60.0], [0.0, 1e-3]]  # saturated and near-zero values
@@ -195,7 +194,7 @@ def test_mask_logits_round_trip_through_zarr(tmp_path, precision):
 
 
 def test_commit_record_round_trip_and_unparseable_records(tmp_path):
-    storage = Storage(str(tmp_path))
+    storage = StoreRoot(str(tmp_path))
     record = CommitRecord(
         kind="clip",
         source="sample",
@@ -232,7 +231,7 @@ def test_commit_record_round_trip_and_unparseable_records(tmp_path):
 PART = "p0000000-0000test"
 
 
-def write_clip_unit(storage: Storage, manifest: Manifest, shard: str, commit: bool) -> None:
+def write_clip_unit(storage: StoreRoot, manifest: Manifest, shard: str, commit: bool) -> None:
     rows = clip_rows(3, 2, shard)
     entry = storage.write_bytes(
         layout.part_path("clip", "sample", shard, PART),
@@ -265,7 +264,7 @@ def tiny_clip_fingerprint(tiny_teachers):
 
 def test_reader_sees_only_committed_units(tmp_path, job_yaml, tiny_clip_fingerprint):
     cfg = load_job_config(str(job_yaml()))
-    storage = Storage(str(tmp_path / "store"))
+    storage = StoreRoot(str(tmp_path / "store"))
     manifest = ensure_manifest(storage, clip_manifest(cfg, tiny_clip_fingerprint, "fp32", "cpu"))
     write_clip_unit(storage, manifest, "00000", commit=True)
     write_clip_unit(storage, manifest, "00001", commit=False)  # a killed attempt's leftover
@@ -284,7 +283,7 @@ def test_reader_sees_only_committed_units(tmp_path, job_yaml, tiny_clip_fingerpr
 
 def test_mismatched_fingerprint_or_policy_is_refused_naming_the_field(tmp_path, job_yaml, tiny_clip_fingerprint):
     cfg = load_job_config(str(job_yaml()))
-    storage = Storage(str(tmp_path / "store"))
+    storage = StoreRoot(str(tmp_path / "store"))
     first = ensure_manifest(storage, clip_manifest(cfg, tiny_clip_fingerprint, "fp32", "cpu"))
     again = ensure_manifest(storage, clip_manifest(cfg, tiny_clip_fingerprint, "fp32", "host-b"))
     assert (
@@ -312,11 +311,11 @@ def test_unreachable_store_is_one_line(tmp_path):
     blocked = tmp_path / "file"
     blocked.write_text("")
     with pytest.raises(StoreError, match="expected a directory or bucket you can write to$"):
-        Storage(str(blocked / "store")).check_reachable(create=True)
+        StoreRoot(str(blocked / "store")).check_reachable(create=True)
 
 
 def test_an_all_fill_chunk_is_still_written(tmp_path):
-    storage = Storage(str(tmp_path))
+    storage = StoreRoot(str(tmp_path))
     saturated = encode_logits(np.full((2, 2, 1, 256, 256), -40.0, np.float32), "uint8_sigmoid")
     assert (saturated == 0).all()  # equal to the fill value everywhere
     for key, data in logits_group_objects(saturated, "uint8_sigmoid").items():

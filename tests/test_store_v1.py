@@ -22,10 +22,10 @@ import pytest
 
 from conftest import REPO, run_module
 from pipeline.validate import validate
-from storage_schemas.errors import ManifestMismatch
-from storage_schemas.storage import Storage
+from storage_schemas.pixels.views import render_view, view_hash
+from storage_schemas.plumbing.errors import ManifestMismatch
 from storage_schemas.store import open_store
-from storage_schemas.views import render_view, view_hash
+from storage_schemas.store.root import StoreRoot
 
 V1 = REPO / "tests" / "data" / "store_v1"
 
@@ -58,7 +58,7 @@ def test_a_schema_1_store_reads_as_before(store_v1):
     assert logits.shape == (4, 2, 1, 256, 256)
     images = list(iter_sam_unit(store, sam[0]))
     assert len(images) == 4 and all(np.isfinite(i.logits()).all() for i in images)
-    assert validate(Storage(str(store_v1))).problems == []
+    assert validate(StoreRoot(str(store_v1))).problems == []
     listing = run_module("storage_schemas", str(store_v1))
     clip_row = next(line.split() for line in listing.stdout.splitlines() if line.split()[:1] == ["clip"])
     assert listing.returncode == 0 and clip_row[3:5] == ["1", "25/25"], listing.stdout

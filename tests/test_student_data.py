@@ -11,12 +11,12 @@ import torch
 
 from conftest import write_clip_job
 from pipeline.materialize import main as materialize
-from storage_schemas.errors import StoreError
-from storage_schemas.identity import SampleId, is_held_out
-from storage_schemas.mask_logits import decode_logits
-from storage_schemas.sam_transforms import sam_boxes
+from storage_schemas.pixels.sam_transforms import sam_boxes
+from storage_schemas.pixels.views import render_view, view_hash
+from storage_schemas.plumbing.errors import StoreError
 from storage_schemas.store import open_store
-from storage_schemas.views import render_view, view_hash
+from storage_schemas.store.identity import SampleId, is_held_out
+from storage_schemas.store.mask_logits import decode_logits
 from student.batches import BatchStream, ClipBatchMaker, SamBatchMaker, Stream, make_loader, target_logits
 from student.data import choose_prompts, choose_view, iter_clip_unit, iter_sam_unit, split_filter
 from student.epoch_plan import batch_sizes, deal_slots, plan_epoch, stream_order, unit_id
@@ -191,7 +191,7 @@ def test_every_batch_mixes_the_units_of_its_stream(clip_store):
 
 def synthetic_units(n_units: int, samples: int, piece: int):
     """UnitPieces of a store that is never read: the plan needs only their counts."""
-    from storage_schemas.commit import CommitRecord, InputRef
+    from storage_schemas.store.commit import CommitRecord, InputRef
     from student.epoch_plan import Piece, UnitPieces
 
     def record(u):
@@ -279,9 +279,9 @@ def test_a_rank_reads_what_it_trains_on_once_against_a_budget_term_by_term(clip_
     header, a part file of a piece it trains on (whole, once), a tar index, or a member of a sample
     it does not train on lying in a gap between two it does; nothing is read twice."""
     from bench.counting_fs import counting_reads, read_log
+    from storage_schemas.pixels.tar_samples import IMAGE_EXTENSIONS
     from storage_schemas.store import table_files
-    from storage_schemas.tar_index import HOLE_BYTES
-    from storage_schemas.tar_samples import IMAGE_EXTENSIONS
+    from storage_schemas.store.tar_index import HOLE_BYTES
 
     ledgers = []
     for workers in (1, 2):

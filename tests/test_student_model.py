@@ -8,8 +8,8 @@ from segment_anything import SamPredictor, sam_model_registry
 
 from pipeline.config import SamTeacherConfig
 from pipeline.teachers import load_sam_teacher
-from storage_schemas.sam_models import build_sam
-from storage_schemas.sam_transforms import pad_image, sam_boxes, sam_input_image, sam_points
+from storage_schemas.models.sam_models import build_sam
+from storage_schemas.pixels.sam_transforms import pad_image, sam_boxes, sam_input_image, sam_points
 from student.config import ModelConfig
 from student.export import export_student, load_student, sam_state_dict
 from student.model import PromptBatch, SamClip

@@ -20,9 +20,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from storage_schemas.errors import ConfigError
+from storage_schemas.models.teacher_flops import clip_view_flops, manifest_flops, teacher_flops
+from storage_schemas.plumbing.errors import ConfigError
 from storage_schemas.store import open_store
-from storage_schemas.teacher_flops import clip_view_flops, manifest_flops, teacher_flops
 from student import sweep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -171,7 +171,7 @@ def test_the_example_sweeps_validate_every_point(name, tmp_path, capsys):
 
 
 def test_teacher_flops_match_a_count_by_hand():
-    """The tiny CLIP tower (storage_schemas/model_configs): 224 px, patch 32, width 64, 2 layers of
+    """The tiny CLIP tower (storage_schemas/models/model_configs): 224 px, patch 32, width 64, 2 layers of
     2 heads, MLP 4x, projection to 64: multiply-adds counted by hand, 2 FLOPs each."""
     n, d, heads, mlp = (224 // 32) ** 2 + 1, 64, 2, 256
     patches = 49 * 3 * 32 * 32 * d

@@ -4,16 +4,16 @@ import tarfile
 
 import pytest
 
-from storage_schemas.layout import tar_index_path
-from storage_schemas.storage import Storage
-from storage_schemas.tar_index import (
+from storage_schemas.pixels.tar_samples import iter_tar_samples
+from storage_schemas.store.layout import tar_index_path
+from storage_schemas.store.root import StoreRoot
+from storage_schemas.store.tar_index import (
     index_rows,
     iter_indexed_samples,
     make_tar_index,
     read_tar_index,
     write_tar_index,
 )
-from storage_schemas.tar_samples import iter_tar_samples
 
 
 def test_index_offsets_are_the_tars_and_ranged_reads_equal_the_stream(tmp_path, sample_corpus):
@@ -27,7 +27,7 @@ def test_index_offsets_are_the_tars_and_ranged_reads_equal_the_stream(tmp_path, 
     assert index.table.column("size").to_pylist() == [m.size for m in members]
     assert index.n_samples == len(streamed) == 25
 
-    storage = Storage(str(tmp_path / "store"))
+    storage = StoreRoot(str(tmp_path / "store"))
     write_tar_index(storage, "clip", "s", "00001", index)
     assert (tmp_path / "store" / tar_index_path("clip", "s", "00001")).exists()
     back = read_tar_index(storage, "clip", "s", "00001", size, None)

@@ -17,9 +17,9 @@ from bench.retrieval import clustered_vectors, recall_at
 from pipeline.config import RetrievalConfig
 from pipeline.gallery_index import index_factory, new_index, open_gallery, search, set_nprobe, vector_scores
 from pipeline.transfer_select import select_balanced
-from storage_schemas.identity import SampleId, is_held_out
 from storage_schemas.store import open_store
-from storage_schemas.subsets import read_subset
+from storage_schemas.store.identity import SampleId, is_held_out
+from storage_schemas.store.subsets import read_subset
 
 HELD_OUT = 0.2
 
@@ -94,7 +94,7 @@ def test_ivfpq_reaches_recall_0_9_at_64_byte_codes_and_a_sixteenth_of_the_lists(
 
 def test_an_index_is_extended_by_new_units_refused_when_stale_and_left_alone_by_gc(store_copy):
     from pipeline.validate import validate
-    from storage_schemas.storage import Storage
+    from storage_schemas.store.root import StoreRoot
 
     commits = sorted((store_copy / "_commits" / "clip" / "sample").iterdir())
     held = commits[-1].read_bytes()
@@ -123,13 +123,13 @@ def test_an_index_is_extended_by_new_units_refused_when_stale_and_left_alone_by_
     none = np.full((2, 5), -1, np.int64)  # no candidate at all: nothing to read, nothing to score
     assert (grown.score(q[:2], none) == 0).all()
 
-    report = validate(Storage(str(store_copy)))
+    report = validate(StoreRoot(str(store_copy)))
     assert report.problems == [] and not [p for p in report.orphans if p.startswith("indexes/")]
 
     record = json.loads(held)
     record["attempt_id"] = "0" * 32  # the unit redone by a later job
     commits[-1].write_text(json.dumps(record))
-    from storage_schemas.errors import StoreError
+    from storage_schemas.plumbing.errors import StoreError
 
     with pytest.raises(StoreError, match="stale: 1 unit.*--rebuild-index"):
         open_gallery(store, cfg, views0=False, say=quiet)
@@ -280,7 +280,7 @@ def test_the_cli_selects_k_per_query_without_held_out_excluded_or_repeated_views
 def test_a_teacher_other_than_the_stores_is_refused(subset_store, tmp_path):
     from pipeline.teachers.tiny import write_tiny_teachers
     from pipeline.transfer_set import main
-    from storage_schemas.errors import ManifestMismatch
+    from storage_schemas.plumbing.errors import ManifestMismatch
 
     other = write_tiny_teachers(str(tmp_path / "other"), seed=1)["clip"]
     with pytest.raises(ManifestMismatch, match="teacher.weights_sha256"):

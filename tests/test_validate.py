@@ -12,8 +12,8 @@ import pytest
 import zarr
 
 from conftest import run_module
-from storage_schemas.commit import CommitRecord
-from storage_schemas.storage import Storage
+from storage_schemas.store.commit import CommitRecord
+from storage_schemas.store.root import StoreRoot
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def records(root: Path, kind: str) -> list[tuple[Path, CommitRecord]]:
 
 def recommit(root: Path, path: Path, record: CommitRecord, changed: str) -> None:
     """Rewrite the record with the new size and checksum of `changed`, so only deeper checks can tell."""
-    entry = Storage(str(root)).file_entry(changed)
+    entry = StoreRoot(str(root)).file_entry(changed)
     files = [entry if f.path == changed else f for f in record.files]
     d = json.loads(record.to_json())
     d["files"] = [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files]

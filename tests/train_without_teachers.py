@@ -23,7 +23,7 @@ def refuse(*args, **kwargs):
 Sam.forward = refuse
 segment_anything.SamPredictor.__init__ = refuse
 
-from storage_schemas.errors import run_cli  # noqa: E402
+from storage_schemas.plumbing.errors import run_cli  # noqa: E402
 from student.train import main  # noqa: E402
 
 try:

@@ -2,7 +2,7 @@
 
 Weights come from a pretrained tag (`ViT-L-14` + `datacomp_xl_s13b_b90k`, the paper's teacher), a
 checkpoint path or fsspec URL, or a seeded random init. The tiny architecture
-`samclip-tiny-clip` (storage_schemas/model_configs/) is registered with open_clip on import, so tests and the
+`samclip-tiny-clip` (storage_schemas/models/model_configs/) is registered with open_clip on import, so tests and the
 demo use open_clip's own classes and transforms with weights made by `pipeline.teachers.tiny`.
 """
 
@@ -17,15 +17,15 @@ import torch
 
 from pipeline.config import ClipTeacherConfig
 from pipeline.teachers.fingerprint import TeacherFingerprint
-from storage_schemas.checkpoints import (
+from storage_schemas.models.checkpoints import (
     describe_mismatch,
     fetch_checkpoint,
     is_path_like,
     load_state_dict_file,
     weights_sha256,
 )
-from storage_schemas.clip_archs import TINY_CLIP_ARCH, no_weights_warning  # noqa: F401 (registers it)
-from storage_schemas.errors import CheckpointError, ConfigError
+from storage_schemas.models.clip_archs import TINY_CLIP_ARCH, no_weights_warning  # noqa: F401 (registers it)
+from storage_schemas.plumbing.errors import CheckpointError, ConfigError
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The SAM teacher: segment_anything's `Sam`, weights loaded on CPU with `weights_only=True`.
 
 `segment_anything.build_sam*` call `torch.load` without `map_location` or `weights_only`, so the
-model is built empty from `storage_schemas.sam_models` and the checkpoint loaded here.
+model is built empty from `storage_schemas.models.sam_models` and the checkpoint loaded here.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from segment_anything.modeling import Sam
 
 from pipeline.config import SamTeacherConfig
 from pipeline.teachers.fingerprint import TeacherFingerprint
-from storage_schemas.checkpoints import weights_sha256
-from storage_schemas.mask_logits import LOW_RES
-from storage_schemas.sam_models import IMAGE_SIZE, SAM_ARCHS, load_sam
+from storage_schemas.models.checkpoints import weights_sha256
+from storage_schemas.models.sam_models import IMAGE_SIZE, SAM_ARCHS, load_sam
+from storage_schemas.store.mask_logits import LOW_RES
 
 
 @dataclass

@@ -17,9 +17,9 @@ import open_clip
 import torch
 from safetensors.torch import save_file
 
-from storage_schemas.clip_archs import TINY_CLIP_ARCH, no_weights_warning
-from storage_schemas.errors import run_cli
-from storage_schemas.sam_models import build_sam
+from storage_schemas.models.clip_archs import TINY_CLIP_ARCH, no_weights_warning
+from storage_schemas.models.sam_models import build_sam
+from storage_schemas.plumbing.errors import run_cli
 
 CLIP_FILE = "tiny-clip.safetensors"
 SAM_FILE = "tiny-sam.pth"

@@ -1,0 +1,268 @@
+"""A store ROOT on any fsspec filesystem, with the write primitives the commit protocol needs.
+
+`StoreRoot` pickles as (url, storage_options) and builds its filesystem lazily in whichever process
+uses it: fsspec's async loop is not fork-safe, so a filesystem must never travel from the driver
+to a Ray worker. Credentials belong in the environment or in `storage_options`; neither is ever
+written into the store.
+
+Every operation is retried on transient errors (connection resets, timeouts, throttling: OSErrors
+other than "not found" and "permission denied") with exponential backoff and jitter; each retry is
+logged and counted in `StoreRoot.retries`, which the job reports. An error that stays, or a
+permanent one, raises `StorageFailure` naming the operation and the path; "not found" stays a
+`FileNotFoundError`, which callers use to mean absent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from storage_schemas.plumbing.errors import StoreError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+PERMANENT = (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+
+
+def _local_temp_file(path: str, data: bytes) -> str:
+    """`data` written and synced to a fresh temporary name next to `path`; returns that name."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 6  # tries per operation, the first included
+    base_delay: float = 0.2  # seconds before the first retry; doubles each time, with jitter
+    max_delay: float = 10.0
+
+
+class StorageFailure(StoreError):
+    """A store operation that failed for good: a permanent error, or transient past the retries."""
+
+    def __init__(self, op: str, url: str, error: BaseException, attempts: int):
+        kind = "permanent" if isinstance(error, PERMANENT) else f"still failing after {attempts} attempts"
+        super().__init__(f"{op} {url}: {type(error).__name__}: {error} ({kind})")
+        self.op, self.url, self.error = op, url, error
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A file of a unit as its commit record lists it; `path` is relative to ROOT."""
+
+    path: str
+    size: int
+    sha256: str
+
+
+def stat_url(url: str, storage_options: dict[str, Any] | None = None) -> tuple[int, str | None]:
+    """(size, ETag or None) of a file at any fsspec URL; FileNotFoundError if absent."""
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    info = fs.info(path)
+    etag = info.get("ETag") or info.get("etag")
+    return int(info["size"]), etag.strip('"') if isinstance(etag, str) else None
+
+
+class StoreRoot:
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, retry: RetryPolicy = RetryPolicy()):
+        self.url = url.rstrip("/")
+        self.storage_options = dict(storage_options or {})
+        self.retry = retry
+        self.retries: Counter = Counter()  # operation -> transient errors retried, in this process
+        self._lock = threading.Lock()  # threads of one teacher actor share a StoreRoot
+        self._local = threading.local()
+        self._fs: fsspec.AbstractFileSystem | None = None
+        self._root: str | None = None
+        self._pid: int | None = None
+
+    def __reduce__(self):
+        return (StoreRoot, (self.url, self.storage_options, self.retry))
+
+    def _retrying(self, op: str, rel: str, fn: Callable[[], T]) -> T:
+        for attempt in range(1, self.retry.attempts + 1):
+            try:
+                return fn()
+            except FileNotFoundError:
+                raise
+            except PERMANENT as e:
+                raise StorageFailure(op, self.url_of(rel), e, attempt) from e
+            except (OSError, ConnectionError, TimeoutError) as e:
+                if attempt == self.retry.attempts:
+                    raise StorageFailure(op, self.url_of(rel), e, attempt) from e
+                delay = min(self.retry.max_delay, self.retry.base_delay * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+                self._count_retry(op)
+                log.warning(
+                    "%s %s: %s: %s; retry %d of %d in %.1f s",
+                    op,
+                    self.url_of(rel),
+                    type(e).__name__,
+                    e,
+                    attempt,
+                    self.retry.attempts - 1,
+                    delay,
+                )
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _count_retry(self, op: str) -> None:
+        with self._lock:
+            self.retries[op] += 1
+        self.thread_retries[op] += 1
+
+    @property
+    def thread_retries(self) -> Counter:
+        """Transient errors retried by the calling thread: what one of several concurrent teacher
+        calls reports for its part, without the other call's."""
+        if not hasattr(self._local, "retries"):
+            self._local.retries = Counter()
+        return self._local.retries
+
+    def __repr__(self) -> str:
+        return f"StoreRoot({self.url!r})"
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        # Rebuilt in each process: a forked loader worker must not reuse its parent's async S3
+        # client (fsspec's event loop is not fork-safe).
+        with self._lock:
+            if self._fs is None or self._pid != os.getpid():
+                try:
+                    self._fs, self._root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+                except (ImportError, ValueError, TypeError) as e:
+                    raise StoreError(f"store URL '{self.url}': cannot open its filesystem ({e})") from None
+                self._pid = os.getpid()
+            return self._fs
+
+    @property
+    def root(self) -> str:
+        _ = self.fs
+        return self._root.rstrip("/")
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, LocalFileSystem)
+
+    def full(self, rel: str) -> str:
+        """The filesystem path of `rel` (no protocol), as `fs` methods take it."""
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def url_of(self, rel: str) -> str:
+        """The full URL of `rel`, as DuckDB, Polars or pyarrow take it."""
+        return f"{self.url}/{rel}"
+
+    def check_reachable(self, create: bool = False) -> None:
+        """Fail with one line if ROOT cannot be listed (or, with `create`, made)."""
+        try:
+            if create and self.is_local:
+                os.makedirs(self.root, exist_ok=True)
+            if self.is_local and not os.path.isdir(self.root):
+                raise FileNotFoundError(self.root)
+            if not self.is_local:
+                bucket = self.root.split("/", 1)[0]
+                if not self.fs.exists(bucket):
+                    raise FileNotFoundError(f"bucket '{bucket}' does not exist or its endpoint does not answer")
+                if self.fs.exists(self.root):
+                    self.fs.ls(self.root)  # listing proves the credentials can read it
+        except StoreError:
+            raise
+        except Exception as e:  # any filesystem's "cannot reach": one line, not a traceback
+            wanted = "a directory or bucket you can write to" if create else "an existing store you can read"
+            raise StoreError(
+                f"store URL '{self.url}' cannot be reached ({type(e).__name__}: {e}); expected {wanted}"
+            ) from None
+
+    def exists(self, rel: str) -> bool:
+        return self._retrying("exists", rel, lambda: self.fs.exists(self.full(rel)))
+
+    def read_bytes(self, rel: str) -> bytes:
+        return self._retrying("read", rel, lambda: self.fs.cat_file(self.full(rel)))
+
+    def write_bytes(self, rel: str, data: bytes) -> FileEntry:
+        """Write a whole file so that readers never see it half-written.
+
+        Locally: a temporary name, then `os.replace`. On object stores a single PUT (or a
+        multipart upload) only becomes visible once complete.
+        """
+        path = self.full(rel)
+
+        def write() -> None:
+            if self.is_local:
+                os.replace(_local_temp_file(path, data), path)
+            else:
+                self.fs.pipe_file(path, data)
+
+        self._retrying("write", rel, write)
+        return FileEntry(rel, len(data), hashlib.sha256(data).hexdigest())
+
+    def write_exclusive(self, rel: str, data: bytes) -> bool:
+        """Create `rel` only if absent; False if it already exists.
+
+        Locally this is atomic (hard link of a complete temporary file). Object stores have no
+        portable create-if-absent, so there a concurrent creator can win the race; the caller
+        reads the file back and compares.
+        """
+        path = self.full(rel)
+        if not self.is_local:
+            # A retried PUT that had landed finds the file: the caller's read-back settles it.
+            if self.exists(rel):
+                return False
+            self._retrying("write", rel, lambda: self.fs.pipe_file(path, data))
+            return True
+        tmp = _local_temp_file(path, data)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.remove(tmp)
+
+    def file_entry(self, rel: str) -> FileEntry:
+        """Size and sha256 of a file already in the store (reads it back)."""
+
+        def digest() -> FileEntry:
+            h = hashlib.sha256()
+            size = 0
+            with self.fs.open(self.full(rel), "rb") as f:
+                while chunk := f.read(1 << 22):
+                    h.update(chunk)
+                    size += len(chunk)
+            return FileEntry(rel, size, h.hexdigest())
+
+        return self._retrying("read", rel, digest)
+
+    def list_files(self, rel_dir: str) -> list[str]:
+        """Every file under `rel_dir`, recursively, as ROOT-relative paths (sorted)."""
+        base = self.full(rel_dir)
+        if not self.exists(rel_dir):
+            return []
+        root = self.root + "/"
+        out = []
+        for p in self._retrying("list", rel_dir, lambda: self.fs.find(base)):
+            p = p.rstrip("/")
+            out.append(p[len(root) :] if p.startswith(root) else p)
+        return sorted(out)
+
+    def remove(self, rel: str) -> None:
+        """Remove a file or directory tree if present."""
+        if self.exists(rel):
+            self._retrying("remove", rel, lambda: self.fs.rm(self.full(rel), recursive=True))
+
+
+Storage = StoreRoot  # its name before the regrouping, for code written against it
