@@ -81,7 +81,17 @@ def ours(jpegs: list[bytes], views: int) -> None:
     for i, data in enumerate(jpegs):
         decoded = decode_image(data, draft_side=draft_side_for(SIZE)).image
         w, h = decoded.size
-        for v in sample_views(0, SampleId("bench", "0", str(i)), w, h, views, SIZE, SCALE, RATIO, True):
+        for v in sample_views(
+            0,
+            SampleId("bench", "0", str(i)),
+            width=w,
+            height=h,
+            n_views=views,
+            size=SIZE,
+            scale=SCALE,
+            ratio=RATIO,
+            flip=True,
+        ):
             render_view(decoded, v.crop, v.flip, SIZE)
 
 

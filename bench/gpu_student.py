@@ -87,7 +87,17 @@ def main() -> None:
             yield b["images"].to(device, non_blocking=True), b["targets"].to(device, non_blocking=True)
 
     first = next(
-        Stream("clip", pieces, ClipBatchMaker(store, keep, 0, "random", None), {224: args.batch}, 0, 1, 0, STREAMS, 0)
+        Stream(
+            "clip",
+            pieces,
+            ClipBatchMaker(store, keep, 0, "random", None),
+            sizes={224: args.batch},
+            seed=0,
+            world_size=1,
+            rank=0,
+            streams=STREAMS,
+            workers=0,
+        )
     )
     fixed = first["images"].to(device), F.normalize(first["targets"], dim=-1).to(device)
 
@@ -103,7 +113,15 @@ def main() -> None:
     need = None
     for w in [w for w in args.workers if STREAMS % w == 0]:
         stream = Stream(
-            "clip", pieces, ClipBatchMaker(store, keep, 0, "random", None), {224: args.batch}, 0, 1, 0, STREAMS, w
+            "clip",
+            pieces,
+            ClipBatchMaker(store, keep, 0, "random", None),
+            sizes={224: args.batch},
+            seed=0,
+            world_size=1,
+            rank=0,
+            streams=STREAMS,
+            workers=w,
         )
         if len(stream.plan.batches) < steps + 5:
             raise SystemExit(f"the store gives {len(stream.plan.batches)} batches an epoch; raise its size")

@@ -175,7 +175,7 @@ def bench_sam(args, corpus: str, out: str, dtype: str) -> None:
 
     def one():
         p = prepared[next(i) % len(prepared)]
-        stage.predict_image_device(*(p[k] for k in KEYS), int(p["n_prompts"]))
+        stage.predict_image_device(p["image"], **{k: p[k] for k in KEYS[1:]}, n_prompts=int(p["n_prompts"]))
         sync()
         return 1
 

@@ -58,7 +58,17 @@ def in_memory(plan, maker) -> list:
     pool = ThreadPoolExecutor(2)
     out = []
     for s in range(len(plan.streams)):
-        reader = StreamReader(plan, s, maker, maker.store, None, maker.run, maker.window, 0, pool)
+        reader = StreamReader(
+            plan,
+            s,
+            source=maker,
+            store=maker.store,
+            storage_options=None,
+            run=maker.run,
+            window=maker.window,
+            start=0,
+            pool=pool,
+        )
         out += reader.take(plan.stream_samples(s))
     pool.shutdown()
     return out
@@ -158,7 +168,7 @@ def bench(name: str, store_root: str, maker_of, resolution: int, workers: list[i
     units = [unit_pieces(store, r, keep) for r in store.commits(kind)]
     batch = 64 if kind == "clip" else 1  # per process: paper.yaml's 2048 CLIP / 32 SAM over 32 GPUs
     sizes = {resolution: max(1, int(batch * (224 / resolution) ** 2))} if kind == "clip" else {1024: 1}
-    plan = plan_epoch(units, 1, 0, STREAMS, seed=0, epoch=0, sizes=sizes, tag=kind)
+    plan = plan_epoch(units, world_size=1, rank=0, streams=STREAMS, seed=0, epoch=0, sizes=sizes, tag=kind)
     t = time.perf_counter()
     samples = in_memory(plan, maker)
     fetch = (time.perf_counter() - t) / len(samples)
@@ -214,10 +224,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         if "clip" in args.kinds:
-            clip = write_clip_store(f"{tmp}/clip", args.clip_units, args.clip_samples, part=64, views=10, dim=768)
+            clip = write_clip_store(
+                f"{tmp}/clip", units=args.clip_units, samples=args.clip_samples, part=64, views=10, dim=768
+            )
         if "sam" in args.kinds:
             sam = write_sam_store(
-                f"{tmp}/sam", args.sam_units, args.sam_images, part=4, prompts=64, precision="uint8_sigmoid"
+                f"{tmp}/sam",
+                units=args.sam_units,
+                images=args.sam_images,
+                part=4,
+                prompts=64,
+                precision="uint8_sigmoid",
             )
         print(f"corpus written in {time.perf_counter() - t:.0f} s")
         for res in (224, 448, 1024) if "clip" in args.kinds else ():

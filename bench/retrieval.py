@@ -59,6 +59,7 @@ def measure(
     factory: str,
     gallery: np.ndarray,
     queries: np.ndarray,
+    *,
     cfg: RetrievalConfig,
     k: int,
     truth: np.ndarray | None,
@@ -107,12 +108,20 @@ def main() -> None:
         f"{faiss.omp_get_max_threads()} threads"
     )
     exact = measure(
-        "flat", index_factory(RetrievalConfig(index="flat"), args.vectors, args.dim), gallery, queries, cfg, 10, None
+        "flat",
+        index_factory(RetrievalConfig(index="flat"), args.vectors, args.dim),
+        gallery,
+        queries,
+        cfg=cfg,
+        k=10,
+        truth=None,
     )
     ivf = replace(cfg, index="ivfpq") if cfg.index == "auto" else cfg
     rows = [
         exact,
-        measure("ivfpq", index_factory(ivf, args.vectors, args.dim), gallery, queries, ivf, 10, exact["rows"]),
+        measure(
+            "ivfpq", index_factory(ivf, args.vectors, args.dim), gallery, queries, cfg=ivf, k=10, truth=exact["rows"]
+        ),
     ]
     print(
         f"{'index':6} {'factory':22} {'nprobe':>6} {'train s':>8} {'build s':>8} {'B/vector':>9} "

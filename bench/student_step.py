@@ -53,7 +53,7 @@ def stream(store, kind: str, maker, size: int, batch: int, workers: int) -> Stre
     """The trainer's stream for one process (endless, epoch after epoch)."""
     units = [unit_pieces(store, r, maker.keep) for r in store.commits(kind)]
     return Stream(
-        kind, units, maker, {size: batch}, seed=0, world_size=1, rank=0, streams=max(1, workers), workers=workers
+        kind, units, maker, sizes={size: batch}, seed=0, world_size=1, rank=0, streams=max(1, workers), workers=workers
     )
 
 

@@ -61,6 +61,7 @@ def _commit(
     storage: StoreRoot,
     kind: str,
     shard: str,
+    *,
     tar: str,
     n: int,
     parts: list[tuple[str, list]],
@@ -94,6 +95,7 @@ def _manifest(kind: str, teacher: dict, policy: dict, precision: str) -> Manifes
 
 def write_clip_store(
     root: str,
+    *,
     units: int = 8,
     samples: int = 256,
     part: int = 64,
@@ -168,7 +170,9 @@ def write_clip_store(
                     ],
                 )
             )
-        _commit(storage, "clip", shard, tar, samples, parts, {"views": samples * views}, manifest)
+        _commit(
+            storage, "clip", shard, tar=tar, n=samples, parts=parts, rows={"views": samples * views}, manifest=manifest
+        )
     return f"{root}/store"
 
 
@@ -187,6 +191,7 @@ def _sam_logits(rng: np.random.Generator, boxes: np.ndarray, hw: tuple[int, int]
 
 def write_sam_store(
     root: str,
+    *,
     units: int = 2,
     images: int = 8,
     part: int = 4,
@@ -255,7 +260,9 @@ def write_sam_store(
                 )
             name = layout.part_name(first, "synth000")
             rel = layout.part_path("sam", SOURCE, shard, name, "")
-            table = prompts_table(SOURCE, shard, samples, prompts, 1, points, masks)
+            table = prompts_table(
+                SOURCE, shard, samples, prompts=prompts, rounds=1, points_per_prompt=points, masks=masks
+            )
             files = [
                 storage.write_bytes(rel + TABLE_SUFFIX[("sam", "prompts")], parquet_bytes(table)),
                 storage.write_bytes(
@@ -267,5 +274,14 @@ def write_sam_store(
                 for key, data in sorted(logits_group_objects(np.stack(stored), precision).items())
             ]
             parts.append((name, files))
-        _commit(storage, "sam", shard, tar, images, parts, {"prompts": images * prompts, "images": images}, manifest)
+        _commit(
+            storage,
+            "sam",
+            shard,
+            tar=tar,
+            n=images,
+            parts=parts,
+            rows={"prompts": images * prompts, "images": images},
+            manifest=manifest,
+        )
     return f"{root}/store"

@@ -115,7 +115,16 @@ def render_sample(spec: RenderSpec, sample: SampleId, data: bytes, out: np.ndarr
     decoded = decode_image(data, spec.max_pixels, spec.draft_side)
     w, h = decoded.image.size
     views = sample_views(
-        spec.seed, sample, w, h, spec.views, spec.size, spec.scale, spec.ratio, spec.flip, spec.resize_mode
+        spec.seed,
+        sample,
+        width=w,
+        height=h,
+        n_views=spec.views,
+        size=spec.size,
+        scale=spec.scale,
+        ratio=spec.ratio,
+        flip=spec.flip,
+        resize_mode=spec.resize_mode,
     )
     crops, flips, hashes = np.zeros((spec.views, 4), np.float32), np.zeros(spec.views, bool), []
     for v in views:

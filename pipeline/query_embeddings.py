@@ -115,7 +115,7 @@ def embed_on_actors(cfg: JobConfig, must_match: dict, queries: QuerySet) -> dict
     """The job's Ray (started or joined as `pipeline.materialize` does) runs the teacher actors."""
     import ray
 
-    from pipeline.materialize import start_ray
+    from pipeline.ray_session import start_ray
 
     has_gpu = start_ray(cfg)
     gpus = cfg.ray.gpus_per_actor if cfg.ray.gpus_per_actor is not None else (1 if has_gpu else 0)

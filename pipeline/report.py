@@ -1,10 +1,13 @@
-"""The end-of-job summary: a table for people, the same figures as JSON for programs."""
+"""The end-of-job summary: a table for people, the same figures as JSON for programs, and where it is written."""
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+
+from storage_schemas.store.root import StoreRoot
 
 
 @dataclass
@@ -71,3 +74,13 @@ class JobReport:
         for f in self.units_failed:
             lines.append(f"  FAILED     {f['source']}/{f['unit']}: {f['reason']}: {f['detail']}")
         return "\n".join(lines)
+
+
+def write_report(storage: StoreRoot, reports: list[JobReport], local_path: str | None) -> None:
+    """The job's summary into the store's `_reports/materialize-STAMP.json`, and `local_path` if given."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    text = json.dumps({"store": storage.url, "reports": [r.to_dict() for r in reports]}, indent=2)
+    storage.write_bytes(f"_reports/materialize-{stamp}.json", text.encode())
+    if local_path:
+        with open(local_path, "w") as f:
+            f.write(text)

@@ -128,7 +128,7 @@ class SamTeacherStage:
 
     @torch.no_grad()
     def predict_image_device(
-        self, image: np.ndarray, input_hw, original_hw, structure, boxes, points, labels, n_prompts: int
+        self, image: np.ndarray, *, input_hw, original_hw, structure, boxes, points, labels, n_prompts: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> logits float32 [P * rounds, M, 256, 256] (NaN beyond n_prompts), iou float32 [P * rounds, M],
         both on the device."""
@@ -200,13 +200,13 @@ class SamTeacherStage:
                         continue
                     logits, iou = self.predict_image_device(
                         s["image"],
-                        s["input_hw"],
-                        s["original_hw"],
-                        s["structure"],
-                        s["boxes"],
-                        s["points"],
-                        s["labels"],
-                        int(s["n_prompts"]),
+                        input_hw=s["input_hw"],
+                        original_hw=s["original_hw"],
+                        structure=s["structure"],
+                        boxes=s["boxes"],
+                        points=s["points"],
+                        labels=s["labels"],
+                        n_prompts=int(s["n_prompts"]),
                     )
                     stored.append(self.stored_logits(logits, int(s["n_prompts"])))
                     del s["image"]
@@ -220,7 +220,15 @@ class SamTeacherStage:
             return PartWritten([], {}, failed)
         cfg, m = self.cfg, num_masks(self.cfg.multimask)
         source, shard = str(rows["source"][0]), str(rows["shard"][0])
-        prompts = prompts_table(source, shard, samples, cfg.prompts, cfg.rounds, cfg.points_per_prompt, m)
+        prompts = prompts_table(
+            source,
+            shard,
+            samples,
+            prompts=cfg.prompts,
+            rounds=cfg.rounds,
+            points_per_prompt=cfg.points_per_prompt,
+            masks=m,
+        )
         files = [
             self.storage.write_bytes(part_rel + TABLE_SUFFIX[("sam", "prompts")], parquet_bytes(prompts)),
             self.storage.write_bytes(

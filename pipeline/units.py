@@ -190,7 +190,15 @@ def read_shard(
             index = None
         if index is not None:
             for part in task.read_parts:
-                yield from _read_part(task, options, index, part, make_sample, blank, end_note)
+                yield from _read_part(
+                    task,
+                    options=options,
+                    index=index,
+                    part=part,
+                    make_sample=make_sample,
+                    blank=blank,
+                    end_note=end_note,
+                )
             return
     yield from _stream_shard(task, options, make_sample, blank, end_note)  # no index (or a stale one)
 
@@ -204,7 +212,7 @@ def _sample_row(task: ShardTask, part: int, sample: TarSample, blank: BlankFn, m
 
 
 def _read_part(
-    task: ShardTask, options: dict, index: TarIndex, part: int, make_sample: SampleFn, blank: BlankFn, end_note
+    task: ShardTask, *, options: dict, index: TarIndex, part: int, make_sample: SampleFn, blank: BlankFn, end_note
 ) -> Iterator[dict[str, Any]]:
     """One part by range: its samples, then its end row (which knows the shard's count)."""
     start = part * task.unit_size

@@ -75,13 +75,13 @@ class BatchStream(IterableDataset):
                     readers[s] = StreamReader(
                         plan,
                         s,
-                        self.maker,
-                        self.maker.store,
-                        self.maker.storage_options,
-                        self.maker.run,
-                        self.maker.window,
-                        done,
-                        pool,
+                        source=self.maker,
+                        store=self.maker.store,
+                        storage_options=self.maker.storage_options,
+                        run=self.maker.run,
+                        window=self.maker.window,
+                        start=done,
+                        pool=pool,
                     )
                 res, n = plan.batches[b]
                 items = [self.maker.item(x, res, plan.epoch) for x in readers[s].take(n)]
@@ -270,6 +270,7 @@ class Stream:
         kind: str,
         units: list[UnitPieces],
         maker: BatchMaker,
+        *,
         sizes: dict[int, int],
         seed: int,
         world_size: int,
@@ -287,7 +288,16 @@ class Stream:
         self._it: Iterator[dict[str, Any]] | None = None
 
     def _plan(self, epoch: int) -> EpochPlan:
-        return plan_epoch(self.units, self.world_size, self.rank, self.streams, self.seed, epoch, self.sizes, self.kind)
+        return plan_epoch(
+            self.units,
+            world_size=self.world_size,
+            rank=self.rank,
+            streams=self.streams,
+            seed=self.seed,
+            epoch=epoch,
+            sizes=self.sizes,
+            tag=self.kind,
+        )
 
     def _skip_empty_epochs(self) -> None:
         """Go on to the next epoch that has batches (student.epoch_plan: with few pieces, a deal can

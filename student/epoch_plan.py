@@ -132,6 +132,7 @@ def deal_slots(units: list[UnitPieces], slots: int, seed: int, epoch: int) -> li
 
 def plan_epoch(
     units: list[UnitPieces],
+    *,
     world_size: int,
     rank: int,
     streams: int,

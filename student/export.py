@@ -1,13 +1,11 @@
-"""Building, exporting and loading the student.
+"""Exporting the trained student: its weights, its description and its SAM path.
 
-    model = build_student(cfg.model, embed_dim=768)          # SAM checkpoint in, fresh CLIP head
     export_student(model, cfg.model, 768, "out/run/export")  # student.safetensors + student.json
                                                              # + sam_vit_b.pth (SAM's own layout)
-    model = load_student("out/run/export")                   # what evaluation calls
 
 `sam_vit_b.pth` is the student's SAM path (backbone, neck, prompt encoder, mask decoder) as a
 state dict that `segment_anything.sam_model_registry["vit_b"](checkpoint=...)` loads, so SAM
-users can drop the student in.
+users can drop the student in. `student.load` reads an export back.
 """
 
 from __future__ import annotations
@@ -15,24 +13,14 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict
-from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from storage_schemas.models.sam_models import load_sam
-from storage_schemas.plumbing.errors import CheckpointError
-from storage_schemas.plumbing.typed_config import from_dict
 from student.config import ModelConfig
 from student.model import SamClip
 
 STUDENT_WEIGHTS, STUDENT_META = "student.safetensors", "student.json"
-
-
-def build_student(cfg: ModelConfig, embed_dim: int, storage_options: dict[str, Any] | None = None) -> SamClip:
-    """SAM-CLIP initialised from `cfg.sam_checkpoint` (random from `cfg.init_seed` if null)."""
-    sam = load_sam(cfg.sam_arch, cfg.sam_checkpoint, storage_options, cfg.init_seed)
-    return SamClip(sam, embed_dim, cfg.head_depth, cfg.pooling, cfg.mlp_hidden)
 
 
 def sam_state_dict(model: SamClip) -> dict[str, torch.Tensor]:
@@ -67,15 +55,3 @@ def export_student(
     # On CPU: the registry's `torch.load` has no map_location.
     torch.save({k: v.cpu().clone() for k, v in sam_state_dict(model).items()}, paths["sam"])
     return paths
-
-
-def load_student(export_dir: str, device: str = "cpu") -> SamClip:
-    """The exported student, in eval mode."""
-    meta_path = os.path.join(export_dir, STUDENT_META)
-    if not os.path.isfile(meta_path):
-        raise CheckpointError(f"'{export_dir}' is not a student export (no {STUDENT_META})")
-    with open(meta_path) as f:
-        meta = json.load(f)
-    model = build_student(from_dict(ModelConfig, meta["model"]), int(meta["embed_dim"]))
-    model.load_state_dict(load_file(os.path.join(export_dir, STUDENT_WEIGHTS), device="cpu"), strict=True)
-    return model.to(device).eval()

@@ -28,7 +28,7 @@ from PIL import Image
 from storage_schemas.pixels.sam_transforms import pad_image, sam_boxes, sam_input_image, sam_points
 from storage_schemas.pixels.views import canonical_crop, render_view
 from storage_schemas.store.tables import PROMPT_STRUCTURES
-from student.export import load_student
+from student.load import load_student
 from student.model import PromptBatch, SamClip
 from student.zero_shot import ClassNames
 

@@ -79,10 +79,10 @@ def sam_sheet(sample, prompts: int) -> Image.Image:
         has_box, has_points = STRUCTURE_PARTS[int(p.structure[i])]
         draw_prompt(
             tile,
-            p.boxes[i] if has_box else None,
-            p.points[i] if has_points else None,
-            p.labels[i] if has_points else None,
-            scale,
+            box=p.boxes[i] if has_box else None,
+            points=p.points[i] if has_points else None,
+            labels=p.labels[i] if has_points else None,
+            scale=scale,
         )
         tiles.append((f"{i}: {PROMPT_STRUCTURES[int(p.structure[i])]}, pred. IoU {p.iou[i, m]:.2f}", tile))
     return sheet(tiles, SAM_LEGEND)

@@ -74,6 +74,7 @@ def fit_height(image: Image.Image, height: int = TILE_HEIGHT) -> tuple[Image.Ima
 
 def draw_prompt(
     image: Image.Image,
+    *,
     box: Sequence[float] | None = None,
     points: np.ndarray | None = None,
     labels: np.ndarray | None = None,

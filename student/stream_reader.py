@@ -94,6 +94,7 @@ class StreamReader:
         self,
         plan: EpochPlan,
         stream: int,
+        *,
         source: SampleSource,
         store: TargetStore,
         storage_options: dict | None,

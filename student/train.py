@@ -22,8 +22,9 @@ import yaml
 from storage_schemas.plumbing.errors import ConfigError, StoreError, run_cli
 from storage_schemas.plumbing.typed_config import add_set_argument
 from storage_schemas.store import open_store
+from student.build import build_student
 from student.config import RUN_CONFIG, TrainConfig, config_record, flat_config, load_train_config
-from student.export import build_student, export_student
+from student.export import export_student
 from student.run_dir import CHECKPOINTS, STATE_FILE, checkpoint_names, config_difference, run_status
 
 

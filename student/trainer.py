@@ -319,14 +319,14 @@ class Trainer:
             kind,
             self.units[kind],
             self.makers[kind],
-            sizes,
-            self.cfg.seed,
-            acc.num_processes,
-            acc.process_index,
-            d.streams,
-            d.workers,
-            epoch,
-            batch,
+            sizes=sizes,
+            seed=self.cfg.seed,
+            world_size=acc.num_processes,
+            rank=acc.process_index,
+            streams=d.streams,
+            workers=d.workers,
+            epoch=epoch,
+            batch=batch,
         )
 
     def stage_steps(self, stage: StageConfig, clip_sizes: dict[int, int]) -> tuple[int, int]:
@@ -437,7 +437,13 @@ class Trainer:
             )
         if with_sam and self.held_sam is None:
             self.held_sam = load_sam_held_out(
-                self.store, self.records["sam"], self.held_keep, d.val_sam_images, d.sam.prompts, self.cfg.seed, so
+                self.store,
+                self.records["sam"],
+                self.held_keep,
+                limit=d.val_sam_images,
+                prompts=d.sam.prompts,
+                seed=self.cfg.seed,
+                storage_options=so,
             )
 
     def validate(self, ddp_model, stage: str) -> dict[str, float]:

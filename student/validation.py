@@ -63,6 +63,7 @@ def load_sam_held_out(
     store: TargetStore,
     units: list[CommitRecord],
     keep: Keep,
+    *,
     limit: int,
     prompts: int,
     seed: int,

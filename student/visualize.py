@@ -20,13 +20,14 @@ from storage_schemas.models.class_texts import load_classnames
 from storage_schemas.pixels.labelled_images import SegmentationSet, decode_or_skip
 from storage_schemas.pixels.tar_samples import IMAGE_EXTENSIONS
 from storage_schemas.plumbing.errors import ConfigError, run_cli
-from student.evaluate import add_class_name_arguments, check_refine_arguments, class_names, export_meta
+from student.eval_options import add_class_name_arguments, check_refine_arguments, class_names
 from student.inference import SamClipPredictor
+from student.load import export_meta
 from student.pictures import class_colors, colorize, draw_prompt, fit_height, legend_items, overlay, sheet
 
 
 def segmentation_sheet(
-    predictor: SamClipPredictor, image, classes, label: np.ndarray | None, threshold: float, points: int, seed: int
+    predictor: SamClipPredictor, image, classes, *, label: np.ndarray | None, threshold: float, points: int, seed: int
 ) -> Image.Image:
     seg = predictor.segment(image, classes, refine=True, threshold=threshold, max_points=points, seed=seed)
     n = len(classes.names)
@@ -98,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     for i, (key, image, label) in enumerate(tqdm(items, desc="pictures", unit="img", total=total)):
         if i == args.limit:
             break
-        page = segmentation_sheet(predictor, image, classes, label, args.threshold, args.points, seed=args.seed + i)
+        page = segmentation_sheet(
+            predictor, image, classes, label=label, threshold=args.threshold, points=args.points, seed=args.seed + i
+        )
         page.save(os.path.join(args.out, f"{key.replace('/', '_')}.png"))
         written += 1
     for s in skipped:

@@ -166,13 +166,13 @@ def test_the_read_stage_is_capped_at_two_tasks_per_actor(tmp_path, sample_corpus
     """Concurrent read tasks are bounded by the actors, not the shard count (config or default)."""
     from pipeline.clip_targets import ClipTeacherStage, read_clip_shard
     from pipeline.config import load_job_config
-    from pipeline.materialize import read_concurrency, teacher_dataset
+    from pipeline.teacher_dataset import KindStages, read_concurrency, teacher_dataset
 
     job = write_clip_job(tmp_path / "job.yaml", tmp_path / "store", sample_corpus, tiny_teachers)
     cfg = load_job_config(str(job), ["ray.teacher_actors=3"])
     assert read_concurrency(cfg) == 6
     assert read_concurrency(load_job_config(str(job), ["ray.read_tasks=5"])) == 5
     tasks = [{"n": i} for i in range(40)]
-    ds = teacher_dataset(cfg, False, tasks, read_clip_shard, ClipTeacherStage, {}, 8, 1 << 20)
+    ds = teacher_dataset(cfg, False, tasks, KindStages(read_clip_shard, ClipTeacherStage, {}, 8, 1 << 20))
     read_op = ds._logical_plan.dag.input_dependencies[0]
     assert read_op.name == "FlatMap(read_clip_shard)" and read_op.compute.size == 6

@@ -24,8 +24,8 @@ from storage_schemas.pixels.labelled_images import SegmentationSet, labelled_ima
 from storage_schemas.pixels.sam_transforms import pad_image, sam_input_image, sam_points
 from storage_schemas.store import open_store
 from student.config import ModelConfig
+from student.eval_tasks import zeroshot_classification
 from student.evaluate import main as evaluate
-from student.evaluate import zeroshot_classification
 from student.export import export_student
 from student.inference import SamClipPredictor, mask_prompt, refine_prompts
 from student.inspect_store import main as inspect_store

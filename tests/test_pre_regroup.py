@@ -88,7 +88,7 @@ def test_a_store_made_before_the_regrouping_reads_validates_and_plans_as_complet
 
 
 def test_a_student_export_made_before_the_regrouping_loads_and_computes_the_same():
-    from student.export import load_student
+    from student.load import load_student
 
     export = DATA / "student_export_v2"
     reference = json.loads((export / "student.json").read_text())["reference"]

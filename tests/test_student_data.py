@@ -73,7 +73,10 @@ def test_slots_split_the_pieces_without_overlap_and_with_equal_loads(clip_store)
         loads = [sum(su.count for su in slot) for slot in slots]
         assert sum(loads) == sum(u.count for u in units) and max(loads) - min(loads) <= 2 * biggest
         assert slots == deal_slots(units, 6, seed=0, epoch=epoch)
-    plans = [plan_epoch(units, 3, rank, streams=2, seed=0, epoch=0, sizes={64: 4}, tag="clip") for rank in range(3)]
+    plans = [
+        plan_epoch(units, world_size=3, rank=rank, streams=2, seed=0, epoch=0, sizes={64: 4}, tag="clip")
+        for rank in range(3)
+    ]
     assert len({tuple(p.batches) for p in plans}) == 1 and plans[0].batches  # equal steps on every rank
     for p in plans:
         for s in range(2):
@@ -127,7 +130,10 @@ def test_variable_batches_are_the_same_on_every_rank_and_shrink_with_resolution(
     units = [unit_pieces(store, r, split_filter(0.2, "train")) for r in store.commits("clip")]
     sizes = batch_sizes(8, [224, 448])
     assert sizes == {224: 8, 448: 2}
-    plans = [plan_epoch(units, 2, rank, streams=2, seed=0, epoch=3, sizes=sizes, tag="clip") for rank in range(2)]
+    plans = [
+        plan_epoch(units, world_size=2, rank=rank, streams=2, seed=0, epoch=3, sizes=sizes, tag="clip")
+        for rank in range(2)
+    ]
     assert plans[0].batches == plans[1].batches and {r for r, _ in plans[0].batches} == {224, 448}
     assert all(n == sizes[r] for r, n in plans[0].batches)
     pieces = [{(unit_id(su.unit.record), j) for st in p.streams for su in st for j in su.pieces} for p in plans]
@@ -141,7 +147,14 @@ def _ids(loader):
 def _clip_plan(store, keep, streams=2, epoch=0, world=1, rank=0, sizes=None):
     units = [unit_pieces(store, r, keep) for r in store.commits("clip")]
     return plan_epoch(
-        units, world, rank, streams, seed=0, epoch=epoch, sizes=sizes or batch_sizes(8, [64, 128]), tag="clip"
+        units,
+        world_size=world,
+        rank=rank,
+        streams=streams,
+        seed=0,
+        epoch=epoch,
+        sizes=sizes or batch_sizes(8, [64, 128]),
+        tag="clip",
     )
 
 
@@ -216,20 +229,25 @@ def test_an_epoch_whose_deal_leaves_a_stream_short_of_a_batch_is_skipped_not_fat
     """The demo's SAM store: a unit of 4 training images and two of 1, 2 streams, batches of 2. Some
     deals give a stream a single image: that epoch has no batches, and the Stream goes on."""
     units = [synthetic_units(1, samples=4, piece=4)[0], *synthetic_units(3, samples=1, piece=1)[1:]]
-    plans = [plan_epoch(units, 1, 0, streams=2, seed=0, epoch=e, sizes={1024: 2}, tag="sam") for e in range(12)]
+    plans = [
+        plan_epoch(units, world_size=1, rank=0, streams=2, seed=0, epoch=e, sizes={1024: 2}, tag="sam")
+        for e in range(12)
+    ]
     empty = [e for e, p in enumerate(plans) if not p.batches]
     assert empty and len(empty) < len(plans), "the case this test is about did not come up"
-    stream = Stream("sam", units, None, {1024: 2}, seed=0, world_size=1, rank=0, streams=2, workers=0, epoch=empty[0])
+    stream = Stream(
+        "sam", units, None, sizes={1024: 2}, seed=0, world_size=1, rank=0, streams=2, workers=0, epoch=empty[0]
+    )
     assert stream.epoch == next(e for e in range(empty[0], 12) if plans[e].batches) and stream.batch == 0
     with pytest.raises(StoreError, match="make no batch of 8 in 64 epochs"):
-        Stream("sam", units, None, {1024: 8}, seed=0, world_size=1, rank=0, streams=2, workers=0)
+        Stream("sam", units, None, sizes={1024: 8}, seed=0, world_size=1, rank=0, streams=2, workers=0)
     with pytest.raises(StoreError, match="3 pieces cannot feed 2 process"):  # too few pieces, every epoch
-        plan_epoch(units, 2, 0, streams=2, seed=0, epoch=0, sizes={1024: 1}, tag="sam")
+        plan_epoch(units, world_size=2, rank=0, streams=2, seed=0, epoch=0, sizes={1024: 1}, tag="sam")
 
 
 def test_a_64_unit_store_gives_batches_of_at_least_16_units():
     units = synthetic_units(64, samples=200, piece=40)
-    plan = plan_epoch(units, 1, 0, streams=2, seed=0, epoch=0, sizes={224: 32}, tag="clip")
+    plan = plan_epoch(units, world_size=1, rank=0, streams=2, seed=0, epoch=0, sizes={224: 32}, tag="clip")
     for s in range(2):
         order = stream_order(plan, s, run=2, window=64)
         uid = np.array([plan.streams[s][u].unit.record.unit for u in order.unit])
@@ -244,7 +262,7 @@ def test_sam_batches_collate_prompts_over_images(sam_store):
     store = open_store(str(sam_store))
     keep = split_filter(0.01, "train")
     units = [unit_pieces(store, r, keep) for r in store.commits("sam")]
-    plan = plan_epoch(units, 1, 0, streams=1, seed=0, epoch=0, sizes={1024: 2}, tag="sam")
+    plan = plan_epoch(units, world_size=1, rank=0, streams=1, seed=0, epoch=0, sizes={1024: 2}, tag="sam")
     maker = SamBatchMaker(store, keep, seed=0, prompts=3)
     batch = next(iter(make_loader(BatchStream(plan, 0, maker), workers=0)))
     n = len(batch["prompts"].image_index)

@@ -11,7 +11,8 @@ from pipeline.teachers import load_sam_teacher
 from storage_schemas.models.sam_models import build_sam
 from storage_schemas.pixels.sam_transforms import pad_image, sam_boxes, sam_input_image, sam_points
 from student.config import ModelConfig
-from student.export import export_student, load_student, sam_state_dict
+from student.export import export_student, sam_state_dict
+from student.load import load_student
 from student.model import PromptBatch, SamClip
 
 

@@ -320,7 +320,7 @@ def test_a_subset_run_reads_only_subset_samples_and_trains_on_their_retrieved_vi
     trained: list[str] = []
     log = tmp_path / "reads.tsv"
     for epoch in range(3):
-        plan = plan_epoch(units, 1, 0, 1, seed=0, epoch=epoch, sizes={64: 4}, tag="clip")
+        plan = plan_epoch(units, world_size=1, rank=0, streams=1, seed=0, epoch=epoch, sizes={64: 4}, tag="clip")
         maker = ClipBatchMaker(store, keep, seed=0, view_choice="random", views=None, run=4, window=8, subset=subset)
         with counting_reads(log):
             batches = list(make_loader(BatchStream(plan, 0, maker), workers=1))

@@ -99,6 +99,7 @@ def random_crop(
 def sample_views(
     store_seed: int,
     sample: SampleId,
+    *,
     width: int,
     height: int,
     n_views: int,

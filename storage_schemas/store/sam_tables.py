@@ -63,7 +63,7 @@ SAM_IMAGES_SCHEMA = pa.schema(
 
 
 def prompts_table(
-    source: str, shard: str, samples: list[dict], prompts: int, rounds: int, points_per_prompt: int, masks: int
+    source: str, shard: str, samples: list[dict], *, prompts: int, rounds: int, points_per_prompt: int, masks: int
 ) -> pa.Table:
     """One row per (image, prompt, round), prompts in original-image pixels.
 
