@@ -82,12 +82,8 @@ def main() -> None:
             torch.cuda.synchronize()
         return n * args.batch / (time.perf_counter() - t)
 
-    def from_stream(stream):
-        for b in stream:
-            yield b["images"].to(device, non_blocking=True), b["targets"].to(device, non_blocking=True)
-
-    first = next(
-        Stream(
+    def clip_stream(workers: int) -> Stream:
+        return Stream(
             "clip",
             pieces,
             ClipBatchMaker(store, keep, 0, "random", None),
@@ -96,9 +92,14 @@ def main() -> None:
             world_size=1,
             rank=0,
             streams=STREAMS,
-            workers=0,
+            workers=workers,
         )
-    )
+
+    def from_stream(stream):
+        for b in stream:
+            yield b["images"].to(device, non_blocking=True), b["targets"].to(device, non_blocking=True)
+
+    first = next(clip_stream(0))
     fixed = first["images"].to(device), F.normalize(first["targets"], dim=-1).to(device)
 
     def repeat():
@@ -112,17 +113,7 @@ def main() -> None:
     )
     need = None
     for w in [w for w in args.workers if STREAMS % w == 0]:
-        stream = Stream(
-            "clip",
-            pieces,
-            ClipBatchMaker(store, keep, 0, "random", None),
-            sizes={224: args.batch},
-            seed=0,
-            world_size=1,
-            rank=0,
-            streams=STREAMS,
-            workers=w,
-        )
+        stream = clip_stream(w)
         if len(stream.plan.batches) < steps + 5:
             raise SystemExit(f"the store gives {len(stream.plan.batches)} batches an epoch; raise its size")
         live = rate(from_stream(stream), steps)
