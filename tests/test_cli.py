@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import run_module
+from support.commands import run_module
 
 
 def test_plan_lists_pending_units_and_writes_nothing(job_yaml, tmp_path):

@@ -7,7 +7,6 @@ import open_clip
 import pytest
 import torch
 
-from conftest import write_clip_job
 from pipeline.config import ClipTeacherConfig
 from pipeline.materialize import main as materialize
 from pipeline.teachers import load_clip_teacher
@@ -16,6 +15,7 @@ from storage_schemas.pixels.decode import decode_image, draft_side_for
 from storage_schemas.pixels.views import render_view, view_hash
 from storage_schemas.plumbing.errors import ManifestMismatch
 from storage_schemas.store import open_store
+from support.job_configs import write_clip_job
 
 
 def tar_images(corpus, shard: str) -> dict[str, bytes]:
@@ -110,7 +110,7 @@ def test_rerun_skips_committed_units(clip_store, sample_corpus, tiny_teachers, t
 def test_text_targets_equal_open_clip_zero_shot_classifier(
     clip_store, sample_corpus, tiny_teachers, tmp_path, teacher, capsys
 ):
-    from conftest import run_module
+    from support.commands import run_module
 
     job = write_clip_job(tmp_path / "job.yaml", clip_store, sample_corpus, tiny_teachers)
     classes = tmp_path / "classes.txt"

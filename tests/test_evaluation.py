@@ -14,7 +14,6 @@ import torch
 from PIL import Image
 from segment_anything import SamPredictor
 
-from conftest import run_module, write_clip_job
 from pipeline.config import ClipTeacherConfig, SamTeacherConfig
 from pipeline.sample_data import write_tar
 from pipeline.teachers import load_clip_teacher, load_sam_teacher
@@ -33,8 +32,9 @@ from student.metrics import confusion_matrix, iou_per_class, mean_iou
 from student.model import PromptBatch, SamClip
 from student.visualize import main as visualize
 from student.zero_shot import ClassNames, StoreText, TextTower
+from support.commands import REPO, run_module
+from support.job_configs import write_clip_job
 
-REPO = Path(__file__).resolve().parents[1]
 SAMPLE_CLASSES = (REPO / "jobs" / "sample_classes.txt").read_text().split("\n")[:-1]
 
 

@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 import s3fs
 
-from conftest import REPO, S3_SECRET, run_module
-from storage_schemas.store import open_store
+from pipeline.config import RayConfig
+from storage_schemas.store import StoreConfig, open_store
+from support.commands import REPO, run_module
+from support.job_configs import clip_source, sam_source, tiny_clip, tiny_sam, write_job
+from support.services import S3_KEY, S3_REGION, S3_SECRET
 
 BUCKET = "samclip-test"
 STORE = f"s3://{BUCKET}/store"
@@ -32,25 +35,21 @@ def s3_inputs(s3_endpoint, sample_corpus, tiny_teachers) -> s3fs.S3FileSystem:
     return fs
 
 
-def s3_job(path: Path, tiny_teachers: dict, storage_options: str = "{}") -> Path:
-    clip, sam = (Path(tiny_teachers[k]).name for k in ("clip", "sam"))
-    path.write_text(f"""
-store: {{url: "{STORE}", storage_options: {storage_options}}}
-sources:
-  - {{name: sample, kind: clip, shards: "s3://{BUCKET}/sample/clip/{{00000..00003}}.tar",
-      storage_options: {storage_options}}}
-  - {{name: sa1b, kind: sam, shards: "s3://{BUCKET}/sample/sam/sa_{{000000..000001}}.tar", unit_size: 4,
-      storage_options: {storage_options}}}
-clip:
-  teacher: {{arch: samclip-tiny-clip, pretrained: "s3://{BUCKET}/teachers/{clip}"}}
-  views: 4
-sam:
-  teacher: {{model: tiny, checkpoint: "s3://{BUCKET}/teachers/{sam}"}}
-  prompts: 16
-  rounds: 2
-ray: {{batch_size: 8}}
-""")
-    return path
+def s3_job(path: Path, tiny_teachers: dict, storage_options: dict | None = None) -> Path:
+    """The sample job with its inputs, teachers and store in the bucket."""
+    options = storage_options or {}
+    teachers = {k: f"s3://{BUCKET}/teachers/{Path(tiny_teachers[k]).name}" for k in ("clip", "sam")}
+    return write_job(
+        path,
+        StoreConfig(STORE, options),
+        [
+            clip_source(f"s3://{BUCKET}/sample/clip/{{00000..00003}}.tar", storage_options=options),
+            sam_source(f"s3://{BUCKET}/sample/sam/sa_{{000000..000001}}.tar", unit_size=4, storage_options=options),
+        ],
+        clip=tiny_clip(teachers, views=4),
+        sam=tiny_sam(teachers, prompts=16, rounds=2),
+        ray=RayConfig(batch_size=8),
+    )
 
 
 def assert_no_secret(where: str, text: str | bytes, endpoint: str) -> None:
@@ -143,13 +142,11 @@ def test_pipeline_trainer_and_evaluation_on_s3(
 
 
 def test_credentials_from_the_config_alone_are_used_and_never_printed(s3_inputs, s3_endpoint, tiny_teachers, tmp_path):
-    options = (
-        '{key: samclip-test-key, secret: "'
-        + S3_SECRET
-        + '", client_kwargs: {endpoint_url: "'
-        + s3_endpoint
-        + '", region_name: us-east-1}}'
-    )
+    options = {
+        "key": S3_KEY,
+        "secret": S3_SECRET,
+        "client_kwargs": {"endpoint_url": s3_endpoint, "region_name": S3_REGION},
+    }
     job = s3_job(tmp_path / "job.yaml", tiny_teachers, options)
     bare = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     p = subprocess.run(
@@ -163,7 +160,8 @@ def test_credentials_from_the_config_alone_are_used_and_never_printed(s3_inputs,
     assert p.returncode == 0, p.stderr[-3000:]
     assert_no_secret("pipeline.plan's output", p.stdout + p.stderr, s3_endpoint)
     # A wrong endpoint stops with one line that names the store, not the credentials.
-    bad = s3_job(tmp_path / "bad.yaml", tiny_teachers, options.replace(s3_endpoint, "http://127.0.0.1:9"))
+    bad_options = {**options, "client_kwargs": {**options["client_kwargs"], "endpoint_url": "http://127.0.0.1:9"}}
+    bad = s3_job(tmp_path / "bad.yaml", tiny_teachers, bad_options)
     p = subprocess.run(
         [sys.executable, "-m", "pipeline.plan", str(bad)],
         cwd=REPO,

@@ -8,23 +8,25 @@ import json
 import pytest
 
 import flaky_fs  # noqa: F401  (registers flaky:// in this process)
-from conftest import run_module
+from pipeline.config import RayConfig
 from pipeline.materialize import main as materialize
-from storage_schemas.store import open_store
+from storage_schemas.store import StoreConfig, open_store
+from support.commands import run_module
+from support.job_configs import clip_shards, clip_source, tiny_clip, write_job
 
 
 def flaky_job(path, corpus, teachers, root, **faults) -> str:
-    options = ", ".join([f"root: '{root}'", *(f"{k}: {v!r}" for k, v in faults.items())])
-    path.write_text(f"""
-store: {{url: "flaky://store", storage_options: {{{options}}}}}
-sources:
-  - {{name: sample, kind: clip, shards: "{corpus}/clip/{{00000..00003}}.tar"}}
-clip:
-  teacher: {{arch: samclip-tiny-clip, pretrained: "{teachers["clip"]}"}}
-  views: 2
-ray: {{batch_size: 8}}
-""")
-    return str(path)
+    """A CLIP job writing to flaky://store, which keeps its files under `root` and fails as `faults` say."""
+    store = StoreConfig("flaky://store", {"root": str(root), **faults})
+    return str(
+        write_job(
+            path,
+            store,
+            [clip_source(clip_shards(corpus))],
+            clip=tiny_clip(teachers, views=2),
+            ray=RayConfig(batch_size=8),
+        )
+    )
 
 
 def test_transient_errors_are_retried_and_reported(sample_corpus, tiny_teachers, ray_cluster, tmp_path, capsys):

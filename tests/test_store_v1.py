@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, run_module
 from pipeline.validate import validate
 from storage_schemas.pixels.views import render_view, view_hash
 from storage_schemas.plumbing.errors import ManifestMismatch
 from storage_schemas.store import open_store
 from storage_schemas.store.root import StoreRoot
+from support.commands import REPO, run_module
+from support.job_configs import clip_source, tiny_clip, write_job
 
 V1 = REPO / "tests" / "data" / "store_v1"
 
@@ -67,12 +68,12 @@ def test_a_schema_1_store_reads_as_before(store_v1):
 def test_adding_units_to_a_schema_1_store_is_refused(store_v1, tmp_path, sample_corpus, tiny_teachers, ray_cluster):
     from pipeline.materialize import main as materialize
 
-    job = tmp_path / "job.yaml"
-    job.write_text(f"""
-store: {{url: "{store_v1}"}}
-sources: [{{name: sample, kind: clip, shards: "{sample_corpus}/clip/00001.tar"}}]
-clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{tiny_teachers["clip"]}"}}, views: 2}}
-""")
+    job = write_job(
+        tmp_path / "job.yaml",
+        store_v1,
+        [clip_source(f"{sample_corpus}/clip/00001.tar")],
+        clip=tiny_clip(tiny_teachers, views=2),
+    )
     with pytest.raises(ManifestMismatch, match="has schema version 1; .* write these targets to a new store URL"):
         materialize([str(job)])
     assert not (store_v1 / "_commits" / "clip" / "sample" / "00001.json").exists()

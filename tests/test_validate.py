@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 import zarr
 
-from conftest import run_module
 from storage_schemas.store.commit import CommitRecord
 from storage_schemas.store.root import StoreRoot
+from support.commands import run_module
 
 
 @pytest.fixture

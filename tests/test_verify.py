@@ -9,20 +9,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import run_module
+from support.commands import run_module
+from support.job_configs import clip_source, tiny_clip, tiny_sam, write_job
 
 pytestmark = pytest.mark.slow
 
 
 def job(tmp_path, teachers, store) -> str:
-    path = tmp_path / "job.yaml"
-    path.write_text(f"""
-store: {{url: "{store}"}}
-sources: [{{name: sample, kind: clip, shards: "unused.tar"}}]
-clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{teachers["clip"]}"}}, views: 4}}
-sam: {{teacher: {{model: tiny, checkpoint: "{teachers["sam"]}"}}, prompts: 16, rounds: 2}}
-""")
-    return str(path)
+    """The teachers of the session stores; verify takes the store from its ROOT argument."""
+    return str(
+        write_job(
+            tmp_path / "job.yaml",
+            store,
+            [clip_source("unused.tar")],
+            clip=tiny_clip(teachers, views=4),
+            sam=tiny_sam(teachers, prompts=16, rounds=2),
+        )
+    )
 
 
 def verify(store, config, *extra):
