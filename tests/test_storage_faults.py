@@ -10,8 +10,9 @@ import pytest
 import flaky_fs  # noqa: F401  (registers flaky:// in this process)
 from pipeline.config import RayConfig
 from pipeline.materialize import main as materialize
+from pipeline.validate import main as validate
 from storage_schemas.store import StoreConfig, open_store
-from support.commands import run_module
+from support.commands import run_in_process
 from support.job_configs import clip_shards, clip_source, tiny_clip, write_job
 
 
@@ -42,8 +43,8 @@ def test_transient_errors_are_retried_and_reported(sample_corpus, tiny_teachers,
     assert "20 transient errors retried (read 2, write 18)" in capsys.readouterr().out
     store = open_store(str(tmp_path / "base" / "store"))
     assert store.summary()["clip"]["samples_stored"] == 100
-    p = run_module("pipeline.validate", str(tmp_path / "base" / "store"))
-    assert p.returncode == 0, p.stdout
+    p = run_in_process(validate, [tmp_path / "base" / "store"], capsys)
+    assert p.status == 0, p.out
 
 
 def test_a_permanent_error_fails_its_unit_and_the_rest_commit(
