@@ -68,8 +68,9 @@ def job_yaml(tmp_path, sample_corpus, tiny_teachers):
 def s3_endpoint() -> str:
     """A real S3-protocol server (moto) on loopback for the session, as s3fs's own tests run one.
 
-    Credentials and endpoint go into the environment before the Ray head starts, so Ray workers
-    inherit them as a cluster's nodes would have theirs; nothing passes them explicitly.
+    Its credentials and endpoint (`support.services.s3_environment`) go into the Ray head's
+    environment, so Ray workers have them as a cluster's nodes would have theirs; this process's
+    own environment gets them only in the tests that ask for `s3_env`.
     """
     import logging
 
@@ -79,10 +80,17 @@ def s3_endpoint() -> str:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    os.environ.update(s3_environment(endpoint))
-    yield endpoint
+    yield f"http://{host}:{port}"
     server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_endpoint, monkeypatch) -> str:
+    """The S3 server's credentials and endpoint in this process's environment for one test (and
+    in the subprocesses it starts); returns the endpoint."""
+    for name, value in s3_environment(s3_endpoint).items():
+        monkeypatch.setenv(name, value)
+    return s3_endpoint
 
 
 @pytest.fixture(scope="session")
@@ -111,6 +119,8 @@ def ray_cluster(s3_endpoint, ray_ports):
     # takes `ray job submit`; `python` in a job's entrypoint is this environment's.
     env = {
         **os.environ,
+        # The workers read and write S3 with credentials of their own, as a cluster's nodes do.
+        **s3_environment(s3_endpoint),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         # Workers import the test-only flaky:// filesystem (tests/flaky_fs.py) from here.
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")])),
