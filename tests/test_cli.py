@@ -1,14 +1,19 @@
-"""Command lines: the plan command on the sample job, and one-line errors for bad input."""
+"""Command lines: the plan command on the sample job, and one-line errors for bad input.
+
+The commands run in this process through `run_cli`, as `python -m X` runs them; one test per
+wrapper (`pipeline.plan`, `storage_schemas`) runs the real `python -m` in a subprocess."""
 
 import pytest
 
-from conftest import run_module
+from pipeline.plan import main as plan
+from storage_schemas.__main__ import main as summary
+from support.commands import CliRun, assert_one_line_error, run_in_process, run_module
 
 
-def test_plan_lists_pending_units_and_writes_nothing(job_yaml, tmp_path):
-    result = run_module("pipeline.plan", str(job_yaml()))
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
+def test_plan_lists_pending_units_and_writes_nothing(job_yaml, tmp_path, capsys):
+    result = run_in_process(plan, [job_yaml()], capsys)
+    assert result.status == 0, result.err
+    out = result.out
     assert "clip: teacher samclip-tiny-clip" in out and "sam: teacher tiny" in out
     assert "source sample: 4 shards" in out and "source sa1b-sample: 2 shards" in out
     assert "manifest absent" in out
@@ -37,22 +42,23 @@ def test_plan_lists_pending_units_and_writes_nothing(job_yaml, tmp_path):
         (["clip.views=four"], "config key 'clip.views': expected int, got 'four'"),
     ],
 )
-def test_bad_input_is_one_line_and_nonzero(job_yaml, overrides, message):
-    args = [str(job_yaml())] + [a for o in overrides for a in ("--set", o)]
-    result = run_module("pipeline.plan", *args, env={"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"})
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: ") and message in lines[-1], result.stderr
-    assert "Traceback" not in result.stderr
+def test_bad_input_is_one_line_and_nonzero(job_yaml, overrides, message, monkeypatch, capsys):
+    args = [job_yaml()] + [a for o in overrides for a in ("--set", o)]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")  # credentials of no one: the endpoint is what fails
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    result = run_in_process(plan, args, capsys)
+    assert_one_line_error(result, message)
+    assert "Traceback" not in result.err
 
 
 def test_missing_config_file_is_one_line(tmp_path):
+    """`python -m pipeline.plan` itself: run_cli's one line and exit status 2, no traceback."""
     result = run_module("pipeline.plan", str(tmp_path / "nope.yaml"))
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: config file '{tmp_path / 'nope.yaml'}' not found (expected a YAML file)"
 
 
-def test_second_job_with_other_views_is_refused(job_yaml, tmp_path):
+def test_second_job_with_other_views_is_refused(job_yaml, tmp_path, capsys):
     from pipeline.config import load_job_config
     from pipeline.job_manifests import clip_manifest
     from pipeline.teachers import load_clip_teacher
@@ -63,13 +69,17 @@ def test_second_job_with_other_views_is_refused(job_yaml, tmp_path):
     ensure_manifest(
         StoreRoot(cfg.store.url), clip_manifest(cfg, load_clip_teacher(cfg.clip.teacher).fingerprint, "fp32", "cpu")
     )
-    ok = run_module("pipeline.plan", str(job_yaml()))
-    assert ok.returncode == 0 and "manifest matches the store's" in ok.stdout
-    refused = run_module("pipeline.plan", str(job_yaml()), "--set", "clip.views=6")
-    assert refused.returncode == 2
-    assert "policy.views: store has 4, job has 6" in refused.stderr and "Traceback" not in refused.stderr
+    ok = run_in_process(plan, [job_yaml()], capsys)
+    assert ok.status == 0 and "manifest matches the store's" in ok.out
+    refused = run_in_process(plan, [job_yaml(), "--set", "clip.views=6"], capsys)
+    assert_one_line_error(refused, "policy.views: store has 4, job has 6")
+    assert "Traceback" not in refused.err
 
 
-def test_store_summary_command(job_yaml, tmp_path):
-    result = run_module("storage_schemas", str(tmp_path))
-    assert result.returncode == 0 and "no manifest yet" in result.stdout
+def test_store_summary_command(tmp_path, capsys):
+    result = run_in_process(summary, [tmp_path], capsys)
+    assert result.status == 0 and "no manifest yet" in result.out
+    # `python -m storage_schemas` itself: a store it cannot read is one line and exit status 2.
+    unreadable = CliRun.of(run_module("storage_schemas", str(tmp_path / "nowhere")))
+    assert_one_line_error(unreadable, "nowhere", "cannot be reached")
+    assert "Traceback" not in unreadable.err

@@ -11,24 +11,25 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, assert_exactly_once, run_module, shard_keys, write_clip_job
 from dirty_images import MAX_PIXELS, dirty_samples
+from pipeline.config import RayConfig
 from pipeline.materialize import main as materialize
 from pipeline.plan import DEFAULT_UNIT_SIZE
 from storage_schemas.store import open_store
+from support.commands import REPO, run_module
+from support.job_configs import clip_shards, clip_source, tiny_clip, write_clip_job, write_job
+from support.store_checks import assert_exactly_once, shard_keys
 
 
-def clip_job(tmp_path, teachers, source: str, shards: str, views: int, unit_size: int | None = None, extra: str = ""):
-    """A one-source CLIP job writing to tmp_path/store."""
-    job = tmp_path / "job.yaml"
-    unit = f", unit_size: {unit_size}" if unit_size is not None else ""
-    job.write_text(f"""
-store: {{url: "{tmp_path / "store"}"}}
-sources: [{{name: {source}, kind: clip, shards: "{shards}"{unit}}}]
-clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{teachers["clip"]}"}}, views: {views}}}
-{extra}
-""")
-    return job
+def clip_job(tmp_path, teachers, source: str, shards, views: int, unit_size: int | None = None, **fields):
+    """A one-source CLIP job writing to tmp_path/store; `fields` are JobConfig's (ray=..., max_image_pixels=...)."""
+    return write_job(
+        tmp_path / "job.yaml",
+        tmp_path / "store",
+        [clip_source(shards, name=source, unit_size=unit_size)],
+        clip=tiny_clip(teachers, views=views),
+        **fields,
+    )
 
 
 def assert_exactly_once_in(store_path, keys: set[str], views: int = 1) -> None:
@@ -76,13 +77,7 @@ def test_kill_from_outside_at_a_random_time_then_rerun(tmp_path, sample_corpus, 
     views = 32
     store = tmp_path / "store"
     job = clip_job(
-        tmp_path,
-        tiny_teachers,
-        "sample",
-        f"{sample_corpus}/clip/{{00000..00003}}.tar",
-        views,
-        unit_size=0,
-        extra="ray: {batch_size: 8}",
+        tmp_path, tiny_teachers, "sample", clip_shards(sample_corpus), views, unit_size=0, ray=RayConfig(batch_size=8)
     )
     extra_delay = np.random.default_rng(int(time.time())).uniform(0.0, 0.5)
     log = tmp_path / "killed.log"
@@ -136,7 +131,7 @@ def dirty_shard(tmp_path_factory):
 
 
 def test_dirty_shard_stores_the_good_and_records_the_bad(dirty_shard, tmp_path, tiny_teachers, ray_cluster):
-    job = clip_job(tmp_path, tiny_teachers, "dirty", f"{dirty_shard}", 2, extra=f"max_image_pixels: {MAX_PIXELS}")
+    job = clip_job(tmp_path, tiny_teachers, "dirty", dirty_shard, 2, max_image_pixels=MAX_PIXELS)
     assert materialize([str(job), "--report", str(tmp_path / "report.json")]) == 0
     store = open_store(str(tmp_path / "store"))
     (commit,) = store.commits("clip")

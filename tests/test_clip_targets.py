@@ -7,7 +7,6 @@ import open_clip
 import pytest
 import torch
 
-from conftest import write_clip_job
 from pipeline.config import ClipTeacherConfig
 from pipeline.materialize import main as materialize
 from pipeline.teachers import load_clip_teacher
@@ -16,6 +15,7 @@ from storage_schemas.pixels.decode import decode_image, draft_side_for
 from storage_schemas.pixels.views import render_view, view_hash
 from storage_schemas.plumbing.errors import ManifestMismatch
 from storage_schemas.store import open_store
+from support.job_configs import write_clip_job
 
 
 def tar_images(corpus, shard: str) -> dict[str, bytes]:
@@ -110,13 +110,12 @@ def test_rerun_skips_committed_units(clip_store, sample_corpus, tiny_teachers, t
 def test_text_targets_equal_open_clip_zero_shot_classifier(
     clip_store, sample_corpus, tiny_teachers, tmp_path, teacher, capsys
 ):
-    from conftest import run_module
+    from pipeline.text_targets import main as text_targets
 
     job = write_clip_job(tmp_path / "job.yaml", clip_store, sample_corpus, tiny_teachers)
     classes = tmp_path / "classes.txt"
     classes.write_text("cat\nrocket\ncup of coffee\n")
-    result = run_module("pipeline.text_targets", str(job), "--name", "sample", "--classes", str(classes))
-    assert result.returncode == 0, result.stderr
+    assert text_targets([str(job), "--name", "sample", "--classes", str(classes)]) == 0
     table = open_store(str(clip_store)).read_text("sample")
     assert table.column("class_name").to_pylist() == ["cat", "rocket", "cup of coffee"]
     got = torch.tensor(np.asarray(table.column("embedding").to_pylist(), np.float32))
@@ -130,10 +129,9 @@ def test_text_targets_equal_open_clip_zero_shot_classifier(
     torch.testing.assert_close(got[1], manual, atol=1e-5, rtol=1e-5)
     assert table.schema.metadata[b"teacher_weights_sha256"].decode() == teacher.fingerprint.weights_sha256
     # Run again: the same classes, templates and teacher keep the table; other classes rebuild it.
-    from pipeline.text_targets import main as text_targets
-
     path = clip_store / "text" / "sample.parquet"
     before = path.stat().st_mtime_ns
+    capsys.readouterr()
     assert text_targets([str(job), "--name", "sample", "--classes", str(classes)]) == 0
     assert "up to date" in capsys.readouterr().out and path.stat().st_mtime_ns == before
     classes.write_text("cat\nrocket\n")

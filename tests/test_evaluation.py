@@ -14,7 +14,6 @@ import torch
 from PIL import Image
 from segment_anything import SamPredictor
 
-from conftest import run_module, write_clip_job
 from pipeline.config import ClipTeacherConfig, SamTeacherConfig
 from pipeline.sample_data import write_tar
 from pipeline.teachers import load_clip_teacher, load_sam_teacher
@@ -33,8 +32,9 @@ from student.metrics import confusion_matrix, iou_per_class, mean_iou
 from student.model import PromptBatch, SamClip
 from student.visualize import main as visualize
 from student.zero_shot import ClassNames, StoreText, TextTower
+from support.commands import REPO, run_in_process
+from support.job_configs import write_clip_job
 
-REPO = Path(__file__).resolve().parents[1]
 SAMPLE_CLASSES = (REPO / "jobs" / "sample_classes.txt").read_text().split("\n")[:-1]
 
 
@@ -312,7 +312,7 @@ def test_evaluate_visualize_and_inspect_on_the_sample_sets(export, eval_store, s
     assert len(store) == 4 and sum(n.startswith("clip_") for n in store) == 2
 
 
-def test_bad_evaluation_arguments_stop_with_one_line(export, sample_corpus, tmp_path):
+def test_bad_evaluation_arguments_stop_with_one_line(export, sample_corpus, tmp_path, capsys):
     few = tmp_path / "few.txt"
     few.write_text("grass\nbrick wall\n")  # the labels use 8 classes
     cases = [
@@ -350,9 +350,10 @@ def test_bad_evaluation_arguments_stop_with_one_line(export, sample_corpus, tmp_
         ),
     ]
     for args, message in cases:
-        p = run_module("student.evaluate", *args, "--export", str(export), "--out", str(tmp_path / "out"))
-        lines = [x for x in p.stderr.strip().splitlines() if "img/s" not in x]  # a progress bar may have started
-        assert p.returncode == 2 and len(lines) == 1 and message in lines[0], (args, p.stderr[-2000:])
+        p = run_in_process(evaluate, [*args, "--export", export, "--out", tmp_path / "out"], capsys)
+        lines = [x for x in p.err.strip().splitlines() if "img/s" not in x]  # a progress bar may have started
+        assert p.status == 2 and len(lines) == 1 and lines[0].startswith("error: "), (args, p.err[-2000:])
+        assert message in lines[0] and "Traceback" not in p.err, (args, p.err[-2000:])
 
 
 def test_refinement_prompts_are_drawn_inside_the_image_without_padding():

@@ -20,8 +20,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import REPO, _free_port, assert_sound
+from pipeline.config import RayConfig
 from storage_schemas.store import open_store
+from support.commands import REPO
+from support.job_configs import clip_shards, clip_source, tiny_clip, write_job
+from support.services import free_port
+from support.store_checks import assert_sound
 
 UNITS = 20  # the 4 sample shards of 25 in units of 5
 
@@ -38,7 +42,7 @@ def start_node(env: dict, temp_dir: Path, *args: str) -> subprocess.Popen:
         "--dashboard-agent-grpc-port",
         "--dashboard-agent-listen-port",
     ]
-    low = _free_port()
+    low = free_port()
     return subprocess.Popen(
         [
             ray_bin,
@@ -53,7 +57,7 @@ def start_node(env: dict, temp_dir: Path, *args: str) -> subprocess.Popen:
             "--disable-usage-stats",
             "--temp-dir",
             str(temp_dir),
-            *[a for p in ports for a in (p, str(_free_port()))],
+            *[a for p in ports for a in (p, str(free_port()))],
             "--min-worker-port",
             str(low),
             "--max-worker-port",
@@ -91,7 +95,7 @@ def wait_for_cpus(env: dict, cpus: int, head: subprocess.Popen) -> None:
 def three_nodes():
     # Its own session files, apart from the session's Ray; short, as Ray's socket paths must fit 107 bytes.
     temp_dir = Path(tempfile.mkdtemp(prefix="ray-"))
-    port = _free_port()
+    port = free_port()
     # `ray start --head` turns token authentication on: one token for the nodes, the probes and the job.
     env = {
         **os.environ,
@@ -117,13 +121,13 @@ def three_nodes():
 def test_a_worker_node_killed_mid_job_is_survived(three_nodes, tmp_path, sample_corpus, tiny_teachers):
     env, workers = three_nodes
     store = tmp_path / "store"
-    job = tmp_path / "job.yaml"
-    job.write_text(f"""
-store: {{url: "{store}"}}
-sources: [{{name: sample, kind: clip, shards: "{sample_corpus}/clip/{{00000..00003}}.tar", unit_size: 5}}]
-clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{tiny_teachers["clip"]}"}}, views: 4}}
-ray: {{teacher_actors: 2, batch_size: 4}}
-""")
+    job = write_job(
+        tmp_path / "job.yaml",
+        store,
+        [clip_source(clip_shards(sample_corpus), unit_size=5)],
+        clip=tiny_clip(tiny_teachers, views=4),
+        ray=RayConfig(teacher_actors=2, batch_size=4),
+    )
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.materialize", str(job), "--report", str(tmp_path / "r.json")],
         cwd=REPO,

@@ -9,8 +9,10 @@ import json
 
 import numpy as np
 
-from conftest import assert_exactly_once, run_module, write_clip_job
 from storage_schemas.store import open_store
+from support.commands import run_module
+from support.job_configs import write_clip_job
+from support.store_checks import assert_exactly_once
 
 
 def committed_units(store) -> list[str]:

@@ -26,23 +26,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import REPO
 from pipeline.plan import main as plan
 from pipeline.validate import validate
 from storage_schemas.moved_modules import MOVED
 from storage_schemas.pixels.views import render_view, view_hash
 from storage_schemas.store import open_store
 from storage_schemas.store.root import StoreRoot
+from support.commands import REPO
+from support.job_configs import clip_source, sam_source, tiny_clip, tiny_sam, write_job
 
 DATA = REPO / "tests" / "data"
-JOB = """
-store: {{url: "{root}"}}
-sources:
-  - {{name: sample, kind: clip, shards: "{corpus}/clip/00000.tar"}}
-  - {{name: sa1b-sample, kind: sam, shards: "{corpus}/sam/sa_000000.tar", unit_size: 4}}
-clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{teachers}/tiny-clip.safetensors"}}, views: 2}}
-sam: {{teacher: {{model: tiny, checkpoint: "{teachers}/tiny-sam.pth"}}, prompts: 2, precision: uint8_sigmoid}}
-"""
 
 
 @pytest.fixture
@@ -78,9 +71,16 @@ def test_a_store_made_before_the_regrouping_reads_validates_and_plans_as_complet
     assert store.open_logits(sam[0]).shape == (4, 2, 1, 256, 256)
     assert all(np.isfinite(i.logits()).all() for i in iter_sam_unit(store, sam[0]))
     assert validate(StoreRoot(str(store_v2))).problems == []
-    job = tmp_path / "job.yaml"
-    teachers = Path(tiny_teachers["clip"]).parent
-    job.write_text(JOB.format(root=store_v2, corpus=sample_corpus, teachers=teachers))
+    job = write_job(
+        tmp_path / "job.yaml",
+        store_v2,
+        [
+            clip_source(f"{sample_corpus}/clip/00000.tar"),
+            sam_source(f"{sample_corpus}/sam/sa_000000.tar", name="sa1b-sample", unit_size=4),
+        ],
+        clip=tiny_clip(tiny_teachers, views=2),
+        sam=tiny_sam(tiny_teachers, prompts=2, precision="uint8_sigmoid"),
+    )
     assert plan([str(job)]) == 0  # the manifests agree with this code's: nothing to redo
     out = capsys.readouterr().out
     assert out.count("manifest matches the store's") == 2, out

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import RAY_DASHBOARD, REPO
 from pipeline.config import load_job_config
 from storage_schemas.store import open_store
 from student.config import load_train_config
+from support.commands import REPO
 
 JOBS = REPO / "jobs"
 MATERIALIZE = "python -m pipeline.materialize"
@@ -87,7 +87,7 @@ def test_multi_node_training_configs_keep_the_papers_global_batch(rel, processes
 
 
 @pytest.mark.slow
-def test_sample_job_through_ray_job_submit(sample_corpus, tiny_teachers, ray_cluster, tmp_path):
+def test_sample_job_through_ray_job_submit(sample_corpus, tiny_teachers, ray_dashboard, tmp_path):
     spec = load("ray/sample.job.yaml")
     store = tmp_path / "store"
     # The entrypoint as the YAML gives it; --set points jobs/sample.yaml's relative paths at the
@@ -107,7 +107,7 @@ def test_sample_job_through_ray_job_submit(sample_corpus, tiny_teachers, ray_clu
             "job",
             "submit",
             "--address",
-            RAY_DASHBOARD["url"],
+            ray_dashboard,
             "--runtime-env",
             spec["runtime_env"],
             "--submission-id",
@@ -127,7 +127,7 @@ def test_sample_job_through_ray_job_submit(sample_corpus, tiny_teachers, ray_clu
     assert summary["clip"]["samples_stored"] + summary["clip"]["samples_errors"] == 100
     assert summary["sam"]["units"] == 4 and summary["sam"]["samples_stored"] == 12
     status = subprocess.run(
-        [ray_bin, "job", "status", "--address", RAY_DASHBOARD["url"], f"sample-{tmp_path.name}"],
+        [ray_bin, "job", "status", "--address", ray_dashboard, f"sample-{tmp_path.name}"],
         capture_output=True,
         text=True,
         timeout=60,

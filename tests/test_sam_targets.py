@@ -10,13 +10,15 @@ import pytest
 from pycocotools import mask as mask_utils
 from segment_anything import SamPredictor
 
-from conftest import assert_sound, run_module, write_sam_job
 from pipeline.config import SamTeacherConfig
 from pipeline.materialize import main as materialize
 from pipeline.teachers import load_sam_teacher
 from storage_schemas.pixels.decode import decode_image
 from storage_schemas.store import open_store
 from storage_schemas.store.mask_logits import UINT8_MAX_PROB_ERROR, decode_logits
+from support.commands import run_module
+from support.job_configs import sam_shards, write_sam_job
+from support.store_checks import assert_sound
 
 
 def sa1b_members(corpus, shard):
@@ -183,7 +185,7 @@ def test_bad_samples_are_errors_and_skipped_annotations_are_counted(
 @pytest.mark.slow
 def test_kill_before_commit_then_rerun_is_exactly_once(tmp_path, sample_corpus, tiny_teachers, ray_cluster):
     store = tmp_path / "store"
-    job = write_sam_job(tmp_path / "job.yaml", store, f"{sample_corpus}/sam/sa_{{000000..000001}}.tar", tiny_teachers)
+    job = write_sam_job(tmp_path / "job.yaml", store, sam_shards(sample_corpus), tiny_teachers)
     killed = run_module("pipeline.materialize", str(job), env={"SAMCLIP_KILL_AT": "after_data_before_commit:3"})
     assert killed.returncode == -signal.SIGKILL
     before = {c.unit: c.attempt_id for c in open_store(str(store)).commits("sam")}

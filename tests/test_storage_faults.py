@@ -8,23 +8,26 @@ import json
 import pytest
 
 import flaky_fs  # noqa: F401  (registers flaky:// in this process)
-from conftest import run_module
+from pipeline.config import RayConfig
 from pipeline.materialize import main as materialize
-from storage_schemas.store import open_store
+from pipeline.validate import main as validate
+from storage_schemas.store import StoreConfig, open_store
+from support.commands import run_in_process
+from support.job_configs import clip_shards, clip_source, tiny_clip, write_job
 
 
 def flaky_job(path, corpus, teachers, root, **faults) -> str:
-    options = ", ".join([f"root: '{root}'", *(f"{k}: {v!r}" for k, v in faults.items())])
-    path.write_text(f"""
-store: {{url: "flaky://store", storage_options: {{{options}}}}}
-sources:
-  - {{name: sample, kind: clip, shards: "{corpus}/clip/{{00000..00003}}.tar"}}
-clip:
-  teacher: {{arch: samclip-tiny-clip, pretrained: "{teachers["clip"]}"}}
-  views: 2
-ray: {{batch_size: 8}}
-""")
-    return str(path)
+    """A CLIP job writing to flaky://store, which keeps its files under `root` and fails as `faults` say."""
+    store = StoreConfig("flaky://store", {"root": str(root), **faults})
+    return str(
+        write_job(
+            path,
+            store,
+            [clip_source(clip_shards(corpus))],
+            clip=tiny_clip(teachers, views=2),
+            ray=RayConfig(batch_size=8),
+        )
+    )
 
 
 def test_transient_errors_are_retried_and_reported(sample_corpus, tiny_teachers, ray_cluster, tmp_path, capsys):
@@ -40,8 +43,8 @@ def test_transient_errors_are_retried_and_reported(sample_corpus, tiny_teachers,
     assert "20 transient errors retried (read 2, write 18)" in capsys.readouterr().out
     store = open_store(str(tmp_path / "base" / "store"))
     assert store.summary()["clip"]["samples_stored"] == 100
-    p = run_module("pipeline.validate", str(tmp_path / "base" / "store"))
-    assert p.returncode == 0, p.stdout
+    p = run_in_process(validate, [tmp_path / "base" / "store"], capsys)
+    assert p.status == 0, p.out
 
 
 def test_a_permanent_error_fails_its_unit_and_the_rest_commit(

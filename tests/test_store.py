@@ -151,20 +151,28 @@ def test_tables_round_trip_through_parquet(tmp_path, name):
 
 
 def test_embeddings_are_fixed_width_fp16():
+    field = clip_views_schema(D).field("embedding")
+    # A fixed-size list of D float16 items named "element", as Parquet names them (pyarrow's type
+    # equality ignores the item's name, the field's does not), never null.
+    assert field.type == pa.list_(pa.field("element", pa.float16()), D)
+    assert field.type.value_field == pa.field("element", pa.float16()) and not field.nullable
     t = pa.Table.from_pylist(clip_rows(1, 1, "00000"), schema=clip_views_schema(D))
     emb = t.column("embedding").combine_chunks()
-    assert emb.type == clip_views_schema(D).field("embedding").type and emb.type.list_size == D
+    assert pa.types.is_fixed_size_list(emb.type) and emb.type.list_size == D and emb.values.type == pa.float16()
     assert emb.values.nbytes == 2 * D  # the fp16 floor: 2 x D bytes per view
+    # and so they come back from a views file
+    back = pq.read_table(pa.BufferReader(parquet_bytes(t))).schema.field("embedding")
+    assert back.type == field.type and back.type.value_field == field.type.value_field
 
 
 @pytest.mark.parametrize("precision", ["fp16", "uint8_sigmoid"])
 def test_mask_logits_round_trip_through_zarr(tmp_path, precision):
     rng = np.random.default_rng(1)
     storage = StoreRoot(str(tmp_path))
-    n, slots = 3, 4
+    n, slots = 4, 4
     logits = (rng.normal(size=(n, slots, 1, 256, 256)) * 8).astype(np.float32)
     logits[:, :, :, :2, :2] = [[-60.0, 60.0], [0.0, 1e-3]]  # saturated and near-zero values
-    n_prompts = [4, 2, 3]
+    n_prompts = [4, 2, 3, 0]  # the last image has no prompt: fill only, it still gets its chunk
     stored = np.full((n, slots, 1, 256, 256), fill_value(precision), dtype=encode_logits(logits[:1], precision).dtype)
     for i in range(n):  # slots beyond n_prompts keep the fill value
         stored[i, : n_prompts[i]] = encode_logits(logits[i, : n_prompts[i]], precision)
@@ -172,9 +180,19 @@ def test_mask_logits_round_trip_through_zarr(tmp_path, precision):
     assert sorted(objects) == ["logits/c/0/0/0/0/0", "logits/zarr.json", "zarr.json"]  # one shard for the part
     for key, data in objects.items():
         storage.write_bytes(f"sam/s/u/p.zarr/{key}", data)
+    group = tmp_path / "sam/s/u/p.zarr"
+    assert sorted(p.relative_to(group).as_posix() for p in group.rglob("*") if p.is_file()) == sorted(objects)
     back = open_logits(storage, "sam/s/u/p.zarr")
     assert back.shape == (n, slots, 1, 256, 256) and back.chunks == (1, slots, 1, 256, 256)
     assert back.shards == (n, slots, 1, 256, 256) and back.attrs["precision"] == precision
+    # Every image's chunk is stored (a missing one would read as the fill value): the shard is
+    # there, and its index (Zarr's sharding codec: (offset, nbytes) per chunk, then a CRC32C) has
+    # no empty entry, the fill-only image's included.
+    assert back.nchunks_initialized == back.nchunks == n
+    shard = objects["logits/c/0/0/0/0/0"]
+    index = np.frombuffer(shard[-(16 * n + 4) : -4], np.uint64).reshape(n, 2)
+    assert (index != np.iinfo(np.uint64).max).all(), index
+    np.testing.assert_array_equal(back[:], stored)  # the written slots hold what was written (NaN = NaN)
     decoded = decode_logits(back[:], precision)
     # The trainer decodes the stored bytes on its device: the same values, NaN fill included.
     np.testing.assert_array_equal(decode_logits(torch.from_numpy(back[:]), precision).numpy(), decoded)
@@ -184,9 +202,10 @@ def test_mask_logits_round_trip_through_zarr(tmp_path, precision):
 
     bound = UINT8_MAX_PROB_ERROR if precision == "uint8_sigmoid" else FP16_MAX_PROB_ERROR
     for i in range(n):
-        err = np.abs(sig(decoded[i, : n_prompts[i]]) - sig(logits[i, : n_prompts[i]])).max()
-        assert err <= bound + 1e-7, (precision, err, bound)
-        assert err > bound / 4, "the bound should be close to what happens, not loose"
+        if n_prompts[i]:
+            err = np.abs(sig(decoded[i, : n_prompts[i]]) - sig(logits[i, : n_prompts[i]])).max()
+            assert err <= bound + 1e-7, (precision, err, bound)
+            assert err > bound / 4, "the bound should be close to what happens, not loose"
         if precision == "fp16":
             assert np.isnan(decoded[i, n_prompts[i] :]).all()
         else:

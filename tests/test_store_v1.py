@@ -20,12 +20,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, run_module
 from pipeline.validate import validate
+from storage_schemas.__main__ import main as summary
 from storage_schemas.pixels.views import render_view, view_hash
 from storage_schemas.plumbing.errors import ManifestMismatch
 from storage_schemas.store import open_store
 from storage_schemas.store.root import StoreRoot
+from support.commands import REPO, run_in_process
+from support.job_configs import clip_source, tiny_clip, write_job
 
 V1 = REPO / "tests" / "data" / "store_v1"
 
@@ -39,7 +41,7 @@ def store_v1(tmp_path, sample_corpus) -> Path:
     return root
 
 
-def test_a_schema_1_store_reads_as_before(store_v1):
+def test_a_schema_1_store_reads_as_before(store_v1, capsys):
     from student.data import iter_clip_unit, iter_sam_unit
 
     store = open_store(str(store_v1))
@@ -59,20 +61,20 @@ def test_a_schema_1_store_reads_as_before(store_v1):
     images = list(iter_sam_unit(store, sam[0]))
     assert len(images) == 4 and all(np.isfinite(i.logits()).all() for i in images)
     assert validate(StoreRoot(str(store_v1))).problems == []
-    listing = run_module("storage_schemas", str(store_v1))
-    clip_row = next(line.split() for line in listing.stdout.splitlines() if line.split()[:1] == ["clip"])
-    assert listing.returncode == 0 and clip_row[3:5] == ["1", "25/25"], listing.stdout
+    listing = run_in_process(summary, [store_v1], capsys)
+    clip_row = next(line.split() for line in listing.out.splitlines() if line.split()[:1] == ["clip"])
+    assert listing.status == 0 and clip_row[3:5] == ["1", "25/25"], listing.out
 
 
 def test_adding_units_to_a_schema_1_store_is_refused(store_v1, tmp_path, sample_corpus, tiny_teachers, ray_cluster):
     from pipeline.materialize import main as materialize
 
-    job = tmp_path / "job.yaml"
-    job.write_text(f"""
-store: {{url: "{store_v1}"}}
-sources: [{{name: sample, kind: clip, shards: "{sample_corpus}/clip/00001.tar"}}]
-clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{tiny_teachers["clip"]}"}}, views: 2}}
-""")
+    job = write_job(
+        tmp_path / "job.yaml",
+        store_v1,
+        [clip_source(f"{sample_corpus}/clip/00001.tar")],
+        clip=tiny_clip(tiny_teachers, views=2),
+    )
     with pytest.raises(ManifestMismatch, match="has schema version 1; .* write these targets to a new store URL"):
         materialize([str(job)])
     assert not (store_v1 / "_commits" / "clip" / "sample" / "00001.json").exists()

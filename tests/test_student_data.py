@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_clip_job
 from pipeline.materialize import main as materialize
 from storage_schemas.pixels.sam_transforms import sam_boxes
 from storage_schemas.pixels.views import render_view, view_hash
@@ -21,6 +20,7 @@ from student.batches import BatchStream, ClipBatchMaker, SamBatchMaker, Stream, 
 from student.data import choose_prompts, choose_view, iter_clip_unit, iter_sam_unit, split_filter
 from student.epoch_plan import batch_sizes, deal_slots, plan_epoch, stream_order, unit_id
 from student.pieces import unit_pieces
+from support.job_configs import write_clip_job
 
 
 def test_units_read_whole_give_every_sample_and_the_teachers_pixels(clip_store):

@@ -14,12 +14,14 @@ import pytest
 from PIL import Image
 
 from bench.retrieval import clustered_vectors, recall_at
-from pipeline.config import RetrievalConfig
+from pipeline.config import RayConfig, RetrievalConfig
 from pipeline.gallery_index import index_factory, new_index, open_gallery, search, set_nprobe, vector_scores
 from pipeline.transfer_select import select_balanced
 from storage_schemas.store import open_store
 from storage_schemas.store.identity import SampleId, is_held_out
 from storage_schemas.store.subsets import read_subset
+from support.commands import REPO
+from support.job_configs import tiny_clip, write_job
 
 HELD_OUT = 0.2
 
@@ -217,11 +219,7 @@ def subset_store(clip_store, sample_corpus, tiny_teachers, tmp_path_factory, ray
     excluded.mkdir()
     shard, key = train_keys[-1]
     (excluded / "test-image.jpg").write_bytes(_gallery_image(sample_corpus, shard, key))
-    job = root / "job.yaml"
-    job.write_text(
-        f'store: {{url: "{store}"}}\nsources: []\nclip:\n  teacher: {{arch: samclip-tiny-clip, '
-        f'pretrained: "{tiny_teachers["clip"]}"}}\n  views: 4\nray: {{batch_size: 4}}\n'
-    )
+    job = write_job(root / "job.yaml", store, [], clip=tiny_clip(tiny_teachers, views=4), ray=RayConfig(batch_size=4))
 
     def run(*extra: str) -> str:
         said = io.StringIO()
@@ -352,8 +350,6 @@ def test_a_subset_run_reads_only_subset_samples_and_trains_on_their_retrieved_vi
 def test_training_on_a_subset_records_it_and_refuses_another_held_out_split(subset_store, tiny_teachers, tmp_path):
     import subprocess
     import sys
-
-    from conftest import REPO
 
     out = tmp_path / "run"
     args = [

@@ -1,5 +1,6 @@
 """`python -m pipeline.validate`: a sound store passes; each kind of damage is reported by name;
-`--gc` removes what no commit record lists."""
+`--gc` removes what no commit record lists. The command runs in this process, through `run_cli`
+as `python -m pipeline.validate` runs it (tests/test_cli.py runs a pipeline command's wrapper)."""
 
 import json
 import shutil
@@ -11,9 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 import zarr
 
-from conftest import run_module
+from pipeline.validate import main as validate_main
 from storage_schemas.store.commit import CommitRecord
 from storage_schemas.store.root import StoreRoot
+from support.commands import assert_one_line_error, run_in_process
 
 
 @pytest.fixture
@@ -23,10 +25,16 @@ def store(train_store, tmp_path) -> Path:
     return root
 
 
-def validate(root: Path, *args: str) -> tuple[int, dict, str]:
-    report = root.parent / "report.json"
-    p = run_module("pipeline.validate", str(root), "--json", str(report), *args)
-    return p.returncode, json.loads(report.read_text()), p.stdout
+@pytest.fixture
+def validate(capsys):
+    """validate(root, *args) -> (exit status, the JSON report, stdout)."""
+
+    def run(root: Path, *args: str) -> tuple[int, dict, str]:
+        report = root.parent / "report.json"
+        p = run_in_process(validate_main, [root, "--json", report, *args], capsys)
+        return p.status, json.loads(report.read_text()), p.out
+
+    return run
 
 
 def records(root: Path, kind: str) -> list[tuple[Path, CommitRecord]]:
@@ -47,13 +55,13 @@ def rewrite_parquet(root: Path, rel: str, change) -> None:
     pq.write_table(change(table), root / rel)
 
 
-def test_a_sound_store_passes(store):
+def test_a_sound_store_passes(store, validate):
     code, report, out = validate(store)
     assert code == 0 and report["ok"] and report["units"] == 8 and report["orphans"] == [], out
     assert "ok: no problem found" in out
 
 
-def test_each_kind_of_damage_is_reported_and_gc_removes_orphans(store):
+def test_each_kind_of_damage_is_reported_and_gc_removes_orphans(store, validate):
     (p0, r0), (p1, r1), (p2, r2), (p3, r3) = records(store, "clip")
     (s0, q0), (s1, q1), (s2, q2), (s3, q3) = records(store, "sam")
     views = lambda r: next(f.path for f in r.files if f.path.endswith(".parquet"))  # noqa: E731
@@ -126,9 +134,8 @@ def test_each_kind_of_damage_is_reported_and_gc_removes_orphans(store):
     assert validate(store, "--sizes-only")[1]["orphans"] == []
 
 
-def test_manifest_damage_and_an_unreachable_store(store, tmp_path):
+def test_manifest_damage_and_an_unreachable_store(store, tmp_path, validate, capsys):
     (store / "clip" / "_manifest.json").write_text("{not json")
     code, report, _ = validate(store)
     assert code == 1 and {"path": "clip/_manifest.json", "problem": "manifest does not parse"} in report["problems"]
-    p = run_module("pipeline.validate", str(tmp_path / "nowhere"))
-    assert p.returncode == 2 and "nowhere" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert_one_line_error(run_in_process(validate_main, [tmp_path / "nowhere"], capsys), "nowhere")

@@ -1,5 +1,6 @@
 """`python -m pipeline.verify`: the teacher, re-run from scratch on random committed samples, agrees
-with a sound store and catches a tampered one; another teacher is refused."""
+with a sound store and catches a tampered one; another teacher is refused. The command runs in this
+process, through `run_cli` as `python -m pipeline.verify` runs it."""
 
 import json
 import shutil
@@ -9,36 +10,40 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import run_module
+from pipeline.verify import main as verify_main
+from support.commands import CliRun, run_in_process
+from support.job_configs import clip_source, tiny_clip, tiny_sam, write_job
 
 pytestmark = pytest.mark.slow
 
 
 def job(tmp_path, teachers, store) -> str:
-    path = tmp_path / "job.yaml"
-    path.write_text(f"""
-store: {{url: "{store}"}}
-sources: [{{name: sample, kind: clip, shards: "unused.tar"}}]
-clip: {{teacher: {{arch: samclip-tiny-clip, pretrained: "{teachers["clip"]}"}}, views: 4}}
-sam: {{teacher: {{model: tiny, checkpoint: "{teachers["sam"]}"}}, prompts: 16, rounds: 2}}
-""")
-    return str(path)
+    """The teachers of the session stores; verify takes the store from its ROOT argument."""
+    return str(
+        write_job(
+            tmp_path / "job.yaml",
+            store,
+            [clip_source("unused.tar")],
+            clip=tiny_clip(teachers, views=4),
+            sam=tiny_sam(teachers, prompts=16, rounds=2),
+        )
+    )
 
 
-def verify(store, config, *extra):
+def verify(capsys, store, config, *extra) -> tuple[CliRun, dict | None]:
     out = store.parent / "verify.json"
-    p = run_module("pipeline.verify", str(store), "--config", config, "--sample", "3", "--json", str(out), *extra)
+    p = run_in_process(verify_main, [store, "--config", config, "--sample", "3", "--json", out, *extra], capsys)
     return p, (json.loads(out.read_text()) if out.exists() else None)
 
 
-def test_a_sound_store_agrees_with_its_teacher(train_store, tiny_teachers, tmp_path):
-    p, figures = verify(train_store, job(tmp_path, tiny_teachers, train_store))
-    assert p.returncode == 0, p.stdout + p.stderr[-2000:]
+def test_a_sound_store_agrees_with_its_teacher(train_store, tiny_teachers, tmp_path, capsys):
+    p, figures = verify(capsys, train_store, job(tmp_path, tiny_teachers, train_store))
+    assert p.status == 0, p.out + p.err[-2000:]
     clip, sam = figures["clip"], figures["sam"]
     assert clip["samples"] == 3 and clip["pixel_hash_matches"] == clip["items"] == 12  # K = 4 views each
     assert clip["min_cosine"] > 0.9999 and clip["mismatched"] == []
     assert sam["samples"] == 3 and sam["items"] > 0 and sam["max_abs_diff"] < 0.02  # fp16 storage rounding
-    assert "ok: the teacher agrees with the store" in p.stdout
+    assert "ok: the teacher agrees with the store" in p.out
 
 
 def test_draws_are_distinct_samples_and_at_most_all_of_them(train_store):
@@ -52,7 +57,7 @@ def test_draws_are_distinct_samples_and_at_most_all_of_them(train_store):
         assert len(draws) == len(set(draws)) == min(n, sum(r.n_stored for r in store.commits(kind)))
 
 
-def test_tampered_targets_and_another_teacher_are_caught(train_store, tiny_teachers, tmp_path):
+def test_tampered_targets_and_another_teacher_are_caught(train_store, tiny_teachers, tmp_path, capsys):
     store = tmp_path / "store"
     shutil.copytree(train_store, store)
     for path in (store / "clip").rglob("*.parquet"):  # every sample gets another sample's embeddings
@@ -60,12 +65,13 @@ def test_tampered_targets_and_another_teacher_are_caught(train_store, tiny_teach
         emb = np.asarray(t.column("embedding").to_pylist(), np.float16)
         rolled = pa.FixedSizeListArray.from_arrays(pa.array(np.roll(emb, 4, axis=0).reshape(-1)), emb.shape[1])
         pq.write_table(t.set_column(t.schema.get_field_index("embedding"), t.schema.field("embedding"), rolled), path)
-    p, figures = verify(store, job(tmp_path, tiny_teachers, store))
-    assert p.returncode == 1 and figures["clip"]["min_cosine"] < 0.99
-    assert len(figures["clip"]["mismatched"]) == 3 and "MISMATCH clip sample/" in p.stdout
+    p, figures = verify(capsys, store, job(tmp_path, tiny_teachers, store))
+    assert p.status == 1 and figures["clip"]["min_cosine"] < 0.99
+    assert len(figures["clip"]["mismatched"]) == 3 and "MISMATCH clip sample/" in p.out
     assert figures["sam"]["mismatched"] == []
     # A teacher with other weights is not the store's: refused with one line naming the weights.
     p, _ = verify(
+        capsys,
         store,
         job(tmp_path, tiny_teachers, store),
         "--set",
@@ -73,6 +79,6 @@ def test_tampered_targets_and_another_teacher_are_caught(train_store, tiny_teach
         "--set",
         "clip.teacher.init_seed=1",
     )
-    last = p.stderr.strip().splitlines()[-1]  # (open_clip warns first that the weights are random)
-    assert p.returncode == 2 and last.startswith("error: ") and "verify needs the store's own teacher" in last
-    assert "Traceback" not in p.stderr
+    last = p.err.strip().splitlines()[-1]  # (open_clip may warn first that the weights are random)
+    assert p.status == 2 and last.startswith("error: ") and "verify needs the store's own teacher" in last
+    assert "Traceback" not in p.err

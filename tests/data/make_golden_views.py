@@ -1,5 +1,5 @@
 """Regenerate tests/data/golden_views.parquet: the sample corpus's CLIP views table (tiny teacher,
-K=4, tests/conftest.py's CLIP_JOB) made by the code of a checkout, sorted by (source, shard, key,
+K=4, tests/support/job_configs.py's `write_clip_job`) made by the code of a checkout, sorted by (source, shard, key,
 view).
 
     python tests/data/make_golden_views.py                       # this checkout's code
@@ -37,6 +37,17 @@ def input_hashes(corpus: Path, clip_teacher: Path) -> dict[str, str]:
     return {**{s: sha256(corpus / s) for s in SHARDS}, clip_teacher.name: sha256(clip_teacher)}
 
 
+def session_clip_job():
+    """That checkout's `write_clip_job`: in tests/support/job_configs.py, or, in a checkout made
+    before tests/support (the committed golden's, 849a8d5), in its tests/conftest.py."""
+    import importlib
+
+    try:
+        return importlib.import_module("support.job_configs").write_clip_job
+    except ModuleNotFoundError:
+        return importlib.import_module("conftest").write_clip_job
+
+
 def main(argv: list[str] | None = None) -> int:
     here = Path(__file__).resolve()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import pyarrow.parquet as pq
 
-    from conftest import write_clip_job  # the job the session fixture `clip_store` runs
+    write_clip_job = session_clip_job()  # the job the session fixture `clip_store` runs, as that checkout has it
     from pipeline.sample_data import build_sample_corpus
     from pipeline.teachers.tiny import write_tiny_teachers
     from storage_schemas.store import open_store
