@@ -53,6 +53,11 @@ from storage_schemas.store.root import StoreRoot
 KEYS = ("image", "input_hw", "original_hw", "structure", "boxes", "points", "labels")
 
 
+def prompt_kwargs(prepared: dict) -> dict:
+    """A `prepare_image` result as `SamTeacherStage.predict_image` takes it."""
+    return {**{k: prepared[k] for k in KEYS}, "n_prompts": int(prepared["n_prompts"])}
+
+
 def sam_like_logits(annotation: bytes, slots: int, rng: np.random.Generator) -> np.ndarray:
     """float32 [slots, 1, 256, 256]: clamped signed distances to the image's masks, plus noise."""
     info, anns = parse_sa1b_json(annotation)
@@ -113,10 +118,10 @@ def main() -> None:
     prepared = [
         prepare_image(spec, SampleId("bench", "sa_000000", r["key"]), r["image"], r["annotation"]) for r in rows
     ]
-    stage.predict_image(*(prepared[0][k] for k in KEYS), prepared[0]["n_prompts"])
+    stage.predict_image(**prompt_kwargs(prepared[0]))
     t0 = time.perf_counter()
     for p in prepared:
-        stage.predict_image(*(p[k] for k in KEYS), p["n_prompts"])
+        stage.predict_image(**prompt_kwargs(p))
     bare_rate = len(prepared) / (time.perf_counter() - t0)
 
     full = SamTeacherStage(
@@ -134,7 +139,7 @@ def main() -> None:
         p = prepare_image(
             full.spec, SampleId("bench", "sa_000000", sample.key), sample.image()[1], sample.members["json"]
         )
-        random_logits = np.nan_to_num(full.predict_image(*(p[k] for k in KEYS), p["n_prompts"])[0])
+        random_logits = np.nan_to_num(full.predict_image(**prompt_kwargs(p))[0])
         like = sam_like_logits(sample.members["json"], 64, rng)
         for (kind, n, prec), out in sizes.items():
             out.append(chunk_bytes((random_logits if kind == "random" else like)[:n], prec))

@@ -168,9 +168,9 @@ class SamTeacherStage:
                     mask_input = low[torch.arange(len(idx), device=low.device), best][:, None].float()
         return logits, iou
 
-    def predict_image(self, *args, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    def predict_image(self, image: np.ndarray, **prompts) -> tuple[np.ndarray, np.ndarray]:
         """`predict_image_device` with the results on the host as numpy."""
-        logits, iou = self.predict_image_device(*args, **kwargs)
+        logits, iou = self.predict_image_device(image, **prompts)
         return logits.cpu().numpy(), iou.cpu().numpy()
 
     def stored_logits(self, logits: torch.Tensor, n_prompts: int) -> torch.Tensor:

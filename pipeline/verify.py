@@ -147,13 +147,13 @@ def verify_sam(store: TargetStore, cfg: JobConfig, draws, max_logit_diff: float)
             p = prompts[sample_index]
             logits, _ = stage.predict_image(
                 pad_image(resized),
-                resized.shape[:2],
-                rgb.shape[:2],
-                p.structure,
-                p.boxes,
-                p.points,
-                p.labels,
-                n_prompts,
+                input_hw=resized.shape[:2],
+                original_hw=rgb.shape[:2],
+                structure=p.structure,
+                boxes=p.boxes,
+                points=p.points,
+                labels=p.labels,
+                n_prompts=n_prompts,
             )
             slots = [r * int(policy["prompts"]) + p for r in range(int(policy["rounds"])) for p in range(n_prompts)]
             stored = decode_logits(array[row][slots], precision)

@@ -18,6 +18,7 @@ from storage_schemas.pixels.decode import (
     draft_side_for,
 )
 from storage_schemas.plumbing.errors import ConfigError
+from storage_schemas.store.tables import SampleError
 
 SAMPLES = {name: (data, reason) for name, _, data, reason in dirty_samples()}
 
@@ -28,6 +29,12 @@ def test_bad_images_fail_with_their_reason(name):
     with pytest.raises(DecodeError) as e:
         decode_image(data, max_pixels=MAX_PIXELS)
     assert e.value.reason == reason
+
+
+def test_a_sample_error_names_a_known_reason():
+    assert issubclass(DecodeError, SampleError) and DecodeError("empty", "x").reason == "empty"
+    with pytest.raises(ValueError, match="unknown error reason 'unreadable'"):
+        DecodeError("unreadable", "a reason the errors table does not know")
 
 
 def test_sixteen_bit_is_scaled_not_clipped():
