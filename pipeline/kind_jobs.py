@@ -1,6 +1,6 @@
 """Each kind's job: its manifest checked and written, its read and teacher stages, then the driver.
 
-report = run_clip(plan, plan.kinds["clip"], has_gpu)   # or run_sam; JOBS[kind] picks one
+    report = run_clip(plan, plan.kinds["clip"], has_gpu)   # or run_sam; JOBS[kind] picks one
 """
 
 from __future__ import annotations
