@@ -1,6 +1,8 @@
 """Each kind's job: its manifest checked and written, its read and teacher stages, then the driver.
 
     report = run_clip(plan, plan.kinds["clip"], has_gpu)   # or run_sam; JOBS[kind] picks one
+
+`pipeline.materialize` runs JOBS[kind] for each kind the job names.
 """
 
 from __future__ import annotations
