@@ -4,7 +4,8 @@
 
 The actors write every part's files; the driver only accepts parts whose sample sets are disjoint
 until parts and error rows cover a unit, then commits it (pipeline/unit_commit.py) and removes
-what the record does not list (storage_schemas/README.md, "The commit protocol").
+what the record does not list (storage_schemas/README.md, "The commit protocol"); once the
+stream has ended, what Ray's replays of retried tasks wrote under those units unreported.
 """
 
 from __future__ import annotations
@@ -18,9 +19,16 @@ from tqdm import tqdm
 from pipeline.plan import JobPlan, KindPlan
 from pipeline.read_plan import read_tasks
 from pipeline.report import JobReport
-from pipeline.unit_commit import commit_unit, remove_leftovers, remove_part_files, remove_pending_leftovers
+from pipeline.unit_commit import (
+    commit_unit,
+    remove_leftovers,
+    remove_part_files,
+    remove_pending_leftovers,
+    remove_replayed_parts,
+)
 from pipeline.units import END, PART, TEACHER_FAILED, UNIT_FAILED, ShardTask, UnitCollector, committed_parts
 from storage_schemas.plumbing.faults import kill_point
+from storage_schemas.store.commit import CommitRecord
 from storage_schemas.store.root import StorageFailure
 
 
@@ -49,7 +57,7 @@ def run_units(
     collectors: dict[tuple[str, str], UnitCollector] = {}
     failed_at: dict[tuple[str, str], int] = {}  # shard -> first sample of the unit its read stopped in
     read_to_end: set[tuple[str, str]] = set()  # shards whose last end row (it carries the shard's count) arrived
-    committed_now: set[tuple[str, str]] = set()
+    committed_now: dict[tuple[str, str], CommitRecord] = {}
     finished = set(committed)  # units committed (before or by this run) or failed
 
     def fail(unit_key: tuple[str, str], shard: str, reason: str, detail: str) -> None:
@@ -127,7 +135,7 @@ def run_units(
                     continue
                 del collectors[unit_key]
                 finished.add(unit_key)
-                committed_now.add(unit_key)
+                committed_now[unit_key] = record
                 report.leftovers_removed += remove_leftovers(plan.storage, record)
                 report.units_done += 1
                 report.samples += record.n_input
@@ -139,6 +147,7 @@ def run_units(
                     report.shard_notes.append(f"{row['source']}/{row['shard']}: {c.note}")
                 progress.update(1)
     progress.close()
+    report.leftovers_removed += remove_replayed_parts(plan.storage, kind, list(committed_now.values()))
     # Batches lost for good (their actor died past the retries): units some rows of which never came,
     # and shards whose last units left no row at all.
     for (source, unit), c in collectors.items():

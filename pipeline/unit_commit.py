@@ -2,6 +2,7 @@
 
     record = commit_unit(storage, "clip", collector, policy_hash)   # errors table, then the record
     remove_leftovers(storage, record)                               # the unit's files it does not list
+    remove_replayed_parts(storage, "clip", records)                 # once the stream has ended, again
 
 The record lists the accepted parts (disjoint sample sets that, with the errors, cover the
 unit) and every file of them with the size and sha256 the actor measured. Until the record
@@ -92,6 +93,35 @@ def remove_leftovers(storage: StoreRoot, record: CommitRecord) -> int:
         )
         return 0
     return remove_quietly(storage, [p for p in paths if p not in keep])
+
+
+def remove_replayed_parts(storage: StoreRoot, kind: str, records: list[CommitRecord]) -> int:
+    """After the stream has ended: remove the files of this run's committed units their records do not list.
+
+    When an actor dies, Ray replays each of its unfinished generator tasks from the start and drops
+    the outputs the first attempt had already delivered (`ray.exceptions.
+    StreamingGeneratorReplayInconsistentError` guards that replay). A task whose batches were all
+    delivered, and its unit committed, but that had not yet finished when a batch running beside it
+    killed the actor, writes its parts again and no row ever tells the driver: files that can land
+    after `remove_leftovers` ran. Once the stream has ended no task of the job is running, so one
+    listing per source then finds every one of them.
+    """
+    keep: dict[tuple[str, str], set[str]] = {(r.source, r.unit): {f.path for f in r.files} for r in records}
+    sources = sorted({source for source, _ in keep})
+
+    def unlisted(rel: str, source: str) -> bool:
+        head = rel.split("/")  # KIND/SOURCE/UNIT/FILE; errors tables are the driver's own writes
+        return len(head) > 3 and (source, head[2]) in keep and rel not in keep[(source, head[2])]
+
+    try:
+        with ThreadPoolExecutor(READ_THREADS) as pool:
+            listings = list(pool.map(lambda source: storage.list_files(f"{kind}/{source}"), sources))
+    except (StorageFailure, OSError) as e:
+        log.warning("%s units: replayed parts not listed (%s); `validate --gc` removes them later", kind, e)
+        return 0
+    return remove_quietly(
+        storage, [rel for source, files in zip(sources, listings) for rel in files if unlisted(rel, source)]
+    )
 
 
 def remove_part_files(storage: StoreRoot, row: dict) -> int:

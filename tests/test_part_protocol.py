@@ -6,6 +6,7 @@ shards, batch 8: four parts per unit.
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -82,6 +83,45 @@ def test_a_batch_that_kills_its_actor_every_time_fails_its_unit(tmp_path, sample
     assert rerun.returncode == 0 and f"{len(failed)} done, {4 - len(failed)} skipped" in rerun.stdout, rerun.stderr[
         -3000:
     ]
+    assert_exactly_once(store, sample_corpus)
+
+
+class ReplayedAfterCommit:
+    """The teacher dataset, plus what Ray's replay of a finished-but-unacknowledged task leaves: once
+    every row has reached the driver (so every unit has committed), a second copy of a committed
+    part under a new attempt name, which no row reports (pipeline.unit_commit.remove_replayed_parts)."""
+
+    def __init__(self, dataset, store: Path):
+        self.dataset, self.store = dataset, store
+
+    def iter_batches(self, **kwargs):
+        yield from self.dataset.iter_batches(**kwargs)
+        record = open_store(str(self.store)).commits("clip")[0]
+        part = Path(self.store, record.files[0].path)
+        replayed = part.with_name(part.name.split("-")[0] + "-replayed.parquet")
+        replayed.write_bytes(part.read_bytes())
+        self.replayed = replayed
+
+
+def test_a_part_written_again_after_its_unit_committed_is_removed(
+    tmp_path, sample_corpus, tiny_teachers, ray_cluster, monkeypatch
+):
+    import pipeline.kind_jobs
+    from pipeline.materialize import main
+
+    store = tmp_path / "store"
+    job = write_clip_job(tmp_path / "job.yaml", store, sample_corpus, tiny_teachers)
+    datasets = []
+    real = pipeline.kind_jobs.teacher_dataset
+
+    def replaying(*args, **kwargs):
+        datasets.append(ReplayedAfterCommit(real(*args, **kwargs), store))
+        return datasets[-1]
+
+    monkeypatch.setattr(pipeline.kind_jobs, "teacher_dataset", replaying)
+    assert main([str(job), "--report", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())["reports"][0]
+    assert not datasets[0].replayed.exists() and report["leftovers_removed"] == 1, report
     assert_exactly_once(store, sample_corpus)
 
 
