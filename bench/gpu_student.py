@@ -25,7 +25,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch
-import torch.nn.functional as F
 
 from bench.synthetic_store import write_clip_store
 from storage_schemas.models.sam_models import build_sam
@@ -38,13 +37,13 @@ from student.pieces import split_filter, unit_pieces
 STREAMS = 16
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=64, help="CLIP images per step at 224 px (paper: 2048 / 32 GPUs)")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--workers", type=int, nargs="+", default=[2, 4, 8, 16])
     p.add_argument("--tiny", action="store_true")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     cuda = torch.cuda.is_available() and not args.tiny
     device = torch.device("cuda" if cuda else "cpu")
     arch, dim = ("tiny", 64) if args.tiny else ("vit_b", 768)
@@ -100,7 +99,7 @@ def main() -> None:
             yield b["images"].to(device, non_blocking=True), b["targets"].to(device, non_blocking=True)
 
     first = next(clip_stream(0))
-    fixed = first["images"].to(device), F.normalize(first["targets"], dim=-1).to(device)
+    fixed = first["images"].to(device), first["targets"].to(device)
 
     def repeat():
         while True:

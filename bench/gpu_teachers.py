@@ -1,10 +1,12 @@
 """The teacher stages on one GPU, without Ray: views/s and images/s per GPU against the bare
 teachers, and how busy the GPU was. One prepared script, under 8 minutes, that makes its own data.
 
-    python bench/gpu_teachers.py [--seconds 40] [--clip-batch 256] [--render-threads 8] [--tiny]
+    python bench/gpu_teachers.py [--seconds 40] [--clip-batch 256] [--sam-batch 4] [--render-threads 8]
+                                 [--corpus DIR] [--tiny]
 
-data:   the built-in sample corpus (pipeline.sample_data): CLIP shards of 384-512 px JPEGs and
-        SA-1B-style pairs (320-640 px JPEG + COCO-RLE JSON), cycled to fill the time.
+data:   the built-in sample corpus (pipeline.sample_data; built in a temporary directory unless
+        --corpus names one): CLIP shards of 384-512 px JPEGs and SA-1B-style pairs (320-640 px
+        JPEG + COCO-RLE JSON), cycled to fill the time.
 CLIP:   open_clip ViT-L/14 at full size from a random init (seed 0), bf16 autocast, K=10 views.
         stage = ClipTeacherStage called from 2 threads as Ray calls it (`ray.calls_per_actor: 2`),
         on the read stage's own rows (JPEG bytes): the render pool decodes and renders into
@@ -38,7 +40,7 @@ import torch
 
 from pipeline.clip_targets import ClipTeacherStage, RenderSpec, read_clip_shard
 from pipeline.config import ClipTeacherConfig, SamConfig, SamTeacherConfig, ViewPolicy
-from pipeline.sam_targets import PromptSpec, SamTeacherStage, prepare_image, read_sam_shard
+from pipeline.sam_targets import PromptSpec, SamTeacherStage, predict_inputs, prepare_image, read_sam_shard
 from pipeline.sample_data import CorpusSpec, build_sample_corpus, encode_jpeg, load_photo, random_variant
 from pipeline.sources import InputShard
 from pipeline.units import OK, shard_task
@@ -46,8 +48,6 @@ from storage_schemas.pixels.decode import DEFAULT_MAX_PIXELS, decode_image
 from storage_schemas.pixels.sam_transforms import sam_input_image
 from storage_schemas.store.identity import SampleId
 from storage_schemas.store.root import StoreRoot
-
-KEYS = ("image", "input_hw", "original_hw", "structure", "boxes", "points", "labels")
 
 
 class BusyMeter:
@@ -162,7 +162,7 @@ def bench_sam(args, corpus: str, out: str, dtype: str) -> None:
         if shard.endswith(".tar")
         for r in rows_of("sam", f"{corpus}/sam/{shard}", stage.storage)
     ]
-    per_batch = 4
+    per_batch = args.sam_batch
     batch = as_batch([rows[i % len(rows)] for i in range(per_batch)])
     stage(batch)
     with BusyMeter() as busy:
@@ -175,7 +175,7 @@ def bench_sam(args, corpus: str, out: str, dtype: str) -> None:
 
     def one():
         p = prepared[next(i) % len(prepared)]
-        stage.predict_image_device(p["image"], **{k: p[k] for k in KEYS[1:]}, n_prompts=int(p["n_prompts"]))
+        stage.predict_image_device(p["image"], **predict_inputs(p))
         sync()
         return 1
 
@@ -203,24 +203,28 @@ def fmt(percent: float | None) -> str:
     return "n/a (no NVML)" if percent is None else f"{percent:.0f}%"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=40, help="per measurement (4 of them)")
     parser.add_argument("--clip-batch", type=int, default=256)
+    parser.add_argument("--sam-batch", type=int, default=4, help="SA-1B images per stage call")
     parser.add_argument("--render-threads", type=int, default=8)
+    parser.add_argument("--corpus", help="an existing sample corpus (python -m pipeline.sample_data DIR)")
     parser.add_argument("--tiny", action="store_true", help="tiny models on CPU: checks the script only")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.tiny:
-        args.seconds, args.clip_batch, args.render_threads = min(args.seconds, 3), 8, 2
+        args.seconds, args.clip_batch, args.sam_batch, args.render_threads = min(args.seconds, 3), 8, 2, 2
     elif not torch.cuda.is_available():
         sys.exit("no GPU: this benchmark measures the teachers on one (use --tiny to check the script on CPU)")
     dtype = "bf16" if torch.cuda.is_available() else "fp32"
-    work = tempfile.mkdtemp(prefix="bench-gpu-")
-    build_sample_corpus(f"{work}/corpus", CorpusSpec(eval_per_class=1))
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(f"{device}; torch {torch.__version__}; {os.cpu_count()} CPUs")
-    bench_clip(args, f"{work}/corpus", f"{work}/clip-out", dtype)
-    bench_sam(args, f"{work}/corpus", f"{work}/sam-out", dtype)
+    with tempfile.TemporaryDirectory(prefix="bench-gpu-") as work:
+        corpus = args.corpus or f"{work}/corpus"
+        if not args.corpus:
+            build_sample_corpus(corpus, CorpusSpec(eval_per_class=1))
+        bench_clip(args, corpus, f"{work}/clip-out", dtype)
+        bench_sam(args, corpus, f"{work}/sam-out", dtype)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from scipy.ndimage import distance_transform_edt
 from bench.compare import print_pipeline_vs_bare, run_jobs
 from pipeline.config import SamConfig, SamTeacherConfig
 from pipeline.sam_prompts import parse_sa1b_json, usable_annotations
-from pipeline.sam_targets import PromptSpec, SamTeacherStage, prepare_image, read_sam_shard
+from pipeline.sam_targets import PromptSpec, SamTeacherStage, predict_inputs, prepare_image, read_sam_shard
 from pipeline.sample_data import CorpusSpec, build_sample_corpus
 from pipeline.sources import InputShard
 from pipeline.units import OK, shard_task
@@ -49,13 +49,6 @@ from storage_schemas.store import open_store
 from storage_schemas.store.identity import SampleId
 from storage_schemas.store.mask_logits import LOW_RES, decode_logits, encode_logits, logits_group_objects
 from storage_schemas.store.root import StoreRoot
-
-KEYS = ("image", "input_hw", "original_hw", "structure", "boxes", "points", "labels")
-
-
-def prompt_kwargs(prepared: dict) -> dict:
-    """A `prepare_image` result as `SamTeacherStage.predict_image` takes it."""
-    return {**{k: prepared[k] for k in KEYS}, "n_prompts": int(prepared["n_prompts"])}
 
 
 def sam_like_logits(annotation: bytes, slots: int, rng: np.random.Generator) -> np.ndarray:
@@ -118,10 +111,10 @@ def main() -> None:
     prepared = [
         prepare_image(spec, SampleId("bench", "sa_000000", r["key"]), r["image"], r["annotation"]) for r in rows
     ]
-    stage.predict_image(**prompt_kwargs(prepared[0]))
+    stage.predict_image(prepared[0]["image"], **predict_inputs(prepared[0]))
     t0 = time.perf_counter()
     for p in prepared:
-        stage.predict_image(**prompt_kwargs(p))
+        stage.predict_image(p["image"], **predict_inputs(p))
     bare_rate = len(prepared) / (time.perf_counter() - t0)
 
     full = SamTeacherStage(
@@ -139,7 +132,7 @@ def main() -> None:
         p = prepare_image(
             full.spec, SampleId("bench", "sa_000000", sample.key), sample.image()[1], sample.members["json"]
         )
-        random_logits = np.nan_to_num(full.predict_image(**prompt_kwargs(p))[0])
+        random_logits = np.nan_to_num(full.predict_image(p["image"], **predict_inputs(p))[0])
         like = sam_like_logits(sample.members["json"], 64, rng)
         for (kind, n, prec), out in sizes.items():
             out.append(chunk_bytes((random_logits if kind == "random" else like)[:n], prec))

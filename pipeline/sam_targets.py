@@ -70,6 +70,14 @@ def ship_pair(row: dict[str, Any], sample: TarSample) -> dict[str, Any]:
     return row
 
 
+PREDICT_INPUTS = ("input_hw", "original_hw", "structure", "boxes", "points", "labels")
+
+
+def predict_inputs(prepared: dict[str, Any]) -> dict[str, Any]:
+    """A `prepare_image` result, less its image, as `SamTeacherStage.predict_image`'s keyword arguments."""
+    return {**{k: prepared[k] for k in PREDICT_INPUTS}, "n_prompts": int(prepared["n_prompts"])}
+
+
 def prepare_image(spec: PromptSpec, sample: SampleId, image: bytes, annotation: bytes) -> dict[str, Any]:
     """Decode, sample prompts, resize for SAM. Raises a SampleError (DecodeError, AnnotationError) if unusable.
     -> image uint8 [1024, 1024, 3] (padded), input_hw, original_hw int32 [2], n_prompts, n_annotations,
@@ -198,16 +206,7 @@ class SamTeacherStage:
                     except SampleError as e:
                         failed[i] = (e.reason, e.detail)
                         continue
-                    logits, iou = self.predict_image_device(
-                        s["image"],
-                        input_hw=s["input_hw"],
-                        original_hw=s["original_hw"],
-                        structure=s["structure"],
-                        boxes=s["boxes"],
-                        points=s["points"],
-                        labels=s["labels"],
-                        n_prompts=int(s["n_prompts"]),
-                    )
+                    logits, iou = self.predict_image_device(s["image"], **predict_inputs(s))
                     stored.append(self.stored_logits(logits, int(s["n_prompts"])))
                     del s["image"]
                     samples.append({**{c: rows[c][i] for c in ("key", "sample_index")}, **s, "iou": iou})
