@@ -124,6 +124,9 @@ def ray_cluster(s3_endpoint, ray_ports):
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         # Workers import the test-only flaky:// filesystem (tests/flaky_fs.py) from here.
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")])),
+        # On SIGTERM the head first drains its node for up to this many seconds (30 by default)
+        # and the idle test raylet never finishes draining: the teardown would wait it out.
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
     }
     head = subprocess.Popen(
         [
