@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run here, before a device session: downloads into .whl/ (git-ignored) the Python 3.12 x86-64 wheels
 # of what bench/gpu_student.py and bench/gpu_teachers.py import and the device image lacks (its
-# package list: /work/.library/device/KINDS.md), at the versions this .venv tests with.
+# package list: the device tool's KINDS.md), at the versions this .venv tests with.
 # Then: the device tool's `run` with carry [".whl"] and command `bash bench/gpu_run.sh`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
