@@ -16,12 +16,14 @@ for a real teacher on a few known duplicates.
 
 Writes `subsets/NAME.parquet` (`storage_schemas.store.subsets`), `subsets/NAME.json` (query set checksum,
 index, K, held-out fraction, teacher fingerprint, shortfalls) and `subsets/NAME.png`, a contact
-sheet. Train on it with `--set data.clip.subset=NAME`.
+sheet; a rerun that makes the stored selection again (same rows, same manifest but its time) keeps
+it and writes nothing. Train on it with `--set data.clip.subset=NAME`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from datetime import datetime, timezone
 
 import numpy as np
@@ -38,7 +40,8 @@ from storage_schemas.plumbing.errors import ConfigError, StoreError, run_cli
 from storage_schemas.plumbing.typed_config import add_config_arguments
 from storage_schemas.store import layout, open_store
 from storage_schemas.store.identity import SampleId, is_held_out
-from storage_schemas.store.subsets import write_subset
+from storage_schemas.store.root import StoreRoot
+from storage_schemas.store.subsets import SUBSET_SCHEMA, Subset, read_subset, write_subset
 
 EXCLUDE_SIMILARITY = 0.95
 FIRST_DEPTH = 4  # candidates searched per wanted view at first; x4 each time a query runs out
@@ -168,6 +171,22 @@ def subset_table(chosen: Selection, found: pa.Table, query_ids: np.ndarray) -> p
     )
 
 
+def _timeless(manifest: dict) -> dict:
+    return {k: v for k, v in manifest.items() if k != "created_at"}
+
+
+def same_stored_selection(storage: StoreRoot, name: str, table: pa.Table, manifest: dict) -> str | None:
+    """When subset `name` is stored with these rows and this manifest (but its time), its `created_at`:
+    a rerun keeps it, so trainers that read it see no rewrite."""
+    if not all(storage.exists(layout.subset_path(name, ext)) for ext in (".parquet", ".json", ".png")):
+        return None
+    stored = read_subset(storage, name)
+    ours = Subset(name, table.cast(SUBSET_SCHEMA), manifest)
+    # Through JSON, as write_subset stores it, so tuples compare equal to the stored lists.
+    same = _timeless(stored.manifest) == _timeless(json.loads(json.dumps(manifest))) and stored.table.equals(ours.table)
+    return stored.manifest["created_at"] if same else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = load_job_config(args.config, args.overrides)
@@ -225,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
         "samples": len(set(zip(*(table.column(c).to_pylist() for c in ("source", "shard", "key"))))),
         "short": short,
     }
+    kept = same_stored_selection(store.storage, args.name, table, subset_manifest)
+    if kept:
+        print(f"subset {args.name}: the stored one (made {kept}) is this selection; kept")
+        return 0
     write_subset(store.storage, args.name, table, subset_manifest)
     store.storage.write_bytes(
         layout.subset_path(args.name, ".png"),

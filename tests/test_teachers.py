@@ -96,3 +96,15 @@ def test_bad_names_and_paths_fail_with_one_line(tmp_path):
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot be read"):
         load_sam_teacher(SamTeacherConfig(model="tiny", checkpoint=str(garbage)))
+
+
+def test_the_tiny_teachers_cli_says_which_files_it_kept(tiny_teachers, tmp_path, capsys):
+    import shutil
+
+    from pipeline.teachers.tiny import main
+
+    shutil.copy(tiny_teachers["clip"], tmp_path / "tiny-clip.safetensors")
+    assert main([str(tmp_path)]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert said[0].endswith("kept: already there)") and said[1].endswith("written, seed 0)")
+    assert (tmp_path / "tiny-sam.pth").read_bytes() == open(tiny_teachers["sam"], "rb").read()  # same seed, same bytes

@@ -273,6 +273,14 @@ def test_the_cli_selects_k_per_query_without_held_out_excluded_or_repeated_views
     out = s["run"]("--per-query", "2", "--name", "pets2")
     assert "embeddings cached" in out and "up to date" in out and "embedding them" not in out
     assert len(read_subset(storage, "pets2")) == 10
+    files = {ext: storage.read_bytes(f"subsets/pets2{ext}") for ext in (".parquet", ".json", ".png")}
+    made = read_subset(storage, "pets2").manifest["created_at"]
+    assert f"subset pets2: the stored one (made {made}) is this selection; kept" in s["run"](
+        "--per-query", "2", "--name", "pets2"
+    )
+    assert {ext: storage.read_bytes(f"subsets/pets2{ext}") for ext in files} == files  # a rerun rewrites nothing
+    assert "kept" not in s["run"]("--per-query", "3", "--name", "pets2")
+    assert len(read_subset(storage, "pets2")) == 15  # other arguments: a new selection replaces it
 
 
 def test_a_teacher_other_than_the_stores_is_refused(subset_store, tmp_path):

@@ -69,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    there = {f for f in (CLIP_FILE, SAM_FILE) if os.path.isfile(os.path.join(args.out_dir, f))}
     for kind, path in write_tiny_teachers(args.out_dir, args.seed).items():
-        print(f"{kind} teacher: {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
+        # A kept file is not checked against --seed: delete it to write another seed's.
+        how = "kept: already there" if os.path.basename(path) in there else f"written, seed {args.seed}"
+        print(f"{kind} teacher: {path} ({os.path.getsize(path) / 1e6:.1f} MB, {how})")
     return 0
 
 
