@@ -1,7 +1,7 @@
 """The trainer's loaders on a pinned synthetic corpus: images/s per worker against the decode + render
 floor on the same samples, bytes read per trained sample against its budget, units per batch.
 
-    python bench/loader.py [--clip-units 8] [--clip-samples 192] [--sam-units 2] [--sam-images 6] [--workers 1 2]
+    python bench/loader.py [--clip-units 16] [--clip-samples 128] [--sam-units 4] [--sam-images 16] [--workers 1 2]
                           [--kinds clip sam]
 
 Corpus (bench/synthetic_store.py, fixed seed): CLIP shards of 384-512 px JPEGs (K = 10 views of
@@ -15,6 +15,10 @@ which a batch draws 32. For each setting (CLIP at 224, 448 and 1024 px, SAM at 1
            trainer's device (student.batches.target_logits), so neither side decodes them;
 - loader:  one epoch through the trainer's DataLoader (`make_loader(BatchStream(...))`) with W
            workers, timed from its first batch, as images/s per worker; its ratio to the floor;
+- gap:     where a worker's shortfall goes: the same DataLoader (1 worker) over the samples in
+           memory, collating each batch and handing it to the trainer, then handing off nothing;
+           and the fetch's CPU per sample (all threads' process time) against a sample's floor
+           time, which the loader spends beside the decode on the same cores;
 - bytes:   everything read through fsspec in the epoch (bench/counting_fs.py) per trained sample,
            against the budget: the trained samples' whole tar bytes (image, .txt/.json, headers),
            the part files of their pieces and the tar indexes (SAM reads less: the student never
@@ -91,10 +95,10 @@ def _floor_share(i: int, processes: int) -> float:
 
 def parallel_floor(maker, samples, resolution: int, processes: int) -> float:
     """The floor per process with `processes` of them decoding at once, as W loader workers do: on
-    a machine with few cores, W workers' per-worker rate is held to this, not to one process's."""
+    a machine with few cores, W workers' per-worker rate is held to this, not to one process's.
+    Forked even for one, as the workers are: in this process, after the earlier settings' work,
+    the same decode ran up to 25% slower (SAM: 19.8 against 25-27 images/s when run alone)."""
     global _FORKED
-    if processes == 1:
-        return floor_rate(maker, samples, resolution, 0)
     _FORKED = (maker, samples, resolution)
     with multiprocessing.get_context("fork").Pool(processes) as pool:
         return statistics.mean(pool.starmap(_floor_share, [(i, processes) for i in range(processes)]))
@@ -126,24 +130,30 @@ def images_of(store, plan, trained: set[str]) -> int:
     return total
 
 
-class _Repeat(torch.utils.data.IterableDataset):
-    def __init__(self, batch: dict, times: int):
-        self.batch, self.times = batch, times
+class _FromMemory(torch.utils.data.IterableDataset):
+    """The worker's decode, render and collate on samples in memory; each batch handed to the
+    trainer (`hand_off`) or replaced by its size."""
+
+    def __init__(self, maker, samples, resolution: int, batch: int, hand_off: bool):
+        self.maker, self.samples, self.resolution = maker, samples, resolution
+        self.batch, self.hand_off = batch, hand_off
 
     def __iter__(self):
-        for _ in range(self.times):
-            yield dict(self.batch)
+        for a in range(0, len(self.samples) - self.batch + 1, self.batch):
+            items = [self.maker.item(x, self.resolution, 0) for x in self.samples[a : a + self.batch]]
+            out = self.maker.collate(items)
+            yield out if self.hand_off else {"n": len(items)}
 
 
-def hand_off_time(maker, samples, batch: int, resolution: int) -> float:
-    """Seconds per sample a worker spends handing finished batches to the trainer process (the
-    DataLoader moves each batch's tensors into fresh shared memory), with nothing else to do."""
-    collated = maker.collate([maker.item(s, resolution, 0) for s in samples[:batch]])
-    times = max(4, 2000 // batch)
-    t = time.perf_counter()
-    for _ in make_loader(_Repeat(collated, times), workers=1):  # the trainer's DataLoader settings
-        pass
-    return (time.perf_counter() - t) / (times * batch)
+def from_memory_rate(maker, samples, resolution: int, batch: int, hand_off: bool) -> float:
+    """Images/s of one loader worker on samples in memory, timed from its first batch."""
+    n, first = 0, None
+    for b in make_loader(_FromMemory(maker, samples, resolution, batch, hand_off), workers=1):
+        if first is None:
+            first = time.perf_counter()
+        else:
+            n += len(b["ids"]) if hand_off else b["n"]
+    return n / (time.perf_counter() - first)
 
 
 def run_loader(plan, maker, workers: int, log: str) -> tuple[float, int, list[list[str]], list]:
@@ -169,18 +179,24 @@ def bench(name: str, store_root: str, maker_of, resolution: int, workers: list[i
     batch = 64 if kind == "clip" else 1  # per process: paper.yaml's 2048 CLIP / 32 SAM over 32 GPUs
     sizes = {resolution: max(1, int(batch * (224 / resolution) ** 2))} if kind == "clip" else {1024: 1}
     plan = plan_epoch(units, world_size=1, rank=0, streams=STREAMS, seed=0, epoch=0, sizes=sizes, tag=kind)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     samples = in_memory(plan, maker)
-    fetch = (time.perf_counter() - t) / len(samples)
+    fetch, fetch_cpu = (time.perf_counter() - t) / len(samples), (time.process_time() - cpu) / len(samples)
     # Part files read whole (Parquet); SAM's logits are read per image through Zarr, not through
     # fsspec, so neither side of the ratio counts them.
     parts = sum(f.size for st in plan.streams for su in st for f in su.unit.record.files if f.path.endswith(".parquet"))
     floors, rates = {w: [] for w in workers}, {w: [] for w in workers}
+    gap: dict[bool, list[float]] = {True: [], False: []}
+    ones = []  # the floor of one process, each round
     for _ in range(ROUNDS):  # interleaved: this machine's load drifts between the figures otherwise
         for w in workers:
             floors[w].append(parallel_floor(maker, samples, resolution, max(1, w)))
             rate, read, ids, reads = run_loader(plan, maker, w, f"{tmp}/reads-{w}.tsv")
             rates[w].append(rate)
+        one = floors[1][-1] if 1 in floors else parallel_floor(maker, samples, resolution, 1)
+        for hand_off in gap:
+            gap[hand_off].append(from_memory_rate(maker, samples, resolution, sizes[resolution], hand_off) / one)
+        ones.append(one)
     print(
         f"\n{name}: {plan.samples} samples in {len(plan.batches)} batches of {sizes[resolution]}; fetching alone "
         f"(pieces, tar ranges{', logits' if kind == 'sam' else ''}, 2 threads) {1 / fetch:.0f} samples/s"
@@ -198,10 +214,10 @@ def bench(name: str, store_root: str, maker_of, resolution: int, workers: list[i
             f"process(es) at once) -> {rate / floor:.3f} of the floor (runs "
             f"{', '.join(f'{r / f:.3f}' for r, f in zip(rates[w], floors[w]))})"
         )
-    hand_off = statistics.median(hand_off_time(maker, samples, sizes[resolution], resolution) for _ in range(ROUNDS))
     print(
-        f"  hand-off to the trainer alone (DataLoader shared memory, 1 worker): {hand_off * 1e3:.2f} ms/sample "
-        f"= {hand_off * statistics.median(floors[workers[0]]):.3f} of a sample's floor time"
+        f"  gap, 1 worker: from memory {statistics.median(gap[True]):.3f} of the floor handing each batch to the "
+        f"trainer, {statistics.median(gap[False]):.3f} handing off nothing; the fetch's CPU "
+        f"{fetch_cpu * 1e3:.1f} ms/sample = {fetch_cpu * statistics.median(ones):.3f} of a sample's floor time"
     )
     print(
         f"  read {read / n / 1e3:.1f} kB/sample = {read / budget:.3f} of the budget ({tars / n / 1e3:.1f} kB of the "
@@ -216,7 +232,7 @@ def main() -> None:
     p.add_argument("--clip-units", type=int, default=16)
     p.add_argument("--clip-samples", type=int, default=128)
     p.add_argument("--sam-units", type=int, default=4)
-    p.add_argument("--sam-images", type=int, default=8)
+    p.add_argument("--sam-images", type=int, default=16)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--kinds", nargs="+", choices=["clip", "sam"], default=["clip", "sam"])
     args = p.parse_args()
