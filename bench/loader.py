@@ -13,7 +13,7 @@ which a batch draws 32. For each setting (CLIP at 224, 448 and 1024 px, SAM at 1
            sides share the cores alike); the fetching alone (parts, ranged tar reads, SAM's Zarr
            chunks) is timed too. Logits cross in their stored dtype and are decoded on the
            trainer's device (student.batches.target_logits), so neither side decodes them;
-- loader:  one epoch through the trainer's DataLoader (`make_loader(BatchStream(...))`) with W
+- loader:  one epoch through the trainer's DataLoader (`Loader(BatchStream(...))`) with W
            workers, timed from its first batch, as images/s per worker; its ratio to the floor;
 - gap:     where a worker's shortfall goes: the same DataLoader (1 worker) over the samples in
            memory, collating each batch and handing it to the trainer, then handing off nothing;
@@ -48,7 +48,7 @@ from bench.counting_fs import counting_reads, read_log
 from bench.synthetic_store import write_clip_store, write_sam_store
 from storage_schemas.store import open_store
 from storage_schemas.store.unit_tar import unit_tar
-from student.batches import BatchStream, ClipBatchMaker, SamBatchMaker, make_loader
+from student.batches import BatchStream, ClipBatchMaker, Loader, SamBatchMaker
 from student.epoch_plan import plan_epoch
 from student.pieces import split_filter, unit_pieces
 from student.stream_reader import StreamReader
@@ -148,7 +148,7 @@ class _FromMemory(torch.utils.data.IterableDataset):
 def from_memory_rate(maker, samples, resolution: int, batch: int, hand_off: bool) -> float:
     """Images/s of one loader worker on samples in memory, timed from its first batch."""
     n, first = 0, None
-    for b in make_loader(_FromMemory(maker, samples, resolution, batch, hand_off), workers=1):
+    for b in Loader(_FromMemory(maker, samples, resolution, batch, hand_off), workers=1):
         if first is None:
             first = time.perf_counter()
         else:
@@ -159,7 +159,7 @@ def from_memory_rate(maker, samples, resolution: int, batch: int, hand_off: bool
 def run_loader(plan, maker, workers: int, log: str) -> tuple[float, int, list[list[str]], list]:
     with counting_reads(log):
         t0, first, ids = time.perf_counter(), None, []
-        for b in make_loader(BatchStream(plan, 0, maker), workers):
+        for b in Loader(BatchStream(plan, 0, maker), workers):
             if first is None:
                 first, skipped = time.perf_counter(), len(b["ids"])
             ids.append(b["ids"])

@@ -1,7 +1,7 @@
 """Training batches: one rank's epoch planned up front (student.epoch_plan), then read by loader workers.
 
     plan = plan_epoch(units, world, rank, streams=8, seed=seed, epoch=epoch, sizes={224: 64, 448: 16}, tag="clip")
-    loader = make_loader(BatchStream(plan, start_batch, ClipBatchMaker(store, ...)), workers=4)
+    loader = Loader(BatchStream(plan, start_batch, ClipBatchMaker(store, ...)), workers=4)
 
 Batch b comes from stream b mod S of the plan, and a DataLoader with W workers collects batch b
 from worker (b - start) mod W; W divides S, so worker w owns the streams s = start + w (mod W) and
@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from storage_schemas.pixels.views import render_view
-from storage_schemas.plumbing.errors import StoreError
+from storage_schemas.plumbing.errors import StoreError, UserError
 from storage_schemas.store import TargetStore
 from storage_schemas.store.commit import CommitRecord
 from storage_schemas.store.identity import SampleId
@@ -59,7 +59,17 @@ class BatchStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        if info is None:
+            yield from self._batches(0, 1)
+            return
+        try:
+            yield from self._batches(info.id, info.num_workers)
+        except UserError as e:
+            # The DataLoader would re-raise it in the trainer wrapped in the worker's traceback;
+            # Loader raises it there as itself, one line naming the input or unit.
+            yield {USER_ERROR: (type(e), str(e))}
+
+    def _batches(self, worker: int, workers: int) -> Iterator[dict[str, Any]]:
         plan, streams = self.plan, len(self.plan.streams)
         if streams % workers:
             raise ValueError(f"{workers} loader workers do not divide {streams} streams")
@@ -90,16 +100,33 @@ class BatchStream(IterableDataset):
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def make_loader(stream: IterableDataset, workers: int) -> DataLoader:
-    """Batches come whole from the workers (batch_size=None), in plan order."""
-    return DataLoader(
-        stream,
-        batch_size=None,
-        num_workers=workers,
-        prefetch_factor=2 if workers else None,
-        persistent_workers=False,
-        pin_memory=torch.cuda.is_available(),
-    )
+USER_ERROR = "user_error"  # a worker's UserError, as (class, message): its __init__ may take other arguments
+
+
+class Loader:
+    """The batches of a BatchStream through a DataLoader with `workers` worker processes (0: in
+    this process), whole (batch_size=None) and in plan order. A UserError in a worker is raised
+    here as itself: same class, same one-line message."""
+
+    def __init__(self, stream: IterableDataset, workers: int):
+        self.loader = DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=workers,
+            prefetch_factor=2 if workers else None,
+            persistent_workers=False,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in self.loader:
+            if USER_ERROR in batch:
+                cls, message = batch[USER_ERROR]
+                raise cls.__new__(cls, message)  # args = (message,), str() the worker's line
+            yield batch
 
 
 @dataclass
@@ -322,7 +349,7 @@ class Stream:
             self.plan = self._plan(self.epoch)
             self._skip_empty_epochs()
         if self._it is None:
-            self._it = iter(make_loader(BatchStream(self.plan, self.batch, self.maker), self.workers))
+            self._it = iter(Loader(BatchStream(self.plan, self.batch, self.maker), self.workers))
         out = next(self._it)
         assert out["batch"] == self.batch, (out["batch"], self.batch)
         self.batch += 1

@@ -140,8 +140,8 @@ class StageConfig:
             raise FieldError("epochs", f"expected a positive number, got {self.epochs}")
         if self.stop_epoch is not None and not 0 < self.stop_epoch <= self.epochs:
             raise FieldError("stop_epoch", f"expected a value in (0, epochs={self.epochs}], got {self.stop_epoch}")
-        if self.resolutions is not None and any(r < 16 or r % 16 for r in self.resolutions):
-            raise FieldError("resolutions", f"expected multiples of 16, got {self.resolutions}")
+        if self.resolutions is not None and (not self.resolutions or any(r < 16 or r % 16 for r in self.resolutions)):
+            raise FieldError("resolutions", f"expected null or multiples of 16, got {self.resolutions}")
 
     @property
     def learning_rate(self) -> float:

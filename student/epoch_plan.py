@@ -143,9 +143,10 @@ def plan_epoch(
 ) -> EpochPlan:
     pieces = sum(1 for u in units for p in u.pieces if p.count)
     if pieces < world_size * streams:
+        fix = "lower data.streams" if streams > 1 else "use fewer processes or add data"
         raise StoreError(
             f"{tag}: {sum(u.count for u in units)} training samples in {pieces} pieces cannot feed "
-            f"{world_size} process(es) x {streams} streams; lower data.streams"
+            f"{world_size} process(es) x {streams} streams; {fix}"
         )
     slots = deal_slots(units, world_size * streams, seed, epoch)
     loads = np.array([sum(su.count for su in slot) for slot in slots]).reshape(world_size, streams)

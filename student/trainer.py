@@ -13,10 +13,11 @@ what a stage does not train is frozen with `requires_grad_(False)`.
 
 Exact resume: `save_state` keeps model, optimiser and every process's RNG; `trainer_state.json`
 next to it keeps the stage, the steps, the data position (epoch and batch of each kind), the
-world size and stream count it was planned with, and the scheduler. The batches are a pure
-function of (seed, epoch, batch, world size, streams), so a resumed run sees the same next batch;
-a resume with another world size or stream count keeps the position but says, in one line, that
-its batches are not those of an uninterrupted run.
+world size, stream count and `data_order` values it was planned with, and the scheduler. The
+batches are a pure function of (epoch, batch, world size, streams, data_order), so a resumed run
+sees the same next batch; a resume that changes any of them keeps the position but says, in one
+line, that its batches are not those of an uninterrupted run, and another held-out fraction is
+refused.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -61,6 +62,7 @@ class TrainState:
     sam_batch: int = 0
     world_size: int = 0  # the plan's shape (0: not recorded, a checkpoint from before streams)
     streams: int = 0
+    data_order: dict[str, Any] = field(default_factory=dict)  # data_order(cfg) ({}: not recorded)
     # What the run consumed over all processes and stages, as of the last checkpoint: the teacher
     # work the store saved (student.compare), and the training loop's wall time.
     clip_views: int = 0
@@ -69,15 +71,45 @@ class TrainState:
     train_seconds: float = 0.0
 
 
-def plan_shape_warning(saved: TrainState, path: str, world_size: int, streams: int) -> str | None:
-    """One line when a resume changes the plan's shape: the data position is kept, the batches change."""
+def data_order(cfg: TrainConfig) -> dict[str, Any]:
+    """The config values, beyond world size and streams, that decide which samples make batch b of
+    an epoch, as JSON gives them back (checkpoints keep them in `trainer_state.json`)."""
+    d = cfg.data
+    order = {"seed": cfg.seed, "grad_accum": cfg.grad_accum, "data.held_out": d.held_out}
+    for kind, keys in (
+        ("clip", ("batch_size", "resolutions", "sources", "subset")),
+        ("sam", ("batch_size", "sources")),
+    ):
+        for key in (*keys, "read_run", "mix_window"):
+            order[f"data.{kind}.{key}"] = getattr(getattr(d, kind), key)
+    order["stages.resolutions"] = [stage.clip_resolutions(d.clip) for stage in cfg.stages]
+    return json.loads(json.dumps(order))
+
+
+def plan_shape_warning(
+    saved: TrainState, path: str, world_size: int, streams: int, order: dict[str, Any] | None = None
+) -> str | None:
+    """One line when a resume changes what its batches are made of (the plan's shape or a value of
+    `data_order`): the data position is kept, the batches change. Another held-out fraction is
+    refused: samples the checkpoint trained on would become validation samples."""
+    changes = []
     if saved.world_size and (saved.world_size, saved.streams) != (world_size, streams):
-        return (
-            f"warning: {path} was trained as {saved.world_size} process(es) x {saved.streams} streams, this run "
-            f"is {world_size} x {streams}: it goes on from CLIP epoch {saved.clip_epoch} batch {saved.clip_batch}, "
-            "but its batches are not those of an uninterrupted run"
-        )
-    return None
+        changes.append(f"{saved.world_size} process(es) x {saved.streams} streams, now {world_size} x {streams}")
+    for key, value in (order or {}).items():
+        if key not in saved.data_order or saved.data_order[key] == value:
+            continue
+        if key == "data.held_out":
+            raise ConfigError(
+                f"data.held_out: {path} was trained holding out {saved.data_order[key]}, this run {value}: "
+                f"samples it trained on would be validated on; resume with --set data.held_out={saved.data_order[key]}"
+            )
+        changes.append(f"{key} {saved.data_order[key]}, now {value}")
+    if not changes:
+        return None
+    return (
+        f"warning: {path} was trained with {'; '.join(changes)}: it goes on from CLIP epoch {saved.clip_epoch} batch "
+        f"{saved.clip_batch}, but its batches are not those of an uninterrupted run (samples of this epoch may repeat)"
+    )
 
 
 def open_subset(store: TargetStore, name: str, held_out: float) -> Subset:
@@ -165,7 +197,9 @@ class Trainer:
         self.records["sam"] = store.commits("sam", d.sam.sources) if needs_sam else []
         for kind, records in self.records.items():
             if not records and (kind == "clip" or needs_sam):
-                raise StoreError(f"store {store.url} has no committed {kind} units to train on")
+                sources = getattr(d, kind).sources
+                among = f" from data.{kind}.sources {sources}" if sources is not None else ""
+                raise StoreError(f"store {store.url} has no committed {kind} units{among} to train on")
         # What each kind trains on; validation draws from every unit's held-out samples either way.
         train = {kind: (records, self.train_keep, None) for kind, records in self.records.items()}
         if self.subset is not None:
@@ -291,7 +325,9 @@ class Trainer:
                 self.accelerator.print(
                     f"resuming from {path} (stage {self.state.stage}, step {self.state.global_step})"
                 )
-                warning = plan_shape_warning(self.state, path, self.accelerator.num_processes, self.cfg.data.streams)
+                warning = plan_shape_warning(
+                    self.state, path, self.accelerator.num_processes, self.cfg.data.streams, data_order(self.cfg)
+                )
                 if warning:
                     self.accelerator.print(warning)
         validations = os.path.join(self.cfg.output_dir, VALIDATION_FILE)
@@ -299,6 +335,7 @@ class Trainer:
             os.remove(validations)  # an attempt that stopped before its first checkpoint: it starts over
             self.accelerator.print(f"starting over: {validations} of an attempt without a checkpoint replaced")
         self.state.world_size, self.state.streams = self.accelerator.num_processes, self.cfg.data.streams
+        self.state.data_order = data_order(self.cfg)
         while self.state.stage < len(self.cfg.stages):
             self.run_stage(self.cfg.stages[self.state.stage], saved)
             saved = None

@@ -87,3 +87,20 @@ def test_nested_dataclasses_lists_and_optionals(tmp_path):
     with pytest.raises(ConfigError, match=r"config key 'inners.0.size': expected int, got 1.5"):
         load_config(Outer, None, ["inners=[{size: 1.5}]"])
     assert apply_override({"a": [1, {"b": 2}]}, "a.1.b=x") == {"a": [1, {"b": "x"}]}
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("stages.0.resolutions=[]", "config key 'stages.0.resolutions': expected null or multiples of 16, got []"),
+        ("stages.0.resolutions=[224, 230]", "config key 'stages.0.resolutions': expected null or multiples of 16"),
+        ("data.streams=0", "config key 'data.streams': expected at least 1, got 0"),
+        ("data.workers=3", "config key 'data.workers': expected 0 or a divisor of data.streams (2), got 3"),
+    ],
+)
+def test_bad_training_values_name_the_key(override, message):
+    from student.config import load_train_config
+
+    with pytest.raises(ConfigError) as e:
+        load_train_config("student/configs/tiny.yaml", [override])
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)

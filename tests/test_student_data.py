@@ -12,11 +12,11 @@ import torch
 from pipeline.materialize import main as materialize
 from storage_schemas.pixels.sam_transforms import sam_boxes
 from storage_schemas.pixels.views import render_view, view_hash
-from storage_schemas.plumbing.errors import StoreError
+from storage_schemas.plumbing.errors import ConfigError, StoreError
 from storage_schemas.store import open_store
 from storage_schemas.store.identity import SampleId, is_held_out
 from storage_schemas.store.mask_logits import decode_logits
-from student.batches import BatchStream, ClipBatchMaker, SamBatchMaker, Stream, make_loader, target_logits
+from student.batches import BatchStream, ClipBatchMaker, Loader, SamBatchMaker, Stream, target_logits
 from student.data import choose_prompts, choose_view, iter_clip_unit, iter_sam_unit, split_filter
 from student.epoch_plan import batch_sizes, deal_slots, plan_epoch, stream_order, unit_id
 from student.pieces import unit_pieces
@@ -163,18 +163,65 @@ def test_batch_order_is_the_plans_for_any_worker_count_and_resumes_mid_epoch(cli
     keep = split_filter(0.2, "train")
     plan = _clip_plan(store, keep)
     maker = ClipBatchMaker(store, keep, seed=0, view_choice="random", views=None, run=4, window=8)
-    whole = _ids(make_loader(BatchStream(plan, 0, maker), workers=0))
+    whole = _ids(Loader(BatchStream(plan, 0, maker), workers=0))
     assert [b for b, _, _ in whole] == list(range(len(plan.batches))) and len(whole) >= 8
     assert [len(ids) for _, _, ids in whole] == [n for _, n in plan.batches]
-    assert _ids(make_loader(BatchStream(plan, 0, maker), workers=2)) == whole
-    assert _ids(make_loader(BatchStream(plan, 5, maker), workers=2)) == whole[5:]
-    assert _ids(make_loader(BatchStream(plan, 3, maker), workers=1)) == whole[3:]
+    assert _ids(Loader(BatchStream(plan, 0, maker), workers=2)) == whole
+    assert _ids(Loader(BatchStream(plan, 5, maker), workers=2)) == whole[5:]
+    assert _ids(Loader(BatchStream(plan, 3, maker), workers=1)) == whole[3:]
     flat = [i.split("#")[0] for _, _, ids in whole for i in ids]
     assert len(flat) == len(set(flat))  # each sample at most once an epoch
-    batch = next(iter(make_loader(BatchStream(plan, 0, maker), workers=0)))
+    batch = next(iter(Loader(BatchStream(plan, 0, maker), workers=0)))
     res = plan.batches[0][0]
     assert batch["images"].shape == (plan.batches[0][1], 3, res, res) and batch["images"].dtype == torch.uint8
     assert batch["targets"].shape == (plan.batches[0][1], 64)
+
+
+def test_a_store_error_in_a_loader_worker_reaches_the_trainer_as_its_one_line(clip_store):
+    """A unit whose input changed after the run planned it: the worker's StoreError is raised in
+    the trainer process as itself, the same line as without workers, not inside a worker traceback."""
+    from dataclasses import replace
+
+    store = open_store(str(clip_store))
+    keep = split_filter(0.2, "train")
+    units = [unit_pieces(store, r, keep) for r in store.commits("clip")]
+    changed = replace(units[0].record, input=replace(units[0].record.input, size=units[0].record.input.size + 1))
+    units[0] = replace(units[0], record=changed)
+    plan = plan_epoch(units, world_size=1, rank=0, streams=1, seed=0, epoch=0, sizes={64: 4}, tag="clip")
+    maker = ClipBatchMaker(store, keep, seed=0, view_choice="random", views=None, run=4, window=8)
+    lines = []
+    for workers in (0, 1):
+        with pytest.raises(StoreError, match=r"^input .* changed since unit") as e:
+            list(Loader(BatchStream(plan, 0, maker), workers=workers))
+        lines.append(str(e.value))
+    assert lines[0] == lines[1] and "\n" not in lines[1] and type(e.value) is StoreError
+
+
+def test_a_shard_without_a_stored_tar_index_is_scanned_once_and_its_index_stored(clip_store, tmp_path, caplog):
+    """A store made before tar indexes: the first read of a shard scans its tar and stores the index,
+    so a later loader process (this one with its scans forgotten) reads by range, scanning nothing."""
+    import logging
+
+    from storage_schemas.store import unit_tar
+    from storage_schemas.store.tar_index import read_tar_index
+
+    root = tmp_path / "store"
+    shutil.copytree(clip_store, root)
+    shutil.rmtree(root / "_tar_index")
+    store, keep = open_store(str(root)), split_filter(0.2, "train")
+    records = list(store.commits("clip"))
+    want = [(s.identity, s.data) for r in records for s in iter_clip_unit(open_store(str(clip_store)), r, keep)]
+    reads = []
+    for _ in range(2):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, unit_tar.__name__):
+            reads.append([(s.identity, s.data) for r in records for s in iter_clip_unit(store, r, keep)])
+        scans = [m for m in caplog.messages if "no tar index in the store" in m]
+        assert len(scans) == (len({r.input.url for r in records}) if len(reads) == 1 else 0), scans
+        unit_tar._scanned.clear()  # a new loader process
+    assert reads[0] == reads[1] == want and want
+    for r in records:
+        assert read_tar_index(store.storage, "clip", r.source, r.shard, r.input.size, r.input.etag) is not None
 
 
 def test_batches_carry_the_stored_view_their_id_names(clip_store):
@@ -183,7 +230,7 @@ def test_batches_carry_the_stored_view_their_id_names(clip_store):
     stored = {s.identity: s for r in store.commits("clip") for s in iter_clip_unit(store, r, keep)}
     maker = ClipBatchMaker(store, keep, seed=0, view_choice="random", views=3, run=4, window=8)
     plan = _clip_plan(store, keep, epoch=1, sizes={64: 4})
-    for b in make_loader(BatchStream(plan, 0, maker), workers=0):
+    for b in Loader(BatchStream(plan, 0, maker), workers=0):
         for i, target in zip(b["ids"], b["targets"]):
             key, view = i.split("#")
             s = stored[SampleId(*key.split("/"))]
@@ -197,7 +244,7 @@ def test_every_batch_mixes_the_units_of_its_stream(clip_store):
     plan = _clip_plan(store, keep, streams=1, sizes={64: 8})
     units = len(plan.streams[0])
     maker = ClipBatchMaker(store, keep, seed=0, view_choice="random", views=None, run=2, window=8)
-    batches = list(make_loader(BatchStream(plan, 0, maker), workers=0))
+    batches = list(Loader(BatchStream(plan, 0, maker), workers=0))
     per_batch = [len({i.split("/")[1] for i in b["ids"]}) for b in batches]
     assert units == 4 and len(batches) >= 8 and min(per_batch) >= 4, per_batch
 
@@ -241,8 +288,10 @@ def test_an_epoch_whose_deal_leaves_a_stream_short_of_a_batch_is_skipped_not_fat
     assert stream.epoch == next(e for e in range(empty[0], 12) if plans[e].batches) and stream.batch == 0
     with pytest.raises(StoreError, match="make no batch of 8 in 64 epochs"):
         Stream("sam", units, None, sizes={1024: 8}, seed=0, world_size=1, rank=0, streams=2, workers=0)
-    with pytest.raises(StoreError, match="3 pieces cannot feed 2 process"):  # too few pieces, every epoch
+    with pytest.raises(StoreError, match="3 pieces cannot feed 2 process.*; lower data.streams$"):  # every epoch
         plan_epoch(units, world_size=2, rank=0, streams=2, seed=0, epoch=0, sizes={1024: 1}, tag="sam")
+    with pytest.raises(StoreError, match="cannot feed 4 process.*; use fewer processes or add data$"):
+        plan_epoch(units, world_size=4, rank=0, streams=1, seed=0, epoch=0, sizes={1024: 1}, tag="sam")
 
 
 def test_a_64_unit_store_gives_batches_of_at_least_16_units():
@@ -264,7 +313,7 @@ def test_sam_batches_collate_prompts_over_images(sam_store):
     units = [unit_pieces(store, r, keep) for r in store.commits("sam")]
     plan = plan_epoch(units, world_size=1, rank=0, streams=1, seed=0, epoch=0, sizes={1024: 2}, tag="sam")
     maker = SamBatchMaker(store, keep, seed=0, prompts=3)
-    batch = next(iter(make_loader(BatchStream(plan, 0, maker), workers=0)))
+    batch = next(iter(Loader(BatchStream(plan, 0, maker), workers=0)))
     n = len(batch["prompts"].image_index)
     assert batch["images"].shape == (2, 3, 1024, 1024) and n == 6
     assert batch["prompts"].image_index.tolist() == [0, 0, 0, 1, 1, 1]
@@ -310,7 +359,7 @@ def test_a_rank_reads_what_it_trains_on_once_against_a_budget_term_by_term(clip_
             plan = _clip_plan(store, keep, streams=2, world=2, rank=0, sizes={64: 4})
             maker = ClipBatchMaker(store, keep, seed=0, view_choice="random", views=None, run=4, window=8)
             log.unlink(missing_ok=True)  # the plan's reads (once per run, not per epoch) are not the epoch's
-            batches = list(make_loader(BatchStream(plan, 0, maker), workers=workers))
+            batches = list(Loader(BatchStream(plan, 0, maker), workers=workers))
         reads = read_log(log)
         trained = {i.split("#")[0] for b in batches for i in b["ids"]}
         assert len(trained) == plan.samples == sum(len(b["ids"]) for b in batches)
@@ -399,3 +448,24 @@ def test_a_resume_with_another_plan_shape_says_so_in_one_line():
         line = plan_shape_warning(saved, "ckpt/step_9", world, streams)
         assert "\n" not in line and "2 process(es) x 8 streams" in line and f"{world} x {streams}" in line
         assert "epoch 2 batch 7" in line
+
+
+def test_a_resume_with_another_data_order_says_so_and_another_held_out_is_refused():
+    from student.config import load_train_config
+    from student.trainer import TrainState, data_order, plan_shape_warning
+
+    def order(*overrides):
+        return data_order(load_train_config("student/configs/tiny.yaml", list(overrides)))
+
+    saved = TrainState(clip_epoch=1, clip_batch=3, world_size=1, streams=2, data_order=order())
+    assert plan_shape_warning(saved, "ckpt/step_9", 1, 2, order("data.val_clip_samples=8")) is None  # not the order
+    assert plan_shape_warning(TrainState(world_size=1, streams=2), "ckpt/step_9", 1, 2, order("seed=5")) is None
+    for override, change in (
+        ("data.clip.read_run=3", "data.clip.read_run 16, now 3"),
+        ("seed=5", "seed 0, now 5"),
+        ("stages.0.resolutions=[32]", "now [[32], [224, 448], [224, 448]]"),
+    ):
+        line = plan_shape_warning(saved, "ckpt/step_9", 1, 2, order(override))
+        assert change in line and "\n" not in line and "epoch 1 batch 3" in line, line
+    with pytest.raises(ConfigError, match=r"^data.held_out: ckpt/step_9 was trained holding out 0.2, this run 0.3"):
+        plan_shape_warning(saved, "ckpt/step_9", 1, 2, order("data.held_out=0.3"))

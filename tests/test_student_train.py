@@ -133,6 +133,11 @@ def test_killed_run_resumes_at_the_same_step_and_batch_without_any_teacher(train
     p = train_without_teachers(args, cut, {"SAMCLIP_KILL_AT": "train_step:7"})
     assert p.returncode == -signal.SIGKILL
     assert sorted(os.listdir(cut / "checkpoints")) == ["step_00000003", "step_00000004", "step_00000006"]
+    p = train_without_teachers([*args, "--set", "data.held_out=0.3", "--resume", "latest"], cut)
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        f"error: data.held_out: {cut}/checkpoints/step_00000006 was trained holding out 0.2, this run 0.3: samples "
+        "it trained on would be validated on; resume with --set data.held_out=0.2"
+    ], p.stderr[-3000:]
     p = train_without_teachers([*args, "--resume", "latest"], cut)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "resuming from" in p.stdout and "step 6)" in p.stdout
@@ -219,6 +224,7 @@ def test_bad_training_configs_stop_with_one_line(train_store, tmp_path):
         (["data.clip.resolutions=[224, 450]"], "data.clip.resolutions"),
         (["grad_accum=3"], "data.clip.batch_size: 8 does not split over 1 processes x 3 accumulation steps"),
         (["store.url=" + str(tmp_path / "nowhere")], "nowhere"),
+        (["data.clip.sources=[nope]"], "has no committed clip units from data.clip.sources ['nope'] to train on"),
     ]
     for overrides, message in cases:
         p = run(

@@ -307,7 +307,7 @@ def test_a_teacher_other_than_the_stores_is_refused(subset_store, tmp_path):
 
 def test_a_subset_run_reads_only_subset_samples_and_trains_on_their_retrieved_views(subset_store, tmp_path):
     from bench.counting_fs import counting_reads, read_log
-    from student.batches import BatchStream, ClipBatchMaker, make_loader
+    from student.batches import BatchStream, ClipBatchMaker, Loader
     from student.epoch_plan import plan_epoch
     from student.pieces import split_filter, unit_pieces
     from student.trainer import check_subset_items
@@ -329,7 +329,7 @@ def test_a_subset_run_reads_only_subset_samples_and_trains_on_their_retrieved_vi
         plan = plan_epoch(units, world_size=1, rank=0, streams=1, seed=0, epoch=epoch, sizes={64: 4}, tag="clip")
         maker = ClipBatchMaker(store, keep, seed=0, view_choice="random", views=None, run=4, window=8, subset=subset)
         with counting_reads(log):
-            batches = list(make_loader(BatchStream(plan, 0, maker), workers=1))
+            batches = list(Loader(BatchStream(plan, 0, maker), workers=1))
         ids = [i for b in batches for i in b["ids"]]
         assert len(ids) == len(set(ids)) == plan.samples > 0  # an epoch trains each retrieved view once at most
         trained += ids

@@ -9,6 +9,7 @@ contact sheets read images this way.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,8 +19,8 @@ from storage_schemas.pixels.tar_samples import IMAGE_EXTENSIONS
 from storage_schemas.plumbing.errors import StoreError
 from storage_schemas.store.commit import CommitRecord, input_change
 from storage_schemas.store.reader import TargetStore
-from storage_schemas.store.root import stat_url
-from storage_schemas.store.tar_index import TarIndex, read_tar_index, scan_tar_index
+from storage_schemas.store.root import StorageFailure, stat_url
+from storage_schemas.store.tar_index import TarIndex, read_tar_index, scan_tar_index, write_tar_index
 
 log = logging.getLogger(__name__)
 
@@ -65,22 +66,38 @@ class UnitTar:
         return out
 
 
-_scanned: set[str] = set()
+_scanned: dict[tuple[str, str, int, str | None], TarIndex] = {}  # this process's, by (store, url, size, etag)
+_scan_lock = threading.Lock()
 
 
 def unit_tar(store: TargetStore, record: CommitRecord, storage_options: dict | None = None) -> UnitTar:
     """The unit's slice of its shard's tar index, after checking the input is the one it was made
-    from. A store without an index for the shard (made before indexes existed) gets one by a scan
-    of the tar, with a warning: run a materialize job over the shard once to store it."""
+    from. A shard without a stored index (a store made before indexes existed) is scanned once and
+    its index stored, as the read task that streams a shard stores it (`_scan_and_store`)."""
     check_input(record, storage_options)
     ref = record.input
     index = read_tar_index(store.storage, record.kind, record.source, record.shard, ref.size, ref.etag)
-    if index is None:
-        if ref.url not in _scanned:
-            log.warning("%s: no tar index in the store; scanning the tar (a full read) to find its members", ref.url)
-            _scanned.add(ref.url)
-        index = scan_tar_index(ref.url, storage_options, ref.size, ref.etag)
-    return _unit_slice(index, record)
+    return _unit_slice(index if index is not None else _scan_and_store(store, record, storage_options), record)
+
+
+def _scan_and_store(store: TargetStore, record: CommitRecord, storage_options: dict | None) -> TarIndex:
+    """The index of a shard that has none stored, by a scan of its tar (a full read), kept for this
+    process and written to the store: the next loader processes and epochs read it by range
+    instead of streaming the tar again for each of its units."""
+    ref = record.input
+    key = (store.url, ref.url, ref.size, ref.etag)
+    with _scan_lock:  # a loader's fetch threads reach a shard's units together
+        if key not in _scanned:
+            log.warning("%s: no tar index in the store; scanning the tar (a full read) and storing its index", ref.url)
+            index = scan_tar_index(ref.url, storage_options, ref.size, ref.etag)
+            try:
+                write_tar_index(store.storage, record.kind, record.source, record.shard, index)
+            except StorageFailure as e:
+                log.warning(
+                    "%s: its tar index could not be stored (%s): each loader process scans it again", ref.url, e
+                )
+            _scanned[key] = index
+        return _scanned[key]
 
 
 def _unit_slice(index: TarIndex, record: CommitRecord) -> UnitTar:
