@@ -188,4 +188,5 @@ def embeddings_array(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """(query ids that decoded int32 [q], their embeddings float32 [q, D]) of a query table."""
     ok = table.filter(pc.is_null(table.column("reason")))
     emb = ok.column("embedding").combine_chunks()
-    return ok.column("query_id").to_numpy(), np.asarray(emb.values, np.float16).reshape(len(ok), -1).astype(np.float32)
+    vectors = np.asarray(emb.values, np.float16).reshape(len(ok), emb.type.list_size)
+    return ok.column("query_id").to_numpy(), vectors.astype(np.float32)

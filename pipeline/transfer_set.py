@@ -203,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     exclude_info = None
     if args.exclude:
         ex_set, _, ex_vectors = embedded(cfg, store, must, args.exclude, "exclude")
-        excluded = excluded_images(gallery, ex_vectors, args.exclude_similarity, cfg) if len(ex_vectors) else set()
+        if not len(ex_vectors):  # excluding nothing silently would leak the images it names
+            raise ConfigError(f"--exclude '{args.exclude}': none of its {len(ex_set)} images decodes")
+        excluded = excluded_images(gallery, ex_vectors, args.exclude_similarity, cfg)
         exclude_info = {
             "spec": args.exclude,
             "checksum": ex_set.checksum,

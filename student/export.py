@@ -49,9 +49,11 @@ def export_student(
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, paths["student"])
-    meta = {"model": {**asdict(cfg), "sam_checkpoint": None}, "embed_dim": embed_dim, **(extra or {})}
-    with open(paths["meta"], "w") as f:
-        json.dump(meta, f, indent=2, sort_keys=True)
     # On CPU: the registry's `torch.load` has no map_location.
     torch.save({k: v.cpu().clone() for k, v in sam_state_dict(model).items()}, paths["sam"])
+    # Last and whole: student.json marks a finished run (student.run_dir.run_status).
+    meta = {"model": {**asdict(cfg), "sam_checkpoint": None}, "embed_dim": embed_dim, **(extra or {})}
+    with open(paths["meta"] + ".tmp", "w") as f:
+        json.dump(meta, f, indent=2, sort_keys=True)
+    os.replace(paths["meta"] + ".tmp", paths["meta"])
     return paths

@@ -49,7 +49,8 @@ def config_difference(output_dir: str, record: dict[str, Any]) -> str | None:
     with open(path) as f:
         was = flat_config(yaml.safe_load(f) or {})
     now = flat_config(record)
-    diff = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
+    # output_dir is where both are, however spelled (a relative path, a moved folder).
+    diff = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k) and k != "output_dir")
     if not diff:
         return None
     k = diff[0]

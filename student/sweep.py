@@ -94,8 +94,8 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
 
 
 def as_text(value: Any) -> str:
-    """A sweep file's YAML value back to the text `--set` reads (1e-4 stays a float: PyYAML reads
-    '1e-04' as a string, so floats are written with repr)."""
+    """A sweep file's YAML value back to the text `--set` reads (floats by repr, e.g. 4e-05, which
+    the typed config reads as a float although PyYAML leaves it a string)."""
     if isinstance(value, str):
         return value
     if isinstance(value, float):
@@ -116,8 +116,12 @@ def short_keys(keys: list[str]) -> dict[str, str]:
     return out
 
 
+_UNSAFE = r"[^A-Za-z0-9._+-]+"
+
+
 def safe_value(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip("-") or "empty"
+    """A value as a folder name: unsafe runs inside become '-', at the ends nothing ('-0.5' stays)."""
+    return re.sub(_UNSAFE, "-", re.sub(f"^{_UNSAFE}|{_UNSAFE}$", "", text)) or "empty"
 
 
 def expand(grid: dict[str, list[str]], seeds: int, base_seed: int, output: str, fixed: list[str]) -> list[Run]:

@@ -37,7 +37,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
-from storage_schemas.plumbing.errors import ConfigError, StoreError
+from storage_schemas.plumbing.errors import CheckpointError, ConfigError, StoreError
 from storage_schemas.plumbing.faults import kill_point
 from storage_schemas.store import READ_THREADS, TargetStore
 from storage_schemas.store.subsets import Subset, read_subset
@@ -322,6 +322,12 @@ class Trainer:
             else:
                 saved = (path, self.read_checkpoint_state(path))
                 self.state = TrainState(**saved[1]["state"])
+                later = [c for c in self.checkpoints() if int(c.rsplit("_", 1)[1]) > self.state.global_step]
+                if later:  # rotation keeps the highest steps: it would delete this run's checkpoints instead
+                    raise CheckpointError(
+                        f"--resume {path}: {self.checkpoint_root} holds later checkpoints "
+                        f"({', '.join(os.path.basename(c) for c in later)}); move them out of it first"
+                    )
                 self.accelerator.print(
                     f"resuming from {path} (stage {self.state.stage}, step {self.state.global_step})"
                 )

@@ -104,3 +104,12 @@ def test_bad_training_values_name_the_key(override, message):
     with pytest.raises(ConfigError) as e:
         load_train_config("student/configs/tiny.yaml", [override])
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_exponent_floats_without_a_dot_are_floats(tmp_path):
+    from student.config import load_train_config
+
+    cfg = load_train_config("student/configs/tiny.yaml", ["stages.0.lr=1e-4", "stages.1.lr=-2E+3"])
+    assert cfg.stages[0].lr == 1e-4 and cfg.stages[1].lr == -2000.0
+    with pytest.raises(ConfigError, match="config key 'stages.0.lr': expected float or null, got '1e-4x'"):
+        load_train_config("student/configs/tiny.yaml", ["stages.0.lr=1e-4x"])

@@ -38,6 +38,8 @@ def test_a_rerun_skips_a_finished_run_resumes_a_stopped_one_and_refuses_another_
         earlier_run(other, None)
     assert "\n" not in str(e.value)
     assert earlier_run(other, "latest") == "latest"  # said explicitly: continue it with this config
+    moved = load_train_config(TINY, [f"output_dir={out}/../{out.name}"])  # the same folder, spelled otherwise
+    assert config_difference(str(out), config_record(moved)) is None and earlier_run(moved, None) == "skip"
 
 
 def test_a_folder_of_a_run_from_before_configs_were_recorded_is_another_config(tmp_path):

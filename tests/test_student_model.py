@@ -107,6 +107,18 @@ def test_exported_sam_path_loads_into_segment_anythings_sam(tiny_sam, tmp_path):
     assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in reference.items()}
 
 
+def test_an_export_cut_short_leaves_no_finished_marker(tiny_sam, tmp_path, monkeypatch):
+    from student.run_dir import run_status
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        export_student(SamClip(tiny_sam, embed_dim=64), ModelConfig(sam_arch="tiny"), 64, str(tmp_path / "export"))
+    assert run_status(str(tmp_path)) == "new" and not (tmp_path / "export" / "student.json").exists()
+
+
 def test_clip_head_starts_from_the_last_block_and_prompt_encoder_is_frozen(tiny_sam):
     model = SamClip(tiny_sam, embed_dim=64)
     last = model.blocks[-1].state_dict()

@@ -133,6 +133,11 @@ def test_killed_run_resumes_at_the_same_step_and_batch_without_any_teacher(train
     p = train_without_teachers(args, cut, {"SAMCLIP_KILL_AT": "train_step:7"})
     assert p.returncode == -signal.SIGKILL
     assert sorted(os.listdir(cut / "checkpoints")) == ["step_00000003", "step_00000004", "step_00000006"]
+    p = train_without_teachers([*args, "--resume", str(cut / "checkpoints" / "step_00000004")], cut)
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        f"error: --resume {cut}/checkpoints/step_00000004: {cut}/checkpoints holds later checkpoints "
+        "(step_00000006); move them out of it first"
+    ], p.stderr[-3000:]
     p = train_without_teachers([*args, "--set", "data.held_out=0.3", "--resume", "latest"], cut)
     assert p.returncode == 2 and p.stderr.strip().splitlines() == [
         f"error: data.held_out: {cut}/checkpoints/step_00000006 was trained holding out 0.2, this run 0.3: samples "

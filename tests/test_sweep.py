@@ -162,6 +162,17 @@ def test_run_names_are_unique_and_readable_for_multi_key_grids(tmp_path, capsys)
         sweep.main(args)
 
 
+def test_negative_and_exponent_values_keep_their_sign_and_parse_as_floats(tmp_path, capsys):
+    grid = ["--grid", "stages.1.lambda_sam=-1,1", "--grid", "stages.1.lr=1e-4,4.0e-5"]
+    assert sweep.main(["--config", TINY, *grid, "--print", str(tmp_path / "sweep")]) == 0
+    dirs = [os.path.basename(line.split("output_dir=")[1].strip("'")) for line in capsys.readouterr().out.splitlines()]
+    assert dirs == [f"lambda_sam={a},lr={b}" for a in ("-1", "1") for b in ("1e-4", "4.0e-5")]
+    sweep_file = tmp_path / "lr.yaml"
+    sweep_file.write_text(f"base: {TINY}\ngrid:\n  stages.1.lr: [4.0e-5, 8.0e-4]\n")
+    assert sweep.main(["--sweep", str(sweep_file), "--print", str(tmp_path / "file")]) == 0
+    assert "--set stages.1.lr=4e-05" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("name", sorted(os.listdir(REPO / "student" / "configs" / "sweeps")))
 def test_the_example_sweeps_validate_every_point(name, tmp_path, capsys):
     assert sweep.main(["--sweep", str(REPO / "student" / "configs" / "sweeps" / name), "--print", str(tmp_path)]) == 0

@@ -137,6 +137,21 @@ def test_an_index_is_extended_by_new_units_refused_when_stale_and_left_alone_by_
         open_gallery(store, cfg, views0=False, say=quiet)
 
 
+def test_a_query_set_where_nothing_decodes_and_a_missing_shard_are_one_line(tmp_path):
+    import pyarrow as pa
+
+    from pipeline.query_embeddings import embeddings_array, query_table_schema
+    from storage_schemas.pixels.labelled_images import encoded_images
+    from storage_schemas.plumbing.errors import ConfigError
+
+    failed = {"query_id": [0, 1], "key": ["a", "b"], "label": [None, None], "reason": ["truncated", "empty"]}
+    table = pa.table({**failed, "detail": ["", ""], "embedding": [None, None]}, schema=query_table_schema(8))
+    ids, vectors = embeddings_array(table)
+    assert ids.shape == (0,) and vectors.shape == (0, 8)  # main() then says none of them decodes
+    with pytest.raises(ConfigError, match=r"^data '.*/pets-\{000\.\.001\}\.tar': shard .*/pets-000\.tar not found$"):
+        list(encoded_images(str(tmp_path / "pets-{000..001}.tar")))
+
+
 def test_query_balanced_selection_rule():
     # 3 queries x 4 candidates; rows are gallery views, images group views 0-1, 2-3, ...
     rows = np.array([[5, 6, 1, 2], [5, 3, 4, 7], [8, 9, 10, 11]])

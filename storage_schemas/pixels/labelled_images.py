@@ -30,6 +30,7 @@ from storage_schemas.models.class_texts import load_classnames
 from storage_schemas.pixels.decode import DecodeError, decode_image
 from storage_schemas.pixels.tar_samples import IMAGE_EXTENSIONS, iter_tar_samples
 from storage_schemas.plumbing.errors import ConfigError
+from storage_schemas.store.root import stat_url
 
 VOC_CLASSES = [
     "background",
@@ -105,6 +106,10 @@ def encoded_images(
 def _shard_images(pattern: str, class_field: str, storage_options: dict[str, Any] | None) -> Iterator[EncodedImage]:
     for url in braceexpand.braceexpand(pattern):
         shard = url.rsplit("/", 1)[-1][: -len(".tar")]
+        try:
+            stat_url(url, storage_options)
+        except FileNotFoundError:
+            raise ConfigError(f"data '{pattern}': shard {url} not found") from None
         for sample in iter_tar_samples(url, storage_options):
             image = sample.image()
             if image is None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import types
 import typing
 from typing import Any, Literal, TypeVar, Union
@@ -24,6 +25,7 @@ import yaml
 from storage_schemas.plumbing.errors import ConfigError
 
 T = TypeVar("T")
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class FieldError(ConfigError):
@@ -175,6 +177,8 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value):
+            return float(value)  # PyYAML (YAML 1.1) reads 1e-4, without a dot, as a string
         raise _fail(path, tp, value)
     if tp is str:
         if isinstance(value, str):
