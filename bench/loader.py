@@ -132,7 +132,7 @@ def images_of(store, plan, trained: set[str]) -> int:
 
 class _FromMemory(torch.utils.data.IterableDataset):
     """The worker's decode, render and collate on samples in memory; each batch handed to the
-    trainer (`hand_off`) or replaced by its size."""
+    trainer with its size `n` (`hand_off`), or its size alone."""
 
     def __init__(self, maker, samples, resolution: int, batch: int, hand_off: bool):
         self.maker, self.samples, self.resolution = maker, samples, resolution
@@ -142,7 +142,7 @@ class _FromMemory(torch.utils.data.IterableDataset):
         for a in range(0, len(self.samples) - self.batch + 1, self.batch):
             items = [self.maker.item(x, self.resolution, 0) for x in self.samples[a : a + self.batch]]
             out = self.maker.collate(items)
-            yield out if self.hand_off else {"n": len(items)}
+            yield {**out, "n": len(items)} if self.hand_off else {"n": len(items)}
 
 
 def from_memory_rate(maker, samples, resolution: int, batch: int, hand_off: bool) -> float:
@@ -152,7 +152,7 @@ def from_memory_rate(maker, samples, resolution: int, batch: int, hand_off: bool
         if first is None:
             first = time.perf_counter()
         else:
-            n += len(b["ids"]) if hand_off else b["n"]
+            n += b["n"]
     return n / (time.perf_counter() - first)
 
 

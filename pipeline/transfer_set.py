@@ -181,9 +181,9 @@ def same_stored_selection(storage: StoreRoot, name: str, table: pa.Table, manife
     if not all(storage.exists(layout.subset_path(name, ext)) for ext in (".parquet", ".json", ".png")):
         return None
     stored = read_subset(storage, name)
-    ours = Subset(name, table.cast(SUBSET_SCHEMA), manifest)
     # Through JSON, as write_subset stores it, so tuples compare equal to the stored lists.
-    same = _timeless(stored.manifest) == _timeless(json.loads(json.dumps(manifest))) and stored.table.equals(ours.table)
+    same = _timeless(stored.manifest) == _timeless(json.loads(json.dumps(manifest)))
+    same = same and stored.table.equals(Subset(name, table.cast(SUBSET_SCHEMA), manifest).table)  # as stored: sorted
     return stored.manifest["created_at"] if same else None
 
 

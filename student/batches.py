@@ -118,9 +118,6 @@ class Loader:
             pin_memory=torch.cuda.is_available(),
         )
 
-    def __len__(self) -> int:
-        return len(self.loader)
-
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for batch in self.loader:
             if USER_ERROR in batch:
