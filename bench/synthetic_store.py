@@ -24,7 +24,7 @@ from PIL import Image
 from pipeline.sample_data import PHOTOS, load_photo
 from storage_schemas.store import TABLE_SUFFIX, layout
 from storage_schemas.store.clip_views import ClipViews, views_parquet
-from storage_schemas.store.commit import CommitRecord, InputRef, write_commit
+from storage_schemas.store.commit import CommitRecord, InputRef, create_commit
 from storage_schemas.store.manifest import Manifest, ensure_manifest
 from storage_schemas.store.mask_logits import encode_logits, logits_group_objects
 from storage_schemas.store.root import StoreRoot
@@ -70,7 +70,7 @@ def _commit(
 ) -> None:
     size = os.path.getsize(tar)
     write_tar_index(storage, kind, SOURCE, shard, scan_tar_index(tar, None, size, None))
-    write_commit(
+    create_commit(
         storage,
         CommitRecord(
             kind=kind,
@@ -159,7 +159,7 @@ def write_clip_store(
                 np.full((n, views), "0" * 16, dtype=object),
                 emb.astype(np.float16),
             )
-            name = layout.part_name(first, "synth000")
+            name = layout.part_name(first, "5e7000000000", f"{first:08x}")
             parts.append(
                 (
                     name,
@@ -258,7 +258,7 @@ def write_sam_store(
                         "skipped": "{}",
                     }
                 )
-            name = layout.part_name(first, "synth000")
+            name = layout.part_name(first, "5e7000000000", f"{first:08x}")
             rel = layout.part_path("sam", SOURCE, shard, name, "")
             table = prompts_table(
                 SOURCE, shard, samples, prompts=prompts, rounds=1, points_per_prompt=points, masks=masks

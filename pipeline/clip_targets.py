@@ -35,6 +35,7 @@ from storage_schemas.pixels.tar_samples import TarSample
 from storage_schemas.pixels.views import render_view, sample_views, view_hash
 from storage_schemas.store import TABLE_SUFFIX
 from storage_schemas.store.clip_views import ClipViews, views_parquet
+from storage_schemas.store.commit import new_attempt_id
 from storage_schemas.store.identity import SampleId
 from storage_schemas.store.root import StoreRoot
 
@@ -159,13 +160,15 @@ class ClipTeacherStage:
         compute_dtype: str,
         threads: int,
         render_threads: int | None = None,
+        attempt: str | None = None,
     ):
         """spec: the views to render; None for a stage that only embeds given pixels (`embed`), or
-        whose caller sets it once the teacher's preprocessing is known (`RenderSpec.of`)."""
+        whose caller sets it once the teacher's preprocessing is known (`RenderSpec.of`).
+        attempt: the job attempt whose parts this stage writes (a fresh id if not given)."""
         from pipeline.teachers import load_clip_teacher
 
         torch.set_num_threads(max(1, threads))
-        self.spec, self.storage = spec, storage
+        self.spec, self.storage, self.attempt = spec, storage, attempt or new_attempt_id()
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.teacher = load_clip_teacher(teacher_cfg, storage.storage_options, device=self.device)
         pp = self.teacher.fingerprint.preprocess
@@ -257,4 +260,4 @@ class ClipTeacherStage:
         return PartWritten([entry], {"views": len(keep) * self.spec.views}, failed)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return teacher_batch_output("clip", batch, self.write_part, self.storage)
+        return teacher_batch_output("clip", batch, self.write_part, self.storage, self.attempt)

@@ -6,6 +6,7 @@
     clip:    {teacher: {arch: ViT-L-14, pretrained: datacomp_xl_s13b_b90k}, views: 10, view_policy: {...}}
     sam:     {teacher: {model: vit_b, checkpoint: s3://.../sam_vit_b_01ec64.pth}, prompts: 64, precision: fp16}
     ray:     {teacher_actors: 8, gpus_per_actor: 1, cpus_per_actor: 8, batch_size: 256}
+    claims:  {lease_seconds: 600}          # jobs sharing one store: see pipeline.claims
     retrieval: {index: auto, nprobe: 64}   # pipeline.transfer_set's faiss index
 
 Load with `load_job_config(path, ["clip.views=4"])`; see storage_schemas.plumbing.typed_config.
@@ -161,6 +162,21 @@ class RayConfig:
                 raise FieldError(name, f"expected a positive number of CPUs, got {getattr(self, name)}")
 
 
+@dataclass
+class ClaimsConfig:
+    """How jobs that share a store share its units (pipeline.claims)."""
+
+    # A claim its job has not renewed for this long may be taken over by another job (by the
+    # store's clock). The holder renews every third of it; it must outlast the time a read task's
+    # first rows take to reach the driver (a teacher batch or two), and bounds how long a job waits
+    # on a unit whose holder died on another machine (one that died on this machine is seen at once).
+    lease_seconds: float = 300.0
+
+    def validate(self) -> None:
+        if self.lease_seconds <= 0:
+            raise FieldError("lease_seconds", f"expected a positive number of seconds, got {self.lease_seconds}")
+
+
 INDEX_KINDS = ("auto", "flat", "ivfpq")
 
 
@@ -208,6 +224,7 @@ class JobConfig:
     clip: ClipConfig = field(default_factory=ClipConfig)
     sam: SamConfig = field(default_factory=SamConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    claims: ClaimsConfig = field(default_factory=ClaimsConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     compute_dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     max_image_pixels: int = 178_956_970  # larger images are errors (decompression bombs): Pillow's own limit

@@ -1,6 +1,6 @@
 """Each kind's job: its manifest checked and written, its read and teacher stages, then the driver.
 
-    report = run_clip(plan, plan.kinds["clip"], has_gpu)   # or run_sam; JOBS[kind] picks one
+    report = run_clip(plan, plan.kinds["clip"], has_gpu, attempt)   # or run_sam; JOBS[kind] picks one
 
 `pipeline.materialize` runs JOBS[kind] for each kind the job names.
 """
@@ -23,7 +23,7 @@ CLIP_BLOCK_BYTES = 16 * 1024 * 1024
 SAM_BLOCK_BYTES = 4 * 1024 * 1024
 
 
-def run_clip(plan: JobPlan, kp: KindPlan, has_gpu: bool) -> JobReport:
+def run_clip(plan: JobPlan, kp: KindPlan, has_gpu: bool, attempt: str) -> JobReport:
     """The CLIP kind's units of the plan: views rendered and embedded, then committed."""
     cfg = plan.config
     manifest = ensure_manifest(plan.storage, kp.manifest)
@@ -39,14 +39,14 @@ def run_clip(plan: JobPlan, kp: KindPlan, has_gpu: bool) -> JobReport:
     stages = KindStages(
         read_clip_shard,
         ClipTeacherStage,
-        dict(teacher_cfg=cfg.clip.teacher, spec=spec, compute_dtype=must["compute_dtype"]),
+        dict(teacher_cfg=cfg.clip.teacher, spec=spec, compute_dtype=must["compute_dtype"], attempt=attempt),
         batch_size=cfg.ray.batch_size,
         block_bytes=CLIP_BLOCK_BYTES,
     )
-    return run_units(plan, kp, "clip", lambda tasks: teacher_dataset(cfg, has_gpu, tasks, stages), manifest.policy_hash)
+    return run_units(plan, kp, "clip", _dataset(cfg, has_gpu, stages), manifest.policy_hash, attempt)
 
 
-def run_sam(plan: JobPlan, kp: KindPlan, has_gpu: bool) -> JobReport:
+def run_sam(plan: JobPlan, kp: KindPlan, has_gpu: bool, attempt: str) -> JobReport:
     """The SAM kind's units of the plan: prompts sampled and mask logits predicted, then committed."""
     cfg = plan.config
     manifest = ensure_manifest(plan.storage, kp.manifest)
@@ -55,11 +55,15 @@ def run_sam(plan: JobPlan, kp: KindPlan, has_gpu: bool) -> JobReport:
     stages = KindStages(
         read_sam_shard,
         SamTeacherStage,
-        dict(spec=spec, compute_dtype=manifest.must_match["compute_dtype"]),
+        dict(spec=spec, compute_dtype=manifest.must_match["compute_dtype"], attempt=attempt),
         batch_size=cfg.ray.sam_batch_size,
         block_bytes=SAM_BLOCK_BYTES,
     )
-    return run_units(plan, kp, "sam", lambda tasks: teacher_dataset(cfg, has_gpu, tasks, stages), manifest.policy_hash)
+    return run_units(plan, kp, "sam", _dataset(cfg, has_gpu, stages), manifest.policy_hash, attempt)
+
+
+def _dataset(cfg, has_gpu: bool, stages: KindStages):
+    return lambda tasks: teacher_dataset(cfg, has_gpu, tasks, stages)
 
 
 JOBS = {"clip": run_clip, "sam": run_sam}

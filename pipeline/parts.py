@@ -60,15 +60,17 @@ def row_sample_id(rows: dict[str, np.ndarray], i: int) -> SampleId:
     return SampleId(str(rows["source"][i]), str(rows["shard"][i]), str(rows["key"][i]))
 
 
-def new_part_name(first_sample: int) -> str:
-    return layout.part_name(first_sample, uuid.uuid4().hex[:8])
+def new_part_name(first_sample: int, attempt: str) -> str:
+    """A part's name: its first sample, the job attempt's id and a fresh id per call (Ray may run
+    one batch twice in one attempt; each run writes its own files)."""
+    return layout.part_name(first_sample, attempt, uuid.uuid4().hex[:8])
 
 
 def teacher_batch_output(
-    kind: str, batch: dict[str, np.ndarray], write_part: WritePart, storage: StoreRoot
+    kind: str, batch: dict[str, np.ndarray], write_part: WritePart, storage: StoreRoot, attempt: str
 ) -> dict[str, np.ndarray]:
     """The metadata rows for one teacher batch, after writing one part per unit with `ok` rows
-    through `storage` (whose retries are reported per part)."""
+    through `storage` (whose retries are reported per part), named for the job `attempt`."""
     status = batch["status"]
     out: list[dict] = []
     for i in np.flatnonzero(status != OK):  # errors, end rows, read failures: passed on as they are
@@ -83,7 +85,7 @@ def teacher_batch_output(
         # A run of consecutive rows (the usual case: one unit, no errors) is taken as a view, not copied.
         take = slice(rows[0], rows[-1] + 1) if (np.diff(rows) == 1).all() else rows
         first = {c: batch[c][rows[0]] for c in PROTOCOL_COLUMNS}
-        part = new_part_name(int(batch["sample_index"][rows[0]]))
+        part = new_part_name(int(batch["sample_index"][rows[0]]), attempt)
         retried = storage.thread_retries.copy()
         try:
             kill_point("teacher_batch", str(unit))

@@ -18,10 +18,11 @@ from pipeline.config import JobConfig, load_job_config
 from pipeline.job_manifests import clip_manifest, resolve_compute_dtype, sam_manifest
 from pipeline.sources import InputShard, expand_source
 from pipeline.teachers import load_clip_teacher, load_sam_teacher
-from storage_schemas.plumbing.errors import run_cli
+from storage_schemas.plumbing.errors import ConfigError, run_cli
 from storage_schemas.plumbing.typed_config import add_config_arguments
 from storage_schemas.store import TargetStore
 from storage_schemas.store.commit import CommitRecord
+from storage_schemas.store.identity import stable_hash64
 from storage_schemas.store.manifest import Manifest, check_compatible, read_manifest
 from storage_schemas.store.root import StoreRoot
 
@@ -32,6 +33,25 @@ from storage_schemas.store.root import StoreRoot
 #   CLIP: 128 x 4,000 = 512k samples, ~30 s of the cluster's 15-19k images/s (~1 min with tails);
 #   SAM:  58 SA-1B tars read at once x 1,000 = 58k images, ~40-60 s of its 1,000-1,500 images/s.
 DEFAULT_UNIT_SIZE = {"clip": 4000, "sam": 1000}
+
+
+@dataclass(frozen=True)
+class Partition:
+    """`--partition i/N`: the shards whose (source, shard name) hash to i modulo N. A hash, not a
+    range, because a source's shard list is only known when it is expanded and grows with new shards."""
+
+    index: int
+    count: int
+
+    @staticmethod
+    def parse(text: str) -> "Partition":
+        i, _, n = text.partition("/")
+        if not (i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
+            raise ConfigError(f"--partition {text!r}: expected I/N with 0 <= I < N, e.g. 0/4")
+        return Partition(int(i), int(n))
+
+    def holds(self, source: str, shard: str) -> bool:
+        return stable_hash64("partition", source, shard) % self.count == self.index
 
 
 @dataclass
@@ -49,10 +69,17 @@ class JobPlan:
     kinds: dict[str, KindPlan]
 
 
-def make_plan(cfg: JobConfig, device: str | None = None) -> JobPlan:
-    storage = StoreRoot(cfg.store.url, cfg.store.storage_options)
+def make_plan(
+    cfg: JobConfig, device: str | None = None, partition: Partition | None = None, storage: StoreRoot | None = None
+) -> JobPlan:
+    """What the job would do: its shards (of `partition` only, if given), the teachers' manifests
+    checked against the store's, and every unit committed so far. `storage`: the store as the job
+    opened it (default: the config's)."""
+    storage = storage or StoreRoot(cfg.store.url, cfg.store.storage_options)
     storage.check_reachable(create=True)
     shards = [s for i, src in enumerate(cfg.sources) for s in expand_source(i, src)]
+    if partition is not None:
+        shards = [s for s in shards if partition.holds(s.source, s.name)]
     has_gpu = torch.cuda.is_available() if device is None else device.startswith("cuda")
     device = device or ("cuda" if has_gpu else "cpu")
     dtype = resolve_compute_dtype(cfg.compute_dtype, has_gpu)
@@ -131,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m pipeline.plan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_config_arguments(parser)
+    parser.add_argument("--partition", type=Partition.parse, help="only the shards of partition I of N (I/N)")
     args = parser.parse_args(argv)
-    print(describe(make_plan(load_job_config(args.config, args.overrides))))
+    print(describe(make_plan(load_job_config(args.config, args.overrides), partition=args.partition)))
     return 0
 
 

@@ -22,8 +22,11 @@ from storage_schemas.store.tar_index import read_tar_index
 INDEX_READ_THREADS = 32
 
 
-def read_tasks(storage: StoreRoot, kind: str, pending: list[tuple[InputShard, list[int]]]) -> list[dict[str, Any]]:
-    """pending: (shard, its committed parts) for every shard with work left -> read task rows."""
+def read_tasks(
+    storage: StoreRoot, kind: str, pending: list[tuple[InputShard, list[int]]], attempt: str = "", lease_s: float = 0.0
+) -> list[dict[str, Any]]:
+    """pending: (shard, its committed parts) for every shard with work left -> read task rows, which
+    claim their units for `attempt` (pipeline.claims) when one is given."""
     listed: dict[str, set[str]] = {}
     for source in sorted({s.source for s, _ in pending}):
         files = storage.list_files(f"{TAR_INDEX_DIR}/{kind}/{source}")
@@ -40,9 +43,9 @@ def read_tasks(storage: StoreRoot, kind: str, pending: list[tuple[InputShard, li
     for shard, done in pending:
         n = counts.get(shard.url)
         if n is None:
-            tasks.append(shard_task(shard, done, storage, write_index=True))
+            tasks.append(shard_task(shard, done, storage, True, None, attempt, lease_s))
             continue
         for part in range(max(1, math.ceil(n / shard.unit_size))):
             if part not in done:
-                tasks.append(shard_task(shard, done, storage, write_index=False, read_parts=[part]))
+                tasks.append(shard_task(shard, done, storage, False, [part], attempt, lease_s))
     return tasks

@@ -15,6 +15,11 @@ class JobReport:
     kind: str
     units_done: int = 0  # committed by this run
     units_skipped: int = 0  # already committed before this run
+    units_found_committed: int = 0  # committed by another job while this one ran
+    units_found_claimed: int = 0  # read tasks that found their units claimed by another live job
+    commit_races_lost: int = 0  # units this job finished but another job's record was there first
+    claims_taken_over: int = 0  # expired claims of other jobs this one took over
+    claims_lost: int = 0  # claims of this job another took over (it had let them lapse)
     units_failed: list[dict] = field(default_factory=list)  # {source, shard, unit, reason, detail}
     samples: int = 0  # input samples of the units committed by this run
     samples_stored: int = 0
@@ -28,6 +33,12 @@ class JobReport:
     leftovers_removed: int = 0  # files of dropped or killed attempts removed after their unit committed
     driver_bytes: int = 0  # bytes of the rows the driver pulled from the dataset
     commit_seconds: list[list[float]] = field(default_factory=list)  # [samples, seconds] per unit commit
+
+    @property
+    def shared(self) -> bool:
+        """Whether another job worked on this store's units at the same time."""
+        counts = (self.units_found_committed, self.units_found_claimed, self.commit_races_lost)
+        return any(counts) or self.claims_taken_over > 0 or self.claims_lost > 0
 
     @property
     def ok(self) -> bool:
@@ -54,6 +65,12 @@ class JobReport:
             f"  samples    {self.samples} read, {self.samples_stored} stored, "
             f"{sum(self.errors_by_reason.values())} in errors",
         ]
+        if self.shared:
+            lines.append(
+                f"  sharing    {self.units_found_committed} units committed by other jobs meanwhile, "
+                f"{self.units_found_claimed} found claimed by them, {self.commit_races_lost} commit races lost; "
+                f"claims: {self.claims_taken_over} expired taken over, {self.claims_lost} of ours taken over"
+            )
         for name, n in sorted(self.rows.items()):
             lines.append(f"  {name:<10} {n} ({self.rate(name):.1f}/s over {self.seconds:.1f} s)")
         for reason, n in sorted(self.errors_by_reason.items()):
@@ -76,11 +93,11 @@ class JobReport:
         return "\n".join(lines)
 
 
-def write_report(storage: StoreRoot, reports: list[JobReport], local_path: str | None) -> None:
-    """The job's summary into the store's `_reports/materialize-STAMP.json`, and `local_path` if given."""
+def write_report(storage: StoreRoot, reports: list[JobReport], local_path: str | None, attempt: str) -> None:
+    """The job's summary into the store's `_reports/materialize-STAMP-ATTEMPT.json`, and `local_path` if given."""
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    text = json.dumps({"store": storage.url, "reports": [r.to_dict() for r in reports]}, indent=2)
-    storage.write_bytes(f"_reports/materialize-{stamp}.json", text.encode())
+    text = json.dumps({"store": storage.url, "attempt": attempt, "reports": [r.to_dict() for r in reports]}, indent=2)
+    storage.write_bytes(f"_reports/materialize-{stamp}-{attempt}.json", text.encode())
     if local_path:
         with open(local_path, "w") as f:
             f.write(text)

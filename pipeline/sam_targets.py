@@ -38,6 +38,7 @@ from storage_schemas.pixels.decode import decode_image
 from storage_schemas.pixels.sam_transforms import pad_image, sam_boxes, sam_input_image, sam_points
 from storage_schemas.pixels.tar_samples import TarSample
 from storage_schemas.store import TABLE_SUFFIX
+from storage_schemas.store.commit import new_attempt_id
 from storage_schemas.store.identity import SampleId, sample_seed
 from storage_schemas.store.mask_logits import LOW_RES, encode_logits, fill_value, logits_group_objects, num_masks
 from storage_schemas.store.root import StoreRoot
@@ -120,12 +121,18 @@ class SamTeacherStage:
     """Ray actor UDF: loads SAM once; per image one encoder pass, the decoder per prompt structure."""
 
     def __init__(
-        self, spec: PromptSpec, storage: StoreRoot, compute_dtype: str, threads: int, render_threads: int | None = None
+        self,
+        spec: PromptSpec,
+        storage: StoreRoot,
+        compute_dtype: str,
+        threads: int,
+        render_threads: int | None = None,
+        attempt: str | None = None,
     ):
         from pipeline.teachers import load_sam_teacher
 
         torch.set_num_threads(max(1, threads))
-        self.storage, self.spec = storage, spec
+        self.storage, self.spec, self.attempt = storage, spec, attempt or new_attempt_id()
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.teacher = load_sam_teacher(spec.sam.teacher, storage.storage_options, device=self.device)
         self.sam = self.teacher.sam
@@ -241,4 +248,4 @@ class SamTeacherStage:
         return PartWritten(files, {"prompts": prompts.num_rows, "images": len(samples)}, failed)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return teacher_batch_output("sam", batch, self.write_part, self.storage)
+        return teacher_batch_output("sam", batch, self.write_part, self.storage, self.attempt)

@@ -1,14 +1,18 @@
-"""The driver's side of the commit protocol: a unit's record, written last, and the leftovers.
+"""The driver's side of the commit protocol: a unit's record, created last, and the clean-up.
 
-    record = commit_unit(storage, "clip", collector, policy_hash)   # errors table, then the record
-    remove_leftovers(storage, record)                               # the unit's files it does not list
-    remove_replayed_parts(storage, "clip", records)                 # once the stream has ended, again
+    outcome = commit_unit(storage, "clip", collector, policy_hash, attempt)  # errors table, then the record
+    if outcome.won:
+        remove_leftovers(storage, outcome.record)     # the unit's files its record does not list
+    else:                                             # another job committed the unit first
+        remove_attempt_files(storage, "clip", source, unit, attempt)
+    remove_replayed_parts(storage, "clip", records)   # once the stream has ended, again
 
-The record lists the accepted parts (disjoint sample sets that, with the errors, cover the
-unit) and every file of them with the size and sha256 the actor measured. Until the record
-exists the unit does not count, so a crash anywhere before it leaves at most files readers ignore;
-a part that no record lists (a dropped duplicate, an attempt killed after writing) is removed
-after the unit commits, and `python -m pipeline.validate --gc` removes any that remain.
+The record lists the accepted parts (disjoint sample sets that, with the errors, cover the unit)
+and every file of them with the size and sha256 the actor measured. It is created only if the unit
+has none, and read back: until a record exists the unit does not count, and once one does it is
+final. So nothing is removed before a committed record that does not list it has been read back
+from the store; files of uncommitted units are left alone (another job may be writing them) and
+`python -m pipeline.validate --gc` removes those older than its grace period.
 """
 
 from __future__ import annotations
@@ -16,28 +20,35 @@ from __future__ import annotations
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import pyarrow as pa
 
-from pipeline.sources import InputShard
 from pipeline.units import UnitCollector
 from storage_schemas.plumbing.faults import kill_point
 from storage_schemas.store import READ_THREADS, layout
-from storage_schemas.store.commit import CommitRecord, write_commit
+from storage_schemas.store.commit import CommitRecord, create_commit
 from storage_schemas.store.root import StorageFailure, StoreRoot
 from storage_schemas.store.tables import ERRORS_SCHEMA, parquet_bytes
 
 log = logging.getLogger(__name__)
 
 
-def commit_unit(storage: StoreRoot, kind: str, c: UnitCollector, policy_hash: str) -> CommitRecord:
-    """Write the unit's errors table (if any) and, last, its commit record."""
+@dataclass(frozen=True)
+class CommitOutcome:
+    record: CommitRecord | None  # the unit's record as read back; None when it does not parse (damaged)
+    won: bool  # the record is this attempt's
+
+
+def commit_unit(storage: StoreRoot, kind: str, c: UnitCollector, policy_hash: str, attempt: str) -> CommitOutcome:
+    """Write the unit's errors table (if any, named for the attempt) and, last, create its commit record."""
     parts = c.ordered_parts()
     files = [f for p in parts for f in p.files]
     errors = c.error_rows(kind)
     if errors:
         table = pa.Table.from_pylist(errors, schema=ERRORS_SCHEMA)
-        files.append(storage.write_bytes(layout.errors_path(kind, c.shard.source, c.unit), parquet_bytes(table)))
+        rel = layout.errors_path(kind, c.shard.source, c.unit, attempt)
+        files.append(storage.write_bytes(rel, parquet_bytes(table)))
     record = CommitRecord(
         kind=kind,
         source=c.shard.source,
@@ -51,16 +62,21 @@ def commit_unit(storage: StoreRoot, kind: str, c: UnitCollector, policy_hash: st
         files=files,
         policy_hash=policy_hash,
         parts=[p.name for p in parts],
+        attempt_id=attempt,
     )
-    kill_point("after_data_before_commit")
-    write_commit(storage, record)
-    return record
+    kill_point("after_data_before_commit", c.unit)
+    stored = create_commit(storage, record)
+    return CommitOutcome(stored, stored is not None and stored.attempt_id == attempt)
 
 
 def unit_paths(storage: StoreRoot, kind: str, source: str, unit: str) -> list[str]:
-    """Every file the unit may own: its part folder's files and its errors table."""
-    errors = layout.errors_path(kind, source, unit)
-    return storage.list_files(layout.unit_dir(kind, source, unit)) + ([errors] if storage.exists(errors) else [])
+    """Every file the unit may own: its part folder's files and its errors tables."""
+    old_errors = layout.errors_path(kind, source, unit)
+    return (
+        storage.list_files(layout.unit_dir(kind, source, unit))
+        + storage.list_files(old_errors[: -len(".parquet")])
+        + ([old_errors] if storage.exists(old_errors) else [])
+    )
 
 
 def remove_quietly(storage: StoreRoot, paths: list[str]) -> int:
@@ -79,7 +95,8 @@ def remove_quietly(storage: StoreRoot, paths: list[str]) -> int:
 
 
 def remove_leftovers(storage: StoreRoot, record: CommitRecord) -> int:
-    """Remove the unit's files its record does not list (dropped duplicates, killed attempts)."""
+    """Remove the unit's files its record (committed, read back) does not list: dropped duplicates,
+    killed attempts, other jobs' attempts at the unit (theirs can never commit now)."""
     keep = {f.path for f in record.files}
     try:
         paths = unit_paths(storage, record.kind, record.source, record.unit)
@@ -93,6 +110,17 @@ def remove_leftovers(storage: StoreRoot, record: CommitRecord) -> int:
         )
         return 0
     return remove_quietly(storage, [p for p in paths if p not in keep])
+
+
+def remove_attempt_files(storage: StoreRoot, kind: str, source: str, unit: str, attempt: str) -> int:
+    """After losing a commit race (another job's record, read back, holds the unit): remove this
+    attempt's files of the unit, and only those."""
+    try:
+        paths = unit_paths(storage, kind, source, unit)
+    except (StorageFailure, OSError) as e:
+        log.warning("unit %s/%s/%s: files not listed (%s); `validate --gc` removes them later", kind, source, unit, e)
+        return 0
+    return remove_quietly(storage, [p for p in paths if layout.attempt_of(p) == attempt])
 
 
 def remove_replayed_parts(storage: StoreRoot, kind: str, records: list[CommitRecord]) -> int:
@@ -127,39 +155,3 @@ def remove_replayed_parts(storage: StoreRoot, kind: str, records: list[CommitRec
 def remove_part_files(storage: StoreRoot, row: dict) -> int:
     """Remove the files of a part that reached the driver after its unit was committed without it."""
     return remove_quietly(storage, [f["path"] for f in json.loads(row["part_files"])])
-
-
-def remove_pending_leftovers(
-    storage: StoreRoot, kind: str, shards: list[InputShard], committed: set[tuple[str, str]]
-) -> list[str]:
-    """Before a run: remove the files of this job's units that have no record (earlier attempts).
-
-    A file belongs to a unit by its path: `KIND/SOURCE/UNIT/...` or `_errors/KIND/SOURCE/UNIT.parquet`,
-    UNIT one of this job's unit names (a shard's name, or `SHARD.pNNN` for a shard cut into
-    parts). One recursive listing per source (its data and errors prefixes) runs concurrently,
-    then the removals, concurrently too: on object storage each is a round trip of tens of ms.
-    """
-    whole = {(s.source, s.name) for s in shards if not s.unit_size}
-    parted = {(s.source, s.name) for s in shards if s.unit_size}
-    sources = sorted({s.source for s in shards})
-
-    def listing(source: str) -> list[str]:
-        return storage.list_files(f"{kind}/{source}") + storage.list_files(f"{layout.ERRORS_DIR}/{kind}/{source}")
-
-    def pending(rel: str, source: str) -> bool:
-        head = rel.split("/")
-        if head[0] == layout.ERRORS_DIR:
-            unit = head[3][: -len(".parquet")] if len(head) == 4 and head[3].endswith(".parquet") else None
-        else:
-            unit = head[2] if len(head) > 3 else None  # a file directly under SOURCE/ is no part
-        if unit is None or (source, unit) in committed:
-            return False
-        shard, _, part = unit.rpartition(".p")
-        return (source, unit) in whole or ((source, shard) in parted and part.isdigit())
-
-    with ThreadPoolExecutor(READ_THREADS) as pool:
-        stale = [
-            rel for source, files in zip(sources, pool.map(listing, sources)) for rel in files if pending(rel, source)
-        ]
-        list(pool.map(storage.remove, stale))
-    return stale

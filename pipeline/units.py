@@ -4,11 +4,15 @@ rows, and the driver's per-unit collection of the parts teacher actors wrote.
 Row protocol (one Ray row per sample into the teacher stage, every kind):
     source, shard, unit, part_start   where the sample belongs
     status      ok | error | end | unit_failed (the read failed) | part | teacher_failed
+                | claim (this attempt holds a claim: detail is the claim's JSON)
+                | claimed (another live job holds one: detail {claim, holder})
+                | committed (another job committed the unit since the plan)
     sample_index, key, members        the sample (index within its unit)
     reason, detail                    an error's reason, an end row's note, a failure's message
     n_in_unit, shard_samples          end rows: samples in the unit; samples in the shard (-1 unknown)
     storage_retries                   JSON {operation: transient store errors retried} (the read
-                                      task's tar index write, on its last end row; a part's writes)
+                                      task's claims, commit checks and tar index, on its last row;
+                                      a part's writes)
 plus the kind's own columns (pixels, prompts ...) on the way in; on the way out the teacher
 stage replaces `ok` rows by `part` rows (pipeline.parts).
 """
@@ -24,12 +28,13 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from pipeline.claims import Holder, clear_claim, holder_of, take_claim, this_driver
 from pipeline.sources import InputShard
 from storage_schemas.pixels.tar_samples import TarSample, iter_tar_samples
 from storage_schemas.plumbing.errors import ConfigError, StoreError
-from storage_schemas.store.commit import CommitRecord, input_change
-from storage_schemas.store.layout import unit_name
-from storage_schemas.store.root import FileEntry, StoreRoot
+from storage_schemas.store.commit import CommitRecord, input_change, read_commit
+from storage_schemas.store.layout import stream_claim_name, unit_name
+from storage_schemas.store.root import FileEntry, StorageFailure, StoreRoot
 from storage_schemas.store.tar_index import (
     TarIndex,
     index_rows,
@@ -43,6 +48,7 @@ log = logging.getLogger(__name__)
 
 OK, ERROR, END, UNIT_FAILED = "ok", "error", "end", "unit_failed"
 PART, TEACHER_FAILED = "part", "teacher_failed"
+CLAIM, CLAIMED, COMMITTED = "claim", "claimed", "committed"
 PROTOCOL_COLUMNS = (
     "source",
     "shard",
@@ -77,6 +83,9 @@ class ShardTask:
     store_json: str = "[]"  # JSON [url, storage options] of the store that keeps tar indexes
     write_index: bool = False  # a stream read to the end writes the shard's tar index
     read_parts: list[int] | None = None  # read these parts by range; None: stream the shard
+    attempt: str = ""  # the job attempt whose claims the task takes ("": none, a benchmark's read)
+    lease_s: float = 0.0  # its claims' lease
+    driver: str = ""  # the job's driver (pipeline.claims.this_driver), which the claims name
 
     def part_of(self, index: int) -> int:
         return index // self.unit_size if self.unit_size else 0
@@ -105,8 +114,29 @@ class ShardTask:
         return part in self.read_parts if self.read_parts is not None else part not in self.skip_parts
 
     def store(self) -> StoreRoot:
-        url, options = json.loads(self.store_json)
-        return StoreRoot(url, options)
+        url, options, single_writer = json.loads(self.store_json)
+        return StoreRoot(url, options, single_writer=single_writer)
+
+    def claim_names(self) -> list[str]:
+        """What the task claims: the units it reads by range, else its shard's one unit, else (a
+        shard cut into units but streamed) the whole shard."""
+        if self.read_parts is not None:
+            return [self.unit_of(p) for p in self.read_parts]
+        return [stream_claim_name(self.shard) if self.unit_size else self.shard]
+
+    def blocking_holder(self, store: StoreRoot, now: float | None = None) -> Holder | None:
+        """Another job's live claim that covers this task's units: on one of them, or (for a
+        shard read by range) on the whole shard, streamed by a job that had no tar index."""
+        names = self.claim_names() + ([stream_claim_name(self.shard)] if self.read_parts is not None else [])
+        for name in names:
+            holder = holder_of(store, self.kind, self.source, name, self.attempt, now)
+            if holder is not None and holder.live:
+                return holder
+            if holder is not None and name == stream_claim_name(self.shard) and self.read_parts is not None:
+                # A whole-shard claim nobody holds any more, met by a read of one of its units: no
+                # job will release it, so it goes now rather than at `validate --gc`.
+                clear_claim(store, self.kind, self.source, name, holder.generation)
+        return None
 
 
 def committed_parts(shard: InputShard, committed: list[CommitRecord]) -> list[int] | None:
@@ -142,10 +172,17 @@ def _unit_size_text(unit_size: int | None) -> str:
 
 
 def shard_task(
-    shard: InputShard, skip_parts: list[int], store: StoreRoot, write_index: bool, read_parts: list[int] | None = None
+    shard: InputShard,
+    skip_parts: list[int],
+    store: StoreRoot,
+    write_index: bool,
+    read_parts: list[int] | None = None,
+    attempt: str = "",
+    lease_s: float = 0.0,
 ) -> dict[str, Any]:
     """A read task's row: the shard streamed (skipping `skip_parts`; with `write_index`, writing
-    its tar index into `store` at the end), or `read_parts` by range through that index."""
+    its tar index into `store` at the end), or `read_parts` by range through that index. With an
+    `attempt`, the task claims what it reads first (pipeline.claims)."""
     return ShardTask(
         shard.source,
         shard.name,
@@ -156,9 +193,12 @@ def shard_task(
         shard.kind,
         shard.size,
         shard.etag,
-        json.dumps([store.url, store.storage_options]),
+        json.dumps([store.url, store.storage_options, store.single_writer]),
         write_index,
         read_parts,
+        attempt,
+        lease_s,
+        this_driver() if attempt else "",
     ).__dict__
 
 
@@ -181,10 +221,27 @@ def read_shard(
         return {**task.base_row(status, part), **columns}
 
     task = ShardTask(**row)
+    store = task.store()  # one per task: its transient errors retried are reported on the task's last row
+    last = None
+    for out in _read_task(task, store, make_sample, blank, end_note):
+        if last is not None:
+            yield last
+        last = out
+    if last is not None:  # always a protocol row (end, unit_failed, claimed, committed): it reaches the driver
+        last["storage_retries"] = json.dumps(dict(store.retries))
+        yield last
+
+
+def _read_task(task: ShardTask, store: StoreRoot, make_sample: SampleFn, blank: BlankFn, end_note):
+    if task.attempt:
+        rows, go_on = _claim(task, store, blank)
+        yield from rows
+        if not go_on:
+            return
     options = json.loads(task.storage_options_json)
     if task.read_parts is not None:
         try:
-            index = read_tar_index(task.store(), task.kind, task.source, task.shard, task.size, task.etag)
+            index = read_tar_index(store, task.kind, task.source, task.shard, task.size, task.etag)
         except Exception as e:  # the stream below reads the same samples, only more bytes
             log.warning("%s: tar index unreadable (%s: %s); streaming the shard", task.url, type(e).__name__, e)
             index = None
@@ -200,7 +257,40 @@ def read_shard(
                     end_note=end_note,
                 )
             return
-    yield from _stream_shard(task, options, make_sample, blank, end_note)  # no index (or a stale one)
+    yield from _stream_shard(task, store, options, make_sample, blank, end_note)  # no index (or a stale one)
+
+
+def _claim(task: ShardTask, store: StoreRoot, blank: BlankFn) -> tuple[list[dict[str, Any]], bool]:
+    """Claim what the task reads before reading it. Returns the rows to send (a `claim` row per
+    claim taken, for the driver to renew; a `claimed` row when another live job holds one; a
+    `committed` row when another job committed the task's unit since the plan) and whether to read.
+    Claims only spare duplicated work: where the store fails them, the task reads unclaimed and the
+    commit decides, as it always does."""
+    part = task.read_parts[0] if task.read_parts is not None else 0
+    rows = []
+
+    def row(status: str, detail: str) -> dict[str, Any]:
+        return {**blank(task, status, part), "detail": detail}
+
+    try:
+        holder = task.blocking_holder(store) if task.read_parts is not None else None
+        for name in task.claim_names() if holder is None else []:
+            got = take_claim(store, task.kind, task.source, name, task.attempt, task.lease_s, task.driver)
+            if isinstance(got, Holder):
+                holder = got
+                break
+            rows.append(row(CLAIM, got.to_json()))
+        if holder is not None:
+            return rows + [row(CLAIMED, json.dumps({"claims": task.claim_names(), "holder": holder.attempt}))], False
+        units = [task.unit_of(p) for p in task.read_parts] if task.read_parts is not None else []
+        units += [] if task.unit_size else [task.shard]
+        done = [u for u in units if read_commit(store, task.kind, task.source, u) is not None]
+    except StorageFailure as e:
+        log.warning("%s/%s: claims not taken (%s); read unclaimed, the commit decides", task.source, task.shard, e)
+        return rows, True
+    if done:
+        return rows + [row(COMMITTED, json.dumps(done))], False
+    return rows, True
 
 
 def _sample_row(task: ShardTask, part: int, sample: TarSample, blank: BlankFn, make_sample: SampleFn) -> dict:
@@ -238,12 +328,26 @@ def _failed_row(task: ShardTask, part: int, e: Exception, blank: BlankFn) -> dic
 
 
 def _stream_shard(
-    task: ShardTask, options: dict, make_sample: SampleFn, blank: BlankFn, end_note
+    task: ShardTask, store: StoreRoot, options: dict, make_sample: SampleFn, blank: BlankFn, end_note
 ) -> Iterator[dict[str, Any]]:
-    """The shard from its start. Samples of parts not pending are counted, not read. Read to
-    its end, the shard's tar index is written where the task says so."""
+    """The shard from its start. Samples of parts not pending are counted, not read; so are those
+    of a part another job committed while this task held the shard's claim (a `committed` row says
+    so; only a job that read it by range can have). Read to its end, the shard's tar index is
+    written where the task says so."""
     part, count, total = 0, 0, 0
     index_rows_: list[tuple] = []
+    committed_elsewhere: dict[int, bool] = {}
+
+    def wanted(p: int) -> bool:
+        if not task.pending(p):
+            return False
+        if task.attempt and task.unit_size and p not in committed_elsewhere:
+            try:
+                committed_elsewhere[p] = read_commit(store, task.kind, task.source, task.unit_of(p)) is not None
+            except StorageFailure as e:  # read it anyway: the commit decides
+                log.warning("%s: not known whether committed (%s); read all the same", task.unit_of(p), e)
+                committed_elsewhere[p] = False
+        return not committed_elsewhere.get(p, False)
 
     def end_row(shard_samples: int, note: str = "") -> dict[str, Any]:
         end = blank(task, END, part)
@@ -253,33 +357,31 @@ def _stream_shard(
         return end
 
     try:
-        for sample in iter_tar_samples(task.url, options, lambda i: task.pending(task.part_of(i))):
+        for sample in iter_tar_samples(task.url, options, lambda i: wanted(task.part_of(i))):
             index_rows_ += index_rows(sample)
-            if task.part_of(sample.index) != part:
-                if task.pending(part):
+            if task.part_of(sample.index) != part or sample.index == 0:
+                if sample.index and wanted(part):
                     yield end_row(-1)
                 part, count = task.part_of(sample.index), 0
+                if committed_elsewhere.get(part):
+                    yield {**blank(task, COMMITTED, part), "detail": json.dumps([task.unit_of(part)])}
             count += 1
             total += 1
-            if task.pending(part):
+            if wanted(part):
                 yield _sample_row(task, part, sample, blank, make_sample)
     except Exception as e:  # the shard's read stops here; the driver fails this unit and the later ones
         # A task for given parts (its index went stale) fails those, wherever the stream stopped.
         yield _failed_row(task, part if task.read_parts is None else task.read_parts[0], e, blank)
         return
-    note, retried = "", {}
+    note = ""
     if task.write_index:
-        store = task.store()
         try:
             write_tar_index(
                 store, task.kind, task.source, task.shard, make_tar_index(task.url, task.size, task.etag, index_rows_)
             )
         except Exception as e:  # the targets do not need it: later reads stream the shard instead
             note = f"tar index not written ({type(e).__name__}: {e})"
-        retried = dict(store.retries)
-    end = end_row(total, note)  # also for a committed last part: it tells the driver the shard was read to its end
-    end["storage_retries"] = json.dumps(retried)
-    yield end
+    yield end_row(total, note)  # also for a committed last part: it tells the driver the shard was read to its end
 
 
 @dataclass(frozen=True)

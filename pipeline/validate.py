@@ -1,4 +1,5 @@
-"""`python -m pipeline.validate ROOT [--sizes-only] [--gc] [--json FILE]`: is this store sound?
+"""`python -m pipeline.validate ROOT [--sizes-only] [--gc [--grace 24h]] [--uncommit-damaged] [--json FILE]`:
+is this store sound?
 
 Checks, per kind, everything a reader relies on:
   - the manifest parses, and every commit record parses, sits at its own path and carries the
@@ -10,16 +11,26 @@ Checks, per kind, everything a reader relies on:
   - shapes: embeddings of the manifest's width, logits arrays [images, P x rounds, M, 256, 256];
   - content: embeddings finite and unit norm (fp16 tolerance), logits finite in every slot a
     prompt occupies.
-Files under the store that no record lists (leftovers of killed attempts; readers never see them)
-are listed as orphans; `--gc` deletes them (never the files of a unit whose record is damaged).
-Run `--gc` only while no job writes to the store: an attempt in flight has not written its record yet.
+A path without a manifest is not a store: refused, nothing read or removed.
 
-Exit status 0 when no problem is found, 1 otherwise, with one line per problem naming the file.
+Files the store's writers make (part files, errors tables, claims: by their names, under a kind's
+folders) that no record lists are orphans. `--gc` removes those of committed units (a committed
+record, read back, does not list them: they can never count), and those of uncommitted units only
+once older than `--grace` by the store's clock (a job may still be writing them); it never touches
+a unit whose record is damaged, nor any file of another name. It is safe while jobs run.
+
+`--uncommit-damaged` moves the records of damaged units (missing files, other sizes or checksums,
+wrong row counts or content, a record that does not parse or was made under another policy) to
+`_quarantine/`, never deleting them; the next materialize job redoes exactly those units.
+
+Exit status 0 when no problem is found (or every damaged unit was moved aside), 1 otherwise, with
+one line per problem naming the file.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from storage_schemas.plumbing.errors import StoreError, run_cli
+from storage_schemas.plumbing.errors import ConfigError, StoreError, run_cli
 from storage_schemas.store import TargetStore, layout, table_files
 from storage_schemas.store.commit import CommitRecord
 from storage_schemas.store.manifest import Manifest, read_manifest
@@ -45,11 +56,17 @@ class ValidationReport:
     units: int = 0
     files: int = 0
     bytes: int = 0
-    orphans: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)  # the store's own files no record lists
     removed: list[str] = field(default_factory=list)
+    kept: dict[str, list[str]] = field(default_factory=dict)  # why gc left an orphan -> the orphans
+    damaged: dict[str, list[str]] = field(default_factory=dict)  # record path -> its unit's problems
+    quarantined: list[str] = field(default_factory=list)  # where damaged units' records went
+    committed: set[tuple[str, str, str]] = field(default_factory=set)  # (kind, source, unit) with a sound record
 
-    def add(self, where: str, what: str) -> None:
+    def add(self, where: str, what: str, record: str | None = None) -> None:
         self.problems.append((where, what))
+        if record is not None:
+            self.damaged.setdefault(record, []).append(f"{where}: {what}")
 
     def to_dict(self) -> dict:
         return {
@@ -60,6 +77,9 @@ class ValidationReport:
             "problems": [{"path": p, "problem": w} for p, w in self.problems],
             "orphans": self.orphans,
             "removed": self.removed,
+            "kept": self.kept,
+            "damaged_units": sorted(self.damaged),
+            "quarantined": self.quarantined,
         }
 
 
@@ -206,40 +226,45 @@ def check_counts_and_content(storage: StoreRoot, record: CommitRecord, manifest:
 
 
 def validate(storage: StoreRoot, hashes: bool = True, workers: int = 8) -> ValidationReport:
+    """Check every kind with a manifest; refuses (StoreError) a path where no kind has one."""
+    kinds = [k for k in layout.KINDS if storage.exists(layout.manifest_path(k))]
+    if not kinds:
+        records = len(storage.list_files(layout.COMMITS_DIR))
+        raise StoreError(
+            f"{storage.url} is not a target store: it has no {' or '.join(map(layout.manifest_path, layout.KINDS))}"
+            + (f" (but {records} files under {layout.COMMITS_DIR}/: restore its manifests)" if records else "")
+        )
     report = ValidationReport()
     listed: set[str] = set()
-    kept: list[str] = []  # path prefixes of units whose record is damaged: never orphans
+    unreadable: set[tuple[str, str, str]] = set()  # units whose record does not parse: their files are no orphans
     for kind in layout.KINDS:
         rel_m = layout.manifest_path(kind)
         record_paths = [p for p in storage.list_files(f"{layout.COMMITS_DIR}/{kind}") if p.endswith(".json")]
+        if kind not in kinds:
+            if record_paths:
+                report.add(rel_m, f"missing, while {len(record_paths)} units of {kind} are committed")
+            continue
         try:
             manifest = read_manifest(storage, kind)
         except StoreError:
             report.add(rel_m, "manifest does not parse")
             continue
-        if manifest is None:
-            if record_paths:
-                report.add(rel_m, f"missing, while {len(record_paths)} units of {kind} are committed")
-            continue
-        listed.add(rel_m)
         records = []
         for rel in record_paths:
             listed.add(rel)
             try:
                 record = CommitRecord.from_json(storage.read_bytes(rel))
             except (ValueError, KeyError, TypeError) as e:
-                report.add(rel, f"commit record does not parse ({type(e).__name__}: {e}); its unit's files are kept")
-                source, _, unit = rel[len(f"{layout.COMMITS_DIR}/{kind}/") : -len(".json")].partition("/")
-                kept += [
-                    layout.unit_data_path(kind, source, unit, "."),
-                    layout.unit_dir(kind, source, unit) + "/",
-                    layout.errors_path(kind, source, unit),
-                ]
+                what = f"commit record does not parse ({type(e).__name__}: {e}); its unit's files are kept"
+                report.add(rel, what, rel)
+                unreadable.add(_unit_of_record(rel))
                 continue
             if record.path != rel:
-                report.add(rel, f"commit record of {record.kind}/{record.source}/{record.unit} at the wrong path")
+                report.add(rel, f"commit record of {record.kind}/{record.source}/{record.unit} at the wrong path", rel)
             elif record.policy_hash != manifest.policy_hash:
-                report.add(rel, "made under another policy than the manifest's (readers ignore the unit)")
+                report.add(rel, "made under another policy than the manifest's (readers ignore the unit)", rel)
+            else:
+                report.committed.add((kind, record.source, record.unit))
             records.append(record)
             listed.update(f.path for f in record.files)
 
@@ -257,10 +282,98 @@ def validate(storage: StoreRoot, hashes: bool = True, workers: int = 8) -> Valid
                 report.units += 1
                 report.files += len(record.files)
                 report.bytes += sum(f.size for f in record.files)
-                report.problems.extend(found)
-    for top in [*layout.KINDS, layout.ERRORS_DIR, layout.COMMITS_DIR]:
-        report.orphans += [p for p in storage.list_files(top) if p not in listed and not p.startswith(tuple(kept))]
+                for where, what in found:
+                    report.add(where, what, record.path)
+        own = (kind, *(f"{top}/{kind}" for top in (layout.ERRORS_DIR, layout.CLAIMS_DIR, layout.COMMITS_DIR)))
+        v1 = manifest.must_match.get("schema_version") == 1
+        report.orphans += [
+            p
+            for top in own
+            for p in storage.list_files(top)
+            if p not in listed
+            and (found := layout.store_file(p))
+            and (found[0] != "v1 unit file" or v1)
+            and found[1:] not in unreadable
+        ]
     return report
+
+
+def collect_garbage(storage: StoreRoot, report: ValidationReport, grace_s: float) -> None:
+    """Remove orphans that can never count: those of committed units; those of uncommitted units
+    (or claims) once older than `grace_s` by the store's clock. Units whose record is damaged keep
+    theirs. What stays is in `report.kept` with the reason."""
+    now = storage.store_now()
+    damaged_units = {_unit_of_record(rel) for rel in report.damaged}
+    claims: dict[tuple[str, str, str], list[str]] = {}
+    remove: list[str] = []
+
+    def keep(why: str, rel: str) -> None:
+        report.kept.setdefault(why, []).append(rel)
+
+    for rel in report.orphans:
+        what, kind, source, unit = layout.store_file(rel)
+        if what == "claim":
+            claims.setdefault((kind, source, unit), []).append(rel)
+        elif (kind, source, unit) in damaged_units:
+            keep("its unit's commit record is damaged", rel)
+        elif (kind, source, unit) in report.committed:
+            remove.append(rel)
+        elif now - storage.modified(rel) > grace_s:
+            remove.append(rel)
+        else:
+            keep(f"its unit is not committed and it is younger than {grace_s:.0f} s (a job may be writing it)", rel)
+    for (kind, source, name), files in claims.items():
+        newest = max(storage.modified(rel) for rel in files)
+        if (kind, source, name) in report.committed or now - newest > grace_s:
+            remove += files
+        else:
+            for rel in files:
+                keep(f"a claim renewed within {grace_s:.0f} s (its job may be running)", rel)
+    for rel in remove:
+        storage.remove(rel)
+        report.removed.append(rel)
+
+
+def uncommit_damaged(storage: StoreRoot, report: ValidationReport) -> None:
+    """Move the records of damaged units to `_quarantine/` (a copy created first, then the record
+    removed): the units count as not committed, and the next job redoes them."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    for rel in sorted(report.damaged):
+        target = layout.quarantine_path(rel, stamp)
+        storage.write_bytes(target, storage.read_bytes(rel))
+        storage.delete(rel)
+        report.quarantined.append(target)
+
+
+def indexes_over(storage: StoreRoot, units: set[tuple[str, str]]) -> dict[str, int]:
+    """Gallery indexes (pipeline.gallery_index) covering any of the CLIP `units` (source, unit): name -> how many."""
+    out = {}
+    for rel in storage.list_files(layout.INDEXES_DIR):
+        if rel.endswith("/index.json"):
+            covered = {(u["source"], u["unit"]) for u in json.loads(storage.read_bytes(rel))["units"]}
+            if covered & units:
+                out[rel.split("/")[1]] = len(covered & units)
+    return out
+
+
+def _unit_of_record(rel: str) -> tuple[str, str, str]:
+    kind, source, unit = rel[len(layout.COMMITS_DIR) + 1 : -len(".json")].split("/", 2)
+    return kind, source, unit
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """`90`, `90s`, `30m`, `24h`, `2d` -> seconds."""
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in DURATION_UNITS else (text, "s")
+    try:
+        seconds = float(number) * DURATION_UNITS[unit]
+    except ValueError:
+        seconds = -1
+    if seconds < 0:
+        raise ConfigError(f"--grace {text!r}: expected a duration such as 3600, 90m, 24h or 2d")
+    return seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,35 +382,59 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("root", help="the store's URL (credentials from the environment)")
     parser.add_argument("--sizes-only", action="store_true", help="compare sizes, not checksums (no full read)")
-    parser.add_argument("--gc", action="store_true", help="delete files no commit record lists")
+    parser.add_argument("--gc", action="store_true", help="remove the store's files no commit record lists (see above)")
+    parser.add_argument(
+        "--grace",
+        type=parse_duration,
+        default="24h",
+        help="--gc leaves files of uncommitted units younger than this (default 24h)",
+    )
+    parser.add_argument(
+        "--uncommit-damaged", action="store_true", help="move damaged units' records to _quarantine/ (see above)"
+    )
     parser.add_argument("--workers", type=int, default=8, help="units checked in parallel")
     parser.add_argument("--json", help="also write the report as JSON to this file")
     args = parser.parse_args(argv)
     storage = StoreRoot(args.root)
     storage.check_reachable()
     report = validate(storage, hashes=not args.sizes_only, workers=args.workers)
+    if args.uncommit_damaged and report.damaged:
+        uncommit_damaged(storage, report)
     if args.gc:
-        for rel in report.orphans:
-            storage.remove(rel)
-            report.removed.append(rel)
+        collect_garbage(storage, report, args.grace)
     print(
         f"store {storage.url}: {report.units} units, {report.files} files, {report.bytes / 1e6:.2f} MB checked"
         f"{' (sizes only)' if args.sizes_only else ''}"
     )
     for rel, what in report.problems:
         print(f"  PROBLEM {rel}: {what}")
-    verb = "removed" if args.gc else "not listed by any commit record (--gc removes them)"
-    if report.orphans:
+    if report.quarantined:
+        print(f"  {len(report.quarantined)} damaged units uncommitted (records moved to {layout.QUARANTINE_DIR}/):")
+        for rel in sorted(report.damaged):
+            print(f"    {'/'.join(_unit_of_record(rel))}")
+        print("  the next materialize job of their sources redoes exactly these units")
+        stale = indexes_over(storage, {(s, u) for k, s, u in map(_unit_of_record, report.damaged) if k == "clip"})
+        for name, n in sorted(stale.items()):
+            print(f"  index {name} covers {n} of them: stale until rebuilt (pipeline.transfer_set --rebuild-index)")
+    elif report.damaged:
+        print(f"  {len(report.damaged)} units damaged; --uncommit-damaged moves their records aside for a rerun")
+    if args.gc:
+        shown = ", ".join(report.removed[:5]) + (" ..." if len(report.removed) > 5 else "")
+        print(f"  {len(report.removed)} files removed{': ' + shown if report.removed else ''}")
+        for why, files in report.kept.items():
+            print(f"  {len(files)} file{'s' if len(files) != 1 else ''} left: {why}")
+    elif report.orphans:
         print(
-            f"  {len(report.orphans)} files {verb}: "
+            f"  {len(report.orphans)} files not listed by any commit record (--gc removes those that can never count): "
             + ", ".join(report.orphans[:5])
             + (" ..." if len(report.orphans) > 5 else "")
         )
+    unit_problems = sum(len(found) for found in report.damaged.values()) if report.quarantined else 0
     print("ok: no problem found" if not report.problems else f"{len(report.problems)} problems")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report.to_dict(), f, indent=2)
-    return 0 if not report.problems else 1
+    return 0 if len(report.problems) == unit_problems else 1
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ the regrouping (`storage_schemas.views`, `storage_schemas.decode`, ...) still wo
 from storage_schemas import moved_modules
 from storage_schemas.plumbing.errors import ConfigError, ManifestMismatch, StoreError, UserError
 from storage_schemas.store import TargetStore, open_store
-from storage_schemas.store.commit import CommitRecord, InputRef, read_commit, write_commit
+from storage_schemas.store.commit import CommitRecord, InputRef, create_commit, read_commit
 from storage_schemas.store.identity import SampleId, is_held_out, sample_seed, stable_hash64
 from storage_schemas.store.manifest import Manifest, ensure_manifest, read_manifest
 from storage_schemas.store.root import FileEntry, Storage, StoreRoot
@@ -33,6 +33,7 @@ __all__ = [
     "StoreRoot",
     "TargetStore",
     "UserError",
+    "create_commit",
     "ensure_manifest",
     "is_held_out",
     "open_store",
@@ -40,5 +41,4 @@ __all__ = [
     "read_manifest",
     "sample_seed",
     "stable_hash64",
-    "write_commit",
 ]

@@ -4,9 +4,14 @@ Registered with fsspec on import, and in every Ray worker of the test session by
 fixture's `worker_process_setup_hook` (teacher actors write parts through it too).
 """
 
+import os
+import uuid
+
 import fsspec
 from fsspec.implementations.dirfs import DirFileSystem
 from fsspec.implementations.local import LocalFileSystem
+
+from storage_schemas.store.root import register_create_if_absent
 
 
 class FlakyFileSystem(DirFileSystem):
@@ -31,20 +36,28 @@ class FlakyFileSystem(DirFileSystem):
             self.failed[op] += 1
             raise ConnectionResetError(104, "connection reset by peer (test)", path)
 
-    def pipe_file(self, path, value, *args, **kwargs):
+    def pipe_file(self, path, value, mode="overwrite", **kwargs):
         self._fault("write", path)
-        return super().pipe_file(path, value, *args, **kwargs)
+        if mode != "create":
+            return super().pipe_file(path, value, **kwargs)
+        # Create-if-absent as the local store does it, so that this filesystem may hold a store
+        # several jobs write: a hard link of a complete temporary file.
+        final = self._join(path)
+        tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+        self.fs.pipe_file(tmp, value)
+        try:
+            os.link(tmp, final)
+        finally:
+            os.remove(tmp)
 
     def cat_file(self, path, *args, **kwargs):
         self._fault("read", path)
         return super().cat_file(path, *args, **kwargs)
 
 
-fsspec.register_implementation("flaky", FlakyFileSystem, clobber=True)
-
-
 def register() -> None:
     fsspec.register_implementation("flaky", FlakyFileSystem, clobber=True)
+    register_create_if_absent("flaky")
 
 
 register()

@@ -37,10 +37,12 @@ def test_transient_errors_are_retried_and_reported(sample_corpus, tiny_teachers,
     (report,) = json.loads((tmp_path / "report.json").read_text())["reports"]
     assert report["units_done"] == 4 and report["units_failed"] == []
     # Every injected fault retried once, none fatal. Each filesystem fails on its own: the driver's
-    # its first 3 writes and 2 reads, the teacher actor's its first 3 writes (parts), and each of
-    # the 4 read tasks' its 3 tries to write the shard's tar index.
-    assert report["storage_retries"] == {"write": 18, "read": 2}
-    assert "20 transient errors retried (read 2, write 18)" in capsys.readouterr().out
+    # its first 3 writes and 2 reads (all in the start-up probe's two creates of one file, the
+    # second of which reads it back), the teacher actor's its first 3 writes (parts), and each of
+    # the 4 read tasks' its first 3 writes (creating its shard's claim) and 2 reads (whether the
+    # shard's unit is committed).
+    assert report["storage_retries"] == {"create": 5 + 4 * 3, "read": 4 * 2, "write": 3}
+    assert "28 transient errors retried (create 17, read 8, write 3)" in capsys.readouterr().out
     store = open_store(str(tmp_path / "base" / "store"))
     assert store.summary()["clip"]["samples_stored"] == 100
     p = run_in_process(validate, [tmp_path / "base" / "store"], capsys)

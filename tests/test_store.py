@@ -17,7 +17,7 @@ from pipeline.teachers.clip_teacher import TINY_CLIP_ARCH
 from storage_schemas.plumbing.errors import ManifestMismatch, StoreError
 from storage_schemas.store import layout, open_store
 from storage_schemas.store.clip_views import clip_views_schema
-from storage_schemas.store.commit import CommitRecord, InputRef, read_commit, write_commit
+from storage_schemas.store.commit import CommitRecord, InputRef, create_commit, read_commit
 from storage_schemas.store.manifest import Manifest, ensure_manifest
 from storage_schemas.store.mask_logits import (
     FP16_MAX_PROB_ERROR,
@@ -227,7 +227,7 @@ def test_commit_record_round_trip_and_unparseable_records(tmp_path):
         files=[storage.write_bytes("clip/sample/00000.parquet", b"x")],
         policy_hash="p" * 64,
     )
-    write_commit(storage, record)
+    create_commit(storage, record)
     assert read_commit(storage, "clip", "sample", "00000") == record
     (tmp_path / layout.commit_path("clip", "sample", "00001")).write_text('{"kind": "clip", "sou')
     assert read_commit(storage, "clip", "sample", "00001") is None
@@ -247,7 +247,7 @@ def test_commit_record_round_trip_and_unparseable_records(tmp_path):
         )
 
 
-PART = "p0000000-0000test"
+PART = "p0000000-000000000000-0000test"
 
 
 def write_clip_unit(storage: StoreRoot, manifest: Manifest, shard: str, commit: bool) -> None:
@@ -257,7 +257,7 @@ def write_clip_unit(storage: StoreRoot, manifest: Manifest, shard: str, commit: 
         parquet_bytes(pa.Table.from_pylist(rows, schema=clip_views_schema(D))),
     )
     if commit:
-        write_commit(
+        create_commit(
             storage,
             CommitRecord(
                 kind="clip",

@@ -1,9 +1,13 @@
 """`python -m pipeline.validate`: a sound store passes; each kind of damage is reported by name;
-`--gc` removes what no commit record lists. The command runs in this process, through `run_cli`
-as `python -m pipeline.validate` runs it (tests/test_cli.py runs a pipeline command's wrapper)."""
+`--gc` removes the store's own files no commit record lists, by the rules that make it safe while
+jobs run; `--uncommit-damaged` moves damaged units aside for a rerun. The command runs in this
+process, through `run_cli` as `python -m pipeline.validate` runs it (tests/test_cli.py runs a
+pipeline command's wrapper)."""
 
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +20,8 @@ from pipeline.validate import main as validate_main
 from storage_schemas.store.commit import CommitRecord
 from storage_schemas.store.root import StoreRoot
 from support.commands import assert_one_line_error, run_in_process
+from support.job_configs import write_clip_job
+from support.store_checks import assert_exactly_once
 
 
 @pytest.fixture
@@ -126,12 +132,79 @@ def test_each_kind_of_damage_is_reported_and_gc_removes_orphans(store, validate)
     assert "logits shape" in found[q2_logits]  # the part's array no longer fits its images
     assert f"PROBLEM {views(r0)}: missing" in out
     orphans = {"clip/sample/00009/p0000000-0badf00d.parquet", "_commits/clip/sample/00001.json.tmp-1234abcd"}
-    # The unparseable record's unit keeps its files: they may be all that is left of it.
     assert set(report["orphans"]) == orphans
+    assert set(report["damaged_units"]) == {str(p.relative_to(store)) for p in (p0, p1, p2, p3, s0, s1, s2, s3)}
+    # Young files of an uncommitted unit stay (a job may be writing them); so does everything of a
+    # unit whose record is damaged: it may be all that is left of it.
     code, report, _ = validate(store, "--gc", "--sizes-only")
-    assert set(report["removed"]) == orphans and not (store / "clip/sample/00009/p0000000-0badf00d.parquet").exists()
+    assert report["removed"] == [] and {f for files in report["kept"].values() for f in files} == orphans
+    code, report, _ = validate(store, "--gc", "--sizes-only", "--grace", "0")
+    assert report["removed"] == ["clip/sample/00009/p0000000-0badf00d.parquet"]
+    assert not (store / "clip/sample/00009/p0000000-0badf00d.parquet").exists()
     assert all((store / f.path).exists() for f in q3.files)
-    assert validate(store, "--sizes-only")[1]["orphans"] == []
+
+
+def test_gc_removes_only_what_can_never_count(store, validate):
+    """Unlisted files of a committed unit go at once, an uncommitted unit's once older than the grace
+    period by the store's clock, claims with their unit or their age; other names never."""
+    day_old = time.time() - 2 * 86400
+    committed_extra = store / "clip/sample/00000/p0000008-0123456789ab-0badf00d.parquet"
+    uncommitted_young = store / "clip/sample/00009/p0000000-0123456789ab-0badf00d.parquet"
+    uncommitted_old = store / "_errors/clip/sample/00010/0123456789ab.parquet"
+    committed_claim = store / "_claims/clip/sample/00000/g000003.json"
+    live_claim = store / "_claims/clip/sample/00009/g000000.json"
+    not_ours = [store / "clip/sample/00000/notes.txt", store / "clip/sample/00009/p0000000.parquet.bak"]
+    for path in [committed_extra, uncommitted_young, uncommitted_old, committed_claim, live_claim, *not_ours]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    os.utime(uncommitted_old, (day_old, day_old))
+    code, report, out = validate(store, "--gc")
+    assert code == 0, out
+    removed = {committed_extra, uncommitted_old, committed_claim}
+    assert {store / rel for rel in report["removed"]} == removed
+    assert not any(p.exists() for p in removed) and uncommitted_young.exists() and live_claim.exists()
+    assert all(p.exists() for p in not_ours)
+    assert "1 file left: its unit is not committed and it is younger than 86400 s" in out
+    assert "1 file left: a claim renewed within 86400 s" in out
+    code, report, _ = validate(store, "--gc", "--grace", "0")
+    assert {store / rel for rel in report["removed"]} == {uncommitted_young, live_claim}
+    assert all(p.exists() for p in not_ours)
+
+
+def test_a_folder_that_is_not_a_store_is_refused_and_left_alone(sample_corpus, tmp_path, capsys):
+    """The sample corpus keeps its shards under clip/ and sam/, as a store keeps its targets."""
+    corpus = tmp_path / "corpus"
+    shutil.copytree(sample_corpus, corpus)
+    before = sorted(p for p in corpus.rglob("*"))
+    for args in ([corpus], [corpus, "--gc", "--grace", "0"]):
+        assert_one_line_error(run_in_process(validate_main, args, capsys), "is not a target store", "_manifest.json")
+    assert sorted(p for p in corpus.rglob("*")) == before
+
+
+def test_a_damaged_unit_is_uncommitted_and_a_rerun_redoes_exactly_it(
+    clip_store, tmp_path, sample_corpus, tiny_teachers, ray_cluster, validate
+):
+    from pipeline.config import RetrievalConfig
+    from pipeline.gallery_index import open_gallery
+    from pipeline.materialize import main as materialize
+    from storage_schemas.store import open_store
+
+    store = tmp_path / "store"
+    shutil.copytree(clip_store, store)
+    gallery = open_gallery(open_store(str(store)), RetrievalConfig(index="flat"), views0=False, say=lambda _: None)
+    path, record = records(store, "clip")[1]
+    (store / record.files[0].path).unlink()
+    code, report, out = validate(store, "--uncommit-damaged")
+    assert code == 0 and report["damaged_units"] == [str(path.relative_to(store))], out
+    (moved,) = report["quarantined"]
+    assert moved.startswith(f"_quarantine/_commits/clip/sample/{record.unit}.") and (store / moved).exists()
+    assert not path.exists() and "redoes exactly these units" in out
+    assert f"index {gallery.name} covers 1 of them: stale until rebuilt" in out
+    job = write_clip_job(tmp_path / "job.yaml", store, sample_corpus, tiny_teachers)
+    assert materialize([str(job), "--report", str(tmp_path / "r.json")]) == 0
+    rerun = json.loads((tmp_path / "r.json").read_text())["reports"][0]
+    assert (rerun["units_done"], rerun["units_skipped"]) == (1, 3)
+    assert_exactly_once(store, sample_corpus)
 
 
 def test_manifest_damage_and_an_unreachable_store(store, tmp_path, validate, capsys):

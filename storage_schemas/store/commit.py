@@ -3,9 +3,13 @@
 A record lists every file of the unit with size and sha256, its parts (schema version 2: the part
 files teacher actors wrote, disjoint sample sets that together with the errors cover the unit),
 the row counts, the input it was made from (URL, size, ETag on object stores, the sample range for
-a part of a shard), the policy hash of the manifest in force and an attempt id. Readers consider
-a unit only through its record; a record that does not parse counts as absent, so a half-written
-one (impossible with atomic writes, but cheap to guard) means "not committed".
+a part of a shard), the policy hash of the manifest in force and the id of the job attempt that
+made it. Readers consider a unit only through its record; a record that does not parse counts as
+absent, so a half-written one (impossible with atomic writes, but cheap to guard) means "not
+committed".
+
+A record is created only if absent (`StoreRoot.create`): when several jobs commit one unit, the
+first record wins and is never overwritten; the others read it back and learn they lost.
 """
 
 from __future__ import annotations
@@ -21,6 +25,12 @@ from storage_schemas.store.root import FileEntry, StoreRoot
 from storage_schemas.store.tables import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
+
+
+def new_attempt_id() -> str:
+    """A job attempt's id: one per driver start, in the name of every file the attempt writes.
+    48 random bits: two of 100k attempts share one with odds of 2e-5."""
+    return uuid.uuid4().hex[:12]
 
 
 @dataclass(frozen=True)
@@ -57,7 +67,7 @@ class CommitRecord:
     files: list[FileEntry]
     policy_hash: str
     parts: list[str] | None = None  # part names in sample order; None: a schema-1 unit (one file per table)
-    attempt_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    attempt_id: str = field(default_factory=lambda: new_attempt_id())  # the job attempt that made the unit
     created_at: str = field(default_factory=now_utc)
     schema_version: int = SCHEMA_VERSION
 
@@ -91,9 +101,12 @@ class CommitRecord:
         return CommitRecord(**d)
 
 
-def write_commit(storage: StoreRoot, record: CommitRecord) -> None:
-    """Write the record atomically; from this moment the unit counts."""
-    storage.write_bytes(record.path, record.to_json().encode())
+def create_commit(storage: StoreRoot, record: CommitRecord) -> CommitRecord | None:
+    """Create the unit's record if it has none; from this moment the unit counts. Returns the record
+    the store holds, read back: `record` itself, another job's (it committed the unit first), or
+    None when what is there does not parse (a damaged record: the unit stays uncommitted)."""
+    storage.create(record.path, record.to_json().encode())
+    return read_commit(storage, record.kind, record.source, record.unit)
 
 
 def read_commit(storage: StoreRoot, kind: str, source: str, unit: str) -> CommitRecord | None:

@@ -8,16 +8,21 @@
       sam/SOURCE/UNIT/PART.images.parquet      one row per stored image
       sam/SOURCE/UNIT/PART.zarr                mask logits [n_images, P * rounds, M, 256, 256]
       text/NAME.parquet                        class-name text embeddings
-      _commits/KIND/SOURCE/UNIT.json           written last: what the unit holds, its parts
-      _errors/KIND/SOURCE/UNIT.parquet         one row per input sample that could not be used
+      _commits/KIND/SOURCE/UNIT.json           written last, created only if absent: what the unit holds
+      _errors/KIND/SOURCE/UNIT/ATTEMPT.parquet one row per input sample that could not be used
+      _claims/KIND/SOURCE/NAME/gNNNNNN.json    a job working on unit (or streamed shard) NAME, by generation
+      _quarantine/_commits/KIND/SOURCE/UNIT.STAMP.json  records of damaged units, moved aside
       _tar_index/KIND/SOURCE/SHARD.parquet     where each member of an input tar lies (storage_schemas.store.tar_index)
       indexes/NAME/                            a faiss index over the CLIP view embeddings (pipeline.gallery_index)
       queries/CHECKSUM.parquet                 a query set's teacher embeddings (pipeline.query_embeddings)
       subsets/NAME.parquet, NAME.json, NAME.png  a transfer set (storage_schemas.store.subsets)
 
-A PART is what one teacher actor call wrote for one unit (`p0000128-3f9a1c2e`: its first sample
-index and the attempt's id). Stores of schema version 1 have one part per unit, stored as
-`KIND/SOURCE/UNIT{suffix}` without the unit folder (`unit_data_path`).
+A PART is what one teacher actor call wrote for one unit (`p0000128-5d2e8c01a9b4-3f9a1c2e`: its
+first sample index, the job attempt's id and the call's). An ATTEMPT is one start of a job's driver;
+every file it writes carries its id. Stores made before attempts named their files with the call's
+id alone (`p0000128-3f9a1c2e`, `_errors/KIND/SOURCE/UNIT.parquet`), and stores of schema version 1
+have one part per unit, stored as `KIND/SOURCE/UNIT{suffix}` without the unit folder
+(`unit_data_path`); readers find every file through the commit records, which list them.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import re
 KINDS = ("clip", "sam")
 COMMITS_DIR = "_commits"
 ERRORS_DIR = "_errors"
+CLAIMS_DIR = "_claims"
+QUARANTINE_DIR = "_quarantine"
 TAR_INDEX_DIR = "_tar_index"
 TEXT_DIR = "text"
 INDEXES_DIR = "indexes"
@@ -65,8 +72,8 @@ def unit_dir(kind: str, source: str, unit: str) -> str:
     return f"{kind}/{source}/{unit}"
 
 
-def part_name(first_sample: int, attempt: str) -> str:
-    return f"p{first_sample:07d}-{attempt}"
+def part_name(first_sample: int, attempt: str, call: str) -> str:
+    return f"p{first_sample:07d}-{attempt}-{call}"
 
 
 def part_path(kind: str, source: str, unit: str, part: str, suffix: str = ".parquet") -> str:
@@ -77,8 +84,74 @@ def commit_path(kind: str, source: str, unit: str) -> str:
     return f"{COMMITS_DIR}/{kind}/{source}/{unit}.json"
 
 
-def errors_path(kind: str, source: str, unit: str) -> str:
-    return f"{ERRORS_DIR}/{kind}/{source}/{unit}.parquet"
+def errors_path(kind: str, source: str, unit: str, attempt: str | None = None) -> str:
+    """The errors table an attempt wrote for a unit (None: the one name stores had before attempts)."""
+    if attempt is None:
+        return f"{ERRORS_DIR}/{kind}/{source}/{unit}.parquet"
+    return f"{ERRORS_DIR}/{kind}/{source}/{unit}/{attempt}.parquet"
+
+
+def stream_claim_name(shard: str) -> str:
+    """The claim on a whole shard cut into units but streamed (no tar index yet): its units are only
+    known while reading. Never a unit name: those end in the shard's name or `.pNNN`."""
+    return f"{shard}.stream"
+
+
+def claim_dir(kind: str, source: str, name: str) -> str:
+    return f"{CLAIMS_DIR}/{kind}/{source}/{name}"
+
+
+def claim_path(kind: str, source: str, name: str, generation: int) -> str:
+    return f"{claim_dir(kind, source, name)}/g{generation:06d}.json"
+
+
+def quarantine_path(record_path: str, stamp: str) -> str:
+    """Where `validate --uncommit-damaged` moves a commit record: `_quarantine/` + its path, stamped."""
+    return f"{QUARANTINE_DIR}/{record_path[: -len('.json')]}.{stamp}.json"
+
+
+# The files the store's writers make, by pattern: what `validate --gc` may ever remove. A file of
+# any other name under a kind's folder (an input shard, a user's notes) is never touched.
+_PART = r"p\d{7}-[0-9a-f]{8,}(?:-[0-9a-f]{8})?"
+_SUFFIX = r"(?:\.parquet|\.images\.parquet|\.zarr(?:/.*)?)"
+_TMP = r"(?:\.tmp-[0-9a-f]{8})?"  # a local write killed before its rename
+_UNIT = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+STORE_FILES = {
+    "part": re.compile(rf"^(?P<kind>clip|sam)/(?P<source>{_UNIT})/(?P<unit>{_UNIT})/{_PART}{_SUFFIX}{_TMP}$"),
+    "v1 unit file": re.compile(
+        rf"^(?P<kind>clip|sam)/(?P<source>{_UNIT})/(?P<unit>{_UNIT}?)(?:\.images)?\.(?:parquet|zarr(?:/.*)?){_TMP}$"
+    ),
+    "errors": re.compile(
+        rf"^{ERRORS_DIR}/(?P<kind>clip|sam)/(?P<source>{_UNIT})/(?P<unit>{_UNIT}?)(?:/[0-9a-f]{{8,}})?\.parquet{_TMP}$"
+    ),
+    "record temporary": re.compile(
+        rf"^{COMMITS_DIR}/(?P<kind>clip|sam)/(?P<source>{_UNIT})/(?P<unit>{_UNIT})\.json\.tmp-[0-9a-f]{{8}}$"
+    ),
+    "claim": re.compile(
+        rf"^{CLAIMS_DIR}/(?P<kind>clip|sam)/(?P<source>{_UNIT})/(?P<unit>{_UNIT})/g\d{{6}}\.json{_TMP}$"
+    ),
+}
+
+
+_ATTEMPT_IN_NAME = re.compile(r"/p\d{7}-([0-9a-f]{12})-[0-9a-f]{8}[./]|/([0-9a-f]{12})\.parquet")
+
+
+def attempt_of(rel: str) -> str | None:
+    """The id of the job attempt that wrote a part file or an errors table, from its name (None for
+    files named before attempts, and for other files)."""
+    m = _ATTEMPT_IN_NAME.search(rel)
+    return (m.group(1) or m.group(2)) if m else None
+
+
+def store_file(rel: str) -> tuple[str, str, str, str] | None:
+    """(what, kind, source, unit) of a ROOT-relative path the store's writers could have written under
+    a kind's data, errors or claims folder, else None. For a claim, `unit` is the claim's name (a unit,
+    or `SHARD.stream`)."""
+    for what, pattern in STORE_FILES.items():
+        m = pattern.match(rel)
+        if m:
+            return what, m["kind"], m["source"], m["unit"]
+    return None
 
 
 def text_path(name: str) -> str:

@@ -114,8 +114,9 @@ def ensure_manifest(storage: StoreRoot, manifest: Manifest) -> Manifest:
     rel = layout.manifest_path(manifest.kind)
     recorded = {"created_at": now_utc(), **manifest.recorded}
     new = Manifest(manifest.kind, manifest.must_match, recorded)
-    # Whether this job or an earlier one created it, compare against what is stored.
-    storage.write_exclusive(rel, new.to_json().encode())
+    # Whether this job or another created it, compare against what is stored: created only if
+    # absent, so two jobs starting at once agree on one manifest.
+    storage.create(rel, new.to_json().encode())
     stored = read_manifest(storage, manifest.kind)
     assert stored is not None, f"{rel} vanished after creation"
     check_compatible(storage.url, stored, manifest)

@@ -42,7 +42,12 @@ TABLE_SUFFIX = {
 def table_files(record: CommitRecord, table: str) -> list[str]:
     """ROOT-relative paths of `table`'s files for a committed unit, one per part, in sample order."""
     if table == "errors":
-        return [layout.errors_path(record.kind, record.source, record.unit)]
+        # Per attempt (`UNIT/ATTEMPT.parquet`), or the one name stores had before attempts: the record says.
+        named = [
+            layout.errors_path(record.kind, record.source, record.unit, attempt)
+            for attempt in (record.attempt_id, None)
+        ]
+        return [next((rel for rel in named if record.file(rel) is not None), named[0])]
     try:
         suffix = TABLE_SUFFIX[(record.kind, table)]
     except KeyError:
@@ -108,6 +113,19 @@ class TargetStore:
                 continue
             out.append(record)
         return out
+
+    def shard_commits(self, kind: str, source: str, shard: str) -> list[CommitRecord]:
+        """The committed units of one input shard (the shard itself, or its parts `SHARD.pNNN`)."""
+        prefix = f"{layout.COMMITS_DIR}/{kind}/{source}/"
+        units = [
+            rel[len(prefix) : -len(".json")]
+            for rel in self.storage.list_files(prefix.rstrip("/"))
+            if rel.endswith(".json") and "/" not in rel[len(prefix) :]
+        ]
+        units = [u for u in units if u == shard or (u.startswith(f"{shard}.p") and u[len(shard) + 2 :].isdigit())]
+        with ThreadPoolExecutor(READ_THREADS) as pool:
+            records = list(pool.map(lambda u: self.commit(kind, source, u), units))
+        return [r for r in records if r is not None]
 
     def commit(self, kind: str, source: str, unit: str) -> CommitRecord | None:
         record = read_commit(self.storage, kind, source, unit)

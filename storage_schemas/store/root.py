@@ -14,6 +14,9 @@ permanent one, raises `StorageFailure` naming the operation and the path; "not f
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import errno
 import hashlib
 import logging
 import os
@@ -33,6 +36,24 @@ from storage_schemas.plumbing.errors import StoreError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 PERMANENT = (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+PROBES_DIR = "_probes"  # short-lived files of the start-up and clock probes
+# What os.link fails with where a filesystem has no hard links (FUSE mounts, some NFS set-ups).
+NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS}
+
+# Object-store protocols whose fsspec filesystem creates a file atomically only if it is absent
+# (`pipe_file(..., mode="create")`); local paths use hard links. GCS (`ifGenerationMatch=0`) and
+# Azure (`If-None-Match: *`) offer the primitive too; their fsspec filesystems are not wired here.
+CREATE_IF_ABSENT_PROTOCOLS = {"s3", "s3a"}
+
+
+def register_create_if_absent(protocol: str) -> None:
+    """Declare that `protocol`'s fsspec filesystem implements `pipe_file(..., mode="create")`
+    atomically, as s3fs does with a conditional PUT."""
+    CREATE_IF_ABSENT_PROTOCOLS.add(protocol)
+
+
+def _cause(e: BaseException) -> str:
+    return str(e.__cause__ or e) if isinstance(e, CreateUnsupported) else str(e)
 
 
 def _local_temp_file(path: str, data: bytes) -> str:
@@ -46,11 +67,39 @@ def _local_temp_file(path: str, data: bytes) -> str:
     return tmp
 
 
+def _link_new(url: str, path: str, data: bytes, tries: int = 5) -> None:
+    """Create `path` holding `data` by hard-linking a complete temporary file to it (FileExistsError
+    if it exists). Its folder may be removed meanwhile by another job (a unit's claims go when it
+    commits): the temporary file vanishes with it, and the create starts over."""
+    for _ in range(tries):
+        try:
+            tmp = _local_temp_file(path, data)
+        except FileNotFoundError:
+            continue
+        try:
+            os.link(tmp, path)
+            return
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            if e.errno in NO_HARD_LINKS:  # not transient: not retried
+                raise CreateUnsupported(f"os.link on {url}: {type(e).__name__}: {e}") from e
+            raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+    raise FileNotFoundError(errno.ENOENT, f"its folder kept vanishing ({tries} tries)", path)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     attempts: int = 6  # tries per operation, the first included
     base_delay: float = 0.2  # seconds before the first retry; doubles each time, with jitter
     max_delay: float = 10.0
+
+
+class CreateUnsupported(StoreError):
+    """The store's filesystem cannot create a file only if absent (no hard links)."""
 
 
 class StorageFailure(StoreError):
@@ -80,10 +129,17 @@ def stat_url(url: str, storage_options: dict[str, Any] | None = None) -> tuple[i
 
 
 class StoreRoot:
-    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, retry: RetryPolicy = RetryPolicy()):
+    def __init__(
+        self,
+        url: str,
+        storage_options: dict[str, Any] | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+        single_writer: bool = False,
+    ):
         self.url = url.rstrip("/")
         self.storage_options = dict(storage_options or {})
         self.retry = retry
+        self.single_writer = single_writer  # no other job writes this store: `create` need not be atomic
         self.retries: Counter = Counter()  # operation -> transient errors retried, in this process
         self._lock = threading.Lock()  # threads of one teacher actor share a StoreRoot
         self._local = threading.local()
@@ -92,7 +148,7 @@ class StoreRoot:
         self._pid: int | None = None
 
     def __reduce__(self):
-        return (StoreRoot, (self.url, self.storage_options, self.retry))
+        return (StoreRoot, (self.url, self.storage_options, self.retry, self.single_writer))
 
     def _retrying(self, op: str, rel: str, fn: Callable[[], T]) -> T:
         for attempt in range(1, self.retry.attempts + 1):
@@ -199,39 +255,100 @@ class StoreRoot:
         Locally: a temporary name, then `os.replace`. On object stores a single PUT (or a
         multipart upload) only becomes visible once complete.
         """
-        path = self.full(rel)
-
-        def write() -> None:
-            if self.is_local:
-                os.replace(_local_temp_file(path, data), path)
-            else:
-                self.fs.pipe_file(path, data)
-
-        self._retrying("write", rel, write)
+        self._retrying("write", rel, lambda: self._put(self.full(rel), data))
         return FileEntry(rel, len(data), hashlib.sha256(data).hexdigest())
 
-    def write_exclusive(self, rel: str, data: bytes) -> bool:
-        """Create `rel` only if absent; False if it already exists.
+    def _put(self, path: str, data: bytes) -> None:
+        if self.is_local:
+            os.replace(_local_temp_file(path, data), path)
+        else:
+            self.fs.pipe_file(path, data)
 
-        Locally this is atomic (hard link of a complete temporary file). Object stores have no
-        portable create-if-absent, so there a concurrent creator can win the race; the caller
-        reads the file back and compares.
+    def create(self, rel: str, data: bytes) -> bool:
+        """Create `rel` holding `data` only if it is absent: True if this call created it, False if
+        another writer's file is there. Never overwrites, whatever the timing.
+
+        Locally: a hard link of a complete temporary file (`os.link` fails if the name exists). On
+        S3: a conditional PUT (`If-None-Match: *`), answered 412 when the key exists. A retried
+        create whose first try had landed (the connection dropped after the store took it) meets
+        its own file: told apart from another writer's by reading it back, since whatever a writer
+        creates here (records, manifests, claims) carries its attempt id. With `single_writer` the
+        store is trusted to have no other writer: an existence check, then a plain write.
         """
         path = self.full(rel)
-        if not self.is_local:
-            # A retried PUT that had landed finds the file: the caller's read-back settles it.
-            if self.exists(rel):
-                return False
-            self._retrying("write", rel, lambda: self.fs.pipe_file(path, data))
-            return True
-        tmp = _local_temp_file(path, data)
+
+        def attempt() -> bool:
+            try:
+                if self.single_writer:
+                    if self.fs.exists(path):
+                        raise FileExistsError(path)
+                    self._put(path, data)
+                elif self.is_local:
+                    _link_new(self.url, path, data)
+                else:
+                    self.fs.pipe_file(path, data, mode="create")
+                return True
+            except FileExistsError:
+                return self.fs.cat_file(path) == data
+
+        return self._retrying("create", rel, attempt)
+
+    def check_create_if_absent(self) -> None:
+        """Start-up probe: fail with one line unless `create` is atomic on this store (or the user
+        said `single_writer`). Catches local filesystems without hard links (some FUSE mounts and
+        NFS set-ups), object stores this project has no conditional write for, and S3-compatible
+        endpoints that ignore `If-None-Match` (a second create of the probe succeeds there)."""
+        if self.single_writer:
+            return
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        if not self.is_local and protocol not in CREATE_IF_ABSENT_PROTOCOLS:
+            raise StoreError(
+                f"store URL '{self.url}': several jobs can write one store only where commits are "
+                f"create-if-absent, which this project does on local disks and S3 "
+                f"({', '.join(sorted(CREATE_IF_ABSENT_PROTOCOLS))}), not {protocol}://; run one job "
+                "at a time on it with --single-writer"
+            )
+        probe = f"{PROBES_DIR}/create-{uuid.uuid4().hex}"
         try:
-            os.link(tmp, path)
-            return True
-        except FileExistsError:
-            return False
+            first = self.create(probe, b"1")
+            second = self.create(probe, b"2")
+        except (CreateUnsupported, StorageFailure) as e:
+            raise StoreError(
+                f"store URL '{self.url}': create-if-absent failed ({_cause(e)}); on a filesystem "
+                "without hard links run one job at a time on it with --single-writer"
+            ) from None
         finally:
-            os.remove(tmp)
+            self.delete(probe)
+        if not first or second:
+            raise StoreError(
+                f"store URL '{self.url}': the store overwrote a file created with If-None-Match "
+                "(its endpoint ignores conditional writes), so jobs could overwrite each other's "
+                "commits; run one job at a time on it with --single-writer"
+            )
+
+    def modified(self, rel: str) -> float:
+        """When `rel` was last written, in POSIX seconds of the store's own clock (mtime on a
+        filesystem, LastModified on S3): compare it only with `store_now`, never with this host's clock."""
+        info = self._retrying("stat", rel, lambda: self.fs.info(self.full(rel)))
+        for key in ("mtime", "LastModified", "last_modified", "updated", "created"):
+            value = info.get(key)
+            if value is None:
+                continue
+            if isinstance(value, datetime.datetime):
+                return value.timestamp()
+            if isinstance(value, str):
+                return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            return float(value)
+        raise StorageFailure("stat", self.url_of(rel), OSError("the store gives no modification time"), 1)
+
+    def store_now(self) -> float:
+        """The store's clock now: the modification time of a probe file written for the purpose."""
+        probe = f"{PROBES_DIR}/clock-{uuid.uuid4().hex}"
+        self.write_bytes(probe, b"")
+        try:
+            return self.modified(probe)
+        finally:
+            self.delete(probe)
 
     def file_entry(self, rel: str) -> FileEntry:
         """Size and sha256 of a file already in the store (reads it back)."""
@@ -258,6 +375,13 @@ class StoreRoot:
             p = p.rstrip("/")
             out.append(p[len(root) :] if p.startswith(root) else p)
         return sorted(out)
+
+    def delete(self, rel: str) -> None:
+        """Remove one file (one request on object stores); absent already is fine."""
+        try:
+            self._retrying("remove", rel, lambda: self.fs.rm_file(self.full(rel)))
+        except FileNotFoundError:
+            pass
 
     def remove(self, rel: str) -> None:
         """Remove a file or directory tree if present."""
