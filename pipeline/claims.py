@@ -1,6 +1,6 @@
 """Claims: which job is working on which unit, so that jobs sharing one store share the work.
 
-    claim = take_claim(storage, "clip", "cc12m", "00042", attempt, lease_s=600)
+    claim = take_claim(storage, "clip", "cc12m", "00042", attempt, lease_s=300, driver=this_driver())
     if isinstance(claim, Claim): ...read the unit...       # else: another live job holds it
     keeper = ClaimKeeper(storage, lease_s); keeper.hold(claim)   # the driver renews it until
     keeper.drop_committed(...)                                   # its unit commits
@@ -45,13 +45,15 @@ TAKE_ROUNDS = 3  # a claim contended this many times in a row is left to the oth
 
 @cache
 def this_machine() -> str:
-    """This machine's name and boot id: two machines (or two boots of one) never share it."""
+    """This machine's name, boot id and process-id namespace: two machines, two boots of one, or
+    two containers of one host (each with its own process ids) never share it."""
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
             boot = f.read().strip()
-    except OSError:
-        boot = "unknown-boot"
-    return f"{socket.gethostname()}/{boot}"
+        pids = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:  # not Linux: a process id is never judged gone
+        return f"{socket.gethostname()}/unknown"
+    return f"{socket.gethostname()}/{boot}/{pids}"
 
 
 def this_driver() -> str:
@@ -62,7 +64,7 @@ def this_driver() -> str:
 def driver_gone(driver: str) -> bool:
     """Whether `driver` ran on this machine and its process has exited. False whenever unsure."""
     machine, _, pid = driver.rpartition(":")
-    if machine != this_machine() or not pid.isdigit():
+    if machine != this_machine() or machine.endswith("/unknown") or not pid.isdigit():
         return False
     try:
         os.kill(int(pid), 0)
@@ -165,11 +167,14 @@ def take_claim(
     creating the next generation. Returns the claim, or the live holder that keeps it."""
     claim = Claim(kind, source, name, 0, attempt, lease_s, driver)
     if storage.create(layout.claim_path(kind, source, name, 0), claim.body()):
-        if generations(storage, kind, source, name)[-1] == 0:
+        found = generations(storage, kind, source, name)
+        if found == [0]:
             return claim
-        # Generation 0 was gone (a released or cleared claim) while a later one is there: ours is
-        # no claim at all. Take it back and judge the newest like any other.
-        storage.delete(layout.claim_path(kind, source, name, 0))
+        if found:
+            # Generation 0 was gone (a released or cleared claim) while a later one is there: ours
+            # is no claim at all. Take it back and judge the newest like any other.
+            storage.delete(layout.claim_path(kind, source, name, 0))
+        # else: the claims were removed right after our create (the unit was committed meanwhile)
     holder = None
     for _ in range(TAKE_ROUNDS):
         newest = newest_generation(storage, kind, source, name)
@@ -188,7 +193,8 @@ def take_claim(
         claim = Claim(kind, source, name, g + 1, attempt, lease_s, driver, took_over=previous)
         if storage.create(layout.claim_path(kind, source, name, g + 1), claim.body()):
             return claim
-    return holder or Holder("unknown", -1, 0.0, lease_s)
+    # Contended every round: others are taking it over right now, so leave it to them.
+    return holder or Holder(attempt="contended", generation=-1, age_s=0.0, lease_s=lease_s)
 
 
 def renew_claim(storage: StoreRoot, claim: Claim) -> Claim | None:
@@ -239,10 +245,12 @@ class ClaimKeeper:
         return self
 
     def hold(self, claim: Claim) -> None:
+        """Renew `claim` from now on. Its first renewal comes at the next tick: the claim reached the
+        driver through the teacher stage, however long its rows queued there."""
         with self._lock:
             held = self.held.get(claim.key)
             if held is None or held.claim.generation < claim.generation:
-                self.held[claim.key] = _Held(claim, time.monotonic())
+                self.held[claim.key] = _Held(claim, renewed_at=float("-inf"))
 
     def drop_committed(self, kind: str, source: str, name: str) -> None:
         """The unit is committed (by us or another job): every claim on it goes."""

@@ -18,17 +18,21 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from typing import Any, Callable
 
 from tqdm import tqdm
 
-from pipeline.claims import Claim, ClaimKeeper
+from pipeline.claims import Claim, ClaimKeeper, take_claim
 from pipeline.plan import JobPlan, KindPlan
 from pipeline.read_plan import read_tasks
 from pipeline.report import JobReport
+from pipeline.sources import InputShard
 from pipeline.unit_commit import (
+    PartsMissing,
     commit_unit,
+    record_in_the_way,
     remove_attempt_files,
     remove_leftovers,
     remove_part_files,
@@ -48,8 +52,8 @@ from pipeline.units import (
 )
 from storage_schemas.plumbing.faults import kill_point
 from storage_schemas.store import TargetStore
-from storage_schemas.store.commit import CommitRecord
-from storage_schemas.store.layout import stream_claim_name
+from storage_schemas.store.commit import CommitRecord, read_commit
+from storage_schemas.store.layout import stream_claim_name, unit_name
 from storage_schemas.store.root import StorageFailure
 
 log = logging.getLogger(__name__)
@@ -98,7 +102,7 @@ class UnitDriver:
                 self.pending.append((shard, done))
         self.collectors: dict[Key, UnitCollector] = {}
         self.failed_at: dict[Key, int] = {}  # shard -> first sample of the unit its read stopped in
-        self.read_to_end: set[Key] = set()  # shards whose last end row (it carries the shard's count) arrived
+        self.read_to_end: dict[Key, int] = {}  # shards whose last end row arrived -> their sample count
         self.committed_now: dict[Key, CommitRecord] = {}
         self.found_committed: set[Key] = set()  # units another job committed while this one ran
         self.by_range: set[Key] = set()  # units read by range: a read failure fails that unit alone
@@ -164,7 +168,7 @@ class UnitDriver:
             self.claim_row(row)
             return False
         if status == END and row["shard_samples"] >= 0:
-            self.read_to_end.add(shard_key)
+            self.read_to_end[shard_key] = int(row["shard_samples"])
             self.release_if_read(shard_key)
         if status == UNIT_FAILED and unit_key in self.by_range:
             if unit_key not in self.finished:
@@ -175,7 +179,7 @@ class UnitDriver:
             return False
         if unit_key in self.finished or row["part_start"] >= self.failed_at.get(shard_key, 1 << 62):
             if status == PART and unit_key in self.committed_now:  # Ray re-ran a batch of a committed unit
-                self.report.leftovers_removed += remove_part_files(self.storage, row)
+                self.report.leftovers_removed += remove_part_files(self.storage, row, self.committed_now[unit_key])
             return False
         if status == TEACHER_FAILED:
             self.fail(unit_key, row["shard"], str(row["reason"]), str(row["detail"]))
@@ -196,10 +200,14 @@ class UnitDriver:
         return done
 
     def release_if_read(self, shard_key: Key) -> None:
-        """A streamed shard's claim goes as soon as its read has ended and none of its units is open."""
-        if self.shards[shard_key].unit_size and shard_key in self.read_to_end:
-            if not any((source, c.shard.name) == shard_key for (source, _), c in self.collectors.items()):
-                self.keeper.release((self.kind, shard_key[0], stream_claim_name(shard_key[1])))
+        """A streamed shard's claim goes once its read has ended and every unit of it is committed or
+        failed: a unit whose rows are still queued in the teacher stage has no collector yet."""
+        shard, total = self.shards[shard_key], self.read_to_end.get(shard_key)
+        if not shard.unit_size or total is None:
+            return
+        units = {(shard.source, unit_name(shard.name, p)) for p in range(math.ceil(total / shard.unit_size))}
+        if units <= self.finished:
+            self.keeper.release((self.kind, shard.source, stream_claim_name(shard.name)))
 
     def claim_row(self, row: dict) -> None:
         source = row["source"]
@@ -208,6 +216,12 @@ class UnitDriver:
             self.keeper.hold(claim)
             if claim.took_over:
                 self.report.claims_taken_over += 1
+            # Rows reach the driver in any order: the unit may be done already (its claim row held
+            # back in a batch without samples), and a claim held on would stall other jobs.
+            if (source, claim.name) in self.finished:
+                self.keeper.release(claim.key)
+            elif (source, row["shard"]) in self.read_to_end:
+                self.release_if_read((source, row["shard"]))
         elif row["status"] == CLAIMED:
             names = tuple(json.loads(row["detail"])["claims"])
             self.waiting[(source, names)] = self.tasks[(source, names)]
@@ -216,37 +230,53 @@ class UnitDriver:
             for unit in json.loads(row["detail"]):
                 self.finished_elsewhere((source, unit))
 
-    def finished_elsewhere(self, unit_key: Key) -> None:
-        """Another job committed the unit: its claims (ours included) are garbage now."""
-        if unit_key not in self.finished:
-            self.finished.add(unit_key)
-            self.found_committed.add(unit_key)
-            self.keeper.drop_committed(self.kind, *unit_key)
+    def finished_elsewhere(self, unit_key: Key, record: CommitRecord | None = None) -> None:
+        """Another job committed the unit (`record`, read here if not given): its claims, ours
+        included, are garbage now. A record that cannot stand for this job's unit fails it."""
+        if unit_key in self.finished:
+            return
+        shard = self.unit_shard(unit_key)
+        record = record or read_commit(self.storage, self.kind, *unit_key)
+        problem = record_in_the_way(record, self.policy_hash, shard)
+        if problem:
+            self.fail(unit_key, shard.name, "record_in_the_way", problem)
+            return
+        self.finished.add(unit_key)
+        self.found_committed.add(unit_key)
+        self.collectors.pop(unit_key, None)  # an end row of it may have come before the news
+        self.keeper.drop_committed(self.kind, *unit_key)
+
+    def unit_shard(self, unit_key: Key) -> InputShard:
+        source, unit = unit_key
+        base, _, part = unit.rpartition(".p")
+        return self.shards.get((source, unit)) or self.shards[(source, base if part.isdigit() else unit)]
 
     def commit(self, unit_key: Key, c: UnitCollector, row: dict) -> bool:
         try:
             t_commit = time.perf_counter()
             outcome = commit_unit(self.storage, self.kind, c, self.policy_hash, self.attempt)
             self.report.commit_seconds.append([c.n_in_unit, time.perf_counter() - t_commit])
+        except PartsMissing as e:  # never committed: a rerun redoes the unit
+            self.fail(unit_key, row["shard"], "parts_missing", str(e))
+            return False
         except (StorageFailure, OSError) as e:  # the unit stays uncommitted: a rerun redoes it
             self.fail(unit_key, row["shard"], "storage_failed", f"{type(e).__name__}: {e}")
             return False
         del self.collectors[unit_key]
-        if outcome.record is None:
-            self.fail(
-                unit_key,
-                row["shard"],
-                "damaged_record",
-                "a commit record that does not parse is in the way; `python -m pipeline.validate ROOT "
-                "--uncommit-damaged` moves it aside, then a rerun redoes the unit",
+        if not outcome.won:  # another job committed the unit first: its record stands, ours goes
+            problem = record_in_the_way(outcome.record, self.policy_hash, c.shard)
+            if problem:
+                self.fail(unit_key, row["shard"], "record_in_the_way", problem)
+                return False
+            self.finished.add(unit_key)
+            self.keeper.drop_committed(self.kind, *unit_key)
+            self.report.commit_races_lost += 1
+            self.report.leftovers_removed += remove_attempt_files(
+                self.storage, self.kind, *unit_key, self.attempt, outcome.record
             )
             return False
         self.finished.add(unit_key)
         self.keeper.drop_committed(self.kind, *unit_key)
-        if not outcome.won:  # another job committed the unit first: its record stands, ours goes
-            self.report.commit_races_lost += 1
-            self.report.leftovers_removed += remove_attempt_files(self.storage, self.kind, *unit_key, self.attempt)
-            return False
         record = outcome.record
         self.committed_now[unit_key] = record
         self.report.leftovers_removed += remove_leftovers(self.storage, record)
@@ -304,7 +334,7 @@ class UnitDriver:
                 "incomplete",
                 "no row of it arrived (batches lost past their retries)",
             )
-        for key in streamed - self.read_to_end - self.failed_at.keys():
+        for key in streamed - self.read_to_end.keys() - self.failed_at.keys():
             shard = self.shards[key]
             name = key[1] if not shard.unit_size else stream_claim_name(key[1])
             if key in open_shards or (key[0], name) in held_back or (not shard.unit_size and key in self.finished):
@@ -338,11 +368,26 @@ class UnitDriver:
             now = self.storage.store_now()
             runnable: list[dict] = []
             for key, task in list(self.waiting.items()):
-                if ShardTask(**task).blocking_holder(self.storage, now) is None:
+                if self.take_over(ShardTask(**task), now):
                     del self.waiting[key]
                     runnable += self.replan(ShardTask(**task), task)
             if runnable:
                 self.run_round(runnable)
+
+    def take_over(self, t: ShardTask, now: float) -> bool:
+        """Whether the claims holding a task back are gone, judged here: then this job takes them.
+        The driver judges, not the read task: a claim whose driver died on this machine looks live
+        from a worker on another (it cannot tell that process is gone)."""
+        if t.blocking_holder(self.storage, now) is not None:
+            return False
+        t.clear_lapsed_shard_claim(self.storage, now)
+        for name in t.claim_names():
+            got = take_claim(self.storage, self.kind, t.source, name, self.attempt, self.lease_s, t.driver)
+            if not isinstance(got, Claim):
+                return False
+            self.keeper.hold(got)
+            self.report.claims_taken_over += bool(got.took_over)
+        return True
 
     def replan(self, t: ShardTask, task: dict) -> list[dict]:
         """The read tasks still needed for a task that was held back: none for units committed
@@ -351,7 +396,7 @@ class UnitDriver:
         shard = self.shards[(t.source, t.shard)]
         records = TargetStore(self.storage).shard_commits(self.kind, t.source, t.shard)
         for r in records:
-            self.finished_elsewhere((r.source, r.unit))
+            self.finished_elsewhere((r.source, r.unit), r)
         if t.read_parts is not None or not t.unit_size:
             units = t.claim_names()
             return [] if all((t.source, u) in self.finished for u in units) else [task]

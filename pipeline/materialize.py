@@ -16,7 +16,7 @@ from collections import Counter
 
 from pipeline.config import load_job_config
 from pipeline.kind_jobs import JOBS
-from pipeline.plan import Partition, make_plan
+from pipeline.plan import Partition, make_plan, record_cuts
 from pipeline.ray_session import start_ray
 from pipeline.report import write_report
 from storage_schemas.plumbing.errors import run_cli
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     storage.check_create_if_absent()
     has_gpu = start_ray(cfg)
     plan = make_plan(cfg, "cuda" if has_gpu else "cpu", args.partition, storage)
+    record_cuts(plan)
     attempt = new_attempt_id()
     print(f"job attempt {attempt} on store {plan.storage.url}", flush=True)
     reports, retried = [], Counter()  # the first kind's report also counts the start-up's retries

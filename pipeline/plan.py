@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from dataclasses import dataclass, field
 
 import torch
 
-from pipeline.config import JobConfig, load_job_config
+from pipeline.config import JobConfig, SourceConfig, load_job_config
 from pipeline.job_manifests import clip_manifest, resolve_compute_dtype, sam_manifest
 from pipeline.sources import InputShard, expand_source
 from pipeline.teachers import load_clip_teacher, load_sam_teacher
 from storage_schemas.plumbing.errors import ConfigError, run_cli
 from storage_schemas.plumbing.typed_config import add_config_arguments
-from storage_schemas.store import TargetStore
+from storage_schemas.store import TargetStore, layout
 from storage_schemas.store.commit import CommitRecord
 from storage_schemas.store.identity import stable_hash64
 from storage_schemas.store.manifest import Manifest, check_compatible, read_manifest
@@ -103,28 +104,75 @@ def make_plan(
             url = by_shard.get((record.source, record.shard))
             if url is not None:
                 plan.committed[url].append(record)
-        plan.shards = resolve_unit_sizes(kind, plan.shards, plan.committed, {(s.name, s.kind): s for s in cfg.sources})
+        plan.shards = resolve_unit_sizes(kind, plan.shards, plan.committed, cfg.sources, read_cuts(storage, kind))
         kinds[kind] = plan
     return JobPlan(cfg, storage, kinds)
 
 
 def resolve_unit_sizes(
-    kind: str, shards: list[InputShard], committed: dict[str, list[CommitRecord]], sources: dict
+    kind: str,
+    shards: list[InputShard],
+    committed: dict[str, list[CommitRecord]],
+    sources: list[SourceConfig],
+    cuts: dict[str, int],
 ) -> list[InputShard]:
-    """Fill in an unset `unit_size`: an existing store keeps the unit size its units of the source
-    (the shard's own first) were cut with; a new source gets DEFAULT_UNIT_SIZE."""
+    """Each shard's `unit_size`. A source the store has cut before (`cuts`: its `_cuts/` record, see
+    `record_cuts`) keeps that cut: a config that sets another is refused, an unset one takes it.
+    Otherwise an unset `unit_size` is the one the shard's own committed units, then the source's,
+    were cut with (stores made before cut records), else DEFAULT_UNIT_SIZE of the kind."""
     by_source: dict[str, int] = {}
     for shard in shards:
         for r in committed[shard.url]:
             by_source.setdefault(shard.source, r.input.unit_size)
     out = []
     for shard in shards:
-        if sources[(shard.source, kind)].unit_size is None:
+        i, source = next((i, s) for i, s in enumerate(sources) if (s.name, s.kind) == (shard.source, kind))
+        cut = cuts.get(shard.source)
+        if cut is not None and source.unit_size is not None and source.unit_size != cut:
+            raise ConfigError(
+                f"config key 'sources.{i}.unit_size': this store's units of source '{shard.source}' are cut at "
+                f"{_samples(cut)}, this job has {_samples(source.unit_size)}; keep the store's unit_size "
+                "(or leave it unset)"
+            )
+        if source.unit_size is None:
             own = committed[shard.url]
-            size = own[0].input.unit_size if own else by_source.get(shard.source, DEFAULT_UNIT_SIZE[kind])
-            shard = dataclasses.replace(shard, unit_size=size or None)
+            fallback = cut if cut is not None else by_source.get(shard.source, DEFAULT_UNIT_SIZE[kind])
+            shard = dataclasses.replace(shard, unit_size=(own[0].input.unit_size if own else fallback) or None)
         out.append(shard)
     return out
+
+
+def _samples(unit_size: int) -> str:
+    return f"{unit_size} samples" if unit_size else "0 (whole shards)"
+
+
+def read_cuts(storage: StoreRoot, kind: str) -> dict[str, int]:
+    """source -> the unit size its `_cuts/KIND/SOURCE.json` record fixes (0: whole shards)."""
+    out = {}
+    for rel in storage.list_files(f"{layout.CUTS_DIR}/{kind}"):
+        if rel.endswith(".json"):
+            out[rel.rsplit("/", 1)[1][: -len(".json")]] = int(json.loads(storage.read_bytes(rel))["unit_size"])
+    return out
+
+
+def record_cuts(plan: JobPlan) -> None:
+    """Fix each source's cut in the store before any unit of it is made, created only if absent:
+    two jobs cutting one shard differently would both commit (the same name means other samples
+    under another cut), so the second to record another cut is refused here, before any work."""
+    for kind, kp in plan.kinds.items():
+        for source in sorted({s.source for s in kp.shards}):
+            shards = [s for s in kp.shards if s.source == source]
+            new = [s for s in shards if not kp.committed[s.url]] or shards
+            size = new[0].unit_size or 0
+            rel = layout.cut_path(kind, source)
+            body = json.dumps({"kind": kind, "source": source, "unit_size": size}, sort_keys=True).encode()
+            if not plan.storage.create(rel, body):
+                stored = int(json.loads(plan.storage.read_bytes(rel))["unit_size"])
+                i = next(i for i, s in enumerate(plan.config.sources) if (s.name, s.kind) == (source, kind))
+                raise ConfigError(
+                    f"config key 'sources.{i}.unit_size': another job has just cut source '{source}' at "
+                    f"{_samples(stored)} in this store, this job at {_samples(size)}; keep the store's"
+                )
 
 
 def describe(plan: JobPlan) -> str:

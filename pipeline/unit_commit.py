@@ -24,14 +24,20 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from pipeline.sources import InputShard
 from pipeline.units import UnitCollector
+from storage_schemas.plumbing.errors import StoreError
 from storage_schemas.plumbing.faults import kill_point
 from storage_schemas.store import READ_THREADS, layout
-from storage_schemas.store.commit import CommitRecord, create_commit
+from storage_schemas.store.commit import CommitRecord, create_commit, input_change, read_commit
 from storage_schemas.store.root import StorageFailure, StoreRoot
 from storage_schemas.store.tables import ERRORS_SCHEMA, parquet_bytes
 
 log = logging.getLogger(__name__)
+
+
+class PartsMissing(StoreError):
+    """Files of the unit's parts are gone before its record was created: it must not commit."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,19 @@ def commit_unit(storage: StoreRoot, kind: str, c: UnitCollector, policy_hash: st
         attempt_id=attempt,
     )
     kill_point("after_data_before_commit", c.unit)
+    # A driver paused longer than `validate --gc --grace` finds its parts removed as an uncommitted
+    # unit's: a record listing them would commit files that are not there.
+    present = set(unit_paths(storage, kind, c.shard.source, c.unit))
+    missing = [f.path for f in files if f.path not in present]
+    if missing:
+        # Or another job committed the unit and removed this attempt's files as unlisted: a race lost.
+        stored = read_commit(storage, kind, c.shard.source, c.unit)
+        if stored is not None:
+            return CommitOutcome(stored, won=False)
+        raise PartsMissing(
+            f"{len(missing)} of its {len(files)} files are gone before its commit ({missing[0]} ...); "
+            "`validate --gc` with a --grace shorter than this unit was in flight removes them"
+        )
     stored = create_commit(storage, record)
     return CommitOutcome(stored, stored is not None and stored.attempt_id == attempt)
 
@@ -112,15 +131,36 @@ def remove_leftovers(storage: StoreRoot, record: CommitRecord) -> int:
     return remove_quietly(storage, [p for p in paths if p not in keep])
 
 
-def remove_attempt_files(storage: StoreRoot, kind: str, source: str, unit: str, attempt: str) -> int:
-    """After losing a commit race (another job's record, read back, holds the unit): remove this
-    attempt's files of the unit, and only those."""
+def record_in_the_way(record: CommitRecord | None, policy_hash: str, shard: InputShard) -> str | None:
+    """Why a record found in a unit's place cannot stand for this job's unit, or None: it does not
+    parse, it was made under another policy (readers ignore it), or from another cut of the shard
+    or another input. Records are never overwritten, so the unit fails saying how to clear it."""
+    if record is None:
+        why = "a commit record that does not parse"
+    elif record.policy_hash != policy_hash:
+        why = "a commit record made under another policy (readers ignore it)"
+    elif record.input.unit_size != (shard.unit_size or 0) or input_change(record.input, shard.size, shard.etag):
+        why = f"a commit record of another cut or input ({record.input})"
+    else:
+        return None
+    return (
+        f"{why} is in the way; `python -m pipeline.validate ROOT --uncommit-damaged` moves it aside, "
+        "then a rerun redoes the unit"
+    )
+
+
+def remove_attempt_files(
+    storage: StoreRoot, kind: str, source: str, unit: str, attempt: str, record: CommitRecord
+) -> int:
+    """After losing a commit race (another job's `record`, read back, holds the unit): remove this
+    attempt's files of the unit, and only those (never one the record lists)."""
     try:
         paths = unit_paths(storage, kind, source, unit)
     except (StorageFailure, OSError) as e:
         log.warning("unit %s/%s/%s: files not listed (%s); `validate --gc` removes them later", kind, source, unit, e)
         return 0
-    return remove_quietly(storage, [p for p in paths if layout.attempt_of(p) == attempt])
+    keep = {f.path for f in record.files}
+    return remove_quietly(storage, [p for p in paths if layout.attempt_of(p) == attempt and p not in keep])
 
 
 def remove_replayed_parts(storage: StoreRoot, kind: str, records: list[CommitRecord]) -> int:
@@ -152,6 +192,7 @@ def remove_replayed_parts(storage: StoreRoot, kind: str, records: list[CommitRec
     )
 
 
-def remove_part_files(storage: StoreRoot, row: dict) -> int:
+def remove_part_files(storage: StoreRoot, row: dict, record: CommitRecord) -> int:
     """Remove the files of a part that reached the driver after its unit was committed without it."""
-    return remove_quietly(storage, [f["path"] for f in json.loads(row["part_files"])])
+    keep = {f.path for f in record.files}
+    return remove_quietly(storage, [f["path"] for f in json.loads(row["part_files"]) if f["path"] not in keep])

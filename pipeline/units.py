@@ -118,8 +118,8 @@ class ShardTask:
         return StoreRoot(url, options, single_writer=single_writer)
 
     def claim_names(self) -> list[str]:
-        """What the task claims: the units it reads by range, else its shard's one unit, else (a
-        shard cut into units but streamed) the whole shard."""
+        """What the task claims: the unit it reads by range (`read_tasks` makes one task a part),
+        else its shard's one unit, else (a shard cut into units but streamed) the whole shard."""
         if self.read_parts is not None:
             return [self.unit_of(p) for p in self.read_parts]
         return [stream_claim_name(self.shard) if self.unit_size else self.shard]
@@ -127,16 +127,23 @@ class ShardTask:
     def blocking_holder(self, store: StoreRoot, now: float | None = None) -> Holder | None:
         """Another job's live claim that covers this task's units: on one of them, or (for a
         shard read by range) on the whole shard, streamed by a job that had no tar index."""
-        names = self.claim_names() + ([stream_claim_name(self.shard)] if self.read_parts is not None else [])
-        for name in names:
+        for name in self.claim_names() + self.shard_claim():
             holder = holder_of(store, self.kind, self.source, name, self.attempt, now)
             if holder is not None and holder.live:
                 return holder
-            if holder is not None and name == stream_claim_name(self.shard) and self.read_parts is not None:
-                # A whole-shard claim nobody holds any more, met by a read of one of its units: no
-                # job will release it, so it goes now rather than at `validate --gc`.
-                clear_claim(store, self.kind, self.source, name, holder.generation)
         return None
+
+    def shard_claim(self) -> list[str]:
+        """The whole-shard claim that also covers a read by range, as a list of none or one."""
+        return [stream_claim_name(self.shard)] if self.read_parts is not None else []
+
+    def clear_lapsed_shard_claim(self, store: StoreRoot, now: float | None = None) -> None:
+        """A whole-shard claim nobody holds any more, met by a read of one of its units: no job will
+        release it, so it goes now rather than at `validate --gc`."""
+        for name in self.shard_claim():
+            holder = holder_of(store, self.kind, self.source, name, self.attempt, now)
+            if holder is not None and not holder.live:
+                clear_claim(store, self.kind, self.source, name, holder.generation)
 
 
 def committed_parts(shard: InputShard, committed: list[CommitRecord]) -> list[int] | None:
@@ -274,6 +281,8 @@ def _claim(task: ShardTask, store: StoreRoot, blank: BlankFn) -> tuple[list[dict
 
     try:
         holder = task.blocking_holder(store) if task.read_parts is not None else None
+        if holder is None:
+            task.clear_lapsed_shard_claim(store)
         for name in task.claim_names() if holder is None else []:
             got = take_claim(store, task.kind, task.source, name, task.attempt, task.lease_s, task.driver)
             if isinstance(got, Holder):
@@ -285,7 +294,7 @@ def _claim(task: ShardTask, store: StoreRoot, blank: BlankFn) -> tuple[list[dict
         units = [task.unit_of(p) for p in task.read_parts] if task.read_parts is not None else []
         units += [] if task.unit_size else [task.shard]
         done = [u for u in units if read_commit(store, task.kind, task.source, u) is not None]
-    except StorageFailure as e:
+    except (StorageFailure, OSError) as e:  # another job removing claims meanwhile, or the store failing
         log.warning("%s/%s: claims not taken (%s); read unclaimed, the commit decides", task.source, task.shard, e)
         return rows, True
     if done:
@@ -344,7 +353,7 @@ def _stream_shard(
         if task.attempt and task.unit_size and p not in committed_elsewhere:
             try:
                 committed_elsewhere[p] = read_commit(store, task.kind, task.source, task.unit_of(p)) is not None
-            except StorageFailure as e:  # read it anyway: the commit decides
+            except (StorageFailure, OSError) as e:  # read it anyway: the commit decides
                 log.warning("%s: not known whether committed (%s); read all the same", task.unit_of(p), e)
                 committed_elsewhere[p] = False
         return not committed_elsewhere.get(p, False)

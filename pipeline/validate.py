@@ -41,8 +41,8 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from storage_schemas.plumbing.errors import ConfigError, StoreError, run_cli
-from storage_schemas.store import TargetStore, layout, table_files
-from storage_schemas.store.commit import CommitRecord
+from storage_schemas.store import TargetStore, layout, listed, table_files
+from storage_schemas.store.commit import CommitRecord, read_commit
 from storage_schemas.store.manifest import Manifest, read_manifest
 from storage_schemas.store.mask_logits import decode_logits
 from storage_schemas.store.root import StoreRoot
@@ -62,6 +62,7 @@ class ValidationReport:
     damaged: dict[str, list[str]] = field(default_factory=dict)  # record path -> its unit's problems
     quarantined: list[str] = field(default_factory=list)  # where damaged units' records went
     committed: set[tuple[str, str, str]] = field(default_factory=set)  # (kind, source, unit) with a sound record
+    record_bytes: dict[str, bytes] = field(default_factory=dict)  # each record as the scan read it
 
     def add(self, where: str, what: str, record: str | None = None) -> None:
         self.problems.append((where, what))
@@ -120,9 +121,9 @@ def _table(storage: StoreRoot, record: CommitRecord, table: str, columns: list[s
         return where, None
     parts = []
     for rel in rels:
+        data = storage.read_bytes(rel)  # retried: a connection reset is no damage
         try:
-            with storage.fs.open(storage.full(rel), "rb") as f:
-                parts.append(pq.read_table(f, columns=columns))
+            parts.append(pq.read_table(pa.BufferReader(data), columns=columns))
         except Exception as e:  # damaged bytes fail in many ways inside Arrow
             raise UnreadableTable(rel, e) from None
     return where, pa.concat_tables(parts, promote_options="permissive")
@@ -253,7 +254,8 @@ def validate(storage: StoreRoot, hashes: bool = True, workers: int = 8) -> Valid
         for rel in record_paths:
             listed.add(rel)
             try:
-                record = CommitRecord.from_json(storage.read_bytes(rel))
+                report.record_bytes[rel] = storage.read_bytes(rel)
+                record = CommitRecord.from_json(report.record_bytes[rel])
             except (ValueError, KeyError, TypeError) as e:
                 what = f"commit record does not parse ({type(e).__name__}: {e}); its unit's files are kept"
                 report.add(rel, what, rel)
@@ -300,38 +302,55 @@ def validate(storage: StoreRoot, hashes: bool = True, workers: int = 8) -> Valid
 
 def collect_garbage(storage: StoreRoot, report: ValidationReport, grace_s: float) -> None:
     """Remove orphans that can never count: those of committed units; those of uncommitted units
-    (or claims) once older than `grace_s` by the store's clock. Units whose record is damaged keep
-    theirs. What stays is in `report.kept` with the reason."""
+    (claims included) once older than `grace_s` by the store's clock. A unit not committed at the
+    scan has its record read again just before: a job may have committed it since, and what that
+    record lists stays. Units whose record is damaged keep theirs. What stays is in `report.kept`
+    with the reason; files that vanish meanwhile (jobs clean up too) are passed over."""
     now = storage.store_now()
     damaged_units = {_unit_of_record(rel) for rel in report.damaged}
-    claims: dict[tuple[str, str, str], list[str]] = {}
-    remove: list[str] = []
-
-    def keep(why: str, rel: str) -> None:
-        report.kept.setdefault(why, []).append(rel)
-
+    by_unit: dict[tuple[str, str, str], list[str]] = {}
     for rel in report.orphans:
-        what, kind, source, unit = layout.store_file(rel)
-        if what == "claim":
-            claims.setdefault((kind, source, unit), []).append(rel)
-        elif (kind, source, unit) in damaged_units:
-            keep("its unit's commit record is damaged", rel)
-        elif (kind, source, unit) in report.committed:
-            remove.append(rel)
-        elif now - storage.modified(rel) > grace_s:
-            remove.append(rel)
-        else:
-            keep(f"its unit is not committed and it is younger than {grace_s:.0f} s (a job may be writing it)", rel)
-    for (kind, source, name), files in claims.items():
-        newest = max(storage.modified(rel) for rel in files)
-        if (kind, source, name) in report.committed or now - newest > grace_s:
-            remove += files
-        else:
-            for rel in files:
-                keep(f"a claim renewed within {grace_s:.0f} s (its job may be running)", rel)
+        by_unit.setdefault(layout.store_file(rel)[1:], []).append(rel)
+
+    def keep(why: str, files: list[str]) -> None:
+        report.kept.setdefault(why, []).extend(files)
+
+    def age(rel: str) -> float:
+        try:
+            return now - storage.modified(rel)
+        except FileNotFoundError:
+            return -1.0  # gone already
+
+    remove: list[str] = []
+    for unit, files in sorted(by_unit.items()):
+        claims = [rel for rel in files if layout.store_file(rel)[0] == "claim"]
+        data = [rel for rel in files if rel not in claims]
+        if unit in damaged_units:
+            keep("its unit's commit record is damaged", files)
+            continue
+        if unit not in report.committed:
+            record = read_commit(storage, *unit)
+            if record is not None:  # committed since the scan
+                data = [rel for rel in data if not listed(record, rel)]
+            elif any(age(rel) <= grace_s for rel in claims):
+                keep(f"a claim renewed within {grace_s:.0f} s (its job may be running)", files)
+                continue
+            else:
+                young = [rel for rel in data if age(rel) <= grace_s]
+                keep(
+                    f"its unit is not committed and it is younger than {grace_s:.0f} s (a job may be writing it)", young
+                )
+                data = [rel for rel in data if rel not in young]
+        remove += data + claims
+    # Probe files of jobs killed while probing the store (create-if-absent, its clock).
+    remove += [rel for rel in storage.list_files(layout.PROBES_DIR) if age(rel) > grace_s]
     for rel in remove:
-        storage.remove(rel)
+        try:
+            storage.remove(rel)
+        except FileNotFoundError:
+            continue
         report.removed.append(rel)
+    report.kept = {why: files for why, files in report.kept.items() if files}
 
 
 def uncommit_damaged(storage: StoreRoot, report: ValidationReport) -> None:
@@ -339,8 +358,11 @@ def uncommit_damaged(storage: StoreRoot, report: ValidationReport) -> None:
     removed): the units count as not committed, and the next job redoes them."""
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     for rel in sorted(report.damaged):
+        data = storage.read_bytes(rel)
+        if data != report.record_bytes.get(rel, data):
+            continue  # another validate moved it, or it changed since the scan: not what was judged
         target = layout.quarantine_path(rel, stamp)
-        storage.write_bytes(target, storage.read_bytes(rel))
+        storage.write_bytes(target, data)
         storage.delete(rel)
         report.quarantined.append(target)
 

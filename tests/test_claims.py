@@ -3,9 +3,22 @@ only when expired by the store's clock or when their driver on this machine is g
 
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
-from pipeline.claims import Claim, ClaimKeeper, Holder, holder_of, renew_claim, take_claim, this_driver
+from pipeline.claims import (
+    Claim,
+    ClaimKeeper,
+    Holder,
+    clear_claim,
+    generations,
+    holder_of,
+    remove_claims,
+    renew_claim,
+    take_claim,
+    this_driver,
+)
 from storage_schemas.store import layout
 from storage_schemas.store.root import StoreRoot
 
@@ -66,3 +79,52 @@ def test_the_keeper_renews_releases_and_drops_claims(tmp_path):
     assert isinstance(take(storage, "bbbbbbbbbbbb", name="00002"), Claim)
     keeper.close()  # releases 00003
     assert isinstance(take(storage, "bbbbbbbbbbbb", name="00003"), Claim) and keeper.lost == 0
+
+
+def test_two_jobs_taking_over_one_expired_claim_cannot_both_get_it(tmp_path):
+    storage = StoreRoot(str(tmp_path))
+    take(storage, "aaaaaaaaaaaa", lease_s=0.2)
+    time.sleep(0.3)
+    barrier = threading.Barrier(4)
+
+    def contend(attempt: str):
+        barrier.wait()
+        return take(storage, attempt)
+
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(contend, [f"{c}" * 12 for c in "bcde"]))
+    winners = [g for g in got if isinstance(g, Claim)]
+    assert len(winners) == 1 and winners[0].took_over == "aaaaaaaaaaaa", got
+    assert all(isinstance(g, Holder) and g.live for g in got if g is not winners[0])
+
+
+def test_released_or_cleared_claims_never_hide_a_later_holder(tmp_path):
+    storage = StoreRoot(str(tmp_path))
+    old = take(storage, "aaaaaaaaaaaa", lease_s=0.2)
+    time.sleep(0.3)
+    new = take(storage, "bbbbbbbbbbbb")  # generation 1 over the expired 0
+    clear_claim(storage, "clip", "cc12m", "00042", upto=old.generation)  # a stale release: a later one is there
+    assert generations(storage, "clip", "cc12m", "00042") == [0, 1]
+    storage.delete(layout.claim_path("clip", "cc12m", "00042", 0))  # generation 0 gone, 1 live
+    assert isinstance(take(storage, "cccccccccccc"), Holder)  # creating 0 again is no claim
+    assert generations(storage, "clip", "cc12m", "00042") == [1]
+    clear_claim(storage, "clip", "cc12m", "00042", upto=new.generation)
+    assert generations(storage, "clip", "cc12m", "00042") == []
+
+
+def test_a_claim_removed_while_it_is_created_is_created_again(tmp_path, monkeypatch):
+    """Another job removes a committed unit's claims between our create and its read-back."""
+    storage = StoreRoot(str(tmp_path))
+    take(storage, "aaaaaaaaaaaa")
+    fs, real = storage.fs, storage.fs.cat_file
+    removed = []
+
+    def vanish_once(path, *args, **kwargs):
+        if not removed and path.endswith("g000000.json"):
+            removed.append(path)
+            remove_claims(storage, "clip", "cc12m", "00042")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(fs, "cat_file", vanish_once)
+    claim = take(storage, "bbbbbbbbbbbb")
+    assert removed and isinstance(claim, Claim) and claim.generation == 0

@@ -265,9 +265,9 @@ def test_a_changed_input_or_unit_size_is_refused_on_resume(tmp_path, sample_corp
     shutil.copy(sample_corpus / "clip" / "00001.tar", shard)
     job = clip_job(tmp_path, tiny_teachers, "s", f"{shard}", 1, unit_size=10)
     assert materialize([str(job)]) == 0
-    with pytest.raises(ConfigError, match=r"committed with unit_size 10, this job has 0 \(whole shards\)"):
+    with pytest.raises(ConfigError, match=r"cut at 10 samples, this job has 0 \(whole shards\)"):
         materialize([str(job), "--set", "sources.0.unit_size=0"])
-    with pytest.raises(ConfigError, match="committed with unit_size 10, this job has 5"):
+    with pytest.raises(ConfigError, match="cut at 10 samples, this job has 5 samples"):
         materialize([str(job), "--set", "sources.0.unit_size=5"])
     # Unset, the store's unit size is kept: everything is committed already.
     assert materialize([str(job), "--set", "sources.0.unit_size=null", "--report", str(tmp_path / "r.json")]) == 0

@@ -3,7 +3,9 @@ server, and the start-up probe that refuses a store where it cannot be had."""
 
 import errno
 import os
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import s3fs
@@ -34,6 +36,20 @@ def test_a_file_is_created_once_and_never_overwritten(storage):
     # The same bytes again are the first writer's own create, retried: it counts as created.
     assert storage.create("_commits/clip/s/u.json", b"first writer")
     storage.check_create_if_absent()  # the probe passes where the primitive holds
+
+
+def test_of_many_writers_creating_one_file_at_once_one_wins(storage):
+    """Eight writers, one name, the same instant (S3: eight conditional PUTs in flight together)."""
+    barrier = threading.Barrier(8)
+
+    def create(i: int) -> bool:
+        barrier.wait()
+        return storage.create("_commits/clip/s/race.json", f"writer {i}".encode())
+
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(create, range(8)))
+    assert won.count(True) == 1
+    assert storage.read_bytes("_commits/clip/s/race.json") == f"writer {won.index(True)}".encode()
 
 
 def test_a_retried_create_that_had_landed_is_told_apart_from_another_writers(storage, monkeypatch):

@@ -76,9 +76,10 @@ def test_a_batch_that_kills_its_actor_every_time_fails_its_unit(tmp_path, sample
     assert run.returncode == 1, run.stderr[-3000:]
     report = json.loads((tmp_path / "r.json").read_text())["reports"][0]
     failed = {f["unit"]: f["reason"] for f in report["units_failed"]}
-    # A batch queued on the same actor when it died may run out of retries too: its unit fails as well.
+    # Batches in flight on the actor when it dies use up their retries too, and a batch may mix
+    # units: which other units fail depends on scheduling. Each unit is either committed or failed.
     assert "00003" in failed and set(failed.values()) == {"incomplete"}, report
-    assert sorted(committed_units(store) + list(failed)) == ["00000", "00001", "00002", "00003"] and len(failed) < 4
+    assert sorted(committed_units(store) + list(failed)) == ["00000", "00001", "00002", "00003"]
     rerun = run_module("pipeline.materialize", str(job))
     assert rerun.returncode == 0 and f"{len(failed)} done, {4 - len(failed)} skipped" in rerun.stdout, rerun.stderr[
         -3000:
@@ -149,3 +150,42 @@ def test_a_collector_counts_each_sample_once():
     assert not c.complete and c.covered == {0, 1, 2} and not c.errors
     c.add(part("b", [3]))
     assert c.complete and [p.name for p in c.ordered_parts()] == ["a", "b"] and c.rows() == {"views": 4}
+
+
+def test_a_unit_committed_elsewhere_counts_whatever_order_its_rows_come_in(tmp_path):
+    """A stream that meets a part another job committed sends `committed`, then the shard's last `end`
+    row; teacher batches may hand them to the driver the other way round."""
+    from pipeline.driver_loop import UnitDriver
+    from pipeline.plan import JobPlan, KindPlan
+    from pipeline.sources import InputShard
+    from pipeline.units import COMMITTED, END
+    from storage_schemas.store.commit import CommitRecord, create_commit
+    from storage_schemas.store.manifest import Manifest
+    from storage_schemas.store.root import StoreRoot
+
+    storage = StoreRoot(str(tmp_path))
+    shard = InputShard("src", "clip", "/x/00001.tar", "00001", 1, None, {}, 10)
+    theirs = CommitRecord(
+        kind="clip",
+        source="src",
+        shard="00001",
+        unit="00001.p001",
+        input=shard.ref(10, 17, 17),
+        n_input=7,
+        n_stored=7,
+        n_errors=0,
+        rows={"views": 7},
+        files=[],
+        policy_hash="p" * 64,
+        parts=[],
+    )
+    create_commit(storage, theirs)
+    manifest = Manifest("clip", {})
+    kp = KindPlan(manifest, True, [shard], {shard.url: []})
+    driver = UnitDriver(JobPlan(None, storage, {"clip": kp}), kp, "clip", None, "p" * 64, "aaaaaaaaaaaa", 300)
+    base = dict(source="src", shard="00001", unit="00001.p001", part_start=10, sample_index=-1, key="", members="[]")
+    base |= dict(reason="", detail="", n_in_unit=0, shard_samples=-1, storage_retries="{}")
+    driver.handle_row({**base, "status": END, "n_in_unit": 7, "shard_samples": 17})
+    driver.handle_row({**base, "status": COMMITTED, "detail": json.dumps(["00001.p001"])})
+    driver.report_lost_batches(set(), {("src", "00001")}, set())
+    assert driver.report.ok and driver.found_committed == {("src", "00001.p001")}, driver.report.units_failed

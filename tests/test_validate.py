@@ -164,8 +164,7 @@ def test_gc_removes_only_what_can_never_count(store, validate):
     assert {store / rel for rel in report["removed"]} == removed
     assert not any(p.exists() for p in removed) and uncommitted_young.exists() and live_claim.exists()
     assert all(p.exists() for p in not_ours)
-    assert "1 file left: its unit is not committed and it is younger than 86400 s" in out
-    assert "1 file left: a claim renewed within 86400 s" in out
+    assert "2 files left: a claim renewed within 86400 s (its job may be running)" in out  # 00009's part and claim
     code, report, _ = validate(store, "--gc", "--grace", "0")
     assert {store / rel for rel in report["removed"]} == {uncommitted_young, live_claim}
     assert all(p.exists() for p in not_ours)
@@ -192,18 +191,24 @@ def test_a_damaged_unit_is_uncommitted_and_a_rerun_redoes_exactly_it(
     store = tmp_path / "store"
     shutil.copytree(clip_store, store)
     gallery = open_gallery(open_store(str(store)), RetrievalConfig(index="flat"), views0=False, say=lambda _: None)
-    path, record = records(store, "clip")[1]
-    (store / record.files[0].path).unlink()
-    code, report, out = validate(store, "--uncommit-damaged")
-    assert code == 0 and report["damaged_units"] == [str(path.relative_to(store))], out
-    (moved,) = report["quarantined"]
-    assert moved.startswith(f"_quarantine/_commits/clip/sample/{record.unit}.") and (store / moved).exists()
-    assert not path.exists() and "redoes exactly these units" in out
-    assert f"index {gallery.name} covers 1 of them: stale until rebuilt" in out
+    (path, record), (foreign, other) = records(store, "clip")[1:3]
+    (store / record.files[0].path).unlink()  # readers fail on it; jobs skip it as committed
+    made_elsewhere = json.loads(foreign.read_text())  # readers ignore it; it stays in a job's way
+    foreign.write_text(json.dumps({**made_elsewhere, "policy_hash": "0" * 64}))
     job = write_clip_job(tmp_path / "job.yaml", store, sample_corpus, tiny_teachers)
+    assert materialize([str(job), "--report", str(tmp_path / "r.json")]) == 1
+    (failed,) = json.loads((tmp_path / "r.json").read_text())["reports"][0]["units_failed"]
+    assert (failed["unit"], failed["reason"]) == (other.unit, "record_in_the_way"), failed
+    assert "made under another policy" in failed["detail"] and "--uncommit-damaged" in failed["detail"]
+    code, report, out = validate(store, "--uncommit-damaged")
+    assert code == 0 and report["damaged_units"] == [str(p.relative_to(store)) for p in (path, foreign)], out
+    assert [m.split("/")[-1].split(".")[0] for m in report["quarantined"]] == [record.unit, other.unit]
+    assert all((store / m).exists() for m in report["quarantined"]) and not path.exists() and not foreign.exists()
+    assert "redoes exactly these units" in out
+    assert f"index {gallery.name} covers 2 of them: stale until rebuilt" in out
     assert materialize([str(job), "--report", str(tmp_path / "r.json")]) == 0
     rerun = json.loads((tmp_path / "r.json").read_text())["reports"][0]
-    assert (rerun["units_done"], rerun["units_skipped"]) == (1, 3)
+    assert (rerun["units_done"], rerun["units_skipped"]) == (2, 2)
     assert_exactly_once(store, sample_corpus)
 
 
@@ -212,3 +217,34 @@ def test_manifest_damage_and_an_unreachable_store(store, tmp_path, validate, cap
     code, report, _ = validate(store)
     assert code == 1 and {"path": "clip/_manifest.json", "problem": "manifest does not parse"} in report["problems"]
     assert_one_line_error(run_in_process(validate_main, [tmp_path / "nowhere"], capsys), "nowhere")
+
+
+def test_gc_keeps_what_a_job_commits_after_the_scan_and_skips_what_vanishes(store):
+    """The store changes while gc runs: a unit committed between the scan and the removals keeps the
+    files its record lists; files other jobs remove meanwhile are passed over."""
+    from pipeline.validate import collect_garbage, validate
+    from storage_schemas.store import layout
+    from storage_schemas.store.commit import create_commit
+
+    storage = StoreRoot(str(store))
+    _, record = records(store, "clip")[0]
+    late = {
+        p: store / "clip" / "sample" / "00009" / f"p000000{i}-0123456789ab-0badf00d.parquet" for i, p in enumerate("ab")
+    }
+    vanishing = store / "_claims" / "clip" / "sample" / "00010" / "g000000.json"
+    for path in [*late.values(), vanishing]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        os.utime(path, (time.time() - 86400, time.time() - 86400))
+    report = validate(storage, hashes=False)
+    assert {str(p.relative_to(store)) for p in [*late.values(), vanishing]} <= set(report.orphans)
+    # After the scan: a job commits unit 00009 with part a (b was a dropped duplicate), and another
+    # job's claim on 00010 goes.
+    listed = storage.file_entry(str(late["a"].relative_to(store)))
+    unit = json.loads(record.to_json())
+    unit.update(unit="00009", shard="00009", files=[listed.__dict__], attempt_id="0123456789ab")
+    create_commit(storage, CommitRecord.from_json(json.dumps(unit)))
+    vanishing.unlink()
+    collect_garbage(storage, report, grace_s=3600)
+    assert late["a"].exists() and not late["b"].exists()
+    assert str(layout.claim_path("clip", "sample", "00010", 0)) not in report.removed

@@ -14,7 +14,9 @@ Points: `during_teacher` (the driver has received the first part of a unit from 
 stage), `teacher_batch` (in a teacher actor, before it runs the teacher on a unit's rows; scoped
 by unit), `after_part_written` (in a teacher actor: a part's files are written, its metadata has
 not reached the driver; scoped by unit), `after_data_before_commit` (on the driver: a unit's parts
-and errors are written, its commit record is not).
+and errors are written, its commit record is not; scoped by unit), `train_step` (the trainer, after
+an optimiser step), `checkpoint_written` (the trainer: a checkpoint's files are written, its folder
+not yet renamed; scoped `stop` once the process got a stop signal, else `periodic`).
 """
 
 from __future__ import annotations

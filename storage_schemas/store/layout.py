@@ -11,6 +11,7 @@
       _commits/KIND/SOURCE/UNIT.json           written last, created only if absent: what the unit holds
       _errors/KIND/SOURCE/UNIT/ATTEMPT.parquet one row per input sample that could not be used
       _claims/KIND/SOURCE/NAME/gNNNNNN.json    a job working on unit (or streamed shard) NAME, by generation
+      _cuts/KIND/SOURCE.json                   how the source's shards are cut into units (unit_size)
       _quarantine/_commits/KIND/SOURCE/UNIT.STAMP.json  records of damaged units, moved aside
       _tar_index/KIND/SOURCE/SHARD.parquet     where each member of an input tar lies (storage_schemas.store.tar_index)
       indexes/NAME/                            a faiss index over the CLIP view embeddings (pipeline.gallery_index)
@@ -33,7 +34,9 @@ KINDS = ("clip", "sam")
 COMMITS_DIR = "_commits"
 ERRORS_DIR = "_errors"
 CLAIMS_DIR = "_claims"
+CUTS_DIR = "_cuts"
 QUARANTINE_DIR = "_quarantine"
+PROBES_DIR = "_probes"  # short-lived files of the start-up and clock probes (StoreRoot)
 TAR_INDEX_DIR = "_tar_index"
 TEXT_DIR = "text"
 INDEXES_DIR = "indexes"
@@ -97,6 +100,10 @@ def stream_claim_name(shard: str) -> str:
     return f"{shard}.stream"
 
 
+def cut_path(kind: str, source: str) -> str:
+    return f"{CUTS_DIR}/{kind}/{check_name('source', source)}.json"
+
+
 def claim_dir(kind: str, source: str, name: str) -> str:
     return f"{CLAIMS_DIR}/{kind}/{source}/{name}"
 
@@ -112,7 +119,7 @@ def quarantine_path(record_path: str, stamp: str) -> str:
 
 # The files the store's writers make, by pattern: what `validate --gc` may ever remove. A file of
 # any other name under a kind's folder (an input shard, a user's notes) is never touched.
-_PART = r"p\d{7}-[0-9a-f]{8,}(?:-[0-9a-f]{8})?"
+_PART = r"p\d{7,}-[0-9a-f]{8,}(?:-[0-9a-f]{8})?"
 _SUFFIX = r"(?:\.parquet|\.images\.parquet|\.zarr(?:/.*)?)"
 _TMP = r"(?:\.tmp-[0-9a-f]{8})?"  # a local write killed before its rename
 _UNIT = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
@@ -133,7 +140,7 @@ STORE_FILES = {
 }
 
 
-_ATTEMPT_IN_NAME = re.compile(r"/p\d{7}-([0-9a-f]{12})-[0-9a-f]{8}[./]|/([0-9a-f]{12})\.parquet")
+_ATTEMPT_IN_NAME = re.compile(r"/p\d{7,}-([0-9a-f]{12})-[0-9a-f]{8}[./]|/([0-9a-f]{12})\.parquet")
 
 
 def attempt_of(rel: str) -> str | None:

@@ -32,11 +32,12 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from storage_schemas.plumbing.errors import StoreError
+from storage_schemas.store.layout import PROBES_DIR
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 PERMANENT = (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
-PROBES_DIR = "_probes"  # short-lived files of the start-up and clock probes
+CREATE_TRIES = 5  # a create whose file keeps being removed by other jobs between the tries gives up
 # What os.link fails with where a filesystem has no hard links (FUSE mounts, some NFS set-ups).
 NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS}
 
@@ -199,7 +200,10 @@ class StoreRoot:
         with self._lock:
             if self._fs is None or self._pid != os.getpid():
                 try:
-                    self._fs, self._root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+                    # No listings cache: what other processes and jobs write must show in every
+                    # listing (claims, a unit's parts), as s3fs would otherwise answer from its own.
+                    options = {"use_listings_cache": False, **self.storage_options}
+                    self._fs, self._root = fsspec.core.url_to_fs(self.url, **options)
                 except (ImportError, ValueError, TypeError) as e:
                     raise StoreError(f"store URL '{self.url}': cannot open its filesystem ({e})") from None
                 self._pid = os.getpid()
@@ -271,25 +275,30 @@ class StoreRoot:
         Locally: a hard link of a complete temporary file (`os.link` fails if the name exists). On
         S3: a conditional PUT (`If-None-Match: *`), answered 412 when the key exists. A retried
         create whose first try had landed (the connection dropped after the store took it) meets
-        its own file: told apart from another writer's by reading it back, since whatever a writer
-        creates here (records, manifests, claims) carries its attempt id. With `single_writer` the
-        store is trusted to have no other writer: an existence check, then a plain write.
+        its own file: told apart from another writer's by reading it back (records and claims carry
+        their attempt id; two identical manifests are one manifest). With `single_writer` the store
+        is trusted to have no other writer: an existence check, then a plain write.
         """
         path = self.full(rel)
 
         def attempt() -> bool:
-            try:
-                if self.single_writer:
-                    if self.fs.exists(path):
-                        raise FileExistsError(path)
-                    self._put(path, data)
-                elif self.is_local:
-                    _link_new(self.url, path, data)
-                else:
-                    self.fs.pipe_file(path, data, mode="create")
-                return True
-            except FileExistsError:
-                return self.fs.cat_file(path) == data
+            for _ in range(CREATE_TRIES):
+                try:
+                    if self.single_writer:
+                        if self.fs.exists(path):
+                            raise FileExistsError(path)
+                        self._put(path, data)
+                    elif self.is_local:
+                        _link_new(self.url, path, data)
+                    else:
+                        self.fs.pipe_file(path, data, mode="create")
+                    return True
+                except FileExistsError:
+                    try:
+                        return self.fs.cat_file(path) == data
+                    except FileNotFoundError:  # removed between the two (a unit's claims when it commits)
+                        continue
+            raise FileNotFoundError(errno.ENOENT, f"created and removed {CREATE_TRIES} times over", path)
 
         return self._retrying("create", rel, attempt)
 
