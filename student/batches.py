@@ -32,6 +32,7 @@ from student.data import ClipSample, SamSample, choose_prompts
 from student.epoch_plan import EpochPlan, Piece, UnitPieces, plan_epoch
 from student.model import PromptBatch
 from student.pieces import ClipPieceTargets, Keep, SamPieceTargets, ViewChoice, load_clip_piece, load_sam_piece
+from student.preemption import ignore_stop_signals
 from student.stream_reader import SampleSource, StreamReader, new_pool
 
 
@@ -106,7 +107,8 @@ USER_ERROR = "user_error"  # a worker's UserError, as (class, message): its __in
 class Loader:
     """The batches of a BatchStream through a DataLoader with `workers` worker processes (0: in
     this process), whole (batch_size=None) and in plan order. A UserError in a worker is raised
-    here as itself: same class, same one-line message."""
+    here as itself: same class, same one-line message. Workers ignore the stop signals, which a
+    scheduler sends to every process: their training process decides when to stop."""
 
     def __init__(self, stream: IterableDataset, workers: int):
         self.loader = DataLoader(
@@ -116,6 +118,7 @@ class Loader:
             prefetch_factor=2 if workers else None,
             persistent_workers=False,
             pin_memory=torch.cuda.is_available(),
+            worker_init_fn=ignore_stop_signals,
         )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

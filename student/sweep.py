@@ -21,7 +21,10 @@ seeds the run's `seed=S` comes last: `lambda_sam=0,views=4,seed=1`.
 Each run trains into OUTPUT/NAME through student/train.py in its own process (its config there
 in config.yaml). Run again, the sweep skips a run that has its export and resumes one that has a
 checkpoint (`--resume latest`); a folder that holds a run of another config stops it in one line.
-OUTPUT/sweep.json records the grid and the runs for `student.compare`.
+OUTPUT/sweep.json records the grid and the runs for `student.compare`. A stop signal (SIGTERM,
+SIGUSR1) to the sweep goes to the run under way; a run that stops on one, checkpointed, stops the
+sweep with exit 0 and its OUTPUT/NAME/preempted.json copied to OUTPUT/, so that jobs/preemptible.sh
+OUTPUT requeues the sweep like a single run.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import json
 import os
 import re
 import shlex
-import subprocess
+import shutil
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +43,7 @@ from typing import Any
 from storage_schemas.plumbing.errors import ConfigError, run_cli
 from storage_schemas.plumbing.typed_config import FieldError, add_set_argument, load_config
 from student.config import config_record, load_train_config
+from student.preemption import MARKER, ForwardStop, remove_marker
 from student.run_dir import config_difference, run_status
 
 TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
@@ -246,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             f,
             indent=2,
         )
-    done = []
+    done, forward = [], ForwardStop().install()
+    remove_marker(output)
     for i, run in enumerate(runs, 1):
         state = states[run.name]
         if state == "finished":
@@ -257,7 +262,14 @@ def main(argv: list[str] | None = None) -> int:
             f"[{i}/{len(runs)}] {run.name}: {'resuming' if state == 'partial' else 'training'} into {run.output_dir}",
             flush=True,
         )
-        code = subprocess.call(launch_line([sys.executable, TRAIN_SCRIPT], sweep.base, run, state == "partial"))
+        code = forward.run(launch_line([sys.executable, TRAIN_SCRIPT], sweep.base, run, state == "partial"))
+        if code == 0 and os.path.isfile(os.path.join(run.output_dir, MARKER)):
+            shutil.copyfile(os.path.join(run.output_dir, MARKER), os.path.join(output, MARKER))
+            print(
+                f"sweep stopped: run {run.name} was preempted (its {MARKER}); run the sweep again to resume it",
+                file=sys.stderr,
+            )
+            return 0
         if code != 0:
             print(
                 f"sweep stopped: run {run.name} exited with {code}; run the sweep again to resume it "

@@ -8,6 +8,10 @@ Reads targets and images through `student.data`, trains the stages of the config
 OUTPUT/checkpoints and exports the student to OUTPUT/export at the end. Run again into the same
 OUTPUT, a run of the same config that finished is skipped and one that stopped is resumed; a
 folder holding a run of another config is refused (one folder, one run's logs).
+
+SIGTERM or SIGUSR1 to any process (a preemption, a time limit) stops them all after the same step
+with a checkpoint for it; the run exits 0 and leaves OUTPUT/preempted.json (step, signal, time),
+which a requeue script reads (jobs/preemptible.sh): launchers report a signalled run as failed.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from storage_schemas.store import open_store
 from student.build import build_student
 from student.config import RUN_CONFIG, TrainConfig, config_record, flat_config, load_train_config
 from student.export import export_student
+from student.preemption import Preempted, StopRequest, remove_marker, write_marker
 from student.run_dir import CHECKPOINTS, STATE_FILE, checkpoint_names, config_difference, run_status
 
 
@@ -82,6 +87,7 @@ def earlier_run(cfg: TrainConfig, resume: str | None) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop = StopRequest().install()  # first: a signal during the set-up still ends in a clean stop
     args = parse_args(argv)
     cfg = load_train_config(args.config, args.overrides)
     resume = earlier_run(cfg, args.resume)
@@ -107,13 +113,21 @@ def main(argv: list[str] | None = None) -> int:
     model = build_student(cfg.model, embed_dim, cfg.store.storage_options).to(accelerator.device)
     if accelerator.is_main_process:
         os.makedirs(cfg.output_dir, exist_ok=True)
+        remove_marker(cfg.output_dir)
         with open(os.path.join(cfg.output_dir, RUN_CONFIG), "w") as f:
             yaml.safe_dump(config_record(cfg), f, sort_keys=False)
         counts = model.parameter_counts()
         accelerator.print("student parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
     accelerator.init_trackers("tensorboard", config=flat_hparams(cfg))
-    trainer = Trainer(cfg, accelerator, store, model, multimask)
-    state = trainer.run(resume)
+    trainer = Trainer(cfg, accelerator, store, model, multimask, stop)
+    try:
+        state = trainer.run(resume)
+    except Preempted as stopped:
+        if accelerator.is_main_process:
+            marker = write_marker(cfg.output_dir, stopped)
+            accelerator.print(f"{stopped}; {marker} written: rerun (or --resume latest) to continue")
+        accelerator.end_training()
+        return 0
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         paths = export_student(

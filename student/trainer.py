@@ -11,6 +11,10 @@ The step is one forward through the DDP-wrapped model for both tasks, so every t
 gets its gradient in the same backward (DDP needs that unless told to search for unused ones);
 what a stage does not train is frozen with `requires_grad_(False)`.
 
+Preemption: a SIGTERM or SIGUSR1 to any process stops every process after the same optimiser step,
+with a checkpoint for that step (student/preemption.py); the run then exits 0 and a rerun, or
+`--resume latest`, continues with the batch an uninterrupted run would have seen next.
+
 Exact resume: `save_state` keeps model, optimiser and every process's RNG; `trainer_state.json`
 next to it keeps the stage, the steps, the data position (epoch and batch of each kind), the
 world size, stream count and `data_order` values it was planned with, and the scheduler. The
@@ -47,6 +51,7 @@ from student.epoch_plan import UnitPieces, batch_sizes
 from student.losses import clip_loss, sam_loss
 from student.model import SamClip
 from student.pieces import split_filter, unit_pieces
+from student.preemption import Preempted, StopRequest
 from student.run_dir import CHECKPOINTS, STATE_FILE, VALIDATION_FILE, checkpoint_names
 from student.validation import clip_metrics, load_clip_held_out, load_sam_held_out, sam_metrics
 
@@ -183,9 +188,21 @@ def warmup_cosine(warmup: int, total: int):
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, accelerator: Accelerator, store: TargetStore, model: SamClip, multimask: bool):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        accelerator: Accelerator,
+        store: TargetStore,
+        model: SamClip,
+        multimask: bool,
+        stop: StopRequest | None = None,
+    ):
+        """stop: the stop signals' flag, installed by the caller before anything slow (default: a
+        flag no signal sets, for a caller that handles signals itself)."""
         self.cfg, self.accelerator, self.store, self.model = cfg, accelerator, store, model
         self.multimask = multimask
+        self.stop = stop or StopRequest()
+        self.saved_step = -1  # the global step of the newest checkpoint this run wrote or resumed from
         self.device = accelerator.device
         self.state = TrainState()
         d = cfg.data
@@ -275,24 +292,38 @@ class Trainer:
     def latest_checkpoint(self) -> str | None:
         return (self.checkpoints() or [None])[-1]
 
+    def step_checkpoint(self) -> str:
+        return os.path.join(self.checkpoint_root, f"step_{self.state.global_step:08d}")
+
     def save_checkpoint(self, scheduler) -> None:
-        """save_state into step_N.tmp, renamed when every process is done: a killed save is never 'latest'."""
+        """save_state into step_N.tmp, renamed when every process is done: a killed save is never
+        'latest', and the checkpoint it would have replaced is untouched. A step saved already (a
+        stop signal right after a periodic save, or before the first step after a resume) keeps its
+        checkpoint: the same step is the same state."""
         acc = self.accelerator
-        final = os.path.join(self.checkpoint_root, f"step_{self.state.global_step:08d}")
+        if self.saved_step == self.state.global_step:
+            return
+        final = self.step_checkpoint()
         tmp = final + ".tmp"
         self.add_consumed()
+        acc.wait_for_everyone()
+        if acc.is_main_process and os.path.isdir(tmp):
+            shutil.rmtree(tmp)  # a save of this step that was killed: garbage
         acc.wait_for_everyone()
         acc.save_state(tmp)
         if acc.is_main_process:
             with open(os.path.join(tmp, STATE_FILE), "w") as f:
                 json.dump({"state": asdict(self.state), "scheduler": scheduler.state_dict()}, f, indent=2)
+        kill_point("checkpoint_written", "stop" if self.stop.signum else "periodic")  # written, not yet renamed
         acc.wait_for_everyone()
         if acc.is_main_process:
-            if os.path.isdir(final):
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            if os.path.isdir(final):  # written by an earlier run of this step: as good, and complete
+                shutil.rmtree(tmp)
+            else:
+                os.replace(tmp, final)
             for old in self.checkpoints()[: -self.cfg.keep_checkpoints]:
                 shutil.rmtree(old)
+        self.saved_step = self.state.global_step
         acc.wait_for_everyone()
 
     def add_consumed(self) -> None:
@@ -322,6 +353,7 @@ class Trainer:
             else:
                 saved = (path, self.read_checkpoint_state(path))
                 self.state = TrainState(**saved[1]["state"])
+                self.saved_step = self.state.global_step
                 later = [c for c in self.checkpoints() if int(c.rsplit("_", 1)[1]) > self.state.global_step]
                 if later:  # rotation keeps the highest steps: it would delete this run's checkpoints instead
                     raise CheckpointError(
@@ -465,6 +497,11 @@ class Trainer:
                 self.validate(ddp_model, stage.name)
             if st.global_step % cfg.ckpt_every == 0 or st.stage_step == stop:
                 self.save_checkpoint(scheduler)
+            signum = self.stop.agreed(acc)  # the one collective a step adds
+            if signum:
+                self.save_checkpoint(scheduler)
+                bar.close()
+                raise Preempted(st.global_step, signum, self.step_checkpoint())
             kill_point("train_step")
         bar.close()
         acc.free_memory()  # forget this stage's model wrapper and optimiser before the next prepares its own

@@ -73,15 +73,28 @@ def s3_endpoint() -> str:
     own environment gets them only in the tests that ask for `s3_env`.
     """
     import logging
+    import threading
 
+    from moto.s3.responses import S3Response
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
+    # moto checks `If-None-Match: *` and then stores the object, with other requests' threads in
+    # between: two conditional PUTs of one key can both succeed, where S3 lets one. Its PUTs are
+    # made one at a time here, so the server keeps S3's guarantee that the store's commits rely on.
+    put, one_at_a_time = S3Response._key_response_put, threading.Lock()
+
+    def atomic_put(self, *args, **kwargs):
+        with one_at_a_time:
+            return put(self, *args, **kwargs)
+
+    S3Response._key_response_put = atomic_put
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
     server.stop()
+    S3Response._key_response_put = put
 
 
 @pytest.fixture
@@ -212,3 +225,28 @@ def train_store(tmp_path_factory, clip_store, sam_store) -> Path:
     shutil.copytree(clip_store, root)
     shutil.copytree(sam_store, root, dirs_exist_ok=True)
     return root
+
+
+@pytest.fixture(scope="session")
+def two_process_run(train_store, tiny_teachers, tmp_path_factory) -> Path:
+    """An uninterrupted two-process run (`accelerate launch --multi_gpu`, two gloo processes on the
+    CPU): probe 9 steps then joint 3, every batch logged, two loader workers a process. The run
+    that other tests interrupt and resume must end with its weights."""
+    from support.training import TWO_PROCESS_SETTINGS, TWO_PROCESS_STAGES, run, train_args
+
+    out = tmp_path_factory.mktemp("two-processes") / "run"
+    p = run(
+        [
+            str(Path(sys.executable).with_name("accelerate")),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            str(free_port()),
+            "student/train.py",
+            *train_args(train_store, out, tiny_teachers["sam"], TWO_PROCESS_STAGES, *TWO_PROCESS_SETTINGS),
+        ]
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    return out

@@ -11,7 +11,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,45 +19,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = str(REPO / "student" / "configs" / "tiny.yaml")
-PROBE = "{name: probe, epochs: 20, lr: 0.002, warmup_steps: 5, max_steps: %d}"
-# Joint at a learning rate high enough that 30 steps move the backbone visibly (the paper's 4e-6 on
-# the backbone needs its 16 epochs of 41M images); the SAM head at 0.1x, as the paper's ratio.
-JOINT = (
-    "{name: joint, epochs: 20, lr: 0.001, backbone_lr_mult: 0.5, sam_head_lr_mult: 0.1, warmup_steps: 3, "
-    "lambda_sam: %s, max_steps: %d}"
-)
+from support.commands import REPO
+from support.training import JOINT, PROBE, batches, run
+from support.training import train_args as tiny_train_args
 
 pytestmark = pytest.mark.slow
 
 
 def train_args(store: Path, out: Path, stages: list[str], *extra: str) -> list[str]:
-    return [
-        "--config",
-        TINY,
-        "--set",
-        f"store.url={store}",
-        "--set",
-        f"output_dir={out}",
-        "--set",
-        f"model.sam_checkpoint={os.environ['TINY_SAM']}",
-        "--set",
-        f"stages=[{', '.join(stages)}]",
-        *[x for e in extra for x in ("--set", e)],
-    ]
-
-
-def run(cmd: list[str], env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    p = subprocess.run(
-        cmd,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-    )
-    return p
+    return tiny_train_args(store, out, os.environ["TINY_SAM"], stages, *extra)
 
 
 def train_without_teachers(args: list[str], out: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -76,12 +45,6 @@ def validations(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
 
 
-def batches(out: Path, rank: int = 0) -> dict[tuple[int, int], dict]:
-    """(step, micro) -> the batch record; a step logged again after a resume keeps its last record."""
-    lines = (out / "batches" / f"rank{rank}.jsonl").read_text().splitlines()
-    return {(r["step"], r["micro"]): r for r in map(json.loads, lines)}
-
-
 @pytest.fixture(scope="module", autouse=True)
 def tiny_sam_env(tiny_teachers):
     os.environ["TINY_SAM"] = tiny_teachers["sam"]
@@ -89,26 +52,8 @@ def tiny_sam_env(tiny_teachers):
     os.environ.pop("TINY_SAM")
 
 
-def test_two_processes_see_disjoint_data_and_take_equal_steps(train_store, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = tmp_path / "run"
-    accelerate = str(Path(sys.executable).with_name("accelerate"))
-    p = run(
-        [
-            accelerate,
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--main_process_port",
-            str(port),
-            "student/train.py",
-            *train_args(train_store, out, [PROBE % 9, JOINT % ("10.0", 3)], "log_batches=true", "data.workers=2"),
-        ]
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
+def test_two_processes_see_disjoint_data_and_take_equal_steps(two_process_run):
+    out = two_process_run
     ranks = [batches(out, r) for r in range(2)]
     assert all(rec["world_size"] == 2 for b in ranks for rec in b.values())
     assert sorted(ranks[0]) == sorted(ranks[1]) == [(s, 0) for s in range(1, 13)]  # equal step counts
