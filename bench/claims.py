@@ -1,6 +1,6 @@
 """What sharing a store costs: the claim protocol per unit, and several jobs on one store.
 
-    python bench/claims.py [--units 200] [--jobs 4] [--shards 24] [--shard-samples 100] [--work DIR]
+    python bench/claims.py [--units 200] [--jobs 4] [--shards 24] [--shard-samples 400] [--work DIR]
 
 per unit:   on a local directory and on a moto S3 server on 127.0.0.1, in this process, for `--units`
             units: the commit as it was before jobs could share a store (one overwriting PUT of the
@@ -36,7 +36,7 @@ import yaml
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.pipeline_ceiling import ARCH, REPO, SEED, SOURCE, make_shards
-from pipeline.claims import remove_claims, renew_claim, take_claim, this_driver
+from pipeline.materialize.claims import remove_claims, renew_claim, take_claim, this_driver
 from pipeline.validate import validate
 from storage_schemas.store import layout
 from storage_schemas.store.commit import CommitRecord, InputRef, create_commit, read_commit
@@ -161,7 +161,10 @@ def main() -> None:
     parser.add_argument("--units", type=int, default=200, help="units of the per-unit protocol figures")
     parser.add_argument("--jobs", type=int, default=4, help="jobs started together on one store")
     parser.add_argument("--shards", type=int, default=24, help="input shards (one unit each)")
-    parser.add_argument("--shard-samples", type=int, default=100, help="samples per shard")
+    # Units must outlast the jobs' start-up skew: four jobs starting their Ray Data pipelines at once
+    # on 2 cores reach their first target 60 s in, give or take 15 s; at 100 samples a unit takes
+    # about a second, and a job that got going last found every unit claimed or done.
+    parser.add_argument("--shard-samples", type=int, default=400, help="samples per shard")
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "samclip-bench-claims"))
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
@@ -208,10 +211,8 @@ def main() -> None:
         f"claims found held {sum(r['units_found_claimed'] for r in reports)}, "
         f"store {'sound' if not sound.problems else f'{len(sound.problems)} problems'}"
     )
-    # How the units split depends on when each job's pipeline got going on the shared CPUs: a job
-    # that starts last may find every unit claimed and only wait. The target is what must hold.
-    ok = sum(done) == args.shards and not sound.problems
-    print(f"  target: each unit committed once, by one job, and a sound store: {'met' if ok else 'NOT met'}")
+    ok = min(done) >= 1 and sum(done) == args.shards and not sound.problems
+    print(f"  target: every job commits >= 1 unit, each unit once, a sound store: {'met' if ok else 'NOT met'}")
 
 
 if __name__ == "__main__":

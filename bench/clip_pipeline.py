@@ -27,9 +27,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np
 
 from bench.compare import print_pipeline_vs_bare, run_jobs
-from pipeline.clip_targets import ClipTeacherStage
 from pipeline.config import ClipTeacherConfig
-from pipeline.sample_data import build_sample_corpus
+from pipeline.materialize.clip_targets import ClipTeacherStage
+from pipeline.sample.corpus import build_sample_corpus
 from storage_schemas.pixels.decode import decode_image, draft_side_for
 from storage_schemas.pixels.views import render_view
 from storage_schemas.store import open_store

@@ -32,7 +32,7 @@ def steady_rate(store_root: str, kind: str, table: str) -> float | None:
 def run_jobs(work: str, job: dict, runs: int, kind: str, table: str) -> tuple[list[dict], list[float | None]]:
     """`python -m pipeline.materialize` in this process `runs` times, each into a fresh
     WORK/store: (the job's reports, each run's steady_rate)."""
-    from pipeline.materialize import main as materialize
+    from pipeline.materialize.job import main as materialize
 
     with open(f"{work}/job.yaml", "w") as f:
         yaml.safe_dump(job, f)

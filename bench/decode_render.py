@@ -29,10 +29,10 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from pipeline.sample_data import PHOTOS, build_sample_corpus, load_photo
+from pipeline.sample.corpus import PHOTOS, build_sample_corpus, load_photo
 from storage_schemas.pixels.decode import decode_image, draft_side_for
 from storage_schemas.pixels.views import render_view, sample_views
-from storage_schemas.store.identity import SampleId
+from storage_schemas.plumbing.identity import SampleId
 
 SIZE = 224
 SCALE, RATIO = (0.35, 1.0), (3 / 4, 4 / 3)

@@ -3,12 +3,12 @@ and how many loader workers one GPU needs. One prepared script, under 8 minutes,
 
     python bench/gpu_student.py [--batch 64] [--steps 60] [--workers 2 4 8 16] [--tiny]
 
-data:    a synthetic store (bench/synthetic_store.py: 384-512 px JPEGs, K = 10 views of D = 768
+data:    a synthetic store (pipeline/sample/synthetic_store.py: 384-512 px JPEGs, K = 10 views of D = 768
          targets), written first with storage_schemas' own writers.
 step:    the ViT-B student (SAM ViT-B backbone + CLIP head, random init) on a CLIP batch at 224 px,
          bf16 autocast, L_CLIP, backward, AdamW; everything trainable (the joint stage's CLIP half).
 memory:  the step on one batch already on the GPU, --steps times: images/s per GPU.
-loaders: the same step pulling every batch from the trainer's Stream (student.batches) with W
+loaders: the same step pulling every batch from the trainer's Stream (student.data.batches) with W
          workers (streams = 16), after a warm-up of 5 steps, within one epoch; its images/s and
          the ratio to memory (target >= 0.95); the smallest W that reaches it is what one GPU needs.
 --tiny:  the tiny SAM config on CPU with a small store: checks the script, measures nothing.
@@ -26,13 +26,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch
 
-from bench.synthetic_store import write_clip_store
+from pipeline.sample.synthetic_store import write_clip_store
 from storage_schemas.models.sam_models import build_sam
 from storage_schemas.store import open_store
-from student.batches import ClipBatchMaker, Stream
+from student.data.batches import ClipBatchMaker, Stream
+from student.data.pieces import split_filter, unit_pieces
 from student.losses import clip_loss
-from student.model import SamClip
-from student.pieces import split_filter, unit_pieces
+from student.modeling.model import SamClip
 
 STREAMS = 16
 
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         return Stream(
             "clip",
             pieces,
-            ClipBatchMaker(store, keep, 0, "random", None),
+            ClipBatchMaker(store=store, keep=keep, seed=0, view_choice="random", views=None),
             sizes={224: args.batch},
             seed=0,
             world_size=1,

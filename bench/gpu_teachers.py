@@ -38,15 +38,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np
 import torch
 
-from pipeline.clip_targets import ClipTeacherStage, RenderSpec, read_clip_shard
 from pipeline.config import ClipTeacherConfig, SamConfig, SamTeacherConfig, ViewPolicy
-from pipeline.sam_targets import PromptSpec, SamTeacherStage, predict_inputs, prepare_image, read_sam_shard
-from pipeline.sample_data import CorpusSpec, build_sample_corpus, encode_jpeg, load_photo, random_variant
-from pipeline.sources import InputShard
-from pipeline.units import OK, shard_task
+from pipeline.materialize.clip_targets import ClipTeacherStage, RenderSpec, read_clip_shard
+from pipeline.materialize.sam_targets import PromptSpec, SamTeacherStage, predict_inputs, prepare_image, read_sam_shard
+from pipeline.materialize.sources import InputShard
+from pipeline.materialize.units import OK, shard_task
+from pipeline.sample.corpus import CorpusSpec, build_sample_corpus, encode_jpeg, load_photo, random_variant
 from storage_schemas.pixels.decode import DEFAULT_MAX_PIXELS, decode_image
 from storage_schemas.pixels.sam_transforms import sam_input_image
-from storage_schemas.store.identity import SampleId
+from storage_schemas.plumbing.identity import SampleId
 from storage_schemas.store.root import StoreRoot
 
 

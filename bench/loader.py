@@ -4,7 +4,7 @@ floor on the same samples, bytes read per trained sample against its budget, uni
     python bench/loader.py [--clip-units 16] [--clip-samples 128] [--sam-units 4] [--sam-images 16] [--workers 1 2]
                           [--kinds clip sam]
 
-Corpus (bench/synthetic_store.py, fixed seed): CLIP shards of 384-512 px JPEGs (K = 10 views of
+Corpus (pipeline/sample/synthetic_store.py, fixed seed): CLIP shards of 384-512 px JPEGs (K = 10 views of
 D = 768 targets per sample), SA-1B-like shards of ~1500 px short-side JPEGs with 400 kB JSONs and
 64 stored prompts of SAM-like logits per image in uint8_sigmoid (jobs/merged41m.yaml's store), of
 which a batch draws 32. For each setting (CLIP at 224, 448 and 1024 px, SAM at 1024 px, 32 prompts):
@@ -12,14 +12,14 @@ which a batch draws 32. For each setting (CLIP at 224, 448 and 1024 px, SAM at 1
            on samples already in memory, in W forked processes at once for W workers (so both
            sides share the cores alike); the fetching alone (parts, ranged tar reads, SAM's Zarr
            chunks) is timed too. Logits cross in their stored dtype and are decoded on the
-           trainer's device (student.batches.target_logits), so neither side decodes them;
+           trainer's device (student.data.batches.target_logits), so neither side decodes them;
 - loader:  one epoch through the trainer's DataLoader (`Loader(BatchStream(...))`) with W
            workers, timed from its first batch, as images/s per worker; its ratio to the floor;
 - gap:     where a worker's shortfall goes: the same DataLoader (1 worker) over the samples in
            memory, collating each batch and handing it to the trainer, then handing off nothing;
            and the fetch's CPU per sample (all threads' process time) against a sample's floor
            time, which the loader spends beside the decode on the same cores;
-- bytes:   everything read through fsspec in the epoch (bench/counting_fs.py) per trained sample,
+- bytes:   everything read through fsspec in the epoch (storage_schemas/plumbing/counting_fs.py) per trained sample,
            against the budget: the trained samples' whole tar bytes (image, .txt/.json, headers),
            the part files of their pieces and the tar indexes (SAM reads less: the student never
            needs SA-1B's JSON, so it skips it); and against the images + targets + indexes alone;
@@ -44,14 +44,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch
 
-from bench.counting_fs import counting_reads, read_log
-from bench.synthetic_store import write_clip_store, write_sam_store
+from pipeline.sample.synthetic_store import write_clip_store, write_sam_store
+from storage_schemas.plumbing.counting_fs import counting_reads, read_log
 from storage_schemas.store import open_store
 from storage_schemas.store.unit_tar import unit_tar
-from student.batches import BatchStream, ClipBatchMaker, Loader, SamBatchMaker
-from student.epoch_plan import plan_epoch
-from student.pieces import split_filter, unit_pieces
-from student.stream_reader import StreamReader
+from student.data.batches import BatchStream, ClipBatchMaker, Loader, SamBatchMaker
+from student.data.epoch_plan import plan_epoch
+from student.data.pieces import split_filter, unit_pieces
+from student.data.stream_reader import StreamReader
 
 STREAMS = 2  # divisible by every worker count benchmarked
 ROUNDS = 3
@@ -68,8 +68,8 @@ def in_memory(plan, maker) -> list:
             source=maker,
             store=maker.store,
             storage_options=None,
-            run=maker.run,
-            window=maker.window,
+            read_run=maker.read_run,
+            mix_window=maker.mix_window,
             start=0,
             pool=pool,
         )
@@ -254,10 +254,22 @@ def main() -> None:
             )
         print(f"corpus written in {time.perf_counter() - t:.0f} s")
         for res in (224, 448, 1024) if "clip" in args.kinds else ():
-            bench(f"CLIP {res} px", clip, lambda s, k: ClipBatchMaker(s, k, 0, "random", None), res, args.workers, tmp)
+            bench(
+                f"CLIP {res} px",
+                clip,
+                lambda s, k: ClipBatchMaker(store=s, keep=k, seed=0, view_choice="random", views=None),
+                res,
+                args.workers,
+                tmp,
+            )
         if "sam" in args.kinds:
             bench(
-                "SAM 1024 px, 32 of 64 prompts", sam, lambda s, k: SamBatchMaker(s, k, 0, 32), 1024, args.workers, tmp
+                "SAM 1024 px, 32 of 64 prompts",
+                sam,
+                lambda s, k: SamBatchMaker(store=s, keep=k, seed=0, prompts=32),
+                1024,
+                args.workers,
+                tmp,
             )
 
 

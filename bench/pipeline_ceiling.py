@@ -55,16 +55,16 @@ import torch
 import yaml
 
 import pipeline
-from pipeline.clip_targets import ClipTeacherStage, RenderSpec, read_clip_shard, render_sample
 from pipeline.config import ClipTeacherConfig, ViewPolicy
-from pipeline.sample_data import encode_jpeg, load_photo, random_variant
-from pipeline.sources import InputShard, shard_name
-from pipeline.units import shard_task
+from pipeline.materialize.clip_targets import ClipTeacherStage, RenderSpec, read_clip_shard, render_sample
+from pipeline.materialize.sources import InputShard, shard_name
+from pipeline.materialize.units import shard_task
+from pipeline.sample.corpus import encode_jpeg, load_photo, random_variant
 from storage_schemas.pixels.decode import DEFAULT_MAX_PIXELS
 from storage_schemas.pixels.tar_samples import iter_tar_samples
+from storage_schemas.plumbing.identity import SampleId
 from storage_schemas.plumbing.typed_config import add_set_argument
 from storage_schemas.store.clip_views import ClipViews, views_parquet
-from storage_schemas.store.identity import SampleId
 from storage_schemas.store.root import StoreRoot
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(pipeline.__file__)))

@@ -30,7 +30,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.synthetic_store import write_clip_store, write_sam_store
+from pipeline.sample.synthetic_store import write_clip_store, write_sam_store
 from student.preemption import MARKER
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -2,13 +2,14 @@
 
     python bench/retrieval.py [--vectors 1000000] [--dim 768] [--queries 1000] [--set rerank=4000 ...]
 
-Gallery: `clustered_vectors` (unit vectors around a few hundred centroids, stored as fp16 like the
-store's embeddings; the generator the tests use). For each index, side by side in one run: build
-time (training + adding), index memory (its serialized size), queries/s per core (the search with
-its exact re-ranking, on all cores, divided by their number), recall@10 against exact search.
-The exact index is the one `retrieval.index: flat` builds (SQfp16: the fp16 values themselves);
-IVF/PQ is `pipeline.gallery_index.index_factory`'s default at this size, candidates re-ranked with
-the fp16 vectors (here in memory; in a store they are read from the part files).
+Gallery: `clustered_vectors` (pipeline/sample/synthetic_vectors.py: unit vectors around a few
+hundred centroids, stored as fp16 like the store's embeddings; the generator the tests use). For
+each index, side by side in one run: build time (training + adding), index memory (its serialized
+size), queries/s per core (the search with its exact re-ranking, on all cores, divided by their
+number), recall@10 against exact search. The exact index is the one `retrieval.index: flat` builds
+(SQfp16: the fp16 values themselves); IVF/PQ is `pipeline.transfer.gallery_index.index_factory`'s
+default at this size, candidates re-ranked with the fp16 vectors (here in memory; in a store they
+are read from the part files).
 """
 
 from __future__ import annotations
@@ -26,32 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import faiss  # noqa: E402
 
 from pipeline.config import RetrievalConfig  # noqa: E402
-from pipeline.gallery_index import index_factory, new_index, search, set_nprobe, vector_scores  # noqa: E402
+from pipeline.sample.synthetic_vectors import clustered_vectors, recall_at  # noqa: E402
+from pipeline.transfer.gallery_index import index_factory, new_index, search, set_nprobe, vector_scores  # noqa: E402
 from storage_schemas.plumbing.typed_config import add_set_argument, load_config  # noqa: E402
-
-
-def clustered_vectors(
-    n: int, dim: int, seed: int, centroids: int = 300, spread: float = 0.6, queries: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """(gallery float16 [n, dim], queries float32 [queries, dim]): unit vectors, each a centroid plus
-    isotropic noise of norm ~`spread` (cosine ~0.86 to its centroid, ~0.74 between two of a
-    cluster), renormalised; the gallery rounded to fp16 as the store keeps it."""
-    rng = np.random.default_rng(seed)
-    c = rng.standard_normal((centroids, dim)).astype(np.float32)
-    c /= np.linalg.norm(c, axis=1, keepdims=True)
-
-    def around(m: int) -> np.ndarray:
-        x = c[rng.integers(0, centroids, m)] + rng.standard_normal((m, dim)).astype(np.float32) * (
-            spread / np.sqrt(dim)
-        )
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-    gallery = np.concatenate([around(min(65536, n - a)) for a in range(0, n, 65536)]).astype(np.float16)
-    return gallery, around(queries)
-
-
-def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f[f >= 0]) & set(t)) / len(t) for f, t in zip(found, truth)]))
 
 
 def measure(

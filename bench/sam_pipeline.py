@@ -39,14 +39,14 @@ from scipy.ndimage import distance_transform_edt
 
 from bench.compare import print_pipeline_vs_bare, run_jobs
 from pipeline.config import SamConfig, SamTeacherConfig
-from pipeline.sam_prompts import parse_sa1b_json, usable_annotations
-from pipeline.sam_targets import PromptSpec, SamTeacherStage, predict_inputs, prepare_image, read_sam_shard
-from pipeline.sample_data import CorpusSpec, build_sample_corpus
-from pipeline.sources import InputShard
-from pipeline.units import OK, shard_task
+from pipeline.materialize.sam_prompts import parse_sa1b_json, usable_annotations
+from pipeline.materialize.sam_targets import PromptSpec, SamTeacherStage, predict_inputs, prepare_image, read_sam_shard
+from pipeline.materialize.sources import InputShard
+from pipeline.materialize.units import OK, shard_task
+from pipeline.sample.corpus import CorpusSpec, build_sample_corpus
 from storage_schemas.pixels.tar_samples import iter_tar_samples
+from storage_schemas.plumbing.identity import SampleId
 from storage_schemas.store import open_store
-from storage_schemas.store.identity import SampleId
 from storage_schemas.store.mask_logits import LOW_RES, decode_logits, encode_logits, logits_group_objects
 from storage_schemas.store.root import StoreRoot
 

@@ -2,7 +2,7 @@
 
     python bench/student_step.py [--store out/store] [--arch vit_b] [--clip-batch 4] [--sam-images 1] [--prompts 8]
 
-Without --store it writes a synthetic store first (bench/synthetic_store.py: 384-512 px CLIP JPEGs
+Without --store it writes a synthetic store first (pipeline/sample/synthetic_store.py: 384-512 px CLIP JPEGs
 with D = 768 targets, ~1500 px SA-1B-like images).
 
 Measured side by side in one process, each figure the median of --repeats steps (after one warm-up):
@@ -37,16 +37,16 @@ import torch
 import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-from bench.synthetic_store import write_clip_store, write_sam_store
 from pipeline.config import ClipTeacherConfig, SamTeacherConfig
+from pipeline.sample.synthetic_store import write_clip_store, write_sam_store
 from pipeline.teachers import load_clip_teacher, load_sam_teacher
 from storage_schemas.models.sam_models import build_sam
 from storage_schemas.store import open_store
-from student.batches import ClipBatchMaker, SamBatchMaker, Stream, target_logits
 from student.config import LossConfig
+from student.data.batches import ClipBatchMaker, SamBatchMaker, Stream, target_logits
+from student.data.pieces import split_filter, unit_pieces
 from student.losses import clip_loss, sam_loss
-from student.model import SamClip
-from student.pieces import split_filter, unit_pieces
+from student.modeling.model import SamClip
 
 
 def stream(store, kind: str, maker, size: int, batch: int, workers: int) -> Stream:
@@ -83,9 +83,21 @@ def main() -> None:
     opt = torch.optim.AdamW([q for q in student.parameters() if q.requires_grad], lr=1e-5)
     loss_cfg = LossConfig()
     clip_stream = stream(
-        store, "clip", ClipBatchMaker(store, keep, 0, "random", None), 224, args.clip_batch, args.workers
+        store,
+        "clip",
+        ClipBatchMaker(store=store, keep=keep, seed=0, view_choice="random", views=None),
+        224,
+        args.clip_batch,
+        args.workers,
     )
-    sam_stream = stream(store, "sam", SamBatchMaker(store, keep, 0, args.prompts), 1024, args.sam_images, args.workers)
+    sam_stream = stream(
+        store,
+        "sam",
+        SamBatchMaker(store=store, keep=keep, seed=0, prompts=args.prompts),
+        1024,
+        args.sam_images,
+        args.workers,
+    )
     in_memory = (next(clip_stream), next(sam_stream))
 
     def step(cb, sb) -> None:

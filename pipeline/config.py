@@ -6,7 +6,7 @@
     clip:    {teacher: {arch: ViT-L-14, pretrained: datacomp_xl_s13b_b90k}, views: 10, view_policy: {...}}
     sam:     {teacher: {model: vit_b, checkpoint: s3://.../sam_vit_b_01ec64.pth}, prompts: 64, precision: fp16}
     ray:     {teacher_actors: 8, gpus_per_actor: 1, cpus_per_actor: 8, batch_size: 256}
-    claims:  {lease_seconds: 600}          # jobs sharing one store: see pipeline.claims
+    claims:  {lease_seconds: 600}          # jobs sharing one store: see pipeline.materialize.claims
     retrieval: {index: auto, nprobe: 64}   # pipeline.transfer_set's faiss index
 
 Load with `load_job_config(path, ["clip.views=4"])`; see storage_schemas.plumbing.typed_config.
@@ -164,7 +164,7 @@ class RayConfig:
 
 @dataclass
 class ClaimsConfig:
-    """How jobs that share a store share its units (pipeline.claims)."""
+    """How jobs that share a store share its units (pipeline.materialize.claims)."""
 
     # A claim its job has not renewed for this long may be taken over by another job (by the
     # store's clock). The holder renews every third of it; it must outlast the time a read task's

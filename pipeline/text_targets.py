@@ -20,11 +20,11 @@ from pipeline.teachers import load_clip_teacher
 from storage_schemas.models.class_texts import (
     TEMPLATE_SETS,
     class_text_embeddings,
-    load_classnames,
     template_set,
     template_texts,
     text_table,
 )
+from storage_schemas.pixels.labelled_images import load_classnames
 from storage_schemas.plumbing.errors import ConfigError, ManifestMismatch, run_cli
 from storage_schemas.plumbing.typed_config import add_config_arguments
 from storage_schemas.store import layout

@@ -287,15 +287,11 @@ def validate(storage: StoreRoot, hashes: bool = True, workers: int = 8) -> Valid
                 for where, what in found:
                     report.add(where, what, record.path)
         own = (kind, *(f"{top}/{kind}" for top in (layout.ERRORS_DIR, layout.CLAIMS_DIR, layout.COMMITS_DIR)))
-        v1 = manifest.must_match.get("schema_version") == 1
         report.orphans += [
             p
             for top in own
             for p in storage.list_files(top)
-            if p not in listed
-            and (found := layout.store_file(p))
-            and (found[0] != "v1 unit file" or v1)
-            and found[1:] not in unreadable
+            if p not in listed and (found := layout.store_file(p)) and found[1:] not in unreadable
         ]
     return report
 
@@ -368,7 +364,8 @@ def uncommit_damaged(storage: StoreRoot, report: ValidationReport) -> None:
 
 
 def indexes_over(storage: StoreRoot, units: set[tuple[str, str]]) -> dict[str, int]:
-    """Gallery indexes (pipeline.gallery_index) covering any of the CLIP `units` (source, unit): name -> how many."""
+    """Gallery indexes (pipeline.transfer.gallery_index) covering any of the CLIP `units` (source, unit):
+    name -> how many."""
     out = {}
     for rel in storage.list_files(layout.INDEXES_DIR):
         if rel.endswith("/index.json"):

@@ -21,19 +21,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from pipeline.clip_targets import ClipTeacherStage, RenderSpec
 from pipeline.config import JobConfig, load_job_config
-from pipeline.sam_targets import PromptSpec, SamTeacherStage
+from pipeline.materialize.clip_targets import ClipTeacherStage, RenderSpec
+from pipeline.materialize.sam_targets import PromptSpec, SamTeacherStage
 from storage_schemas.pixels.decode import decode_image, draft_side_for
 from storage_schemas.pixels.sam_transforms import pad_image, sam_input_image
 from storage_schemas.pixels.tar_samples import iter_tar_samples
 from storage_schemas.pixels.views import render_view, view_hash
 from storage_schemas.plumbing.errors import ManifestMismatch, StoreError, run_cli
+from storage_schemas.plumbing.identity import stable_hash64
 from storage_schemas.plumbing.typed_config import add_set_argument
 from storage_schemas.store import TargetStore, open_store
 from storage_schemas.store.clip_views import ClipViews
 from storage_schemas.store.commit import CommitRecord
-from storage_schemas.store.identity import stable_hash64
 from storage_schemas.store.mask_logits import UINT8_MAX_PROB_ERROR, decode_logits
 from storage_schemas.store.sam_tables import prompts_by_image
 

@@ -14,6 +14,9 @@ against the same store: `stages.1.lambda_sam`, `data.clip.views`, `data.sam.prom
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -23,6 +26,10 @@ from storage_schemas.plumbing.typed_config import FieldError, load_config, to_di
 from storage_schemas.store import StoreConfig
 
 STAGES = ("probe", "joint", "resadapt")
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}  # log_with name -> module
+# Keys that change how a run is watched or kept, not what it trains: two configs that differ only
+# here are the same run (a rerun resumes it, a sweep point keeps its folder).
+NOT_TRAINING = ("output_dir", "log_with", "log_every", "log_batches", "val_every", "ckpt_every", "keep_checkpoints")
 
 
 @dataclass
@@ -58,7 +65,7 @@ class ClipDataConfig:
     # A transfer set (subsets/NAME in the store, made by pipeline.transfer_set): train only on its
     # samples, each on the view(s) it was retrieved through; view_choice and views do not apply.
     subset: str | None = None
-    # Reading (student.epoch_plan): runs of read_run consecutive samples of a unit, one ranged read
+    # Reading (student.data.epoch_plan): runs of read_run consecutive samples of a unit, one ranged read
     # each, interleaved mix_window samples at a time across the stream's units.
     read_run: int = 16
     mix_window: int = 512
@@ -170,6 +177,8 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_every: int = 10
     log_batches: bool = False  # write each step's sample ids per rank to OUTPUT/batches/ (tests, debugging)
+    # Experiment trackers (accelerate's): tensorboard (OUTPUT/tensorboard), wandb, mlflow, or a list.
+    log_with: str | list[str] = "tensorboard"
 
     def validate(self) -> None:
         if not self.stages:
@@ -177,6 +186,18 @@ class TrainConfig:
         for name in ("grad_accum", "val_every", "ckpt_every", "keep_checkpoints", "log_every"):
             if getattr(self, name) < 1:
                 raise FieldError(name, f"expected at least 1, got {getattr(self, name)}")
+        names = self.trackers()
+        for name in names:
+            if name not in TRACKERS:
+                raise FieldError("log_with", f"expected {', '.join(TRACKERS)} or a list of them, got {name!r}")
+            if importlib.util.find_spec(TRACKERS[name]) is None:
+                needs = f"{name!r} needs the {TRACKERS[name]} package (pip install 'samclip-distill[{name}]')"
+                raise FieldError("log_with", needs)
+        if not names or len(set(names)) < len(names):
+            raise FieldError("log_with", f"expected one or more different trackers, got {self.log_with!r}")
+
+    def trackers(self) -> list[str]:
+        return [self.log_with] if isinstance(self.log_with, str) else list(self.log_with)
 
     def per_process_batch(self, kind: Literal["clip", "sam"], processes: int) -> int:
         """The global batch of `kind` per process and micro-batch; it must divide evenly
@@ -231,3 +252,30 @@ def flat_config(record: dict[str, Any]) -> dict[str, Any]:
 
     walk("", record)
     return out
+
+
+def default_value(key: str) -> Any:
+    """The default of a dotted config key (`data.clip.views`, `stages.1.lr`), in the form
+    `config_record` writes it; `dataclasses.MISSING` for a key without one. A run recorded before a
+    key existed ran with its default."""
+    tp: Any = TrainConfig
+    parts = key.split(".")
+    for i, name in enumerate(parts):
+        if name.isdigit():
+            continue  # a list item: its type is the list's item type, resolved below
+        if not dataclasses.is_dataclass(tp):
+            return dataclasses.MISSING
+        f = next((f for f in dataclasses.fields(tp) if f.name == name), None)
+        if f is None:
+            return dataclasses.MISSING
+        if i == len(parts) - 1:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                value = f.default_factory()
+                return to_dict(value) if dataclasses.is_dataclass(value) else value
+            return dataclasses.MISSING
+        tp = typing.get_type_hints(tp)[name]
+        if typing.get_origin(tp) is list:
+            tp = typing.get_args(tp)[0]
+    return dataclasses.MISSING

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from student.config import RUN_CONFIG, flat_config
+from student.config import NOT_TRAINING, RUN_CONFIG, default_value, flat_config
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"  # in each checkpoint: stage, steps, data position, scheduler
@@ -49,8 +49,13 @@ def config_difference(output_dir: str, record: dict[str, Any]) -> str | None:
     with open(path) as f:
         was = flat_config(yaml.safe_load(f) or {})
     now = flat_config(record)
-    # output_dir is where both are, however spelled (a relative path, a moved folder).
-    diff = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k) and k != "output_dir")
+
+    def value(config: dict[str, Any], k: str) -> Any:
+        return config[k] if k in config else default_value(k)  # a key added since ran at its default
+
+    # output_dir is where both are, however spelled (a relative path, a moved folder); the other
+    # keys of NOT_TRAINING change how the run is watched, not what it trains.
+    diff = sorted(k for k in set(was) | set(now) if value(was, k) != value(now, k) and k not in NOT_TRAINING)
     if not diff:
         return None
     k = diff[0]

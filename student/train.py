@@ -3,7 +3,7 @@
     accelerate launch student/train.py --config student/configs/paper.yaml [--set k=v ...] [--resume latest]
     torchrun --nproc_per_node 2 student/train.py --config student/configs/tiny.yaml --set store.url=out/store
 
-Reads targets and images through `student.data`, trains the stages of the config (see
+Reads targets and images through `student.data.unit_samples`, trains the stages of the config (see
 `student.trainer`), logs to OUTPUT/tensorboard and OUTPUT/validation.jsonl, checkpoints to
 OUTPUT/checkpoints and exports the student to OUTPUT/export at the end. Run again into the same
 OUTPUT, a run of the same config that finished is skipped and one that stopped is resumed; a
@@ -26,11 +26,12 @@ import yaml
 from storage_schemas.plumbing.errors import ConfigError, StoreError, run_cli
 from storage_schemas.plumbing.typed_config import add_set_argument
 from storage_schemas.store import open_store
-from student.build import build_student
 from student.config import RUN_CONFIG, TrainConfig, config_record, flat_config, load_train_config
-from student.export import export_student
+from student.modeling.build import build_student
+from student.modeling.export import export_student
 from student.preemption import Preempted, StopRequest, remove_marker, write_marker
 from student.run_dir import CHECKPOINTS, STATE_FILE, checkpoint_names, config_difference, run_status
+from student.trackers import start_trackers, trackers
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     # cpu=True where there is no GPU: torchrun or `accelerate launch --multi_gpu` processes then join
     # one gloo group (MULTI_CPU) instead of each training alone.
     accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(), mixed_precision=mixed, log_with="tensorboard", project_dir=cfg.output_dir
+        cpu=not torch.cuda.is_available(), mixed_precision=mixed, log_with=trackers(cfg), project_dir=cfg.output_dir
     )
     store = open_store(cfg.store.url, cfg.store.storage_options)
     clip_manifest = store.manifest("clip")
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             yaml.safe_dump(config_record(cfg), f, sort_keys=False)
         counts = model.parameter_counts()
         accelerator.print("student parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
-    accelerator.init_trackers("tensorboard", config=flat_hparams(cfg))
+    start_trackers(accelerator, cfg, flat_hparams(cfg))
     trainer = Trainer(cfg, accelerator, store, model, multimask, stop)
     try:
         state = trainer.run(resume)

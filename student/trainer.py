@@ -45,12 +45,12 @@ from storage_schemas.plumbing.errors import CheckpointError, ConfigError, StoreE
 from storage_schemas.plumbing.faults import kill_point
 from storage_schemas.store import READ_THREADS, TargetStore
 from storage_schemas.store.subsets import Subset, read_subset
-from student.batches import ClipBatchMaker, SamBatchMaker, Stream, target_logits
 from student.config import StageConfig, TrainConfig
-from student.epoch_plan import UnitPieces, batch_sizes
+from student.data.batches import ClipBatchMaker, SamBatchMaker, Stream, target_logits
+from student.data.epoch_plan import UnitPieces, batch_sizes
+from student.data.pieces import split_filter, unit_pieces
 from student.losses import clip_loss, sam_loss
-from student.model import SamClip
-from student.pieces import split_filter, unit_pieces
+from student.modeling.model import SamClip
 from student.preemption import Preempted, StopRequest
 from student.run_dir import CHECKPOINTS, STATE_FILE, VALIDATION_FILE, checkpoint_names
 from student.validation import clip_metrics, load_clip_held_out, load_sam_held_out, sam_metrics
@@ -207,7 +207,6 @@ class Trainer:
         self.state = TrainState()
         d = cfg.data
         self.train_keep, self.held_keep = split_filter(d.held_out, "train"), split_filter(d.held_out, "held_out")
-        so = cfg.store.storage_options
         self.records = {"clip": store.commits("clip", d.clip.sources)}
         self.subset = open_subset(store, d.clip.subset, d.held_out) if d.clip.subset else None
         needs_sam = any(s.name == "joint" for s in cfg.stages)
@@ -246,20 +245,26 @@ class Trainer:
         self.per_process = {kind: cfg.per_process_batch(kind, accelerator.num_processes) for kind in ("clip", "sam")}
         self.makers = {
             "clip": ClipBatchMaker(
-                store,
-                train["clip"][1],
-                cfg.seed,
-                d.clip.view_choice,
-                d.clip.views,
-                so,
-                d.clip.read_run,
-                d.clip.mix_window,
-                self.subset,
+                store=store,
+                keep=train["clip"][1],
+                seed=cfg.seed,
+                view_choice=d.clip.view_choice,
+                views=d.clip.views,
+                storage_options=cfg.store.storage_options,
+                read_run=d.clip.read_run,
+                mix_window=d.clip.mix_window,
+                subset=self.subset,
             )
         }
         if needs_sam:
             self.makers["sam"] = SamBatchMaker(
-                store, self.train_keep, cfg.seed, d.sam.prompts, so, d.sam.read_run, d.sam.mix_window
+                store=store,
+                keep=self.train_keep,
+                seed=cfg.seed,
+                prompts=d.sam.prompts,
+                storage_options=cfg.store.storage_options,
+                read_run=d.sam.read_run,
+                mix_window=d.sam.mix_window,
             )
         self.held_clip: dict[int, Any] = {}
         self.held_sam = None
@@ -510,10 +515,10 @@ class Trainer:
     def load_held_out(self, resolution: int, with_sam: bool) -> None:
         if not self.accelerator.is_main_process:
             return
-        d, so = self.cfg.data, self.cfg.store.storage_options
+        d, storage_options = self.cfg.data, self.cfg.store.storage_options
         if resolution not in self.held_clip:
             self.held_clip[resolution] = load_clip_held_out(
-                self.store, self.records["clip"], self.held_keep, d.val_clip_samples, resolution, so
+                self.store, self.records["clip"], self.held_keep, d.val_clip_samples, resolution, storage_options
             )
         if with_sam and self.held_sam is None:
             self.held_sam = load_sam_held_out(
@@ -523,7 +528,7 @@ class Trainer:
                 limit=d.val_sam_images,
                 prompts=d.sam.prompts,
                 seed=self.cfg.seed,
-                storage_options=so,
+                storage_options=storage_options,
             )
 
     def validate(self, ddp_model, stage: str) -> dict[str, float]:

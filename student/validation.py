@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from storage_schemas.pixels.views import render_view
 from storage_schemas.store import TargetStore
 from storage_schemas.store.commit import CommitRecord
-from student.batches import collate_sam, sam_item, target_logits
-from student.data import Keep, choose_prompts, iter_clip_unit, iter_sam_unit
+from student.data.batches import collate_sam, sam_item, target_logits
+from student.data.unit_samples import Keep, choose_prompts, iter_clip_unit, iter_sam_unit
 from student.metrics import mask_iou
-from student.model import SamClip
+from student.modeling.model import SamClip
 
 
 @dataclass

@@ -31,7 +31,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 @pytest.fixture(scope="session")
 def sample_corpus(tmp_path_factory) -> Path:
-    from pipeline.sample_data import build_sample_corpus
+    from pipeline.sample.corpus import build_sample_corpus
 
     out = tmp_path_factory.mktemp("sample")
     build_sample_corpus(str(out))
@@ -197,7 +197,7 @@ def ray_dashboard(ray_cluster, ray_ports) -> str:
 @pytest.fixture(scope="session")
 def clip_store(tmp_path_factory, sample_corpus, tiny_teachers, ray_cluster) -> Path:
     """The sample corpus's CLIP targets (tiny teacher, K=4), materialized once per session."""
-    from pipeline.materialize import main
+    from pipeline.materialize.job import main
 
     root = tmp_path_factory.mktemp("clip-store")
     job = write_clip_job(root / "job.yaml", root / "store", sample_corpus, tiny_teachers)
@@ -208,7 +208,7 @@ def clip_store(tmp_path_factory, sample_corpus, tiny_teachers, ray_cluster) -> P
 @pytest.fixture(scope="session")
 def sam_store(tmp_path_factory, sample_corpus, tiny_teachers, ray_cluster) -> Path:
     """The SA-1B sample's SAM targets (tiny teacher, P=16, 2 rounds, fp16), materialized once per session."""
-    from pipeline.materialize import main
+    from pipeline.materialize.job import main
 
     root = tmp_path_factory.mktemp("sam-store")
     job = write_sam_job(root / "job.yaml", root / "store", sam_shards(sample_corpus), tiny_teachers)

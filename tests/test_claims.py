@@ -1,4 +1,4 @@
-"""Claims (pipeline.claims) on a real store directory: taken once, renewed by generation, taken over
+"""Claims (pipeline.materialize.claims) on a real store directory: taken once, renewed by generation, taken over
 only when expired by the store's clock or when their driver on this machine is gone."""
 
 import subprocess
@@ -7,7 +7,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from pipeline.claims import (
+from pipeline.materialize.claims import (
     Claim,
     ClaimKeeper,
     Holder,
@@ -30,14 +30,19 @@ def take(storage, attempt, lease_s=60.0, driver=None, name="00042"):
 def test_a_claim_is_held_by_one_attempt_and_renewed_by_generations(tmp_path):
     storage = StoreRoot(str(tmp_path))
     mine = take(storage, "aaaaaaaaaaaa")
-    assert isinstance(mine, Claim) and mine.generation == 0
+    assert isinstance(mine, Claim)
+    assert mine.generation == 0
     theirs = take(storage, "bbbbbbbbbbbb")
-    assert isinstance(theirs, Holder) and theirs.attempt == "aaaaaaaaaaaa" and theirs.live
+    assert isinstance(theirs, Holder)
+    assert theirs.attempt == "aaaaaaaaaaaa"
+    assert theirs.live
     assert take(storage, "aaaaaaaaaaaa") == mine  # a read task of ours retried by Ray keeps it
     renewed = renew_claim(storage, mine)
-    assert renewed.generation == 1 and holder_of(storage, "clip", "cc12m", "00042", "bbbbbbbbbbbb").generation == 1
+    assert renewed.generation == 1
+    assert holder_of(storage, "clip", "cc12m", "00042", "bbbbbbbbbbbb").generation == 1
     # Renewing from a copy of generation 0 again is the same create, retried: ours, not a second claim.
-    assert renew_claim(storage, mine) == renewed and renew_claim(storage, renewed).generation == 2
+    assert renew_claim(storage, mine) == renewed
+    assert renew_claim(storage, renewed).generation == 2
 
 
 def test_an_expired_claim_is_taken_over_once_and_its_holder_learns_it(tmp_path):
@@ -47,7 +52,9 @@ def test_an_expired_claim_is_taken_over_once_and_its_holder_learns_it(tmp_path):
     assert isinstance(take(storage, "bbbbbbbbbbbb"), Holder)
     time.sleep(0.6)
     new = take(storage, "bbbbbbbbbbbb")
-    assert isinstance(new, Claim) and new.generation == 1 and new.took_over == "aaaaaaaaaaaa"
+    assert isinstance(new, Claim)
+    assert new.generation == 1
+    assert new.took_over == "aaaaaaaaaaaa"
     assert isinstance(take(storage, "cccccccccccc"), Holder)  # the new holder's claim is live
     assert renew_claim(storage, old) is None
 
@@ -58,7 +65,8 @@ def test_a_claim_whose_driver_on_this_machine_is_gone_is_taken_at_once(tmp_path)
     dead_driver = this_driver().rsplit(":", 1)[0] + ":" + gone.stdout.strip()
     take(storage, "aaaaaaaaaaaa", lease_s=3600, driver=dead_driver)
     new = take(storage, "bbbbbbbbbbbb")
-    assert isinstance(new, Claim) and new.took_over == "aaaaaaaaaaaa"
+    assert isinstance(new, Claim)
+    assert new.took_over == "aaaaaaaaaaaa"
     # On another machine a process id means nothing here: only the lease frees that claim.
     take(storage, "aaaaaaaaaaaa", lease_s=3600, driver="elsewhere/boot:" + gone.stdout.strip(), name="00043")
     assert isinstance(take(storage, "bbbbbbbbbbbb", name="00043"), Holder)
@@ -78,7 +86,8 @@ def test_the_keeper_renews_releases_and_drops_claims(tmp_path):
     assert not storage.list_files(layout.claim_dir("clip", "cc12m", "00001"))
     assert isinstance(take(storage, "bbbbbbbbbbbb", name="00002"), Claim)
     keeper.close()  # releases 00003
-    assert isinstance(take(storage, "bbbbbbbbbbbb", name="00003"), Claim) and keeper.lost == 0
+    assert isinstance(take(storage, "bbbbbbbbbbbb", name="00003"), Claim)
+    assert keeper.lost == 0
 
 
 def test_two_jobs_taking_over_one_expired_claim_cannot_both_get_it(tmp_path):
@@ -94,7 +103,8 @@ def test_two_jobs_taking_over_one_expired_claim_cannot_both_get_it(tmp_path):
     with ThreadPoolExecutor(4) as pool:
         got = list(pool.map(contend, [f"{c}" * 12 for c in "bcde"]))
     winners = [g for g in got if isinstance(g, Claim)]
-    assert len(winners) == 1 and winners[0].took_over == "aaaaaaaaaaaa", got
+    assert len(winners) == 1, got
+    assert winners[0].took_over == "aaaaaaaaaaaa", got
     assert all(isinstance(g, Holder) and g.live for g in got if g is not winners[0])
 
 
@@ -127,4 +137,6 @@ def test_a_claim_removed_while_it_is_created_is_created_again(tmp_path, monkeypa
 
     monkeypatch.setattr(fs, "cat_file", vanish_once)
     claim = take(storage, "bbbbbbbbbbbb")
-    assert removed and isinstance(claim, Claim) and claim.generation == 0
+    assert removed
+    assert isinstance(claim, Claim)
+    assert claim.generation == 0

@@ -13,8 +13,8 @@ import pytest
 
 from dirty_images import MAX_PIXELS, dirty_samples
 from pipeline.config import RayConfig
-from pipeline.materialize import main as materialize
-from pipeline.plan import DEFAULT_UNIT_SIZE
+from pipeline.materialize.job import main as materialize
+from pipeline.materialize.plan import DEFAULT_UNIT_SIZE
 from storage_schemas.store import open_store
 from support.commands import REPO, run_module
 from support.job_configs import clip_shards, clip_source, tiny_clip, write_clip_job, write_job
@@ -141,9 +141,12 @@ def test_dirty_shard_stores_the_good_and_records_the_bad(dirty_shard, tmp_path, 
     views = store.read_table("clip", "views").to_pylist()
     stored = {r["key"] for r in views}
     assert stored == {name for name, _, _, reason in dirty_samples() if reason is None}
-    assert commit.n_input == len(stored) + len(errors) == 14 and commit.n_errors == len(errors)
+    assert commit.n_input == len(stored) + len(errors) == 14
+    assert commit.n_errors == len(errors)
     sizes = {r["key"]: (r["width"], r["height"]) for r in views}
-    assert sizes["exif"] == (20, 40) and sizes["one"] == (1, 1) and sizes["wide"] == (500, 10)
+    assert sizes["exif"] == (20, 40)
+    assert sizes["one"] == (1, 1)
+    assert sizes["wide"] == (500, 10)
     report = json.loads((tmp_path / "report.json").read_text())["reports"][0]
     assert report["errors_by_reason"] == {
         "truncated": 1,
@@ -180,9 +183,8 @@ def test_unit_size_cuts_a_shard_into_parts(tmp_path, sample_corpus, tiny_teacher
     ]
     assert commits[-1].input.shard_samples == 25
     views = open_store(str(tmp_path / "store")).read_table("clip", "views")
-    assert views.num_rows == 25 and sorted(set(views.column("key").to_pylist())) == sorted(
-        shard_keys(sample_corpus, "00001")
-    )
+    assert views.num_rows == 25
+    assert sorted(set(views.column("key").to_pylist())) == sorted(shard_keys(sample_corpus, "00001"))
     assert (tmp_path / "store" / "_tar_index" / "clip" / "s" / "00001.parquet").exists()
 
 
@@ -214,7 +216,9 @@ def test_clip_targets_for_sa1b_images_are_a_config_change(tmp_path, sample_corpu
     (commit,) = store.commits("clip")
     assert (commit.unit, commit.input.unit_size) == ("sa_000000.p000", DEFAULT_UNIT_SIZE["clip"])
     views = store.read_table("clip", "views")
-    assert commit.n_stored == 6 and commit.n_errors == 0 and views.num_rows == 12
+    assert commit.n_stored == 6
+    assert commit.n_errors == 0
+    assert views.num_rows == 12
     assert sorted(set(views.column("key").to_pylist())) == [f"sa_{i}" for i in range(1, 7)]
 
 
@@ -232,7 +236,8 @@ def test_a_truncated_shard_fails_alone_and_the_job_exits_nonzero(tmp_path, sampl
     job = clip_job(tmp_path, tiny_teachers, "s", f"{inputs}/{{00000..00001}}.tar", 1, unit_size=0)
     assert materialize([str(job), "--report", str(tmp_path / "r.json")]) == 1
     report = json.loads((tmp_path / "r.json").read_text())["reports"][0]
-    assert report["units_done"] == 1 and [f["unit"] for f in report["units_failed"]] == ["00001"]
+    assert report["units_done"] == 1
+    assert [f["unit"] for f in report["units_failed"]] == ["00001"]
     assert "end-of-archive marker" in report["units_failed"][0]["detail"]
     assert [c.unit for c in open_store(str(tmp_path / "store")).commits("clip")] == ["00000"]
 
@@ -252,7 +257,8 @@ def test_a_truncated_shard_cut_in_parts_commits_the_parts_before_the_cut(
     report = json.loads((tmp_path / "r.json").read_text())["reports"][0]
     failed = report["units_failed"]
     assert [(f["unit"], f["reason"]) for f in failed] == [("00001.p001", "ValueError"), ("00001.p*", "shard_failed")]
-    assert "end-of-archive marker" in failed[0]["detail"] and "parts after 00001.p001 not read" in failed[1]["detail"]
+    assert "end-of-archive marker" in failed[0]["detail"]
+    assert "parts after 00001.p001 not read" in failed[1]["detail"]
     assert [c.unit for c in open_store(str(tmp_path / "store")).commits("clip")] == ["00001.p000"]
 
 

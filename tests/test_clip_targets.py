@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline.config import ClipTeacherConfig
-from pipeline.materialize import main as materialize
+from pipeline.materialize.job import main as materialize
 from pipeline.teachers import load_clip_teacher
 from pipeline.teachers.clip_teacher import TINY_CLIP_ARCH
 from storage_schemas.pixels.decode import decode_image, draft_side_for
@@ -45,7 +45,8 @@ def test_view0_equals_open_clip_preprocess_val(views, teacher, sample_corpus):
         ours = torch.from_numpy(render_view(decoded, r["crop"], False, 224).copy()).permute(2, 0, 1).float()
         diff = (ours - ref_u8).abs()
         # preprocess_val's pixels, but for the crop box's rounding to float32 (as stored)
-        assert diff.max() <= 6.5 and diff.mean() < 0.5, (r["key"], diff.max(), diff.mean())
+        assert diff.max() <= 6.5, (r["key"], diff.max(), diff.mean())
+        assert diff.mean() < 0.5, (r["key"], diff.max(), diff.mean())
         with torch.no_grad():
             want = torch.nn.functional.normalize(
                 teacher.model.encode_image(teacher.preprocess_val(decoded)[None]), dim=-1
@@ -58,7 +59,9 @@ def test_view0_equals_open_clip_preprocess_val(views, teacher, sample_corpus):
 def test_random_views_replay_exactly(views, teacher, sample_corpus):
     images = {**tar_images(sample_corpus, "00002"), **tar_images(sample_corpus, "00003")}
     rows = [r for r in views if r["shard"] in ("00002", "00003") and r["view"] > 0][::5]
-    assert len(rows) >= 25 and any(r["flip"] for r in rows) and not all(r["flip"] for r in rows)
+    assert len(rows) >= 25
+    assert any(r["flip"] for r in rows)
+    assert not all(r["flip"] for r in rows)
     pp = teacher.fingerprint.preprocess
     mean, std = torch.tensor(pp["mean"]).view(3, 1, 1), torch.tensor(pp["std"]).view(3, 1, 1)
     for r in rows:
@@ -77,8 +80,10 @@ def test_views_differ_and_counts_reconcile(views, clip_store, sample_corpus):
     for c in commits:
         keys = tar_images(sample_corpus, c.shard).keys()
         stored = {r["key"] for r in views if r["shard"] == c.shard}
-        assert c.n_input == len(keys) and c.n_errors == 0
-        assert stored == set(keys) and c.rows["views"] == 4 * c.n_stored
+        assert c.n_input == len(keys)
+        assert c.n_errors == 0
+        assert stored == set(keys)
+        assert c.rows["views"] == 4 * c.n_stored
         assert c.input.size == (sample_corpus / "clip" / f"{c.shard}.tar").stat().st_size
     seen = [(r["shard"], r["key"], r["view"]) for r in views]
     assert len(seen) == len(set(seen)) == 400
@@ -104,7 +109,8 @@ def test_rerun_skips_committed_units(clip_store, sample_corpus, tiny_teachers, t
     import json
 
     report = json.loads((tmp_path / "report.json").read_text())["reports"][0]
-    assert report["units_skipped"] == 4 and report["units_done"] == 0
+    assert report["units_skipped"] == 4
+    assert report["units_done"] == 0
 
 
 def test_text_targets_equal_open_clip_zero_shot_classifier(
@@ -133,7 +139,8 @@ def test_text_targets_equal_open_clip_zero_shot_classifier(
     before = path.stat().st_mtime_ns
     capsys.readouterr()
     assert text_targets([str(job), "--name", "sample", "--classes", str(classes)]) == 0
-    assert "up to date" in capsys.readouterr().out and path.stat().st_mtime_ns == before
+    assert "up to date" in capsys.readouterr().out
+    assert path.stat().st_mtime_ns == before
     classes.write_text("cat\nrocket\n")
     assert text_targets([str(job), "--name", "sample", "--classes", str(classes)]) == 0
     assert open_store(str(clip_store)).read_text("sample").column("class_name").to_pylist() == ["cat", "rocket"]
@@ -146,9 +153,9 @@ def test_read_rows_carry_the_encoded_image_and_little_else(sample_corpus, tmp_pa
 
     import pyarrow as pa
 
-    from pipeline.clip_targets import read_clip_shard
-    from pipeline.sources import InputShard
-    from pipeline.units import shard_task
+    from pipeline.materialize.clip_targets import read_clip_shard
+    from pipeline.materialize.sources import InputShard
+    from pipeline.materialize.units import shard_task
     from storage_schemas.store.root import StoreRoot
 
     url = str(sample_corpus / "clip" / "00001.tar")
@@ -156,15 +163,16 @@ def test_read_rows_carry_the_encoded_image_and_little_else(sample_corpus, tmp_pa
     rows = list(read_clip_shard(shard_task(shard, [], StoreRoot(str(tmp_path)), write_index=False)))
     ok = [r for r in rows if r["status"] == "ok"]
     images = tar_images(sample_corpus, "00001")
-    assert [r["image"] for r in ok] == [images[r["key"]] for r in ok] and len(ok) == 25
+    assert [r["image"] for r in ok] == [images[r["key"]] for r in ok]
+    assert len(ok) == 25
     assert pa.Table.from_pylist(rows).nbytes <= 1.2 * sum(len(r["image"]) for r in ok)
 
 
 def test_the_read_stage_is_capped_at_two_tasks_per_actor(tmp_path, sample_corpus, tiny_teachers, ray_cluster):
     """Concurrent read tasks are bounded by the actors, not the shard count (config or default)."""
-    from pipeline.clip_targets import ClipTeacherStage, read_clip_shard
     from pipeline.config import load_job_config
-    from pipeline.teacher_dataset import KindStages, read_concurrency, teacher_dataset
+    from pipeline.materialize.clip_targets import ClipTeacherStage, read_clip_shard
+    from pipeline.materialize.teacher_dataset import KindStages, read_concurrency, teacher_dataset
 
     job = write_clip_job(tmp_path / "job.yaml", tmp_path / "store", sample_corpus, tiny_teachers)
     cfg = load_job_config(str(job), ["ray.teacher_actors=3"])
@@ -173,4 +181,5 @@ def test_the_read_stage_is_capped_at_two_tasks_per_actor(tmp_path, sample_corpus
     tasks = [{"n": i} for i in range(40)]
     ds = teacher_dataset(cfg, False, tasks, KindStages(read_clip_shard, ClipTeacherStage, {}, 8, 1 << 20))
     read_op = ds._logical_plan.dag.input_dependencies[0]
-    assert read_op.name == "FlatMap(read_clip_shard)" and read_op.compute.size == 6
+    assert read_op.name == "FlatMap(read_clip_shard)"
+    assert read_op.compute.size == 6

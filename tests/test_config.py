@@ -23,16 +23,21 @@ def test_overrides_take_dotted_keys_list_indices_and_yaml_types(job_yaml):
         ],
     )
     assert isinstance(cfg, JobConfig)
-    assert cfg.clip.views == 7 and cfg.sources[0].name == "cc3m" and cfg.sam.multimask is True
+    assert cfg.clip.views == 7
+    assert cfg.sources[0].name == "cc3m"
+    assert cfg.sam.multimask is True
     assert cfg.store.storage_options == {"anon": False}
-    assert cfg.clip.view_policy.scale == [0.5, 1.0] and cfg.sam.teacher.checkpoint is None
-    assert cfg.sources[1].unit_size == 4 and cfg.seed == 0
+    assert cfg.clip.view_policy.scale == [0.5, 1.0]
+    assert cfg.sam.teacher.checkpoint is None
+    assert cfg.sources[1].unit_size == 4
+    assert cfg.seed == 0
 
 
 def test_defaults_are_the_papers_teachers():
     cfg = load_job_config(None, ["store.url=/tmp/x", "sources=[]"])
     assert (cfg.clip.teacher.arch, cfg.clip.teacher.pretrained) == ("ViT-L-14", "datacomp_xl_s13b_b90k")
-    assert cfg.sam.teacher.model == "vit_b" and cfg.sam.prompts == 64
+    assert cfg.sam.teacher.model == "vit_b"
+    assert cfg.sam.prompts == 64
 
 
 @pytest.mark.parametrize(
@@ -82,7 +87,8 @@ def test_nested_dataclasses_lists_and_optionals(tmp_path):
         weights: dict[str, float] = field(default_factory=dict)
 
     cfg = load_config(Outer, None, ["inners=[{size: 448}, {}]", "inners.1.name=b", "weights.clip=1", "inner.size=1024"])
-    assert cfg.inners == [Inner(448, None), Inner(224, "b")] and cfg.weights == {"clip": 1.0}
+    assert cfg.inners == [Inner(448, None), Inner(224, "b")]
+    assert cfg.weights == {"clip": 1.0}
     assert cfg.inner.size == 1024
     with pytest.raises(ConfigError, match=r"config key 'inners.0.size': expected int, got 1.5"):
         load_config(Outer, None, ["inners=[{size: 1.5}]"])
@@ -103,13 +109,15 @@ def test_bad_training_values_name_the_key(override, message):
 
     with pytest.raises(ConfigError) as e:
         load_train_config("student/configs/tiny.yaml", [override])
-    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+    assert str(e.value).startswith(message)
+    assert "\n" not in str(e.value)
 
 
 def test_exponent_floats_without_a_dot_are_floats(tmp_path):
     from student.config import load_train_config
 
     cfg = load_train_config("student/configs/tiny.yaml", ["stages.0.lr=1e-4", "stages.1.lr=-2E+3"])
-    assert cfg.stages[0].lr == 1e-4 and cfg.stages[1].lr == -2000.0
+    assert cfg.stages[0].lr == 1e-4
+    assert cfg.stages[1].lr == -2000.0
     with pytest.raises(ConfigError, match="config key 'stages.0.lr': expected float or null, got '1e-4x'"):
         load_train_config("student/configs/tiny.yaml", ["stages.0.lr=1e-4x"])

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import s3fs
 
-from pipeline.materialize import main as materialize
+from pipeline.materialize.job import main as materialize
 from storage_schemas.plumbing.errors import StoreError
 from storage_schemas.store.root import RetryPolicy, StoreRoot
 from support.commands import assert_one_line_error, run_in_process
@@ -68,10 +68,12 @@ def test_a_retried_create_that_had_landed_is_told_apart_from_another_writers(sto
         monkeypatch.setattr(os, "link", lambda *a, **k: landed_then_dropped(real_link, *a, **k))
     else:
         monkeypatch.setattr(fs, "pipe_file", lambda *a, **k: landed_then_dropped(real_put, *a, **k))
-    assert storage.create("claims/g000000.json", b"mine") and dropped
+    assert storage.create("claims/g000000.json", b"mine")
+    assert dropped
     assert storage.retries["create"] == 1
     dropped.clear()
-    assert not storage.create("claims/g000000.json", b"theirs") and dropped == []
+    assert not storage.create("claims/g000000.json", b"theirs")
+    assert dropped == []
     assert storage.read_bytes("claims/g000000.json") == b"mine"
 
 
@@ -84,7 +86,8 @@ def test_the_probe_refuses_a_local_filesystem_without_hard_links(tmp_path, monke
         StoreRoot(str(tmp_path)).check_create_if_absent()
     single = StoreRoot(str(tmp_path), single_writer=True)
     single.check_create_if_absent()
-    assert single.create("a.json", b"1") and not single.create("a.json", b"2")
+    assert single.create("a.json", b"1")
+    assert not single.create("a.json", b"2")
     assert (tmp_path / "a.json").read_bytes() == b"1"
 
 

@@ -18,7 +18,7 @@ from storage_schemas.pixels.decode import (
     draft_side_for,
 )
 from storage_schemas.plumbing.errors import ConfigError
-from storage_schemas.store.tables import SampleError
+from storage_schemas.plumbing.sample_errors import SampleError
 
 SAMPLES = {name: (data, reason) for name, _, data, reason in dirty_samples()}
 
@@ -32,14 +32,16 @@ def test_bad_images_fail_with_their_reason(name):
 
 
 def test_a_sample_error_names_a_known_reason():
-    assert issubclass(DecodeError, SampleError) and DecodeError("empty", "x").reason == "empty"
+    assert issubclass(DecodeError, SampleError)
+    assert DecodeError("empty", "x").reason == "empty"
     with pytest.raises(ValueError, match="unknown error reason 'unreadable'"):
         DecodeError("unreadable", "a reason the errors table does not know")
 
 
 def test_sixteen_bit_is_scaled_not_clipped():
     img = decode_image(SAMPLES["gray16"][0]).image
-    assert img.mode == "RGB" and np.all(np.asarray(img) == 128)  # 32768 / 65535 * 255 = 127.5 -> 128
+    assert img.mode == "RGB"
+    assert np.all(np.asarray(img) == 128)  # 32768 / 65535 * 255 = 127.5 -> 128
 
 
 def test_alpha_is_composited_on_the_fixed_background():
@@ -51,9 +53,11 @@ def test_alpha_is_composited_on_the_fixed_background():
 
 def test_exif_orientation_is_applied():
     d = decode_image(SAMPLES["exif"][0])
-    assert d.image.size == (20, 40) and d.full_size == (20, 40)
+    assert d.image.size == (20, 40)
+    assert d.full_size == (20, 40)
     a = np.asarray(d.image).astype(int)
-    assert a[:18, :, 0].mean() > 200 and a[22:, :, 0].mean() < 60  # the red half is now on top
+    assert a[:18, :, 0].mean() > 200
+    assert a[22:, :, 0].mean() < 60  # the red half is now on top
 
 
 def test_cmyk_palette_webp_and_extreme_shapes_decode_to_rgb():
@@ -65,7 +69,8 @@ def test_cmyk_palette_webp_and_extreme_shapes_decode_to_rgb():
         ("wide", (500, 10)),
     ]:
         img = decode_image(SAMPLES[name][0]).image
-        assert img.mode == "RGB" and img.size == size, name
+        assert img.mode == "RGB", name
+        assert img.size == size, name
     cmyk = np.asarray(decode_image(SAMPLES["cmyk"][0]).image).astype(int)
     good = np.asarray(decode_image(SAMPLES["good"][0]).image).astype(int)
     assert np.abs(cmyk - good).mean() < 12, "CMYK converts to the same colours"
@@ -74,7 +79,8 @@ def test_cmyk_palette_webp_and_extreme_shapes_decode_to_rgb():
 def test_jpeg_draft_is_part_of_the_rule():
     big = encode(Image.new("RGB", (2000, 1600), (90, 120, 200)), "JPEG", quality=90)
     d = decode_image(big, draft_side=draft_side_for(224))
-    assert d.image.size == (1000, 800) and d.full_size == (2000, 1600)  # 1/2: both sides stay >= 448
+    assert d.image.size == (1000, 800)
+    assert d.full_size == (2000, 1600)  # 1/2: both sides stay >= 448
     assert decode_image(big).image.size == (2000, 1600)
     assert decode_image(big, draft_side=draft_side_for(1024)).image.size == (2000, 1600)
 
@@ -90,7 +96,8 @@ def test_a_truncated_png_is_truncated_and_a_corrupt_exif_block_is_ignored():
     with pytest.warns(UserWarning, match="Corrupt EXIF"):
         decoded = decode_image(broken)
     # Unreadable EXIF means no orientation: the stored pixels, not rotated (the intact file is 20x40).
-    assert decoded.image.mode == "RGB" and decoded.image.size == decoded.full_size == (40, 20)
+    assert decoded.image.mode == "RGB"
+    assert decoded.image.size == decoded.full_size == (40, 20)
 
 
 def forged_png(width: int, height: int) -> bytes:
@@ -111,7 +118,8 @@ def test_the_bomb_limit_is_read_from_the_header_and_pillows_global_is_left_alone
     assert e.value.reason == "decompression_bomb"
     with pytest.raises(DecodeError) as e:  # 400M pixels claimed: over Pillow's own limit, refused unread
         decode_image(forged_png(20_000, 20_000))
-    assert e.value.reason == "decompression_bomb" and "exceeds limit" in e.value.detail
+    assert e.value.reason == "decompression_bomb"
+    assert "exceeds limit" in e.value.detail
     with pytest.raises(DecodeError, match="decompression_bomb"):  # under Pillow's limit (it warns), over ours
         with pytest.warns(Image.DecompressionBombWarning):
             decode_image(forged_png(12_000, 10_000), max_pixels=100_000_000)

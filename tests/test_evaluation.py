@@ -15,7 +15,7 @@ from PIL import Image
 from segment_anything import SamPredictor
 
 from pipeline.config import ClipTeacherConfig, SamTeacherConfig
-from pipeline.sample_data import write_tar
+from pipeline.sample.corpus import write_tar
 from pipeline.teachers import load_clip_teacher, load_sam_teacher
 from pipeline.teachers.tiny import TINY_CLIP_ARCH
 from pipeline.text_targets import main as text_targets
@@ -23,15 +23,15 @@ from storage_schemas.pixels.labelled_images import SegmentationSet, labelled_ima
 from storage_schemas.pixels.sam_transforms import pad_image, sam_input_image, sam_points
 from storage_schemas.store import open_store
 from student.config import ModelConfig
-from student.eval_tasks import zeroshot_classification
-from student.evaluate import main as evaluate
-from student.export import export_student
-from student.inference import SamClipPredictor, mask_prompt, refine_prompts
-from student.inspect_store import main as inspect_store
+from student.eval.evaluate import main as evaluate
+from student.eval.inference import SamClipPredictor, mask_prompt, refine_prompts
+from student.eval.inspect_store import main as inspect_store
+from student.eval.tasks import zeroshot_classification
+from student.eval.visualize import main as visualize
+from student.eval.zero_shot import ClassNames, StoreText, TextTower
 from student.metrics import confusion_matrix, iou_per_class, mean_iou
-from student.model import PromptBatch, SamClip
-from student.visualize import main as visualize
-from student.zero_shot import ClassNames, StoreText, TextTower
+from student.modeling.export import export_student
+from student.modeling.model import PromptBatch, SamClip
 from support.commands import REPO, run_in_process
 from support.job_configs import write_clip_job
 
@@ -91,7 +91,8 @@ def test_classifier_from_the_store_and_from_a_text_tower_equal_open_clips(
     stamp = cached.stat().st_mtime_ns
     again = TextTower(TINY_CLIP_ARCH, tiny_teachers["clip"], cache_dir=str(cache))(names)  # read from the cache
     torch.testing.assert_close(again.weights, want)
-    assert list(cache.iterdir()) == [cached] and cached.stat().st_mtime_ns == stamp
+    assert list(cache.iterdir()) == [cached]
+    assert cached.stat().st_mtime_ns == stamp
     with pytest.raises(Exception, match=r"no embedding for class names \['unicorn'\]"):
         ClassNames.from_store(open_store(str(eval_store)), "sample", ["cat", "unicorn"])
     # The predictor takes plain class names through its text source.
@@ -149,7 +150,8 @@ def test_miou_equals_the_hand_computed_value():
     assert mean_iou(conf) == pytest.approx((4 / 6 + 4 / 5 + 0.0) / 3)
     # A class neither labelled nor predicted anywhere has no IoU and is left out of the mean.
     conf4 = confusion_matrix(pred_a, label_a, 4) + confusion_matrix(pred_b, label_b, 4)
-    assert np.isnan(iou_per_class(conf4)[3]) and mean_iou(conf4) == pytest.approx(mean_iou(conf))
+    assert np.isnan(iou_per_class(conf4)[3])
+    assert mean_iou(conf4) == pytest.approx(mean_iou(conf))
     with pytest.raises(ValueError, match="label values"):
         confusion_matrix(pred_a, np.full((3, 3), 7), 3)
 
@@ -161,7 +163,8 @@ def test_sam_head_with_boxes_points_and_mask_prompts_equals_sam_predictor(tiny_s
     reference.set_image(image)
     boxes = np.array([[40, 30, 300, 250], [100, 50, 200, 150]])
     masks, iou, low = predictor.segment_prompts(image, boxes=boxes)
-    assert masks.shape == (2, 1) + image.shape[:2] and masks.dtype == bool
+    assert masks.shape == (2, 1) + image.shape[:2]
+    assert masks.dtype == bool
     for i, box in enumerate(boxes):
         want_masks, want_iou, want_low = reference.predict(box=box, multimask_output=False)
         np.testing.assert_allclose(low[i].numpy(), want_low, atol=2e-3, rtol=1e-4)
@@ -202,12 +205,16 @@ def test_refinement_runs_the_backbone_once_per_image(tiny_sam, eval_store):
     seg = predictor.segment(image, classes, refine=True, threshold=0.0)  # every class gets prompts
     assert calls == [(1, 3, 1024, 1024)]
     assert seg.labels.shape == seg.coarse_labels.shape == image.shape[:2]
-    assert sorted(seg.points) == [0, 1, 2] and all(len(p) == 3 for p in seg.points.values())
+    assert sorted(seg.points) == [0, 1, 2]
+    assert all(len(p) == 3 for p in seg.points.values())
     for p in seg.points.values():  # points land inside the image, in its pixels
-        assert (p >= 0).all() and (p[:, 0] < image.shape[1]).all() and (p[:, 1] < image.shape[0]).all(), p
+        assert (p >= 0).all(), p
+        assert (p[:, 0] < image.shape[1]).all(), p
+        assert (p[:, 1] < image.shape[0]).all(), p
     calls.clear()
     plain = predictor.segment(image, classes, refine=True, threshold=1.0)  # nothing confident: the CLIP head's map
-    assert calls == [(1, 3, 1024, 1024)] and plain.points == {}
+    assert calls == [(1, 3, 1024, 1024)]
+    assert plain.points == {}
     np.testing.assert_array_equal(plain.labels, plain.coarse_labels)
     np.testing.assert_array_equal(plain.coarse_labels, seg.coarse_labels)
 
@@ -215,10 +222,13 @@ def test_refinement_runs_the_backbone_once_per_image(tiny_sam, eval_store):
 def test_sample_segmentation_set_is_consistent(sample_corpus):
     skipped = []
     voc = SegmentationSet(str(sample_corpus / "eval" / "voc"), skipped)
-    assert set(voc.classnames) <= set(SAMPLE_CLASSES) and len(voc) == 6
+    assert set(voc.classnames) <= set(SAMPLE_CLASSES)
+    assert len(voc) == 6
     for _, image, label in voc:
         values = set(np.unique(label)) - {255}
-        assert values <= set(range(len(voc.classnames))) and len(values) >= 2 and (label == 255).any()
+        assert values <= set(range(len(voc.classnames)))
+        assert len(values) >= 2
+        assert (label == 255).any()
     assert skipped == []
 
 
@@ -230,8 +240,10 @@ def test_evaluate_visualize_and_inspect_on_the_sample_sets(export, eval_store, s
     common = ["--export", str(export), "--text", "sample", "--out", str(out)]
     assert evaluate(["zeroshot-cls", "--data", str(classify), *common]) == 0
     cls = json.loads((out / "zeroshot-cls.json").read_text())
-    assert cls["metrics"]["images"] == 60 and 0 <= cls["metrics"]["top1"] <= cls["metrics"]["top5"] <= 1
-    assert cls["metrics"]["skipped_images"] == 1 and cls["skipped"][0]["key"] == "cat/broken.jpg"
+    assert cls["metrics"]["images"] == 60
+    assert 0 <= cls["metrics"]["top1"] <= cls["metrics"]["top5"] <= 1
+    assert cls["metrics"]["skipped_images"] == 1
+    assert cls["skipped"][0]["key"] == "cat/broken.jpg"
 
     # The same images as webdataset shards with a class field give the same figures.
     names = sorted(p.name for p in (sample_corpus / "eval" / "classify").iterdir())
@@ -276,13 +288,17 @@ def test_evaluate_visualize_and_inspect_on_the_sample_sets(export, eval_store, s
     seg = json.loads((out / "semseg.json").read_text())["metrics"]
     ref = json.loads((out / "semseg-refine.json").read_text())["metrics"]
     agree = json.loads((out / "sam-agreement.json").read_text())["metrics"]
-    assert seg["images"] == ref["images"] == 5 and 0 <= seg["miou"] <= 1 and 0 <= ref["miou"] <= 1
+    assert seg["images"] == ref["images"] == 5
+    assert 0 <= seg["miou"] <= 1
+    assert 0 <= ref["miou"] <= 1
     assert seg["skipped_images"] == 2
     skipped = json.loads((out / "semseg.json").read_text())["skipped"]
     assert {(x["key"], x["reason"]) for x in skipped} == {("sample_005", "not_an_image"), ("not_there", "missing_file")}
     assert set(seg["per_class_iou"]) == set(SegmentationSet(voc, []).classnames)
     # The untrained student's SAM path is the teacher's own: its masks are the cached ones.
-    assert agree["images"] >= 1 and agree["mask_iou"] > 0.9 and agree["logit_corr"] > 0.99
+    assert agree["images"] >= 1
+    assert agree["mask_iou"] > 0.9
+    assert agree["logit_corr"] > 0.99
     assert "miou" in capsys.readouterr().out
 
     pictures = tmp_path / "pictures"
@@ -308,8 +324,10 @@ def test_evaluate_visualize_and_inspect_on_the_sample_sets(export, eval_store, s
     store = sorted(p.name for p in (pictures / "store").iterdir())
     assert [p.name for p in semseg] == ["sample_000.png", "sample_001.png"]
     with Image.open(semseg[0]) as im:  # 4 tiles of 256 px height plus titles and a legend
-        assert im.height > 256 and im.width > 4 * 256
-    assert len(store) == 4 and sum(n.startswith("clip_") for n in store) == 2
+        assert im.height > 256
+        assert im.width > 4 * 256
+    assert len(store) == 4
+    assert sum(n.startswith("clip_") for n in store) == 2
 
 
 def test_bad_evaluation_arguments_stop_with_one_line(export, sample_corpus, tmp_path, capsys):
@@ -352,8 +370,11 @@ def test_bad_evaluation_arguments_stop_with_one_line(export, sample_corpus, tmp_
     for args, message in cases:
         p = run_in_process(evaluate, [*args, "--export", export, "--out", tmp_path / "out"], capsys)
         lines = [x for x in p.err.strip().splitlines() if "img/s" not in x]  # a progress bar may have started
-        assert p.status == 2 and len(lines) == 1 and lines[0].startswith("error: "), (args, p.err[-2000:])
-        assert message in lines[0] and "Traceback" not in p.err, (args, p.err[-2000:])
+        assert p.status == 2, (args, p.err[-2000:])
+        assert len(lines) == 1, (args, p.err[-2000:])
+        assert lines[0].startswith("error: "), (args, p.err[-2000:])
+        assert message in lines[0], (args, p.err[-2000:])
+        assert "Traceback" not in p.err, (args, p.err[-2000:])
 
 
 def test_refinement_prompts_are_drawn_inside_the_image_without_padding():
@@ -363,12 +384,14 @@ def test_refinement_prompts_are_drawn_inside_the_image_without_padding():
     probs[1, :5, :5] = 0.8
     prompts = refine_prompts(probs, (678, 1024), threshold=0.5, max_points=3, seed=0)
     np.testing.assert_array_equal(prompts[0], [[10.5 * 16, 41.5 * 16]])  # one real point, no padding
-    assert prompts[1].shape == (3, 2) and (prompts[1] < 5 * 16).all()
+    assert prompts[1].shape == (3, 2)
+    assert (prompts[1] < 5 * 16).all()
     mask = mask_prompt(probs, (678, 1024))
     assert mask.shape == (2, 1, 256, 256)
     inside = torch.logit(torch.nn.functional.interpolate(probs[:, None], scale_factor=4, mode="bilinear"))
     torch.testing.assert_close(mask[..., :170, :], inside[..., :170, :])  # ceil(678 / 4) = 170 rows of image
-    assert (mask[..., 170:, :] == mask.min()).all() and mask.min() < -9
+    assert (mask[..., 170:, :] == mask.min()).all()
+    assert mask.min() < -9
 
 
 def test_segment_prompts_with_points_matches_sam_predictor_and_checks_shapes(tiny_sam):

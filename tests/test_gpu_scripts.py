@@ -19,7 +19,8 @@ RATE = r"\s+(\d+\.\d+)"
 def rates(pattern: str, out: str) -> list[float]:
     """Every number `pattern`'s groups catch in `out`; at least one, each above zero."""
     found = [float(v) for m in re.finditer(pattern, out) for v in m.groups()]
-    assert found and all(v > 0 for v in found), (pattern, out)
+    assert found, (pattern, out)
+    assert all(v > 0 for v in found), (pattern, out)
     return found
 
 

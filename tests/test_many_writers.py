@@ -23,7 +23,7 @@ import pytest
 import s3fs
 
 from pipeline.config import ClaimsConfig, RayConfig
-from pipeline.materialize import main as materialize
+from pipeline.materialize.job import main as materialize
 from pipeline.validate import validate
 from storage_schemas.store import StoreConfig, layout, open_store
 from storage_schemas.store.root import StoreRoot
@@ -133,7 +133,8 @@ def test_two_jobs_on_the_s3_server_share_the_store(tmp_path, sample_corpus, tiny
     a = Job(tmp_path, "a", job)
     assert_shared([run_here(tmp_path, "b", job), a.finish()], 4)
     report = validate(StoreRoot(store.url, options))
-    assert report.problems == [] and report.orphans == [], (report.problems, report.orphans)
+    assert report.problems == [], (report.problems, report.orphans)
+    assert report.orphans == [], (report.problems, report.orphans)
     summary = open_store(store.url, options).summary()["clip"]
     assert (summary["units"], summary["samples_in"]) == (4, 100)
     assert_errors_tables_per_attempt(store.url, options)
@@ -154,11 +155,13 @@ def test_a_second_job_started_once_the_first_committed_a_unit(tmp_path, sample_c
     wait_for(lambda: "waiting on" in b.log.read_text() or b.proc.poll() is not None, what="b to wait on a claim")
     (barrier / "the-test").touch()
     report_a, report_b = a.finish(), b.finish()
-    assert report_b["units_found_claimed"] >= 1 and report_b["units_found_committed"] >= 1, report_b
+    assert report_b["units_found_claimed"] >= 1, report_b
+    assert report_b["units_found_committed"] >= 1, report_b
     assert_shared([report_a, report_b], 12)
     assert report_a["commit_races_lost"] == report_b["commit_races_lost"] == 0
     validated = validate(StoreRoot(str(store)))
-    assert validated.problems == [] and validated.units == 12, validated.problems
+    assert validated.problems == [], validated.problems
+    assert validated.units == 12, validated.problems
     by_shard = {}
     for record in open_store(str(store)).commits("clip"):
         by_shard.setdefault(record.shard, set()).add(record.attempt_id)
@@ -176,7 +179,8 @@ def test_a_killed_job_s_claims_are_taken_over(tmp_path, sample_corpus, tiny_teac
     a.proc.wait()
     held = {p.parent.name for p in files_under(store, layout.CLAIMS_DIR)}
     report = run_here(tmp_path, "b", job)
-    assert report["claims_taken_over"] >= 1 and held, (report, held)
+    assert report["claims_taken_over"] >= 1, (report, held)
+    assert held, (report, held)
     assert report["units_done"] + report["units_skipped"] == 4
     assert_exactly_once(store, sample_corpus)
 
@@ -218,9 +222,11 @@ def test_two_commits_of_one_unit_at_once(tmp_path, sample_corpus, tiny_teachers,
     assert sorted((r["units_done"], r["commit_races_lost"]) for r in reports) == [(0, 1), (1, 0)], reports
     (record,) = open_store(str(store)).commits("clip")
     report = validate(StoreRoot(str(store)))
-    assert report.problems == [] and report.orphans == [], (report.problems, report.orphans)
+    assert report.problems == [], (report.problems, report.orphans)
+    assert report.orphans == [], (report.problems, report.orphans)
     parts = files_under(store, "clip/sample/00000")
-    assert parts and all(layout.attempt_of(str(p.relative_to(store))) == record.attempt_id for p in parts)
+    assert parts
+    assert all(layout.attempt_of(str(p.relative_to(store))) == record.attempt_id for p in parts)
 
 
 def test_static_partitions_cover_every_unit_once(tmp_path, sample_corpus, tiny_teachers, ray_cluster, capsys):
@@ -232,7 +238,9 @@ def test_static_partitions_cover_every_unit_once(tmp_path, sample_corpus, tiny_t
         report = json.loads((tmp_path / f"{i}.json").read_text())["reports"][0]
         assert report["units_skipped"] == 0, report  # the other partition's units are not this job's
         done.append({r.unit for r in open_store(str(store)).commits("clip")} - set().union(*done))
-    assert sorted(done[0] | done[1]) == ["00000", "00001", "00002", "00003"] and done[0] and done[1]
+    assert sorted(done[0] | done[1]) == ["00000", "00001", "00002", "00003"]
+    assert done[0]
+    assert done[1]
     assert_exactly_once(store, sample_corpus)
     run = run_in_process(materialize, [job, "--partition", "2/2"], capsys)
     assert_one_line_error(run, "--partition '2/2'", "0 <= I < N")
@@ -243,7 +251,7 @@ def test_a_source_is_cut_one_way_whichever_job_records_it_first(tmp_path, sample
     each cut. Both planned before either started (the race): the second to record its cut is
     refused before any work, and later jobs take the store's cut or are refused."""
     from pipeline.config import load_job_config
-    from pipeline.plan import make_plan, record_cuts
+    from pipeline.materialize.plan import make_plan, record_cuts
     from storage_schemas.plumbing.errors import ConfigError
 
     store = tmp_path / "store"

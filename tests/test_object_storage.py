@@ -68,7 +68,8 @@ def test_pipeline_trainer_and_evaluation_on_s3(s3_inputs, s3_env, tiny_teachers,
     assert p.returncode == 0, p.stderr[-3000:]
     store = open_store(STORE)
     summary = store.summary()
-    assert summary["clip"]["samples_stored"] == 100 and summary["sam"]["samples_stored"] == 12
+    assert summary["clip"]["samples_stored"] == 100
+    assert summary["sam"]["samples_stored"] == 12
     records = store.commits("clip")
     assert all(r.input.url.startswith(f"s3://{BUCKET}/") and r.input.etag for r in records)
     # Same inputs, same teacher: the targets equal those of the local session store.
@@ -130,7 +131,8 @@ def test_pipeline_trainer_and_evaluation_on_s3(s3_inputs, s3_env, tiny_teachers,
         "student.evaluate", "sam-agreement", "--export", str(out / "export"), "--out", str(tmp_path / "eval")
     )
     outputs.append(p)
-    assert p.returncode == 0 and "mask_iou" in p.stdout, p.stderr[-3000:]
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "mask_iou" in p.stdout, p.stderr[-3000:]
 
     for i, q in enumerate(outputs):
         assert_no_secret(f"the output of command {i}", q.stdout + q.stderr, s3_endpoint)
@@ -172,7 +174,8 @@ def test_credentials_from_the_config_alone_are_used_and_never_printed(s3_inputs,
         timeout=300,
         env=bare,
     )
-    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert p.returncode == 2, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert S3_SECRET not in p.stderr
 
 
@@ -185,12 +188,14 @@ def test_training_hyperparameters_logged_to_tensorboard_leave_storage_options_ou
     )
     assert cfg.store.storage_options["secret"] == S3_SECRET
     hparams = flat_hparams(cfg)
-    assert "store.url" in hparams and not any("storage_options" in k for k in hparams)
+    assert "store.url" in hparams
+    assert not any("storage_options" in k for k in hparams)
     assert S3_SECRET not in repr(hparams)
 
 
 def test_s3_env_gives_this_process_the_servers_credentials(s3_env, s3_inputs):
-    assert os.environ["AWS_ENDPOINT_URL"] == s3_env and os.environ["AWS_SECRET_ACCESS_KEY"] == S3_SECRET
+    assert os.environ["AWS_ENDPOINT_URL"] == s3_env
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] == S3_SECRET
     assert s3fs.S3FileSystem(skip_instance_cache=True).ls(f"{BUCKET}/teachers")  # the environment alone
 
 

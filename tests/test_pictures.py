@@ -4,7 +4,7 @@ ignore band in the legend, point prompts in the colour of the class they prompt.
 import numpy as np
 from PIL import Image
 
-from student.pictures import IGNORE_COLOR, MASK_COLOR, class_colors, draw_prompt, legend_items, mask_overlay
+from student.eval.pictures import IGNORE_COLOR, MASK_COLOR, class_colors, draw_prompt, legend_items, mask_overlay
 
 
 def test_a_mask_is_an_outline_and_a_translucent_fill():
@@ -12,10 +12,13 @@ def test_a_mask_is_an_outline_and_a_translucent_fill():
     mask = np.zeros((20, 20), bool)
     mask[5:15, 5:15] = True
     out = np.asarray(mask_overlay(image, mask))
-    assert (out[5, 5:15] == MASK_COLOR).all() and (out[5:15, 14] == MASK_COLOR).all()  # the outline, solid
+    assert (out[5, 5:15] == MASK_COLOR).all()
+    assert (out[5:15, 14] == MASK_COLOR).all()  # the outline, solid
     inside = out[10, 10]
-    assert not (inside == MASK_COLOR).all() and not (inside == 100).all()  # the fill: tinted, the photo through it
-    assert (out[0, 0] == 100).all() and (out[4, 10] == 100).all()  # outside: untouched
+    assert not (inside == MASK_COLOR).all()
+    assert not (inside == 100).all()  # the fill: tinted, the photo through it
+    assert (out[0, 0] == 100).all()
+    assert (out[4, 10] == 100).all()  # outside: untouched
 
 
 def test_the_legend_names_the_ignore_band_and_points_take_their_class_colour():

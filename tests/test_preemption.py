@@ -62,7 +62,8 @@ def marker(out: Path) -> dict:
 
 def assert_same_weights(a: Path, b: Path) -> None:
     x, y = load_file(a / "export" / "student.safetensors"), load_file(b / "export" / "student.safetensors")
-    assert x.keys() == y.keys() and all(torch.allclose(x[k], y[k], atol=1e-6) for k in x)
+    assert x.keys() == y.keys()
+    assert all(torch.allclose(x[k], y[k], atol=1e-6) for k in x)
 
 
 def test_sigterm_on_the_launcher_checkpoints_that_step_and_a_requeue_continues_there(
@@ -78,16 +79,21 @@ def test_sigterm_on_the_launcher_checkpoints_that_step_and_a_requeue_continues_t
     assert time.time() - signalled < GRACE_S, log.read_text()[-3000:]
     stopped = marker(out)
     step = stopped["step"]
-    assert stopped["signal"] == "SIGTERM" and 3 <= step < 9, stopped
-    assert checkpoint_names(out) == [f"step_{step:08d}"] and stopped["checkpoint"].endswith(f"step_{step:08d}")
+    assert stopped["signal"] == "SIGTERM", stopped
+    assert 3 <= step < 9, stopped
+    assert checkpoint_names(out) == [f"step_{step:08d}"]
+    assert stopped["checkpoint"].endswith(f"step_{step:08d}")
     state = json.loads((out / "checkpoints" / f"step_{step:08d}" / STATE_FILE).read_text())["state"]
-    assert state["global_step"] == step and max(s for s, _ in batches(out, 1)) == step
+    assert state["global_step"] == step
+    assert max(s for s, _ in batches(out, 1)) == step
     # The requeue runs the same command: it resumes from that checkpoint and finishes.
     again = run(["bash", "jobs/preemptible.sh", str(out), *torchrun([*args, "--resume", "latest"])])
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"step {step})" in again.stdout and not (out / MARKER).exists()
+    assert f"step {step})" in again.stdout
+    assert not (out / MARKER).exists()
     want, got = batches(two_process_run), batches(out)
-    assert sorted(got) == sorted(want) and all(got[k]["clip"] == want[k]["clip"] for k in want)
+    assert sorted(got) == sorted(want)
+    assert all(got[k]["clip"] == want[k]["clip"] for k in want)
     assert_same_weights(two_process_run, out)
 
 
@@ -124,31 +130,38 @@ def test_a_second_signal_changes_nothing_and_a_save_cut_short_leaves_the_previou
     assert job.poll() is None, "the second signal stopped the save"
     job.kill()  # the launcher's patience runs out: SIGKILL in the middle of the save
     job.wait()
-    assert checkpoint_names(out)[-1] == previous and not (out / MARKER).exists()
+    assert checkpoint_names(out)[-1] == previous
+    assert not (out / MARKER).exists()
     assert any(n.endswith(".tmp") for n in os.listdir(out / "checkpoints"))
     again = run([sys.executable, "student/train.py", *args])
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"stopped at {previous}: resuming it" in again.stdout and (out / "export" / "student.json").exists()
+    assert f"stopped at {previous}: resuming it" in again.stdout
+    assert (out / "export" / "student.json").exists()
 
 
 def test_the_cluster_examples_give_the_save_its_time():
     """The requeue examples: signals forwarded, a launcher patience longer than a step and a save,
     a grace period longer than that, and the preempted exit status the script returns."""
     sbatch = (REPO / "jobs" / "slurm" / "train-4x8.sbatch").read_text()
-    assert "#SBATCH --signal=B:USR1@120" in sbatch and "--requeue" in sbatch
-    assert "source jobs/preemptible.sh" in sbatch and 'scontrol requeue "$SLURM_JOB_ID"' in sbatch
-    assert HANDLED.replace("=", " ") in sbatch and "--shutdown-timeout 100" in sbatch
+    assert "#SBATCH --signal=B:USR1@120" in sbatch
+    assert "--requeue" in sbatch
+    assert "source jobs/preemptible.sh" in sbatch
+    assert 'scontrol requeue "$SLURM_JOB_ID"' in sbatch
+    assert HANDLED.replace("=", " ") in sbatch
+    assert "--shutdown-timeout 100" in sbatch
     assert subprocess.run(["bash", "-n", "jobs/slurm/train-4x8.sbatch"], cwd=REPO).returncode == 0
     job = yaml.safe_load((REPO / "jobs" / "kubernetes" / "train-job.yaml").read_text())
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     command = container["command"]
-    assert command[:3] == ["bash", "jobs/preemptible.sh", "/runs/paper"] and "output_dir=/runs/paper" in command
+    assert command[:3] == ["bash", "jobs/preemptible.sh", "/runs/paper"]
+    assert "output_dir=/runs/paper" in command
     assert HANDLED in command
     patience = int(next(c for c in command if c.startswith("--shutdown-timeout=")).split("=")[1])
     assert pod["terminationGracePeriodSeconds"] > patience >= 100
     (ignored,) = [r for r in job["spec"]["podFailurePolicy"]["rules"] if "onExitCodes" in r]
-    assert ignored["action"] == "Ignore" and ignored["onExitCodes"]["values"] == [3]
+    assert ignored["action"] == "Ignore"
+    assert ignored["onExitCodes"]["values"] == [3]
     assert "PREEMPTED_STATUS=3" in (REPO / "jobs" / "preemptible.sh").read_text()
 
 
@@ -160,5 +173,6 @@ def test_a_sweep_passes_the_signal_to_its_run_and_stops_for_a_requeue(train_stor
     wait_for(lambda: steps_logged(out / "lr=0.002") >= 2, job, log)
     job.send_signal(signal.SIGTERM)  # to the script, then the sweep, then the run under way
     assert job.wait(timeout=60) == 3, log.read_text()[-3000:]
-    assert marker(out) == marker(out / "lr=0.002") and not (out / "lr=0.004").exists()
+    assert marker(out) == marker(out / "lr=0.002")
+    assert not (out / "lr=0.004").exists()
     assert "sweep stopped: run lr=0.002 was preempted" in log.read_text()

@@ -45,16 +45,20 @@ def test_every_job_yaml_parses_and_names_the_commands_the_tests_run():
     for rel in [f for f in files if "/" not in f]:
         load_job_config(str(JOBS / rel), [])
     paper = load_job_config(str(JOBS / "merged41m.yaml"), [])
-    assert paper.clip.teacher.arch == "ViT-L-14" and paper.clip.views == 10 and paper.sam.prompts == 64
+    assert paper.clip.teacher.arch == "ViT-L-14"
+    assert paper.clip.views == 10
+    assert paper.sam.prompts == 64
     assert {s.name for s in paper.sources} == {"cc3m", "cc12m", "yfcc15m", "in21k", "sa1b"}
     # Ray jobs: the entrypoint is the materialize command on a job config of this directory.
     entrypoints = {}
     for rel in [f for f in files if f.endswith(".job.yaml")]:
         spec = load(rel)
         argv = shlex.split(spec["entrypoint"])
-        assert spec["entrypoint"].startswith(MATERIALIZE) and (REPO / argv[3]).is_file(), rel
+        assert spec["entrypoint"].startswith(MATERIALIZE), rel
+        assert (REPO / argv[3]).is_file(), rel
         runtime_env = load(Path(spec["runtime_env"]).relative_to("jobs").as_posix())
-        assert runtime_env["working_dir"] == "." and ".venv/" in runtime_env["excludes"]
+        assert runtime_env["working_dir"] == "."
+        assert ".venv/" in runtime_env["excludes"]
         entrypoints[rel] = spec["entrypoint"]
     rayjob = load("kuberay/rayjob-merged41m.yaml")
     assert (rayjob["apiVersion"], rayjob["kind"]) == ("ray.io/v1", "RayJob")
@@ -76,12 +80,16 @@ def test_every_job_yaml_parses_and_names_the_commands_the_tests_run():
 )
 def test_multi_node_training_configs_keep_the_papers_global_batch(rel, processes, clip, sam):
     acc = load(rel)
-    assert acc["distributed_type"] == "MULTI_GPU" and acc["num_processes"] == acc["num_machines"] * 8 == processes
+    assert acc["distributed_type"] == "MULTI_GPU"
+    assert acc["num_processes"] == acc["num_machines"] * 8 == processes
     paper = load_train_config(str(REPO / "student" / "configs" / "paper.yaml"))
     got = (paper.per_process_batch("clip", processes), paper.per_process_batch("sam", processes))
-    assert got == (clip, sam) and clip * processes == 2048 and sam * processes == 32
+    assert got == (clip, sam)
+    assert clip * processes == 2048
+    assert sam * processes == 32
     sbatch = (JOBS / "slurm" / "train-4x8.sbatch").read_text()
-    assert "--nodes=4" in sbatch and "--nproc_per_node=8" in sbatch
+    assert "--nodes=4" in sbatch
+    assert "--nproc_per_node=8" in sbatch
     assert "student/train.py --config student/configs/paper.yaml" in sbatch
     with pytest.raises(Exception, match=r"data.clip.batch_size: 2048 does not split over 3 processes"):
         paper.per_process_batch("clip", 3)
@@ -130,10 +138,13 @@ def test_sample_job_through_ray_job_submit(sample_corpus, tiny_teachers, ray_das
             break
         time.sleep(10)
     assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-3000:])
-    assert "succeeded" in p.stdout and "clip targets" in p.stdout and "sam targets" in p.stdout
+    assert "succeeded" in p.stdout
+    assert "clip targets" in p.stdout
+    assert "sam targets" in p.stdout
     summary = open_store(str(store)).summary()
     assert summary["clip"]["samples_stored"] + summary["clip"]["samples_errors"] == 100
-    assert summary["sam"]["units"] == 4 and summary["sam"]["samples_stored"] == 12
+    assert summary["sam"]["units"] == 4
+    assert summary["sam"]["samples_stored"] == 12
     status = subprocess.run(
         [ray_bin, "job", "status", "--address", ray_dashboard, submission],
         capture_output=True,

@@ -11,7 +11,7 @@ from pycocotools import mask as mask_utils
 from segment_anything import SamPredictor
 
 from pipeline.config import SamTeacherConfig
-from pipeline.materialize import main as materialize
+from pipeline.materialize.job import main as materialize
 from pipeline.teachers import load_sam_teacher
 from storage_schemas.pixels.decode import decode_image
 from storage_schemas.store import open_store
@@ -68,7 +68,8 @@ def test_stored_logits_equal_sam_predictor(stored, sample_corpus, tiny_teachers)
 def test_prompts_come_from_the_annotations(stored, sample_corpus):
     store, prompts, logits = stored
     images = store.read_table("sam", "images").to_pylist()
-    assert len(images) == 12 and all(i["n_prompts"] == min(16, i["n_annotations"]) for i in images)
+    assert len(images) == 12
+    assert all(i["n_prompts"] == min(16, i["n_annotations"]) for i in images)
     assert any(i["n_prompts"] < 16 for i in images), "an image with fewer annotations than P uses what it has"
     members = {**sa1b_members(sample_corpus, "sa_000000"), **sa1b_members(sample_corpus, "sa_000001")}
     for img in images[:4]:
@@ -81,13 +82,15 @@ def test_prompts_come_from_the_annotations(stored, sample_corpus):
             a = anns[p["annotation_id"]]
             if p["box"] is not None:
                 x0, y0, x1, y1 = p["box"]
-                assert 0 <= x0 < x1 <= img["width"] and 0 <= y0 < y1 <= img["height"]
+                assert 0 <= x0 < x1 <= img["width"]
+                assert 0 <= y0 < y1 <= img["height"]
             m = mask_utils.decode({"size": a["segmentation"]["size"], "counts": a["segmentation"]["counts"].encode()})
             for x, y in p["point_coords"]:
                 assert m[int(y), int(x)] == 1
         arr = logits[(store.commits("sam")[0].shard, img["key"])] if img["key"] in ("sa_1", "sa_2") else None
         if arr is not None:
-            assert arr.shape == (32, 1, 256, 256) and np.isfinite(arr).all()
+            assert arr.shape == (32, 1, 256, 256)
+            assert np.isfinite(arr).all()
     assert {p["structure"] for p in prompts} == {"box", "points", "box+points"}
     commits = store.commits("sam")
     assert [c.unit for c in commits] == ["sa_000000.p000", "sa_000000.p001", "sa_000001.p000", "sa_000001.p001"]
@@ -177,7 +180,9 @@ def test_bad_samples_are_errors_and_skipped_annotations_are_counted(
         "sa_7": "no_usable_annotation",
     }
     images = {r["key"]: r for r in store.read_table("sam", "images").to_pylist()}
-    assert set(images) == {"sa_1", "sa_2"} and commit.n_input == 7 and commit.n_stored == 2
+    assert set(images) == {"sa_1", "sa_2"}
+    assert commit.n_input == 7
+    assert commit.n_stored == 2
     skipped = {s["reason"]: s["count"] for s in images["sa_2"]["skipped_annotations"]}
     assert skipped == {"malformed": 1, "zero_size_box": 1}
 
@@ -194,7 +199,8 @@ def test_kill_before_commit_then_rerun_is_exactly_once(tmp_path, sample_corpus, 
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     s = open_store(str(store))
     commits = s.commits("sam")
-    assert len(commits) == 4 and all(before[c.unit] == c.attempt_id for c in commits if c.unit in before)
+    assert len(commits) == 4
+    assert all(before[c.unit] == c.attempt_id for c in commits if c.unit in before)
     images = s.read_table("sam", "images").to_pylist()
     keys = [(r["shard"], r["key"]) for r in images]
     assert len(keys) == len(set(keys)) == 12
@@ -221,4 +227,5 @@ def test_quantisation_on_the_device_is_the_stored_rule():
             assert np.array_equal(on_device, reference)
         else:  # sigmoid's last float32 bit can land a value on the other side of a .5: one level at most
             diff = np.abs(on_device.astype(int) - reference.astype(int))
-            assert diff.max() <= 1 and (diff > 0).mean() < 1e-4
+            assert diff.max() <= 1
+            assert (diff > 0).mean() < 1e-4

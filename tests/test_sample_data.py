@@ -8,7 +8,7 @@ import webdataset as wds
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from pipeline.sample_data import CorpusSpec, build_sample_corpus
+from pipeline.sample.corpus import CorpusSpec, build_sample_corpus
 
 
 def test_clip_shards_read_with_webdataset(sample_corpus):
@@ -18,9 +18,11 @@ def test_clip_shards_read_with_webdataset(sample_corpus):
     keys = [s["__key__"] for s in samples]
     assert len(set(keys)) == 100
     for s in samples:
-        assert isinstance(s["jpg"], Image.Image) and s["jpg"].mode == "RGB"
+        assert isinstance(s["jpg"], Image.Image)
+        assert s["jpg"].mode == "RGB"
         meta = s["json"]
-        assert meta["key"] == s["__key__"] and meta["status"] == "success"
+        assert meta["key"] == s["__key__"]
+        assert meta["status"] == "success"
         assert (meta["width"], meta["height"]) == s["jpg"].size
         assert s["txt"] == meta["caption"]
     sizes = {s["jpg"].size for s in samples}
@@ -36,7 +38,8 @@ def test_img2dataset_sidecars_reconcile_with_tars(sample_corpus):
             jpgs = sorted(m.name[:-4] for m in tar.getmembers() if m.name.endswith(".jpg"))
         ok = sorted(r["key"] for r in table if r["status"] == "success")
         assert ok == jpgs
-        assert stats["successes"] == len(jpgs) and stats["count"] == len(table)
+        assert stats["successes"] == len(jpgs)
+        assert stats["count"] == len(table)
         assert any(r["status"] != "success" for r in table), "img2dataset parquets list failures too"
 
 
@@ -51,7 +54,8 @@ def test_sa1b_annotations_decode_with_pycocotools(sample_corpus):
             h, w = doc["image"]["height"], doc["image"]["width"]
             assert img.size == (w, h)
             ids = [a["id"] for a in doc["annotations"]]
-            assert len(ids) == len(set(ids)) and 10 <= len(ids) <= 100
+            assert len(ids) == len(set(ids))
+            assert 10 <= len(ids) <= 100
             for ann in doc["annotations"]:
                 rle = {"size": ann["segmentation"]["size"], "counts": ann["segmentation"]["counts"].encode()}
                 m = mask_utils.decode(rle)
@@ -61,10 +65,12 @@ def test_sa1b_annotations_decode_with_pycocotools(sample_corpus):
                 x, y = ann["point_coords"][0]
                 assert m[int(y), int(x)] == 1, "SA-1B's point lies inside its mask"
                 assert ann["crop_box"] == [0.0, 0.0, float(w), float(h)]
-                assert 0 < ann["predicted_iou"] <= 1.1 and 0 < ann["stability_score"] <= 1
+                assert 0 < ann["predicted_iou"] <= 1.1
+                assert 0 < ann["stability_score"] <= 1
             n_images += 1
             n_anns += len(ids)
-    assert n_images == 12 and n_anns > 500
+    assert n_images == 12
+    assert n_anns > 500
 
 
 def test_corpus_is_deterministic(sample_corpus, tmp_path):
@@ -74,13 +80,15 @@ def test_corpus_is_deterministic(sample_corpus, tmp_path):
 
 
 def test_a_rerun_keeps_an_unchanged_corpus_and_rebuilds_a_changed_one(tmp_path, capsys):
-    from pipeline.sample_data import main
+    from pipeline.sample.corpus import main
 
     assert main([str(tmp_path)]) == 0
     tar = tmp_path / "clip" / "00000.tar"
     before, original = tar.stat().st_mtime_ns, tar.read_bytes()
     assert main([str(tmp_path)]) == 0
-    assert "present and unchanged" in capsys.readouterr().out and tar.stat().st_mtime_ns == before
+    assert "present and unchanged" in capsys.readouterr().out
+    assert tar.stat().st_mtime_ns == before
     tar.write_bytes(tar.read_bytes()[:-512])  # damaged: rebuilt byte for byte
     assert main([str(tmp_path)]) == 0
-    assert "present and unchanged" not in capsys.readouterr().out and tar.read_bytes() == original
+    assert "present and unchanged" not in capsys.readouterr().out
+    assert tar.read_bytes() == original

@@ -9,7 +9,7 @@ import pytest
 
 import flaky_fs  # noqa: F401  (registers flaky:// in this process)
 from pipeline.config import RayConfig
-from pipeline.materialize import main as materialize
+from pipeline.materialize.job import main as materialize
 from pipeline.validate import main as validate
 from storage_schemas.store import StoreConfig, open_store
 from support.commands import run_in_process
@@ -35,7 +35,8 @@ def test_transient_errors_are_retried_and_reported(sample_corpus, tiny_teachers,
     job = flaky_job(tmp_path / "job.yaml", sample_corpus, tiny_teachers, tmp_path / "base", fail_writes=3, fail_reads=2)
     assert materialize([job, "--report", str(tmp_path / "report.json")]) == 0
     (report,) = json.loads((tmp_path / "report.json").read_text())["reports"]
-    assert report["units_done"] == 4 and report["units_failed"] == []
+    assert report["units_done"] == 4
+    assert report["units_failed"] == []
     # Every injected fault retried once, none fatal. Each filesystem fails on its own: the driver's
     # its first 3 writes and 2 reads (all in the start-up probe's two creates of one file, the
     # second of which reads it back), the teacher actor's its first 3 writes (parts), and each of
@@ -58,8 +59,10 @@ def test_a_permanent_error_fails_its_unit_and_the_rest_commit(
     (report,) = json.loads((tmp_path / "report.json").read_text())["reports"]
     assert report["units_done"] == 3
     (failed,) = report["units_failed"]
-    assert failed["unit"] == "00002.p000" and failed["reason"] == "storage_failed"
-    assert "PermissionError" in failed["detail"] and "permanent" in failed["detail"]
+    assert failed["unit"] == "00002.p000"
+    assert failed["reason"] == "storage_failed"
+    assert "PermissionError" in failed["detail"]
+    assert "permanent" in failed["detail"]
     assert "FAILED     sample/00002.p000: storage_failed" in capsys.readouterr().out
     store = open_store(str(tmp_path / "base" / "store"))
     assert sorted(r.unit for r in store.commits("clip")) == ["00000.p000", "00001.p000", "00003.p000"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pipeline.config import ClipTeacherConfig, load_job_config
-from pipeline.job_manifests import clip_manifest
+from pipeline.materialize.job_manifests import clip_manifest
 from pipeline.teachers import load_clip_teacher
 from pipeline.teachers.clip_teacher import TINY_CLIP_ARCH
 from storage_schemas.plumbing.errors import ManifestMismatch, StoreError
@@ -155,14 +155,18 @@ def test_embeddings_are_fixed_width_fp16():
     # A fixed-size list of D float16 items named "element", as Parquet names them (pyarrow's type
     # equality ignores the item's name, the field's does not), never null.
     assert field.type == pa.list_(pa.field("element", pa.float16()), D)
-    assert field.type.value_field == pa.field("element", pa.float16()) and not field.nullable
+    assert field.type.value_field == pa.field("element", pa.float16())
+    assert not field.nullable
     t = pa.Table.from_pylist(clip_rows(1, 1, "00000"), schema=clip_views_schema(D))
     emb = t.column("embedding").combine_chunks()
-    assert pa.types.is_fixed_size_list(emb.type) and emb.type.list_size == D and emb.values.type == pa.float16()
+    assert pa.types.is_fixed_size_list(emb.type)
+    assert emb.type.list_size == D
+    assert emb.values.type == pa.float16()
     assert emb.values.nbytes == 2 * D  # the fp16 floor: 2 x D bytes per view
     # and so they come back from a views file
     back = pq.read_table(pa.BufferReader(parquet_bytes(t))).schema.field("embedding")
-    assert back.type == field.type and back.type.value_field == field.type.value_field
+    assert back.type == field.type
+    assert back.type.value_field == field.type.value_field
 
 
 @pytest.mark.parametrize("precision", ["fp16", "uint8_sigmoid"])
@@ -183,8 +187,10 @@ def test_mask_logits_round_trip_through_zarr(tmp_path, precision):
     group = tmp_path / "sam/s/u/p.zarr"
     assert sorted(p.relative_to(group).as_posix() for p in group.rglob("*") if p.is_file()) == sorted(objects)
     back = open_logits(storage, "sam/s/u/p.zarr")
-    assert back.shape == (n, slots, 1, 256, 256) and back.chunks == (1, slots, 1, 256, 256)
-    assert back.shards == (n, slots, 1, 256, 256) and back.attrs["precision"] == precision
+    assert back.shape == (n, slots, 1, 256, 256)
+    assert back.chunks == (1, slots, 1, 256, 256)
+    assert back.shards == (n, slots, 1, 256, 256)
+    assert back.attrs["precision"] == precision
     # Every image's chunk is stored (a missing one would read as the fill value): the shard is
     # there, and its index (Zarr's sharding codec: (offset, nbytes) per chunk, then a CRC32C) has
     # no empty entry, the fill-only image's included.
@@ -291,7 +297,8 @@ def test_reader_sees_only_committed_units(tmp_path, job_yaml, tiny_clip_fingerpr
     assert [c.unit for c in store.commits("clip")] == ["00000"]
     assert store.committed_files("clip", "views") == [f"{storage.url}/clip/sample/00000/{PART}.parquet"]
     table = store.read_table("clip", "views")
-    assert table.num_rows == 6 and set(table.column("shard").to_pylist()) == {"00000"}
+    assert table.num_rows == 6
+    assert set(table.column("shard").to_pylist()) == {"00000"}
     assert store.manifest("clip").must_match["teacher"]["output"]["embed_dim"] == D
     summary = store.summary()["clip"]
     assert (summary["units"], summary["samples_stored"], summary["rows"]) == (1, 3, {"views": 6})
@@ -305,10 +312,8 @@ def test_mismatched_fingerprint_or_policy_is_refused_naming_the_field(tmp_path, 
     storage = StoreRoot(str(tmp_path / "store"))
     first = ensure_manifest(storage, clip_manifest(cfg, tiny_clip_fingerprint, "fp32", "cpu"))
     again = ensure_manifest(storage, clip_manifest(cfg, tiny_clip_fingerprint, "fp32", "host-b"))
-    assert (
-        again == first
-        and json.loads((tmp_path / "store/clip/_manifest.json").read_text())["recorded"]["device"] == "cpu"
-    )
+    assert again == first
+    assert json.loads((tmp_path / "store/clip/_manifest.json").read_text())["recorded"]["device"] == "cpu"
 
     other_weights = load_clip_teacher(ClipTeacherConfig(arch=TINY_CLIP_ARCH, pretrained=None, init_seed=7)).fingerprint
     with pytest.raises(
@@ -322,6 +327,21 @@ def test_mismatched_fingerprint_or_policy_is_refused_naming_the_field(tmp_path, 
         ensure_manifest(storage, clip_manifest(k8, tiny_clip_fingerprint, "fp32", "cpu"))
     with pytest.raises(ManifestMismatch, match=r"compute_dtype: store has fp32, job has bf16;"):
         ensure_manifest(storage, clip_manifest(cfg, tiny_clip_fingerprint, "bf16", "cuda"))
+
+
+def test_a_store_of_another_schema_version_is_refused_in_one_line(tmp_path, job_yaml, tiny_clip_fingerprint):
+    cfg = load_job_config(str(job_yaml()))
+    ensure_manifest(StoreRoot(str(tmp_path / "store")), clip_manifest(cfg, tiny_clip_fingerprint, "fp32", "cpu"))
+    path = tmp_path / "store/clip/_manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["must_match"]["schema_version"] = 1
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(
+        StoreError, match=r"clip/_manifest.json: schema version 1; this code reads and writes version 2$"
+    ):
+        open_store(str(tmp_path / "store")).manifest("clip")
+    with pytest.raises(StoreError, match="schema version 1"):
+        ensure_manifest(StoreRoot(str(tmp_path / "store")), clip_manifest(cfg, tiny_clip_fingerprint, "fp32", "cpu"))
 
 
 def test_unreachable_store_is_one_line(tmp_path):

@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.materialize import main as materialize
+from pipeline.materialize.job import main as materialize
 from storage_schemas.pixels.sam_transforms import sam_boxes
 from storage_schemas.pixels.views import render_view, view_hash
 from storage_schemas.plumbing.errors import ConfigError, StoreError
+from storage_schemas.plumbing.identity import SampleId, is_held_out
 from storage_schemas.store import open_store
-from storage_schemas.store.identity import SampleId, is_held_out
 from storage_schemas.store.mask_logits import decode_logits
-from student.batches import BatchStream, ClipBatchMaker, Loader, SamBatchMaker, Stream, target_logits
-from student.data import choose_prompts, choose_view, iter_clip_unit, iter_sam_unit, split_filter
-from student.epoch_plan import batch_sizes, deal_slots, plan_epoch, stream_order, unit_id
-from student.pieces import unit_pieces
+from student.data.batches import BatchStream, ClipBatchMaker, Loader, SamBatchMaker, Stream, target_logits
+from student.data.epoch_plan import batch_sizes, deal_slots, plan_epoch, stream_order, unit_id
+from student.data.pieces import unit_pieces
+from student.data.unit_samples import choose_prompts, choose_view, iter_clip_unit, iter_sam_unit, split_filter
 from support.job_configs import write_clip_job
 
 
@@ -28,9 +28,8 @@ def test_units_read_whole_give_every_sample_and_the_teachers_pixels(clip_store):
     seen = 0
     for record in store.commits("clip"):
         samples = list(iter_clip_unit(store, record))
-        assert len(samples) == record.n_stored and [s.sample_index for s in samples] == sorted(
-            s.sample_index for s in samples
-        )
+        assert len(samples) == record.n_stored
+        assert [s.sample_index for s in samples] == sorted(s.sample_index for s in samples)
         for s in samples[::3]:
             for v in range(4):
                 assert view_hash(render_view(s.image(224), s.crops[v], bool(s.flips[v]), 224)) == s.pixel_hashes[v]
@@ -58,7 +57,8 @@ def test_view_choice_is_stable_and_covers_the_views():
     s = SampleId("cc12m", "00042", "000420017")
     assert [choose_view(0, e, s, 4, "cycle") for e in range(6)] == [0, 1, 2, 3, 0, 1]
     picks = [choose_view(0, e, s, 4, "random") for e in range(40)]
-    assert picks == [choose_view(0, e, s, 4, "random") for e in range(40)] and set(picks) == {0, 1, 2, 3}
+    assert picks == [choose_view(0, e, s, 4, "random") for e in range(40)]
+    assert set(picks) == {0, 1, 2, 3}
 
 
 def test_slots_split_the_pieces_without_overlap_and_with_equal_loads(clip_store):
@@ -71,13 +71,15 @@ def test_slots_split_the_pieces_without_overlap_and_with_equal_loads(clip_store)
         taken = [(unit_id(su.unit.record), j) for slot in slots for su in slot for j in su.pieces]
         assert len(taken) == len(set(taken)) == sum(1 for u in units for p in u.pieces if p.count)
         loads = [sum(su.count for su in slot) for slot in slots]
-        assert sum(loads) == sum(u.count for u in units) and max(loads) - min(loads) <= 2 * biggest
+        assert sum(loads) == sum(u.count for u in units)
+        assert max(loads) - min(loads) <= 2 * biggest
         assert slots == deal_slots(units, 6, seed=0, epoch=epoch)
     plans = [
         plan_epoch(units, world_size=3, rank=rank, streams=2, seed=0, epoch=0, sizes={64: 4}, tag="clip")
         for rank in range(3)
     ]
-    assert len({tuple(p.batches) for p in plans}) == 1 and plans[0].batches  # equal steps on every rank
+    assert len({tuple(p.batches) for p in plans}) == 1
+    assert plans[0].batches  # equal steps on every rank
     for p in plans:
         for s in range(2):
             assert p.stream_samples(s) <= sum(su.count for su in p.streams[s])
@@ -95,18 +97,22 @@ def test_sam_units_give_the_stored_logits_and_prompts(sam_store):
             rows = sorted(
                 (r for r in prompts if r["key"] == s.identity.key and r["round"] == 0), key=lambda r: r["prompt"]
             )
-            assert len(s.prompts.structure) == len(rows) and len(rows) > 0
+            assert len(s.prompts.structure) == len(rows)
+            assert len(rows) > 0
             np.testing.assert_array_equal(s.logits(), decode_logits(array[s.sample_index, : len(rows)], "fp16"))
             np.testing.assert_allclose(s.prompts.iou, [r["iou"] for r in rows])
             chosen = choose_prompts(0, 0, s.identity, len(rows), 5)
-            assert len(chosen) == min(5, len(rows)) and list(chosen) == sorted(set(chosen.tolist()))
+            assert len(chosen) == min(5, len(rows))
+            assert list(chosen) == sorted(set(chosen.tolist()))
             assert not np.array_equal(chosen, choose_prompts(0, 1, s.identity, len(rows), 5)) or len(rows) <= 5
             boxes, _ = s.prompts_1024(chosen)
             for b, i in zip(boxes, chosen):
                 if rows[i]["box"] is not None:
                     np.testing.assert_allclose(b, sam_boxes(np.array([rows[i]["box"]]), s.original_hw)[0], rtol=1e-6)
             image, hw = s.sam_input()
-            assert image.shape == (1024, 1024, 3) and max(hw) == 1024 and not image[hw[0] :, :].any()
+            assert image.shape == (1024, 1024, 3)
+            assert max(hw) == 1024
+            assert not image[hw[0] :, :].any()
             n += 1
     assert n == sum(r.n_stored for r in store.commits("sam"))
 
@@ -120,7 +126,8 @@ def test_held_out_split_is_stable_and_partitions_the_samples(clip_store):
             got = {s.identity for s in iter_clip_unit(store, record, keep)}
             assert len(got) == unit_pieces(store, record, keep).count
             keys[split] |= got
-    assert not keys["train"] & keys["held_out"] and len(keys["train"]) + len(keys["held_out"]) == 100
+    assert not keys["train"] & keys["held_out"]
+    assert len(keys["train"]) + len(keys["held_out"]) == 100
     assert 8 <= len(keys["held_out"]) <= 35  # ~20% of 100
     assert all(is_held_out(s, 0.2) for s in keys["held_out"])
 
@@ -134,7 +141,8 @@ def test_variable_batches_are_the_same_on_every_rank_and_shrink_with_resolution(
         plan_epoch(units, world_size=2, rank=rank, streams=2, seed=0, epoch=3, sizes=sizes, tag="clip")
         for rank in range(2)
     ]
-    assert plans[0].batches == plans[1].batches and {r for r, _ in plans[0].batches} == {224, 448}
+    assert plans[0].batches == plans[1].batches
+    assert {r for r, _ in plans[0].batches} == {224, 448}
     assert all(n == sizes[r] for r, n in plans[0].batches)
     pieces = [{(unit_id(su.unit.record), j) for st in p.streams for su in st for j in su.pieces} for p in plans]
     assert not pieces[0] & pieces[1]
@@ -162,9 +170,10 @@ def test_batch_order_is_the_plans_for_any_worker_count_and_resumes_mid_epoch(cli
     store = open_store(str(clip_store))
     keep = split_filter(0.2, "train")
     plan = _clip_plan(store, keep)
-    maker = ClipBatchMaker(store, keep, seed=0, view_choice="random", views=None, run=4, window=8)
+    maker = ClipBatchMaker(store=store, keep=keep, seed=0, view_choice="random", views=None, read_run=4, mix_window=8)
     whole = _ids(Loader(BatchStream(plan, 0, maker), workers=0))
-    assert [b for b, _, _ in whole] == list(range(len(plan.batches))) and len(whole) >= 8
+    assert [b for b, _, _ in whole] == list(range(len(plan.batches)))
+    assert len(whole) >= 8
     assert [len(ids) for _, _, ids in whole] == [n for _, n in plan.batches]
     assert _ids(Loader(BatchStream(plan, 0, maker), workers=2)) == whole
     assert _ids(Loader(BatchStream(plan, 5, maker), workers=2)) == whole[5:]
@@ -173,7 +182,8 @@ def test_batch_order_is_the_plans_for_any_worker_count_and_resumes_mid_epoch(cli
     assert len(flat) == len(set(flat))  # each sample at most once an epoch
     batch = next(iter(Loader(BatchStream(plan, 0, maker), workers=0)))
     res = plan.batches[0][0]
-    assert batch["images"].shape == (plan.batches[0][1], 3, res, res) and batch["images"].dtype == torch.uint8
+    assert batch["images"].shape == (plan.batches[0][1], 3, res, res)
+    assert batch["images"].dtype == torch.uint8
     assert batch["targets"].shape == (plan.batches[0][1], 64)
 
 
@@ -188,13 +198,15 @@ def test_a_store_error_in_a_loader_worker_reaches_the_trainer_as_its_one_line(cl
     changed = replace(units[0].record, input=replace(units[0].record.input, size=units[0].record.input.size + 1))
     units[0] = replace(units[0], record=changed)
     plan = plan_epoch(units, world_size=1, rank=0, streams=1, seed=0, epoch=0, sizes={64: 4}, tag="clip")
-    maker = ClipBatchMaker(store, keep, seed=0, view_choice="random", views=None, run=4, window=8)
+    maker = ClipBatchMaker(store=store, keep=keep, seed=0, view_choice="random", views=None, read_run=4, mix_window=8)
     lines = []
     for workers in (0, 1):
         with pytest.raises(StoreError, match=r"^input .* changed since unit") as e:
             list(Loader(BatchStream(plan, 0, maker), workers=workers))
         lines.append(str(e.value))
-    assert lines[0] == lines[1] and "\n" not in lines[1] and type(e.value) is StoreError
+    assert lines[0] == lines[1]
+    assert "\n" not in lines[1]
+    assert type(e.value) is StoreError
 
 
 def test_a_shard_without_a_stored_tar_index_is_scanned_once_and_its_index_stored(clip_store, tmp_path, caplog):
@@ -219,7 +231,8 @@ def test_a_shard_without_a_stored_tar_index_is_scanned_once_and_its_index_stored
         scans = [m for m in caplog.messages if "no tar index in the store" in m]
         assert len(scans) == (len({r.input.url for r in records}) if len(reads) == 1 else 0), scans
         unit_tar._scanned.clear()  # a new loader process
-    assert reads[0] == reads[1] == want and want
+    assert reads[0] == reads[1] == want
+    assert want
     for r in records:
         assert read_tar_index(store.storage, "clip", r.source, r.shard, r.input.size, r.input.etag) is not None
 
@@ -228,13 +241,14 @@ def test_batches_carry_the_stored_view_their_id_names(clip_store):
     store = open_store(str(clip_store))
     keep = split_filter(0.2, "train")
     stored = {s.identity: s for r in store.commits("clip") for s in iter_clip_unit(store, r, keep)}
-    maker = ClipBatchMaker(store, keep, seed=0, view_choice="random", views=3, run=4, window=8)
+    maker = ClipBatchMaker(store=store, keep=keep, seed=0, view_choice="random", views=3, read_run=4, mix_window=8)
     plan = _clip_plan(store, keep, epoch=1, sizes={64: 4})
     for b in Loader(BatchStream(plan, 0, maker), workers=0):
         for i, target in zip(b["ids"], b["targets"]):
             key, view = i.split("#")
             s = stored[SampleId(*key.split("/"))]
-            assert int(view) < 3 and int(view) == choose_view(0, 1, s.identity, 3, "random")
+            assert int(view) < 3
+            assert int(view) == choose_view(0, 1, s.identity, 3, "random")
             np.testing.assert_array_equal(target.numpy(), s.embeddings[int(view)].astype(np.float32))
 
 
@@ -243,16 +257,18 @@ def test_every_batch_mixes_the_units_of_its_stream(clip_store):
     keep = split_filter(0.2, "train")
     plan = _clip_plan(store, keep, streams=1, sizes={64: 8})
     units = len(plan.streams[0])
-    maker = ClipBatchMaker(store, keep, seed=0, view_choice="random", views=None, run=2, window=8)
+    maker = ClipBatchMaker(store=store, keep=keep, seed=0, view_choice="random", views=None, read_run=2, mix_window=8)
     batches = list(Loader(BatchStream(plan, 0, maker), workers=0))
     per_batch = [len({i.split("/")[1] for i in b["ids"]}) for b in batches]
-    assert units == 4 and len(batches) >= 8 and min(per_batch) >= 4, per_batch
+    assert units == 4, per_batch
+    assert len(batches) >= 8, per_batch
+    assert min(per_batch) >= 4, per_batch
 
 
 def synthetic_units(n_units: int, samples: int, piece: int):
     """UnitPieces of a store that is never read: the plan needs only their counts."""
     from storage_schemas.store.commit import CommitRecord, InputRef
-    from student.epoch_plan import Piece, UnitPieces
+    from student.data.epoch_plan import Piece, UnitPieces
 
     def record(u):
         return CommitRecord(
@@ -281,11 +297,13 @@ def test_an_epoch_whose_deal_leaves_a_stream_short_of_a_batch_is_skipped_not_fat
         for e in range(12)
     ]
     empty = [e for e, p in enumerate(plans) if not p.batches]
-    assert empty and len(empty) < len(plans), "the case this test is about did not come up"
+    assert empty, "the case this test is about did not come up"
+    assert len(empty) < len(plans), "the case this test is about did not come up"
     stream = Stream(
         "sam", units, None, sizes={1024: 2}, seed=0, world_size=1, rank=0, streams=2, workers=0, epoch=empty[0]
     )
-    assert stream.epoch == next(e for e in range(empty[0], 12) if plans[e].batches) and stream.batch == 0
+    assert stream.epoch == next(e for e in range(empty[0], 12) if plans[e].batches)
+    assert stream.batch == 0
     with pytest.raises(StoreError, match="make no batch of 8 in 64 epochs"):
         Stream("sam", units, None, sizes={1024: 8}, seed=0, world_size=1, rank=0, streams=2, workers=0)
     with pytest.raises(StoreError, match="3 pieces cannot feed 2 process.*; lower data.streams$"):  # every epoch
@@ -298,11 +316,13 @@ def test_a_64_unit_store_gives_batches_of_at_least_16_units():
     units = synthetic_units(64, samples=200, piece=40)
     plan = plan_epoch(units, world_size=1, rank=0, streams=2, seed=0, epoch=0, sizes={224: 32}, tag="clip")
     for s in range(2):
-        order = stream_order(plan, s, run=2, window=64)
+        order = stream_order(plan, s, read_run=2, mix_window=64)
         uid = np.array([plan.streams[s][u].unit.record.unit for u in order.unit])
         n = plan.stream_samples(s)
         per_batch = [len(set(uid[a : a + 32])) for a in range(0, n, 32)]
-        assert len(plan.streams[s]) == 32 and len(per_batch) >= 190 and min(per_batch) >= 16, min(per_batch)
+        assert len(plan.streams[s]) == 32, min(per_batch)
+        assert len(per_batch) >= 190, min(per_batch)
+        assert min(per_batch) >= 16, min(per_batch)
         picked = set(zip(order.unit.tolist(), order.piece.tolist(), order.ordinal.tolist()))
         assert len(picked) == len(order) == sum(su.count for su in plan.streams[s])  # each sample once
 
@@ -312,13 +332,16 @@ def test_sam_batches_collate_prompts_over_images(sam_store):
     keep = split_filter(0.01, "train")
     units = [unit_pieces(store, r, keep) for r in store.commits("sam")]
     plan = plan_epoch(units, world_size=1, rank=0, streams=1, seed=0, epoch=0, sizes={1024: 2}, tag="sam")
-    maker = SamBatchMaker(store, keep, seed=0, prompts=3)
+    maker = SamBatchMaker(store=store, keep=keep, seed=0, prompts=3)
     batch = next(iter(Loader(BatchStream(plan, 0, maker), workers=0)))
     n = len(batch["prompts"].image_index)
-    assert batch["images"].shape == (2, 3, 1024, 1024) and n == 6
+    assert batch["images"].shape == (2, 3, 1024, 1024)
+    assert n == 6
     assert batch["prompts"].image_index.tolist() == [0, 0, 0, 1, 1, 1]
-    assert batch["stored_logits"].shape == (6, 1, 256, 256) and batch["target_iou"].shape == (6, 1)
-    assert batch["prompts"].points.shape[:2] == (6, 1) and batch["prompts"].boxes.shape == (6, 4)
+    assert batch["stored_logits"].shape == (6, 1, 256, 256)
+    assert batch["target_iou"].shape == (6, 1)
+    assert batch["prompts"].points.shape[:2] == (6, 1)
+    assert batch["prompts"].boxes.shape == (6, 4)
     stored = {s.identity: s for r in store.commits("sam") for s in iter_sam_unit(store, r, keep)}
     for b, key in enumerate(batch["ids"]):
         s = stored[SampleId(*key.split("/"))]
@@ -345,8 +368,8 @@ def test_a_rank_reads_what_it_trains_on_once_against_a_budget_term_by_term(clip_
     """Rank 0 of 2, for 1 and 2 loader workers: every byte read is a trained sample's member, a tar
     header, a part file of a piece it trains on (whole, once), a tar index, or a member of a sample
     it does not train on lying in a gap between two it does; nothing is read twice."""
-    from bench.counting_fs import counting_reads, read_log
     from storage_schemas.pixels.tar_samples import IMAGE_EXTENSIONS
+    from storage_schemas.plumbing.counting_fs import counting_reads, read_log
     from storage_schemas.store import table_files
     from storage_schemas.store.tar_index import HOLE_BYTES
 
@@ -357,7 +380,9 @@ def test_a_rank_reads_what_it_trains_on_once_against_a_budget_term_by_term(clip_
             store = open_store(str(clip_store))
             keep = split_filter(0.2, "train")
             plan = _clip_plan(store, keep, streams=2, world=2, rank=0, sizes={64: 4})
-            maker = ClipBatchMaker(store, keep, seed=0, view_choice="random", views=None, run=4, window=8)
+            maker = ClipBatchMaker(
+                store=store, keep=keep, seed=0, view_choice="random", views=None, read_run=4, mix_window=8
+            )
             log.unlink(missing_ok=True)  # the plan's reads (once per run, not per epoch) are not the epoch's
             batches = list(Loader(BatchStream(plan, 0, maker), workers=workers))
         reads = read_log(log)
@@ -367,7 +392,7 @@ def test_a_rank_reads_what_it_trains_on_once_against_a_budget_term_by_term(clip_
         # The pieces the epoch reaches: those of the first stream_samples samples of each stream.
         parts, records = set(), {}
         for s in range(2):
-            order = stream_order(plan, s, run=4, window=8)
+            order = stream_order(plan, s, read_run=4, mix_window=8)
             n = plan.stream_samples(s)
             for u, j in set(zip(order.unit[:n].tolist(), order.piece[:n].tolist())):
                 su = plan.streams[s][u]
@@ -399,7 +424,8 @@ def test_a_rank_reads_what_it_trains_on_once_against_a_budget_term_by_term(clip_
                 terms["targets (part files)"] += total
             elif "/_tar_index/" in path:
                 size = os.path.getsize(path)
-                assert total % size == 0 and total // size <= 2, path  # once per stream of the rank at most
+                assert total % size == 0, path
+                assert total // size <= 2, path  # once per stream of the rank at most
                 terms["tar indexes"] += total
             else:
                 record = records.get(path)
@@ -428,12 +454,15 @@ def test_a_rank_reads_what_it_trains_on_once_against_a_budget_term_by_term(clip_
                 wanted = sorted(images.values())
                 for a, n in ranges:  # a request starts and ends on wanted images, its gaps at most HOLE_BYTES
                     inside = [(d, s) for d, s in wanted if a <= d and d + s <= a + n]
-                    assert inside and inside[0][0] == a and inside[-1][0] + inside[-1][1] == a + n, (path, a, n)
+                    assert inside, (path, a, n)
+                    assert inside[0][0] == a, (path, a, n)
+                    assert inside[-1][0] + inside[-1][1] == a + n, (path, a, n)
                     assert all(d2 - (d1 + s1) <= HOLE_BYTES for (d1, s1), (d2, _) in zip(inside, inside[1:]))
                 assert all(any(a <= d and d + s <= a + n for a, n in ranges) for d, s in wanted)
                 assert len(wanted) == sum(1 for i in trained if i.startswith(f"{record.source}/{record.shard}/"))
         assert sum(terms.values()) == sum(n for _, _, _, n in reads), "bytes read that no term accounts for"
-        assert terms["trained images"] > 0 and terms["targets (part files)"] > 0
+        assert terms["trained images"] > 0
+        assert terms["targets (part files)"] > 0
         ledgers.append({k: v for k, v in terms.items() if k != "tar indexes"})
     assert ledgers[0] == ledgers[1], ledgers  # the worker count changes nothing read but the indexes
 
@@ -446,7 +475,9 @@ def test_a_resume_with_another_plan_shape_says_so_in_one_line():
     assert plan_shape_warning(TrainState(), "ckpt/step_9", 4, 2) is None  # a checkpoint from before streams
     for world, streams in ((1, 8), (2, 4)):
         line = plan_shape_warning(saved, "ckpt/step_9", world, streams)
-        assert "\n" not in line and "2 process(es) x 8 streams" in line and f"{world} x {streams}" in line
+        assert "\n" not in line
+        assert "2 process(es) x 8 streams" in line
+        assert f"{world} x {streams}" in line
         assert "epoch 2 batch 7" in line
 
 
@@ -466,6 +497,8 @@ def test_a_resume_with_another_data_order_says_so_and_another_held_out_is_refuse
         ("stages.0.resolutions=[32]", "now [[32], [224, 448], [224, 448]]"),
     ):
         line = plan_shape_warning(saved, "ckpt/step_9", 1, 2, order(override))
-        assert change in line and "\n" not in line and "epoch 1 batch 3" in line, line
+        assert change in line, line
+        assert "\n" not in line, line
+        assert "epoch 1 batch 3" in line, line
     with pytest.raises(ConfigError, match=r"^data.held_out: ckpt/step_9 was trained holding out 0.2, this run 0.3"):
         plan_shape_warning(saved, "ckpt/step_9", 1, 2, order("data.held_out=0.3"))

@@ -11,9 +11,9 @@ from pipeline.teachers import load_sam_teacher
 from storage_schemas.models.sam_models import build_sam
 from storage_schemas.pixels.sam_transforms import pad_image, sam_boxes, sam_input_image, sam_points
 from student.config import ModelConfig
-from student.export import export_student, sam_state_dict
-from student.load import load_student
-from student.model import PromptBatch, SamClip
+from student.modeling.export import export_student, sam_state_dict
+from student.modeling.load import load_student
+from student.modeling.model import PromptBatch, SamClip
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,11 @@ def test_shapes_and_no_nans_at_every_resolution(tiny_sam, size):
         emb = model.clip_embed(x, tokens)
         dense = model.clip_dense(x, tokens)
     g = size // 16
-    assert tokens.shape == (2, g, g, 32) and emb.shape == (2, 64) and dense.shape == (2, g, g, 64)
-    assert torch.isfinite(emb).all() and torch.isfinite(dense).all()
+    assert tokens.shape == (2, g, g, 32)
+    assert emb.shape == (2, 64)
+    assert dense.shape == (2, g, g, 64)
+    assert torch.isfinite(emb).all()
+    assert torch.isfinite(dense).all()
     torch.testing.assert_close(emb.norm(dim=-1), torch.ones(2))
     if size == 1024:
         assert model.sam_embed(x, tokens).shape == (2, 32, 64, 64)
@@ -70,7 +73,8 @@ def test_batched_decoding_over_images_and_mixed_prompts_equals_sam_predictor(tin
         with torch.no_grad():
             out = model(sam_images=u8, sam_input_hw=hw, prompts=batch, multimask=multimask)
         m = 3 if multimask else 1
-        assert out["masks"].shape == (6, m, 256, 256) and out["iou"].shape == (6, m)
+        assert out["masks"].shape == (6, m, 256, 256)
+        assert out["iou"].shape == (6, m)
         predictor = SamPredictor(tiny_sam)
         for i, (b, _, box, pts) in enumerate(prompts):
             predictor.set_image(images[b])
@@ -116,7 +120,8 @@ def test_an_export_cut_short_leaves_no_finished_marker(tiny_sam, tmp_path, monke
     monkeypatch.setattr(torch, "save", disk_full)
     with pytest.raises(OSError, match="No space left"):
         export_student(SamClip(tiny_sam, embed_dim=64), ModelConfig(sam_arch="tiny"), 64, str(tmp_path / "export"))
-    assert run_status(str(tmp_path)) == "new" and not (tmp_path / "export" / "student.json").exists()
+    assert run_status(str(tmp_path)) == "new"
+    assert not (tmp_path / "export" / "student.json").exists()
 
 
 def test_clip_head_starts_from_the_last_block_and_prompt_encoder_is_frozen(tiny_sam):
@@ -132,5 +137,6 @@ def test_clip_head_starts_from_the_last_block_and_prompt_encoder_is_frozen(tiny_
 def test_parameter_counts_of_the_vit_b_student():
     with torch.device("meta"):
         counts = SamClip(build_sam("vit_b"), embed_dim=768).parameter_counts()
-    assert counts["clip_head"] == 23_938_176 and counts["backbone"] == 88_883_456
+    assert counts["clip_head"] == 23_938_176
+    assert counts["backbone"] == 88_883_456
     assert 0.25 < counts["clip_head"] / counts["backbone"] < 0.30  # the paper's appendix D: about 25%

@@ -79,26 +79,31 @@ def test_killed_run_resumes_at_the_same_step_and_batch_without_any_teacher(train
     assert p.returncode == -signal.SIGKILL
     assert sorted(os.listdir(cut / "checkpoints")) == ["step_00000003", "step_00000004", "step_00000006"]
     p = train_without_teachers([*args, "--resume", str(cut / "checkpoints" / "step_00000004")], cut)
-    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert p.stderr.strip().splitlines() == [
         f"error: --resume {cut}/checkpoints/step_00000004: {cut}/checkpoints holds later checkpoints "
         "(step_00000006); move them out of it first"
     ], p.stderr[-3000:]
     p = train_without_teachers([*args, "--set", "data.held_out=0.3", "--resume", "latest"], cut)
-    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert p.stderr.strip().splitlines() == [
         f"error: data.held_out: {cut}/checkpoints/step_00000006 was trained holding out 0.2, this run 0.3: samples "
         "it trained on would be validated on; resume with --set data.held_out=0.2"
     ], p.stderr[-3000:]
     p = train_without_teachers([*args, "--resume", "latest"], cut)
     assert p.returncode == 0, p.stderr[-3000:]
-    assert "resuming from" in p.stdout and "step 6)" in p.stdout
+    assert "resuming from" in p.stdout
+    assert "step 6)" in p.stdout
 
     want, got = batches(full), batches(cut)
     assert sorted(got) == sorted(want) == [(s, 0) for s in range(1, 9)]
     for key in want:  # steps 7 and 8 ran again after the resume: same samples, views, prompts, loss
-        assert got[key]["clip"] == want[key]["clip"] and got[key]["sam"] == want[key]["sam"], key
+        assert got[key]["clip"] == want[key]["clip"], key
+        assert got[key]["sam"] == want[key]["sam"], key
         assert got[key]["loss"] == pytest.approx(want[key]["loss"], rel=1e-5), key
     a, b = load_file(full / "export" / "student.safetensors"), load_file(cut / "export" / "student.safetensors")
-    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +122,8 @@ def probed(train_store, tmp_path_factory) -> Path:
 
 def test_probe_learns_above_chance_and_above_the_start(probed):
     first, last = validations(probed)[0], validations(probed)[-1]
-    assert first["step"] == 0 and last["step"] == 100
+    assert first["step"] == 0
+    assert last["step"] == 100
     chance = last["val/clip224_chance"]
     assert last["val/clip224_retrieval_top1"] >= 5 * chance
     assert last["val/clip224_retrieval_top1"] > first["val/clip224_retrieval_top1"] + 0.2
@@ -158,10 +164,12 @@ def test_rehearsal_keeps_the_sam_head_close_to_the_teacher_while_clip_improves(p
         result[lam] = (joint[0], joint[-1])
     (s10, e10), (s0, e0) = result["10.0"], result["0.0"]
     # Both start from the probe checkpoint, whose SAM path is the teacher's own.
-    assert s10["val/sam_logit_corr"] == pytest.approx(s0["val/sam_logit_corr"]) and s10["val/sam_logit_corr"] > 0.99
+    assert s10["val/sam_logit_corr"] == pytest.approx(s0["val/sam_logit_corr"])
+    assert s10["val/sam_logit_corr"] > 0.99
     drop10 = s10["val/sam_logit_corr"] - e10["val/sam_logit_corr"]
     drop0 = s0["val/sam_logit_corr"] - e0["val/sam_logit_corr"]
-    assert drop0 > 0.05 and drop10 < drop0 / 2, (drop10, drop0)
+    assert drop0 > 0.05, (drop10, drop0)
+    assert drop10 < drop0 / 2, (drop10, drop0)
     assert e10["val/sam_soft_iou"] > e0["val/sam_soft_iou"]
     # ... while the CLIP side keeps learning under lambda = 10.
     assert e10["val/clip224_retrieval_top1"] > s10["val/clip224_retrieval_top1"], (s10, e10)
@@ -185,5 +193,37 @@ def test_bad_training_configs_stop_with_one_line(train_store, tmp_path):
                 *[x for o in overrides for x in ("--set", o)],
             ]
         )
-        assert p.returncode == 2 and message in p.stderr, (overrides, p.stderr[-2000:])
+        assert p.returncode == 2, (overrides, p.stderr[-2000:])
+        assert message in p.stderr, (overrides, p.stderr[-2000:])
         assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+@pytest.mark.slow
+def test_every_tracker_logs_the_run_under_its_name_without_storage_options(train_store, tmp_path):
+    out = tmp_path / "probe-trackers"
+    p = run(
+        [
+            sys.executable,
+            "student/train.py",
+            *train_args(train_store, out, [PROBE % 2], "log_with=[tensorboard, wandb, mlflow]", "log_every=1"),
+            "--set",
+            "store.storage_options={anon: false}",
+        ],
+        env={"WANDB_MODE": "offline", "WANDB_SILENT": "true", "MLFLOW_TRACKING_URI": ""},
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    (wandb_log,) = (out / "wandb").glob("offline-run-*/run-*.wandb")  # what `wandb sync` would upload
+    assert b"stages.0.name" in wandb_log.read_bytes()
+    assert b"storage_options" not in wandb_log.read_bytes()
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = mlflow.MlflowClient("file:" + str(out / "mlruns"))
+    experiment = client.get_experiment_by_name("probe-trackers")
+    (mlflow_run,) = client.search_runs([experiment.experiment_id])
+    assert mlflow_run.info.run_name == "probe-trackers"
+    assert mlflow_run.data.params["stages.0.name"] == "probe"
+    assert not any("storage_options" in k for k in mlflow_run.data.params)
+    assert not any("storage_options" in v for v in mlflow_run.data.tags.values())
+    assert "loss/clip" in mlflow_run.data.metrics

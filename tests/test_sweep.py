@@ -20,10 +20,10 @@ import pytest
 import yaml
 from PIL import Image
 
+import student.sweeps.sweep as sweep
 from storage_schemas.models.teacher_flops import clip_view_flops, manifest_flops, teacher_flops
 from storage_schemas.plumbing.errors import ConfigError
 from storage_schemas.store import open_store
-from student import sweep
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "student" / "configs" / "tiny.yaml")
@@ -75,13 +75,16 @@ def test_a_sweep_trains_resumes_after_a_kill_skips_when_done_and_compares(train_
     ]
     # Killed at step 4 (joint's first): the first run's checkpoint is step 3, the sweep stops there.
     p = run_sweep(*args, env={"SAMCLIP_KILL_AT": "train_step:4"})
-    assert p.returncode == 1 and "sweep stopped: run lr=0.002 exited with -9" in p.stderr, p.stderr[-2000:]
+    assert p.returncode == 1, p.stderr[-2000:]
+    assert "sweep stopped: run lr=0.002 exited with -9" in p.stderr, p.stderr[-2000:]
     assert not (out / "lr=0.004").exists()
 
     p = run_sweep(*args)
     assert p.returncode == 0, p.stderr[-3000:]
-    assert "[1/2] lr=0.002: resuming" in p.stdout and "[2/2] lr=0.004: training" in p.stdout
-    assert "resuming from" in p.stdout + p.stderr and "step_00000003" in p.stdout + p.stderr
+    assert "[1/2] lr=0.002: resuming" in p.stdout
+    assert "[2/2] lr=0.004: training" in p.stdout
+    assert "resuming from" in p.stdout + p.stderr
+    assert "step_00000003" in p.stdout + p.stderr
     for name in ("lr=0.002", "lr=0.004"):
         assert (out / name / "export" / "student.json").is_file()
         assert sorted(logged(out / name)) == [1, 2, 3, 4, 5]
@@ -97,12 +100,15 @@ def test_a_sweep_trains_resumes_after_a_kill_skips_when_done_and_compares(train_
     )
     assert p.returncode == 0, p.stderr[-3000:]
     header, rule, *rows = p.stdout.split("\n\n")[0].splitlines()
-    assert header.split()[0] == "lr" and [r.split()[0] for r in rows] == ["0.002", "0.004"]
-    assert "clip224_retrieval_top1" in header and all(" finished " in r for r in rows)
+    assert header.split()[0] == "lr"
+    assert [r.split()[0] for r in rows] == ["0.002", "0.004"]
+    assert "clip224_retrieval_top1" in header
+    assert all(" finished " in r for r in rows)
     assert "teacher work the store saved over 2 run(s)" in p.stdout
     with open(out / "comparison.csv") as f:
         table = list(csv.DictReader(f))
-    assert [r["stages.0.lr"] for r in table] == ["0.002", "0.004"] and {r["steps"] for r in table} == {"5"}
+    assert [r["stages.0.lr"] for r in table] == ["0.002", "0.004"]
+    assert {r["steps"] for r in table} == {"5"}
     store = open_store(str(train_store))
     clip = store.manifest("clip")
     flops = manifest_flops(clip, store.manifest("sam"))
@@ -110,13 +116,15 @@ def test_a_sweep_trains_resumes_after_a_kill_skips_when_done_and_compares(train_
     for name, row in zip(("lr=0.002", "lr=0.004"), table):
         batches = logged(out / name).values()  # the kill's lost step is not counted: its redo is
         views, images = sum(len(b["clip"]) for b in batches), sum(len(b["sam"]) for b in batches)
-        assert (int(row["clip_views"]), int(row["sam_images"])) == (views, images) and images == 2 * 2  # 2 joint steps
+        assert (int(row["clip_views"]), int(row["sam_images"])) == (views, images)
+        assert images == 2 * 2  # 2 joint steps
         prompts = int(row["sam_prompts"])
         assert images <= prompts <= 8 * images  # P' = 8 of each image's stored prompts, fewer where it has fewer
         assert float(row["teacher_flops_saved"]) == pytest.approx(flops.of(views, images, prompts), rel=1e-5)
     assert (out / "comparison.md").read_text().startswith("| lr |")
     with Image.open(out / "comparison.png") as png:
-        assert png.size[0] > 400 and len(png.getcolors(1 << 16) or range(1 << 16)) > 16  # drawn, not blank
+        assert png.size[0] > 400
+        assert len(png.getcolors(1 << 16) or range(1 << 16)) > 16  # drawn, not blank
 
 
 def test_bad_grid_keys_and_values_stop_in_one_line_before_any_run(tmp_path):
@@ -133,10 +141,13 @@ def test_bad_grid_keys_and_values_stop_in_one_line_before_any_run(tmp_path):
     for extra, message in cases.items():
         with pytest.raises(ConfigError) as e:
             sweep.main(["--config", TINY, *extra, str(out)])
-        assert message in str(e.value) and "\n" not in str(e.value), (extra, str(e.value))
+        assert message in str(e.value), (extra, str(e.value))
+        assert "\n" not in str(e.value), (extra, str(e.value))
     assert not out.exists()
     p = run_sweep("--config", TINY, "--grid", "stages.0.lr=0.1,fast", str(out))  # what a user sees
-    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and p.stderr.startswith("error: run lr=fast")
+    assert p.returncode == 2
+    assert p.stderr.strip().count("\n") == 0
+    assert p.stderr.startswith("error: run lr=fast")
 
 
 def test_run_names_are_unique_and_readable_for_multi_key_grids(tmp_path, capsys):
@@ -147,10 +158,13 @@ def test_run_names_are_unique_and_readable_for_multi_key_grids(tmp_path, capsys)
     assert sweep.main(args) == 0
     lines = capsys.readouterr().out.splitlines()
     dirs = [line.split("output_dir=")[1].strip("'") for line in lines]
-    assert len(lines) == 16 and len(set(dirs)) == 16 and all(line.startswith("accelerate launch ") for line in lines)
+    assert len(lines) == 16
+    assert len(set(dirs)) == 16
+    assert all(line.startswith("accelerate launch ") for line in lines)
     assert os.path.basename(dirs[0]) == "clip.batch_size=8,sam.batch_size=2,resolutions=224,seed=0"
     assert os.path.basename(dirs[-1]) == "clip.batch_size=16,sam.batch_size=4,resolutions=224-448,seed=1"
-    assert "--set seed=1" in lines[1] and "--set seed=0" in lines[0]
+    assert "--set seed=1" in lines[1]
+    assert "--set seed=0" in lines[0]
     # A run folder that holds a run of another config is refused, naming the key that differs.
     (out / "clip.batch_size=8,sam.batch_size=2,resolutions=224,seed=0").mkdir(parents=True)
     record = yaml.safe_load(open(TINY)) | {"seed": 5}
@@ -229,7 +243,7 @@ def _fake_run(path: Path, lr: float, seed: int, top1: list[float], finished: boo
 
 
 def test_compare_gives_mean_and_std_over_seeds_and_reads_partial_runs(tmp_path, capsys):
-    from student import compare
+    import student.sweeps.compare as compare
 
     _fake_run(tmp_path / "a0", 0.002, 0, [0.1, 0.4, 0.6])
     _fake_run(tmp_path / "a1", 0.002, 1, [0.1, 0.3, 0.4])
@@ -242,13 +256,17 @@ def test_compare_gives_mean_and_std_over_seeds_and_reads_partial_runs(tmp_path, 
     assert compare.main([str(tmp_path / n) for n in ("a0", "a1", "b0")] + ["--out", str(tmp_path / "cmp")]) == 0
     out = capsys.readouterr()
     header, _, row_a, row_b = out.out.split("\n\n")[0].splitlines()
-    assert header.split()[:2] == ["lr", "url"] and "chance" not in header
-    assert row_a.split()[0] == "0.002" and row_a.split()[2:5] == ["2", "finished", "20"]
+    assert header.split()[:2] == ["lr", "url"]
+    assert "chance" not in header
+    assert row_a.split()[0] == "0.002"
+    assert row_a.split()[2:5] == ["2", "finished", "20"]
     assert "0.5000 +- 0.1414 (n=2)" in row_a
-    assert row_b.split()[0] == "0.004" and row_b.split()[2:5] == ["1", "partial", "10"] and "0.2000" in row_b
+    assert row_b.split()[0] == "0.004"
+    assert row_b.split()[2:5] == ["1", "partial", "10"]
+    assert "0.2000" in row_b
     assert "its runs' teacher work is not counted" in out.err  # the partial run's store is not there
     rows = list(csv.DictReader(open(tmp_path / "cmp" / "comparison.csv")))
-    assert rows[0]["clip_views"] == "200" and float(rows[0]["teacher_flops_saved"]) == 200 * clip_view_flops(
-        "samclip-tiny-clip", (224, 224)
-    )
-    assert rows[1]["teacher_flops_saved"] == "" and rows[1]["train_seconds"] == "5.0"
+    assert rows[0]["clip_views"] == "200"
+    assert float(rows[0]["teacher_flops_saved"]) == 200 * clip_view_flops("samclip-tiny-clip", (224, 224))
+    assert rows[1]["teacher_flops_saved"] == ""
+    assert rows[1]["train_seconds"] == "5.0"

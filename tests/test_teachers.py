@@ -35,7 +35,8 @@ def test_clip_checkpoint_round_trip_gives_identical_outputs(tiny_teachers, photo
     assert torch.equal(teacher.encode_images(x), want)
     assert teacher.embed_dim == 64
     fp = teacher.fingerprint
-    assert fp.preprocess["size"] == [224, 224] and fp.preprocess["interpolation"] == "bicubic"
+    assert fp.preprocess["size"] == [224, 224]
+    assert fp.preprocess["interpolation"] == "bicubic"
     assert fp.preprocess["mean"] == list(open_clip.OPENAI_DATASET_MEAN)
 
 
@@ -45,7 +46,8 @@ def test_clip_fingerprint_tracks_the_weights(tiny_teachers, tmp_path):
     assert a.must_match() == b.must_match()
     random = load_clip_teacher(ClipTeacherConfig(arch=TINY_CLIP_ARCH, pretrained=None, init_seed=1)).fingerprint
     assert random.weights_sha256 != a.weights_sha256
-    assert "versions" not in a.must_match() and a.recorded()["versions"]["torch"] == torch.__version__
+    assert "versions" not in a.must_match()
+    assert a.recorded()["versions"]["torch"] == torch.__version__
 
 
 def test_clip_checkpoint_from_an_fsspec_url(tiny_teachers, tmp_path, monkeypatch):
@@ -72,7 +74,8 @@ def test_sam_checkpoint_round_trip_gives_identical_outputs(tiny_teachers, photo)
         np.testing.assert_array_equal(got, want)
     assert outputs[0][2].shape == (1, 256, 256)
     fp = teacher.fingerprint
-    assert fp.arch == "tiny" and fp.preprocess["image_size"] == 1024
+    assert fp.arch == "tiny"
+    assert fp.preprocess["image_size"] == 1024
     assert fp.output["image_embedding_shape"] == [32, 64, 64]
 
 
@@ -94,8 +97,14 @@ def test_bad_names_and_paths_fail_with_one_line(tmp_path):
         load_sam_teacher(SamTeacherConfig(model="tiny", checkpoint=str(tmp_path / "nope.pth")))
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot be read"):
+    with pytest.raises(CheckpointError, match="cannot be read as a file written by torch.save, so it holds no state"):
         load_sam_teacher(SamTeacherConfig(model="tiny", checkpoint=str(garbage)))
+    trainer_state = tmp_path / "trainer.pth"
+    torch.save({"model": {"w": torch.zeros(1)}, "step": 3}, trainer_state)
+    with pytest.raises(
+        CheckpointError, match=r"is not a state dict: 2 of its entries are not tensors \(e.g. 'model'\)"
+    ):
+        load_sam_teacher(SamTeacherConfig(model="tiny", checkpoint=str(trainer_state)))
 
 
 def test_the_tiny_teachers_cli_says_which_files_it_kept(tiny_teachers, tmp_path, capsys):
@@ -106,5 +115,6 @@ def test_the_tiny_teachers_cli_says_which_files_it_kept(tiny_teachers, tmp_path,
     shutil.copy(tiny_teachers["clip"], tmp_path / "tiny-clip.safetensors")
     assert main([str(tmp_path)]) == 0
     said = capsys.readouterr().out.splitlines()
-    assert said[0].endswith("kept: already there)") and said[1].endswith("written, seed 0)")
+    assert said[0].endswith("kept: already there)")
+    assert said[1].endswith("written, seed 0)")
     assert (tmp_path / "tiny-sam.pth").read_bytes() == open(tiny_teachers["sam"], "rb").read()  # same seed, same bytes

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.retrieval import clustered_vectors, recall_at
 from pipeline.config import RayConfig, RetrievalConfig
-from pipeline.gallery_index import index_factory, new_index, open_gallery, search, set_nprobe, vector_scores
-from pipeline.transfer_select import select_balanced
+from pipeline.sample.synthetic_vectors import clustered_vectors, recall_at
+from pipeline.transfer.gallery_index import index_factory, new_index, open_gallery, search, set_nprobe, vector_scores
+from pipeline.transfer.select import select_balanced
+from storage_schemas.plumbing.identity import SampleId, is_held_out
 from storage_schemas.store import open_store
-from storage_schemas.store.identity import SampleId, is_held_out
 from storage_schemas.store.subsets import read_subset
 from support.commands import REPO
 from support.job_configs import tiny_clip, write_job
@@ -70,10 +70,12 @@ def test_retrieval_equals_a_brute_force_numpy_top_k_for_flat_and_ivfpq(store_cop
         got_sims, rows = gallery.search(queries, 10, cfg)
         assert found_ids(gallery, rows) == expected, cfg.index
         np.testing.assert_allclose(got_sims, top, rtol=0, atol=1e-6)
-    assert gallery.meta["factory"] == "IVF4,PQ16x4fs" and gallery.meta["trained_on"] == len(ids)
+    assert gallery.meta["factory"] == "IVF4,PQ16x4fs"
+    assert gallery.meta["trained_on"] == len(ids)
 
     view0 = open_gallery(store, RetrievalConfig(index="flat"), views0=True, say=quiet)
-    assert view0.index.ntotal == sum(1 for i in ids if i[3] == 0) and set(view0.rows["view"].tolist()) == {0}
+    assert view0.index.ntotal == sum(1 for i in ids if i[3] == 0)
+    assert set(view0.rows["view"].tolist()) == {0}
 
 
 def test_ivfpq_reaches_recall_0_9_at_64_byte_codes_and_a_sixteenth_of_the_lists():
@@ -108,7 +110,8 @@ def test_an_index_is_extended_by_new_units_refused_when_stale_and_left_alone_by_
     commits[-1].write_bytes(held)
     said = []
     extended = open_gallery(store, cfg, views0=False, say=said.append)
-    assert "extended by 1 unit" in said[0] and extended.index.ntotal == 400
+    assert "extended by 1 unit" in said[0]
+    assert extended.index.ntotal == 400
     fresh = open_gallery(store, cfg, views0=False, rebuild=True, say=quiet)
     q = np.eye(extended.meta["dim"], dtype=np.float32)[:5]
     assert found_ids(extended, extended.search(q, 20, cfg)[1]) == found_ids(fresh, fresh.search(q, 20, cfg)[1])
@@ -120,13 +123,16 @@ def test_an_index_is_extended_by_new_units_refused_when_stale_and_left_alone_by_
     commits[-1].write_bytes(held)
     said.clear()
     grown = open_gallery(store, ivf, views0=False, say=said.append)
-    assert small.meta["factory"] == grown.meta["factory"] == "IVF7,PQ16x4fs" and "extended by 1 unit" in said[0]
-    assert grown.index.ntotal == 400 and grown.meta["trained_on"] == 300
+    assert small.meta["factory"] == grown.meta["factory"] == "IVF7,PQ16x4fs"
+    assert "extended by 1 unit" in said[0]
+    assert grown.index.ntotal == 400
+    assert grown.meta["trained_on"] == 300
     none = np.full((2, 5), -1, np.int64)  # no candidate at all: nothing to read, nothing to score
     assert (grown.score(q[:2], none) == 0).all()
 
     report = validate(StoreRoot(str(store_copy)))
-    assert report.problems == [] and not [p for p in report.orphans if p.startswith("indexes/")]
+    assert report.problems == []
+    assert not [p for p in report.orphans if p.startswith("indexes/")]
 
     record = json.loads(held)
     record["attempt_id"] = "0" * 32  # the unit redone by a later job
@@ -140,14 +146,15 @@ def test_an_index_is_extended_by_new_units_refused_when_stale_and_left_alone_by_
 def test_a_query_set_where_nothing_decodes_and_a_missing_shard_are_one_line(tmp_path):
     import pyarrow as pa
 
-    from pipeline.query_embeddings import embeddings_array, query_table_schema
+    from pipeline.transfer.queries import embeddings_array, query_table_schema
     from storage_schemas.pixels.labelled_images import encoded_images
     from storage_schemas.plumbing.errors import ConfigError
 
     failed = {"query_id": [0, 1], "key": ["a", "b"], "label": [None, None], "reason": ["truncated", "empty"]}
     table = pa.table({**failed, "detail": ["", ""], "embedding": [None, None]}, schema=query_table_schema(8))
     ids, vectors = embeddings_array(table)
-    assert ids.shape == (0,) and vectors.shape == (0, 8)  # main() then says none of them decodes
+    assert ids.shape == (0,)
+    assert vectors.shape == (0, 8)  # main() then says none of them decodes
     with pytest.raises(ConfigError, match=r"^data '.*/pets-\{000\.\.001\}\.tar': shard .*/pets-000\.tar not found$"):
         list(encoded_images(str(tmp_path / "pets-{000..001}.tar")))
 
@@ -163,11 +170,13 @@ def test_query_balanced_selection_rule():
     # View 5 goes to query 1 (0.9, closer than query 0's 0.8), and query 0 takes its next two.
     assert got == {0: [6, 1], 1: [5, 3], 2: [8, 11]}  # query 2: 9 shares image 4 with 8, 10 not usable
     assert sorted(chosen.row.tolist()) == sorted(set(chosen.row.tolist()))
-    assert (chosen.short == 0).all() and not chosen.needs_more.any()
+    assert (chosen.short == 0).all()
+    assert not chosen.needs_more.any()
     assert chosen.rank.tolist() == [0, 1, 0, 1, 0, 1]
 
     floor = select_balanced(sims, rows, images, ok, per_query=3, min_similarity=0.65)
-    assert floor.short.tolist() == [2, 2, 2] and (floor.similarity >= 0.65).all()
+    assert floor.short.tolist() == [2, 2, 2]
+    assert (floor.similarity >= 0.65).all()
     assert not floor.needs_more.any()  # every list ends below the floor: a deeper search adds nothing
     deeper = select_balanced(sims, rows, images, ok, per_query=4)
     assert deeper.needs_more.tolist() == [True, True, True]
@@ -178,7 +187,7 @@ def test_query_balanced_selection_rule():
 def test_deeper_searches_give_what_full_candidate_lists_give(store_copy, monkeypatch):
     import argparse
 
-    import pipeline.transfer_set as transfer_set
+    import pipeline.transfer.build as transfer_set
     from pipeline.config import JobConfig
     from storage_schemas.store import StoreConfig
 
@@ -196,7 +205,8 @@ def test_deeper_searches_give_what_full_candidate_lists_give(store_copy, monkeyp
     assert len(depths) > 1, "the test never searched deeper"
     monkeypatch.setattr(transfer_set, "FIRST_DEPTH", 1000)  # every list the whole gallery at once
     full, _ = transfer_set.select(gallery, queries, args, set(), cfg)
-    assert chosen.row.tolist() == full.row.tolist() and chosen.query.tolist() == full.query.tolist()
+    assert chosen.row.tolist() == full.row.tolist()
+    assert chosen.query.tolist() == full.query.tolist()
     assert (chosen.short == 0).all()
 
 
@@ -208,7 +218,7 @@ def _gallery_image(corpus, shard: str, key: str) -> bytes:
 @pytest.fixture(scope="module")
 def subset_store(clip_store, sample_corpus, tiny_teachers, tmp_path_factory, ray_cluster):
     """A copy of the CLIP session store with subset 'pets' made by the CLI, and what it was made from."""
-    from pipeline.transfer_set import main
+    from pipeline.transfer.build import main
 
     root = tmp_path_factory.mktemp("subset")
     store = root / "store"
@@ -263,8 +273,12 @@ def test_the_cli_selects_k_per_query_without_held_out_excluded_or_repeated_views
     subset = read_subset(storage, "pets")
     rows = subset.table.to_pylist()
     m = subset.manifest
-    assert m["query"]["images"] == 6 and m["query"]["embedded"] == 5 and m["query"]["failed"] == ["broken.jpg"]
-    assert m["held_out"] == HELD_OUT and m["per_query"] == 5 and m["index"]["factory"] == "SQfp16"
+    assert m["query"]["images"] == 6
+    assert m["query"]["embedded"] == 5
+    assert m["query"]["failed"] == ["broken.jpg"]
+    assert m["held_out"] == HELD_OUT
+    assert m["per_query"] == 5
+    assert m["index"]["factory"] == "SQfp16"
     assert m["exclude"]["gallery_images_removed"] >= 1
     per_query = {}
     for r in rows:
@@ -283,10 +297,13 @@ def test_the_cli_selects_k_per_query_without_held_out_excluded_or_repeated_views
         assert len({r["key"] for r in v}) == len(v)
         assert [r["rank"] for r in sorted(v, key=lambda r: -r["similarity"])] == list(range(len(v)))
     sheet = Image.open(io.BytesIO(storage.read_bytes("subsets/pets.png")))
-    assert sheet.width > 5 * 100 and sheet.height >= 5 * 100
+    assert sheet.width > 5 * 100
+    assert sheet.height >= 5 * 100
 
     out = s["run"]("--per-query", "2", "--name", "pets2")
-    assert "embeddings cached" in out and "up to date" in out and "embedding them" not in out
+    assert "embeddings cached" in out
+    assert "up to date" in out
+    assert "embedding them" not in out
     assert len(read_subset(storage, "pets2")) == 10
     files = {ext: storage.read_bytes(f"subsets/pets2{ext}") for ext in (".parquet", ".json", ".png")}
     made = read_subset(storage, "pets2").manifest["created_at"]
@@ -300,7 +317,7 @@ def test_the_cli_selects_k_per_query_without_held_out_excluded_or_repeated_views
 
 def test_a_teacher_other_than_the_stores_is_refused(subset_store, tmp_path):
     from pipeline.teachers.tiny import write_tiny_teachers
-    from pipeline.transfer_set import main
+    from pipeline.transfer.build import main
     from storage_schemas.plumbing.errors import ManifestMismatch
 
     other = write_tiny_teachers(str(tmp_path / "other"), seed=1)["clip"]
@@ -321,10 +338,10 @@ def test_a_teacher_other_than_the_stores_is_refused(subset_store, tmp_path):
 
 
 def test_a_subset_run_reads_only_subset_samples_and_trains_on_their_retrieved_views(subset_store, tmp_path):
-    from bench.counting_fs import counting_reads, read_log
-    from student.batches import BatchStream, ClipBatchMaker, Loader
-    from student.epoch_plan import plan_epoch
-    from student.pieces import split_filter, unit_pieces
+    from storage_schemas.plumbing.counting_fs import counting_reads, read_log
+    from student.data.batches import BatchStream, ClipBatchMaker, Loader
+    from student.data.epoch_plan import plan_epoch
+    from student.data.pieces import split_filter, unit_pieces
     from student.trainer import check_subset_items
 
     store = open_store(str(subset_store["store"]))
@@ -342,7 +359,9 @@ def test_a_subset_run_reads_only_subset_samples_and_trains_on_their_retrieved_vi
     log = tmp_path / "reads.tsv"
     for epoch in range(3):
         plan = plan_epoch(units, world_size=1, rank=0, streams=1, seed=0, epoch=epoch, sizes={64: 4}, tag="clip")
-        maker = ClipBatchMaker(store, keep, seed=0, view_choice="random", views=None, run=4, window=8, subset=subset)
+        maker = ClipBatchMaker(
+            store=store, keep=keep, seed=0, view_choice="random", views=None, read_run=4, mix_window=8, subset=subset
+        )
         with counting_reads(log):
             batches = list(Loader(BatchStream(plan, 0, maker), workers=1))
         ids = [i for b in batches for i in b["ids"]]
@@ -396,13 +415,15 @@ def test_training_on_a_subset_records_it_and_refuses_another_held_out_split(subs
         "log_batches=true",
     ]
     p = subprocess.run([*args, "--set", "data.held_out=0.1"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0, p.stderr
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.strip().count("\n") == 0, p.stderr
     assert "subset 'pets' was selected with held-out fraction 0.2, this run holds out 0.1" in p.stderr
     p = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     meta = json.loads((out / "export" / "student.json").read_text())
     subset = read_subset(open_store(str(subset_store["store"])).storage, "pets")
-    assert meta["subset"]["name"] == "pets" and meta["subset"]["views"] == len(subset) == 25
+    assert meta["subset"]["name"] == "pets"
+    assert meta["subset"]["views"] == len(subset) == 25
     assert meta["subset"]["query_checksum"] == subset.manifest["query"]["checksum"]
     trained = [
         i for line in (out / "batches" / "rank0.jsonl").read_text().splitlines() for i in json.loads(line)["clip"]
@@ -411,7 +432,7 @@ def test_training_on_a_subset_records_it_and_refuses_another_held_out_split(subs
     assert len(trained) == len(set(trained)) == meta["consumed"]["clip_views"] >= len(subset) // 2
     assert set(trained) <= items  # one epoch of the subset's retrieved views, and nothing else
 
-    from student.evaluate import main as evaluate
+    from student.eval.evaluate import main as evaluate
 
     said = io.StringIO()
     with contextlib.redirect_stdout(said):

@@ -63,7 +63,10 @@ def rewrite_parquet(root: Path, rel: str, change) -> None:
 
 def test_a_sound_store_passes(store, validate):
     code, report, out = validate(store)
-    assert code == 0 and report["ok"] and report["units"] == 8 and report["orphans"] == [], out
+    assert code == 0, out
+    assert report["ok"], out
+    assert report["units"] == 8, out
+    assert report["orphans"] == [], out
     assert "ok: no problem found" in out
 
 
@@ -123,12 +126,14 @@ def test_each_kind_of_damage_is_reported_and_gc_removes_orphans(store, validate)
     (store / "_commits" / "clip" / "sample" / "00001.json.tmp-1234abcd").write_text("{")
 
     code, report, out = validate(store)
-    assert code == 1 and not report["ok"]
+    assert code == 1
+    assert not report["ok"]
     found: dict[str, str] = {}
     for p in report["problems"]:
         found[p["path"]] = found.get(p["path"], "") + p["problem"] + "; "
     for path, words in damage.items():
-        assert path in found and words in found[path], (path, words, found.get(path), out)
+        assert path in found, (path, words, found.get(path), out)
+        assert words in found[path], (path, words, found.get(path), out)
     assert "logits shape" in found[q2_logits]  # the part's array no longer fits its images
     assert f"PROBLEM {views(r0)}: missing" in out
     orphans = {"clip/sample/00009/p0000000-0badf00d.parquet", "_commits/clip/sample/00001.json.tmp-1234abcd"}
@@ -137,7 +142,8 @@ def test_each_kind_of_damage_is_reported_and_gc_removes_orphans(store, validate)
     # Young files of an uncommitted unit stay (a job may be writing them); so does everything of a
     # unit whose record is damaged: it may be all that is left of it.
     code, report, _ = validate(store, "--gc", "--sizes-only")
-    assert report["removed"] == [] and {f for files in report["kept"].values() for f in files} == orphans
+    assert report["removed"] == []
+    assert {f for files in report["kept"].values() for f in files} == orphans
     code, report, _ = validate(store, "--gc", "--sizes-only", "--grace", "0")
     assert report["removed"] == ["clip/sample/00009/p0000000-0badf00d.parquet"]
     assert not (store / "clip/sample/00009/p0000000-0badf00d.parquet").exists()
@@ -162,7 +168,9 @@ def test_gc_removes_only_what_can_never_count(store, validate):
     assert code == 0, out
     removed = {committed_extra, uncommitted_old, committed_claim}
     assert {store / rel for rel in report["removed"]} == removed
-    assert not any(p.exists() for p in removed) and uncommitted_young.exists() and live_claim.exists()
+    assert not any(p.exists() for p in removed)
+    assert uncommitted_young.exists()
+    assert live_claim.exists()
     assert all(p.exists() for p in not_ours)
     assert "2 files left: a claim renewed within 86400 s (its job may be running)" in out  # 00009's part and claim
     code, report, _ = validate(store, "--gc", "--grace", "0")
@@ -184,8 +192,8 @@ def test_a_damaged_unit_is_uncommitted_and_a_rerun_redoes_exactly_it(
     clip_store, tmp_path, sample_corpus, tiny_teachers, ray_cluster, validate
 ):
     from pipeline.config import RetrievalConfig
-    from pipeline.gallery_index import open_gallery
-    from pipeline.materialize import main as materialize
+    from pipeline.materialize.job import main as materialize
+    from pipeline.transfer.gallery_index import open_gallery
     from storage_schemas.store import open_store
 
     store = tmp_path / "store"
@@ -199,11 +207,15 @@ def test_a_damaged_unit_is_uncommitted_and_a_rerun_redoes_exactly_it(
     assert materialize([str(job), "--report", str(tmp_path / "r.json")]) == 1
     (failed,) = json.loads((tmp_path / "r.json").read_text())["reports"][0]["units_failed"]
     assert (failed["unit"], failed["reason"]) == (other.unit, "record_in_the_way"), failed
-    assert "made under another policy" in failed["detail"] and "--uncommit-damaged" in failed["detail"]
+    assert "made under another policy" in failed["detail"]
+    assert "--uncommit-damaged" in failed["detail"]
     code, report, out = validate(store, "--uncommit-damaged")
-    assert code == 0 and report["damaged_units"] == [str(p.relative_to(store)) for p in (path, foreign)], out
+    assert code == 0, out
+    assert report["damaged_units"] == [str(p.relative_to(store)) for p in (path, foreign)], out
     assert [m.split("/")[-1].split(".")[0] for m in report["quarantined"]] == [record.unit, other.unit]
-    assert all((store / m).exists() for m in report["quarantined"]) and not path.exists() and not foreign.exists()
+    assert all((store / m).exists() for m in report["quarantined"])
+    assert not path.exists()
+    assert not foreign.exists()
     assert "redoes exactly these units" in out
     assert f"index {gallery.name} covers 2 of them: stale until rebuilt" in out
     assert materialize([str(job), "--report", str(tmp_path / "r.json")]) == 0
@@ -215,7 +227,8 @@ def test_a_damaged_unit_is_uncommitted_and_a_rerun_redoes_exactly_it(
 def test_manifest_damage_and_an_unreachable_store(store, tmp_path, validate, capsys):
     (store / "clip" / "_manifest.json").write_text("{not json")
     code, report, _ = validate(store)
-    assert code == 1 and {"path": "clip/_manifest.json", "problem": "manifest does not parse"} in report["problems"]
+    assert code == 1
+    assert {"path": "clip/_manifest.json", "problem": "manifest does not parse"} in report["problems"]
     assert_one_line_error(run_in_process(validate_main, [tmp_path / "nowhere"], capsys), "nowhere")
 
 
@@ -246,5 +259,6 @@ def test_gc_keeps_what_a_job_commits_after_the_scan_and_skips_what_vanishes(stor
     create_commit(storage, CommitRecord.from_json(json.dumps(unit)))
     vanishing.unlink()
     collect_garbage(storage, report, grace_s=3600)
-    assert late["a"].exists() and not late["b"].exists()
+    assert late["a"].exists()
+    assert not late["b"].exists()
     assert str(layout.claim_path("clip", "sample", "00010", 0)) not in report.removed

@@ -40,9 +40,13 @@ def test_a_sound_store_agrees_with_its_teacher(train_store, tiny_teachers, tmp_p
     p, figures = verify(capsys, train_store, job(tmp_path, tiny_teachers, train_store))
     assert p.status == 0, p.out + p.err[-2000:]
     clip, sam = figures["clip"], figures["sam"]
-    assert clip["samples"] == 3 and clip["pixel_hash_matches"] == clip["items"] == 12  # K = 4 views each
-    assert clip["min_cosine"] > 0.9999 and clip["mismatched"] == []
-    assert sam["samples"] == 3 and sam["items"] > 0 and sam["max_abs_diff"] < 0.02  # fp16 storage rounding
+    assert clip["samples"] == 3
+    assert clip["pixel_hash_matches"] == clip["items"] == 12  # K = 4 views each
+    assert clip["min_cosine"] > 0.9999
+    assert clip["mismatched"] == []
+    assert sam["samples"] == 3
+    assert sam["items"] > 0
+    assert sam["max_abs_diff"] < 0.02  # fp16 storage rounding
     assert "ok: the teacher agrees with the store" in p.out
 
 
@@ -66,8 +70,10 @@ def test_tampered_targets_and_another_teacher_are_caught(train_store, tiny_teach
         rolled = pa.FixedSizeListArray.from_arrays(pa.array(np.roll(emb, 4, axis=0).reshape(-1)), emb.shape[1])
         pq.write_table(t.set_column(t.schema.get_field_index("embedding"), t.schema.field("embedding"), rolled), path)
     p, figures = verify(capsys, store, job(tmp_path, tiny_teachers, store))
-    assert p.status == 1 and figures["clip"]["min_cosine"] < 0.99
-    assert len(figures["clip"]["mismatched"]) == 3 and "MISMATCH clip sample/" in p.out
+    assert p.status == 1
+    assert figures["clip"]["min_cosine"] < 0.99
+    assert len(figures["clip"]["mismatched"]) == 3
+    assert "MISMATCH clip sample/" in p.out
     assert figures["sam"]["mismatched"] == []
     # A teacher with other weights is not the store's: refused with one line naming the weights.
     p, _ = verify(
@@ -80,5 +86,7 @@ def test_tampered_targets_and_another_teacher_are_caught(train_store, tiny_teach
         "clip.teacher.init_seed=1",
     )
     last = p.err.strip().splitlines()[-1]  # (open_clip may warn first that the weights are random)
-    assert p.status == 2 and last.startswith("error: ") and "verify needs the store's own teacher" in last
+    assert p.status == 2
+    assert last.startswith("error: ")
+    assert "verify needs the store's own teacher" in last
     assert "Traceback" not in p.err

@@ -56,11 +56,20 @@ def load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
             return load_file(path, device="cpu")
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt, truncated or foreign files fail in many ways
-        raise CheckpointError(f"checkpoint '{path}' cannot be read ({type(e).__name__}: {e})") from None
+        kind = "a safetensors file" if path.endswith(".safetensors") else "a file written by torch.save"
+        raise CheckpointError(
+            f"checkpoint '{path}' cannot be read as {kind}, so it holds no state dict ({type(e).__name__}: {e})"
+        ) from None
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
         raise CheckpointError(f"checkpoint '{path}' holds a {type(sd).__name__}, expected a state dict")
+    others = sorted(k for k, v in sd.items() if not isinstance(v, torch.Tensor))
+    if others:
+        raise CheckpointError(
+            f"checkpoint '{path}' is not a state dict: {len(others)} of its entries are not tensors "
+            f"(e.g. {others[0]!r}); expected parameter names -> tensors"
+        )
     return sd
 
 

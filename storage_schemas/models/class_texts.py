@@ -13,7 +13,6 @@ so reading a table never pulls in a CLIP model.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -37,21 +36,6 @@ def template_set(name: str) -> Sequence[Callable[[str], str]]:
     if name not in sets:
         raise ConfigError(f"templates '{name}': expected one of {', '.join(TEMPLATE_SETS)}")
     return sets[name]
-
-
-def load_classnames(spec: str) -> list[str]:
-    """'imagenet' (open_clip's 1000 names) or a file with one class name per line."""
-    if spec == "imagenet":
-        from open_clip import zero_shot_metadata
-
-        return list(zero_shot_metadata.IMAGENET_CLASSNAMES)
-    if not os.path.isfile(spec):
-        raise ConfigError(f"classes '{spec}': expected 'imagenet' or a file with one class name per line")
-    with open(spec) as f:
-        names = [line.strip() for line in f if line.strip()]
-    if not names:
-        raise ConfigError(f"classes '{spec}': the file has no class names")
-    return names
 
 
 def class_text_embeddings(

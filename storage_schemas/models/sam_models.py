@@ -17,12 +17,10 @@ import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from storage_schemas.models.checkpoints import describe_mismatch, fetch_checkpoint, load_state_dict_file
+from storage_schemas.pixels.sam_transforms import IMAGE_SIZE, PIXEL_MEAN, PIXEL_STD
 from storage_schemas.plumbing.errors import CheckpointError
 
-IMAGE_SIZE = 1024
 PATCH_SIZE = 16
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 @dataclass(frozen=True)

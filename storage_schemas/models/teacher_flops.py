@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from storage_schemas.models.sam_models import IMAGE_SIZE, build_sam
+from storage_schemas.models.sam_models import build_sam
+from storage_schemas.pixels.sam_transforms import IMAGE_SIZE
 from storage_schemas.store.manifest import Manifest
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from storage_schemas.store.tables import SampleError
+from storage_schemas.plumbing.sample_errors import SampleError
 
 BACKGROUND = (255, 255, 255)  # alpha is composited over white, as browsers show transparent images
 DRAFT_FACTOR = 2  # draft keeps both sides >= 2 x output size, so no crop of >= 1/2 the side is upsampled

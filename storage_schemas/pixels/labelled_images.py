@@ -26,11 +26,10 @@ import braceexpand
 import numpy as np
 from PIL import Image
 
-from storage_schemas.models.class_texts import load_classnames
 from storage_schemas.pixels.decode import DecodeError, decode_image
 from storage_schemas.pixels.tar_samples import IMAGE_EXTENSIONS, iter_tar_samples
 from storage_schemas.plumbing.errors import ConfigError
-from storage_schemas.store.root import stat_url
+from storage_schemas.plumbing.remote_files import stat_url
 
 VOC_CLASSES = [
     "background",
@@ -225,3 +224,18 @@ class SegmentationSet:
             if label.shape != (image.height, image.width):
                 raise ConfigError(f"{id_}: label map {label.shape} and image {(image.height, image.width)} differ")
             yield id_, image, label
+
+
+def load_classnames(spec: str) -> list[str]:
+    """'imagenet' (open_clip's 1000 names) or a file with one class name per line."""
+    if spec == "imagenet":
+        from open_clip import zero_shot_metadata
+
+        return list(zero_shot_metadata.IMAGENET_CLASSNAMES)
+    if not os.path.isfile(spec):
+        raise ConfigError(f"classes '{spec}': expected 'imagenet' or a file with one class name per line")
+    with open(spec) as f:
+        names = [line.strip() for line in f if line.strip()]
+    if not names:
+        raise ConfigError(f"classes '{spec}': the file has no class names")
+    return names

@@ -14,8 +14,9 @@ from __future__ import annotations
 import numpy as np
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from storage_schemas.models.sam_models import IMAGE_SIZE
-
+IMAGE_SIZE = 1024  # SAM's input side: images are resized so their longest side is this, then padded
+PIXEL_MEAN = (123.675, 116.28, 103.53)  # Sam.pixel_mean and pixel_std, on 0-255 RGB
+PIXEL_STD = (58.395, 57.12, 57.375)
 _TRANSFORM = ResizeLongestSide(IMAGE_SIZE)
 
 

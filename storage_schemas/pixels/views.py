@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from storage_schemas.store.identity import SampleId, pixel_hash, sample_seed
+from storage_schemas.plumbing.identity import SampleId, pixel_hash, sample_seed
 
 _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,

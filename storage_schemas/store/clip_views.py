@@ -133,7 +133,7 @@ def views_parquet(views: ClipViews, source: str, shard: str) -> bytes:
 
 def read_view(f: BinaryIO, view: int) -> pa.Table:
     """The rows of one stored view from a views file, reading only the row groups that hold it
-    (schema version 2 writes one per view; a version-1 file is one row group, filtered)."""
+    (one per view; a file with views mixed in a row group is filtered)."""
     pf = pq.ParquetFile(f)
     col = pf.schema_arrow.get_field_index("view")
     groups = []

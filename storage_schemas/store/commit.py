@@ -97,7 +97,6 @@ class CommitRecord:
         d = json.loads(text)
         d["input"] = InputRef(**d["input"])
         d["files"] = [FileEntry(**f) for f in d["files"]]
-        d.setdefault("parts", None)  # schema version 1 had no parts
         return CommitRecord(**d)
 
 

@@ -14,16 +14,15 @@
       _cuts/KIND/SOURCE.json                   how the source's shards are cut into units (unit_size)
       _quarantine/_commits/KIND/SOURCE/UNIT.STAMP.json  records of damaged units, moved aside
       _tar_index/KIND/SOURCE/SHARD.parquet     where each member of an input tar lies (storage_schemas.store.tar_index)
-      indexes/NAME/                            a faiss index over the CLIP view embeddings (pipeline.gallery_index)
-      queries/CHECKSUM.parquet                 a query set's teacher embeddings (pipeline.query_embeddings)
+      indexes/NAME/                            a faiss index of the CLIP view embeddings (pipeline.transfer)
+      queries/CHECKSUM.parquet                 a query set's teacher embeddings (pipeline.transfer.queries)
       subsets/NAME.parquet, NAME.json, NAME.png  a transfer set (storage_schemas.store.subsets)
 
 A PART is what one teacher actor call wrote for one unit (`p0000128-5d2e8c01a9b4-3f9a1c2e`: its
 first sample index, the job attempt's id and the call's). An ATTEMPT is one start of a job's driver;
 every file it writes carries its id. Stores made before attempts named their files with the call's
-id alone (`p0000128-3f9a1c2e`, `_errors/KIND/SOURCE/UNIT.parquet`), and stores of schema version 1
-have one part per unit, stored as `KIND/SOURCE/UNIT{suffix}` without the unit folder
-(`unit_data_path`); readers find every file through the commit records, which list them.
+id alone (`p0000128-3f9a1c2e`, `_errors/KIND/SOURCE/UNIT.parquet`); readers find every file through
+the commit records, which list them.
 """
 
 from __future__ import annotations
@@ -64,11 +63,6 @@ def tar_index_path(kind: str, source: str, shard: str) -> str:
 
 def manifest_path(kind: str) -> str:
     return f"{kind}/_manifest.json"
-
-
-def unit_data_path(kind: str, source: str, unit: str, suffix: str = ".parquet") -> str:
-    """Schema version 1: a unit's single data file."""
-    return f"{kind}/{source}/{unit}{suffix}"
 
 
 def unit_dir(kind: str, source: str, unit: str) -> str:
@@ -125,9 +119,6 @@ _TMP = r"(?:\.tmp-[0-9a-f]{8})?"  # a local write killed before its rename
 _UNIT = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 STORE_FILES = {
     "part": re.compile(rf"^(?P<kind>clip|sam)/(?P<source>{_UNIT})/(?P<unit>{_UNIT})/{_PART}{_SUFFIX}{_TMP}$"),
-    "v1 unit file": re.compile(
-        rf"^(?P<kind>clip|sam)/(?P<source>{_UNIT})/(?P<unit>{_UNIT}?)(?:\.images)?\.(?:parquet|zarr(?:/.*)?){_TMP}$"
-    ),
     "errors": re.compile(
         rf"^{ERRORS_DIR}/(?P<kind>clip|sam)/(?P<source>{_UNIT})/(?P<unit>{_UNIT}?)(?:/[0-9a-f]{{8,}})?\.parquet{_TMP}$"
     ),

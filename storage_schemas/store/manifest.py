@@ -101,9 +101,15 @@ def read_manifest(storage: StoreRoot, kind: str) -> Manifest | None:
     if not storage.exists(rel):
         return None
     try:
-        return Manifest.from_json(storage.read_bytes(rel))
+        manifest = Manifest.from_json(storage.read_bytes(rel))
     except (ValueError, KeyError, TypeError) as e:
         raise StoreError(f"{storage.url_of(rel)}: manifest does not parse ({e}); the store is damaged") from None
+    version = manifest.must_match.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise StoreError(
+            f"{storage.url_of(rel)}: schema version {version}; this code reads and writes version {SCHEMA_VERSION}"
+        )
+    return manifest
 
 
 def ensure_manifest(storage: StoreRoot, manifest: Manifest) -> Manifest:
@@ -123,16 +129,10 @@ def ensure_manifest(storage: StoreRoot, manifest: Manifest) -> Manifest:
     return stored
 
 
-def check_compatible(store_url: str, stored: Manifest, job: Manifest) -> None:
-    """Refuse a job whose must-match fields differ from the store's, naming each field."""
-    version = stored.must_match.get("schema_version")
-    if version != job.must_match["schema_version"]:
-        raise ManifestMismatch(
-            f"store {store_url} ({job.kind}) has schema version {version}; this version of the pipeline writes "
-            f"version {job.must_match['schema_version']} and does not add units to older stores (they stay "
-            "readable): write these targets to a new store URL"
-        )
-    diffs = differences(stored.must_match, job.must_match)
+def check_compatible(store_url: str, stored: Manifest, job: Manifest, unknown: tuple[str, ...] = ()) -> None:
+    """Refuse a job whose must-match fields differ from the store's, naming each field; fields in
+    `unknown` (dotted keys the job cannot know yet) are left out."""
+    diffs = [d for d in differences(stored.must_match, job.must_match) if d[0] not in unknown]
     if diffs:
         shown = "; ".join(f"{k}: store has {_short(a)}, job has {_short(b)}" for k, a, b in diffs[:4])
         more = f" (+{len(diffs) - 4} more)" if len(diffs) > 4 else ""

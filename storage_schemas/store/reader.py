@@ -6,9 +6,8 @@
     urls = store.committed_files("clip", "views")        # hand these to DuckDB or Polars
     logits = store.open_logits(store.commits("sam")[0])  # [n, slots, M, 256, 256] over the unit's parts
 
-A unit is one or more parts (schema version 2) or one file per table (version 1); every reader
-here reads both. A file that no commit record lists (a leftover of a killed attempt) is never
-returned.
+A unit is one or more parts, each a file per table. A file that no commit record lists (a leftover
+of a killed attempt) is never returned.
 """
 
 from __future__ import annotations
@@ -53,8 +52,6 @@ def table_files(record: CommitRecord, table: str) -> list[str]:
     except KeyError:
         tables = [t for k, t in TABLE_SUFFIX if k == record.kind] + ["errors"]
         raise ValueError(f"{record.kind} has no table {table!r}; expected one of {', '.join(tables)}") from None
-    if record.parts is None:
-        return [layout.unit_data_path(record.kind, record.source, record.unit, suffix)]
     return [layout.part_path(record.kind, record.source, record.unit, p, suffix) for p in record.parts]
 
 

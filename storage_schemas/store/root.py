@@ -121,14 +121,6 @@ class FileEntry:
     sha256: str
 
 
-def stat_url(url: str, storage_options: dict[str, Any] | None = None) -> tuple[int, str | None]:
-    """(size, ETag or None) of a file at any fsspec URL; FileNotFoundError if absent."""
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    info = fs.info(path)
-    etag = info.get("ETag") or info.get("etag")
-    return int(info["size"]), etag.strip('"') if isinstance(etag, str) else None
-
-
 class StoreRoot:
     def __init__(
         self,
@@ -396,6 +388,3 @@ class StoreRoot:
         """Remove a file or directory tree if present."""
         if self.exists(rel):
             self._retrying("remove", rel, lambda: self.fs.rm(self.full(rel), recursive=True))
-
-
-Storage = StoreRoot  # its name before the regrouping, for code written against it

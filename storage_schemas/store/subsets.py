@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage_schemas.plumbing.errors import StoreError
+from storage_schemas.plumbing.identity import SampleId
 from storage_schemas.store import layout
-from storage_schemas.store.identity import SampleId
 from storage_schemas.store.root import StoreRoot
 from storage_schemas.store.tables import parquet_bytes
 

@@ -1,4 +1,6 @@
-"""Arrow schemas of every table in the store.
+"""What every table of the store shares (schema version, identity fields, list and box types), the
+errors and text-embedding tables, and Parquet encoding. The CLIP views table is in clip_views.py,
+the SAM prompts and images tables in sam_tables.py.
 
 Widths that depend on the teacher (embedding width D, mask outputs M) are parameters, recorded in
 the kind's manifest; a reader gets them from there. Every table starts with the sample identity
@@ -12,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 # 2: units of several parts (KIND/SOURCE/UNIT/PART.*) written by the teacher actors, views
-# view-major with a row group per view. Version-1 stores stay readable; jobs do not add to them.
+# view-major with a row group per view.
 SCHEMA_VERSION = 2
 
 IDENTITY_FIELDS = [
@@ -34,31 +36,6 @@ BOX = list_of(pa.float32(), 4)  # [x0, y0, x1, y1]
 PROMPT_STRUCTURES = ("box", "points", "box+points")
 # (has a box, has points) per structure code, the index into PROMPT_STRUCTURES.
 STRUCTURE_PARTS = {0: (True, False), 1: (False, True), 2: (True, True)}
-
-
-# Reasons a sample lands in the errors table. Stable strings: users group and count by them.
-ERROR_REASONS = {
-    "truncated": "the image data ends early",
-    "empty": "the member has no bytes",
-    "not_an_image": "the bytes are not an image format the decoder knows",
-    "decompression_bomb": "more pixels than the configured limit",
-    "bad_image": "the image decoder failed for another reason (detail says why)",
-    "missing_image": "a sample with metadata but no image member",
-    "missing_json": "an SA-1B image without its JSON",
-    "bad_json": "the annotation JSON does not parse or lacks required fields",
-    "no_usable_annotation": "no annotation of the image gives a prompt",
-}
-
-
-class SampleError(Exception):
-    """A sample that cannot be used: jobs record it in the errors table with `reason` (a key of
-    ERROR_REASONS) and `detail`, and go on. Subclasses say which step refused it."""
-
-    def __init__(self, reason: str, detail: str):
-        if reason not in ERROR_REASONS:
-            raise ValueError(f"unknown error reason {reason!r}; expected one of {sorted(ERROR_REASONS)}")
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
 
 
 ERRORS_SCHEMA = pa.schema(

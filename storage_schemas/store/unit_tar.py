@@ -17,9 +17,10 @@ import pyarrow as pa
 
 from storage_schemas.pixels.tar_samples import IMAGE_EXTENSIONS
 from storage_schemas.plumbing.errors import StoreError
+from storage_schemas.plumbing.remote_files import stat_url
 from storage_schemas.store.commit import CommitRecord, input_change
 from storage_schemas.store.reader import TargetStore
-from storage_schemas.store.root import StorageFailure, stat_url
+from storage_schemas.store.root import StorageFailure
 from storage_schemas.store.tar_index import TarIndex, read_tar_index, scan_tar_index, write_tar_index
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""The `samclip` command: a subcommand per tool (see samclip.cli)."""

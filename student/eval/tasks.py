@@ -1,0 +1,132 @@
+"""The student's zero-shot evaluations, each from a predictor to a dict of metrics.
+
+    result = zeroshot_classification(predictor, classes, samples, size=224)      # top-1, top-5, per class
+    result = semantic_segmentation(predictor, classes, voc, refine=True)       # mIoU (ignore 255)
+    result = sam_agreement(predictor, store_url, held_out=0.01, images=64)     # vs the cached teacher
+
+`python -m student.evaluate` runs them from the command line and writes OUT/TASK.json.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from storage_schemas.pixels.labelled_images import SegmentationSet
+from storage_schemas.plumbing.errors import ConfigError, StoreError
+from storage_schemas.store import open_store
+from student.data.unit_samples import split_filter
+from student.eval.inference import SamClipPredictor
+from student.eval.zero_shot import ClassNames
+from student.metrics import IGNORE_LABEL, confusion_matrix, iou_per_class, mean_iou, topk_correct
+from student.validation import load_sam_held_out, sam_metrics
+
+
+def zeroshot_classification(
+    predictor: SamClipPredictor, classes: ClassNames, samples, size: int, batch_size: int = 32
+) -> dict[str, Any]:
+    """samples: (key, image, label) -> top-1/top-5 over them, and top-1 per class."""
+    hits, n = {1: 0, 5: 0}, 0
+    per_class = np.zeros((len(classes.names), 2), np.int64)  # [correct, seen]
+
+    def flush(images, labels):
+        nonlocal n
+        logits = classes.logits(predictor.embed_images(images, size))
+        target = torch.tensor(labels)
+        for k, v in topk_correct(logits, target).items():
+            hits[k] += v
+        top1 = logits.argmax(dim=1) == target
+        np.add.at(per_class, (np.asarray(labels), 0), top1.numpy().astype(np.int64))
+        np.add.at(per_class, (np.asarray(labels), 1), 1)
+        n += len(labels)
+
+    images, labels = [], []
+    for _, image, label in tqdm(samples, desc="zeroshot-cls", unit="img"):
+        if not 0 <= label < len(classes.names):
+            raise ConfigError(f"label {label} is not one of the {len(classes.names)} classes")
+        images.append(image)
+        labels.append(label)
+        if len(images) == batch_size:
+            flush(images, labels)
+            images, labels = [], []
+    if images:
+        flush(images, labels)
+    if n == 0:
+        raise ConfigError("the labelled set has no images")
+    return {
+        "top1": hits[1] / n,
+        "top5": hits[5] / n,
+        "images": n,
+        "size": size,
+        "per_class_top1": {c: (int(r[0]) / int(r[1]) if r[1] else None) for c, r in zip(classes.names, per_class)},
+    }
+
+
+def semantic_segmentation(
+    predictor: SamClipPredictor,
+    classes: ClassNames,
+    dataset: SegmentationSet,
+    *,
+    refine: bool = False,
+    threshold: float = 0.5,
+    points: int = 3,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """mIoU over `dataset`; with `refine`, the SAM head refines the CLIP head's classes (appendix B)
+    from points where a class's probability exceeds `threshold`, at most `points` per class, drawn
+    with seed + the image's position in the set."""
+    c = len(classes.names)
+    conf, coarse_conf = np.zeros((c, c), np.int64), np.zeros((c, c), np.int64)
+    images = 0
+    for i, (key, image, label) in enumerate(tqdm(dataset, desc="semseg" + (" --refine" if refine else ""), unit="img")):
+        if label[label != IGNORE_LABEL].max(initial=0) >= c:
+            raise ConfigError(
+                f"{key}: label value {int(label[label != IGNORE_LABEL].max())} but only {c} class names "
+                f"({dataset.root}/classes.txt or --classes)"
+            )
+        seg = predictor.segment(image, classes, refine=refine, threshold=threshold, max_points=points, seed=seed + i)
+        conf += confusion_matrix(seg.labels, label, c)
+        coarse_conf += confusion_matrix(seg.coarse_labels, label, c)
+        images += 1
+    if images == 0:
+        raise ConfigError("the segmentation set has no usable images")
+    iou = iou_per_class(conf)
+    out = {
+        "miou": mean_iou(conf),
+        "images": images,
+        "resolution": 1024 if refine else 448,
+        "per_class_iou": {name: (None if np.isnan(v) else float(v)) for name, v in zip(classes.names, iou)},
+        "pixel_accuracy": float(np.trace(conf) / max(conf.sum(), 1)),
+    }
+    if refine:
+        out.update({"miou_clip_head_only": mean_iou(coarse_conf), "threshold": threshold, "max_points": points})
+    return out
+
+
+def sam_agreement(
+    predictor: SamClipPredictor, store_url: str, *, held_out: float, images: int, seed: int = 0
+) -> dict[str, Any]:
+    """The SAM head against the cached teacher masks of at most `images` held-out images."""
+    store = open_store(store_url)
+    manifest = store.manifest("sam")
+    if manifest is None:
+        raise StoreError(f"store {store.url} has no SAM targets (no sam/_manifest.json)")
+    multimask = int(manifest.must_match["policy"]["num_masks"]) == 3
+    held = load_sam_held_out(
+        store, store.commits("sam"), split_filter(held_out, "held_out"), limit=images, prompts=1 << 30, seed=seed
+    )  # every stored prompt
+    if not held:
+        raise StoreError(f"store {store.url}: no held-out SAM image at held-out fraction {held_out}")
+    metrics = sam_metrics(predictor.model, held, multimask, predictor.device)
+    # Per mask, in the stored 256 x 256 low-res frame (padding included), not a semantic mIoU.
+    return {
+        "mask_iou": metrics["mask_iou"],
+        "logit_corr": metrics["logit_corr"],
+        "soft_iou": metrics["soft_iou"],
+        "images": len(held),
+        "masks": sum(b["stored_logits"].shape[0] * b["stored_logits"].shape[1] for b in held),
+        "held_out": held_out,
+    }
