@@ -4,8 +4,8 @@
 
 For each student (`tiny`, and the paper's `vit_b` with a random init) and stage (`probe`: the CLIP
 head trains; `joint`: everything but the prompt encoder trains, so the optimiser holds state for the
-whole model), `student/train.py` runs alone on this machine's CPU against a synthetic store (bench/
-synthetic_store.py: D = 768 targets; CLIP batches of 2 images at 224 px, SAM batches of 1 image x 4
+whole model), `student/train.py` runs alone on this machine's CPU against a synthetic store
+(pipeline/sample/synthetic_store.py: D = 768 targets; CLIP batches of 2 images at 224 px, SAM batches of 1 image x 4
 prompts at 1024 px), is sent SIGTERM once its second step is logged, and is timed to its exit. The
 run finishes the step under way, then writes the checkpoint: the time splits into the rest of the
 step and the save (the checkpoint folder's mtime). The checkpoint size is what a preemption writes

@@ -247,8 +247,8 @@ def validate(storage: StoreRoot, hashes: bool = True, workers: int = 8) -> Valid
             continue
         try:
             manifest = read_manifest(storage, kind)
-        except StoreError:
-            report.add(rel_m, "manifest does not parse")
+        except StoreError as e:  # damaged, or another schema version: none of the kind's files is judged
+            report.add(rel_m, str(e).removeprefix(f"{storage.url_of(rel_m)}: "))
             continue
         records = []
         for rel in record_paths:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import runpy
 import sys
 
-# subcommand -> (module whose `main(argv)` it runs, what it does)
+# subcommand -> (the module it runs as `python -m` would, what it does)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "sample-data": ("pipeline.sample_data", "write the sample corpus, its teachers' tiny weights and eval sets"),
+    "sample-data": ("pipeline.sample_data", "write the sample corpus and its evaluation sets"),
     "tiny-teachers": ("pipeline.teachers.tiny", "write seeded tiny CLIP and SAM teachers for tests and demos"),
     "plan": ("pipeline.plan", "check a job config and print what a run would do, starting nothing"),
     "materialize": ("pipeline.materialize", "run the teachers over a job's sources into the store"),
@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("pipeline.verify", "recompute sampled targets with the teachers and compare"),
     "transfer-set": ("pipeline.transfer_set", "select the store's views nearest to query images"),
     "store": ("storage_schemas", "summarise a store: manifests, units, rows, errors"),
-    "evaluate": ("student.evaluate", "score a student (or the teachers) on evaluation sets"),
+    "evaluate": ("student.evaluate", "score an exported student on evaluation sets"),
     "visualize": ("student.visualize", "pictures of a student's predictions"),
     "inspect-store": ("student.inspect_store", "pictures of a store's cached targets"),
     "sweep": ("student.sweep", "train a grid of configs, resumable, one run folder each"),
@@ -42,12 +42,15 @@ def usage() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] in ("-h", "--help"):
+    if not args:
+        print(usage(), file=sys.stderr)
+        sys.exit(2)
+    if args[0] in ("-h", "--help"):
         print(usage())
-        sys.exit(0 if args else 2)
+        sys.exit(0)
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
         print(f"samclip: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
-    sys.argv = [f"samclip {name}", *rest]
+    sys.argv = [name, *rest]  # run_module puts the module's path first, as `python -m` does
     runpy.run_module(COMMANDS[name][0], run_name="__main__", alter_sys=True)

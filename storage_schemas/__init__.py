@@ -3,8 +3,8 @@
     store/      the store contract: layout, tables and codecs, commit records, manifests, the reader
     pixels/     the pixel rules both sides agree on: tar streaming, decode, views, SAM transforms
     models/     SAM architectures, open_clip configs, checkpoints, class texts, teacher FLOPs
-    plumbing/   sample identity and seeds, error reasons, typed configs, one-line user errors,
-                console tables, fault points for tests
+    plumbing/   sample identity and seeds, error reasons, file facts, typed configs, one-line user
+                errors, console tables, fault points and a byte-counting filesystem for tests
 
 Layers (import-linter, pyproject.toml): models > store > pixels > plumbing.
 

@@ -60,4 +60,4 @@ def config_difference(output_dir: str, record: dict[str, Any]) -> str | None:
         return None
     k = diff[0]
     more = f" and {len(diff) - 1} more key(s)" if len(diff) > 1 else ""
-    return f"{k}: {was.get(k)!r} there, {now.get(k)!r} now{more}"
+    return f"{k}: {value(was, k)!r} there, {value(now, k)!r} now{more}"

@@ -3,9 +3,10 @@
     accelerate launch student/train.py --config student/configs/paper.yaml [--set k=v ...] [--resume latest]
     torchrun --nproc_per_node 2 student/train.py --config student/configs/tiny.yaml --set store.url=out/store
 
-Reads targets and images through `student.data.unit_samples`, trains the stages of the config (see
-`student.trainer`), logs to OUTPUT/tensorboard and OUTPUT/validation.jsonl, checkpoints to
-OUTPUT/checkpoints and exports the student to OUTPUT/export at the end. Run again into the same
+Reads targets and images through `student.data` (pieces of units, batches), trains the stages of
+the config (see `student.trainer`), logs to the trackers of `log_with` (OUTPUT/tensorboard by
+default) and OUTPUT/validation.jsonl, checkpoints to OUTPUT/checkpoints and exports the student to
+OUTPUT/export at the end. Run again into the same
 OUTPUT, a run of the same config that finished is skipped and one that stopped is resumed; a
 folder holding a run of another config is refused (one folder, one run's logs).
 

@@ -172,7 +172,7 @@ def test_img2dataset_count_mismatch_is_reported(tmp_path, sample_corpus, tiny_te
     assert notes == ["s/00000: img2dataset _stats.json says 28 successes, the tar holds 25 samples"]
 
 
-def test_unit_size_cuts_a_shard_into_parts(tmp_path, sample_corpus, tiny_teachers, ray_cluster):
+def test_unit_size_cuts_a_shard_into_units(tmp_path, sample_corpus, tiny_teachers, ray_cluster):
     job = clip_job(tmp_path, tiny_teachers, "s", f"{sample_corpus}/clip/00001.tar", 1, unit_size=10)
     assert materialize([str(job)]) == 0
     commits = open_store(str(tmp_path / "store")).commits("clip")
@@ -242,7 +242,7 @@ def test_a_truncated_shard_fails_alone_and_the_job_exits_nonzero(tmp_path, sampl
     assert [c.unit for c in open_store(str(tmp_path / "store")).commits("clip")] == ["00000"]
 
 
-def test_a_truncated_shard_cut_in_parts_commits_the_parts_before_the_cut(
+def test_a_truncated_shard_cut_into_units_commits_the_units_before_the_cut(
     tmp_path, sample_corpus, tiny_teachers, ray_cluster
 ):
     import shutil
@@ -258,7 +258,7 @@ def test_a_truncated_shard_cut_in_parts_commits_the_parts_before_the_cut(
     failed = report["units_failed"]
     assert [(f["unit"], f["reason"]) for f in failed] == [("00001.p001", "ValueError"), ("00001.p*", "shard_failed")]
     assert "end-of-archive marker" in failed[0]["detail"]
-    assert "parts after 00001.p001 not read" in failed[1]["detail"]
+    assert "units after 00001.p001 not read" in failed[1]["detail"]
     assert [c.unit for c in open_store(str(tmp_path / "store")).commits("clip")] == ["00001.p000"]
 
 

@@ -79,8 +79,8 @@ def test_cmyk_palette_webp_and_extreme_shapes_decode_to_rgb():
 def test_jpeg_draft_is_part_of_the_rule():
     big = encode(Image.new("RGB", (2000, 1600), (90, 120, 200)), "JPEG", quality=90)
     d = decode_image(big, draft_side=draft_side_for(224))
-    assert d.image.size == (1000, 800)
-    assert d.full_size == (2000, 1600)  # 1/2: both sides stay >= 448
+    assert d.image.size == (1000, 800)  # 1/2: both sides stay >= 448
+    assert d.full_size == (2000, 1600)
     assert decode_image(big).image.size == (2000, 1600)
     assert decode_image(big, draft_side=draft_side_for(1024)).image.size == (2000, 1600)
 

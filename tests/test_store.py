@@ -230,8 +230,9 @@ def test_commit_record_round_trip_and_unparseable_records(tmp_path):
         n_stored=9,
         n_errors=1,
         rows={"views": 36, "errors": 1},
-        files=[storage.write_bytes("clip/sample/00000.parquet", b"x")],
+        files=[storage.write_bytes("clip/sample/00000/p0000000-000000000000-00000000.parquet", b"x")],
         policy_hash="p" * 64,
+        parts=["p0000000-000000000000-00000000"],
     )
     create_commit(storage, record)
     assert read_commit(storage, "clip", "sample", "00000") == record
@@ -250,6 +251,7 @@ def test_commit_record_round_trip_and_unparseable_records(tmp_path):
             rows={},
             files=[],
             policy_hash="p",
+            parts=[],
         )
 
 
@@ -337,7 +339,7 @@ def test_a_store_of_another_schema_version_is_refused_in_one_line(tmp_path, job_
     manifest["must_match"]["schema_version"] = 1
     path.write_text(json.dumps(manifest))
     with pytest.raises(
-        StoreError, match=r"clip/_manifest.json: schema version 1; this code reads and writes version 2$"
+        StoreError, match=r"_manifest.json: schema version 1; this code reads and writes version 2 \(write to"
     ):
         open_store(str(tmp_path / "store")).manifest("clip")
     with pytest.raises(StoreError, match="schema version 1"):

@@ -78,8 +78,8 @@ def test_slots_split_the_pieces_without_overlap_and_with_equal_loads(clip_store)
         plan_epoch(units, world_size=3, rank=rank, streams=2, seed=0, epoch=0, sizes={64: 4}, tag="clip")
         for rank in range(3)
     ]
-    assert len({tuple(p.batches) for p in plans}) == 1
-    assert plans[0].batches  # equal steps on every rank
+    assert len({tuple(p.batches) for p in plans}) == 1  # equal steps on every rank
+    assert plans[0].batches
     for p in plans:
         for s in range(2):
             assert p.stream_samples(s) <= sum(su.count for su in p.streams[s])
@@ -283,6 +283,7 @@ def synthetic_units(n_units: int, samples: int, piece: int):
             {},
             [],
             "p",
+            [],
         )
 
     return [UnitPieces(record(u), tuple(Piece((j,), piece) for j in range(samples // piece))) for u in range(n_units)]

@@ -213,7 +213,10 @@ def test_every_tracker_logs_the_run_under_its_name_without_storage_options(train
     )
     assert p.returncode == 0, p.stderr[-3000:]
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
-    (wandb_log,) = (out / "wandb").glob("offline-run-*/run-*.wandb")  # what `wandb sync` would upload
+    import hashlib
+
+    run_id = hashlib.blake2b(str(out).encode(), digest_size=8).hexdigest()  # a requeued run continues it
+    (wandb_log,) = (out / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")  # what `wandb sync` uploads
     assert b"stages.0.name" in wandb_log.read_bytes()
     assert b"storage_options" not in wandb_log.read_bytes()
     import mlflow
@@ -223,6 +226,7 @@ def test_every_tracker_logs_the_run_under_its_name_without_storage_options(train
     experiment = client.get_experiment_by_name("probe-trackers")
     (mlflow_run,) = client.search_runs([experiment.experiment_id])
     assert mlflow_run.info.run_name == "probe-trackers"
+    assert (out / "mlflow_run_id.txt").read_text() == mlflow_run.info.run_id  # a requeued run continues it
     assert mlflow_run.data.params["stages.0.name"] == "probe"
     assert not any("storage_options" in k for k in mlflow_run.data.params)
     assert not any("storage_options" in v for v in mlflow_run.data.tags.values())

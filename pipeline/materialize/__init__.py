@@ -11,4 +11,6 @@ Read in this order:
     unit_commit.py    commit records (create-if-absent) and the clean-up of a job's own leftovers
     claims.py         claims that let several jobs share a store's units
     report.py         the run's summary and JSON report
+    sources.py, read_plan.py, teacher_dataset.py, job_manifests.py, ray_session.py: input shards,
+    which read tasks run, the Ray Data pipeline, the manifests, joining or starting Ray
 """

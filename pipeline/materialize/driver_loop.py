@@ -90,7 +90,7 @@ class UnitDriver:
         self.storage, self.kind, self.build_dataset = plan.storage, kind, build_dataset
         self.policy_hash, self.attempt, self.lease_s = policy_hash, attempt, lease_s
         self.report = JobReport(kind)
-        self.pending: list[tuple] = []  # (shard, its committed parts) with work left
+        self.pending: list[tuple] = []  # (shard, the numbers of its committed units) with work left
         self.shards = {}
         self.finished: set[Key] = set()  # units committed (before, by this job or another) or failed
         for shard in kp.shards:
@@ -248,8 +248,8 @@ class UnitDriver:
 
     def unit_shard(self, unit_key: Key) -> InputShard:
         source, unit = unit_key
-        base, _, part = unit.rpartition(".p")
-        return self.shards.get((source, unit)) or self.shards[(source, base if part.isdigit() else unit)]
+        base, _, unit_no = unit.rpartition(".p")
+        return self.shards.get((source, unit)) or self.shards[(source, base if unit_no.isdigit() else unit)]
 
     def commit(self, unit_key: Key, c: UnitCollector, row: dict) -> bool:
         try:
@@ -315,7 +315,7 @@ class UnitDriver:
                     shard=row["shard"],
                     unit=f"{row['shard']}.p*",
                     reason="shard_failed",
-                    detail=f"parts after {row['unit']} not read ({what})",
+                    detail=f"units after {row['unit']} not read ({what})",
                 )
             )
 

@@ -68,6 +68,7 @@ class JobPlan:
     config: JobConfig
     storage: StoreRoot
     kinds: dict[str, KindPlan]
+    dtype_guessed: bool = False  # an `auto` compute dtype for a device not known yet: not compared
 
 
 def make_plan(
@@ -112,7 +113,7 @@ def make_plan(
                 plan.committed[url].append(record)
         plan.shards = resolve_unit_sizes(kind, plan.shards, plan.committed, cfg.sources, read_cuts(storage, kind))
         kinds[kind] = plan
-    return JobPlan(cfg, storage, kinds)
+    return JobPlan(cfg, storage, kinds, dtype_guessed=not device_known and cfg.compute_dtype == "auto")
 
 
 def resolve_unit_sizes(
@@ -189,6 +190,8 @@ def describe(plan: JobPlan) -> str:
         must = kp.manifest.must_match
         teacher = must["teacher"]
         state = "matches the store's" if kp.manifest_exists else "absent: the first commit creates it"
+        if kp.manifest_exists and plan.dtype_guessed:
+            state += " (compute dtype: checked by the job where it runs)"
         lines.append(
             f"  {kind}: teacher {teacher['arch']} (weights {teacher['weights_sha256'][:12]}), "
             f"compute {must['compute_dtype']}, policy {kp.manifest.policy_hash[:12]}; manifest {state}"

@@ -122,7 +122,7 @@ class ShardTask:
         """What the task claims: the unit it reads by range (`read_tasks` makes one task a unit),
         else its shard's one unit, else (a shard cut into units but streamed) the whole shard."""
         if self.read_units is not None:
-            return [self.unit_of(p) for p in self.read_units]
+            return [self.unit_of(n) for n in self.read_units]
         return [stream_claim_name(self.shard) if self.unit_size else self.shard]
 
     def blocking_holder(self, store: StoreRoot, now: float | None = None) -> Holder | None:
@@ -292,7 +292,7 @@ def _claim(task: ShardTask, store: StoreRoot, blank: BlankFn) -> tuple[list[dict
             rows.append(row(CLAIM, got.to_json()))
         if holder is not None:
             return rows + [row(CLAIMED, json.dumps({"claims": task.claim_names(), "holder": holder.attempt}))], False
-        units = [task.unit_of(p) for p in task.read_units] if task.read_units is not None else []
+        units = [task.unit_of(n) for n in task.read_units] if task.read_units is not None else []
         units += [] if task.unit_size else [task.shard]
         done = [u for u in units if read_commit(store, task.kind, task.source, u) is not None]
     except (StorageFailure, OSError) as e:  # another job removing claims meanwhile, or the store failing
@@ -322,7 +322,7 @@ def _read_unit(
         for sample in iter_indexed_samples(task.url, options, index, start, stop):
             count += 1
             yield _sample_row(task, unit_no, sample, blank, make_sample)
-    except Exception as e:  # this unit fails; the task's other parts are read by range all the same
+    except Exception as e:  # this unit fails; the task's other units are read by range all the same
         yield _failed_row(task, unit_no, e, blank)
         return
     end = blank(task, END, unit_no)
@@ -340,7 +340,7 @@ def _failed_row(task: ShardTask, unit_no: int, e: Exception, blank: BlankFn) -> 
 def _stream_shard(
     task: ShardTask, store: StoreRoot, options: dict, make_sample: SampleFn, blank: BlankFn, end_note
 ) -> Iterator[dict[str, Any]]:
-    """The shard from its start. Samples of parts not pending are counted, not read; so are those
+    """The shard from its start. Samples of units not pending are counted, not read; so are those
     of a unit another job committed while this task held the shard's claim (a `committed` row says
     so; only a job that read it by range can have). Read to its end, the shard's tar index is
     written where the task says so."""
@@ -348,16 +348,18 @@ def _stream_shard(
     index_rows_: list[tuple] = []
     committed_elsewhere: dict[int, bool] = {}
 
-    def wanted(p: int) -> bool:
-        if not task.pending(p):
+    def wanted(unit_no: int) -> bool:
+        if not task.pending(unit_no):
             return False
-        if task.attempt and task.unit_size and p not in committed_elsewhere:
+        if task.attempt and task.unit_size and unit_no not in committed_elsewhere:
             try:
-                committed_elsewhere[p] = read_commit(store, task.kind, task.source, task.unit_of(p)) is not None
+                committed_elsewhere[unit_no] = (
+                    read_commit(store, task.kind, task.source, task.unit_of(unit_no)) is not None
+                )
             except (StorageFailure, OSError) as e:  # read it anyway: the commit decides
-                log.warning("%s: not known whether committed (%s); read all the same", task.unit_of(p), e)
-                committed_elsewhere[p] = False
-        return not committed_elsewhere.get(p, False)
+                log.warning("%s: not known whether committed (%s); read all the same", task.unit_of(unit_no), e)
+                committed_elsewhere[unit_no] = False
+        return not committed_elsewhere.get(unit_no, False)
 
     def end_row(shard_samples: int, note: str = "") -> dict[str, Any]:
         end = blank(task, END, unit_no)
@@ -380,7 +382,7 @@ def _stream_shard(
             if wanted(unit_no):
                 yield _sample_row(task, unit_no, sample, blank, make_sample)
     except Exception as e:  # the shard's read stops here; the driver fails this unit and the later ones
-        # A task for given parts (its index went stale) fails those, wherever the stream stopped.
+        # A task for given units (its index went stale) fails those, wherever the stream stopped.
         yield _failed_row(task, unit_no if task.read_units is None else task.read_units[0], e, blank)
         return
     note = ""

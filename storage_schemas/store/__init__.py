@@ -1,5 +1,5 @@
 """The store contract: where things live, the tables and their codecs, commit records, manifests,
-sample identity, tar indexes, transfer sets, and the reader of committed units.
+tar indexes, transfer sets, and the reader of committed units.
 
 `from storage_schemas.store import open_store` is the reader (`store/reader.py`); the modules
 here are what a pipeline writes and a student reads, byte for byte.

@@ -3,7 +3,7 @@
 A record lists every file of the unit with size and sha256, its parts (schema version 2: the part
 files teacher actors wrote, disjoint sample sets that together with the errors cover the unit),
 the row counts, the input it was made from (URL, size, ETag on object stores, the sample range for
-a part of a shard), the policy hash of the manifest in force and the id of the job attempt that
+a unit cut from a shard), the policy hash of the manifest in force and the id of the job attempt that
 made it. Readers consider a unit only through its record; a record that does not parse counts as
 absent, so a half-written one (impossible with atomic writes, but cheap to guard) means "not
 committed".
@@ -66,7 +66,7 @@ class CommitRecord:
     rows: dict[str, int]  # row count per table, e.g. {"views": 3000, "errors": 2}
     files: list[FileEntry]
     policy_hash: str
-    parts: list[str] | None = None  # part names in sample order; None: a schema-1 unit (one file per table)
+    parts: list[str]  # part names in sample order
     attempt_id: str = field(default_factory=lambda: new_attempt_id())  # the job attempt that made the unit
     created_at: str = field(default_factory=now_utc)
     schema_version: int = SCHEMA_VERSION

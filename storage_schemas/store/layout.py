@@ -52,9 +52,9 @@ def check_name(what: str, name: str) -> str:
     return name
 
 
-def unit_name(shard: str, part: int | None = None) -> str:
-    """`00042` for a whole shard, `sa_000123.p003` for samples 3000-3999 of a shard cut in parts."""
-    return shard if part is None else f"{shard}.p{part:03d}"
+def unit_name(shard: str, unit_no: int | None = None) -> str:
+    """`00042` for a whole shard, `sa_000123.p003` for samples 3000-3999 of a shard cut into units."""
+    return shard if unit_no is None else f"{shard}.p{unit_no:03d}"
 
 
 def tar_index_path(kind: str, source: str, shard: str) -> str:

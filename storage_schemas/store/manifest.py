@@ -104,10 +104,11 @@ def read_manifest(storage: StoreRoot, kind: str) -> Manifest | None:
         manifest = Manifest.from_json(storage.read_bytes(rel))
     except (ValueError, KeyError, TypeError) as e:
         raise StoreError(f"{storage.url_of(rel)}: manifest does not parse ({e}); the store is damaged") from None
-    version = manifest.must_match.get("schema_version")
+    version = manifest.must_match.get("schema_version") if isinstance(manifest.must_match, dict) else None
     if version != SCHEMA_VERSION:
         raise StoreError(
-            f"{storage.url_of(rel)}: schema version {version}; this code reads and writes version {SCHEMA_VERSION}"
+            f"{storage.url_of(rel)}: schema version {version}; this code reads and writes version {SCHEMA_VERSION} "
+            "(write to a new store URL)"
         )
     return manifest
 

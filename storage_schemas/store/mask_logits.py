@@ -6,8 +6,7 @@ stored as one shard (Zarr's sharding codec): the part's images go out in one PUT
 image, and a reader still fetches one image's chunk with a ranged read. Slots beyond an image's
 `n_prompts` hold the array's fill value. The teacher actor that made a part encodes the whole
 group in memory (`logits_group_objects`) and writes its objects; nothing writes a group twice
-(Zarr loses data when several writers share a shard). Schema-1 units have one group per unit,
-one object per chunk.
+(Zarr loses data when several writers share a shard).
 
 Encodings (the `precision` of the SAM manifest):
     fp16           logits as float16; fill NaN. Probability error <= FP16_MAX_PROB_ERROR.

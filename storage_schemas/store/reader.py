@@ -112,7 +112,7 @@ class TargetStore:
         return out
 
     def shard_commits(self, kind: str, source: str, shard: str) -> list[CommitRecord]:
-        """The committed units of one input shard (the shard itself, or its parts `SHARD.pNNN`)."""
+        """The committed units of one input shard (the shard itself, or its cuts `SHARD.pNNN`)."""
         prefix = f"{layout.COMMITS_DIR}/{kind}/{source}/"
         units = [
             rel[len(prefix) : -len(".json")]
