@@ -8,7 +8,7 @@
 
 Layers (import-linter, pyproject.toml): models > store > pixels > plumbing.
 
-See storage_schemas/README.md for the layout of a store and each module.
+See docs/store.md for the layout of a store and each module.
 """
 
 from storage_schemas.plumbing.errors import ConfigError, ManifestMismatch, StoreError, UserError

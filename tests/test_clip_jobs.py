@@ -16,7 +16,7 @@ from pipeline.config import RayConfig
 from pipeline.materialize.job import main as materialize
 from pipeline.materialize.plan import DEFAULT_UNIT_SIZE
 from storage_schemas.store import open_store
-from support.commands import REPO, run_module
+from support.commands import REPO, run_in_process, run_module
 from support.job_configs import clip_shards, clip_source, tiny_clip, write_clip_job, write_job
 from support.store_checks import assert_exactly_once, shard_keys
 
@@ -47,7 +47,9 @@ def committed(store_path) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point, committed_before", [("after_data_before_commit:2", 1), ("during_teacher", 0)])
-def test_kill_at_a_named_point_then_rerun(point, committed_before, tmp_path, sample_corpus, tiny_teachers, ray_cluster):
+def test_kill_at_a_named_point_then_rerun(
+    point, committed_before, tmp_path, sample_corpus, tiny_teachers, ray_cluster, capsys
+):
     store = tmp_path / "store"
     job = write_clip_job(tmp_path / "job.yaml", store, sample_corpus, tiny_teachers)
     killed = run_module("pipeline.materialize", str(job), env={"SAMCLIP_KILL_AT": point})
@@ -58,15 +60,15 @@ def test_kill_at_a_named_point_then_rerun(point, committed_before, tmp_path, sam
         assert len([d for d in (store / "clip" / "sample").iterdir() if any(d.glob("*.parquet"))]) >= 2
         (first,) = open_store(str(store)).commits("clip")
         assert len(open_store(str(store)).committed_files("clip", "views")) == len(first.parts)
-    rerun = run_module("pipeline.materialize", str(job))
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    rerun = run_in_process(materialize, [job], capsys)  # the rerun in this process: no second start-up
+    assert rerun.status == 0, rerun.err[-2000:]
     after = assert_exactly_once(store, sample_corpus)
     assert all(after[u] == a for u, a in before.items()), "committed units were recomputed"
-    assert f"{4 - committed_before} done, {committed_before} skipped" in rerun.stdout
+    assert f"{4 - committed_before} done, {committed_before} skipped" in rerun.out
 
 
 @pytest.mark.slow
-def test_kill_from_outside_at_a_random_time_then_rerun(tmp_path, sample_corpus, tiny_teachers, ray_cluster):
+def test_kill_from_outside_at_a_random_time_then_rerun(tmp_path, sample_corpus, tiny_teachers, ray_cluster, capsys):
     """SIGKILL the job from outside while some units are committed and others are not, then rerun.
 
     A kill before the first commit or after the last tests nothing the named kill points do not,
@@ -110,11 +112,11 @@ def test_kill_from_outside_at_a_random_time_then_rerun(tmp_path, sample_corpus, 
     )
     assert proc.returncode == -signal.SIGKILL
     assert 1 <= len(before) < 4, f"the kill must land with some units committed and not all: {state}"
-    rerun = run_module("pipeline.materialize", str(job))
-    assert rerun.returncode == 0, (state, rerun.stderr[-2000:])
+    rerun = run_in_process(materialize, [job], capsys)
+    assert rerun.status == 0, (state, rerun.err[-2000:])
     after = assert_exactly_once(store, sample_corpus, views=views)
     assert all(after[u] == a for u, a in before.items()), (state, "committed units were recomputed")
-    assert f"{4 - len(before)} done, {len(before)} skipped" in rerun.stdout, (state, rerun.stdout[-2000:])
+    assert f"{4 - len(before)} done, {len(before)} skipped" in rerun.out, (state, rerun.out[-2000:])
 
 
 @pytest.fixture(scope="module")

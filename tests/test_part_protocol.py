@@ -2,7 +2,7 @@
 
 Each test runs `python -m pipeline.materialize` as a subprocess on the session's Ray (its fault
 variables reach the teacher actors through the job's runtime environment) over the four sample
-shards, batch 8: four parts per unit.
+shards, batch 8: four parts per unit; a rerun with no fault runs in this process.
 """
 
 import json
@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.materialize.job import main as materialize
 from storage_schemas.store import open_store
-from support.commands import run_module
+from support.commands import run_in_process, run_module
 from support.job_configs import write_clip_job
 from support.store_checks import assert_exactly_once
 
@@ -43,7 +44,7 @@ def test_a_teacher_actor_killed_after_writing_a_part_is_survived(tmp_path, sampl
     assert_exactly_once(store, sample_corpus)
 
 
-def test_an_exception_in_one_batch_fails_its_unit_only(tmp_path, sample_corpus, tiny_teachers, ray_cluster):
+def test_an_exception_in_one_batch_fails_its_unit_only(tmp_path, sample_corpus, tiny_teachers, ray_cluster, capsys):
     store = tmp_path / "store"
     job = write_clip_job(tmp_path / "job.yaml", store, sample_corpus, tiny_teachers)
     run = run_module(
@@ -58,13 +59,15 @@ def test_an_exception_in_one_batch_fails_its_unit_only(tmp_path, sample_corpus, 
     assert [(f["unit"], f["reason"]) for f in report["units_failed"]] == [("00002", "InjectedFault")]
     assert "FAILED     sample/00002: InjectedFault: fault injected at teacher_batch@00002" in run.stdout
     assert committed_units(store) == ["00000", "00001", "00003"]
-    rerun = run_module("pipeline.materialize", str(job))
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "1 done, 3 skipped" in rerun.stdout, rerun.stderr[-3000:]
+    rerun = run_in_process(materialize, [job], capsys)  # no fault to inject: in this process
+    assert rerun.status == 0, rerun.err[-3000:]
+    assert "1 done, 3 skipped" in rerun.out, rerun.err[-3000:]
     assert_exactly_once(store, sample_corpus)
 
 
-def test_a_batch_that_kills_its_actor_every_time_fails_its_unit(tmp_path, sample_corpus, tiny_teachers, ray_cluster):
+def test_a_batch_that_kills_its_actor_every_time_fails_its_unit(
+    tmp_path, sample_corpus, tiny_teachers, ray_cluster, capsys
+):
     store = tmp_path / "store"
     job = write_clip_job(tmp_path / "job.yaml", store, sample_corpus, tiny_teachers)
     run = run_module(
@@ -84,9 +87,9 @@ def test_a_batch_that_kills_its_actor_every_time_fails_its_unit(tmp_path, sample
     assert "00003" in failed, report
     assert set(failed.values()) == {"incomplete"}, report
     assert sorted(committed_units(store) + list(failed)) == ["00000", "00001", "00002", "00003"]
-    rerun = run_module("pipeline.materialize", str(job))
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"{len(failed)} done, {4 - len(failed)} skipped" in rerun.stdout, rerun.stderr[-3000:]
+    rerun = run_in_process(materialize, [job], capsys)
+    assert rerun.status == 0, rerun.err[-3000:]
+    assert f"{len(failed)} done, {4 - len(failed)} skipped" in rerun.out, rerun.err[-3000:]
     assert_exactly_once(store, sample_corpus)
 
 

@@ -1,10 +1,12 @@
 """Pictures that explain themselves: a mask drawn as a mask (outline + translucent fill), the
-ignore band in the legend, point prompts in the colour of the class they prompt."""
+ignore band in the legend, point prompts in the colour of the class they prompt, a line under the
+legend saying what a title's figure means."""
 
 import numpy as np
 from PIL import Image
 
-from student.eval.pictures import IGNORE_COLOR, MASK_COLOR, class_colors, draw_prompt, legend_items, mask_overlay
+from student.eval.inspect_store import SAM_LEGEND, SAM_NOTE
+from student.eval.pictures import IGNORE_COLOR, MASK_COLOR, class_colors, draw_prompt, legend_items, mask_overlay, sheet
 
 
 def test_a_mask_is_an_outline_and_a_translucent_fill():
@@ -33,3 +35,13 @@ def test_the_legend_names_the_ignore_band_and_points_take_their_class_colour():
     color = tuple(int(c) for c in class_colors(3)[2])
     draw_prompt(tile, points=np.array([[20.0, 20.0]]), point_color=color)
     assert tuple(np.asarray(tile)[20, 20]) == color
+
+
+def test_a_note_under_the_legend_says_what_the_titles_figure_means():
+    tiles = [(f"{i}: box, pred. IoU -0.04", Image.new("RGB", (300, 256), (255, 255, 255))) for i in range(4)]
+    plain = sheet(tiles, SAM_LEGEND)
+    noted = np.asarray(sheet(tiles, SAM_LEGEND, note=SAM_NOTE))
+    assert noted.shape[0] == plain.height + 18
+    note_band = noted[plain.height :]
+    assert (note_band < 128).any()  # the note's text
+    assert "teacher's own estimate" in SAM_NOTE

@@ -97,7 +97,7 @@ def test_a_bad_key_is_one_line_alone_on_one_process_and_first_under_accelerate_l
     wrapped = subprocess.run(
         [accelerate, "launch", "--num_processes", "1", *args], cwd=repo, capture_output=True, text=True, timeout=300
     )
-    # What the README says accelerate adds: the child's line first, then its own CalledProcessError.
+    # What docs/student.md says accelerate adds: the child's line first, then its own CalledProcessError.
     lines = [x for x in wrapped.stderr.splitlines() if x.strip()]
     first = next(i for i, x in enumerate(lines) if x.startswith("error: "))
     assert wrapped.returncode == 1

@@ -16,7 +16,7 @@ from pipeline.teachers import load_sam_teacher
 from storage_schemas.pixels.decode import decode_image
 from storage_schemas.store import open_store
 from storage_schemas.store.mask_logits import UINT8_MAX_PROB_ERROR, decode_logits
-from support.commands import run_module
+from support.commands import run_in_process, run_module
 from support.job_configs import sam_shards, write_sam_job
 from support.store_checks import assert_sound
 
@@ -188,15 +188,15 @@ def test_bad_samples_are_errors_and_skipped_annotations_are_counted(
 
 
 @pytest.mark.slow
-def test_kill_before_commit_then_rerun_is_exactly_once(tmp_path, sample_corpus, tiny_teachers, ray_cluster):
+def test_kill_before_commit_then_rerun_is_exactly_once(tmp_path, sample_corpus, tiny_teachers, ray_cluster, capsys):
     store = tmp_path / "store"
     job = write_sam_job(tmp_path / "job.yaml", store, sam_shards(sample_corpus), tiny_teachers)
     killed = run_module("pipeline.materialize", str(job), env={"SAMCLIP_KILL_AT": "after_data_before_commit:3"})
     assert killed.returncode == -signal.SIGKILL
     before = {c.unit: c.attempt_id for c in open_store(str(store)).commits("sam")}
     assert len(before) == 2
-    rerun = run_module("pipeline.materialize", str(job))
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    rerun = run_in_process(materialize, [job], capsys)  # the rerun in this process: no second start-up
+    assert rerun.status == 0, rerun.err[-2000:]
     s = open_store(str(store))
     commits = s.commits("sam")
     assert len(commits) == 4

@@ -113,7 +113,7 @@ def probed(train_store, tmp_path_factory) -> Path:
         [
             sys.executable,
             "student/train.py",
-            *train_args(train_store, out, [PROBE % 100], "val_every=100", "keep_checkpoints=4"),
+            *train_args(train_store, out, [PROBE % 50], "val_every=100", "keep_checkpoints=4"),
         ]
     )
     assert p.returncode == 0, p.stderr[-3000:]
@@ -123,7 +123,7 @@ def probed(train_store, tmp_path_factory) -> Path:
 def test_probe_learns_above_chance_and_above_the_start(probed):
     first, last = validations(probed)[0], validations(probed)[-1]
     assert first["step"] == 0
-    assert last["step"] == 100
+    assert last["step"] == 50
     chance = last["val/clip224_chance"]
     assert last["val/clip224_retrieval_top1"] >= 5 * chance
     assert last["val/clip224_retrieval_top1"] > first["val/clip224_retrieval_top1"] + 0.2

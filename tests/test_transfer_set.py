@@ -15,6 +15,7 @@ from PIL import Image
 
 from pipeline.config import RayConfig, RetrievalConfig
 from pipeline.sample.synthetic_vectors import clustered_vectors, recall_at
+from pipeline.transfer.contact_sheet import GAP, LABEL, TILE
 from pipeline.transfer.gallery_index import index_factory, new_index, open_gallery, search, set_nprobe, vector_scores
 from pipeline.transfer.select import select_balanced
 from storage_schemas.plumbing.identity import SampleId, is_held_out
@@ -299,6 +300,10 @@ def test_the_cli_selects_k_per_query_without_held_out_excluded_or_repeated_views
     sheet = Image.open(io.BytesIO(storage.read_bytes("subsets/pets.png")))
     assert sheet.width > 5 * 100
     assert sheet.height >= 5 * 100
+    pixels = np.asarray(sheet.convert("L"))
+    assert (pixels[:LABEL, :TILE] < 128).any()  # the header over the queries' column: "query"
+    assert (pixels[:LABEL, TILE + GAP : 2 * TILE + GAP] < 128).any()  # and over the first crops: "rank 1"
+    assert (pixels[-LABEL:] < 128).any()  # the footer: what the numbers under the crops are
 
     out = s["run"]("--per-query", "2", "--name", "pets2")
     assert "embeddings cached" in out

@@ -4,7 +4,7 @@
 
 The actors write every part's files; the driver only accepts parts whose sample sets are disjoint
 until parts and error rows cover a unit, then creates its record (pipeline/materialize/unit_commit.py) and
-removes what the record does not list (storage_schemas/README.md, "The commit protocol"); once the
+removes what the record does not list (docs/store.md, "The commit protocol"); once the
 stream has ended, what Ray's replays of retried tasks wrote under those units unreported.
 
 Several jobs may share a store. Read tasks claim what they read (pipeline/materialize/claims.py) and skip what

@@ -4,7 +4,8 @@
 
 A query is drawn by the view-0 rule; a retrieved crop is rendered from its stored crop box and flip
 (`storage_schemas.pixels.views.render_view`) on its image, read by range through the shard's tar index,
-with its similarity under it.
+with its cosine similarity to the query under it. A header names the columns (the query, then the
+crops by rank) and a footer says what the numbers are.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from storage_schemas.store.tar_index import read_spans
 from storage_schemas.store.unit_tar import unit_tar
 
 TILE = 112
-LABEL = 14  # pixels under a tile for its caption
+LABEL = 14  # pixels under a tile for its caption, and the header's and footer's heights
 GAP = 12  # between a query and its crops
+FOOTER = "under each crop: its cosine similarity to the query (the store's teacher embeddings)"
 
 
 def _render(data: bytes, crop, flip: bool, resize_mode: str = "shortest") -> np.ndarray:
@@ -73,21 +75,27 @@ def contact_sheet(
     tiles = crop_tiles(store, shown, storage_options)
     crops = min(crops, max(shown.column("rank").to_pylist(), default=0) + 1)
     cell = TILE + LABEL
-    sheet = Image.new("RGB", (TILE + GAP + crops * TILE, max(1, len(qids)) * cell), "white")
+    width = max(TILE + GAP + crops * TILE, 6 * len(FOOTER) + 4)  # the default font is 6 px a character
+    sheet = Image.new("RGB", (width, LABEL + max(1, len(qids)) * cell + LABEL), "white")
     draw = ImageDraw.Draw(sheet)
+    draw.text((2, 1), "query", fill="black")
+    for rank in range(crops):
+        draw.text((TILE + GAP + rank * TILE + 2, 1), f"rank {rank + 1}", fill="black")
+    draw.text((2, sheet.height - LABEL + 1), FOOTER, fill="black")
     info = shown.select(["query_id", "rank", "similarity"]).to_pylist()
-    for y, q in enumerate(qids):
+    for row, q in enumerate(qids):
+        y = LABEL + row * cell
         try:
             query = _render(queries.data[q], None, False, resize_mode)
-            sheet.paste(Image.fromarray(query), (0, y * cell))
+            sheet.paste(Image.fromarray(query), (0, y))
         except DecodeError as e:
-            draw.text((4, y * cell + TILE // 2), e.reason, fill="red")
-        draw.text((2, y * cell + TILE), queries.keys[q][-18:], fill="black")
+            draw.text((4, y + TILE // 2), e.reason, fill="red")
+        draw.text((2, y + TILE), queries.keys[q][-18:], fill="black")
         for tile, r in zip(tiles, info):
             if r["query_id"] == q:
                 x = TILE + GAP + r["rank"] * TILE
-                sheet.paste(Image.fromarray(tile), (x, y * cell))
-                draw.text((x + 2, y * cell + TILE), f"{r['similarity']:.3f}", fill="black")
+                sheet.paste(Image.fromarray(tile), (x, y))
+                draw.text((x + 2, y + TILE), f"{r['similarity']:.3f}", fill="black")
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")
     return buf.getvalue()

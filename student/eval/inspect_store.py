@@ -5,7 +5,8 @@
     sam_<source>_<key>.png    one tile per stored prompt: the teacher's mask (logit > 0, i.e.
                               probability > 0.5, upsampled as SamPredictor does; outline and
                               translucent fill) over the image, with the prompt's box and points,
-                              titled with the teacher's predicted IoU; a legend below
+                              titled with the teacher's predicted IoU (its IoU head's
+                              estimate); a legend and that note below
 
 The first N committed samples of each kind are drawn; the pixels are re-rendered from the input
 shards by the same code the teacher and the student use.
@@ -56,8 +57,10 @@ def clip_sheet(sample, size: int) -> Image.Image:
     return sheet([(f"{sample.identity.key}: {len(views)} crops", boxes), *views])
 
 
-# "pred. IoU" in a tile's title is the teacher's own estimate of its mask's IoU (SAM's IoU head; a
-# random head's can be negative), not a measured one.
+SAM_NOTE = (
+    "pred. IoU: the teacher's own estimate of its mask's quality (SAM's IoU head), not a measured IoU;"
+    " a random-initialised teacher's can be negative"
+)
 SAM_LEGEND = [
     ("teacher mask, p > 0.5", MASK_COLOR),
     ("box prompt", BOX_COLOR),
@@ -85,7 +88,7 @@ def sam_sheet(sample, prompts: int) -> Image.Image:
             scale=scale,
         )
         tiles.append((f"{i}: {PROMPT_STRUCTURES[int(p.structure[i])]}, pred. IoU {p.iou[i, m]:.2f}", tile))
-    return sheet(tiles, SAM_LEGEND)
+    return sheet(tiles, SAM_LEGEND, note=SAM_NOTE)
 
 
 def inspect(store: TargetStore, out: str, samples: int, prompts: int, size: int | None = None) -> list[str]:

@@ -124,14 +124,17 @@ def sheet(
     tiles: Sequence[tuple[str, Image.Image]],
     legend: Sequence[tuple[str, tuple[int, int, int]]] = (),
     height: int = TILE_HEIGHT,
+    note: str = "",
 ) -> Image.Image:
-    """Tiles side by side at one height with a title above each, and a colour legend below."""
+    """Tiles side by side at one height with a title above each, a colour legend below, and under
+    it one line of `note` (what a title's figure means)."""
     font = ImageFont.load_default()
     scaled = [fit_height(t, height)[0] if t.height != height else t for _, t in tiles]
     width = sum(t.width for t in scaled) + 4 * (len(scaled) - 1)
     per_row = max(1, width // 170)
     legend_rows = -(-len(legend) // per_row)
-    page = Image.new("RGB", (width, TITLE_HEIGHT + height + 18 * legend_rows + (4 if legend else 0)), (255, 255, 255))
+    legend_bottom = TITLE_HEIGHT + height + 18 * legend_rows + (4 if legend else 0)
+    page = Image.new("RGB", (width, legend_bottom + (18 if note else 0)), (255, 255, 255))
     draw = ImageDraw.Draw(page)
     x = 0
     for (title, _), tile in zip(tiles, scaled):
@@ -142,4 +145,6 @@ def sheet(
         lx, ly = (i % per_row) * 170 + 2, TITLE_HEIGHT + height + 4 + (i // per_row) * 18
         draw.rectangle([lx, ly + 2, lx + 12, ly + 14], fill=color, outline=(0, 0, 0))
         draw.text((lx + 17, ly + 2), name[:24], fill=(0, 0, 0), font=font)
+    if note:
+        draw.text((2, legend_bottom + 2), note, fill=(0, 0, 0), font=font)
     return page
