@@ -161,6 +161,17 @@ def ray_cluster(s3_endpoint, ray_ports):
             "127.0.0.1",
             "--dashboard-port",
             str(dashboard_port),
+            # Ports of the head's own, not Ray's defaults: another Ray on the machine (the jobs the
+            # docs test starts, a developer's) holding 52365 would leave the head without the agent
+            # that `ray job submit` needs ("No available agent to submit job").
+            "--dashboard-agent-listen-port",
+            str(free_port()),
+            "--dashboard-agent-grpc-port",
+            str(free_port()),
+            "--metrics-export-port",
+            str(free_port()),
+            "--runtime-env-agent-port",
+            str(free_port()),
             "--disable-usage-stats",
         ],
         stdout=subprocess.DEVNULL,
