@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from support.commands import REPO
-from support.services import s3_environment
+from support.services import S3_KEY, S3_SECRET, s3_environment
 from support.training import PROBE
 
 PAGES = sorted([REPO / "README.md", *(REPO / "docs").glob("*.md")])
@@ -104,7 +104,7 @@ def test_the_history_patterns_catch_history():
 @pytest.fixture(scope="module")
 def demo_copy(tmp_path_factory, sample_corpus, tiny_teachers, s3_endpoint) -> tuple[Path, dict]:
     """A scratch copy of the repository with the demo's out/, and the environment blocks run in."""
-    import boto3
+    import s3fs
 
     work = tmp_path_factory.mktemp("docs") / "repo"
     work.mkdir()
@@ -123,7 +123,7 @@ def demo_copy(tmp_path_factory, sample_corpus, tiny_teachers, s3_endpoint) -> tu
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "OMP_NUM_THREADS": "1",
     }
-    boto3.client("s3", endpoint_url=s3_endpoint, **_credentials(env)).create_bucket(Bucket=DEMO_BUCKET)
+    s3fs.S3FileSystem(key=S3_KEY, secret=S3_SECRET, endpoint_url=s3_endpoint).mkdir(DEMO_BUCKET)
     make_demo = f"""
         python -m pipeline.materialize jobs/sample.yaml
         python -m pipeline.text_targets jobs/sample.yaml --name sample --classes jobs/sample_classes.txt
@@ -135,14 +135,6 @@ def demo_copy(tmp_path_factory, sample_corpus, tiny_teachers, s3_endpoint) -> tu
     )
     assert done.returncode == 0, f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
     return work, env
-
-
-def _credentials(env: dict) -> dict:
-    return {
-        "aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
-        "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
-        "region_name": env["AWS_DEFAULT_REGION"],
-    }
 
 
 RUNNABLE = [page for page in PAGES if any(lang == "bash" for lang, _ in blocks(page))]
