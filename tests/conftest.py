@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -106,14 +108,78 @@ def s3_env(s3_endpoint, monkeypatch) -> str:
     return s3_endpoint
 
 
-@pytest.fixture(scope="session")
-def ray_ports() -> tuple[int, int]:
-    """The session head's GCS port and dashboard (job submission) port."""
-    return free_port(), free_port()
+def head_environment(s3_endpoint: str) -> dict[str, str]:
+    """The environment of a test Ray head and so of its workers."""
+    return {
+        **os.environ,
+        # The workers read and write S3 with credentials of their own, as a cluster's nodes do.
+        **s3_environment(s3_endpoint),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        # Workers import the test-only flaky:// filesystem (tests/flaky_fs.py) from here.
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")])),
+        # On SIGTERM the head first drains its node for up to this many seconds (30 by default)
+        # and the idle test raylet never finishes draining: the teardown would wait it out.
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+    }
+
+
+def start_head(env: dict[str, str], log: Path, dashboard_port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """A local Ray head of 2 CPUs in the foreground (--block: terminating it stops exactly this
+    cluster, not whatever other Ray the machine runs, as `ray stop` would); returns it and its GCS
+    address. Its own ports throughout: another Ray on the machine (the jobs the docs test starts, a
+    developer's) holding one of Ray's defaults would leave it without an agent."""
+    port = free_port()
+    if dashboard_port is None:
+        # No dashboard: its processes poll the cluster the whole session, a tenth of a core.
+        dashboard = ["--include-dashboard", "false"]
+    else:
+        dashboard = [
+            "--include-dashboard",
+            "true",
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(dashboard_port),
+        ]
+    own_ports = {
+        "--dashboard-agent-listen-port": free_port(),
+        "--dashboard-agent-grpc-port": free_port(),
+        "--metrics-export-port": free_port(),
+        "--runtime-env-agent-port": free_port(),
+    }
+    with open(log, "w") as out:
+        head = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("ray")),
+                "start",
+                "--head",
+                "--block",
+                "--num-cpus",
+                "2",
+                "--num-gpus",
+                "0",
+                "--port",
+                str(port),
+                "--node-ip-address",
+                "127.0.0.1",
+                *dashboard,
+                *[str(a) for pair in own_ports.items() for a in pair],
+                "--disable-usage-stats",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    return head, f"127.0.0.1:{port}"
+
+
+def stop_head(head: subprocess.Popen) -> None:
+    head.terminate()
+    head.wait(timeout=120)
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(s3_endpoint, ray_ports):
+def ray_cluster(s3_endpoint, tmp_path_factory):
     """One local Ray head (2 CPUs) for the whole session; RAY_ADDRESS points jobs started as
     subprocesses at it too, so a killed job leaves no Ray of its own behind."""
     import secrets
@@ -125,62 +191,11 @@ def ray_cluster(s3_endpoint, ray_ports):
     os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     import ray
 
-    port, dashboard_port = ray_ports
-    ray_bin = str(Path(sys.executable).with_name("ray"))
-    # --block keeps the head in the foreground: terminating it stops exactly this cluster, not
-    # whatever other Ray the machine runs (as `ray stop` would). The dashboard (loopback only)
-    # takes `ray job submit`; `python` in a job's entrypoint is this environment's.
-    env = {
-        **os.environ,
-        # The workers read and write S3 with credentials of their own, as a cluster's nodes do.
-        **s3_environment(s3_endpoint),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        # Workers import the test-only flaky:// filesystem (tests/flaky_fs.py) from here.
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")])),
-        # On SIGTERM the head first drains its node for up to this many seconds (30 by default)
-        # and the idle test raylet never finishes draining: the teardown would wait it out.
-        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
-    }
-    head = subprocess.Popen(
-        [
-            ray_bin,
-            "start",
-            "--head",
-            "--block",
-            "--num-cpus",
-            "2",
-            "--num-gpus",
-            "0",
-            "--port",
-            str(port),
-            "--node-ip-address",
-            "127.0.0.1",
-            "--include-dashboard",
-            "true",
-            "--dashboard-host",
-            "127.0.0.1",
-            "--dashboard-port",
-            str(dashboard_port),
-            # Ports of the head's own, not Ray's defaults: another Ray on the machine (the jobs the
-            # docs test starts, a developer's) holding 52365 would leave the head without the agent
-            # that `ray job submit` needs ("No available agent to submit job").
-            "--dashboard-agent-listen-port",
-            str(free_port()),
-            "--dashboard-agent-grpc-port",
-            str(free_port()),
-            "--metrics-export-port",
-            str(free_port()),
-            "--runtime-env-agent-port",
-            str(free_port()),
-            "--disable-usage-stats",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    address = f"127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("ray-head") / "head.log"
+    head, address = start_head(head_environment(s3_endpoint), log)
     deadline = time.time() + 120
     while True:
+        assert head.poll() is None, f"the test Ray head exited {head.returncode}:\n{log.read_text()[-3000:]}"
         try:
             # Workers of this process's jobs register the test-only flaky:// filesystem.
             ray.init(
@@ -188,21 +203,36 @@ def ray_cluster(s3_endpoint, ray_ports):
             )
             break
         except ConnectionError:
-            if time.time() > deadline or head.poll() is not None:
-                raise
+            assert time.time() < deadline, f"no Ray head at {address} after 120 s:\n{log.read_text()[-3000:]}"
             time.sleep(1)
     os.environ["RAY_ADDRESS"] = address
     yield address
     ray.shutdown()
     os.environ.pop("RAY_ADDRESS", None)
-    head.terminate()
-    head.wait(timeout=120)
+    stop_head(head)
 
 
 @pytest.fixture(scope="session")
-def ray_dashboard(ray_cluster, ray_ports) -> str:
-    """The session head's job-submission address (`ray job submit --address`)."""
-    return f"http://127.0.0.1:{ray_ports[1]}"
+def ray_dashboard(ray_cluster, s3_endpoint, tmp_path_factory) -> str:
+    """A second head, with a dashboard, for `ray job submit --address` (the session head has none);
+    returns its job-submission address. Its jobs run on its own 2 CPUs."""
+    log = tmp_path_factory.mktemp("ray-dashboard-head") / "head.log"
+    port = free_port()
+    head, _ = start_head(head_environment(s3_endpoint), log, dashboard_port=port)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        assert head.poll() is None, f"the dashboard head exited {head.returncode}:\n{log.read_text()[-3000:]}"
+        try:
+            urllib.request.urlopen(f"{url}/api/version", timeout=5)
+            break
+        except urllib.error.HTTPError:  # it answers (a token is asked for): it is up
+            break
+        except OSError:
+            assert time.time() < deadline, f"no dashboard at {url} after 120 s:\n{log.read_text()[-3000:]}"
+            time.sleep(1)
+    yield url
+    stop_head(head)
 
 
 @pytest.fixture(scope="session")

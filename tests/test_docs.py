@@ -101,6 +101,15 @@ def test_the_history_patterns_catch_history():
     assert caught == set(HISTORY)
 
 
+RUNNABLE = [page for page in PAGES if any(lang == "bash" for lang, _ in blocks(page))]
+RAN: set[str] = set()  # a block that several pages show (the README's are in the docs too) runs once
+# The blocks of docs/materialize.md that make the demo's store and its text table, as written.
+MAKE_STORE = (
+    "samclip materialize jobs/sample.yaml --report out/materialize-report.json\n",
+    "samclip text-targets jobs/sample.yaml --name sample --classes jobs/sample_classes.txt\n",
+)
+
+
 @pytest.fixture(scope="module")
 def demo_copy(tmp_path_factory, sample_corpus, tiny_teachers, s3_endpoint) -> tuple[Path, dict]:
     """A scratch copy of the repository with the demo's out/, and the environment blocks run in."""
@@ -124,9 +133,12 @@ def demo_copy(tmp_path_factory, sample_corpus, tiny_teachers, s3_endpoint) -> tu
         "OMP_NUM_THREADS": "1",
     }
     s3fs.S3FileSystem(key=S3_KEY, secret=S3_SECRET, endpoint_url=s3_endpoint).mkdir(DEMO_BUCKET)
+    shown = [text for lang, text in blocks(REPO / "docs" / "materialize.md") if lang == "bash"]
+    assert set(MAKE_STORE) <= set(shown), "docs/materialize.md no longer shows the blocks that make the demo's store"
+    RAN.update(MAKE_STORE)  # made here, as the page shows: no page runs them again
     make_demo = f"""
-        python -m pipeline.materialize jobs/sample.yaml
-        python -m pipeline.text_targets jobs/sample.yaml --name sample --classes jobs/sample_classes.txt
+        {MAKE_STORE[0]}
+        {MAKE_STORE[1]}
         python student/train.py --config student/configs/tiny.yaml \
             --set "stages=[{PROBE % 4}]" --set data.workers=0 --set val_every=1000
     """
@@ -137,8 +149,6 @@ def demo_copy(tmp_path_factory, sample_corpus, tiny_teachers, s3_endpoint) -> tu
     return work, env
 
 
-RUNNABLE = [page for page in PAGES if any(lang == "bash" for lang, _ in blocks(page))]
-RAN: set[str] = set()  # a block that several pages show (the README's are in the docs too) runs once
 
 
 @pytest.mark.slow

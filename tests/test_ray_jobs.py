@@ -132,7 +132,8 @@ def test_sample_job_through_ray_job_submit(sample_corpus, tiny_teachers, ray_das
             capture_output=True,
             text=True,
             timeout=900,
-            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+            # The session head's RAY_ADDRESS would win over --address: that head has no dashboard.
+            env={**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_USAGE_STATS_ENABLED": "0"},
         )
         if p.returncode == 0 or "No available agent to submit job" not in p.stdout + p.stderr:
             break
@@ -150,5 +151,6 @@ def test_sample_job_through_ray_job_submit(sample_corpus, tiny_teachers, ray_das
         capture_output=True,
         text=True,
         timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
     )
     assert f"Job '{submission}' succeeded" in status.stdout, status.stdout + status.stderr
