@@ -149,8 +149,6 @@ def demo_copy(tmp_path_factory, sample_corpus, tiny_teachers, s3_endpoint) -> tu
     return work, env
 
 
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("page", RUNNABLE, ids=lambda p: p.name)
 def test_every_bash_block_runs_as_written(page, demo_copy):
