@@ -1,9 +1,11 @@
-"""`python -m pipeline.text_targets CONFIG --name NAME [--classes imagenet|FILE] [--templates openai|simple]`
+"""`python -m pipeline.text_targets CONFIG [--name NAME] [--classes BENCHMARK|FILE] [--templates openai|simple]`
 
 Writes `text/NAME.parquet`: the CLIP teacher's text embedding of each class name, averaged over
 prompt templates and renormalised, exactly as `open_clip.build_zero_shot_classifier` builds its
-zero-shot head, so evaluation never needs the teacher. Class names are open_clip's ImageNet-1k
-names or a file with one name per line; templates are the 80 OpenAI ones or the simple set.
+zero-shot head, so evaluation never needs the teacher. Class names are a benchmark's list
+(imagenet, places365, voc, context59, ade20k, coco-stuff, coco-object: the table takes its name,
+and evaluation on that dataset finds it) or a file with one name per line; templates are the 80
+OpenAI ones or the simple set.
 The teacher must be the one the store's CLIP manifest names, if the store has one. A table made
 from the same class names, templates and teacher weights is kept, not rebuilt.
 """
@@ -17,6 +19,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import load_job_config
 from pipeline.teachers import load_clip_teacher
+from storage_schemas.datasets.class_names import BENCHMARK_FILES, load_classnames
 from storage_schemas.models.class_texts import (
     TEMPLATE_SETS,
     class_text_embeddings,
@@ -24,7 +27,6 @@ from storage_schemas.models.class_texts import (
     template_texts,
     text_table,
 )
-from storage_schemas.pixels.labelled_images import load_classnames
 from storage_schemas.plumbing.errors import ConfigError, ManifestMismatch, run_cli
 from storage_schemas.plumbing.typed_config import add_config_arguments
 from storage_schemas.store import layout
@@ -53,11 +55,19 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_arguments(parser, "job config YAML: its store and clip.teacher are used")
-    parser.add_argument("--name", required=True, help="table name: writes text/NAME.parquet")
-    parser.add_argument("--classes", default="imagenet", help="'imagenet' or a file with one class name per line")
+    parser.add_argument("--name", help="table name: writes text/NAME.parquet (default: the benchmark's name)")
+    parser.add_argument(
+        "--classes",
+        default="imagenet",
+        help=f"a benchmark's class names ({', '.join(BENCHMARK_FILES)}) or a file with one name per line",
+    )
     parser.add_argument("--templates", default="openai", choices=TEMPLATE_SETS)
     args = parser.parse_args(argv)
     cfg = load_job_config(args.config, args.overrides)
+    if args.name is None:
+        if args.classes not in BENCHMARK_FILES:
+            raise ConfigError(f"--name: needed with --classes '{args.classes}' (a file): the table's name")
+        args.name = args.classes
     try:
         layout.check_name("text table", args.name)
     except ValueError as e:

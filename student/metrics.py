@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-IGNORE_LABEL = 255
+from storage_schemas.datasets.segmentation import IGNORE as IGNORE_LABEL  # the label sets' own
 
 
 def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, int]:

@@ -19,19 +19,20 @@ from pipeline.sample.corpus import write_tar
 from pipeline.teachers import load_clip_teacher, load_sam_teacher
 from pipeline.teachers.tiny import TINY_CLIP_ARCH
 from pipeline.text_targets import main as text_targets
-from storage_schemas.pixels.labelled_images import SegmentationSet, labelled_images
+from storage_schemas.datasets import classification_set, segmentation_set
 from storage_schemas.pixels.sam_transforms import pad_image, sam_input_image, sam_points
 from storage_schemas.store import open_store
 from student.config import ModelConfig
 from student.eval.evaluate import main as evaluate
-from student.eval.inference import SamClipPredictor, mask_prompt, refine_prompts
+from student.eval.inference import SamClipPredictor, mask_prompt, refine_prompts, upsampled_argmax, window_starts
 from student.eval.inspect_store import main as inspect_store
-from student.eval.tasks import zeroshot_classification
+from student.eval.tasks import semantic_segmentation, zeroshot_classification
 from student.eval.visualize import main as visualize
 from student.eval.zero_shot import ClassNames, StoreText, TextTower
 from student.metrics import confusion_matrix, iou_per_class, mean_iou
 from student.modeling.export import export_student
 from student.modeling.model import PromptBatch, SamClip
+from support import benchmark_layouts as layouts
 from support.commands import REPO, run_in_process
 from support.job_configs import write_clip_job
 
@@ -118,8 +119,8 @@ class TeacherTower:
 def test_teacher_tower_in_place_of_the_student_scores_as_open_clips_zero_shot_eval(
     clip_teacher, eval_store, sample_corpus
 ):
-    names, samples = labelled_images(str(sample_corpus / "eval" / "classify"), [])
-    samples = list(samples)
+    ds = classification_set("imagefolder", str(sample_corpus / "eval" / "classify"))
+    names, samples = ds.classnames, list(ds)
     classes = ClassNames.from_store(open_store(str(eval_store)), "sample", names)
     tower = TeacherTower(clip_teacher)
     got = zeroshot_classification(tower, classes, iter(samples), 224, batch_size=16)
@@ -221,7 +222,7 @@ def test_refinement_runs_the_backbone_once_per_image(tiny_sam, eval_store):
 
 def test_sample_segmentation_set_is_consistent(sample_corpus):
     skipped = []
-    voc = SegmentationSet(str(sample_corpus / "eval" / "voc"), skipped)
+    voc = segmentation_set("voc", str(sample_corpus / "eval" / "voc"), skipped)
     assert set(voc.classnames) <= set(SAMPLE_CLASSES)
     assert len(voc) == 6
     for _, image, label in voc:
@@ -294,7 +295,7 @@ def test_evaluate_visualize_and_inspect_on_the_sample_sets(export, eval_store, s
     assert seg["skipped_images"] == 2
     skipped = json.loads((out / "semseg.json").read_text())["skipped"]
     assert {(x["key"], x["reason"]) for x in skipped} == {("sample_005", "not_an_image"), ("not_there", "missing_file")}
-    assert set(seg["per_class_iou"]) == set(SegmentationSet(voc, []).classnames)
+    assert set(seg["per_class_iou"]) == set(segmentation_set("voc", voc).classnames)
     # The untrained student's SAM path is the teacher's own: its masks are the cached ones.
     assert agree["images"] >= 1
     assert agree["mask_iou"] > 0.9
@@ -339,9 +340,37 @@ def test_bad_evaluation_arguments_stop_with_one_line(export, sample_corpus, tmp_
         (["semseg", "--data", str(sample_corpus / "eval" / "classify"), "--text", "sample"], "JPEGImages"),
         (
             ["semseg", "--data", str(tmp_path / "no-voc"), "--text", "sample"],
-            "no-voc': no such folder (expected a Pascal-VOC-style folder",
+            "no-voc (expected a Pascal VOC folder",
         ),
         (["semseg", "--data", str(sample_corpus / "eval" / "voc"), "--text", "imagenet"], "no text table 'imagenet'"),
+        (
+            ["semseg", "--data", str(sample_corpus / "eval" / "voc"), "--classes", "voc"],
+            "no text table 'voc' (has: sample",
+        ),
+        (
+            ["semseg", "--data", str(sample_corpus / "eval" / "voc"), "--classes", "voc"],
+            "`python -m pipeline.text_targets JOB --name voc --classes voc` writes it",
+        ),
+        (
+            ["semseg", "--dataset", "context59", "--data", str(sample_corpus / "eval" / "voc")],
+            "SegmentationClassContext (expected VOC2010",
+        ),
+        (
+            ["zeroshot-cls", "--dataset", "places365", "--data", str(sample_corpus / "eval" / "classify")],
+            "no val_256/ or val_large/",
+        ),
+        (
+            ["zeroshot-cls", "--dataset", "ade20k", "--data", str(sample_corpus / "eval" / "classify")],
+            "--dataset ade20k is not a zeroshot-cls set",
+        ),
+        (
+            ["semseg", "--data", str(sample_corpus / "eval" / "voc"), "--text", "sample", "--bg-threshold", "0.5"],
+            "--bg-threshold: dataset voc's classes have no 'background' first",
+        ),
+        (
+            ["semseg", "--data", str(sample_corpus / "eval" / "voc"), "--refine", "--slide", "448", "224"],
+            "--refine takes neither --slide nor --bg-threshold",
+        ),
         (
             ["semseg", "--data", str(sample_corpus / "eval" / "voc"), "--text", "sample", "--split", "vall"],
             "split 'vall': no",
@@ -422,3 +451,50 @@ def test_segment_prompts_with_points_matches_sam_predictor_and_checks_shapes(tin
     ]:
         with pytest.raises(ValueError, match=message):
             predictor.segment_prompts(image, **kwargs)
+
+
+def test_semseg_on_a_benchmark_layout_finds_its_table_and_equals_the_public_api(
+    export, eval_store, sample_corpus, tiny_teachers, tmp_path, capsys
+):
+    ade = layouts.segmentation_layout("ade20k", tmp_path / "ADEChallengeData2016", sample_corpus)
+    coco = layouts.segmentation_layout("coco-object", tmp_path / "coco", sample_corpus)
+    job = write_clip_job(tmp_path / "job.yaml", eval_store, sample_corpus, tiny_teachers)
+    for benchmark in ("ade20k", "coco-object"):  # each table takes the benchmark's name
+        assert text_targets([str(job), "--classes", benchmark, "--templates", "simple"]) == 0
+    out = tmp_path / "out"
+    common = ["--export", str(export), "--limit", "3", "--workers", "2"]
+    run = run_in_process(evaluate, ["semseg", "--dataset", "ade20k", "--data", ade, *common, "--out", out], capsys)
+    assert run.status == 0, run.err[-2000:]
+    record = json.loads((out / "semseg.json").read_text())
+    assert (record["dataset"], record["limit"], record["metrics"]["images"]) == ("ade20k", 3, 3)
+    assert record["metrics"]["inference"] == "whole"
+    predictor = SamClipPredictor.load(str(export))
+    classes = ClassNames.from_store(open_store(str(eval_store)), "ade20k")
+    api = semantic_segmentation(predictor, classes, segmentation_set("ade20k", str(ade)).samples(limit=3))
+    assert record["metrics"]["miou"] == api["miou"]
+    assert record["metrics"]["per_class_iou"] == api["per_class_iou"]
+
+    slide = ["--slide", "448", "224", "--out", out / "slide"]
+    run = run_in_process(evaluate, ["semseg", "--dataset", "ade20k", "--data", ade, *common, *slide], capsys)
+    assert run.status == 0, run.err[-2000:]
+    metrics = json.loads((out / "slide" / "semseg.json").read_text())["metrics"]
+    assert (metrics["inference"], metrics["slide"]) == ("slide", {"crop": 448, "stride": 224})
+    assert 0 <= metrics["miou"] <= 1
+
+    bg = ["--bg-threshold", "0.5", "--out", out / "coco"]
+    run = run_in_process(evaluate, ["semseg", "--dataset", "coco-object", "--data", coco, *common, *bg], capsys)
+    assert run.status == 0, run.err[-2000:]
+    metrics = json.loads((out / "coco" / "semseg.json").read_text())["metrics"]
+    assert metrics["background"] == {"threshold": 0.5}
+    assert len(metrics["per_class_iou"]) == 81
+
+
+def test_the_background_threshold_and_the_sliding_window_by_hand():
+    # Foreground scores of two classes at 1 x 2: one confident pixel, one torn between them.
+    scores = torch.tensor([[[5.0, 0.1]], [[0.0, 0.0]]])
+    labels = upsampled_argmax(scores, lambda x: x, chunk=1, bg_threshold=0.6)
+    assert labels.tolist() == [[1, 0]]  # class 0 is label 1; the torn pixel (p = 0.52) is background
+    assert upsampled_argmax(scores, lambda x: x, chunk=1).tolist() == [[0, 0]]
+    assert window_starts(597, 448, 224) == [0, 149]
+    assert window_starts(448, 448, 224) == [0]
+    assert window_starts(1000, 448, 224) == [0, 224, 448, 552]

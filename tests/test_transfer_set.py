@@ -148,7 +148,7 @@ def test_a_query_set_where_nothing_decodes_and_a_missing_shard_are_one_line(tmp_
     import pyarrow as pa
 
     from pipeline.transfer.queries import embeddings_array, query_table_schema
-    from storage_schemas.pixels.labelled_images import encoded_images
+    from storage_schemas.datasets.folders import encoded_images
     from storage_schemas.plumbing.errors import ConfigError
 
     failed = {"query_id": [0, 1], "key": ["a", "b"], "label": [None, None], "reason": ["truncated", "empty"]}

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import ClipTeacherConfig, JobConfig, ViewPolicy
 from pipeline.materialize.clip_targets import ClipTeacherStage, RenderSpec
-from storage_schemas.pixels.labelled_images import encoded_images
+from storage_schemas.datasets.folders import encoded_images
 from storage_schemas.plumbing.errors import ManifestMismatch
 from storage_schemas.store import layout
 from storage_schemas.store.manifest import differences

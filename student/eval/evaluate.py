@@ -1,18 +1,22 @@
 """`python -m student.evaluate TASK --export DIR [options]`: the student's zero-shot tasks.
 
-    zeroshot-cls   top-1/top-5 on a labelled set (class folders, or webdataset shards with a class
-                   field), centre crop at --size (224 or 336) px
-    semseg         zero-shot semantic segmentation on a Pascal-VOC-style set: 448 x 448 input,
-                   per-patch CLIP-head features against the class embeddings, logits upsampled
-                   bilinearly to the image, mIoU (ignore label 255)
+    zeroshot-cls   top-1/top-5 on a labelled set, centre crop at --size (224 or 336) px;
+                   --dataset imagefolder (class folders, the default), imagenet, imagenet-v2,
+                   places365 or wds (shards with a class member, the default for .tar)
+    semseg         zero-shot semantic segmentation: the image squashed to 448 x 448 (or --slide
+                   CROP STRIDE windows), per-patch CLIP-head features against the class
+                   embeddings, logits upsampled bilinearly to the image, mIoU (ignore label 255);
+                   --dataset voc (the default), context59, ade20k, coco-stuff or coco-object
     semseg --refine  appendix B: one backbone pass at 1024 px, the CLIP head's class probabilities
                    as mask prompts plus points where they exceed --threshold, the SAM head decides
     sam-agreement  mask IoU (and logit correlation) of the student's SAM head against the cached
                    teacher masks for the stored prompts of held-out images
 
-Class-name embeddings come from the store's text table (--text NAME; the store defaults to the one
-the student trained on) or from an open_clip text tower (--text-tower ARCH --text-pretrained FILE,
-cached under --text-cache). Each task writes OUT/TASK.json and prints a short table.
+Class-name embeddings come from the store's text table (--text NAME; by default the table named
+after the dataset, which `python -m pipeline.text_targets JOB --classes DATASET` writes) or from an
+open_clip text tower (--text-tower ARCH --text-pretrained FILE, cached under --text-cache). Images
+decode on --workers threads ahead of the model; --limit N scores the first N. Each task writes
+OUT/TASK.json and prints a short table.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from typing import Any
 
 import torch
 
-from storage_schemas.pixels.labelled_images import SegmentationSet, labelled_images
+from storage_schemas.datasets import CLASSIFICATION, SEGMENTATION, TEXT_TABLES, classification_set, segmentation_set
+from storage_schemas.datasets.class_names import benchmark_classes
 from storage_schemas.plumbing.errors import ConfigError, run_cli
 from student.eval.inference import SamClipPredictor
 from student.eval.options import add_class_name_arguments, check_refine_arguments, class_names
@@ -51,23 +56,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--export", required=True, help="the student's export folder (student.safetensors + student.json)"
     )
-    parser.add_argument("--data", help="zeroshot-cls: class folders or .tar shards; semseg: a VOC-style root")
+    parser.add_argument("--data", help="the dataset's root (or .tar shards for wds)")
     parser.add_argument(
-        "--classes", help="class names, one per line (default: folder names / the set's classes.txt / VOC's)"
+        "--dataset",
+        choices=(*CLASSIFICATION, *SEGMENTATION),
+        help="the data's layout (default: imagefolder, or wds for .tar, for zeroshot-cls; voc for semseg)",
     )
-    parser.add_argument("--class-field", default="cls", help="webdataset member holding the integer label")
-    parser.add_argument("--split", default="val", help="semseg: ImageSets/Segmentation/SPLIT.txt")
+    parser.add_argument(
+        "--classes",
+        help="class names, one per line, or a benchmark's list, naming the set's labels in their order "
+        "(default: the dataset's own)",
+    )
+    parser.add_argument("--class-field", default="cls", help="wds: the member holding the integer label")
+    parser.add_argument("--split", help="semseg: the split (voc, context59: val; ade20k: validation; coco: val2017)")
     parser.add_argument("--size", type=int, default=224, help="zeroshot-cls input size (paper: 336)")
+    parser.add_argument("--slide", type=int, nargs=2, metavar=("CROP", "STRIDE"), help="semseg: sliding window")
+    parser.add_argument(
+        "--bg-threshold", type=float, help="semseg on voc/coco-object: background where no class reaches it"
+    )
     parser.add_argument("--refine", action="store_true", help="semseg: CLIP head then SAM head at 1024 px")
     parser.add_argument("--threshold", type=float, default=0.5, help="--refine: class probability for point prompts")
     parser.add_argument("--points", type=int, default=3, help="--refine: points per class, at most")
     add_class_name_arguments(parser)
     parser.add_argument("--held-out", type=float, help="sam-agreement: held-out fraction (default: the training run's)")
     parser.add_argument("--images", type=int, default=64, help="sam-agreement: held-out images, at most")
+    parser.add_argument("--limit", type=int, help="score the first N images of the set")
+    parser.add_argument("--workers", type=int, default=4, help="threads decoding images ahead of the model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="out/eval", help="folder for TASK.json")
     args = parser.parse_args(argv)
+    check_dataset_arguments(args)
 
     meta = export_meta(args.export)
     predictor = SamClipPredictor.load(args.export, args.device)
@@ -75,22 +94,26 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     skipped: list[dict] = []
     name = args.task
-    if args.task in ("zeroshot-cls", "semseg") and not args.data:
-        raise ConfigError(f"{args.task} needs --data")
+    extra: dict[str, Any] = {}
     if args.task == "zeroshot-cls":
-        names, samples = labelled_images(args.data, skipped, args.classes, args.class_field)
-        result = zeroshot_classification(predictor, class_names(args, names, store_url, meta), samples, args.size)
+        ds = classification_set(args.dataset, args.data, skipped, classes=args.classes, class_field=args.class_field)
+        classes = class_names(args, ds.classnames, store_url, meta, benchmark_table(args.dataset, ds.classnames))
+        result = zeroshot_classification(predictor, classes, ds.samples(args.workers, args.limit), args.size)
     elif args.task == "semseg":
-        dataset = SegmentationSet(args.data, skipped, args.split, args.classes)
-        check_refine_arguments(args.threshold, args.points)
+        ds = segmentation_set(args.dataset, args.data, skipped, split=args.split, classes=args.classes)
+        if args.bg_threshold is not None and not ds.has_background:
+            raise ConfigError(f"--bg-threshold: dataset {args.dataset}'s classes have no 'background' first")
+        classes = class_names(args, ds.classnames, store_url, meta, benchmark_table(args.dataset, ds.classnames))
         result = semantic_segmentation(
             predictor,
-            class_names(args, dataset.classnames, store_url, meta),
-            dataset,
+            classes,
+            ds.samples(args.workers, args.limit),
             refine=args.refine,
             threshold=args.threshold,
             points=args.points,
             seed=args.seed,
+            slide=tuple(args.slide) if args.slide else None,
+            bg_threshold=args.bg_threshold,
         )
         name = "semseg-refine" if args.refine else "semseg"
     else:
@@ -100,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         if held_out is None:
             raise ConfigError("sam-agreement needs --held-out (the export does not record the training split)")
         result = sam_agreement(predictor, store_url, held_out=float(held_out), images=args.images, seed=args.seed)
+    if args.task != "sam-agreement":
+        extra = {"dataset": args.dataset, "limit": args.limit}
     result = {**result, "skipped_images": len(skipped), "seconds": round(time.time() - start, 1)}
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"{name}.json")
@@ -109,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 "task": name,
                 "export": args.export,
                 "data": args.data,
+                **extra,
                 "store": store_url,
                 "subset": meta.get("subset"),
                 "metrics": result,
@@ -125,6 +151,38 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  skipped {s['key']}: {s['reason']} ({s['detail']})")
     print(f"wrote {path}")
     return 0
+
+
+def benchmark_table(dataset: str, names: list[str]) -> str | None:
+    """The text table named after the dataset's benchmark, where the set is scored with that
+    benchmark's class names (not a set of one's own in its layout)."""
+    table = TEXT_TABLES.get(dataset)
+    return table if table and names == list(benchmark_classes(table)) else None
+
+
+def check_dataset_arguments(args: argparse.Namespace) -> None:
+    """Fills in the task's default dataset; one line for an option the task or dataset cannot take."""
+    if args.task == "sam-agreement":
+        return
+    if not args.data:
+        raise ConfigError(f"{args.task} needs --data")
+    if args.dataset is None:
+        args.dataset = (
+            ("wds" if args.data.endswith(".tar") else "imagefolder") if args.task == "zeroshot-cls" else "voc"
+        )
+    wanted = CLASSIFICATION if args.task == "zeroshot-cls" else SEGMENTATION
+    if args.dataset not in wanted:
+        raise ConfigError(f"--dataset {args.dataset} is not a {args.task} set (expected one of {', '.join(wanted)})")
+    if args.task == "semseg":
+        check_refine_arguments(args.threshold, args.points)
+        if args.refine and (args.slide or args.bg_threshold is not None):
+            raise ConfigError("--refine takes neither --slide nor --bg-threshold (the SAM head decides every pixel)")
+        if args.slide and not (0 < args.slide[1] <= args.slide[0]):
+            raise ConfigError(f"--slide CROP STRIDE: expected 0 < STRIDE <= CROP, got {args.slide[0]} {args.slide[1]}")
+        if args.bg_threshold is not None and not 0.0 < args.bg_threshold < 1.0:
+            raise ConfigError(f"--bg-threshold: expected a probability in (0, 1), got {args.bg_threshold}")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit: expected at least 1 image, got {args.limit}")
 
 
 if __name__ == "__main__":

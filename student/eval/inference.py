@@ -59,21 +59,39 @@ def postprocess_masks(low_res: torch.Tensor, input_hw: tuple[int, int], original
 
 
 def upsampled_argmax(
-    scores: torch.Tensor, upsample: Callable[[torch.Tensor], torch.Tensor], chunk: int = 16
+    scores: torch.Tensor,
+    upsample: Callable[[torch.Tensor], torch.Tensor],
+    chunk: int = 16,
+    bg_threshold: float | None = None,
 ) -> np.ndarray:
     """argmax over classes of upsample(scores) without holding every class at full size:
-    scores [C, h, w] -> int64 [H, W], `chunk` classes at a time."""
-    best_value, best = None, None
+    scores [C, h, w] -> int64 [H, W], `chunk` classes at a time.
+
+    bg_threshold: the scores are of foreground classes only; a pixel whose top softmax probability
+    is below it is background (0), the others are their class + 1 (GroupViT's and TCL's protocol).
+    """
+    best_value, best, total = None, None, None  # total: logsumexp over the classes so far
     for start in range(0, scores.shape[0], chunk):
         up = upsample(scores[start : start + chunk])
         value, index = up.max(dim=0)
+        lse = torch.logsumexp(up, dim=0)
         if best is None:
-            best_value, best = value, index
+            best_value, best, total = value, index, lse
         else:
             better = value > best_value
             best_value = torch.where(better, value, best_value)
             best = torch.where(better, index + start, best)
-    return best.numpy()
+            total = torch.logaddexp(total, lse)
+    if bg_threshold is None:
+        return best.numpy()
+    confident = (best_value - total).exp() >= bg_threshold
+    return torch.where(confident, best + 1, torch.zeros_like(best)).numpy()
+
+
+def window_starts(length: int, crop: int, stride: int) -> list[int]:
+    """mmsegmentation's slide inference: window offsets covering `length`, the last flush with the end."""
+    n = max(length - crop + stride - 1, 0) // stride + 1
+    return sorted({min(i * stride, max(length - crop, 0)) for i in range(n)})
 
 
 def refine_prompts(
@@ -202,6 +220,27 @@ class SamClipPredictor:
         return self.class_names(classes).logits(dense).permute(2, 0, 1)
 
     @torch.no_grad()
+    def slide_scores(self, image: ImageLike, classes: Classes, crop: int, stride: int) -> torch.Tensor:
+        """Sliding-window logits [C, H', W'] over the image resized to a short side of `crop` px:
+        crop x crop windows `stride` apart, each window's logits upsampled to its pixels and the
+        overlaps averaged (TCL's 448 / 224)."""
+        im = as_pil(image)
+        scale = crop / min(im.width, im.height)
+        w, h = max(crop, round(im.width * scale)), max(crop, round(im.height * scale))
+        classes = self.class_names(classes)
+        total = torch.zeros(len(classes), h, w)
+        count = torch.zeros(h, w)
+        for y in window_starts(h, crop, stride):
+            for x in window_starts(w, crop, stride):
+                box = (x / w, y / h, (x + crop) / w, (y + crop) / h)
+                view = render_view(im, box, False, crop)
+                dense = self.model.clip_dense(self._pixels([view]))[0].float().cpu()  # [h, w, D]
+                logits = classes.logits(dense).permute(2, 0, 1)
+                total[:, y : y + crop, x : x + crop] += upsample_logits(logits, (crop, crop))
+                count[y : y + crop, x : x + crop] += 1
+        return total / count
+
+    @torch.no_grad()
     def segment(
         self,
         image: ImageLike,
@@ -210,6 +249,8 @@ class SamClipPredictor:
         threshold: float = 0.5,
         max_points: int = 3,
         seed: int = 0,
+        slide: tuple[int, int] | None = None,
+        bg_threshold: float | None = None,
     ) -> Segmentation:
         """Zero-shot semantic segmentation at the image's size.
 
@@ -221,14 +262,20 @@ class SamClipPredictor:
         prompted class with the highest SAM-head logit (as appendix B: a class without a confident
         patch cannot win, and a single prompted class takes the whole image). With no class above
         the threshold anywhere, the CLIP head's prediction stands.
+
+        slide=(crop, stride): the CLIP head's logits by sliding window (`slide_scores`) instead of
+        the whole image squashed to 448 px. bg_threshold: `classes` are foreground classes only;
+        labels are 0 for background (top probability below the threshold) and class + 1 elsewhere.
         """
         im = as_pil(image)
         classes = self.class_names(classes)
         hw = (im.height, im.width)
         if not refine:
-            scores = self.dense_scores(im, classes)
-            coarse = upsampled_argmax(scores, lambda x: upsample_logits(x, hw))
+            scores = self.slide_scores(im, classes, *slide) if slide else self.dense_scores(im, classes)
+            coarse = upsampled_argmax(scores, lambda x: upsample_logits(x, hw), bg_threshold=bg_threshold)
             return Segmentation(coarse, coarse, {})
+        if slide or bg_threshold is not None:
+            raise ValueError("refine=True takes neither slide nor bg_threshold (the SAM head decides every pixel)")
         resized = sam_input_image(np.asarray(im))
         input_hw = resized.shape[:2]
         x = self.model.sam_preprocess(

@@ -24,21 +24,36 @@ def add_class_name_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--templates", choices=("openai", "simple"), help="--text-tower only (default: openai)")
 
 
-def class_names(args: argparse.Namespace, names: list[str], store_url: str | None, meta: dict[str, Any]) -> ClassNames:
-    """The class embeddings the arguments of `add_class_name_arguments` name, checked to come from
-    the text tower of the CLIP teacher the student was distilled from (where both are known)."""
+def class_names(
+    args: argparse.Namespace,
+    names: list[str],
+    store_url: str | None,
+    meta: dict[str, Any],
+    dataset_table: str | None = None,
+) -> ClassNames:
+    """The class embeddings the arguments of `add_class_name_arguments` name (the store's table
+    `dataset_table`, a benchmark's, when they name none), checked to come from the text tower of
+    the CLIP teacher the student was distilled from (where both are known)."""
     if args.text_tower:
         if not args.text_pretrained:
             raise ConfigError("--text-tower needs --text-pretrained (the tower's checkpoint)")
         classes = TextTower(args.text_tower, args.text_pretrained, args.templates or "openai", args.text_cache)(names)
     else:
-        if not args.text:
+        table = args.text or dataset_table
+        if not table:
             raise ConfigError("class embeddings: give --text NAME (a text table of the store) or --text-tower")
         if args.templates:
             raise ConfigError("--templates applies to --text-tower; a text table was built with its own templates")
         if not store_url:
             raise ConfigError("--text needs a store: give --store (the export names none)")
-        classes = StoreText(open_store(store_url), args.text)(names)
+        store = open_store(store_url)
+        if table not in store.text_names():
+            benchmark = f"--classes {table}" if table == dataset_table else "--classes FILE"
+            raise ConfigError(
+                f"store {store.url} has no text table '{table}' (has: {', '.join(store.text_names()) or 'none'}); "
+                f"`python -m pipeline.text_targets JOB --name {table} {benchmark}` writes it"
+            )
+        classes = StoreText(store, table)(names)
     teacher = meta.get("clip_teacher", {}).get("weights_sha256")
     if teacher and classes.teacher_weights_sha256 and teacher != classes.teacher_weights_sha256:
         raise ConfigError(

@@ -1,7 +1,7 @@
 """The student's zero-shot evaluations, each from a predictor to a dict of metrics.
 
     result = zeroshot_classification(predictor, classes, samples, size=224)      # top-1, top-5, per class
-    result = semantic_segmentation(predictor, classes, voc, refine=True)       # mIoU (ignore 255)
+    result = semantic_segmentation(predictor, classes, ds.samples(), refine=True)  # mIoU (ignore 255)
     result = sam_agreement(predictor, store_url, held_out=0.01, images=64)     # vs the cached teacher
 
 `python -m student.evaluate` runs them from the command line and writes OUT/TASK.json.
@@ -9,19 +9,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from storage_schemas.pixels.labelled_images import SegmentationSet
+from storage_schemas.datasets.class_names import BACKGROUND
 from storage_schemas.plumbing.errors import ConfigError, StoreError
 from storage_schemas.store import open_store
 from student.data.unit_samples import split_filter
-from student.eval.inference import SamClipPredictor
+from student.eval.inference import SEMSEG_SIZE, SamClipPredictor
 from student.eval.zero_shot import ClassNames
-from student.metrics import IGNORE_LABEL, confusion_matrix, iou_per_class, mean_iou, topk_correct
+from student.metrics import confusion_matrix, iou_per_class, mean_iou, topk_correct
 from student.validation import load_sam_held_out, sam_metrics
 
 
@@ -68,26 +68,39 @@ def zeroshot_classification(
 def semantic_segmentation(
     predictor: SamClipPredictor,
     classes: ClassNames,
-    dataset: SegmentationSet,
+    samples: Iterable[tuple[str, Any, np.ndarray]],
     *,
     refine: bool = False,
     threshold: float = 0.5,
     points: int = 3,
     seed: int = 0,
+    slide: tuple[int, int] | None = None,
+    bg_threshold: float | None = None,
 ) -> dict[str, Any]:
-    """mIoU over `dataset`; with `refine`, the SAM head refines the CLIP head's classes (appendix B)
-    from points where a class's probability exceeds `threshold`, at most `points` per class, drawn
-    with seed + the image's position in the set."""
+    """mIoU over (key, image, label [H, W]) samples; with `refine`, the SAM head refines the CLIP
+    head's classes (appendix B) from points where a class's probability exceeds `threshold`, at
+    most `points` per class, drawn with seed + the image's position in the set. `slide`: the CLIP
+    head by sliding window (crop, stride). `bg_threshold`: class 0 is background, predicted where
+    no other class reaches that probability, instead of by its own class name."""
     c = len(classes.names)
+    scored = classes
+    if bg_threshold is not None:
+        if classes.names[0] != BACKGROUND:
+            raise ConfigError(f"--bg-threshold: the classes' first name is '{classes.names[0]}', not '{BACKGROUND}'")
+        scored = ClassNames(classes.names[1:], classes.weights[1:], classes.teacher_weights_sha256)
     conf, coarse_conf = np.zeros((c, c), np.int64), np.zeros((c, c), np.int64)
     images = 0
-    for i, (key, image, label) in enumerate(tqdm(dataset, desc="semseg" + (" --refine" if refine else ""), unit="img")):
-        if label[label != IGNORE_LABEL].max(initial=0) >= c:
-            raise ConfigError(
-                f"{key}: label value {int(label[label != IGNORE_LABEL].max())} but only {c} class names "
-                f"({dataset.root}/classes.txt or --classes)"
-            )
-        seg = predictor.segment(image, classes, refine=refine, threshold=threshold, max_points=points, seed=seed + i)
+    for i, (key, image, label) in enumerate(tqdm(samples, desc="semseg" + (" --refine" if refine else ""), unit="img")):
+        seg = predictor.segment(
+            image,
+            scored,
+            refine=refine,
+            threshold=threshold,
+            max_points=points,
+            seed=seed + i,
+            slide=slide,
+            bg_threshold=bg_threshold,
+        )
         conf += confusion_matrix(seg.labels, label, c)
         coarse_conf += confusion_matrix(seg.coarse_labels, label, c)
         images += 1
@@ -97,10 +110,15 @@ def semantic_segmentation(
     out = {
         "miou": mean_iou(conf),
         "images": images,
-        "resolution": 1024 if refine else 448,
+        "resolution": 1024 if refine else (slide[0] if slide else SEMSEG_SIZE),
         "per_class_iou": {name: (None if np.isnan(v) else float(v)) for name, v in zip(classes.names, iou)},
         "pixel_accuracy": float(np.trace(conf) / max(conf.sum(), 1)),
+        "inference": "slide" if slide else "whole",
     }
+    if slide:
+        out["slide"] = {"crop": slide[0], "stride": slide[1]}
+    if classes.names[0] == BACKGROUND:
+        out["background"] = {"threshold": bg_threshold} if bg_threshold is not None else "class name"
     if refine:
         out.update({"miou_clip_head_only": mean_iou(coarse_conf), "threshold": threshold, "max_points": points})
     return out

@@ -16,7 +16,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from storage_schemas.pixels.labelled_images import SegmentationSet, decode_or_skip, load_classnames
+from storage_schemas.datasets.class_names import load_classnames
+from storage_schemas.datasets.folders import decode_or_skip
+from storage_schemas.datasets.segmentation import voc
 from storage_schemas.pixels.tar_samples import IMAGE_EXTENSIONS
 from storage_schemas.plumbing.errors import ConfigError, run_cli
 from student.eval.inference import SamClipPredictor
@@ -80,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     skipped: list[dict] = []
-    voc = len(args.data) == 1 and os.path.isdir(os.path.join(args.data[0], "SegmentationClass"))
-    if voc:
-        dataset = SegmentationSet(args.data[0], skipped, args.split, args.classes)
+    is_voc = len(args.data) == 1 and os.path.isdir(os.path.join(args.data[0], "SegmentationClass"))
+    if is_voc:
+        dataset = voc(args.data[0], skipped, split=args.split, classes=args.classes)
         names, items = dataset.classnames, ((k, im, lab) for k, im, lab in dataset)
     else:
         if not args.classes:
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     classes = class_names(args, names, args.store or meta.get("store"), meta)
     os.makedirs(args.out, exist_ok=True)
     written = 0
-    total = min(args.limit, len(dataset)) if voc else None  # plain images: counted as they come
+    total = min(args.limit, len(dataset)) if is_voc else None  # plain images: counted as they come
     for i, (key, image, label) in enumerate(tqdm(items, desc="pictures", unit="img", total=total)):
         if i == args.limit:
             break
