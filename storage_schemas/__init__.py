@@ -2,11 +2,12 @@
 
     store/      the store contract: layout, tables and codecs, commit records, manifests, the reader
     pixels/     the pixel rules both sides agree on: tar streaming, decode, views, SAM transforms
+    datasets/   evaluation and query sets in the benchmarks' own layouts, their class names
     models/     SAM architectures, open_clip configs, checkpoints, class texts, teacher FLOPs
     plumbing/   sample identity and seeds, error reasons, file facts, typed configs, one-line user
                 errors, console tables, fault points and a byte-counting filesystem for tests
 
-Layers (import-linter, pyproject.toml): models > store > pixels > plumbing.
+Layers (import-linter, pyproject.toml): models > store and datasets (apart) > pixels > plumbing.
 
 See docs/store.md for the layout of a store and each module.
 """
