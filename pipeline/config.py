@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from storage_schemas.models.sam_models import SAM_ARCHS
+from storage_schemas.models.teacher_config import ClipTeacherConfig
 from storage_schemas.pixels.decode import check_max_pixels
 from storage_schemas.plumbing.typed_config import FieldError, load_config
 from storage_schemas.store import StoreConfig
@@ -46,14 +47,6 @@ class SourceConfig:
             )
         if not self.shards:
             raise FieldError("shards", "expected at least one shard URL or pattern")
-
-
-@dataclass
-class ClipTeacherConfig:
-    arch: str = "ViT-L-14"  # an open_clip architecture name
-    # A pretrained tag, a checkpoint path or fsspec URL, or null for a random init (benchmarks only).
-    pretrained: str | None = "datacomp_xl_s13b_b90k"
-    init_seed: int = 0  # seeds a random init when `pretrained` is null
 
 
 @dataclass

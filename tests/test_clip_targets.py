@@ -10,7 +10,7 @@ import torch
 from pipeline.config import ClipTeacherConfig
 from pipeline.materialize.job import main as materialize
 from pipeline.teachers import load_clip_teacher
-from pipeline.teachers.clip_teacher import TINY_CLIP_ARCH
+from storage_schemas.models.clip_archs import TINY_CLIP_ARCH
 from storage_schemas.pixels.decode import decode_image, draft_side_for
 from storage_schemas.pixels.views import render_view, view_hash
 from storage_schemas.plumbing.errors import ManifestMismatch

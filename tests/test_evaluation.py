@@ -27,6 +27,7 @@ from student.eval.evaluate import main as evaluate
 from student.eval.inference import SamClipPredictor, mask_prompt, refine_prompts, upsampled_argmax, window_starts
 from student.eval.inspect_store import main as inspect_store
 from student.eval.tasks import semantic_segmentation, zeroshot_classification
+from student.eval.teacher import NOT_APPLICABLE, ClipTeacherPredictor
 from student.eval.visualize import main as visualize
 from student.eval.zero_shot import ClassNames, StoreText, TextTower
 from student.metrics import confusion_matrix, iou_per_class, mean_iou
@@ -102,40 +103,43 @@ def test_classifier_from_the_store_and_from_a_text_tower_equal_open_clips(
     torch.testing.assert_close(predictor.classify([image], names), predictor.classify([image], got))
 
 
-class TeacherTower:
-    """The tiny CLIP teacher's image tower behind the student's `embed_images`, with open_clip's
-    own evaluation preprocessing."""
-
-    def __init__(self, teacher):
-        self.teacher = teacher
-        _, _, self.preprocess = open_clip.create_model_and_transforms(TINY_CLIP_ARCH)
-
-    @torch.no_grad()
-    def embed_images(self, images, size):
-        x = torch.stack([self.preprocess(im) for im in images])
-        return torch.nn.functional.normalize(self.teacher.model.encode_image(x), dim=-1)
-
-
-def test_teacher_tower_in_place_of_the_student_scores_as_open_clips_zero_shot_eval(
-    clip_teacher, eval_store, sample_corpus
+def test_the_teacher_scores_as_open_clips_zero_shot_eval_from_the_api_and_the_cli(
+    clip_teacher, eval_store, sample_corpus, tiny_teachers, tmp_path, capsys
 ):
     ds = classification_set("imagefolder", str(sample_corpus / "eval" / "classify"))
     names, samples = ds.classnames, list(ds)
     classes = ClassNames.from_store(open_store(str(eval_store)), "sample", names)
-    tower = TeacherTower(clip_teacher)
-    got = zeroshot_classification(tower, classes, iter(samples), 224, batch_size=16)
+    job = write_clip_job(tmp_path / "job.yaml", eval_store, sample_corpus, tiny_teachers)
+    teacher, store_url = ClipTeacherPredictor.from_job(str(job))
+    assert store_url == str(eval_store)
+    got = zeroshot_classification(teacher, classes, iter(samples), teacher.size, batch_size=16)
     # open_clip_train.zero_shot.run: logits = 100 * features @ classifier, top-k over the set.
+    model, _, preprocess_val = open_clip.create_model_and_transforms(TINY_CLIP_ARCH, pretrained=tiny_teachers["clip"])
     classifier = open_clip.build_zero_shot_classifier(
-        clip_teacher.model, clip_teacher.tokenizer, names, open_clip.OPENAI_IMAGENET_TEMPLATES
+        model, open_clip.get_tokenizer(TINY_CLIP_ARCH), names, open_clip.OPENAI_IMAGENET_TEMPLATES
     )
     with torch.no_grad():
-        features = clip_teacher.model.encode_image(torch.stack([tower.preprocess(im) for _, im, _ in samples]))
+        features = model.eval().encode_image(torch.stack([preprocess_val(im) for _, im, _ in samples]))
     logits = 100.0 * torch.nn.functional.normalize(features, dim=-1) @ classifier
     target = torch.tensor([label for _, _, label in samples])
     top5 = logits.topk(5, dim=1).indices
     assert got["images"] == len(samples) == 60
     assert got["top1"] == pytest.approx((top5[:, 0] == target).float().mean().item())
     assert got["top5"] == pytest.approx((top5 == target[:, None]).any(1).float().mean().item())
+
+    out = tmp_path / "out"
+    data = ["--data", str(sample_corpus / "eval" / "classify"), "--text", "sample", "--out", out]
+    run = run_in_process(evaluate, ["zeroshot-cls", "--model", "teacher", "--job", job, *data], capsys)
+    assert run.status == 0, run.err[-2000:]
+    record = json.loads((out / "zeroshot-cls-teacher.json").read_text())
+    assert record["model"] == "teacher"
+    assert (record["metrics"]["top1"], record["metrics"]["top5"]) == (got["top1"], got["top5"])
+    # A task the teacher has no head for is said to be so, not scored 0.
+    voc = ["--data", str(sample_corpus / "eval" / "voc"), "--text", "sample", "--out", out]
+    run = run_in_process(evaluate, ["semseg", "--model", "teacher", "--job", job, *voc], capsys)
+    assert run.status == 0, run.err[-2000:]
+    assert "semseg: not applicable to the teacher" in run.out
+    assert json.loads((out / "semseg-teacher.json").read_text())["metrics"] == {"not_applicable": NOT_APPLICABLE}
 
 
 def test_miou_equals_the_hand_computed_value():
@@ -350,6 +354,14 @@ def test_bad_evaluation_arguments_stop_with_one_line(export, sample_corpus, tmp_
         (
             ["semseg", "--data", str(sample_corpus / "eval" / "voc"), "--classes", "voc"],
             "`python -m pipeline.text_targets JOB --name voc --classes voc` writes it",
+        ),
+        (
+            ["zeroshot-cls", "--model", "teacher", "--data", str(sample_corpus / "eval" / "classify")],
+            "--model teacher needs --job JOB.yaml",
+        ),
+        (
+            ["zeroshot-cls", "--model", "teacher", "--job", str(tmp_path / "nojob.yaml"), "--data", "x"],
+            "nojob.yaml': no such file",
         ),
         (
             ["semseg", "--dataset", "context59", "--data", str(sample_corpus / "eval" / "voc")],

@@ -13,7 +13,7 @@ import torch
 from pipeline.config import ClipTeacherConfig, load_job_config
 from pipeline.materialize.job_manifests import clip_manifest
 from pipeline.teachers import load_clip_teacher
-from pipeline.teachers.clip_teacher import TINY_CLIP_ARCH
+from storage_schemas.models.clip_archs import TINY_CLIP_ARCH
 from storage_schemas.plumbing.errors import ManifestMismatch, StoreError
 from storage_schemas.store import layout, open_store
 from storage_schemas.store.clip_views import clip_views_schema

@@ -11,8 +11,8 @@ from segment_anything import SamPredictor
 
 from pipeline.config import ClipTeacherConfig, SamTeacherConfig
 from pipeline.teachers import load_clip_teacher, load_sam_teacher
-from pipeline.teachers.clip_teacher import TINY_CLIP_ARCH
 from pipeline.teachers.tiny import build_tiny_sam
+from storage_schemas.models.clip_archs import TINY_CLIP_ARCH
 from storage_schemas.plumbing.errors import CheckpointError, ConfigError
 
 

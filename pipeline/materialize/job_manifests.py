@@ -6,7 +6,7 @@ import socket
 from dataclasses import asdict
 
 from pipeline.config import JobConfig
-from pipeline.teachers.fingerprint import TeacherFingerprint
+from storage_schemas.models.teacher_fingerprint import TeacherFingerprint
 from storage_schemas.store.manifest import Manifest
 from storage_schemas.store.mask_logits import num_masks
 

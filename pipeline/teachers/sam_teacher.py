@@ -12,9 +12,9 @@ from typing import Any
 from segment_anything.modeling import Sam
 
 from pipeline.config import SamTeacherConfig
-from pipeline.teachers.fingerprint import TeacherFingerprint
 from storage_schemas.models.checkpoints import weights_sha256
 from storage_schemas.models.sam_models import SAM_ARCHS, load_sam
+from storage_schemas.models.teacher_fingerprint import TeacherFingerprint
 from storage_schemas.pixels.sam_transforms import IMAGE_SIZE
 from storage_schemas.store.mask_logits import LOW_RES
 

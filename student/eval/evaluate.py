@@ -35,6 +35,8 @@ from storage_schemas.plumbing.errors import ConfigError, run_cli
 from student.eval.inference import SamClipPredictor
 from student.eval.options import add_class_name_arguments, check_refine_arguments, class_names
 from student.eval.tasks import sam_agreement, semantic_segmentation, zeroshot_classification
+from student.eval.teacher import NOT_APPLICABLE, ClipTeacherPredictor
+from student.eval.teacher import TASKS as TEACHER_TASKS
 from student.modeling.load import export_meta
 
 TASKS = ("zeroshot-cls", "semseg", "sam-agreement")
@@ -53,9 +55,14 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m student.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("task", choices=TASKS)
+    parser.add_argument("--export", help="the student's export folder (student.safetensors + student.json)")
     parser.add_argument(
-        "--export", required=True, help="the student's export folder (student.safetensors + student.json)"
+        "--model",
+        choices=("student", "teacher"),
+        default="student",
+        help="teacher: the store's CLIP teacher (from --job) on the same data, table and metrics",
     )
+    parser.add_argument("--job", help="--model teacher: the job config that made the store (its clip.teacher)")
     parser.add_argument("--data", help="the dataset's root (or .tar shards for wds)")
     parser.add_argument(
         "--dataset",
@@ -88,17 +95,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     check_dataset_arguments(args)
 
-    meta = export_meta(args.export)
-    predictor = SamClipPredictor.load(args.export, args.device)
-    store_url = args.store or meta.get("store")
+    if args.model == "teacher":
+        if not args.job:
+            raise ConfigError("--model teacher needs --job JOB.yaml (the job config whose CLIP teacher made the store)")
+        if args.task not in TEACHER_TASKS:
+            return write_result(args, args.task, {"not_applicable": NOT_APPLICABLE}, [], None, {})
+        predictor, job_store = ClipTeacherPredictor.from_job(args.job, args.device)
+        meta, store_url, size = predictor.meta, args.store or job_store, predictor.size
+    else:
+        if not args.export:
+            raise ConfigError("--export DIR is needed (the student's export folder), or --model teacher --job JOB.yaml")
+        meta = export_meta(args.export)
+        predictor = SamClipPredictor.load(args.export, args.device)
+        store_url, size = args.store or meta.get("store"), args.size
     start = time.time()
     skipped: list[dict] = []
     name = args.task
-    extra: dict[str, Any] = {}
     if args.task == "zeroshot-cls":
         ds = classification_set(args.dataset, args.data, skipped, classes=args.classes, class_field=args.class_field)
         classes = class_names(args, ds.classnames, store_url, meta, benchmark_table(args.dataset, ds.classnames))
-        result = zeroshot_classification(predictor, classes, ds.samples(args.workers, args.limit), args.size)
+        result = zeroshot_classification(predictor, classes, ds.samples(args.workers, args.limit), size)
     elif args.task == "semseg":
         ds = segmentation_set(args.dataset, args.data, skipped, split=args.split, classes=args.classes)
         if args.bg_threshold is not None and not ds.has_background:
@@ -123,18 +139,26 @@ def main(argv: list[str] | None = None) -> int:
         if held_out is None:
             raise ConfigError("sam-agreement needs --held-out (the export does not record the training split)")
         result = sam_agreement(predictor, store_url, held_out=float(held_out), images=args.images, seed=args.seed)
-    if args.task != "sam-agreement":
-        extra = {"dataset": args.dataset, "limit": args.limit}
     result = {**result, "skipped_images": len(skipped), "seconds": round(time.time() - start, 1)}
+    return write_result(args, name, result, skipped, store_url, meta)
+
+
+def write_result(
+    args: argparse.Namespace, name: str, result: dict[str, Any], skipped: list[dict], store_url, meta: dict
+) -> int:
+    """OUT/TASK.json (OUT/TASK-teacher.json for the teacher), and its table printed."""
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"{name}.json")
+    path = os.path.join(args.out, f"{name}-teacher.json" if args.model == "teacher" else f"{name}.json")
+    data = {} if args.task == "sam-agreement" else {"dataset": args.dataset, "limit": args.limit}
     with open(path, "w") as f:
         json.dump(
             {
                 "task": name,
+                "model": args.model,
                 "export": args.export,
+                "job": args.job,
                 "data": args.data,
-                **extra,
+                **data,
                 "store": store_url,
                 "subset": meta.get("subset"),
                 "metrics": result,
@@ -143,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
             f,
             indent=2,
         )
-    print_table(name, result)
+    if "not_applicable" in result:
+        print(f"{name}: not applicable to the {args.model} ({result['not_applicable']})")
+    else:
+        print_table(name if args.model == "student" else f"{name} (teacher)", result)
     if meta.get("subset"):
         s = meta["subset"]
         print(f"  trained on subset '{s['name']}': {s['views']} views of {s['samples']} samples")

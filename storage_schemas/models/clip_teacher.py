@@ -4,6 +4,7 @@ Weights come from a pretrained tag (`ViT-L-14` + `datacomp_xl_s13b_b90k`, the pa
 checkpoint path or fsspec URL, or a seeded random init. The tiny architecture
 `samclip-tiny-clip` (storage_schemas/models/model_configs/) is registered with open_clip on import, so tests and the
 demo use open_clip's own classes and transforms with weights made by `pipeline.teachers.tiny`.
+Both sides load it: the pipeline to make targets, evaluation to score the teacher beside the student.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from typing import Any, Callable
 import open_clip
 import torch
 
-from pipeline.config import ClipTeacherConfig
-from pipeline.teachers.fingerprint import TeacherFingerprint
 from storage_schemas.models.checkpoints import (
     describe_mismatch,
     fetch_checkpoint,
@@ -25,6 +24,8 @@ from storage_schemas.models.checkpoints import (
     weights_sha256,
 )
 from storage_schemas.models.clip_archs import TINY_CLIP_ARCH, no_weights_warning  # noqa: F401 (registers it)
+from storage_schemas.models.teacher_config import ClipTeacherConfig
+from storage_schemas.models.teacher_fingerprint import TeacherFingerprint
 from storage_schemas.plumbing.errors import CheckpointError, ConfigError
 
 
