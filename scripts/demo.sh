@@ -23,12 +23,12 @@ python student/train.py --config student/configs/tiny.yaml --set data.clip.subse
   --set output_dir=out/train-subset --set "stages=[{name: probe, epochs: 2, lr: 0.002, warmup_steps: 2}]"
 # Evaluate the student it trained on the sample evaluation sets, then draw what it and the store hold.
 EXPORT=out/train/export
-python -m student.evaluate zeroshot-cls --export "$EXPORT" --data out/sample/eval/classify --text sample
-python -m student.evaluate semseg --export "$EXPORT" --data out/sample/eval/voc --text sample
-python -m student.evaluate semseg --refine --export "$EXPORT" --data out/sample/eval/voc --text sample
+# The suite: the student's CLIP head, its SAM-head refinement and the CLIP teacher in one table.
+python -m student.evaluate suite --suite student/configs/eval/sample.yaml --export "$EXPORT" \
+  --job jobs/sample.yaml --out out/eval/suite
 python -m student.evaluate sam-agreement --export "$EXPORT"
 python -m student.visualize --export "$EXPORT" --data out/sample/eval/voc --text sample --out out/pictures/semseg
 python -m student.inspect_store out/store --out out/pictures/store
-echo "metrics: out/eval/*.json; pictures: out/pictures/semseg (student), out/pictures/store (cached targets);"
+echo "metrics: out/eval/suite/suite.md (the table), out/eval/*.json; pictures: out/pictures/semseg (student), out/pictures/store (cached targets);"
 echo "sweep: out/sweeps/tiny_lambda/comparison.{md,csv,png}; curves: tensorboard --logdir out/train/tensorboard"
 echo "transfer set: out/store/subsets/classify.{parquet,json,png} (the .png: each query beside the crops it retrieved)"

@@ -355,6 +355,7 @@ def test_bad_evaluation_arguments_stop_with_one_line(export, sample_corpus, tmp_
             ["semseg", "--data", str(sample_corpus / "eval" / "voc"), "--classes", "voc"],
             "`python -m pipeline.text_targets JOB --name voc --classes voc` writes it",
         ),
+        (["suite", "--suite", str(tmp_path / "none.yaml")], "none.yaml' not found"),
         (
             ["zeroshot-cls", "--model", "teacher", "--data", str(sample_corpus / "eval" / "classify")],
             "--model teacher needs --job JOB.yaml",
@@ -510,3 +511,66 @@ def test_the_background_threshold_and_the_sliding_window_by_hand():
     assert window_starts(597, 448, 224) == [0, 149]
     assert window_starts(448, 448, 224) == [0]
     assert window_starts(1000, 448, 224) == [0, 224, 448, 552]
+
+
+def test_a_suite_tables_the_students_heads_beside_the_teacher(
+    export, eval_store, sample_corpus, tiny_teachers, tmp_path, capsys
+):
+    job = write_clip_job(tmp_path / "job.yaml", eval_store, sample_corpus, tiny_teachers)
+    out = tmp_path / "suite"
+    argv = [
+        "suite",
+        "--suite",
+        REPO / "student" / "configs" / "eval" / "sample.yaml",
+        "--set",
+        f"benchmarks.0.data={sample_corpus / 'eval' / 'classify'}",
+        "--set",
+        f"benchmarks.1.data={sample_corpus / 'eval' / 'voc'}",
+        "--set",
+        "benchmarks.1.limit=2",
+        "--export",
+        export,
+        "--job",
+        job,
+        "--out",
+        out,
+    ]
+    run = run_in_process(evaluate, argv, capsys)
+    assert run.status == 0, run.err[-2000:]
+    result = json.loads((out / "suite.json").read_text())
+    assert result["benchmarks"] == ["classify", "voc-sample"]
+    rows = {(r["model"], r["head"]): r["scores"] for r in result["rows"]}
+    assert list(rows) == [("student", "CLIP head"), ("student", "CLIP + SAM head"), ("teacher", "CLIP")]
+    assert set(rows[("student", "CLIP head")]) == {"classify", "voc-sample"}
+    assert set(rows[("student", "CLIP + SAM head")]) == {"voc-sample"}
+    assert rows[("teacher", "CLIP")]["voc-sample"] == "n/a"
+    # Each figure is its run's own JSON, in %; the difference is their subtraction.
+    student = json.loads((out / "classify" / "zeroshot-cls.json").read_text())["metrics"]["top1"]
+    teacher = json.loads((out / "classify" / "zeroshot-cls-teacher.json").read_text())["metrics"]["top1"]
+    assert rows[("student", "CLIP head")]["classify"] == round(100 * student, 2)
+    assert rows[("teacher", "CLIP")]["classify"] == round(100 * teacher, 2)
+    assert result["student_minus_teacher"] == {"classify": round(round(100 * student, 2) - round(100 * teacher, 2), 2)}
+    table = (out / "suite.md").read_text().splitlines()
+    assert table[0] == "| model | head | classify | voc-sample |"
+    assert [line.split(" | ")[:2] for line in table[2:]] == [
+        ["| student", "CLIP head"],
+        ["| student", "CLIP + SAM head"],
+        ["| teacher", "CLIP"],
+        ["| student - teacher", "CLIP head"],
+    ]
+    assert "| student - teacher | CLIP head |" in run.out
+
+
+def test_the_paper_suite_names_tables_1_and_2_in_known_layouts():
+    from storage_schemas.datasets import CLASSIFICATION, SEGMENTATION
+    from storage_schemas.plumbing.typed_config import load_config
+    from student.eval.suite import SuiteConfig
+
+    suite = load_config(SuiteConfig, REPO / "student" / "configs" / "eval" / "paper.yaml")
+    cls = [b for b in suite.benchmarks if b.task == "zeroshot-cls"]
+    seg = [b for b in suite.benchmarks if b.task == "semseg"]
+    assert {(b.dataset, b.size) for b in cls} == {
+        (d, s) for d in ("imagenet", "imagenet-v2", "places365") for s in (224, 336)
+    }
+    assert [b.dataset for b in seg] == ["voc", "context59", "coco-stuff", "ade20k", "coco-object"]
+    assert all(b.dataset in (CLASSIFICATION if b.task == "zeroshot-cls" else SEGMENTATION) for b in suite.benchmarks)

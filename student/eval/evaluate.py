@@ -11,6 +11,8 @@
                    as mask prompts plus points where they exceed --threshold, the SAM head decides
     sam-agreement  mask IoU (and logit correlation) of the student's SAM head against the cached
                    teacher masks for the stored prompts of held-out images
+    suite          a list of benchmarks (--suite FILE.yaml), the student's heads and the teacher
+                   (--job) in one table (student/eval/suite.py)
 
 Class-name embeddings come from the store's text table (--text NAME; by default the table named
 after the dataset, which `python -m pipeline.text_targets JOB --classes DATASET` writes) or from an
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -34,6 +37,7 @@ from storage_schemas.datasets.class_names import benchmark_classes
 from storage_schemas.plumbing.errors import ConfigError, run_cli
 from student.eval.inference import SamClipPredictor
 from student.eval.options import add_class_name_arguments, check_refine_arguments, class_names
+from student.eval.suite import suite_main
 from student.eval.tasks import sam_agreement, semantic_segmentation, zeroshot_classification
 from student.eval.teacher import NOT_APPLICABLE, ClipTeacherPredictor
 from student.eval.teacher import TASKS as TEACHER_TASKS
@@ -51,10 +55,13 @@ def print_table(task: str, result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["suite"]:
+        return suite_main(argv[1:], main)
     parser = argparse.ArgumentParser(
         prog="python -m student.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("task", choices=TASKS)
+    parser.add_argument("task", choices=(*TASKS, "suite"), help="a task, or suite (see student/eval/suite.py)")
     parser.add_argument("--export", help="the student's export folder (student.safetensors + student.json)")
     parser.add_argument(
         "--model",
