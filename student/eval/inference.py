@@ -212,12 +212,26 @@ class SamClipPredictor:
         return self.class_names(classes).logits(self.embed_images(images, size)).softmax(dim=-1)
 
     @torch.no_grad()
-    def dense_scores(self, image: ImageLike, classes: Classes, size: int = SEMSEG_SIZE) -> torch.Tensor:
-        """The protocol's coarse logits: the image squashed to size x size, per-patch CLIP-head
-        features against the class embeddings -> [C, size/16, size/16] (cosines x logit scale)."""
-        view = render_view(as_pil(image), (0.0, 0.0, 1.0, 1.0), False, size)
-        dense = self.model.clip_dense(self._pixels([view]))[0].float().cpu()  # [h, w, D]
-        return self.class_names(classes).logits(dense).permute(2, 0, 1)
+    def dense_scores(self, images: Sequence[ImageLike], classes: Classes, size: int = SEMSEG_SIZE) -> torch.Tensor:
+        """The protocol's coarse logits, one backbone call for the batch: each image squashed to
+        size x size, per-patch CLIP-head features against the class embeddings
+        -> [B, C, size/16, size/16] (cosines x logit scale)."""
+        views = [render_view(as_pil(im), (0.0, 0.0, 1.0, 1.0), False, size) for im in images]
+        dense = self.model.clip_dense(self._pixels(views)).float().cpu()  # [B, h, w, D]
+        return self.class_names(classes).logits(dense).permute(0, 3, 1, 2)
+
+    def segment_batch(
+        self, images: Sequence[ImageLike], classes: Classes, bg_threshold: float | None = None
+    ) -> list[Segmentation]:
+        """`segment` without refinement or sliding window, the backbone run once for the batch."""
+        ims = [as_pil(im) for im in images]
+        scores = self.dense_scores(ims, classes)
+        out = []
+        for im, s in zip(ims, scores):
+            hw = (im.height, im.width)
+            labels = upsampled_argmax(s, lambda x: upsample_logits(x, hw), bg_threshold=bg_threshold)
+            out.append(Segmentation(labels, labels, {}))
+        return out
 
     @torch.no_grad()
     def slide_scores(self, image: ImageLike, classes: Classes, crop: int, stride: int) -> torch.Tensor:
@@ -270,8 +284,10 @@ class SamClipPredictor:
         im = as_pil(image)
         classes = self.class_names(classes)
         hw = (im.height, im.width)
+        if not refine and not slide:
+            return self.segment_batch([im], classes, bg_threshold)[0]
         if not refine:
-            scores = self.slide_scores(im, classes, *slide) if slide else self.dense_scores(im, classes)
+            scores = self.slide_scores(im, classes, *slide)
             coarse = upsampled_argmax(scores, lambda x: upsample_logits(x, hw), bg_threshold=bg_threshold)
             return Segmentation(coarse, coarse, {})
         if slide or bg_threshold is not None:

@@ -9,7 +9,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from itertools import islice
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -19,10 +20,16 @@ from storage_schemas.datasets.class_names import BACKGROUND
 from storage_schemas.plumbing.errors import ConfigError, StoreError
 from storage_schemas.store import open_store
 from student.data.unit_samples import split_filter
-from student.eval.inference import SEMSEG_SIZE, SamClipPredictor
+from student.eval.inference import SEMSEG_SIZE, SamClipPredictor, Segmentation
 from student.eval.zero_shot import ClassNames
 from student.metrics import confusion_matrix, iou_per_class, mean_iou, topk_correct
 from student.validation import load_sam_held_out, sam_metrics
+
+
+def batched(items: Iterable, n: int) -> Iterator[list]:
+    it = iter(items)
+    while batch := list(islice(it, n)):
+        yield batch
 
 
 def zeroshot_classification(
@@ -76,6 +83,7 @@ def semantic_segmentation(
     seed: int = 0,
     slide: tuple[int, int] | None = None,
     bg_threshold: float | None = None,
+    batch_size: int = 8,
 ) -> dict[str, Any]:
     """mIoU over (key, image, label [H, W]) samples; with `refine`, the SAM head refines the CLIP
     head's classes (appendix B) from points where a class's probability exceeds `threshold`, at
@@ -90,20 +98,30 @@ def semantic_segmentation(
         scored = ClassNames(classes.names[1:], classes.weights[1:], classes.teacher_weights_sha256)
     conf, coarse_conf = np.zeros((c, c), np.int64), np.zeros((c, c), np.int64)
     images = 0
-    for i, (key, image, label) in enumerate(tqdm(samples, desc="semseg" + (" --refine" if refine else ""), unit="img")):
-        seg = predictor.segment(
-            image,
-            scored,
-            refine=refine,
-            threshold=threshold,
-            max_points=points,
-            seed=seed + i,
-            slide=slide,
-            bg_threshold=bg_threshold,
-        )
-        conf += confusion_matrix(seg.labels, label, c)
-        coarse_conf += confusion_matrix(seg.coarse_labels, label, c)
-        images += 1
+
+    def segmented(batch: list) -> Iterable[tuple[Segmentation, np.ndarray]]:
+        if refine or slide:  # one image at a time: each has its own size
+            for i, (_, image, label) in enumerate(batch, images):
+                seg = predictor.segment(
+                    image,
+                    scored,
+                    refine=refine,
+                    threshold=threshold,
+                    max_points=points,
+                    seed=seed + i,
+                    slide=slide,
+                    bg_threshold=bg_threshold,
+                )
+                yield seg, label
+        else:  # whole images all squashed to 448 px: one backbone call for the batch
+            segs = predictor.segment_batch([image for _, image, _ in batch], scored, bg_threshold)
+            yield from zip(segs, (label for _, _, label in batch))
+
+    for batch in batched(tqdm(samples, desc="semseg" + (" --refine" if refine else ""), unit="img"), batch_size):
+        for seg, label in segmented(batch):
+            conf += confusion_matrix(seg.labels, label, c)
+            coarse_conf += confusion_matrix(seg.coarse_labels, label, c)
+        images += len(batch)
     if images == 0:
         raise ConfigError("the segmentation set has no usable images")
     iou = iou_per_class(conf)
