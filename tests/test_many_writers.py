@@ -239,6 +239,13 @@ def test_static_partitions_cover_every_unit_once(tmp_path, sample_corpus, tiny_t
         assert report["units_skipped"] == 0, report  # the other partition's units are not this job's
         done.append({r.unit for r in open_store(str(store)).commits("clip")} - set().union(*done))
     assert sorted(done[0] | done[1]) == ["00000", "00001", "00002", "00003"]
+    # A claim on a committed unit, as a read task Ray re-ran after its node was lost leaves it:
+    # the next job that sees the unit committed removes it.
+    stray = store / layout.claim_path("clip", "sample", "00000", 0)
+    stray.parent.mkdir(parents=True)
+    stray.write_text(json.dumps({"attempt": "0123456789ab", "generation": 0, "lease_s": 30, "driver": "x"}))
+    assert materialize([str(job)]) == 0
+    assert files_under(store, layout.CLAIMS_DIR) == []
     assert done[0]
     assert done[1]
     assert_exactly_once(store, sample_corpus)

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
-from pipeline.materialize.claims import Claim, ClaimKeeper, take_claim
+from pipeline.materialize.claims import Claim, ClaimKeeper, remove_claims, take_claim
 from pipeline.materialize.plan import JobPlan, KindPlan
 from pipeline.materialize.read_plan import read_tasks
 from pipeline.materialize.report import JobReport
@@ -51,9 +51,9 @@ from pipeline.materialize.units import (
     committed_unit_nos,
 )
 from storage_schemas.plumbing.faults import kill_point
-from storage_schemas.store import TargetStore
+from storage_schemas.store import TargetStore, layout
 from storage_schemas.store.commit import CommitRecord, read_commit
-from storage_schemas.store.layout import stream_claim_name, unit_name
+from storage_schemas.store.layout import STREAM_SUFFIX, stream_claim_name, unit_name
 from storage_schemas.store.root import StorageFailure
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,7 @@ class UnitDriver:
 
     def run(self) -> JobReport:
         if not self.pending:
+            self.remove_garbage_claims()
             return self.report
         tasks = read_tasks(self.storage, self.kind, self.pending, self.attempt, self.lease_s)
         # Jobs sharing a store start at different shards, rather than all contending for the first.
@@ -123,10 +124,34 @@ class UnitDriver:
             self.wait_for_claimed()
         finally:
             self.keeper.close()
+        self.remove_garbage_claims()
         self.report.units_found_committed = len(self.found_committed)
         self.report.claims_lost = self.keeper.lost
         self.report.seconds = time.time() - self.t0
         return self.report
+
+    def remove_garbage_claims(self) -> None:
+        """Claims left on units this job saw finished: Ray re-runs a read task whose output was lost
+        with its node, and the re-run claims its units again after the driver released them, in
+        rows the driver may never see. Once a unit (or every unit of a streamed shard) is committed
+        or failed, its claims are garbage, whoever holds them; one listing finds them."""
+        for path in self.storage.list_files(f"{layout.CLAIMS_DIR}/{self.kind}"):
+            parts = path.split("/")
+            if len(parts) != 5:
+                continue
+            source, name = parts[2], parts[3]
+            shard = name[: -len(STREAM_SUFFIX)] if name.endswith(STREAM_SUFFIX) else None
+            done = (source, name) in self.finished if shard is None else self.shard_finished((source, shard))
+            if done:
+                remove_claims(self.storage, self.kind, source, name)
+
+    def shard_finished(self, shard_key: Key) -> bool:
+        """Every unit of a streamed shard this job read to its end is committed or failed."""
+        shard, total = self.shards.get(shard_key), self.read_to_end.get(shard_key)
+        if shard is None or not shard.unit_size or total is None:
+            return False
+        units = {(shard.source, unit_name(shard.name, p)) for p in range(math.ceil(total / shard.unit_size))}
+        return units <= self.finished
 
     # -- one pass of the dataset over some read tasks -------------------------------------------
 
@@ -202,11 +227,8 @@ class UnitDriver:
     def release_if_read(self, shard_key: Key) -> None:
         """A streamed shard's claim goes once its read has ended and every unit of it is committed or
         failed: a unit whose rows are still queued in the teacher stage has no collector yet."""
-        shard, total = self.shards[shard_key], self.read_to_end.get(shard_key)
-        if not shard.unit_size or total is None:
-            return
-        units = {(shard.source, unit_name(shard.name, p)) for p in range(math.ceil(total / shard.unit_size))}
-        if units <= self.finished:
+        if self.shard_finished(shard_key):
+            shard = self.shards[shard_key]
             self.keeper.release((self.kind, shard.source, stream_claim_name(shard.name)))
 
     def claim_row(self, row: dict) -> None:

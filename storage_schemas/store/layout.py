@@ -88,10 +88,13 @@ def errors_path(kind: str, source: str, unit: str, attempt: str | None = None) -
     return f"{ERRORS_DIR}/{kind}/{source}/{unit}/{attempt}.parquet"
 
 
+STREAM_SUFFIX = ".stream"
+
+
 def stream_claim_name(shard: str) -> str:
     """The claim on a whole shard cut into units but streamed (no tar index yet): its units are only
     known while reading. Never a unit name: those end in the shard's name or `.pNNN`."""
-    return f"{shard}.stream"
+    return f"{shard}{STREAM_SUFFIX}"
 
 
 def cut_path(kind: str, source: str) -> str:
