@@ -30,7 +30,7 @@ from storage_schemas.models.class_texts import (
 from storage_schemas.plumbing.errors import ConfigError, ManifestMismatch, run_cli
 from storage_schemas.plumbing.typed_config import add_config_arguments
 from storage_schemas.store import layout
-from storage_schemas.store.manifest import differences, read_manifest
+from storage_schemas.store.manifest import read_manifest, teacher_difference
 from storage_schemas.store.root import StoreRoot
 from storage_schemas.store.tables import parquet_bytes
 
@@ -78,13 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     teacher = load_clip_teacher(cfg.clip.teacher, cfg.store.storage_options)
     manifest = read_manifest(storage, "clip")
     if manifest is not None:
-        diffs = differences(manifest.must_match["teacher"], teacher.fingerprint.must_match())
-        if diffs:
-            key, a, b = diffs[0]
+        mismatch = teacher_difference(manifest.must_match["teacher"], teacher.fingerprint.must_match())
+        if mismatch:
             raise ManifestMismatch(
-                f"store {storage.url}: the CLIP targets come from another teacher "
-                f"(teacher.{key}: store has {a!r}, job has {b!r}); text embeddings must "
-                "come from the same teacher"
+                f"store {storage.url}: the CLIP targets come from another teacher ({mismatch}); "
+                "text embeddings must come from the same teacher"
             )
     templates = template_set(args.templates)
     if up_to_date(storage, layout.text_path(args.name), classnames, templates, teacher.fingerprint.weights_sha256):

@@ -136,10 +136,10 @@ class UnitDriver:
         rows the driver may never see. Once a unit (or every unit of a streamed shard) is committed
         or failed, its claims are garbage, whoever holds them; one listing finds them."""
         for path in self.storage.list_files(f"{layout.CLAIMS_DIR}/{self.kind}"):
-            parts = path.split("/")
-            if len(parts) != 5:
+            found = layout.store_file(path)
+            if found is None or found[0] != "claim":
                 continue
-            source, name = parts[2], parts[3]
+            _, _, source, name = found
             shard = name[: -len(STREAM_SUFFIX)] if name.endswith(STREAM_SUFFIX) else None
             done = (source, name) in self.finished if shard is None else self.shard_finished((source, shard))
             if done:

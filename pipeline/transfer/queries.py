@@ -35,7 +35,7 @@ from pipeline.materialize.clip_targets import ClipTeacherStage, RenderSpec
 from storage_schemas.datasets.folders import encoded_images
 from storage_schemas.plumbing.errors import ManifestMismatch
 from storage_schemas.store import layout
-from storage_schemas.store.manifest import differences
+from storage_schemas.store.manifest import teacher_difference
 from storage_schemas.store.root import StoreRoot
 from storage_schemas.store.tables import parquet_bytes
 
@@ -142,12 +142,11 @@ def embed_on_actors(cfg: JobConfig, must_match: dict, queries: QuerySet) -> dict
         )
     rows = ds.take_all()
     for r in rows[:1]:
-        diffs = differences(must_match["teacher"], json.loads(r["teacher"]))
-        if diffs:
-            key, a, b = diffs[0]
+        mismatch = teacher_difference(must_match["teacher"], json.loads(r["teacher"]))
+        if mismatch:
             raise ManifestMismatch(
-                f"the job's CLIP teacher is not the store's (teacher.{key}: store has {a!r}, job "
-                f"has {b!r}); queries must be embedded by the teacher the gallery was"
+                f"the job's CLIP teacher is not the store's ({mismatch}); queries must be embedded "
+                "by the teacher the gallery was"
             )
     rows.sort(key=lambda r: r["query_id"])
     return {

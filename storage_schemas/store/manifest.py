@@ -84,6 +84,16 @@ def differences(stored: dict, new: dict, prefix: str = "") -> list[tuple[str, An
     return out
 
 
+def teacher_difference(stored: dict, job: dict) -> str | None:
+    """The first field where a job's teacher fingerprint differs from a store's, as
+    "teacher.KEY: store has A, job has B", or None when they are the same teacher."""
+    diffs = differences(stored, job, "teacher.")
+    if not diffs:
+        return None
+    key, a, b = diffs[0]
+    return f"{key}: store has {a!r}, job has {b!r}"
+
+
 def _short(v: Any) -> str:
     """A value for a one-line message: strings bare (a hash cut to 12 characters), others as JSON."""
     if isinstance(v, str):

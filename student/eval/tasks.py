@@ -39,9 +39,12 @@ def zeroshot_classification(
     hits, n = {1: 0, 5: 0}, 0
     per_class = np.zeros((len(classes.names), 2), np.int64)  # [correct, seen]
 
-    def flush(images, labels):
-        nonlocal n
-        logits = classes.logits(predictor.embed_images(images, size))
+    for batch in batched(tqdm(samples, desc="zeroshot-cls", unit="img"), batch_size):
+        labels = [label for _, _, label in batch]
+        bad = [label for label in labels if not 0 <= label < len(classes.names)]
+        if bad:
+            raise ConfigError(f"label {bad[0]} is not one of the {len(classes.names)} classes")
+        logits = classes.logits(predictor.embed_images([image for _, image, _ in batch], size))
         target = torch.tensor(labels)
         for k, v in topk_correct(logits, target).items():
             hits[k] += v
@@ -49,18 +52,6 @@ def zeroshot_classification(
         np.add.at(per_class, (np.asarray(labels), 0), top1.numpy().astype(np.int64))
         np.add.at(per_class, (np.asarray(labels), 1), 1)
         n += len(labels)
-
-    images, labels = [], []
-    for _, image, label in tqdm(samples, desc="zeroshot-cls", unit="img"):
-        if not 0 <= label < len(classes.names):
-            raise ConfigError(f"label {label} is not one of the {len(classes.names)} classes")
-        images.append(image)
-        labels.append(label)
-        if len(images) == batch_size:
-            flush(images, labels)
-            images, labels = [], []
-    if images:
-        flush(images, labels)
     if n == 0:
         raise ConfigError("the labelled set has no images")
     return {

@@ -22,7 +22,7 @@ from storage_schemas.models.teacher_config import ClipTeacherConfig
 from storage_schemas.plumbing.errors import ConfigError, ManifestMismatch
 from storage_schemas.plumbing.typed_config import from_dict
 from storage_schemas.store import open_store
-from storage_schemas.store.manifest import differences
+from storage_schemas.store.manifest import teacher_difference
 from student.eval.inference import ImageLike, as_pil
 
 TASKS = ("zeroshot-cls",)
@@ -56,14 +56,11 @@ class ClipTeacherPredictor:
         store_url, cfg, storage_options = read_job_teacher(job)
         teacher = load_clip_teacher(cfg, storage_options, device)
         manifest = open_store(store_url, storage_options).manifest("clip")
-        if manifest is not None:
-            diffs = differences(manifest.must_match["teacher"], teacher.fingerprint.must_match())
-            if diffs:
-                key, a, b = diffs[0]
-                raise ManifestMismatch(
-                    f"--job {job}: its CLIP teacher is not the one store {store_url} was made with "
-                    f"(teacher.{key}: store has {a!r}, job has {b!r})"
-                )
+        mismatch = manifest and teacher_difference(manifest.must_match["teacher"], teacher.fingerprint.must_match())
+        if mismatch:
+            raise ManifestMismatch(
+                f"--job {job}: its CLIP teacher is not the one store {store_url} was made with ({mismatch})"
+            )
         return cls(teacher, device), store_url
 
     @property
